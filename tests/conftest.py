@@ -1,0 +1,98 @@
+"""Shared fixtures: real-server access that skips on a laptop without the server and fails in CI.
+
+Following Dramatiq's conftest: the decision is made inside a fixture, never at import.
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+import subprocess
+import uuid
+
+import pytest
+
+CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
+RABBITMQ_URL = os.environ.get("RABBITMQ_URL", "amqp://guest:guest@127.0.0.1:5672/%2F")
+MYSQL_URL = os.environ.get("MYSQL_URL", "mysql+pymysql://root@127.0.0.1:3306")
+
+_RUN_ID = uuid.uuid4().hex[:8]
+_counter = itertools.count(1)
+
+
+def unavailable(reason: str):
+    """Skip with the reason on a developer machine; fail in CI, where every server must be up."""
+    if CI:
+        pytest.fail(f"required server unavailable in CI: {reason}", pytrace=False)
+    pytest.skip(reason)
+
+
+@pytest.fixture(scope="session")
+def rabbitmq_url():
+    try:
+        import pika
+
+        conn = pika.BlockingConnection(pika.URLParameters(RABBITMQ_URL))
+        conn.close()
+    except Exception as exc:  # any failure to connect means "no broker here"
+        unavailable(f"RabbitMQ not reachable at {RABBITMQ_URL}: {exc!r}")
+    yield RABBITMQ_URL
+    _delete_test_queues()
+
+
+@pytest.fixture
+def amqp_names(rabbitmq_url):
+    """A unique exchange and queue prefix for one test; everything under them is deleted at the end."""
+    n = next(_counter)
+    yield {"exchange": f"ewtest.{_RUN_ID}.{n}", "queue_prefix": f"ewtest.{_RUN_ID}.{n}."}
+
+
+def _delete_test_queues():
+    import pika
+
+    try:
+        out = subprocess.run(["rabbitmqctl", "list_queues", "-q", "--no-table-headers", "name"],
+                             capture_output=True, text=True, timeout=60).stdout
+        ex_out = subprocess.run(["rabbitmqctl", "list_exchanges", "-q", "--no-table-headers", "name"],
+                                capture_output=True, text=True, timeout=60).stdout
+    except (OSError, subprocess.SubprocessError):
+        return
+    mine = f"ewtest.{_RUN_ID}."
+    conn = pika.BlockingConnection(pika.URLParameters(RABBITMQ_URL))
+    ch = conn.channel()
+    for name in out.split():
+        if name.startswith(mine):
+            ch.queue_delete(name)
+    for name in ex_out.split():
+        if name.startswith(mine):
+            ch.exchange_delete(name)
+    conn.close()
+
+
+@pytest.fixture(scope="session")
+def mysql_server():
+    try:
+        import pymysql
+
+        conn = pymysql.connect(host="127.0.0.1", port=3306, user="root", password="", connect_timeout=5)
+        conn.close()
+    except Exception as exc:
+        unavailable(f"MySQL/MariaDB not reachable at 127.0.0.1:3306: {exc!r}")
+    return MYSQL_URL
+
+
+@pytest.fixture
+def mysql_url(mysql_server):
+    """A fresh database for one test (dropped afterwards); yields its SQLAlchemy URL."""
+    import pymysql
+
+    name = f"ewtest_{_RUN_ID}_{next(_counter)}"
+    conn = pymysql.connect(host="127.0.0.1", port=3306, user="root", password="", autocommit=True)
+    with conn.cursor() as cur:
+        cur.execute(f"CREATE DATABASE `{name}`")
+    try:
+        yield f"{mysql_server}/{name}"
+    finally:
+        with conn.cursor() as cur:
+            cur.execute(f"DROP DATABASE IF EXISTS `{name}`")
+        conn.close()
