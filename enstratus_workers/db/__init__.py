@@ -1,0 +1,60 @@
+"""The provisioning and analytics databases, opened together with their schemas ensured."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import sqlalchemy as sa
+
+from ..config.settings import WorkerSettings
+from ..errors import DatabaseError
+from ..layout import Layout
+from .analytics import Event, EventStore
+from .engine import make_engine
+from .heartbeats import Heartbeat, HeartbeatStore
+from .jobs import Job, JobStore, NewJob, Outcome, Started, now_ms
+from .schema import ensure_schema
+
+__all__ = ["Databases", "open_databases", "Job", "JobStore", "NewJob", "Outcome", "Started",
+           "Event", "EventStore", "Heartbeat", "HeartbeatStore", "now_ms"]
+
+
+@dataclass
+class Databases:
+    provisioning: sa.Engine
+    analytics: sa.Engine
+    jobs: JobStore
+    events: EventStore
+    heartbeats: HeartbeatStore
+
+    def ping(self) -> dict[str, str | None]:
+        """``{"provisioning": None|error, "analytics": None|error}``: None means it answered."""
+        out = {}
+        for name, engine in (("provisioning", self.provisioning), ("analytics", self.analytics)):
+            try:
+                with engine.connect() as conn:
+                    conn.exec_driver_sql("SELECT 1")
+                out[name] = None
+            except sa.exc.SQLAlchemyError as exc:
+                out[name] = f"{type(exc.orig or exc).__name__}: {str(exc.orig or exc).splitlines()[0][:200]}"
+        return out
+
+    def close(self) -> None:
+        self.provisioning.dispose()
+        self.analytics.dispose()
+
+
+def open_databases(worker: WorkerSettings, layout: Layout, *, ensure: bool = True) -> Databases:
+    """Engines for both databases; with ``ensure`` the schemas are created or migrated first."""
+    prov = make_engine(worker.provisioning_url.reveal(), layout)
+    anal = make_engine(worker.analytics_url.reveal(), layout)
+    if ensure:
+        try:
+            ensure_schema(prov, "provisioning")
+            ensure_schema(anal, "analytics")
+        except sa.exc.SQLAlchemyError as exc:
+            prov.dispose()
+            anal.dispose()
+            raise DatabaseError(f"cannot prepare the databases: {type(exc).__name__}: "
+                                f"{str(getattr(exc, 'orig', exc)).splitlines()[0][:200]}") from exc
+    return Databases(prov, anal, JobStore(prov), EventStore(anal), HeartbeatStore(prov))

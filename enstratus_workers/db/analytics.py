@@ -1,0 +1,55 @@
+"""The analytics database: one event per attempt (job, action, outcome, duration, worker, time)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, asdict
+from typing import Sequence
+
+import sqlalchemy as sa
+
+from ..errors import DatabaseError
+from .schema import events as E
+
+
+@dataclass(frozen=True)
+class Event:
+    job_id: int
+    action: str
+    queue: str
+    attempt: int
+    outcome: str
+    duration_ms: int
+    worker: str | None
+    event_timestamp: int
+
+
+class EventStore:
+    def __init__(self, engine: sa.Engine):
+        self.engine = engine
+
+    def record(self, events: Sequence[Event]) -> None:
+        """Insert the events in one multi-row INSERT (one transaction)."""
+        if not events:
+            return
+        try:
+            with self.engine.begin() as conn:
+                conn.execute(E.insert(), [asdict(e) for e in events])
+        except sa.exc.SQLAlchemyError as exc:
+            raise DatabaseError(f"could not record {len(events)} events: {type(exc).__name__}") from exc
+
+    def for_job(self, job_id: int) -> list[Event]:
+        q = sa.select(E).where(E.c.job_id == job_id).order_by(E.c.event_id)
+        with self.engine.connect() as conn:
+            return [Event(**{k: v for k, v in r.items() if k != "event_id"}) for r in conn.execute(q).mappings()]
+
+    def summary(self, since_ms: int = 0) -> dict[str, dict]:
+        """Per action: count of attempts by outcome and mean duration since ``since_ms``."""
+        q = (sa.select(E.c.action, E.c.outcome, sa.func.count(), sa.func.avg(E.c.duration_ms))
+             .where(E.c.event_timestamp >= since_ms).group_by(E.c.action, E.c.outcome))
+        out: dict[str, dict] = {}
+        with self.engine.connect() as conn:
+            for action, outcome, n, avg in conn.execute(q):
+                a = out.setdefault(action, {"outcomes": {}, "mean_ms": {}})
+                a["outcomes"][outcome] = int(n)
+                a["mean_ms"][outcome] = float(avg or 0)
+        return out

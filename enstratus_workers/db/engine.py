@@ -1,0 +1,81 @@
+"""SQLAlchemy engines for the provisioning and analytics databases: SQLite embedded, MySQL in production.
+
+One code path over both dialects; the differences (SQLite's locking, MySQL's isolation level)
+are settled here, once, so the stores above never branch on the dialect.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import sqlalchemy as sa
+from sqlalchemy.engine import make_url
+
+from ..errors import ConfigError
+from ..layout import Layout
+
+log = logging.getLogger(__name__)
+
+
+def make_engine(url: str, layout: Layout, *, create_database: bool = True) -> sa.Engine:
+    """An engine for ``url``; relative SQLite paths are relative to the install root."""
+    try:
+        parsed = make_url(url)
+    except Exception as exc:
+        raise ConfigError(f"not a database URL ({type(exc).__name__})") from None
+    if parsed.get_backend_name() == "sqlite":
+        return _sqlite_engine(parsed, layout)
+    if parsed.get_backend_name() == "mysql":
+        if create_database:
+            _ensure_mysql_database(parsed)
+        return sa.create_engine(
+            parsed,
+            pool_pre_ping=True,       # a MySQL restart leaves dead pooled connections behind
+            pool_recycle=3600,        # below wait_timeout
+            isolation_level="READ COMMITTED",  # SKIP LOCKED without gap locks on the outbox
+            connect_args={"connect_timeout": 10},
+        )
+    raise ConfigError(f"unsupported database '{parsed.get_backend_name()}' (use sqlite or mysql+pymysql)")
+
+
+def _sqlite_engine(parsed, layout: Layout) -> sa.Engine:
+    database = parsed.database or ""
+    if database and database != ":memory:":
+        path = layout.resolve(database)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        parsed = parsed.set(database=str(path))
+    engine = sa.create_engine(parsed, connect_args={"timeout": 30, "check_same_thread": False})
+
+    @sa.event.listens_for(engine, "connect")
+    def _on_connect(dbapi_conn, _record):
+        # Take transaction control away from the sqlite3 module so BEGIN IMMEDIATE below is ours.
+        dbapi_conn.isolation_level = None
+        cur = dbapi_conn.cursor()
+        cur.execute("PRAGMA journal_mode=WAL")   # readers never block the writer
+        cur.execute("PRAGMA synchronous=NORMAL")  # durable across process crashes, fast
+        cur.execute("PRAGMA busy_timeout=30000")
+        cur.close()
+
+    @sa.event.listens_for(engine, "begin")
+    def _on_begin(conn):
+        # Take the write lock up front: several processes (publisher, subscriber, CLI) write the
+        # same file, and a deferred transaction upgrading to a writer can fail with SQLITE_BUSY.
+        conn.exec_driver_sql("BEGIN IMMEDIATE")
+
+    return engine
+
+
+def _ensure_mysql_database(parsed) -> None:
+    """Create the database named in the URL if the server lacks it (first start on a new server)."""
+    name = parsed.database
+    if not name:
+        raise ConfigError("a MySQL URL must name its database: mysql+pymysql://user@host:3306/provisioning")
+    server = sa.create_engine(parsed.set(database=""), connect_args={"connect_timeout": 10})
+    try:
+        with server.connect() as conn:
+            conn.exec_driver_sql(
+                f"CREATE DATABASE IF NOT EXISTS `{name.replace('`', '')}` CHARACTER SET utf8mb4")
+    except sa.exc.OperationalError as exc:
+        log.warning("could not ensure database %s exists: %s", name, exc.orig)
+    finally:
+        server.dispose()

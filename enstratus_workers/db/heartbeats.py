@@ -1,0 +1,67 @@
+"""Heartbeats: each daemon's health as a row that expires (arq's health key, in the provisioning DB).
+
+A daemon writes its row every few seconds with ``expires_ms`` a little beyond its next beat; a
+reader treats an expired row as a dead daemon without anyone having to say so.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+
+import sqlalchemy as sa
+
+from ..layout import short_hostname
+from .jobs import now_ms
+from .schema import heartbeats as H
+
+
+@dataclass(frozen=True)
+class Heartbeat:
+    daemon: str
+    name: str
+    host: str
+    pid: int
+    started_ms: int
+    beat_ms: int
+    expires_ms: int
+    status: str
+    details: dict
+
+    @property
+    def expired(self) -> bool:
+        return now_ms() > self.expires_ms
+
+    def as_dict(self) -> dict:
+        d = dict(self.__dict__)
+        d["expired"] = self.expired
+        return d
+
+
+class HeartbeatStore:
+    def __init__(self, engine: sa.Engine):
+        self.engine = engine
+
+    def beat(self, daemon: str, name: str, *, ttl_s: float, status: str = "ok",
+             details: dict | None = None, started_ms: int | None = None) -> None:
+        now = now_ms()
+        key = dict(daemon=daemon, name=name, host=short_hostname())
+        values = dict(pid=os.getpid(), beat_ms=now, expires_ms=now + int(ttl_s * 1000),
+                      status=status, details=json.dumps(details or {}, default=str),
+                      started_ms=started_ms or now)
+        with self.engine.begin() as conn:
+            updated = conn.execute(H.update().where(*(H.c[k] == v for k, v in key.items()))
+                                   .values(**values)).rowcount
+            if not updated:
+                conn.execute(H.insert().values(**key, **values))
+
+    def remove(self, daemon: str, name: str) -> None:
+        with self.engine.begin() as conn:
+            conn.execute(H.delete().where(H.c.daemon == daemon, H.c.name == name,
+                                          H.c.host == short_hostname()))
+
+    def all(self) -> list[Heartbeat]:
+        with self.engine.connect() as conn:
+            rows = conn.execute(sa.select(H).order_by(H.c.daemon, H.c.name)).mappings().all()
+        return [Heartbeat(**{**r, "details": json.loads(r["details"] or "{}")}) for r in rows]

@@ -1,0 +1,247 @@
+"""The provisioning database's job table: submit, relay (the outbox), record outcomes.
+
+Writes on the hot path are batched: the publisher relays up to ``publisher.batch`` pending jobs in
+one transaction, and the subscriber records a whole batch of outcomes in one UPDATE. Every status
+change is guarded by the status it expects, so a redelivered or duplicated message can never
+overwrite an outcome that is already recorded.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass
+from typing import Callable, Iterable, Sequence
+
+import sqlalchemy as sa
+
+from ..errors import DatabaseError, PublishError
+from . import schema
+from .schema import jobs as T
+
+
+def now_ms() -> int:
+    return int(time.time() * 1000)
+
+
+@dataclass(frozen=True)
+class Job:
+    job_id: int
+    action: str
+    arguments: str            # JSON text, exactly as submitted
+    queue: str
+    status: str
+    attempts: int
+    max_attempts: int
+    idempotency_key: str | None
+    created_timestamp: int
+    queued_timestamp: int | None
+    start_timestamp: int | None
+    end_timestamp: int | None
+    worker: str | None
+    result: str | None        # JSON text
+    error: str | None
+
+    def as_dict(self) -> dict:
+        d = dict(self.__dict__)
+        d["arguments"] = _loads_or_text(self.arguments)
+        d["result"] = _loads_or_text(self.result) if self.result is not None else None
+        return d
+
+
+def _loads_or_text(text):
+    try:
+        return json.loads(text)
+    except (TypeError, ValueError):
+        return text
+
+
+@dataclass(frozen=True)
+class NewJob:
+    action: str
+    arguments: str            # JSON text
+    queue: str
+    max_attempts: int
+    idempotency_key: str | None = None
+
+
+@dataclass(frozen=True)
+class Started:
+    job_id: int
+    attempt: int
+    worker: str
+    start_ms: int
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """The recorded end of one attempt."""
+
+    job_id: int
+    attempt: int
+    status: str               # succeeded | failed | dead
+    worker: str
+    start_ms: int
+    end_ms: int
+    result: str | None        # JSON text
+    error: str | None
+
+
+_RECORD_CHUNK = 200  # rows per CASE-UPDATE: stays well under SQLite's bound-parameter limit
+
+
+class JobStore:
+    """All reads and writes of ``enstratus_job``. Safe to share between threads (pooled engine)."""
+
+    def __init__(self, engine: sa.Engine):
+        self.engine = engine
+
+    # -- submitting ----------------------------------------------------------------------------
+    def submit(self, job: NewJob) -> tuple[Job, bool]:
+        """Insert a pending job; return (job, created). A known idempotency key returns the first job."""
+        if job.idempotency_key:
+            existing = self.by_idempotency_key(job.idempotency_key)
+            if existing:
+                return existing, False
+        try:
+            with self.engine.begin() as conn:
+                job_id = conn.execute(T.insert().values(**self._row(job))).inserted_primary_key[0]
+        except sa.exc.IntegrityError:
+            existing = job.idempotency_key and self.by_idempotency_key(job.idempotency_key)
+            if existing:      # lost a race with another submit of the same key
+                return existing, False
+            raise
+        return self.get(job_id), True
+
+    def submit_many(self, new_jobs: Sequence[NewJob]) -> int:
+        """Insert many pending jobs in one transaction (bulk API; no idempotency-key lookup)."""
+        if not new_jobs:
+            return 0
+        with self.engine.begin() as conn:
+            conn.execute(T.insert(), [self._row(j) for j in new_jobs])
+        return len(new_jobs)
+
+    @staticmethod
+    def _row(job: NewJob) -> dict:
+        return dict(action=job.action, arguments=job.arguments, queue=job.queue,
+                    status=schema.PENDING, attempts=0, max_attempts=job.max_attempts,
+                    idempotency_key=job.idempotency_key, created_timestamp=now_ms())
+
+    # -- reading -------------------------------------------------------------------------------
+    def get(self, job_id: int) -> Job | None:
+        with self.engine.connect() as conn:
+            row = conn.execute(sa.select(T).where(T.c.job_id == job_id)).mappings().first()
+        return Job(**row) if row else None
+
+    def by_idempotency_key(self, key: str) -> Job | None:
+        with self.engine.connect() as conn:
+            row = conn.execute(sa.select(T).where(T.c.idempotency_key == key)).mappings().first()
+        return Job(**row) if row else None
+
+    def list(self, status: str | None = None, limit: int = 50) -> list[Job]:
+        q = sa.select(T).order_by(T.c.job_id.desc()).limit(limit)
+        if status:
+            q = q.where(T.c.status == status)
+        with self.engine.connect() as conn:
+            return [Job(**r) for r in conn.execute(q).mappings()]
+
+    def counts(self) -> dict[str, int]:
+        q = sa.select(T.c.status, sa.func.count()).group_by(T.c.status)
+        with self.engine.connect() as conn:
+            found = dict(conn.execute(q).all())
+        return {s: int(found.get(s, 0)) for s in schema.STATUSES}
+
+    def terminal_among(self, job_ids: Iterable[int]) -> set[int]:
+        """The jobs among these whose outcome is already recorded (for redelivered messages)."""
+        ids = list(set(job_ids))
+        if not ids:
+            return set()
+        q = sa.select(T.c.job_id).where(T.c.job_id.in_(ids), T.c.status.in_(schema.TERMINAL))
+        with self.engine.connect() as conn:
+            return {r[0] for r in conn.execute(q)}
+
+    def count_in(self, job_ids: Sequence[int], status: str) -> int:
+        with self.engine.connect() as conn:
+            return conn.execute(sa.select(sa.func.count()).where(
+                T.c.job_id.in_(list(job_ids)), T.c.status == status)).scalar()
+
+    # -- the outbox relay (publisher) ----------------------------------------------------------
+    def relay_pending(self, limit: int, publish: Callable[[list[Job]], None]) -> int:
+        """Hand up to ``limit`` pending jobs to ``publish`` and mark the confirmed ones queued.
+
+        The rows stay locked (FOR UPDATE SKIP LOCKED on MySQL; the write lock on SQLite) from the
+        read until the commit, so two publishers never relay one job twice, and a crash before
+        the commit leaves the jobs pending: at worst published again, never lost.
+        ``publish`` returns once the broker confirmed, or raises ``PublishError``.
+        """
+        q = (sa.select(T).where(T.c.status == schema.PENDING).order_by(T.c.job_id)
+             .limit(limit).with_for_update(skip_locked=True))
+        with self.engine.begin() as conn:
+            batch = [Job(**r) for r in conn.execute(q).mappings()]
+            if not batch:
+                return 0
+            failure = None
+            try:
+                publish(batch)
+                confirmed = [j.job_id for j in batch]
+            except PublishError as exc:
+                failure = exc
+                unconfirmed = {str(i) for i in exc.unconfirmed}
+                confirmed = [j.job_id for j in batch if str(j.job_id) not in unconfirmed]
+            if confirmed:
+                conn.execute(T.update().where(T.c.job_id.in_(confirmed), T.c.status == schema.PENDING)
+                             .values(status=schema.QUEUED, queued_timestamp=now_ms()))
+        if failure is not None:
+            raise failure
+        return len(batch)
+
+    # -- recording (subscriber) ----------------------------------------------------------------
+    def mark_started(self, started: Sequence[Started]) -> None:
+        """Mark jobs running, with attempt, worker and start time; terminal jobs are left alone."""
+        for chunk in _chunks(started, _RECORD_CHUNK):
+            ids = [s.job_id for s in chunk]
+            by_id = T.c.job_id
+            with self.engine.begin() as conn:
+                conn.execute(T.update().where(by_id.in_(ids), T.c.status.in_(schema.ACTIVE)).values(
+                    status=schema.RUNNING,
+                    attempts=_case(by_id, {s.job_id: s.attempt for s in chunk}),
+                    worker=_case(by_id, {s.job_id: s.worker for s in chunk}),
+                    start_timestamp=_case(by_id, {s.job_id: s.start_ms for s in chunk}),
+                ))
+
+    def record_outcomes(self, outcomes: Sequence[Outcome]) -> None:
+        """Write the outcomes in as few statements as possible; an already-terminal job is kept.
+
+        Raises ``DatabaseError`` if the database cannot be written: the caller must then keep the
+        outcomes (and not ack their messages) and try again.
+        """
+        try:
+            for chunk in _chunks(outcomes, _RECORD_CHUNK):
+                by_id = T.c.job_id
+                with self.engine.begin() as conn:
+                    conn.execute(T.update().where(
+                        by_id.in_([o.job_id for o in chunk]), T.c.status.in_(schema.ACTIVE)).values(
+                        status=_case(by_id, {o.job_id: o.status for o in chunk}),
+                        attempts=_case(by_id, {o.job_id: o.attempt for o in chunk}),
+                        worker=_case(by_id, {o.job_id: o.worker for o in chunk}),
+                        start_timestamp=_case(by_id, {o.job_id: o.start_ms for o in chunk}),
+                        end_timestamp=_case(by_id, {o.job_id: o.end_ms for o in chunk}),
+                        result=_case(by_id, {o.job_id: o.result for o in chunk}),
+                        error=_case(by_id, {o.job_id: o.error for o in chunk}),
+                    ))
+        except sa.exc.SQLAlchemyError as exc:
+            raise DatabaseError(f"could not record {len(outcomes)} outcomes: {type(exc).__name__}") from exc
+
+
+def _case(key_column, values: dict):
+    """``CASE job_id WHEN 1 THEN v1 ...``: one statement sets a different value on each row.
+
+    All values of one CASE share a type; NULLs are typed through ``sa.null()`` branches.
+    """
+    whens = {k: (sa.null() if v is None else v) for k, v in values.items()}
+    return sa.case(whens, value=key_column)
+
+
+def _chunks(items: Sequence, size: int):
+    for i in range(0, len(items), size):
+        yield items[i:i + size]
