@@ -1,0 +1,129 @@
+"""The worker process: takes tasks from its subscriber over a local socket and runs them.
+
+Started by the subscriber (``python -m enstratus_workers.daemons.worker run --name default.1
+--type default --subscriber NAME``) or by an operator with ``services/worker/bin/worker start``
+to add a process to a running subscriber. It exits when its subscriber goes away, so a dead
+subscriber never leaves orphans working on actions nobody will record.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import time
+from multiprocessing.connection import Client
+
+from ..actions import default_registry
+from ..actions.executor import execute
+from ..daemon import runner
+from ..daemon.service import Service
+from ..layout import short_hostname
+from ..pool import protocol
+
+log = logging.getLogger(__name__)
+
+RESULT_FLUSH_S = 0.005  # results wait at most this long for company before being sent back
+
+
+class WorkerProcess(Service):
+    daemon = "worker"
+
+    def __init__(self, settings, layout, name: str, worker_type: str, subscriber: str):
+        self.settings, self.layout = settings, layout
+        self.name = name                       # e.g. "default.1"
+        self.worker_type = worker_type
+        self.subscriber = subscriber
+        self.display_name = f"{worker_type}@{short_hostname()}.{name.rsplit('.', 1)[-1]}"
+        self._stop = threading.Event()
+        self.tasks_done = 0
+
+    def request_stop(self, cold: bool = False) -> None:
+        self._stop.set()
+
+    def run(self, ready) -> None:
+        registry = default_registry()
+        address = str(protocol.socket_path(self.layout, self.subscriber))
+        authkey = protocol.authkey_path(self.layout, self.subscriber).read_bytes()
+        conn = Client(address, family="AF_UNIX", authkey=authkey)
+        try:
+            conn.send_bytes(protocol.pack({"t": "hello", "name": self.name, "type": self.worker_type,
+                                           "pid": os.getpid(), "display": self.display_name}))
+            ready()
+            log.info("worker %s connected to subscriber %s; actions: %s",
+                     self.display_name, self.subscriber, ", ".join(registry.names()))
+            self._serve(conn, registry)
+        finally:
+            conn.close()
+
+    def _serve(self, conn, registry) -> None:
+        limits = self.settings.worker
+        while not self._stop.is_set():
+            try:
+                if not conn.poll(0.5):
+                    continue
+                frame = protocol.unpack(conn.recv_bytes())
+            except (EOFError, OSError):
+                log.info("subscriber went away; exiting")
+                return
+            if frame["t"] == "stop":
+                log.info("asked to stop")
+                return
+            if frame["t"] != "run":
+                log.warning("ignoring unknown frame %r", frame.get("t"))
+                continue
+            done, last_send = [], time.monotonic()
+            tasks = frame["a"]
+            for i, task in enumerate(tasks):
+                done.append(execute(registry, task, self.display_name))
+                self.tasks_done += 1
+                more = i + 1 < len(tasks)
+                if not more or time.monotonic() - last_send >= RESULT_FLUSH_S:
+                    conn.send_bytes(protocol.pack({"t": "done", "r": done}))
+                    done, last_send = [], time.monotonic()
+                reason = self._retire_reason(limits)
+                if reason:
+                    # Everything after this task stays unstarted: the subscriber re-dispatches it.
+                    if done:
+                        conn.send_bytes(protocol.pack({"t": "done", "r": done}))
+                    conn.send_bytes(protocol.pack({"t": "bye", "reason": reason}))
+                    log.info("retiring: %s", reason)
+                    return
+                if self._stop.is_set() and more:
+                    conn.send_bytes(protocol.pack({"t": "bye", "reason": "stopping"}))
+                    return
+
+    def _retire_reason(self, limits) -> str | None:
+        if limits.max_tasks_per_child and self.tasks_done >= limits.max_tasks_per_child:
+            return f"ran {self.tasks_done} actions (worker.max_tasks_per_child)"
+        if limits.max_memory_mb:
+            rss_mb = _rss_mb()
+            if rss_mb > limits.max_memory_mb:
+                return f"memory {rss_mb:.0f} MiB above worker.max_memory_mb"
+        return None
+
+
+def _rss_mb() -> float:
+    """Current resident set size (not the peak: a worker that freed its memory may stay)."""
+    with open("/proc/self/statm") as f:
+        pages = int(f.read().split()[1])
+    return pages * os.sysconf("SC_PAGE_SIZE") / 2**20
+
+
+def add_arguments(parser) -> None:
+    parser.add_argument("--type", dest="worker_type", default="default", help="worker type")
+    parser.add_argument("--subscriber", default=None,
+                        help="name of the local subscriber to work for (default: this host's)")
+
+
+def build(settings, layout, name, options) -> WorkerProcess:
+    subscriber = options.subscriber or short_hostname()
+    return WorkerProcess(settings, layout, name, options.worker_type, subscriber)
+
+
+def main(argv=None) -> int:
+    return runner.main("worker", build, argv, add_arguments=add_arguments)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

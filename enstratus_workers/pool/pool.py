@@ -1,0 +1,356 @@
+"""The subscriber's worker processes: spawn, hand out tasks, collect outcomes, supervise.
+
+Each worker process connects back to a Unix socket in ``services/worker/run/`` (authenticated by
+a per-run key file readable only by the service account) and runs its tasks in order. The pool
+keeps, per worker, the tasks it sent and has not heard back about; the oldest is the one running.
+That is what makes a crash or a time-limit kill precise: the running task is charged an attempt,
+the rest were never started and go back to be dispatched again.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import secrets
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from multiprocessing.connection import Listener
+
+from ..layout import short_hostname
+from ..messages import ActionMessage
+from ..mq.base import Delivery
+from . import protocol
+
+log = logging.getLogger(__name__)
+
+WORKER_INFLIGHT = 16        # tasks sent to one worker ahead of its answers (keeps it busy)
+RESPAWN_BACKOFF_MAX = 30.0  # seconds between restarts of a worker that keeps dying at start
+
+
+def now_ms() -> int:
+    return int(time.time() * 1000)
+
+
+@dataclass
+class Assignment:
+    """A delivery decoded and waiting for, or handed to, a worker process."""
+
+    delivery: Delivery
+    message: ActionMessage
+    worker_type: str
+    received_ms: int = field(default_factory=now_ms)
+
+    def task(self) -> dict:
+        m = self.message
+        return {"job_id": m.job_id, "action": m.action, "arguments": m.arguments,
+                "attempt": m.attempt, "queue": self.delivery.queue}
+
+
+@dataclass
+class WorkerHandle:
+    worker_type: str
+    index: int
+    proc: subprocess.Popen | None = None
+    conn: object = None
+    pid: int | None = None
+    display: str = ""
+    inflight: deque = field(default_factory=deque)
+    head_since_ms: int = 0
+    spawned_at: float = 0.0
+    connected_at: float = 0.0
+    reincarnations: int = 0
+    tasks_done: int = 0
+    retiring: bool = False
+    kill_reason: str | None = None
+    next_spawn_at: float = 0.0
+    fast_deaths: int = 0
+
+    @property
+    def name(self) -> str:
+        return f"{self.worker_type}.{self.index}"
+
+    @property
+    def state(self) -> str:
+        if self.conn is None:
+            return "starting" if self.proc is not None else "stopped"
+        if self.retiring:
+            return "stopping"
+        return "working" if self.inflight else "idle"
+
+    def snapshot(self) -> dict:
+        return {"name": self.name, "display": self.display, "type": self.worker_type, "pid": self.pid,
+                "state": self.state, "inflight": len(self.inflight), "tasks_done": self.tasks_done,
+                "reincarnations": self.reincarnations,
+                "uptime_s": round(time.time() - self.spawned_at, 1) if self.spawned_at else 0}
+
+
+@dataclass
+class PoolEvents:
+    """What one round of the pool produced for the subscriber to act on."""
+
+    finished: list = field(default_factory=list)   # (Assignment, outcome dict)
+    crashed: list = field(default_factory=list)    # (Assignment, reason): the running task of a dead worker
+    returned: list = field(default_factory=list)   # Assignment never started: dispatch again
+
+
+class WorkerPool:
+    def __init__(self, settings, layout, subscriber_name: str, wake_fd: int, python: str = sys.executable):
+        self.settings, self.layout = settings, layout
+        self.subscriber_name = subscriber_name
+        self.python = python
+        self._wake_fd = wake_fd
+        self.handles: list[WorkerHandle] = []
+        self._arrivals: deque = deque()         # (hello, conn) from the accept thread
+        self._listener: Listener | None = None
+        self._accepting = False
+        self.stopping = False
+
+    # -- start ---------------------------------------------------------------------------------
+    def start(self) -> None:
+        sock = protocol.socket_path(self.layout, self.subscriber_name)
+        key_file = protocol.authkey_path(self.layout, self.subscriber_name)
+        sock.unlink(missing_ok=True)
+        authkey = secrets.token_bytes(32)
+        fd = os.open(key_file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "wb") as f:
+            f.write(authkey)
+        self._listener = Listener(str(sock), family="AF_UNIX", authkey=authkey)
+        os.chmod(sock, 0o600)
+        self._accepting = True
+        threading.Thread(target=self._accept_loop, name="worker-accept", daemon=True).start()
+        for wtype in self.settings.worker.types:
+            for i in range(1, wtype.min + 1):
+                handle = WorkerHandle(wtype.name, i)
+                self.handles.append(handle)
+                self._spawn(handle)
+
+    def _accept_loop(self) -> None:
+        while self._accepting:
+            try:
+                conn = self._listener.accept()
+            except OSError:
+                if self._accepting:
+                    log.exception("worker socket accept failed")
+                return
+            except Exception:  # failed authentication or a broken client: keep listening
+                log.warning("refused a connection to the worker socket", exc_info=True)
+                continue
+            try:
+                if not conn.poll(10):
+                    raise EOFError("no hello")
+                hello = protocol.unpack(conn.recv_bytes())
+                if hello.get("t") != "hello":
+                    raise ValueError("first frame is not hello")
+            except (EOFError, OSError, ValueError) as exc:
+                log.warning("dropping a worker connection: %s", exc)
+                conn.close()
+                continue
+            self._arrivals.append((hello, conn))
+            self._wake()
+
+    def _wake(self) -> None:
+        try:
+            os.write(self._wake_fd, b"w")
+        except (BlockingIOError, OSError):
+            pass  # the pipe is full: the main loop is waking anyway
+
+    def _spawn(self, handle: WorkerHandle) -> None:
+        cmd = [self.python, "-m", "enstratus_workers.daemons.worker", "run",
+               "--home", str(self.layout.home), "--name", handle.name,
+               "--type", handle.worker_type, "--subscriber", self.subscriber_name]
+        log_path = self.layout.log_file("worker", handle.name)
+        with open(log_path, "ab") as out:  # stderr too: a crash's last words end up in its log
+            handle.proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=out, stderr=out,
+                                           cwd=str(self.layout.home), close_fds=True)
+        handle.pid, handle.conn, handle.retiring, handle.kill_reason = handle.proc.pid, None, False, None
+        handle.spawned_at = time.time()
+        handle.display = f"{handle.worker_type}@{short_hostname()}.{handle.index}"
+        log.info("started worker %s (pid %d)", handle.name, handle.pid)
+
+    # -- the main loop's share -----------------------------------------------------------------
+    def connections(self) -> list:
+        return [h.conn for h in self.handles if h.conn is not None]
+
+    def adopt_arrivals(self) -> None:
+        """Attach connections that arrived: our spawned workers, or workers an operator started."""
+        while self._arrivals:
+            hello, conn = self._arrivals.popleft()
+            handle = next((h for h in self.handles if h.name == hello.get("name") and h.conn is None
+                           and (h.proc is None or h.pid == hello.get("pid"))), None)
+            if handle is None:  # started by hand with bin/worker: supervised by whoever started it
+                wtype = hello.get("type") or "default"
+                index = 1 + max((h.index for h in self.handles if h.worker_type == wtype), default=0)
+                handle = WorkerHandle(wtype, index, pid=hello.get("pid"))
+                handle.spawned_at = time.time()
+                self.handles.append(handle)
+            if self.stopping:
+                conn.send_bytes(protocol.pack({"t": "stop"}))
+            handle.conn, handle.connected_at = conn, time.time()
+            handle.display = hello.get("display") or handle.display
+            log.info("worker %s connected (pid %s)", handle.display, hello.get("pid"))
+
+    def read(self, ready_conns) -> PoolEvents:
+        events = PoolEvents()
+        ready = set(map(id, ready_conns))
+        for h in self.handles:
+            if h.conn is None or id(h.conn) not in ready:
+                continue
+            try:
+                while h.conn.poll():
+                    self._on_frame(h, protocol.unpack(h.conn.recv_bytes()), events)
+            except (EOFError, OSError, ValueError):
+                self._on_disconnect(h, events)
+        return events
+
+    def _on_frame(self, h: WorkerHandle, frame: dict, events: PoolEvents) -> None:
+        if frame["t"] == "done":
+            for outcome in frame["r"]:
+                a = h.inflight.popleft()
+                if a.message.job_id != outcome["job_id"]:  # the protocol's ordering broke: a bug
+                    log.error("worker %s answered job %s, expected %s", h.name, outcome["job_id"], a.message.job_id)
+                events.finished.append((a, outcome))
+                h.tasks_done += 1
+            h.head_since_ms = now_ms()
+        elif frame["t"] == "bye":
+            log.info("worker %s retiring: %s", h.name, frame.get("reason"))
+            h.retiring = True
+            events.returned.extend(h.inflight)
+            h.inflight.clear()
+
+    def _on_disconnect(self, h: WorkerHandle, events: PoolEvents) -> None:
+        try:
+            h.conn.close()
+        except OSError:
+            pass
+        h.conn = None
+        if h.proc is None:                 # an external worker: nobody else will reap it
+            self._charge(h, events, "worker process disconnected")
+            self.handles.remove(h)
+
+    def _charge(self, h: WorkerHandle, events: PoolEvents, reason: str) -> None:
+        if h.inflight:
+            events.crashed.append((h.inflight.popleft(), reason))
+        events.returned.extend(h.inflight)
+        h.inflight.clear()
+
+    def dispatch(self, pending: dict) -> None:
+        """Send waiting assignments (``{worker_type: deque}``) to the least loaded workers."""
+        for wtype, queue in pending.items():
+            while queue:
+                free = [h for h in self.handles if h.worker_type == wtype and h.conn is not None
+                        and not h.retiring and len(h.inflight) < WORKER_INFLIGHT]
+                if not free:
+                    break
+                h = min(free, key=lambda x: len(x.inflight))
+                share = -(-len(queue) // len(free))  # spread a burst over every free worker
+                take = min(WORKER_INFLIGHT - len(h.inflight), share)
+                batch = [queue.popleft() for _ in range(min(take, len(queue)))]
+                if not h.inflight:
+                    h.head_since_ms = now_ms()
+                h.inflight.extend(batch)
+                try:
+                    h.conn.send_bytes(protocol.pack({"t": "run", "a": [a.task() for a in batch]}))
+                except OSError:
+                    pass  # the disconnect is noticed on the next read; its tasks go back then
+
+    def supervise(self) -> PoolEvents:
+        """Reap dead workers, kill those past the time limit, respawn; call every round."""
+        events = PoolEvents()
+        limit_ms = self.settings.worker.time_limit * 1000
+        now = now_ms()
+        for h in list(self.handles):
+            if h.proc is None:
+                continue
+            code = h.proc.poll()
+            if code is None:
+                if h.inflight and h.kill_reason is None and now - h.head_since_ms > limit_ms:
+                    h.kill_reason = f"time limit of {self.settings.worker.time_limit:g}s exceeded"
+                    log.warning("worker %s: job %s %s; killing pid %d", h.name,
+                                h.inflight[0].message.job_id, h.kill_reason, h.pid)
+                    h.proc.kill()
+                continue
+            if h.conn is not None:
+                try:
+                    h.conn.close()
+                except OSError:
+                    pass
+                h.conn = None
+            reason = h.kill_reason or f"worker process died ({_describe_exit(code)})"
+            expected = h.retiring or self.stopping
+            self._charge(h, events, reason)
+            h.proc = None
+            if not expected:
+                log.error("worker %s (pid %s): %s", h.name, h.pid, reason)
+            if self.stopping:
+                continue
+            self._schedule_respawn(h, expected)
+        for h in self.handles:
+            if h.proc is None and h.conn is None and not self.stopping and time.time() >= h.next_spawn_at \
+                    and h.next_spawn_at:
+                h.next_spawn_at = 0.0
+                self._spawn(h)
+        return events
+
+    def _schedule_respawn(self, h: WorkerHandle, expected: bool) -> None:
+        if not expected:
+            h.reincarnations += 1
+        quick = time.time() - h.spawned_at < 5
+        h.fast_deaths = h.fast_deaths + 1 if (quick and not expected) else 0
+        delay = min(RESPAWN_BACKOFF_MAX, 0.5 * 2 ** h.fast_deaths) if h.fast_deaths else 0.0
+        h.next_spawn_at = time.time() + delay
+
+    def idle(self) -> bool:
+        return not any(h.inflight for h in self.handles)
+
+    def snapshot(self) -> list[dict]:
+        return [h.snapshot() for h in self.handles]
+
+    # -- stop ----------------------------------------------------------------------------------
+    def ask_to_stop(self) -> None:
+        """Tell every worker to finish what it holds and exit; no new work is dispatched after this."""
+        self.stopping = True
+        for h in self.handles:
+            if h.conn is not None:
+                try:
+                    h.conn.send_bytes(protocol.pack({"t": "stop"}))
+                except OSError:
+                    pass
+
+    def terminate(self, timeout: float = 5.0) -> None:
+        """Make sure no worker process survives: SIGTERM, then SIGKILL after ``timeout``."""
+        self.stopping = True
+        self._accepting = False
+        procs = [h.proc for h in self.handles if h.proc is not None and h.proc.poll() is None]
+        for p in procs:
+            p.send_signal(signal.SIGTERM)
+        deadline = time.monotonic() + timeout
+        for p in procs:
+            try:
+                p.wait(max(0.0, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                p.kill()
+                p.wait()
+        for h in self.handles:
+            if h.conn is not None:
+                h.conn.close()
+                h.conn = None
+            h.proc = None
+        if self._listener is not None:
+            self._listener.close()
+            self._listener = None
+        protocol.authkey_path(self.layout, self.subscriber_name).unlink(missing_ok=True)
+        protocol.socket_path(self.layout, self.subscriber_name).unlink(missing_ok=True)
+
+
+def _describe_exit(code: int) -> str:
+    if code < 0:
+        try:
+            return f"killed by {signal.Signals(-code).name}"
+        except ValueError:
+            return f"killed by signal {-code}"
+    return f"exit code {code}"
