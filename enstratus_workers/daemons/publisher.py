@@ -1,0 +1,140 @@
+"""The publisher: the only process that writes to the queue.
+
+It relays jobs that are ``pending`` in the provisioning DB (a transactional outbox: the row
+exists before any message does) in batches, with pipelined publisher confirms, and marks them
+``queued`` only once the broker has confirmed them. Several publishers can run at once: the
+rows of a batch stay locked (SKIP LOCKED) until it is marked, so no job is relayed twice.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+
+import sqlalchemy as sa
+
+from ..daemon import runner
+from ..daemon.service import Service
+from ..db import open_databases
+from ..errors import ConnectionClosed, DatabaseError, PublishError, TransportError
+from ..messages import encode_job
+from ..mq import open_transport
+from ..mq.base import OutgoingMessage
+
+log = logging.getLogger(__name__)
+
+HEARTBEAT_EVERY_S = 2.0
+
+
+class Publisher(Service):
+    daemon = "publisher"
+
+    def __init__(self, settings, layout, name: str):
+        self.settings, self.layout, self.name = settings, layout, name
+        self._stop = threading.Event()
+        self.transport = None
+        self._declared: set[str] = set()
+        self.published = 0
+        self.started_ms = int(time.time() * 1000)
+        self._last_beat = 0.0
+        self._backoff = 0.5
+
+    def request_stop(self, cold: bool = False) -> None:
+        self._stop.set()
+
+    def run(self, ready) -> None:
+        w = self.settings.worker
+        self.layout.ensure_dirs()
+        self.dbs = open_databases(w, self.layout)
+        ready()
+        try:
+            while not self._stop.is_set():
+                relayed = self._relay_once()
+                self._beat()
+                if relayed is None:          # something failed: back off
+                    self._stop.wait(self._backoff)
+                    self._backoff = min(30.0, self._backoff * 2)
+                    continue
+                self._backoff = 0.5
+                if relayed < w.publisher_batch:
+                    self._stop.wait(w.publisher_poll_interval)
+        finally:
+            # Shutdown order: the loop above finished its batch (marked or left pending);
+            # nothing is in flight now, so close the connection, then the databases.
+            log.info("stopping after relaying %d jobs", self.published)
+            self._close_transport()
+            try:
+                self.dbs.heartbeats.remove("publisher", self.name)
+            except Exception:
+                pass
+            self.dbs.close()
+
+    def _relay_once(self) -> int | None:
+        try:
+            if self.transport is None:
+                self.transport = open_transport(self.settings.mq, self.layout,
+                                                client_name=f"publisher@{self.name}")
+                self._declared.clear()
+                self._declare(self.settings.worker.all_queues)
+                log.info("connected to the %s transport", self.settings.mq.transport)
+            n = self.dbs.jobs.relay_pending(self.settings.worker.publisher_batch, self._publish)
+            self.published += n
+            return n
+        except ConnectionClosed as exc:
+            log.warning("queue connection lost (%s); jobs stay pending until it is back", exc)
+            self._close_transport()
+        except PublishError as exc:
+            log.warning("%s; %d jobs stay pending and are retried", exc, len(exc.unconfirmed))
+        except TransportError as exc:
+            log.warning("transport error: %s", exc)
+            self._close_transport()
+        except (DatabaseError, sa.exc.SQLAlchemyError) as exc:
+            log.warning("database unavailable (%s); retrying", type(exc).__name__)
+        return None
+
+    def _declare(self, queues) -> None:
+        new = [q for q in queues if q not in self._declared]
+        if new:
+            self.transport.declare(new)
+            self._declared.update(new)
+
+    def _publish(self, jobs) -> None:
+        self._declare({j.queue for j in jobs})
+        self.transport.publish([
+            OutgoingMessage(queue=j.queue, message_id=str(j.job_id),
+                            body=encode_job(j.job_id, j.action, j.arguments, j.attempts + 1))
+            for j in jobs])
+
+    def _close_transport(self) -> None:
+        if self.transport is not None:
+            try:
+                self.transport.close()
+            except Exception:
+                log.debug("error closing transport", exc_info=True)
+            self.transport = None
+
+    def _beat(self) -> None:
+        now = time.monotonic()
+        if now - self._last_beat < HEARTBEAT_EVERY_S:
+            return
+        self._last_beat = now
+        try:
+            self.dbs.heartbeats.beat(
+                "publisher", self.name, ttl_s=HEARTBEAT_EVERY_S * 5, started_ms=self.started_ms,
+                status="ok" if self.transport is not None else "degraded",
+                details={"published": self.published, "connected": self.transport is not None})
+        except Exception as exc:
+            log.warning("could not write heartbeat: %s", type(exc).__name__)
+
+
+def build(settings, layout, name, options) -> Publisher:
+    return Publisher(settings, layout, name)
+
+
+def main(argv=None) -> int:
+    return runner.main("publisher", build, argv)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

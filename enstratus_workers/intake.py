@@ -1,0 +1,111 @@
+"""The subscriber's intake thread: the only thread that touches the queue consumer's connection.
+
+It polls the transport, hands deliveries to the main loop through a queue plus a wake-up pipe,
+and reconnects with backoff when the broker goes away. Settling (ack/nack/dead-letter) is
+called from the main loop; the Consumer contract makes that thread-safe.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import queue
+import threading
+import time
+
+from .errors import ConnectionClosed
+from .mq import open_transport
+
+log = logging.getLogger(__name__)
+
+
+class Intake:
+    def __init__(self, mq_settings, layout, queues, prefetch: int, wake_fd: int, client_name: str):
+        self.mq_settings, self.layout = mq_settings, layout
+        self.queues, self.prefetch = list(queues), prefetch
+        self.client_name = client_name
+        self.deliveries: queue.SimpleQueue = queue.SimpleQueue()
+        self._wake_fd = wake_fd
+        self._stop = threading.Event()
+        self._paused = threading.Event()
+        self._consumer = None
+        self._transport = None
+        self.connected = threading.Event()
+        self.reconnects = 0
+        self.thread = threading.Thread(target=self._run, name="intake", daemon=True)
+
+    def start(self) -> None:
+        self.thread.start()
+
+    def pause(self) -> None:
+        """Stop taking work: anything delivered from now on goes straight back to the queue."""
+        self._paused.set()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self.thread.join(timeout=10)
+
+    # settling, from the main loop
+    def ack(self, deliveries) -> None:
+        if deliveries and self._consumer is not None:
+            self._consumer.ack(deliveries)
+
+    def nack(self, deliveries) -> None:
+        if deliveries and self._consumer is not None:
+            self._consumer.nack(deliveries)
+
+    def dead_letter(self, delivery, reason: str) -> None:
+        if self._consumer is not None:
+            self._consumer.dead_letter(delivery, reason)
+
+    def _run(self) -> None:
+        backoff = 0.5
+        while not self._stop.is_set():
+            try:
+                self._connect()
+                backoff = 0.5
+                self._poll_until_stopped()
+            except ConnectionClosed as exc:
+                self.connected.clear()
+                self.reconnects += 1
+                log.warning("queue connection lost (%s); reconnecting in %.1fs", exc, backoff)
+                self._close()
+                self._stop.wait(backoff)
+                backoff = min(30.0, backoff * 2)
+            except Exception:
+                self.connected.clear()
+                log.exception("intake failed; restarting it in %.1fs", backoff)
+                self._close()
+                self._stop.wait(backoff)
+                backoff = min(30.0, backoff * 2)
+        self._close()
+
+    def _connect(self) -> None:
+        self._transport = open_transport(self.mq_settings, self.layout, client_name=self.client_name)
+        self._transport.declare(self.queues)
+        self._consumer = self._transport.consumer(self.queues, self.prefetch)
+        self.connected.set()
+        log.info("consuming %s (prefetch %d)", ", ".join(self.queues), self.prefetch)
+
+    def _poll_until_stopped(self) -> None:
+        while not self._stop.is_set():
+            got = self._consumer.poll(0.1, self.prefetch)
+            if not got:
+                continue
+            if self._paused.is_set():
+                self._consumer.nack(got)
+                continue
+            self.deliveries.put(got)
+            try:
+                os.write(self._wake_fd, b"d")
+            except (BlockingIOError, OSError):
+                pass
+
+    def _close(self) -> None:
+        for thing in (self._consumer, self._transport):
+            if thing is not None:
+                try:
+                    thing.close()
+                except Exception:
+                    log.debug("error while closing", exc_info=True)
+        self._consumer = self._transport = None

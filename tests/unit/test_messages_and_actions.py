@@ -1,0 +1,106 @@
+"""Message decoding, the action registry and the executor: bad input fails clearly, never crashes."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from hypothesis import given, strategies as st
+
+from enstratus_workers.actions import Registry, default_registry
+from enstratus_workers.actions.executor import execute
+from enstratus_workers.messages import ActionMessage, MessageDecodeError, decode, encode_job
+
+
+def test_encode_from_the_job_row_round_trips():
+    body = encode_job(42, 'say "hi"', '{"a": [1, {"b": null}]}', 2)
+    assert decode(body) == ActionMessage(42, 'say "hi"', {"a": [1, {"b": None}]}, 2)
+    assert decode(ActionMessage(1, "noop", {}, 1).encode()).action == "noop"
+
+
+@pytest.mark.parametrize("body, reason", [
+    (b"\xff\xfe", "not JSON"),
+    (b"[1, 2]", "not a JSON object"),
+    (b'{"action": "noop"}', "job_id"),
+    (b'{"job_id": true, "action": "noop"}', "job_id"),
+    (b'{"job_id": 1}', "action"),
+    (b'{"job_id": 1, "action": "noop", "attempt": 0}', "attempt"),
+    (b"[" * 100000, "not JSON"),
+])
+def test_bad_bodies_are_refused_with_a_reason(body, reason):
+    with pytest.raises(MessageDecodeError, match=reason):
+        decode(body)
+
+
+def test_arguments_that_are_not_an_object_still_decode_so_the_job_can_fail_visibly():
+    assert decode(b'{"job_id": 3, "action": "echo", "arguments": [1]}').arguments == [1]
+
+
+@given(st.binary(max_size=300))
+def test_arbitrary_bytes_decode_or_are_refused_never_crash(body):
+    try:
+        msg = decode(body)
+    except MessageDecodeError:
+        return
+    assert isinstance(msg.job_id, int) and msg.job_id > 0 and msg.action
+
+
+@given(st.recursive(st.none() | st.booleans() | st.integers() | st.text(max_size=20),
+                    lambda c: st.lists(c, max_size=4) | st.dictionaries(st.text(max_size=8), c, max_size=4),
+                    max_leaves=20))
+def test_any_json_arguments_survive_the_message_round_trip(arguments):
+    msg = decode(encode_job(7, "echo", json.dumps(arguments), 1))
+    assert msg.arguments == arguments
+
+
+def _task(action, arguments=None, job_id=1):
+    return {"job_id": job_id, "action": action, "arguments": {} if arguments is None else arguments,
+            "attempt": 1, "queue": "default"}
+
+
+def test_builtins_and_their_outcomes():
+    reg = default_registry(plugins=False)
+    assert {"noop", "echo", "sleep", "fail"} <= set(reg.names())
+    ok = execute(reg, _task("echo", {"a": 1}), "w@h.1")
+    assert (ok["status"], json.loads(ok["result"]), ok["worker"]) == ("succeeded", {"a": 1}, "w@h.1")
+    assert ok["end_ms"] >= ok["start_ms"]
+    failed = execute(reg, _task("fail", {"message": "boom"}), "w")
+    assert (failed["status"], failed["error"]) == ("failed", "boom")
+    assert execute(reg, _task("sleep", {"seconds": -1}), "w")["error"] == "'seconds' must be a number >= 0"
+
+
+@pytest.mark.parametrize("task, error", [
+    (_task("nope"), "unknown action 'nope'"),
+    (_task("echo", [1, 2]), "arguments must be a JSON object, not list"),
+    (_task("echo", "text"), "arguments must be a JSON object, not str"),
+])
+def test_bad_jobs_fail_with_the_reason(task, error):
+    out = execute(default_registry(plugins=False), task, "w")
+    assert out["status"] == "failed" and out["error"] == error
+
+
+def test_an_action_bug_and_an_unserializable_result_are_failures_not_crashes():
+    reg = Registry()
+    reg.register("bug", lambda args, ctx: 1 / 0)
+    reg.register("weird", lambda args, ctx: {1, 2})
+    assert execute(reg, _task("bug"), "w")["error"].startswith("ZeroDivisionError")
+    assert "not JSON-serializable" in execute(reg, _task("weird"), "w")["error"]
+
+
+def test_plugins_load_from_the_entry_point_group_and_a_broken_one_is_skipped(monkeypatch):
+    from enstratus_workers.actions import registry as registry_module
+
+    class EP:
+        def __init__(self, name, target):
+            self.name, self.value, self._target = name, "x:y", target
+
+        def load(self):
+            if isinstance(self._target, Exception):
+                raise self._target
+            return self._target
+
+    eps = [EP("plug.hello", lambda a, c: "hello"), EP("plug.broken", ImportError("missing dep"))]
+    monkeypatch.setattr(registry_module, "entry_points", lambda group: eps)
+    reg = default_registry()
+    assert "plug.hello" in reg and "plug.broken" not in reg
+    assert execute(reg, _task("plug.hello"), "w")["result"] == '"hello"'
