@@ -1,0 +1,235 @@
+"""``enstratus-workers``: the operator's command line. Parse, validate, call; nothing more here.
+
+Exit codes: 0 success, 1 the thing asked about failed (a job failed, a check found a problem),
+2 bad usage or input, 6 bad configuration (as the daemons), 124 ``--wait`` timed out.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from datetime import datetime, timezone
+from pathlib import Path
+
+from .errors import EXIT_NOT_CONFIGURED, ConfigError, EnstratusError
+from .layout import Layout
+
+EXIT_FAILED, EXIT_USAGE, EXIT_TIMEOUT = 1, 2, 124
+
+
+def _layout(args) -> Layout:
+    return Layout(Path(args.home).resolve()) if args.home else Layout.from_env()
+
+
+def _settings(args):
+    from .config import load_settings
+
+    return load_settings(_layout(args))
+
+
+def _dbs(args, settings):
+    from .db import open_databases
+
+    return open_databases(settings.worker, _layout(args))
+
+
+def _print(args, data, text: str) -> None:
+    print(json.dumps(data, indent=2, default=str) if args.json else text)
+
+
+def _ts(ms) -> str:
+    if not ms:
+        return "-"
+    return datetime.fromtimestamp(ms / 1000, timezone.utc).strftime("%Y-%m-%d %H:%M:%S.%f")[:-3] + "Z"
+
+
+def _job_text(job) -> str:
+    lines = [f"job {job.job_id}: {job.action} on {job.queue} — {job.status}",
+             f"  arguments: {job.arguments}",
+             f"  attempts:  {job.attempts}/{job.max_attempts}",
+             f"  created:   {_ts(job.created_timestamp)}",
+             f"  started:   {_ts(job.start_timestamp)}",
+             f"  ended:     {_ts(job.end_timestamp)}"]
+    if job.start_timestamp and job.end_timestamp:
+        lines.append(f"  duration:  {job.end_timestamp - job.start_timestamp} ms")
+    if job.worker:
+        lines.append(f"  worker:    {job.worker}")
+    if job.result is not None:
+        lines.append(f"  result:    {job.result}")
+    if job.error:
+        lines.append(f"  error:     {job.error}")
+    if job.idempotency_key:
+        lines.append(f"  key:       {job.idempotency_key}")
+    return "\n".join(lines)
+
+
+# -- commands ----------------------------------------------------------------------------------
+def cmd_submit(args) -> int:
+    from .submit import SubmitError, submit, wait_for
+
+    settings = _settings(args)
+    dbs = _dbs(args, settings)
+    try:
+        try:
+            job, created = submit(settings, dbs, args.action, args.args, args.queue,
+                                  idempotency_key=args.idempotency_key, max_attempts=args.max_attempts)
+        except SubmitError as exc:
+            print(f"enstratus-workers: {exc}", file=sys.stderr)
+            return EXIT_USAGE
+        if not args.wait:
+            note = "" if created else " (already submitted with this idempotency key)"
+            _print(args, {**job.as_dict(), "created": created}, f"submitted job {job.job_id}{note}")
+            return 0
+        job = wait_for(dbs, job.job_id, args.timeout)
+        _print(args, job.as_dict(), _job_text(job))
+        if job.status == "succeeded":
+            return 0
+        return EXIT_TIMEOUT if job.status in ("pending", "queued", "running") else EXIT_FAILED
+    finally:
+        dbs.close()
+
+
+def cmd_job(args) -> int:
+    settings = _settings(args)
+    dbs = _dbs(args, settings)
+    try:
+        job = dbs.jobs.get(args.job_id)
+        if job is None:
+            print(f"enstratus-workers: no job {args.job_id}", file=sys.stderr)
+            return EXIT_FAILED
+        data = job.as_dict()
+        data["events"] = [e.__dict__ for e in dbs.events.for_job(job.job_id)]
+        _print(args, data, _job_text(job))
+        return 0
+    finally:
+        dbs.close()
+
+
+def cmd_jobs(args) -> int:
+    settings = _settings(args)
+    dbs = _dbs(args, settings)
+    try:
+        jobs = dbs.jobs.list(status=args.status, limit=args.limit)
+        rows = [f"{'ID':>8}  {'STATUS':<10} {'ACTION':<20} {'QUEUE':<12} {'ATT':>3}  {'ENDED':<24} ERROR"]
+        for j in jobs:
+            rows.append(f"{j.job_id:>8}  {j.status:<10} {j.action[:20]:<20} {j.queue[:12]:<12} "
+                        f"{j.attempts:>3}  {_ts(j.end_timestamp):<24} {(j.error or '')[:60]}")
+        _print(args, [j.as_dict() for j in jobs], "\n".join(rows))
+        return 0
+    finally:
+        dbs.close()
+
+
+def cmd_status(args) -> int:
+    from .daemon.procs import daemon_states
+    from .health import check_health
+
+    layout = _layout(args)
+    settings = _settings(args)
+    daemons = [{"daemon": s.daemon, "name": s.name, "pid": s.pid, "state": s.state,
+                "uptime_s": s.uptime_s} for s in daemon_states(layout)]
+    health = check_health(settings, layout)
+    data = {"daemons": daemons, "health": health.as_dict()}
+    try:
+        dbs = _dbs(args, settings)
+        try:
+            data["jobs"] = dbs.jobs.counts()
+            data["heartbeats"] = [h.as_dict() for h in dbs.heartbeats.all()]
+        finally:
+            dbs.close()
+    except EnstratusError as exc:
+        data["jobs"] = {"error": str(exc)}
+    lines = [f"{'DAEMON':<34} {'PID':>7}  {'STATE':<8} UPTIME"]
+    for d in daemons:
+        up = f"{d['uptime_s']:.0f}s" if d["uptime_s"] is not None else "-"
+        lines.append(f"{d['daemon'] + '@' + d['name']:<34} {d['pid'] or '-':>7}  {d['state']:<8} {up}")
+    if not daemons:
+        lines.append("(no daemon running)")
+    if isinstance(data["jobs"], dict) and "error" not in data["jobs"]:
+        lines.append("jobs: " + ", ".join(f"{k} {v}" for k, v in data["jobs"].items()))
+    lines.append(health.line())
+    _print(args, data, "\n".join(lines))
+    return 0 if health.code == 0 else EXIT_FAILED
+
+
+def cmd_config_check(args) -> int:
+    from .config import describe
+
+    settings = _settings(args)   # a ConfigError is reported by main()
+    _print(args, describe(settings), f"configuration OK ({_layout(args).classes_dir})")
+    return 0
+
+
+def cmd_keygen(args) -> int:
+    from .config.keys import ensure_provisioning_file, write_new_key
+
+    layout = _layout(args)
+    path = layout.classes_dir / "enstratus-provisioning.cfg"
+    if ensure_provisioning_file(layout):
+        print(f"wrote {path} with a new ENCRYPTION_KEY (mode 0600)")
+    elif args.force:
+        write_new_key(path)
+        print(f"replaced ENCRYPTION_KEY in {path} (mode 0600); restart the service and the KM")
+    else:
+        print(f"{path} already has a key; use --force to replace it", file=sys.stderr)
+        return EXIT_FAILED
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="enstratus-workers", description=__doc__.splitlines()[0])
+    p.add_argument("--home", help="install root (default: $ENSTRATUS_HOME or the checkout)")
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--json", action="store_true", help="print JSON")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    s = sub.add_parser("submit", parents=[common], help="submit a job")
+    s.add_argument("action")
+    s.add_argument("--args", help="the job's arguments, a JSON object")
+    s.add_argument("--queue", help="queue (default: worker.default_queue)")
+    s.add_argument("--idempotency-key", help="a second submit with the same key returns the first job")
+    s.add_argument("--max-attempts", type=int, help="override action.max_attempts")
+    s.add_argument("--wait", action="store_true", help="wait for the outcome; exit 1 if it failed")
+    s.add_argument("--timeout", type=float, default=60.0, help="seconds --wait waits (exit 124 after)")
+    s.set_defaults(func=cmd_submit)
+
+    s = sub.add_parser("job", parents=[common], help="show one job")
+    s.add_argument("job_id", type=int)
+    s.set_defaults(func=cmd_job)
+
+    s = sub.add_parser("jobs", parents=[common], help="list recent jobs")
+    s.add_argument("--status", choices=["pending", "queued", "running", "succeeded", "failed", "dead", "cancelled"])
+    s.add_argument("--limit", type=int, default=50)
+    s.set_defaults(func=cmd_jobs)
+
+    s = sub.add_parser("status", parents=[common], help="daemons, health, job counts")
+    s.set_defaults(func=cmd_status)
+
+    s = sub.add_parser("config", help="configuration commands")
+    csub = s.add_subparsers(dest="config_command", required=True)
+    c = csub.add_parser("check", parents=[common], help="validate every config file, as the daemons do")
+    c.set_defaults(func=cmd_config_check)
+
+    s = sub.add_parser("keygen", help="write a new ENCRYPTION_KEY (mode 0600)")
+    s.add_argument("--force", action="store_true", help="replace an existing key")
+    s.set_defaults(func=cmd_keygen)
+    return p
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except ConfigError as exc:
+        print(f"enstratus-workers: configuration error: {exc}", file=sys.stderr)
+        return EXIT_NOT_CONFIGURED
+    except EnstratusError as exc:
+        print(f"enstratus-workers: {exc}", file=sys.stderr)
+        return EXIT_FAILED
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

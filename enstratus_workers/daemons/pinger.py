@@ -1,0 +1,110 @@
+"""The pinger: checks the service's own health on an interval and records it as a heartbeat.
+
+``services/worker/bin/pinger check`` runs the same checks once and prints one line with a
+monitoring-plugin exit code (0 OK, 1 WARNING, 2 CRITICAL, 3 UNKNOWN), for Nagios and friends.
+Heartbeats of guest VMs (the agent port) are a later addition to this same daemon.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+import threading
+import time
+from pathlib import Path
+
+from ..config import load_settings
+from ..daemon import runner
+from ..daemon.service import Service
+from ..db import open_databases
+from ..errors import CHECK_CRITICAL, CHECK_UNKNOWN, CHECK_WARNING, EnstratusError
+from ..health import check_health
+from ..layout import Layout
+
+log = logging.getLogger(__name__)
+
+
+class Pinger(Service):
+    daemon = "pinger"
+
+    def __init__(self, settings, layout, name: str):
+        self.settings, self.layout, self.name = settings, layout, name
+        self._stop = threading.Event()
+        self.started_ms = int(time.time() * 1000)
+
+    def request_stop(self, cold: bool = False) -> None:
+        self._stop.set()
+
+    def run(self, ready) -> None:
+        interval = self.settings.worker.heartbeat_interval
+        dbs = open_databases(self.settings.worker, self.layout)
+        ready()
+        last_state = None
+        try:
+            while not self._stop.is_set():
+                started = time.monotonic()
+                try:
+                    health = check_health(self.settings, self.layout, dbs)
+                    if health.state != last_state:
+                        (log.info if health.state == "OK" else log.warning)("%s", health.line())
+                        last_state = health.state
+                    dbs.heartbeats.beat("pinger", self.name, ttl_s=interval * 3, started_ms=self.started_ms,
+                                        status="ok" if health.code == 0 else health.state.lower(),
+                                        details=health.as_dict())
+                except Exception:
+                    log.exception("health check round failed")
+                self._stop.wait(max(0.0, interval - (time.monotonic() - started)))
+        finally:
+            try:
+                dbs.heartbeats.remove("pinger", self.name)
+            except Exception:
+                pass
+            dbs.close()
+
+
+def build(settings, layout, name, options) -> Pinger:
+    return Pinger(settings, layout, name)
+
+
+def check(argv) -> int:
+    """``pinger check [--home H] [--json]``: one status line, a monitoring-plugin exit code."""
+    p = argparse.ArgumentParser(prog="pinger check")
+    p.add_argument("--home", default=None)
+    p.add_argument("--json", action="store_true")
+    args = p.parse_args(argv)
+    layout = Layout.from_env() if args.home is None else Layout(Path(args.home).resolve())
+    try:
+        settings = load_settings(layout)
+        health = check_health(settings, layout)
+    except EnstratusError as exc:
+        print(f"ENSTRATUS-WORKERS UNKNOWN - cannot check: {exc}")
+        return CHECK_UNKNOWN
+    if health.code == 0:
+        # The checks pass right now; is the pinger itself alive and beating on time?
+        try:
+            dbs = open_databases(settings.worker, layout, ensure=False)
+            try:
+                beats = [b for b in dbs.heartbeats.all() if b.daemon == "pinger"]
+            finally:
+                dbs.close()
+            if not beats:
+                health.worsen(CHECK_WARNING, "no pinger heartbeat recorded")
+            elif all(b.expired for b in beats):
+                health.worsen(CHECK_CRITICAL, "pinger heartbeat expired")
+        except Exception as exc:
+            health.worsen(CHECK_CRITICAL, f"cannot read heartbeats: {type(exc).__name__}")
+    print(json.dumps(health.as_dict()) if args.json else health.line())
+    return health.code
+
+
+def main(argv=None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv[:1] == ["check"]:
+        return check(argv[1:])
+    return runner.main("pinger", build, argv)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

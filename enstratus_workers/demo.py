@@ -1,0 +1,58 @@
+"""``make run``: start the service on its embedded default, submit a demo job, show its outcome.
+
+Everything it does is what an operator would do by hand: generate the provisioning key on first
+use, check the configuration, ``etc/init.d/enstratus-workers start``, ``enstratus-workers submit``.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+from .config import ensure_provisioning_file, load_settings
+from .db import open_databases
+from .errors import EXIT_NOT_CONFIGURED, ConfigError
+from .layout import Layout
+from .submit import submit, wait_for
+
+
+def main() -> int:
+    layout = Layout.from_env()
+    if ensure_provisioning_file(layout):
+        print(f"generated {layout.classes_dir / 'enstratus-provisioning.cfg'} (new ENCRYPTION_KEY, mode 0600)")
+    try:
+        settings = load_settings(layout)
+    except ConfigError as exc:
+        print(f"configuration error: {exc}", file=sys.stderr)
+        return EXIT_NOT_CONFIGURED
+    init = layout.home / "etc" / "init.d" / "enstratus-workers"
+    print(f"$ {init.relative_to(layout.home)} start")
+    started = subprocess.run([str(init), "start"], cwd=layout.home)
+    if started.returncode != 0:
+        print(f"the service did not start (exit {started.returncode}); see {layout.log_dir}", file=sys.stderr)
+        return started.returncode
+    dbs = open_databases(settings.worker, layout)
+    try:
+        job, _ = submit(settings, dbs, "echo", json.dumps({"hello": "enstratus"}))
+        print(f"$ enstratus-workers submit echo --args '{{\"hello\": \"enstratus\"}}' --wait")
+        print(f"submitted job {job.job_id}; waiting for its outcome ...")
+        job = wait_for(dbs, job.job_id, timeout=60)
+    finally:
+        dbs.close()
+    print(f"job {job.job_id}: {job.status}"
+          + (f" in {job.end_timestamp - job.start_timestamp} ms on {job.worker}" if job.end_timestamp else "")
+          + (f", result {job.result}" if job.result else "") + (f", error {job.error}" if job.error else ""))
+    print(f"""
+The service is running ({settings.mq.transport} queue, databases under {layout.data_dir.relative_to(layout.home)}).
+  .venv/bin/enstratus-workers status             daemons, health, job counts
+  .venv/bin/enstratus-workers submit sleep --args '{{"seconds": 2}}' --wait
+  .venv/bin/enstratus-workers jobs               recent jobs
+  services/worker/bin/pinger check               monitoring-plugin health line
+  logs: {layout.log_dir.relative_to(layout.home)}/
+To stop it:  etc/init.d/enstratus-workers stop   (or: make stop)""")
+    return 0 if job.status == "succeeded" else 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
