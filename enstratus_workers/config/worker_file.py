@@ -1,0 +1,97 @@
+"""``worker.properties``: the databases, the worker types and the limits put on actions."""
+
+from __future__ import annotations
+
+import re
+from functools import partial
+from pathlib import Path
+
+from enstratus_workers.config import converters as conv
+from enstratus_workers.config.problems import did_you_mean, raise_all
+from enstratus_workers.config.propfile import Prop, PropFile
+from enstratus_workers.config.settings import WorkerSettings, WorkerType
+
+FILENAME = "worker.properties"
+
+
+def _single_queue(text: str) -> str:
+    queues = conv.queue_names(text)
+    if len(queues) > 1:
+        raise ValueError("names more than one queue: the default queue is a single queue name")
+    return queues[0]
+
+
+_POSITIVE = partial(conv.number, lo=0, lo_open=True)
+
+PROPS = (
+    Prop("provisioning.url", "provisioning_url", conv.db_url, secret=True, url=True),
+    Prop("analytics.url", "analytics_url", conv.db_url, secret=True, url=True),
+    Prop("worker.default_queue", "default_queue", _single_queue),
+    Prop("action.time_limit", "time_limit", _POSITIVE),
+    Prop("action.max_attempts", "max_attempts", partial(conv.integer, lo=1)),
+    Prop("worker.max_tasks_per_child", "max_tasks_per_child", partial(conv.integer, lo=0)),
+    Prop("worker.max_memory_mb", "max_memory_mb", partial(conv.integer, lo=0)),
+    Prop("worker.grace_period", "grace_period", partial(conv.number, lo=0)),
+    Prop("publisher.poll_interval", "publisher_poll_interval", _POSITIVE),
+    Prop("publisher.batch", "publisher_batch", partial(conv.integer, lo=1)),
+    Prop("subscriber.record_batch", "record_batch", partial(conv.integer, lo=1)),
+    Prop("subscriber.record_interval", "record_interval", partial(conv.number, lo=0)),
+    Prop("pinger.heartbeat_interval", "heartbeat_interval", _POSITIVE),
+)
+TYPES_KEY = "worker.types"
+_PER_TYPE = re.compile(r"worker\.([^.]+)\.(queues|min|max)")
+
+
+def _type_defaults() -> dict[str, WorkerType]:
+    """Worker types as the dataclass defaults them, so a key left out means the same as no file."""
+    return {t.name: t for t in WorkerSettings().types}
+
+
+def _read_type(f: PropFile, name: str, defaults: dict[str, WorkerType]) -> WorkerType:
+    base = defaults.get(name) or WorkerType(name, (name,))
+    queues = f.get(f"worker.{name}.queues", conv.queue_names, base.queues)
+    low = f.get(f"worker.{name}.min", partial(conv.integer, lo=0), base.min)
+    high = f.get(f"worker.{name}.max", partial(conv.integer, lo=1), base.max)
+    return WorkerType(name, queues, low, high)
+
+
+def _known_keys(type_names) -> set[str]:
+    return {p.key for p in PROPS} | {TYPES_KEY} | {
+        f"worker.{name}.{part}" for name in type_names for part in ("queues", "min", "max")}
+
+
+def validate(f: PropFile, settings: WorkerSettings) -> None:
+    """The checks that involve more than one key, recorded on ``f``."""
+    for t in settings.types:
+        if t.min > t.max:
+            low, high = f"worker.{t.name}.min", f"worker.{t.name}.max"
+            key = low if low in f.entries else high  # point at a line the operator wrote
+            f.error(f"{low} ({t.min}) is greater than {high} ({t.max})", key, f.line(key))
+    if settings.default_queue not in settings.all_queues:
+        f.error(f"default queue {settings.default_queue!r} is not consumed by any worker type "
+                f"(their queues: {', '.join(settings.all_queues)})",
+                "worker.default_queue", f.line("worker.default_queue"))
+
+
+def read_worker(path: Path) -> WorkerSettings:
+    """The settings in ``path``, the defaults if there is no such file; ConfigError(s) if it is bad."""
+    f = PropFile.read(path)
+    if f is None:
+        return WorkerSettings()
+    f.check_exposure(PROPS)
+    defaults = _type_defaults()
+    before = len(f.errors)
+    names = f.get(TYPES_KEY, partial(conv.names, what="worker type"), tuple(defaults))
+    types_ok = len(f.errors) == before
+    types = tuple(_read_type(f, name, defaults) for name in names)
+    settings = WorkerSettings(**f.convert(PROPS), types=types, source=path)
+    strays = {key: f"worker type {m.group(1)!r} is not listed in {TYPES_KEY} ({', '.join(names)})"
+                   f"{did_you_mean(m.group(1), names)}"
+              for key in f.entries if (m := _PER_TYPE.fullmatch(key)) and m.group(1) not in names}
+    # with worker.types unreadable, every per-type key would look stray: report the cause only
+    f.check_unknown(_known_keys(names) | (set() if types_ok else set(strays)), strays)
+    if types_ok:
+        validate(f, settings)
+    f.errors.sort(key=lambda e: e.line or 0)
+    raise_all(f.errors)
+    return settings
