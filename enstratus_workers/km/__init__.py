@@ -1,0 +1,56 @@
+"""The key-management (KM) service and its client: cloud credentials, kept apart from the workers.
+
+Workers never hold credentials at rest; they ask the KM daemon (``services/km``) for them over
+TCP (``enstratus_workers.km.client.KMClient``). Every frame is sealed with AES-256-GCM under the
+``ENCRYPTION_KEY`` of ``enstratus-provisioning.cfg`` (``envelope.py``); the daemon keeps each
+secret encrypted under its own master key in the ``credentials`` database (``store.py``).
+
+The exception tree lives here, in the package both sides import, so a caller can catch
+``KMError`` without importing the client's socket code. Modules: ``envelope`` (message crypto),
+``protocol`` (framing and the request/response schema), ``store`` (credentials at rest),
+``server`` (the daemon's ``KMService``), ``client`` (``KMClient``), ``config`` (``km.cfg``).
+"""
+
+from __future__ import annotations
+
+from enstratus_workers.errors import EnstratusError
+
+
+class KMError(EnstratusError):
+    """Base of every KM failure, on the client and on the server.
+
+    ``code`` is the machine-readable reason. Messages never carry a secret: at most an
+    account, a credential name, a key id and a code.
+    """
+
+    code = "km_error"
+
+    def __init__(self, message: str, code: str | None = None):
+        super().__init__(message)
+        if code is not None:
+            self.code = code
+
+
+class KMUnavailable(KMError):
+    """The KM could not be reached or answered nothing usable (connection refused, timeout,
+    connection closed mid-answer), or its database is down. Retrying later may succeed."""
+
+    code = "unavailable"
+
+
+class KMRefused(KMError):
+    """The KM understood the client and said no, or the client refused the KM's answer.
+
+    Retrying the same thing fails the same way, so the client never retries it. Codes:
+    ``unknown_key`` (the KM does not hold this client's ENCRYPTION_KEY), ``unauthentic``
+    (tampered frame or wrong key), ``stale`` (clock skew beyond the replay window),
+    ``replayed``, ``bad_frame``, ``frame_too_large``, ``bad_request``, ``busy``, ``internal``.
+    """
+
+    code = "refused"
+
+
+class KMNotFound(KMError):
+    """The account has no credential of that name. Not a refusal: the caller usually handles it."""
+
+    code = "not_found"

@@ -1,0 +1,177 @@
+"""``KMClient``: how workers fetch and store credentials in the KM daemon.
+
+Each call opens its own TCP connection, sends one sealed request and reads one sealed response.
+That costs a loopback handshake per call and buys simple correctness: no shared socket, so the
+client is thread-safe without a lock and survives forks, and a KM restart never leaves it
+holding a dead connection. Connection failures are retried with exponential backoff
+(``settings.retries`` times); refusals are not. After a request has been sent, only idempotent
+operations are retried (``delete`` is not: a lost answer to a delete that went through would
+come back as ``KMNotFound`` on the retry). Every attempt is sealed afresh: a new request id and
+timestamp, so the KM's replay guard never mistakes a retry for a replay.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import socket
+import time
+from typing import Any, Mapping
+
+from enstratus_workers.config.settings import KMClientSettings, Secret
+from enstratus_workers.errors import ConfigError
+from enstratus_workers.km import KMError, KMRefused, KMUnavailable
+from enstratus_workers.km import protocol as p
+from enstratus_workers.km.envelope import KEY_SIZE, REQUEST, RESPONSE, EnvelopeError, Keyring, open_frame, seal
+
+log = logging.getLogger(__name__)
+
+_IDEMPOTENT = frozenset({"ping", "get", "list", "put"})
+_MAX_BACKOFF = 2.0
+
+
+class _Retryable(Exception):
+    """A failure worth another attempt; ``sent`` says whether the KM may have acted on it."""
+
+    def __init__(self, reason: str, sent: bool):
+        super().__init__(reason)
+        self.sent = sent
+
+
+class KMClient:
+    """Talks to the KM at ``settings.host:settings.port`` under ``encryption_key`` (32 bytes).
+
+    ``settings.timeout`` bounds the connect and, separately, the wait for the whole answer.
+    Raises ``KMUnavailable`` (unreachable after the retries), ``KMRefused`` (wrong key, stale
+    clock, bad request, a response that does not authenticate) and ``KMNotFound``.
+    """
+
+    def __init__(self, settings: KMClientSettings, encryption_key: Secret, *,
+                 backoff: float = 0.1, max_frame: int = p.MAX_FRAME):
+        key = encryption_key.reveal()
+        if not isinstance(key, (bytes, bytearray)) or len(key) != KEY_SIZE:
+            raise ConfigError(f"must be {KEY_SIZE} bytes for the KM client", key="ENCRYPTION_KEY")
+        if settings.ssl:
+            raise ConfigError("ssl = true is not supported: KM traffic is sealed with AES-256-GCM",
+                              file=settings.source, key="ssl")
+        self.settings = settings
+        self._keyring = Keyring(bytes(key))
+        self._backoff = backoff
+        self._max_frame = max_frame
+        self._closed = False
+
+    def __repr__(self):
+        return (f"KMClient({self.settings.host}:{self.settings.port}, "
+                f"key_id={self._keyring.current_id.hex()})")
+
+    def __enter__(self) -> "KMClient":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Refuse further calls. There is no socket to close between calls."""
+        self._closed = True
+
+    # -- the API -------------------------------------------------------------------------------
+
+    def ping(self) -> None:
+        """Round-trip to the KM and its database; raises if either is unwell (for the pinger)."""
+        self._call("ping")
+
+    def put(self, account: str | int, name: str, secret: bytes | str, kind: str = "api_key",
+            metadata: Mapping[str, Any] | None = None) -> int:
+        """Store (or replace) a secret; returns the credential's new version.
+
+        ``metadata`` is stored and listed in clear: labels such as region or fingerprint, never
+        secrets. A ``str`` secret is stored as its UTF-8 bytes.
+        """
+        raw = secret.encode("utf-8") if isinstance(secret, str) else bytes(secret)
+        result = self._call("put", account, name, kind=kind, secret=raw, metadata=metadata)
+        try:
+            return int(result["version"])
+        except (TypeError, KeyError, ValueError):
+            raise KMRefused("KM put response carries no version", "bad_response") from None
+
+    def get(self, account: str | int, name: str) -> p.Credential:
+        """The credential with its secret (a ``Secret`` of bytes); ``KMNotFound`` if absent."""
+        return p.credential_from_wire(self._call("get", account, name))
+
+    def list(self, account: str | int) -> list[p.CredentialInfo]:
+        """Names, kinds and metadata of an account's credentials, never their secrets."""
+        result = self._call("list", account)
+        if not isinstance(result, list):
+            raise KMRefused("KM list response is not a list", "bad_response")
+        return [p.info_from_wire(i) for i in result]
+
+    def delete(self, account: str | int, name: str) -> None:
+        """Remove a credential; ``KMNotFound`` if it does not exist."""
+        self._call("delete", account, name)
+
+    # -- one call --------------------------------------------------------------------------------
+
+    def _call(self, op: str, account: str | int = "", name: str = "", **fields) -> Any:
+        if self._closed:
+            raise KMError("the KM client is closed", "closed")
+        account = str(account) if account != "" else ""
+        payload = p.encode_request(op, account, name, **fields)
+        attempts = 1 + max(0, self.settings.retries)
+        where = f"{self.settings.host}:{self.settings.port}"
+        for attempt in range(1, attempts + 1):
+            try:
+                return self._attempt(payload)
+            except _Retryable as exc:
+                if exc.sent and op not in _IDEMPOTENT:
+                    raise KMUnavailable(f"KM at {where}: {exc} after sending {op}; it may or may "
+                                        f"not have been applied") from None
+                if attempt == attempts:
+                    raise KMUnavailable(f"KM at {where} unavailable after {attempts} attempts: {exc}") from None
+                delay = min(_MAX_BACKOFF, self._backoff * 2 ** (attempt - 1)) * random.uniform(0.5, 1.0)
+                log.warning("KM %s at %s failed (%s); retry %d/%d in %.2fs", op, where, exc,
+                            attempt, attempts - 1, delay)
+                time.sleep(delay)
+        raise AssertionError("unreachable")
+
+    def _attempt(self, payload: bytes) -> Any:
+        s = self.settings
+        frame, request_id = seal(self._keyring, REQUEST, payload)
+        try:
+            conn = socket.create_connection((s.host, s.port), timeout=s.timeout)
+        except OSError as exc:
+            raise _Retryable(f"cannot connect: {exc.strerror or exc}", sent=False) from None
+        with conn:
+            try:
+                conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+                p.write_frame(conn, frame)
+            except OSError as exc:
+                raise _Retryable(f"cannot send: {exc.strerror or exc}", sent=False) from None
+            try:
+                reply = p.read_frame(conn, self._max_frame, time.monotonic() + s.timeout)
+            except p.FrameTooLarge as exc:
+                raise KMRefused(f"KM response refused: {exc}", "bad_response") from None
+            except (OSError, p.FrameError) as exc:  # TimeoutError is an OSError
+                raise _Retryable(f"no answer: {exc}", sent=True) from None
+        if reply is None:
+            raise _Retryable("connection closed without an answer", sent=True)
+        return p.decode_response(self._open(reply, request_id))
+
+    def _open(self, reply: bytes, request_id: bytes) -> bytes:
+        refusal = p.parse_error_frame(reply)
+        if refusal is not None:
+            code, message = refusal
+            if code == "busy":
+                raise _Retryable(f"KM busy: {message}", sent=False)
+            if code == "unknown_key":
+                message = (f"the KM does not hold this client's ENCRYPTION_KEY (key id "
+                           f"{self._keyring.current_id.hex()}); compare enstratus-provisioning.cfg "
+                           f"on both hosts")
+            raise KMRefused(f"KM at {self.settings.host}:{self.settings.port} refused the request "
+                            f"({code}): {message}", code)
+        try:
+            opened = open_frame(self._keyring, reply, RESPONSE)
+        except EnvelopeError as exc:
+            raise KMRefused(f"KM response failed authentication: {exc}", "bad_response") from None
+        if opened.request_id != request_id or opened.key_id != self._keyring.current_id:
+            raise KMRefused("KM response answers another request (a replayed response?)", "bad_response")
+        return opened.payload

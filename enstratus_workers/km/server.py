@@ -1,0 +1,246 @@
+"""The KM daemon: a TCP server that answers sealed credential requests from the store.
+
+One thread accepts (with a selector, so it notices a stop within ``POLL`` seconds); each
+connection gets a thread of its own, at most ``max_connections`` at once, and may carry any
+number of requests. Anything that does not authenticate, is stale, replayed, oversized or
+garbage gets one unauthenticated error frame (``protocol.py``) where the stream still allows
+it, and the connection is closed; the daemon logs the peer and the reason (never a secret) and
+keeps serving everyone else. Requests that authenticate always get a sealed response under the
+key they came in with, which is what lets a rotation run with old and new keys at once.
+"""
+
+from __future__ import annotations
+
+import logging
+import selectors
+import socket
+import threading
+import time
+from typing import Callable
+
+from enstratus_workers.daemon.service import Service
+from enstratus_workers.errors import DaemonError, DatabaseError
+from enstratus_workers.km import KMError, KMNotFound
+from enstratus_workers.km import protocol as p
+from enstratus_workers.km.config import KMSettings
+from enstratus_workers.km.envelope import (REQUEST, RESPONSE, EnvelopeError, Keyring, ReplayGuard,
+                                           open_frame, seal)
+from enstratus_workers.km.store import CredentialStore, load_or_create_master_key
+
+log = logging.getLogger(__name__)
+
+POLL = 0.2          # seconds between looks at the stop flag
+STOP_GRACE = 0.7    # seconds running requests get to finish once a stop is noticed
+LINGER = 0.25       # seconds a refused peer's remaining input is drained before closing
+LINGER_BYTES = 1 << 20
+
+
+class KMService(Service):
+    """The ``km`` daemon: serves ``KMSettings.host:port`` until ``request_stop``.
+
+    Warm and cold stops are the same here: requests take milliseconds, so a stop lets the
+    running ones answer (up to ``STOP_GRACE``), then closes every connection and the store.
+    ``store_factory`` lets tests substitute the store; by default ``run`` opens the database
+    and the master key itself, after the runner has daemonized (no connection crosses a fork).
+    """
+
+    daemon = "km"
+
+    def __init__(self, settings: KMSettings, keyring: Keyring, name: str = "default",
+                 store_factory: Callable[[], CredentialStore] | None = None):
+        self.settings = settings
+        self.name = name
+        self._keyring = keyring
+        self._guard = ReplayGuard(int(settings.replay_window * 1000), settings.replay_cache_size)
+        self._store_factory = store_factory or self._open_store
+        self._store: CredentialStore | None = None
+        self._stopping = False      # set by request_stop (a signal handler): a plain flag
+        self._slots = threading.BoundedSemaphore(settings.max_connections)
+        self._threads: set[threading.Thread] = set()
+        self.address: tuple[str, int] | None = None
+
+    def __repr__(self):
+        return f"KMService(name={self.name!r}, address={self.address}, keys={self._keyring!r})"
+
+    def request_stop(self, cold: bool = False) -> None:
+        self._stopping = True
+
+    def run(self, ready: Callable[[], None]) -> None:
+        self._store = self._store_factory()
+        try:
+            listener = self._listen()
+        except BaseException:
+            self._store.close()
+            raise
+        sel = selectors.DefaultSelector()
+        try:
+            sel.register(listener, selectors.EVENT_READ)
+            log.info("KM %s listening on %s:%d (key ids %s, replay window %gs)", self.name,
+                     *self.address, ", ".join(k.hex() for k in self._keyring.key_ids),
+                     self.settings.replay_window)
+            ready()
+            while not self._stopping:
+                if sel.select(POLL):
+                    self._accept(listener)
+        finally:
+            # Shutdown order: stop taking connections; let running requests answer (connection
+            # threads see the flag between requests, within POLL); then close the store.
+            sel.close()
+            listener.close()
+            deadline = time.monotonic() + STOP_GRACE
+            for t in list(self._threads):
+                t.join(max(0.0, deadline - time.monotonic()))
+            if any(t.is_alive() for t in self._threads):
+                log.warning("KM %s stopping with requests still running", self.name)
+            self._store.close()
+            log.info("KM %s stopped", self.name)
+
+    # -- sockets -----------------------------------------------------------------------------
+
+    def _open_store(self) -> CredentialStore:
+        key = load_or_create_master_key(self.settings.master_key_file)
+        return CredentialStore.open(self.settings.credentials_url.reveal(), key)
+
+    def _listen(self) -> socket.socket:
+        try:
+            listener = socket.create_server((self.settings.host, self.settings.port), backlog=128)
+        except OSError as exc:
+            raise DaemonError(f"KM cannot listen on {self.settings.host}:{self.settings.port}: "
+                              f"{exc.strerror or exc}") from None
+        listener.setblocking(False)
+        self.address = listener.getsockname()[:2]
+        return listener
+
+    def _accept(self, listener: socket.socket) -> None:
+        try:
+            conn, peer = listener.accept()
+        except (BlockingIOError, InterruptedError, ConnectionAbortedError):
+            return
+        peer_s = f"{peer[0]}:{peer[1]}"
+        self._threads = {t for t in self._threads if t.is_alive()}
+        if not self._slots.acquire(blocking=False):
+            log.warning("KM refused %s: %d connections already open", peer_s, self.settings.max_connections)
+            self._refuse(conn, "busy", "too many connections to the KM; retry later")
+            return
+        conn.setblocking(True)
+        t = threading.Thread(target=self._serve, args=(conn, peer_s), name=f"km-conn-{peer_s}", daemon=True)
+        try:
+            t.start()
+        except RuntimeError:  # the OS would not give us another thread
+            self._slots.release()
+            self._refuse(conn, "busy", "the KM cannot serve another connection now; retry later")
+            return
+        self._threads.add(t)
+
+    def _refuse(self, conn: socket.socket, code: str, message: str) -> None:
+        with conn:
+            _refuse_and_close(conn, p.error_frame(code, message))
+
+    def _serve(self, conn: socket.socket, peer: str) -> None:
+        sel = selectors.DefaultSelector()
+        try:
+            with conn:
+                conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+                sel.register(conn, selectors.EVENT_READ)
+                while self._wait_for_request(sel):
+                    try:
+                        frame = p.read_frame(conn, self.settings.max_frame,
+                                             time.monotonic() + self.settings.frame_timeout)
+                    except p.FrameTooLarge as exc:
+                        log.warning("KM refused a frame from %s: %s", peer, exc)
+                        _refuse_and_close(conn, p.error_frame(exc.code, str(exc)))
+                        return
+                    except (p.FrameError, TimeoutError) as exc:
+                        log.warning("KM dropped %s: %s", peer, exc)
+                        return
+                    if frame is None:
+                        return
+                    reply, keep_open = self._answer(frame, peer)
+                    if not keep_open:
+                        _refuse_and_close(conn, reply)
+                        return
+                    conn.settimeout(self.settings.frame_timeout)
+                    p.write_frame(conn, reply)
+        except OSError as exc:
+            log.info("KM connection from %s failed: %s", peer, exc)
+        except Exception:  # noqa: BLE001 - one bad connection must not take the daemon down
+            log.exception("KM connection from %s failed unexpectedly", peer)
+        finally:
+            sel.close()
+            self._slots.release()
+
+    def _wait_for_request(self, sel: selectors.BaseSelector) -> bool:
+        """True once the next request starts arriving; False on stop or after ``idle_timeout``."""
+        idle_until = time.monotonic() + self.settings.idle_timeout
+        while not self._stopping:
+            remaining = idle_until - time.monotonic()
+            if remaining <= 0:
+                return False
+            if sel.select(min(POLL, remaining)):
+                return True
+        return False
+
+    # -- requests ----------------------------------------------------------------------------
+
+    def _answer(self, frame: bytes, peer: str) -> tuple[bytes, bool]:
+        """The frame to send back, and whether the connection may carry further requests."""
+        try:
+            opened = open_frame(self._keyring, frame, REQUEST)
+            self._guard.check(opened)
+        except EnvelopeError as exc:
+            log.warning("KM refused a request from %s (%s): %s", peer, exc.code, exc)
+            return p.error_frame(exc.code, str(exc)), False
+        try:
+            request = p.decode_request(opened.payload)
+            payload = p.encode_ok(self._dispatch(request, peer, opened.key_id.hex()))
+        except KMNotFound as exc:
+            payload = p.encode_error("not_found", str(exc))
+        except p.BadRequest as exc:
+            log.warning("KM bad request from %s: %s", peer, exc)
+            payload = p.encode_error("bad_request", str(exc))
+        except DatabaseError as exc:
+            payload = p.encode_error("unavailable", str(exc))
+        except KMError as exc:
+            payload = p.encode_error(exc.code, str(exc))
+        except Exception:  # noqa: BLE001 - answer, log, keep serving
+            log.exception("KM request from %s failed", peer)
+            payload = p.encode_error("internal", "the KM failed to handle the request; see its log")
+        reply, _ = seal(self._keyring, RESPONSE, payload, request_id=opened.request_id, kid=opened.key_id)
+        return reply, True
+
+    def _dispatch(self, req: p.Request, peer: str, kid: str):
+        store = self._store
+        audit = log.info if req.op in ("put", "delete") else log.debug
+        audit("KM %s from %s (key %s)", req.describe(), peer, kid)
+        if req.op == "ping":
+            store.ping()
+            return {"pong": True}
+        if req.op == "put":
+            version = store.put(req.account, req.name, req.secret.reveal(), req.kind, req.metadata)
+            return {"version": version}
+        if req.op == "get":
+            return p.credential_to_wire(store.get(req.account, req.name))
+        if req.op == "list":
+            return [p.info_to_wire(i) for i in store.list(req.account)]
+        store.delete(req.account, req.name)
+        return {"deleted": True}
+
+
+def _refuse_and_close(conn: socket.socket, frame: bytes) -> None:
+    """Send an error frame, then half-close and drain what the peer still sends (briefly, boundedly).
+
+    Closing a socket with unread input makes the kernel send a reset, which can destroy the
+    error frame before the peer reads it: the peer would see "connection reset" instead of why.
+    """
+    try:
+        conn.settimeout(LINGER)
+        p.write_frame(conn, frame)
+        conn.shutdown(socket.SHUT_WR)
+        deadline, drained = time.monotonic() + LINGER, 0
+        while drained < LINGER_BYTES and time.monotonic() < deadline:
+            chunk = conn.recv(65536)
+            if not chunk:
+                break
+            drained += len(chunk)
+    except OSError:
+        pass
