@@ -1,0 +1,226 @@
+"""Prometheus metrics, read from the databases and the queue at scrape time.
+
+The figures live in shared engines, not in one process: the analytics DB holds every attempt,
+the heartbeat rows hold every subscriber's pool and every publisher's count, the broker holds
+the queues. So the collector keeps no counters of its own; any process that can read those
+engines (the admin daemon, a sidecar) serves the same numbers for a fleet of any size. Every
+scrape costs a few grouped queries: one per table, whatever the number of rows' actions or
+buckets (the histogram is one ``SUM(CASE ...)`` per bucket in a single ``GROUP BY``).
+
+Each source that cannot be read is reported as ``enstratus_workers_up{source=...} 0`` and its
+metrics are left out of that scrape, rather than failing the whole scrape.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Iterable, Sequence
+
+import sqlalchemy as sa
+from prometheus_client import CollectorRegistry, make_wsgi_app, start_http_server
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
+from prometheus_client.registry import Collector
+
+from .db import Databases, open_databases
+from .db.schema import events as E
+from .monitor.stat import DEAD, DEGRADED, RUNNING, STOPPED, WORKER_STATES, SUBSCRIBER, Stat, TransportDepths
+
+log = logging.getLogger(__name__)
+
+PREFIX = "enstratus_workers"
+#: upper bounds (seconds) of the action-duration histogram: cloud calls take from ms to minutes
+DURATION_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0)
+CLUSTER_STATUSES = (RUNNING, DEGRADED, DEAD, STOPPED)
+
+
+def _err(exc: BaseException) -> str:
+    inner = getattr(exc, "orig", None) or exc
+    return f"{type(inner).__name__}: {str(inner).splitlines()[0][:200] if str(inner) else ''}"
+
+
+def duration_histogram(engine: sa.Engine, buckets: Sequence[float] = DURATION_BUCKETS) -> dict[str, dict]:
+    """Per action: ``{"count", "sum_s", "buckets": [cumulative count per bound]}`` over all events.
+
+    One grouped query with a ``SUM(CASE WHEN duration_ms <= bound ...)`` per bound: the database
+    counts, only one row per action comes back.
+    """
+    per_bucket = [sa.func.sum(sa.case((E.c.duration_ms <= bound * 1000, 1), else_=0)) for bound in buckets]
+    q = (sa.select(E.c.action, sa.func.count(), sa.func.sum(E.c.duration_ms), *per_bucket)
+         .group_by(E.c.action).order_by(E.c.action))
+    out = {}
+    with engine.connect() as conn:
+        for action, count, total_ms, *cumulative in conn.execute(q):
+            out[action] = {"count": int(count), "sum_s": float(total_ms or 0) / 1000,
+                           "buckets": [int(c or 0) for c in cumulative]}
+    return out
+
+
+def attempts_by_outcome(engine: sa.Engine) -> dict[tuple[str, str], int]:
+    """``{(action, outcome): attempts}`` over every event in the analytics DB."""
+    q = sa.select(E.c.action, E.c.outcome, sa.func.count()).group_by(E.c.action, E.c.outcome)
+    with engine.connect() as conn:
+        return {(a, o): int(n) for a, o, n in conn.execute(q)}
+
+
+class ServiceCollector(Collector):
+    """Collects the service's metrics on each scrape (see the module docstring for the names).
+
+    ``dbs``: open databases to read (else opened on the first scrape and kept; ``close`` them).
+    ``depths``: a ``depths(queues) -> [QueueDepth]`` callable (else the configured transport).
+    """
+
+    def __init__(self, settings, layout, *, dbs: Databases | None = None, depths=None,
+                 buckets: Sequence[float] = DURATION_BUCKETS):
+        self.settings, self.layout = settings, layout
+        self._dbs, self._own_dbs = dbs, dbs is None
+        self._depths = depths if depths is not None else TransportDepths(settings, layout, client_name="metrics")
+        self._own_depths = depths is None
+        self.buckets = tuple(sorted(buckets))
+
+    def close(self) -> None:
+        if self._own_depths:
+            self._depths.close()
+        if self._own_dbs and self._dbs is not None:
+            self._dbs.close()
+            self._dbs = None
+
+    def describe(self) -> Iterable:
+        return []  # no scrape at registration: the names depend on what the databases hold
+
+    def collect(self) -> Iterable:
+        up = GaugeMetricFamily(f"{PREFIX}_up", "1 if the source could be read during this scrape",
+                               labels=["source"])
+        families: list = []
+        dbs = None
+        try:
+            dbs = self._databases()
+        except Exception as exc:
+            log.warning("metrics: cannot open the databases: %s", _err(exc))
+        for source, part in (("provisioning", self._provisioning), ("analytics", self._analytics),
+                             ("queue", self._queue)):
+            try:
+                if source != "queue" and dbs is None:
+                    raise RuntimeError("databases not open")
+                families.extend(part(dbs))
+                up.add_metric([source], 1)
+            except Exception as exc:  # one source down must not fail the whole scrape
+                log.warning("metrics: cannot read %s: %s", source, _err(exc))
+                up.add_metric([source], 0)
+        yield up
+        yield from families
+
+    def _databases(self) -> Databases:
+        if self._dbs is None:
+            self._dbs = open_databases(self.settings.worker, self.layout, ensure=False)
+        return self._dbs
+
+    # -- sources -------------------------------------------------------------------------------
+    def _provisioning(self, dbs: Databases) -> list:
+        jobs = GaugeMetricFamily(f"{PREFIX}_jobs", "Jobs in the provisioning DB by status", labels=["status"])
+        for status, n in dbs.jobs.counts().items():
+            jobs.add_metric([status], n)
+        beats = dbs.heartbeats.all()
+        published = CounterMetricFamily(f"{PREFIX}_published", "Jobs relayed to the queue, per publisher "
+                                        "(since that publisher started)", labels=["publisher"])
+        for hb in beats:
+            if hb.daemon == "publisher":
+                published.add_metric([f"publisher@{hb.name}@{hb.host}"],
+                                     float(hb.details.get("published") or 0))
+        queues = self.settings.worker.all_queues
+        stats = [Stat.from_heartbeat(hb, queues) for hb in beats if hb.daemon == SUBSCRIBER]
+        return [jobs, published, *self._clusters(stats)]
+
+    def _clusters(self, stats: list[Stat]) -> list:
+        labels = ["cluster"]
+        status = GaugeMetricFamily(f"{PREFIX}_cluster_status", "1 for the cluster's current status",
+                                   labels=labels + ["status"])
+        consumed = CounterMetricFamily(f"{PREFIX}_consumed", "Messages taken off the queues, per "
+                                       "subscriber (since it started)", labels=labels)
+        workers = GaugeMetricFamily(f"{PREFIX}_workers", "Worker processes by state (working = busy); "
+                                    "live clusters only", labels=labels + ["pool", "state"])
+        reincarnations = CounterMetricFamily(f"{PREFIX}_worker_reincarnations", "Restarts of worker "
+                                             "processes that died; live clusters only", labels=labels + ["pool"])
+        task_q = GaugeMetricFamily(f"{PREFIX}_cluster_task_queue", "TQ: tasks waiting for or held by "
+                                   "workers; live clusters only", labels=labels)
+        done_q = GaugeMetricFamily(f"{PREFIX}_cluster_result_queue", "RQ: outcomes waiting to be "
+                                   "recorded and acked; live clusters only", labels=labels)
+        for s in stats:
+            cid, current = s.cluster_id, s.status
+            for st in CLUSTER_STATUSES:
+                status.add_metric([cid, st], 1 if st == current else 0)
+            consumed.add_metric([cid], float(s.stats.get("received", 0)))
+            if current == DEAD:  # its last figures are stale: only its status and counters stand
+                continue
+            task_q.add_metric([cid], s.task_q_size)
+            done_q.add_metric([cid], s.done_q_size)
+            pools: dict[str, dict] = {}
+            for w in s.worker_details:
+                pool = pools.setdefault(w.get("type") or "?", {"rc": 0, **dict.fromkeys(WORKER_STATES, 0)})
+                pool[w.get("state") or "stopped"] = pool.get(w.get("state") or "stopped", 0) + 1
+                pool["rc"] += int(w.get("reincarnations") or 0)
+            for pool, counts in sorted(pools.items()):
+                for state in WORKER_STATES:
+                    workers.add_metric([cid, pool, state], counts[state])
+                reincarnations.add_metric([cid, pool], counts["rc"])
+        return [status, consumed, workers, reincarnations, task_q, done_q]
+
+    def _analytics(self, dbs: Databases) -> list:
+        attempts = CounterMetricFamily(f"{PREFIX}_action_attempts", "Attempts of actions recorded in the "
+                                       "analytics DB, by outcome", labels=["action", "outcome"])
+        for (action, outcome), n in sorted(attempts_by_outcome(dbs.analytics).items()):
+            attempts.add_metric([action, outcome], n)
+        duration = HistogramMetricFamily(f"{PREFIX}_action_duration_seconds", "Duration of action attempts",
+                                         labels=["action"])
+        for action, h in duration_histogram(dbs.analytics, self.buckets).items():
+            bounds = [(_le(b), c) for b, c in zip(self.buckets, h["buckets"])] + [("+Inf", h["count"])]
+            duration.add_metric([action], bounds, sum_value=h["sum_s"])
+        return [attempts, duration]
+
+    def _queue(self, _dbs) -> list:
+        messages = GaugeMetricFamily(f"{PREFIX}_queue_messages", "Messages in each queue: ready to deliver, "
+                                     "delivered and unacked, delayed (retries), dead-lettered",
+                                     labels=["queue", "state"])
+        consumers = GaugeMetricFamily(f"{PREFIX}_queue_consumers", "Consumers of each queue", labels=["queue"])
+        for d in self._depths(self.settings.worker.all_queues):
+            messages.add_metric([d.queue, "ready"], d.ready)
+            messages.add_metric([d.queue, "dead"], d.dead)
+            if d.unacked is not None:
+                messages.add_metric([d.queue, "unacked"], d.unacked)
+            delayed = getattr(d, "delayed", None)  # retries held back by the broker, where it says
+            if delayed is not None:
+                messages.add_metric([d.queue, "delayed"], delayed)
+            if d.consumers is not None:
+                consumers.add_metric([d.queue], d.consumers)
+        return [messages, consumers]
+
+
+def _le(bound: float) -> str:
+    return repr(float(bound))
+
+
+def make_registry(settings, layout, *, dbs: Databases | None = None, depths=None,
+                  buckets: Sequence[float] = DURATION_BUCKETS) -> CollectorRegistry:
+    """A new registry (never the library's global one) holding a ``ServiceCollector``."""
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(ServiceCollector(settings, layout, dbs=dbs, depths=depths, buckets=buckets))
+    return registry
+
+
+def wsgi_app(registry: CollectorRegistry):
+    """A WSGI app serving ``registry`` in the exposition format (for the admin daemon to mount)."""
+    return make_wsgi_app(registry)
+
+
+def serve_metrics(port: int, host: str = "127.0.0.1", *, registry: CollectorRegistry | None = None,
+                  settings=None, layout=None):
+    """Serve ``/metrics`` on ``host:port`` in a daemon thread; return ``(server, thread)``.
+
+    Pass a ``registry``, or ``settings`` and ``layout`` to build one. Listens on 127.0.0.1 by
+    default: the figures name hosts and actions. Stop it with ``server.shutdown()`` and
+    ``server.server_close()``. Port 0 picks a free port (``server.server_port``).
+    """
+    if registry is None:
+        if settings is None or layout is None:
+            raise ValueError("serve_metrics needs a registry, or settings and layout to build one")
+        registry = make_registry(settings, layout)
+    return start_http_server(port, addr=host, registry=registry)
