@@ -1,49 +1,43 @@
 """The AMQP transport (RabbitMQ through pika): the only modules that import pika are this one and
-``amqp_publisher.py``, and pika's exceptions stop here, turned into ``ConnectionClosed``.
+its ``amqp_*.py`` helpers, and pika's exceptions stop there, turned into ``ConnectionClosed``.
 
 Broker layout, all durable: actions go to the direct exchange ``mq.exchange``; logical queue ``q``
 is the queue ``mq.queue_prefix + q`` bound with routing key ``q`` and declared with
 ``x-dead-letter-exchange = mq.exchange + ".dead"``, so a rejected message is routed (by the broker,
-with its original routing key) to ``mq.queue_prefix + q + ".dead"``.
+with its original routing key) to ``mq.queue_prefix + q + ".dead"``. Delayed messages wait in
+per-delay queues that expire them into ``q`` (``amqp_delay.py``); dead letters are listed and
+re-driven by ``amqp_dead.py``.
 
 Connections: publishing uses a confirm-mode ``SelectConnection`` in its own thread
-(``amqp_publisher``); declare / depths / ping share one ``BlockingConnection``; each consumer has
-its own ``BlockingConnection``. After ``ConnectionClosed`` the transport reconnects lazily on the
+(``amqp_publisher``); declare / depths / ping / delay-queue declares share one
+``BlockingConnection``, on which each dead-letter operation opens a channel of its own; each
+consumer (``amqp_consumer``) has its own ``BlockingConnection``. After ``ConnectionClosed`` the transport reconnects lazily on the
 next call; a consumer does not (its deliveries are void once its connection is gone): open a new one.
 """
 
 from __future__ import annotations
 
-import functools
 import logging
 import ssl
-import threading
-import time
-from dataclasses import dataclass
 from typing import Callable, Sequence
 
 import pika
 import pika.exceptions
 
 from enstratus_workers.config.settings import MQSettings
-from enstratus_workers.errors import ConnectionClosed, TransportError
+from enstratus_workers.errors import ConnectionClosed, PublishError, TransportError
+from enstratus_workers.mq.amqp_consumer import _PIKA_ERRORS, AmqpConsumer, AmqpTag
+from enstratus_workers.mq.amqp_dead import AmqpDeadLetters
+from enstratus_workers.mq.amqp_delay import DelayQueues, delay_bucket
 from enstratus_workers.mq.amqp_publisher import ConfirmingPublisher
-from enstratus_workers.mq.base import Consumer, Delivery, OutgoingMessage, QueueDepth, Transport
+from enstratus_workers.mq.base import DeadLetter, OutgoingMessage, QueueDepth, Transport
+
+__all__ = ["AmqpConsumer", "AmqpTag", "AmqpTransport", "connection_parameters"]
 
 log = logging.getLogger(__name__)
 
 CONNECT_TIMEOUT_S = 10.0   # TCP connect plus AMQP handshake
 NOT_FOUND = 404
-_PIKA_ERRORS = (pika.exceptions.AMQPError, OSError)
-
-
-@dataclass(frozen=True, eq=False)
-class AmqpTag:
-    """A delivery tag and the consumer session it belongs to: tags restart at 1 on every channel,
-    so a tag from another session must never reach this channel."""
-
-    session: object
-    delivery_tag: int
 
 
 def connection_parameters(mq: MQSettings, name: str) -> pika.ConnectionParameters:
@@ -72,6 +66,8 @@ class AmqpTransport(Transport):
         self._admin: pika.BlockingConnection | None = None
         self._channel = None
         self._consumers: list[AmqpConsumer] = []
+        self._delays = DelayQueues(mq.queue_prefix, mq.exchange, mq.queue_type, self._manage, self._reopen_channel)
+        self._dead = AmqpDeadLetters(self)
 
     def queue_name(self, queue: str) -> str:
         return self.mq.queue_prefix + queue
@@ -103,6 +99,30 @@ class AmqpTransport(Transport):
                 if fresh or attempt == 2:
                     raise ConnectionClosed(f"AMQP {what} failed ({self.mq.host}:{self.mq.port}): {exc!r}") from exc
                 log.info("AMQP management connection went stale (%r); reconnecting", exc)
+
+    def _reopen_channel(self):
+        """A fresh management channel, after the broker closed the last one (e.g. a 404)."""
+        self._channel = self._admin.channel()
+        return self._channel
+
+    def _with_channel(self, what: str, fn: Callable):
+        """Run ``fn(channel)`` on a channel of its own on the management connection, then close
+        that channel: whatever it got and did not ack goes back to its queue, in place."""
+        def run(_shared):
+            channel = self._admin.channel()
+            try:
+                result = fn(channel)
+            except BaseException:
+                if channel.is_open:
+                    try:
+                        channel.close()
+                    except _PIKA_ERRORS:
+                        pass
+                raise
+            if channel.is_open:
+                channel.close()  # a round trip: the broker has processed our acks when it returns
+            return result
+        return self._manage(what, run)
 
     def _drop_admin(self) -> None:
         conn, self._admin, self._channel = self._admin, None, None
@@ -152,30 +172,70 @@ class AmqpTransport(Transport):
     # -- publishing --------------------------------------------------------------------------
 
     def publish(self, messages: Sequence[OutgoingMessage]) -> None:
+        """Immediate messages go to ``mq.exchange``; delayed ones to their delay queue through the
+        default exchange (declared first, if need be). Both under the same confirms."""
         if not messages:
             return
+        buckets = {id(m): delay_bucket(m.delay_ms) for m in messages if m.delay_ms > 0}
+        missing = self._delays.prepare({(m.queue, buckets[id(m)]) for m in messages if id(m) in buckets})
+        refused = [m.message_id for m in messages if id(m) in buckets and m.queue in missing]
+        routed = [m for m in messages if not (id(m) in buckets and m.queue in missing)]
+        try:
+            if routed:
+                self._publish(routed, buckets)
+        except PublishError as exc:
+            self._delays.forget()  # a delay queue deleted behind our back is declared again
+            raise PublishError(str(exc), [*exc.unconfirmed, *refused]) from exc
+        if refused:
+            raise PublishError(f"{len(refused)} delayed message(s) for undeclared queue(s) {sorted(missing)}",
+                               refused)
+
+    def _publish(self, messages: Sequence[OutgoingMessage], buckets: dict[int, int]) -> None:
         if self._publisher is None or not self._publisher.alive:
             self._close_publisher()
             publisher = ConfirmingPublisher(self._params("publisher"), [self.mq.exchange, self.dead_exchange],
                                             window=self.mq.confirm_window)
             publisher.start(CONNECT_TIMEOUT_S)
             self._publisher = publisher
-        exchange, props = self.mq.exchange, pika.BasicProperties
+        props = pika.BasicProperties
         self._publisher.publish([
-            (exchange, m.queue, m.body,
+            (*self._route(m, buckets), m.body,
              props(delivery_mode=2, content_type="application/json", message_id=m.message_id,
                    headers=m.headers or None),
              m.message_id)
             for m in messages])
+
+    def _route(self, m: OutgoingMessage, buckets: dict[int, int]) -> tuple[str, str]:
+        """(exchange, routing key): the delay queue, by name through the default exchange, or the queue."""
+        if id(m) in buckets:
+            return "", self._delays.name(m.queue, buckets[id(m)])
+        return self.mq.exchange, m.queue
 
     def _close_publisher(self) -> None:
         publisher, self._publisher = self._publisher, None
         if publisher is not None:
             publisher.close()
 
+    # -- dead letters (amqp_dead.py) ----------------------------------------------------------
+
+    def dead_letters(self, queue: str, limit: int = 100) -> list[DeadLetter]:
+        return self._dead.list(queue, limit)
+
+    def redrive(self, queue: str, message_ids: Sequence[str] | None = None) -> int:
+        moved = self._dead.redrive(queue, message_ids)
+        if moved:
+            log.info("redrove %d dead letter(s) back to queue %s", moved, queue)
+        return moved
+
+    def purge_dead(self, queue: str, message_ids: Sequence[str] | None = None) -> int:
+        purged = self._dead.purge(queue, message_ids)
+        if purged:
+            log.warning("purged %d dead letter(s) of queue %s", purged, queue)
+        return purged
+
     # -- consuming ---------------------------------------------------------------------------
 
-    def consumer(self, queues: Sequence[str], prefetch: int) -> "AmqpConsumer":
+    def consumer(self, queues: Sequence[str], prefetch: int) -> AmqpConsumer:
         consumer = AmqpConsumer(self, list(queues), prefetch)
         self._consumers = [c for c in self._consumers if not c.closed] + [consumer]
         return consumer
@@ -186,140 +246,3 @@ class AmqpTransport(Transport):
         self._consumers = []
         self._close_publisher()
         self._drop_admin()
-
-
-class AmqpConsumer(Consumer):
-    """``basic_consume`` with manual acks on a ``BlockingConnection`` of its own.
-
-    pika is not thread-safe: settlement from another thread is queued with
-    ``add_callback_threadsafe`` and runs on the polling thread during its next ``poll`` (or in
-    ``close``, which flushes it first). ``close`` belongs to the polling thread too.
-    """
-
-    def __init__(self, transport: AmqpTransport, queues: list[str], prefetch: int):
-        if prefetch < 1:
-            raise ValueError("prefetch must be at least 1")
-        self.closed = False
-        self._session = object()
-        self._buffer: list[Delivery] = []
-        self._outstanding: dict[int, None] = {}   # delivered, unsettled tags in delivery order
-        self._owner = threading.get_ident()       # the polling thread, once poll runs
-        try:
-            self._conn = pika.BlockingConnection(transport._params("consumer"))
-        except _PIKA_ERRORS as exc:
-            raise ConnectionClosed(f"AMQP consumer cannot connect: {exc!r}") from exc
-        try:
-            self._channel = self._conn.channel()
-            # per-consumer prefetch (global QoS is unsupported by quorum queues): split the bound
-            # across the queues so the channel never holds more than `prefetch` unsettled
-            share, extra = divmod(prefetch, len(queues))
-            for i, q in enumerate(queues):
-                self._channel.basic_qos(prefetch_count=max(1, share + (i < extra)))
-                self._channel.basic_consume(transport.queue_name(q),
-                                            functools.partial(self._on_message, q), auto_ack=False)
-        except _PIKA_ERRORS as exc:
-            self._close_quietly()
-            raise ConnectionClosed(f"AMQP consumer cannot consume {queues}: {exc!r}") from exc
-
-    def _on_message(self, queue, _channel, method, properties, body) -> None:
-        self._outstanding[method.delivery_tag] = None
-        self._buffer.append(Delivery(queue=queue, body=body, message_id=properties.message_id,
-                                     redelivered=bool(method.redelivered),
-                                     tag=AmqpTag(self._session, method.delivery_tag),
-                                     headers=dict(properties.headers or {})))
-
-    def poll(self, timeout: float, limit: int) -> list[Delivery]:
-        if self.closed:
-            raise ConnectionClosed("AMQP consumer is closed")
-        self._owner = threading.get_ident()
-        deadline = time.monotonic() + max(0.0, timeout)
-        try:
-            while True:
-                # returns as soon as a delivery (or a queued settlement) is dispatched; with
-                # deliveries already buffered it only sends queued settlements and reads what came
-                wait = 0.0 if self._buffer else max(0.0, deadline - time.monotonic())
-                self._conn.process_data_events(time_limit=wait)
-                if self._buffer or time.monotonic() >= deadline:
-                    break
-        except _PIKA_ERRORS as exc:
-            self._close_quietly()
-            raise ConnectionClosed(f"AMQP consumer connection lost: {exc!r}") from exc
-        out, self._buffer[:limit] = self._buffer[:limit], []
-        return out
-
-    def _submit(self, fn: Callable[[], None]) -> None:
-        if self.closed:
-            return  # the broker has given them back already
-        if threading.get_ident() == self._owner:
-            try:
-                fn()
-            except _PIKA_ERRORS as exc:
-                log.warning("AMQP settlement lost with the connection (%r); the broker redelivers", exc)
-            return
-        try:
-            self._conn.add_callback_threadsafe(fn)
-        except _PIKA_ERRORS as exc:
-            log.warning("AMQP settlement lost with the connection (%r); the broker redelivers", exc)
-
-    def _mine(self, deliveries: Sequence[Delivery]) -> list[int]:
-        return [d.tag.delivery_tag for d in deliveries
-                if isinstance(d.tag, AmqpTag) and d.tag.session is self._session]
-
-    def _settle(self, tags: list[int], send: Callable[[int, bool], None]) -> None:
-        """On the polling thread: one ``multiple=True`` frame for the oldest outstanding run of
-        ``tags``, single frames for the rest. Tags already settled are skipped, not resent."""
-        pending = {t for t in tags if t in self._outstanding}
-        run = []
-        for t in self._outstanding:      # insertion order is delivery-tag order
-            if t not in pending:
-                break
-            run.append(t)
-        if run:
-            send(run[-1], True)
-        for t in run:
-            del self._outstanding[t]
-            pending.discard(t)
-        for t in sorted(pending):
-            send(t, False)
-            del self._outstanding[t]
-
-    def ack(self, deliveries: Sequence[Delivery]) -> None:
-        tags = self._mine(deliveries)
-        if tags:
-            self._submit(functools.partial(self._settle, tags,
-                                           lambda t, m: self._channel.basic_ack(t, multiple=m)))
-
-    def nack(self, deliveries: Sequence[Delivery]) -> None:
-        tags = self._mine(deliveries)
-        if tags:
-            self._submit(functools.partial(self._settle, tags,
-                                           lambda t, m: self._channel.basic_nack(t, multiple=m, requeue=True)))
-
-    def dead_letter(self, delivery: Delivery, reason: str) -> None:
-        tags = self._mine([delivery])
-        if tags:
-            log.warning("dead-lettering message %s from queue %s: %s", delivery.message_id, delivery.queue, reason)
-            # requeue=False: the queue's dead-letter exchange routes it to the .dead queue
-            self._submit(functools.partial(self._settle, tags,
-                                           lambda t, _m: self._channel.basic_reject(t, requeue=False)))
-
-    def close(self) -> None:
-        """Run settlements queued by other threads, then close: the broker requeues the rest."""
-        if self.closed:
-            return
-        try:
-            if self._conn.is_open:
-                self._conn.process_data_events(time_limit=0)
-        except _PIKA_ERRORS as exc:
-            log.info("AMQP consumer connection already gone at close: %r", exc)
-        self._close_quietly()
-
-    def _close_quietly(self) -> None:
-        self.closed = True
-        self._buffer.clear()
-        self._outstanding.clear()
-        try:
-            if self._conn.is_open:
-                self._conn.close()
-        except _PIKA_ERRORS:
-            pass

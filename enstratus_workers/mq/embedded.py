@@ -6,6 +6,10 @@ connection waits on a busy lock instead of failing, and every write is one short
 
 A message row is ``ready``, ``unacked`` (claimed by a consumer, under a lease) or ``dead``.
 Claiming is one ``UPDATE ... RETURNING`` statement, so two consumers never get the same row.
+A delayed message is a ``ready`` row with ``ready_at`` in the future, which claiming skips; the
+file holds it, so no process of ours has to stay up for it to come due.
+A dead letter is a ``dead`` row with its reason and time (listed and re-driven by
+``embedded_dead.py``); the schema and its in-place migration are in ``embedded_db.py``.
 What a consumer held comes back to ``ready`` (``redelivered`` set) when it settles it with
 ``nack``, when it closes, when its lease runs out (it stopped polling: the AMQP analogue is two
 missed heartbeats) or, sooner, when its process is found dead on this host - which is how the work
@@ -27,42 +31,20 @@ from pathlib import Path
 from typing import Sequence
 
 from enstratus_workers.errors import ConnectionClosed, PublishError
-from enstratus_workers.mq.base import Consumer, Delivery, OutgoingMessage, QueueDepth, Transport
+from enstratus_workers.mq import embedded_dead
+from enstratus_workers.mq.base import (MAX_REASON_CHARS, Consumer, DeadLetter, Delivery, OutgoingMessage,
+                                       QueueDepth, Transport)
+from enstratus_workers.mq.embedded_db import Transaction as _Transaction
+from enstratus_workers.mq.embedded_db import chunks as _chunks
+from enstratus_workers.mq.embedded_db import connect as _connect
+from enstratus_workers.mq.embedded_db import create_or_migrate
+from enstratus_workers.mq.embedded_db import marks as _marks
 
 log = logging.getLogger(__name__)
 
-BUSY_TIMEOUT_S = 30.0      # how long a statement waits for another process's write lock
 IDLE_SLEEP_MIN_S = 0.0005  # first nap of an idle poll; doubles up to the maximum
 IDLE_SLEEP_MAX_S = 0.005   # bounds the latency of an idle consumer
 RECLAIM_INTERVAL_S = 1.0   # how often a polling consumer looks for work of dead consumers
-_CHUNK = 500               # ids per IN (...) list, well under SQLite's variable limit
-
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS queues (name TEXT PRIMARY KEY);
-CREATE TABLE IF NOT EXISTS messages (
-    id           INTEGER PRIMARY KEY AUTOINCREMENT,
-    queue        TEXT NOT NULL,
-    body         BLOB NOT NULL,
-    message_id   TEXT,
-    headers      TEXT NOT NULL DEFAULT '{}',
-    state        TEXT NOT NULL DEFAULT 'ready',   -- ready | unacked | dead
-    consumer     TEXT,
-    lease_until  REAL,
-    redelivered  INTEGER NOT NULL DEFAULT 0,
-    dead_reason  TEXT,
-    created      REAL NOT NULL
-);
-CREATE INDEX IF NOT EXISTS messages_by_state ON messages (state, queue);
-CREATE TABLE IF NOT EXISTS consumers (
-    id               TEXT PRIMARY KEY,
-    host             TEXT NOT NULL,
-    pid              INTEGER NOT NULL,
-    started          TEXT,
-    queues           TEXT NOT NULL,
-    heartbeat_until  REAL NOT NULL
-);
-"""
-
 
 @dataclass(frozen=True)
 class EmbeddedTag:
@@ -70,30 +52,6 @@ class EmbeddedTag:
 
     consumer: str
     row: int
-
-
-def _connect(path: Path, synchronous: str) -> sqlite3.Connection:
-    # isolation_level=None: we issue BEGIN IMMEDIATE ourselves, so a transaction takes the write
-    # lock up front and waits for it (a deferred one could fail with SQLITE_BUSY mid-way).
-    conn = sqlite3.connect(str(path), timeout=BUSY_TIMEOUT_S, isolation_level=None,
-                           check_same_thread=False)
-    try:
-        conn.execute(f"PRAGMA busy_timeout = {int(BUSY_TIMEOUT_S * 1000)}")
-        conn.execute("PRAGMA journal_mode = WAL")
-        conn.execute(f"PRAGMA synchronous = {synchronous}")
-    except sqlite3.Error:
-        conn.close()
-        raise
-    return conn
-
-
-def _chunks(items: list, size: int = _CHUNK):
-    for i in range(0, len(items), size):
-        yield items[i:i + size]
-
-
-def _marks(n: int) -> str:
-    return ",".join("?" * n)
 
 
 def _process_started(pid: int) -> str | None:
@@ -115,23 +73,6 @@ def _process_alive(pid: int, started: str | None) -> bool:
     except PermissionError:
         pass  # someone else's process: it exists
     return started is None or _process_started(pid) in (None, started)
-
-
-class _Transaction:
-    """``with _Transaction(conn):`` = BEGIN IMMEDIATE ... COMMIT, ROLLBACK on any error."""
-
-    def __init__(self, conn: sqlite3.Connection):
-        self.conn = conn
-
-    def __enter__(self):
-        self.conn.execute("BEGIN IMMEDIATE")
-        return self.conn
-
-    def __exit__(self, exc_type, *exc):
-        if exc_type is None:
-            self.conn.execute("COMMIT")
-        elif self.conn.in_transaction:
-            self.conn.execute("ROLLBACK")
 
 
 def _reclaim(conn: sqlite3.Connection, now: float, host: str) -> int:
@@ -170,10 +111,7 @@ class EmbeddedTransport(Transport):
             self.path.parent.mkdir(parents=True, exist_ok=True)
             # FULL: a commit is the publisher confirm, so it must survive a power cut too
             self._conn = _connect(self.path, "FULL")
-            with _Transaction(self._conn):
-                for statement in _SCHEMA.split(";"):
-                    if statement.strip():
-                        self._conn.execute(statement)
+            create_or_migrate(self._conn)
         except (OSError, sqlite3.Error) as exc:
             self.close()
             raise ConnectionClosed(f"embedded queue {self.path}: {exc}") from exc
@@ -205,8 +143,10 @@ class EmbeddedTransport(Transport):
                 known = {row[0] for row in conn.execute(
                     f"SELECT name FROM queues WHERE name IN ({_marks(len(names))})", names)}
                 conn.executemany(
-                    "INSERT INTO messages (queue, body, message_id, headers, created) VALUES (?, ?, ?, ?, ?)",
-                    [(m.queue, bytes(m.body), m.message_id, json.dumps(m.headers), now)
+                    "INSERT INTO messages (queue, body, message_id, headers, created, ready_at) "
+                    "VALUES (?, ?, ?, ?, ?, ?)",
+                    [(m.queue, bytes(m.body), m.message_id, json.dumps(m.headers), now,
+                      now + m.delay_ms / 1000 if m.delay_ms > 0 else None)
                      for m in messages if m.queue in known])
         except (sqlite3.Error, TypeError, ValueError) as exc:
             raise ConnectionClosed(f"embedded queue {self.path}: nothing published: {exc}") from exc
@@ -229,9 +169,11 @@ class EmbeddedTransport(Transport):
             try:
                 counts: dict[tuple[str, str], int] = {}
                 for chunk in _chunks(list(queues)):
+                    # a delayed row is counted as "delayed" until it comes due, then as "ready"
                     for queue, state, n in conn.execute(
-                            f"SELECT queue, state, count(*) FROM messages WHERE queue IN ({_marks(len(chunk))}) "
-                            "GROUP BY queue, state", chunk):
+                            "SELECT queue, CASE WHEN ready_at > ? THEN 'delayed' ELSE state END AS s, count(*) "
+                            f"FROM messages WHERE queue IN ({_marks(len(chunk))}) GROUP BY queue, s",
+                            (now, *chunk)):
                         counts[(queue, state)] = n
                 live = [json.loads(qs) for (qs,) in conn.execute(
                     "SELECT queues FROM consumers WHERE heartbeat_until >= ?", (now,))]
@@ -240,8 +182,30 @@ class EmbeddedTransport(Transport):
         except sqlite3.Error as exc:
             raise ConnectionClosed(f"embedded queue {self.path}: {exc}") from exc
         return [QueueDepth(queue=q, ready=counts.get((q, "ready"), 0), unacked=counts.get((q, "unacked"), 0),
-                           consumers=sum(q in qs for qs in live), dead=counts.get((q, "dead"), 0))
+                           consumers=sum(q in qs for qs in live), dead=counts.get((q, "dead"), 0),
+                           delayed=counts.get((q, "delayed"), 0))
                 for q in queues]
+
+    def dead_letters(self, queue: str, limit: int = 100) -> list[DeadLetter]:
+        return self._dead("list dead letters", embedded_dead.list_dead, queue, limit)
+
+    def redrive(self, queue: str, message_ids: Sequence[str] | None = None) -> int:
+        moved = self._dead("redrive", embedded_dead.redrive, queue, message_ids)
+        if moved:
+            log.info("redrove %d dead letter(s) back to queue %s", moved, queue)
+        return moved
+
+    def purge_dead(self, queue: str, message_ids: Sequence[str] | None = None) -> int:
+        purged = self._dead("purge dead letters", embedded_dead.purge, queue, message_ids)
+        if purged:
+            log.warning("purged %d dead letter(s) of queue %s", purged, queue)
+        return purged
+
+    def _dead(self, what: str, fn, *args):
+        try:
+            return fn(self._db(), *args)
+        except sqlite3.Error as exc:
+            raise ConnectionClosed(f"embedded queue {self.path}: {what}: {exc}") from exc
 
     def ping(self) -> None:
         try:
@@ -276,6 +240,7 @@ class EmbeddedConsumer(Consumer):
         self._held: set[int] = set()          # rows claimed and not yet settled
         self._dirty = True                    # something may be ready that we have not looked for
         self._seen_version = None
+        self._next_due: float | None = None   # when the next delayed message we saw comes due
         self._renewed = self._reclaimed = 0.0
         try:
             self._conn = _connect(transport.path, "NORMAL")  # a lost ack only means a redelivery
@@ -315,11 +280,14 @@ class EmbeddedConsumer(Consumer):
                 if room <= 0:
                     return []
                 # data_version changes only when another connection commits: an idle poll is
-                # then one cheap pragma, not a write transaction on the shared file
+                # then one cheap pragma, not a write transaction on the shared file. A delayed
+                # message coming due commits nothing, so its due time is watched for too.
                 version = conn.execute("PRAGMA data_version").fetchone()[0]
-                if not self._dirty and version == self._seen_version:
+                due = self._next_due is not None and time.time() >= self._next_due
+                if not self._dirty and not due and version == self._seen_version:
                     return []
                 rows = self._claim(conn, room)
+                self._next_due = self._first_due(conn)
             except sqlite3.Error as exc:
                 raise ConnectionClosed(f"embedded queue {self.path}: {exc}") from exc
             # a full claim may have left more behind; a short one saw everything up to `version`
@@ -330,16 +298,24 @@ class EmbeddedConsumer(Consumer):
                 for rid, q, body, mid, headers, redelivered in sorted(rows)]
 
     def _claim(self, conn: sqlite3.Connection, room: int) -> list[tuple]:
-        # the oldest `room` ready rows over all queues, each queue read in index order
+        # the oldest `room` ready rows over all queues, each queue read in index order, skipping
+        # delayed rows not yet due; a claimed row's delay is spent (a nack does not delay it again)
+        now = time.time()
         per_queue = " UNION ALL ".join(
-            "SELECT id FROM (SELECT id FROM messages WHERE state = 'ready' AND queue = ? ORDER BY id LIMIT ?)"
+            "SELECT id FROM (SELECT id FROM messages WHERE state = 'ready' AND queue = ? "
+            "AND (ready_at IS NULL OR ready_at <= ?) ORDER BY id LIMIT ?)"
             for _ in self.queues)
-        params = [p for q in self.queues for p in (q, room)]
+        params = [p for q in self.queues for p in (q, now, room)]
         return conn.execute(
-            "UPDATE messages SET state = 'unacked', consumer = ?, lease_until = ? "
+            "UPDATE messages SET state = 'unacked', consumer = ?, lease_until = ?, ready_at = NULL "
             f"WHERE id IN (SELECT id FROM ({per_queue}) ORDER BY id LIMIT ?) "
             "RETURNING id, queue, body, message_id, headers, redelivered",
-            [self.id, time.time() + self.lease, *params, room]).fetchall()
+            [self.id, now + self.lease, *params, room]).fetchall()
+
+    def _first_due(self, conn: sqlite3.Connection) -> float | None:
+        """When the earliest delayed message of our queues comes due (the partial index answers)."""
+        return conn.execute(f"SELECT min(ready_at) FROM messages WHERE ready_at IS NOT NULL "
+                            f"AND queue IN ({_marks(len(self.queues))})", self.queues).fetchone()[0]
 
     def _housekeeping(self, conn: sqlite3.Connection) -> None:
         """Renew our leases every third of a lease; release dead consumers' work every second."""
@@ -391,8 +367,9 @@ class EmbeddedConsumer(Consumer):
     def dead_letter(self, delivery: Delivery, reason: str) -> None:
         log.warning("dead-lettering message %s from queue %s: %s", delivery.message_id, delivery.queue, reason)
         self._settle([delivery], "UPDATE messages SET state = 'dead', consumer = NULL, lease_until = NULL, "
-                                 "dead_reason = ? WHERE state = 'unacked' AND consumer = ? AND id IN ({marks})",
-                     (reason,))
+                                 "dead_reason = ?, dead_at = ? "
+                                 "WHERE state = 'unacked' AND consumer = ? AND id IN ({marks})",
+                     (str(reason)[:MAX_REASON_CHARS], time.time()))
 
     def close(self) -> None:
         """Give back every unsettled delivery (redelivered) and leave the consumers table."""

@@ -1,0 +1,205 @@
+"""The AMQP consumer: ``basic_consume`` with manual acks on a ``BlockingConnection`` of its own.
+
+Split from ``amqp.py`` (which re-exports it) to keep each module about one thing; like that
+module, it turns pika's exceptions into ``ConnectionClosed``.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import threading
+import time
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Callable, Sequence
+
+import pika
+import pika.exceptions
+
+from enstratus_workers.errors import ConnectionClosed
+from enstratus_workers.mq.amqp_dead import DEAD_AT_HEADER, ERROR_HEADER, delivered_headers
+from enstratus_workers.mq.base import MAX_REASON_CHARS, Consumer, Delivery
+
+if TYPE_CHECKING:
+    from enstratus_workers.mq.amqp import AmqpTransport
+
+log = logging.getLogger(__name__)
+
+_PIKA_ERRORS = (pika.exceptions.AMQPError, OSError)
+
+
+@dataclass(frozen=True, eq=False)
+class AmqpTag:
+    """A delivery tag and the consumer session it belongs to: tags restart at 1 on every channel,
+    so a tag from another session must never reach this channel."""
+
+    session: object
+    delivery_tag: int
+
+
+class AmqpConsumer(Consumer):
+    """``basic_consume`` with manual acks on a ``BlockingConnection`` of its own.
+
+    pika is not thread-safe: settlement from another thread is queued with
+    ``add_callback_threadsafe`` and runs on the polling thread during its next ``poll`` (or in
+    ``close``, which flushes it first). ``close`` belongs to the polling thread too.
+
+    ``dead_letter`` keeps the reason: it publishes a copy of the message to the dead exchange
+    with ``x-error`` and ``x-dead-at-ms`` headers on a confirm-mode channel of this connection,
+    and acks the original only once the copy is confirmed (a crash in between may leave the
+    message both dead and redelivered: at least once). A ``basic.reject`` would lose custom
+    headers, so it is only the fallback when the copy cannot be published.
+    """
+
+    def __init__(self, transport: AmqpTransport, queues: list[str], prefetch: int):
+        if prefetch < 1:
+            raise ValueError("prefetch must be at least 1")
+        self.closed = False
+        self._session = object()
+        self._buffer: list[Delivery] = []
+        self._outstanding: dict[int, None] = {}   # delivered, unsettled tags in delivery order
+        self._owner = threading.get_ident()       # the polling thread, once poll runs
+        self._dead_exchange = transport.dead_exchange
+        self._confirming = None                   # channel for dead-letter copies, opened on first use
+        try:
+            self._conn = pika.BlockingConnection(transport._params("consumer"))
+        except _PIKA_ERRORS as exc:
+            raise ConnectionClosed(f"AMQP consumer cannot connect: {exc!r}") from exc
+        try:
+            self._channel = self._conn.channel()
+            # per-consumer prefetch (global QoS is unsupported by quorum queues): split the bound
+            # across the queues so the channel never holds more than `prefetch` unsettled
+            share, extra = divmod(prefetch, len(queues))
+            for i, q in enumerate(queues):
+                self._channel.basic_qos(prefetch_count=max(1, share + (i < extra)))
+                self._channel.basic_consume(transport.queue_name(q),
+                                            functools.partial(self._on_message, q), auto_ack=False)
+        except _PIKA_ERRORS as exc:
+            self._close_quietly()
+            raise ConnectionClosed(f"AMQP consumer cannot consume {queues}: {exc!r}") from exc
+
+    def _on_message(self, queue, _channel, method, properties, body) -> None:
+        self._outstanding[method.delivery_tag] = None
+        self._buffer.append(Delivery(queue=queue, body=body, message_id=properties.message_id,
+                                     redelivered=bool(method.redelivered),
+                                     tag=AmqpTag(self._session, method.delivery_tag),
+                                     headers=delivered_headers(properties.headers)))
+
+    def poll(self, timeout: float, limit: int) -> list[Delivery]:
+        if self.closed:
+            raise ConnectionClosed("AMQP consumer is closed")
+        self._owner = threading.get_ident()
+        deadline = time.monotonic() + max(0.0, timeout)
+        try:
+            while True:
+                # returns as soon as a delivery (or a queued settlement) is dispatched; with
+                # deliveries already buffered it only sends queued settlements and reads what came
+                wait = 0.0 if self._buffer else max(0.0, deadline - time.monotonic())
+                self._conn.process_data_events(time_limit=wait)
+                if self._buffer or time.monotonic() >= deadline:
+                    break
+        except _PIKA_ERRORS as exc:
+            self._close_quietly()
+            raise ConnectionClosed(f"AMQP consumer connection lost: {exc!r}") from exc
+        out, self._buffer[:limit] = self._buffer[:limit], []
+        return out
+
+    def _submit(self, fn: Callable[[], None]) -> None:
+        if self.closed:
+            return  # the broker has given them back already
+        if threading.get_ident() == self._owner:
+            try:
+                fn()
+            except _PIKA_ERRORS as exc:
+                log.warning("AMQP settlement lost with the connection (%r); the broker redelivers", exc)
+            return
+        try:
+            self._conn.add_callback_threadsafe(fn)
+        except _PIKA_ERRORS as exc:
+            log.warning("AMQP settlement lost with the connection (%r); the broker redelivers", exc)
+
+    def _mine(self, deliveries: Sequence[Delivery]) -> list[int]:
+        return [d.tag.delivery_tag for d in deliveries
+                if isinstance(d.tag, AmqpTag) and d.tag.session is self._session]
+
+    def _settle(self, tags: list[int], send: Callable[[int, bool], None]) -> None:
+        """On the polling thread: one ``multiple=True`` frame for the oldest outstanding run of
+        ``tags``, single frames for the rest. Tags already settled are skipped, not resent."""
+        pending = {t for t in tags if t in self._outstanding}
+        run = []
+        for t in self._outstanding:      # insertion order is delivery-tag order
+            if t not in pending:
+                break
+            run.append(t)
+        if run:
+            send(run[-1], True)
+        for t in run:
+            del self._outstanding[t]
+            pending.discard(t)
+        for t in sorted(pending):
+            send(t, False)
+            del self._outstanding[t]
+
+    def ack(self, deliveries: Sequence[Delivery]) -> None:
+        tags = self._mine(deliveries)
+        if tags:
+            self._submit(functools.partial(self._settle, tags,
+                                           lambda t, m: self._channel.basic_ack(t, multiple=m)))
+
+    def nack(self, deliveries: Sequence[Delivery]) -> None:
+        tags = self._mine(deliveries)
+        if tags:
+            self._submit(functools.partial(self._settle, tags,
+                                           lambda t, m: self._channel.basic_nack(t, multiple=m, requeue=True)))
+
+    def dead_letter(self, delivery: Delivery, reason: str) -> None:
+        tags = self._mine([delivery])
+        if tags:
+            log.warning("dead-lettering message %s from queue %s: %s", delivery.message_id, delivery.queue, reason)
+            self._submit(functools.partial(self._dead_letter_now, delivery, tags[0], str(reason)))
+
+    def _dead_letter_now(self, delivery: Delivery, tag: int, reason: str) -> None:
+        """On the polling thread: copy with the reason, confirmed, then ack; else reject."""
+        if tag not in self._outstanding:
+            return  # settled already
+        try:
+            if self._confirming is None or not self._confirming.is_open:
+                self._confirming = self._conn.channel()
+                self._confirming.confirm_delivery()
+            headers = {**delivery.headers, ERROR_HEADER: reason[:MAX_REASON_CHARS],
+                       DEAD_AT_HEADER: int(time.time() * 1000)}
+            # raises on a nack or a return (mandatory): the copy is then not known to be there
+            self._confirming.basic_publish(
+                self._dead_exchange, delivery.queue, delivery.body,
+                pika.BasicProperties(delivery_mode=2, content_type="application/json",
+                                     message_id=delivery.message_id, headers=headers),
+                mandatory=True)
+        except (pika.exceptions.UnroutableError, pika.exceptions.NackError,
+                pika.exceptions.ChannelClosed) as exc:
+            log.warning("could not keep the reason of dead letter %s (%r): rejecting it to the "
+                        "queue's dead-letter exchange instead", delivery.message_id, exc)
+            # requeue=False: the queue's dead-letter exchange routes it to the .dead queue
+            self._settle([tag], lambda t, _m: self._channel.basic_reject(t, requeue=False))
+            return
+        self._settle([tag], lambda t, m: self._channel.basic_ack(t, multiple=m))
+
+    def close(self) -> None:
+        """Run settlements queued by other threads, then close: the broker requeues the rest."""
+        if self.closed:
+            return
+        try:
+            if self._conn.is_open:
+                self._conn.process_data_events(time_limit=0)
+        except _PIKA_ERRORS as exc:
+            log.info("AMQP consumer connection already gone at close: %r", exc)
+        self._close_quietly()
+
+    def _close_quietly(self) -> None:
+        self.closed = True
+        self._buffer.clear()
+        self._outstanding.clear()
+        try:
+            if self._conn.is_open:
+                self._conn.close()
+        except _PIKA_ERRORS:
+            pass
