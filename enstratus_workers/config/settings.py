@@ -51,7 +51,7 @@ class MQSettings:
     vhost: str = "/"
     ssl: bool = False
     heartbeat: int = 60                  # AMQP heartbeat, seconds
-    prefetch: int = 200                  # unacked deliveries per consumer
+    prefetch: int = 500                  # unacked deliveries per subscriber (acks trail by a DB write)
     confirm_window: int = 1000           # publisher confirms in flight at once
     exchange: str = "enstratus.workers"  # direct exchange actions are published to
     queue_prefix: str = "enstratus."     # broker queue name = prefix + logical queue name

@@ -107,4 +107,7 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    # Run under the module's real name, so its loggers are not called "__main__".
+    from enstratus_workers.daemons.pinger import main as _main
+
+    raise SystemExit(_main())

@@ -51,7 +51,6 @@ class Subscriber(Service):
         s = self.settings
         self.layout.ensure_dirs()
         self.dbs = open_databases(s.worker, self.layout)
-        self.recorder = Recorder(self.dbs, s.worker.record_batch, s.worker.record_interval)
         wake_r, wake_w = os.pipe()
         os.set_blocking(wake_r, False)
         os.set_blocking(wake_w, False)
@@ -59,7 +58,10 @@ class Subscriber(Service):
         self.pool = WorkerPool(s, self.layout, self.name, wake_w)
         self.intake = Intake(s.mq, self.layout, s.worker.all_queues, s.mq.prefetch, wake_w,
                              client_name=f"subscriber@{self.name}")
+        self.recorder = Recorder(self.dbs, s.worker.record_batch, s.worker.record_interval,
+                                 on_recorded=self.intake.ack)
         try:
+            self.recorder.start()
             self.pool.start()
             self.intake.start()
             ready()
@@ -68,6 +70,7 @@ class Subscriber(Service):
             self._shutdown()
         finally:
             self.pool.terminate()
+            self.recorder.stop(timeout=5)
             self.intake.stop()
             self._remove_heartbeat()
             self.dbs.close()
@@ -79,9 +82,7 @@ class Subscriber(Service):
             self._round(timeout=0.5)
 
     def _round(self, timeout: float) -> None:
-        due = self.recorder.due_in()
-        wait_s = timeout if due is None else min(timeout, due)
-        ready = wait([self._wake_r, *self.pool.connections()], timeout=wait_s)
+        ready = wait([self._wake_r, *self.pool.connections()], timeout=timeout)
         if self._wake_r in ready:
             try:
                 os.read(self._wake_r, 65536)
@@ -93,9 +94,6 @@ class Subscriber(Service):
         self._settle(self.pool.supervise())
         if not self.pool.stopping:
             self.pool.dispatch(self.pending)
-        due = self.recorder.due_in()
-        if due is not None and due <= 0:
-            self.intake.ack(self.recorder.flush())
         self._beat()
 
     def _take_deliveries(self) -> None:
@@ -228,12 +226,7 @@ class Subscriber(Service):
             log.warning("grace period over or cold stop: killing workers with actions running; "
                         "their messages return to the queue")
         self.pool.terminate(timeout=2.0)
-        for _ in range(50):
-            if self.recorder.due_in() is None:
-                break
-            self.intake.ack(self.recorder.flush())
-            if self.recorder.due_in() is not None:
-                time.sleep(0.1)
+        self.recorder.stop(timeout=self.settings.worker.grace_period)
         time.sleep(0.2)  # let the intake thread send the last acks before it closes
 
 
@@ -246,4 +239,7 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    # Run under the module's real name, so its loggers are not called "__main__".
+    from enstratus_workers.daemons.subscriber import main as _main
+
+    raise SystemExit(_main())

@@ -52,7 +52,7 @@ def test_a_full_batch_is_due_at_once_and_a_partial_one_after_the_interval(dbs):
 
 def test_started_marks_are_written_for_jobs_still_running(dbs):
     (jid,) = _queued_jobs(dbs, 1)
-    rec = Recorder(dbs, batch=10, interval=0)
+    rec = Recorder(dbs, batch=10, interval=0, mark_running_after=0)
     rec.started(Started(jid, 1, "w@h.1", 123))
     assert rec.flush() == []
     job = dbs.jobs.get(jid)
@@ -96,3 +96,27 @@ def test_analytics_failure_does_not_rewrite_outcomes(dbs, monkeypatch):
     assert rec.flush() == ["d"]
     assert calls == [1]   # the outcome was written once; only the event was retried
     assert len(dbs.events.for_job(jid)) == 1
+
+
+def test_a_short_job_gets_one_write_not_a_running_mark_first(dbs, monkeypatch):
+    (jid,) = _queued_jobs(dbs, 1)
+    marks = []
+    monkeypatch.setattr(dbs.jobs, "mark_started", lambda started: marks.append(started))
+    rec = Recorder(dbs, batch=10, interval=0, mark_running_after=5)
+    rec.started(Started(jid, 1, "w@h.1", 123))
+    _finish(rec, jid, "d")
+    assert rec.flush() == ["d"] and marks == []
+
+
+def test_the_thread_writes_and_hands_deliveries_to_on_recorded(dbs):
+    import threading
+    ids = _queued_jobs(dbs, 3)
+    acked, done = [], threading.Event()
+    rec = Recorder(dbs, batch=100, interval=0.01,
+                   on_recorded=lambda ds: (acked.extend(ds), len(acked) == 3 and done.set()))
+    rec.start()
+    for i in ids:
+        _finish(rec, i, f"d{i}")
+    assert done.wait(5)
+    rec.stop()
+    assert sorted(acked) == sorted(f"d{i}" for i in ids) and dbs.jobs.counts()["succeeded"] == 3
