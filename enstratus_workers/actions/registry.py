@@ -76,10 +76,13 @@ class Registry:
 
 
 def default_registry(*, plugins: bool = True) -> Registry:
+    """Built-ins (noop, echo, sleep, fail), the cloud actions, then plug-ins (which may override)."""
+    from ..cloud.actions import register_cloud_actions
     from . import builtins
 
     reg = Registry()
     builtins.register_all(reg)
+    register_cloud_actions(reg)
     if plugins:
         reg.load_plugins()
     return reg

@@ -41,8 +41,24 @@ class WorkerProcess(Service):
     def request_stop(self, cold: bool = False) -> None:
         self._stop.set()
 
+    def _services(self) -> dict:
+        """What actions get in their context: settings, the KM client, the persistence layer.
+
+        The KM client opens a connection per request, so building it costs nothing and a KM
+        that is down only fails the actions that need a credential.
+        """
+        from ..km.client import KMClient
+        from ..persist import open_store
+
+        services = {"settings": self.settings,
+                    "persistence": open_store(self.settings.persistence, self.layout)}
+        if self.settings.provisioning.encryption_key:
+            services["km"] = KMClient(self.settings.km_client, self.settings.provisioning.encryption_key)
+        return services
+
     def run(self, ready) -> None:
         registry = default_registry()
+        self.services = self._services()
         address = str(protocol.socket_path(self.layout, self.subscriber))
         authkey = protocol.authkey_path(self.layout, self.subscriber).read_bytes()
         conn = Client(address, family="AF_UNIX", authkey=authkey)
@@ -55,6 +71,9 @@ class WorkerProcess(Service):
             self._serve(conn, registry)
         finally:
             conn.close()
+            for service in ("persistence", "km"):
+                if service in self.services:
+                    self.services[service].close()
 
     def _serve(self, conn, registry) -> None:
         limits = self.settings.worker
@@ -75,7 +94,7 @@ class WorkerProcess(Service):
             done, last_send = [], time.monotonic()
             tasks = frame["a"]
             for i, task in enumerate(tasks):
-                done.append(execute(registry, task, self.display_name))
+                done.append(execute(registry, task, self.display_name, self.services))
                 self.tasks_done += 1
                 more = i + 1 < len(tasks)
                 if not more or time.monotonic() - last_send >= RESULT_FLUSH_S:
