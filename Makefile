@@ -4,6 +4,8 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
+TEST_STAMP := $(VENV)/.test-installed
+
 .PHONY: run test setup stop status bench clean
 
 $(STAMP): pyproject.toml
@@ -23,7 +25,12 @@ stop:
 status:
 	etc/init.d/enstratus-workers status
 
-test: $(STAMP)
+# The test suite's own actions are a real plug-in package, installed into the venv like any other.
+$(TEST_STAMP): $(STAMP) tests/plugin/pyproject.toml
+	$(PY) -m pip install -q -e tests/plugin
+	touch $(TEST_STAMP)
+
+test: $(TEST_STAMP)
 	$(PY) -m pytest -q -p no:cacheprovider
 
 bench: $(STAMP)

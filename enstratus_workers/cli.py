@@ -72,8 +72,10 @@ def cmd_submit(args) -> int:
     dbs = _dbs(args, settings)
     try:
         try:
+            from .actions import default_registry
             job, created = submit(settings, dbs, args.action, args.args, args.queue,
-                                  idempotency_key=args.idempotency_key, max_attempts=args.max_attempts)
+                                  idempotency_key=args.idempotency_key, max_attempts=args.max_attempts,
+                                  registry=default_registry())
         except SubmitError as exc:
             print(f"enstratus-workers: {exc}", file=sys.stderr)
             return EXIT_USAGE
@@ -130,12 +132,15 @@ def cmd_status(args) -> int:
     daemons = [{"daemon": s.daemon, "name": s.name, "pid": s.pid, "state": s.state,
                 "uptime_s": s.uptime_s} for s in daemon_states(layout)]
     health = check_health(settings, layout)
+    from .monitor import Stat
+
     data = {"daemons": daemons, "health": health.as_dict()}
     try:
         dbs = _dbs(args, settings)
         try:
             data["jobs"] = dbs.jobs.counts()
             data["heartbeats"] = [h.as_dict() for h in dbs.heartbeats.all()]
+            data["clusters"] = [c.as_dict() for c in Stat.get_all(settings, layout, dbs=dbs)]
         finally:
             dbs.close()
     except EnstratusError as exc:
@@ -151,6 +156,62 @@ def cmd_status(args) -> int:
     lines.append(health.line())
     _print(args, data, "\n".join(lines))
     return 0 if health.code == 0 else EXIT_FAILED
+
+
+def cmd_dead_list(args) -> int:
+    from .mq import open_transport
+
+    settings = _settings(args)
+    dbs = _dbs(args, settings)
+    try:
+        jobs = dbs.jobs.list(status="dead", limit=args.limit)
+    finally:
+        dbs.close()
+    letters = []
+    with open_transport(settings.mq, _layout(args), client_name="cli") as t:
+        for q in settings.worker.all_queues:
+            letters.extend(t.dead_letters(q, limit=args.limit))
+    job_ids = {str(j.job_id) for j in jobs}
+    orphans = [d for d in letters if d.message_id not in job_ids]
+    rows = [f"{'ID':>8}  {'ACTION':<20} {'QUEUE':<12} {'ATT':>3}  ERROR"]
+    rows += [f"{j.job_id:>8}  {j.action[:20]:<20} {j.queue[:12]:<12} {j.attempts:>3}  {(j.error or '')[:70]}"
+             for j in jobs]
+    if orphans:
+        rows.append(f"{len(orphans)} dead letter(s) belong to no job (undecodable messages):")
+        rows += [f"  {d.queue}: {d.message_id} {d.reason or ''} {d.body[:60]!r}" for d in orphans]
+    data = {"jobs": [j.as_dict() for j in jobs],
+            "dead_letters": [{"queue": d.queue, "message_id": d.message_id, "reason": d.reason,
+                              "dead_at_ms": d.dead_at_ms, "job": d.message_id in job_ids} for d in letters]}
+    _print(args, data, "\n".join(rows) if jobs or orphans else "no dead jobs")
+    return 0
+
+
+def cmd_dead_retry(args) -> int:
+    from .mq import open_transport
+
+    if not args.all and not args.job_ids:
+        print("enstratus-workers: name the jobs to retry, or --all", file=sys.stderr)
+        return EXIT_USAGE
+    settings = _settings(args)
+    dbs = _dbs(args, settings)
+    try:
+        retried = dbs.jobs.requeue_dead(None if args.all else args.job_ids, settings.worker.max_attempts)
+    finally:
+        dbs.close()
+    # The publisher relays them anew; their old dead letters would only confuse a later list.
+    with open_transport(settings.mq, _layout(args), client_name="cli") as t:
+        for q in {j.queue for j in retried}:
+            t.purge_dead(q, [str(j.job_id) for j in retried if j.queue == q])
+    _print(args, [j.job_id for j in retried],
+           f"re-driven {len(retried)} job(s): " + ", ".join(str(j.job_id) for j in retried)
+           if retried else "no dead job matched")
+    return 0 if retried or args.all else EXIT_FAILED
+
+
+def cmd_monitor(args) -> int:
+    from .monitor.tui import run_monitor
+
+    return run_monitor(_settings(args), _layout(args), refresh=args.refresh)
 
 
 def cmd_config_check(args) -> int:
@@ -205,6 +266,20 @@ def build_parser() -> argparse.ArgumentParser:
 
     s = sub.add_parser("status", parents=[common], help="daemons, health, job counts")
     s.set_defaults(func=cmd_status)
+
+    s = sub.add_parser("dead", help="dead jobs and dead letters")
+    dsub = s.add_subparsers(dest="dead_command", required=True)
+    d = dsub.add_parser("list", parents=[common], help="dead jobs, and dead letters that belong to none")
+    d.add_argument("--limit", type=int, default=100)
+    d.set_defaults(func=cmd_dead_list)
+    d = dsub.add_parser("retry", parents=[common], help="give dead jobs another round of attempts")
+    d.add_argument("job_ids", type=int, nargs="*")
+    d.add_argument("--all", action="store_true", help="every dead job")
+    d.set_defaults(func=cmd_dead_retry)
+
+    s = sub.add_parser("monitor", help="live terminal view of clusters and workers (q quits)")
+    s.add_argument("--refresh", type=float, default=1.0, help="seconds between updates")
+    s.set_defaults(func=cmd_monitor)
 
     s = sub.add_parser("config", help="configuration commands")
     csub = s.add_subparsers(dest="config_command", required=True)

@@ -24,17 +24,20 @@ class ActionMessage:
     action: str
     arguments: Any
     attempt: int
+    max_attempts: int | None = None   # None: the subscriber's action.max_attempts
 
     def encode(self) -> bytes:
-        return json.dumps({"job_id": self.job_id, "action": self.action,
-                           "arguments": self.arguments, "attempt": self.attempt},
-                          separators=(",", ":")).encode()
+        doc = {"job_id": self.job_id, "action": self.action, "arguments": self.arguments,
+               "attempt": self.attempt}
+        if self.max_attempts is not None:
+            doc["max_attempts"] = self.max_attempts
+        return json.dumps(doc, separators=(",", ":")).encode()
 
 
-def encode_job(job_id: int, action: str, arguments_json: str, attempt: int) -> bytes:
+def encode_job(job_id: int, action: str, arguments_json: str, attempt: int, max_attempts: int) -> bytes:
     """Encode straight from the job row's JSON text, without a parse/dump round trip."""
-    return (b'{"job_id":%d,"action":%s,"arguments":%s,"attempt":%d}'
-            % (job_id, json.dumps(action).encode(), arguments_json.encode(), attempt))
+    return (b'{"job_id":%d,"action":%s,"arguments":%s,"attempt":%d,"max_attempts":%d}'
+            % (job_id, json.dumps(action).encode(), arguments_json.encode(), attempt, max_attempts))
 
 
 def decode(body: bytes) -> ActionMessage:
@@ -51,4 +54,8 @@ def decode(body: bytes) -> ActionMessage:
         raise MessageDecodeError("action missing or not a string")
     if not isinstance(attempt, int) or isinstance(attempt, bool) or attempt < 1:
         raise MessageDecodeError("attempt not a positive integer")
-    return ActionMessage(job_id, action, doc.get("arguments", {}), attempt)
+    max_attempts = doc.get("max_attempts")
+    if max_attempts is not None and (not isinstance(max_attempts, int) or isinstance(max_attempts, bool)
+                                     or max_attempts < 1):
+        raise MessageDecodeError("max_attempts not a positive integer")
+    return ActionMessage(job_id, action, doc.get("arguments", {}), attempt, max_attempts)

@@ -31,15 +31,18 @@ class _Pending:
     outcome: Outcome
     event: Event
     deliveries: list[Delivery]
+    dead_reason: str | None = None   # set: the job is dead; its message goes to the dead-letter queue
 
 
 class Recorder:
     def __init__(self, dbs: Databases, batch: int, interval: float,
                  on_recorded: Callable[[list[Delivery]], None] | None = None,
-                 mark_running_after: float = 1.0):
+                 mark_running_after: float = 1.0,
+                 on_dead: Callable[[Delivery, str], None] | None = None):
         self.dbs = dbs
         self.batch, self.interval = batch, interval
         self.on_recorded = on_recorded
+        self.on_dead = on_dead
         self.mark_running_after = mark_running_after
         self._lock = threading.Condition()
         self._started: dict[int, tuple[float, Started]] = {}
@@ -59,10 +62,11 @@ class Recorder:
                 self._lock.notify()
             self._started[s.job_id] = (time.monotonic(), s)
 
-    def finished(self, outcome: Outcome, event: Event, deliveries: list[Delivery]) -> None:
+    def finished(self, outcome: Outcome, event: Event, deliveries: list[Delivery],
+                 dead_reason: str | None = None) -> None:
         with self._lock:
             self._started.pop(outcome.job_id, None)   # the outcome row says it all
-            self._outcomes.append(_Pending(outcome, event, list(deliveries)))
+            self._outcomes.append(_Pending(outcome, event, list(deliveries), dead_reason))
             if self._oldest is None:   # the thread may be asleep with nothing due: set its alarm
                 self._oldest = time.monotonic()
                 self._lock.notify()
@@ -128,7 +132,11 @@ class Recorder:
             log.info("database writes recovered after %d failed attempts", self.failures)
         self.failures, self.retry_at = 0, 0.0
         self.recorded += len(written)
-        acks = [d for p in written for d in p.deliveries]
+        acks = [d for p in written for d in p.deliveries if p.dead_reason is None or self.on_dead is None]
+        for p in written:
+            if p.dead_reason is not None and self.on_dead is not None:
+                for d in p.deliveries:
+                    self.on_dead(d, p.dead_reason)
         if acks and self.on_recorded is not None:
             self.on_recorded(acks)
         return acks

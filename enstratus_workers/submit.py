@@ -20,7 +20,8 @@ class SubmitError(EnstratusError):
 
 
 def new_job(settings, action: str, arguments: str | None = None, queue: str | None = None,
-            *, idempotency_key: str | None = None, max_attempts: int | None = None) -> NewJob:
+            *, idempotency_key: str | None = None, max_attempts: int | None = None,
+            registry=None) -> NewJob:
     """Validate and build a job. Arguments must be JSON text; whether they are an *object* is the
     worker's to judge (a job with other JSON is stored and fails with the reason, visibly)."""
     if not action or len(action) > 200:
@@ -33,6 +34,9 @@ def new_job(settings, action: str, arguments: str | None = None, queue: str | No
     queue = queue or settings.worker.default_queue
     if queue not in settings.worker.all_queues:
         raise SubmitError(f"unknown queue '{queue}'; configured: {', '.join(settings.worker.all_queues)}")
+    if max_attempts is None and registry is not None and action in registry:
+        # an action may declare its own attempt budget: fn.max_attempts = 5
+        max_attempts = getattr(registry.get(action), "max_attempts", None)
     attempts = settings.worker.max_attempts if max_attempts is None else max_attempts
     if attempts < 1:
         raise SubmitError("max attempts must be at least 1")

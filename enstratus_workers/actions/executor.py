@@ -1,7 +1,8 @@
 """Runs one action and turns whatever happens into an outcome the subscriber can record.
 
-An unknown action, arguments that are not a JSON object, an action that raises, a result that is
-not JSON: each becomes ``failed`` with the reason in ``error``; the worker process keeps going.
+An unknown action, arguments that are not a JSON object, an ``ActionError``, a result that is
+not JSON: each is a permanent failure (``retryable`` false). Any other exception is an attempt
+that failed and may be retried (``retry.py``). Either way the worker process keeps going.
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ def now_ms() -> int:
 def execute(registry: Registry, task: dict, worker: str, services: dict | None = None) -> dict:
     """Run ``task`` ({job_id, action, arguments, attempt, queue}); return the outcome as a dict."""
     start = now_ms()
-    status, result, error = "succeeded", None, None
+    status, result, error, retryable = "succeeded", None, None, False
     try:
         arguments = task.get("arguments")
         if not isinstance(arguments, dict):
@@ -42,8 +43,8 @@ def execute(registry: Registry, task: dict, worker: str, services: dict | None =
     except ActionError as exc:
         status, error = "failed", str(exc)[:MAX_ERROR_CHARS]
         log.warning("job %s (%s) failed: %s", task.get("job_id"), task.get("action"), error)
-    except Exception as exc:  # an action's own bug: record it, keep the worker alive
-        status, error = "failed", f"{type(exc).__name__}: {exc}"[:MAX_ERROR_CHARS]
+    except Exception as exc:  # unexpected, maybe transient: retried (see retry.py); the worker lives on
+        status, error, retryable = "failed", f"{type(exc).__name__}: {exc}"[:MAX_ERROR_CHARS], True
         log.exception("job %s (%s) raised", task.get("job_id"), task.get("action"))
-    return {"job_id": task["job_id"], "attempt": task["attempt"], "status": status,
+    return {"job_id": task["job_id"], "attempt": task["attempt"], "status": status, "retryable": retryable,
             "result": result, "error": error, "start_ms": start, "end_ms": now_ms(), "worker": worker}

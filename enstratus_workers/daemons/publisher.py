@@ -21,6 +21,7 @@ from ..errors import ConnectionClosed, DatabaseError, PublishError, TransportErr
 from ..messages import encode_job
 from ..mq import open_transport
 from ..mq.base import OutgoingMessage
+from ..retry import backoff_ms
 
 log = logging.getLogger(__name__)
 
@@ -101,9 +102,10 @@ class Publisher(Service):
 
     def _publish(self, jobs) -> None:
         self._declare({j.queue for j in jobs})
+        # A job that has had attempts is a retry: the broker holds it for its backoff first.
         self.transport.publish([
-            OutgoingMessage(queue=j.queue, message_id=str(j.job_id),
-                            body=encode_job(j.job_id, j.action, j.arguments, j.attempts + 1))
+            OutgoingMessage(queue=j.queue, message_id=str(j.job_id), delay_ms=backoff_ms(j.attempts),
+                            body=encode_job(j.job_id, j.action, j.arguments, j.attempts + 1, j.max_attempts))
             for j in jobs])
 
     def _close_transport(self) -> None:

@@ -23,6 +23,7 @@ from ..layout import short_hostname
 from ..messages import MessageDecodeError, decode
 from ..pool.pool import Assignment, WorkerPool
 from ..recorder import Recorder
+from ..retry import event_outcome, job_status_after
 
 log = logging.getLogger(__name__)
 
@@ -39,7 +40,8 @@ class Subscriber(Service):
         self.pending: dict[str, deque] = {t.name: deque() for t in settings.worker.types}
         self.active: dict[int, list] = {}   # job id -> deliveries of it held here (duplicates)
         self.started_ms = int(time.time() * 1000)
-        self.stats = {"received": 0, "succeeded": 0, "failed": 0, "dead_lettered": 0, "duplicates": 0}
+        self.stats = {"received": 0, "succeeded": 0, "failed": 0, "pending": 0, "dead": 0,
+                      "dead_lettered": 0, "duplicates": 0}
 
     def request_stop(self, cold: bool = False) -> None:
         if cold:
@@ -55,11 +57,11 @@ class Subscriber(Service):
         os.set_blocking(wake_r, False)
         os.set_blocking(wake_w, False)
         self._wake_r = wake_r
-        self.pool = WorkerPool(s, self.layout, self.name, wake_w)
+        self.pool = WorkerPool(s, self.layout, self.name, wake_w, time_limits=_action_time_limits())
         self.intake = Intake(s.mq, self.layout, s.worker.all_queues, s.mq.prefetch, wake_w,
                              client_name=f"subscriber@{self.name}")
         self.recorder = Recorder(self.dbs, s.worker.record_batch, s.worker.record_interval,
-                                 on_recorded=self.intake.ack)
+                                 on_recorded=self.intake.ack, on_dead=self.intake.dead_letter)
         try:
             self.recorder.start()
             self.pool.start()
@@ -144,27 +146,32 @@ class Subscriber(Service):
 
     def _settle(self, events) -> None:
         for a, outcome in events.finished:
-            self._record(a, outcome["status"], outcome["start_ms"], outcome["end_ms"],
-                         outcome.get("result"), outcome.get("error"), self._worker_of(a, outcome))
-        for a, reason in events.crashed:
-            now = int(time.time() * 1000)
-            self._record(a, "failed", a.received_ms, now, None, reason, "")
+            self._record(a, outcome["status"], outcome.get("retryable", False), outcome["start_ms"],
+                         outcome["end_ms"], outcome.get("result"), outcome.get("error"),
+                         outcome.get("worker") or "")
+        for a, (reason, start_ms) in events.crashed:
+            # The worker died under this action (crash, OOM kill, time limit): a failed attempt
+            # that may be retried, so an action that kills its worker ends dead, not in a loop.
+            self._record(a, "failed", True, start_ms or a.received_ms, int(time.time() * 1000),
+                         None, reason, "")
         for a in events.returned:
             self.pending[a.worker_type].appendleft(a)
 
-    @staticmethod
-    def _worker_of(a, outcome) -> str:
-        return outcome.get("worker") or ""
-
-    def _record(self, a: Assignment, status, start_ms, end_ms, result, error, worker) -> None:
+    def _record(self, a: Assignment, attempt_status, retryable, start_ms, end_ms, result, error,
+                worker) -> None:
         m = a.message
         worker = worker or self._display_for(a)
+        max_attempts = m.max_attempts or self.settings.worker.max_attempts
+        status = job_status_after(attempt_status, retryable, m.attempt, max_attempts)
+        if status == "dead":
+            error = f"{error} (attempt {m.attempt} of {max_attempts}; dead)"
         outcome = Outcome(m.job_id, m.attempt, status, worker, start_ms, end_ms, result, error)
-        event = Event(m.job_id, m.action, a.delivery.queue, m.attempt, status, end_ms - start_ms,
-                      worker, end_ms)
+        event = Event(m.job_id, m.action, a.delivery.queue, m.attempt, event_outcome(status),
+                      end_ms - start_ms, worker, end_ms)
         # Duplicates of this job delivered meanwhile are settled with it, once it is recorded.
-        self.recorder.finished(outcome, event, self.active.pop(m.job_id, [a.delivery]))
-        self.stats["succeeded" if status == "succeeded" else "failed"] += 1
+        self.recorder.finished(outcome, event, self.active.pop(m.job_id, [a.delivery]),
+                               dead_reason=error if status == "dead" else None)
+        self.stats[status if status in self.stats else "failed"] += 1
 
     def _display_for(self, a: Assignment) -> str:
         return f"{a.worker_type}@{short_hostname()}"
@@ -228,6 +235,15 @@ class Subscriber(Service):
         self.pool.terminate(timeout=2.0)
         self.recorder.stop(timeout=self.settings.worker.grace_period)
         time.sleep(0.2)  # let the intake thread send the last acks before it closes
+
+
+def _action_time_limits() -> dict[str, float]:
+    """Actions may declare their own hard limit (``fn.time_limit = 60``) over action.time_limit."""
+    from ..actions import default_registry
+
+    reg = default_registry()
+    return {name: float(reg.get(name).time_limit) for name in reg.names()
+            if isinstance(getattr(reg.get(name), "time_limit", None), (int, float))}
 
 
 def build(settings, layout, name, options) -> Subscriber:

@@ -64,6 +64,7 @@ class Relayed(NamedTuple):
     arguments: str
     queue: str
     attempts: int
+    max_attempts: int
 
 
 @dataclass(frozen=True)
@@ -175,6 +176,23 @@ class JobStore:
             return conn.execute(sa.select(sa.func.count()).where(
                 T.c.job_id.in_(list(job_ids)), T.c.status == status)).scalar()
 
+    # -- dead jobs -----------------------------------------------------------------------------
+    def requeue_dead(self, job_ids: Sequence[int] | None, extra_attempts: int) -> list[Job]:
+        """Give dead jobs (the named ones, or all) ``extra_attempts`` more and make them pending.
+
+        The publisher then relays them like any pending job: the database stays the one source
+        of truth, and the queue's dead letters are only a mirror the caller purges.
+        """
+        q = sa.select(T).where(T.c.status == schema.DEAD)
+        if job_ids is not None:
+            q = q.where(T.c.job_id.in_(list(job_ids)))
+        with self.engine.begin() as conn:
+            dead = [Job(**r) for r in conn.execute(q.with_for_update()).mappings()]
+            for j in dead:
+                conn.execute(T.update().where(T.c.job_id == j.job_id, T.c.status == schema.DEAD).values(
+                    status=schema.PENDING, max_attempts=j.attempts + extra_attempts))
+        return dead
+
     # -- the outbox relay (publisher) ----------------------------------------------------------
     def relay_pending(self, limit: int, publish: Callable[[list[Relayed]], None]) -> int:
         """Hand up to ``limit`` pending jobs to ``publish`` and mark the confirmed ones queued.
@@ -184,7 +202,7 @@ class JobStore:
         the commit leaves the jobs pending: at worst published again, never lost.
         ``publish`` returns once the broker confirmed, or raises ``PublishError``.
         """
-        q = (sa.select(T.c.job_id, T.c.action, T.c.arguments, T.c.queue, T.c.attempts)
+        q = (sa.select(T.c.job_id, T.c.action, T.c.arguments, T.c.queue, T.c.attempts, T.c.max_attempts)
              .where(T.c.status == schema.PENDING).order_by(T.c.job_id)
              .limit(limit).with_for_update(skip_locked=True))
         with self.engine.begin() as conn:
@@ -254,8 +272,11 @@ def _case_update(conn, rows, columns: dict) -> None:
         params.extend(value_of(r) for r in rows)
         whens = " ".join(f"WHEN {i} THEN {mark}" for i in ids)
         sets.append(f"{column} = CASE job_id {whens} END")
+    # Never step back: a late duplicate of an earlier attempt must not overwrite a later one.
+    attempts = " ".join(f"WHEN {i} THEN {int(r.attempt)}" for i, r in zip(ids, rows))
     sql = (f"UPDATE enstratus_job SET {', '.join(sets)} "
-           f"WHERE job_id IN ({', '.join(map(str, ids))}) AND status IN ({_ACTIVE_SQL})")
+           f"WHERE job_id IN ({', '.join(map(str, ids))}) AND status IN ({_ACTIVE_SQL}) "
+           f"AND attempts <= CASE job_id {attempts} END")
     conn.exec_driver_sql(sql, tuple(params))
 
 

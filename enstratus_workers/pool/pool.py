@@ -94,13 +94,15 @@ class PoolEvents:
     """What one round of the pool produced for the subscriber to act on."""
 
     finished: list = field(default_factory=list)   # (Assignment, outcome dict)
-    crashed: list = field(default_factory=list)    # (Assignment, reason): the running task of a dead worker
+    crashed: list = field(default_factory=list)    # (Assignment, (reason, start_ms)): what a dead worker ran
     returned: list = field(default_factory=list)   # Assignment never started: dispatch again
 
 
 class WorkerPool:
-    def __init__(self, settings, layout, subscriber_name: str, wake_fd: int, python: str = sys.executable):
+    def __init__(self, settings, layout, subscriber_name: str, wake_fd: int, python: str = sys.executable,
+                 time_limits: dict[str, float] | None = None):
         self.settings, self.layout = settings, layout
+        self.time_limits = time_limits or {}     # per-action overrides of action.time_limit
         self.subscriber_name = subscriber_name
         self.python = python
         self._wake_fd = wake_fd
@@ -234,7 +236,7 @@ class WorkerPool:
 
     def _charge(self, h: WorkerHandle, events: PoolEvents, reason: str) -> None:
         if h.inflight:
-            events.crashed.append((h.inflight.popleft(), reason))
+            events.crashed.append((h.inflight.popleft(), (reason, h.head_since_ms)))
         events.returned.extend(h.inflight)
         h.inflight.clear()
 
@@ -261,15 +263,16 @@ class WorkerPool:
     def supervise(self) -> PoolEvents:
         """Reap dead workers, kill those past the time limit, respawn; call every round."""
         events = PoolEvents()
-        limit_ms = self.settings.worker.time_limit * 1000
+        default_limit = self.settings.worker.time_limit
         now = now_ms()
         for h in list(self.handles):
             if h.proc is None:
                 continue
             code = h.proc.poll()
             if code is None:
-                if h.inflight and h.kill_reason is None and now - h.head_since_ms > limit_ms:
-                    h.kill_reason = f"time limit of {self.settings.worker.time_limit:g}s exceeded"
+                limit = h.inflight and self.time_limits.get(h.inflight[0].message.action, default_limit)
+                if h.inflight and h.kill_reason is None and now - h.head_since_ms > limit * 1000:
+                    h.kill_reason = f"time limit of {limit:g}s exceeded"
                     log.warning("worker %s: job %s %s; killing pid %d", h.name,
                                 h.inflight[0].message.job_id, h.kill_reason, h.pid)
                     h.proc.kill()

@@ -13,19 +13,9 @@ from tests import servicehome as sh
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(240)]
 
 
-@pytest.fixture(params=["embedded", "rabbitmq+mariadb"])
-def home(request, tmp_path):
-    if request.param == "embedded":
-        home = sh.make_home(tmp_path)
-    else:
-        names = request.getfixturevalue("amqp_names")
-        home = sh.make_home(tmp_path, amqp=names, mysql_url=request.getfixturevalue("mysql_url"))
-    yield home
-    sh.init(home, "stop")
-    for pid in sh.our_processes(home):  # a failed test must not leave strays behind
-        import os
-        import signal
-        os.kill(pid, signal.SIGKILL)
+@pytest.fixture
+def home(service_home):
+    return service_home
 
 
 def submit(home, *args):

@@ -13,8 +13,8 @@ from enstratus_workers.messages import ActionMessage, MessageDecodeError, decode
 
 
 def test_encode_from_the_job_row_round_trips():
-    body = encode_job(42, 'say "hi"', '{"a": [1, {"b": null}]}', 2)
-    assert decode(body) == ActionMessage(42, 'say "hi"', {"a": [1, {"b": None}]}, 2)
+    body = encode_job(42, 'say "hi"', '{"a": [1, {"b": null}]}', 2, 5)
+    assert decode(body) == ActionMessage(42, 'say "hi"', {"a": [1, {"b": None}]}, 2, 5)
     assert decode(ActionMessage(1, "noop", {}, 1).encode()).action == "noop"
 
 
@@ -25,6 +25,7 @@ def test_encode_from_the_job_row_round_trips():
     (b'{"job_id": true, "action": "noop"}', "job_id"),
     (b'{"job_id": 1}', "action"),
     (b'{"job_id": 1, "action": "noop", "attempt": 0}', "attempt"),
+    (b'{"job_id": 1, "action": "noop", "attempt": 1, "max_attempts": 0}', "max_attempts"),
     (b"[" * 100000, "not JSON"),
 ])
 def test_bad_bodies_are_refused_with_a_reason(body, reason):
@@ -49,7 +50,7 @@ def test_arbitrary_bytes_decode_or_are_refused_never_crash(body):
                     lambda c: st.lists(c, max_size=4) | st.dictionaries(st.text(max_size=8), c, max_size=4),
                     max_leaves=20))
 def test_any_json_arguments_survive_the_message_round_trip(arguments):
-    msg = decode(encode_job(7, "echo", json.dumps(arguments), 1))
+    msg = decode(encode_job(7, "echo", json.dumps(arguments), 1, 3))
     assert msg.arguments == arguments
 
 
@@ -83,8 +84,22 @@ def test_an_action_bug_and_an_unserializable_result_are_failures_not_crashes():
     reg = Registry()
     reg.register("bug", lambda args, ctx: 1 / 0)
     reg.register("weird", lambda args, ctx: {1, 2})
-    assert execute(reg, _task("bug"), "w")["error"].startswith("ZeroDivisionError")
-    assert "not JSON-serializable" in execute(reg, _task("weird"), "w")["error"]
+    bug = execute(reg, _task("bug"), "w")
+    assert bug["error"].startswith("ZeroDivisionError") and bug["retryable"]   # maybe transient
+    weird = execute(reg, _task("weird"), "w")
+    assert "not JSON-serializable" in weird["error"] and not weird["retryable"]
+
+
+def test_retry_policy():
+    from enstratus_workers.retry import backoff_ms, event_outcome, job_status_after
+
+    assert [backoff_ms(n) for n in (0, 1, 2, 3)] == [0, 1000, 2000, 4000]
+    assert backoff_ms(50) == 300_000
+    assert job_status_after("succeeded", False, 1, 3) == "succeeded"
+    assert job_status_after("failed", False, 1, 3) == "failed"      # the action said it cannot succeed
+    assert job_status_after("failed", True, 2, 3) == "pending"      # retried
+    assert job_status_after("failed", True, 3, 3) == "dead"         # out of attempts
+    assert event_outcome("pending") == "retry" and event_outcome("dead") == "dead"
 
 
 def test_plugins_load_from_the_entry_point_group_and_a_broken_one_is_skipped(monkeypatch):
