@@ -22,6 +22,7 @@ from ..db import open_databases
 from ..errors import CHECK_CRITICAL, CHECK_UNKNOWN, CHECK_WARNING, EnstratusError
 from ..health import check_health
 from ..layout import Layout
+from ..watchdog import Watchdog
 
 log = logging.getLogger(__name__)
 
@@ -29,8 +30,9 @@ log = logging.getLogger(__name__)
 class Pinger(Service):
     daemon = "pinger"
 
-    def __init__(self, settings, layout, name: str):
+    def __init__(self, settings, layout, name: str, watchdog: bool = True):
         self.settings, self.layout, self.name = settings, layout, name
+        self.watchdog_enabled = watchdog
         self._stop = threading.Event()
         self.started_ms = int(time.time() * 1000)
 
@@ -40,19 +42,24 @@ class Pinger(Service):
     def run(self, ready) -> None:
         interval = self.settings.worker.heartbeat_interval
         dbs = open_databases(self.settings.worker, self.layout)
+        watchdog = Watchdog(self.layout, enabled=self.watchdog_enabled)
         ready()
         last_state = None
         try:
             while not self._stop.is_set():
                 started = time.monotonic()
                 try:
+                    for line in watchdog.check():
+                        log.warning("watchdog: %s", line)
                     health = check_health(self.settings, self.layout, dbs)
+                    for key in watchdog.given_up:
+                        health.worsen(CHECK_CRITICAL, f"{key} keeps dying; the watchdog gave up")
                     if health.state != last_state:
                         (log.info if health.state == "OK" else log.warning)("%s", health.line())
                         last_state = health.state
                     dbs.heartbeats.beat("pinger", self.name, ttl_s=interval * 3, started_ms=self.started_ms,
                                         status="ok" if health.code == 0 else health.state.lower(),
-                                        details=health.as_dict())
+                                        details={**health.as_dict(), "watchdog": watchdog.snapshot()})
                 except Exception:
                     log.exception("health check round failed")
                 self._stop.wait(max(0.0, interval - (time.monotonic() - started)))
@@ -64,8 +71,13 @@ class Pinger(Service):
             dbs.close()
 
 
+def add_arguments(parser) -> None:
+    parser.add_argument("--no-watchdog", action="store_true",
+                        help="do not restart dead daemons (when systemd or another supervisor does)")
+
+
 def build(settings, layout, name, options) -> Pinger:
-    return Pinger(settings, layout, name)
+    return Pinger(settings, layout, name, watchdog=not getattr(options, "no_watchdog", False))
 
 
 def check(argv) -> int:
@@ -103,7 +115,7 @@ def main(argv=None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     if argv[:1] == ["check"]:
         return check(argv[1:])
-    return runner.main("pinger", build, argv)
+    return runner.main("pinger", build, argv, add_arguments=add_arguments)
 
 
 if __name__ == "__main__":

@@ -21,6 +21,7 @@ from ..errors import ConnectionClosed, DatabaseError, PublishError, TransportErr
 from ..messages import encode_job
 from ..mq import open_transport
 from ..mq.base import OutgoingMessage
+from ..recovery import StuckJobs
 from ..retry import backoff_ms
 
 log = logging.getLogger(__name__)
@@ -48,10 +49,12 @@ class Publisher(Service):
         w = self.settings.worker
         self.layout.ensure_dirs()
         self.dbs = open_databases(w, self.layout)
+        self.stuck = StuckJobs(self.settings, self.dbs, depths=self._depths)
         ready()
         try:
             while not self._stop.is_set():
                 relayed = self._relay_once()
+                self.stuck.tick()
                 self._beat()
                 if relayed is None:          # something failed: back off
                     self._stop.wait(self._backoff)
@@ -94,6 +97,14 @@ class Publisher(Service):
             log.warning("database unavailable (%s); retrying", type(exc).__name__)
         return None
 
+    def _depths(self, queues):
+        if self.transport is None:
+            return []
+        try:
+            return self.transport.depths(queues)
+        except TransportError:
+            return []
+
     def _declare(self, queues) -> None:
         new = [q for q in queues if q not in self._declared]
         if new:
@@ -125,7 +136,8 @@ class Publisher(Service):
             self.dbs.heartbeats.beat(
                 "publisher", self.name, ttl_s=HEARTBEAT_EVERY_S * 5, started_ms=self.started_ms,
                 status="ok" if self.transport is not None else "degraded",
-                details={"published": self.published, "connected": self.transport is not None})
+                details={"published": self.published, "connected": self.transport is not None,
+                         "recovered": self.stuck.recovered})
         except Exception as exc:
             log.warning("could not write heartbeat: %s", type(exc).__name__)
 

@@ -141,7 +141,8 @@ class Subscriber(Service):
             self.active[msg.job_id] = [d]
             a = Assignment(d, msg, wtype.name if wtype else self.settings.worker.types[0].name)
             self.pending[a.worker_type].append(a)
-            self.recorder.started(Started(msg.job_id, msg.attempt, "", a.received_ms))
+            # Marked running with this host's name, so stuck-job recovery knows whose it is.
+            self.recorder.started(Started(msg.job_id, msg.attempt, self._display_for(a), a.received_ms))
         self.intake.ack(to_ack)
 
     def _settle(self, events) -> None:

@@ -73,3 +73,31 @@ def test_a_second_submit_with_the_same_key_returns_the_first_job(service_home):
     second = submit(home, "noop", "--idempotency-key", "order-42", wait=False)
     assert second["job_id"] == first["job_id"] and second["action"] == "echo"
     assert first["created"] and not second["created"]
+
+
+def test_a_killed_subscriber_is_brought_back_by_the_pinger_watchdog(service_home):
+    import os
+    import signal
+
+    home = service_home
+    assert sh.init(home, "start").returncode == 0
+    pid_file = next((home / "services" / "worker" / "run").glob("subscriber@*.pid"))
+    old = int(pid_file.read_text().split()[0])
+    # Given jobs waiting, when the subscriber is killed outright
+    jobs = [submit(home, "noop", wait=False)["job_id"] for _ in range(5)]
+    os.kill(old, signal.SIGKILL)
+
+    def restarted():
+        try:
+            pid = int(pid_file.read_text().split()[0])
+        except (OSError, ValueError, IndexError):
+            return False
+        return pid != old and os.path.exists(f"/proc/{pid}")
+
+    # Then the watchdog starts a new one (heartbeat_interval is 1 s here) and nothing is lost
+    assert sh.wait_until(restarted, 30), sh.cli(home, "status").stdout
+    for job_id in jobs:
+        assert sh.wait_until(lambda: json.loads(sh.cli(home, "job", str(job_id), "--json").stdout)
+                             ["status"] == "succeeded", 60)
+    log = next((home / "services" / "worker" / "log").glob("pinger@*.log")).read_text()
+    assert "watchdog" in log and "restarted subscriber@" in log

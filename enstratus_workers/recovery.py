@@ -1,0 +1,102 @@
+"""Stuck-job recovery, run by the publisher: jobs whose message was lost go back to the outbox.
+
+A job is stuck when it is ``running`` past its time limit plus the grace period and the
+subscriber on the host that took it no longer beats (its heartbeat expired), or ``queued`` for
+longer than ``QUEUED_AFTER_S`` while its queue holds nothing ready (so the message is not just
+waiting behind others). Recovery makes it ``pending`` again, which the publisher relays as the
+next attempt — or ``dead`` if it had its last. Each change is guarded by the status and
+timestamp it saw, so with several publishers only one recovers a job.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+
+import sqlalchemy as sa
+
+from .db import Databases, now_ms
+from .db.schema import DEAD, PENDING, QUEUED, RUNNING
+from .db.schema import jobs as T
+
+log = logging.getLogger(__name__)
+
+SWEEP_EVERY_S = 30.0
+QUEUED_AFTER_S = 600.0
+RUNNING_SLACK_S = 60.0   # beyond time limit + grace, for clocks and heartbeat intervals
+
+
+class StuckJobs:
+    def __init__(self, settings, dbs: Databases, depths=None, every_s: float = SWEEP_EVERY_S):
+        self.settings, self.dbs = settings, dbs
+        self.depths = depths               # callable(queues) -> list[QueueDepth], or None
+        self.every_s = every_s
+        self._next = time.monotonic() + every_s
+        self.recovered = 0
+
+    def tick(self) -> int:
+        """Sweep if one is due; cheap otherwise. Returns the jobs recovered."""
+        if time.monotonic() < self._next:
+            return 0
+        self._next = time.monotonic() + self.every_s
+        try:
+            n = self.sweep()
+        except Exception:  # the publisher's main job must not stop for a failed sweep
+            log.exception("stuck-job sweep failed")
+            return 0
+        self.recovered += n
+        return n
+
+    def sweep(self, now: int | None = None) -> int:
+        now = now or now_ms()
+        w = self.settings.worker
+        live_hosts = {hb.host for hb in self.dbs.heartbeats.all()
+                      if hb.daemon == "subscriber" and not hb.expired}
+        running_deadline = now - int((w.time_limit + w.grace_period + RUNNING_SLACK_S) * 1000)
+        queued_deadline = now - int(QUEUED_AFTER_S * 1000)
+        with self.dbs.provisioning.connect() as conn:
+            running = conn.execute(sa.select(T.c.job_id, T.c.worker, T.c.start_timestamp, T.c.attempts,
+                                             T.c.max_attempts).where(
+                T.c.status == RUNNING, T.c.start_timestamp < running_deadline).limit(500)).all()
+            queued = conn.execute(sa.select(T.c.job_id, T.c.queue, T.c.queued_timestamp, T.c.attempts,
+                                            T.c.max_attempts).where(
+                T.c.status == QUEUED, T.c.queued_timestamp < queued_deadline).limit(500)).all()
+        recovered = 0
+        for job_id, worker, started, attempts, max_attempts in running:
+            host = _host_of(worker)
+            if host in live_hosts:
+                continue
+            recovered += self._recover(job_id, RUNNING, T.c.start_timestamp, started, attempts, max_attempts,
+                                       f"stuck: running since {started} on {worker or 'an unknown worker'}, "
+                                       f"whose subscriber is gone")
+        idle = self._idle_queues({q for _, q, *_ in queued})
+        for job_id, queue, queued_at, attempts, max_attempts in queued:
+            if queue in idle:
+                recovered += self._recover(job_id, QUEUED, T.c.queued_timestamp, queued_at, attempts,
+                                           max_attempts, f"stuck: queued since {queued_at}; message lost")
+        return recovered
+
+    def _idle_queues(self, queues: set[str]) -> set[str]:
+        if not queues or self.depths is None:
+            return set()
+        return {d.queue for d in self.depths(sorted(queues)) if d.ready == 0}
+
+    def _recover(self, job_id, status, stamp_column, stamp, attempts, max_attempts, why) -> int:
+        # the lost attempt counts: with none left the job is dead, else the outbox relays it again
+        new_status = DEAD if attempts >= max_attempts else PENDING
+        with self.dbs.provisioning.begin() as conn:
+            changed = conn.execute(T.update().where(
+                T.c.job_id == job_id, T.c.status == status, stamp_column == stamp).values(
+                status=new_status, error=why, attempts=max(attempts, 1))).rowcount
+        if changed:
+            log.warning("job %s %s -> %s", job_id, why, new_status)
+        return changed
+
+
+def _host_of(worker: str | None) -> str | None:
+    """``default@web-3.2`` -> ``web-3``; the subscriber's host that took the job."""
+    if not worker or "@" not in worker:
+        return None
+    host = worker.split("@", 1)[1]
+    head, _, tail = host.rpartition(".")
+    return head if tail.isdigit() and head else host

@@ -1,0 +1,94 @@
+"""The pinger's watchdog: a publisher, subscriber or KM daemon that died comes back by itself.
+
+Each round it looks at the pid files: a watched daemon with a stale pid file (it died without
+cleaning up: killed, crashed), or a publisher/subscriber that is not running at all while the
+pinger runs (the init script stops the pinger first, so that is never a deliberate stop of the
+whole service), is started again through its own runner. Restarts are capped like worker
+reincarnations: more than ``max_restarts`` in ``window_s`` and the daemon is left down and
+reported, rather than restarted forever.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import subprocess
+import sys
+import time
+from collections import defaultdict, deque
+
+from .daemon.procs import daemon_states
+from .layout import short_hostname
+
+log = logging.getLogger(__name__)
+
+ALWAYS = ("publisher", "subscriber")   # must run whenever the pinger does
+
+
+class Watchdog:
+    def __init__(self, layout, max_restarts: int = 5, window_s: float = 600.0, enabled: bool = True):
+        self.layout, self.enabled = layout, enabled
+        self.max_restarts, self.window_s = max_restarts, window_s
+        self._restarts: dict[str, deque] = defaultdict(deque)
+        self.restarts_total = 0
+        self.given_up: set[str] = set()
+
+    def check(self) -> list[str]:
+        """Restart what needs it; return a line per daemon restarted or given up on."""
+        if not self.enabled:
+            return []
+        done = []
+        states = daemon_states(self.layout)
+        running = {(s.daemon, s.name) for s in states if s.state == "running"}
+        wanted = {(s.daemon, s.name) for s in states if s.state != "running" and s.daemon in ALWAYS}
+        for daemon in ALWAYS:
+            if not any(d == daemon for d, _ in running | wanted):
+                wanted.add((daemon, short_hostname()))
+        wanted |= self._dead_km()
+        for daemon, name in sorted(wanted):
+            if (daemon, name) in running:
+                continue
+            done.append(self._restart(daemon, name))
+        return [line for line in done if line]
+
+    def _dead_km(self) -> set[tuple[str, str]]:
+        """A KM with a stale pid file (started here once, then died)."""
+        run_dir = self.layout.km_dir / "run"
+        found = set()
+        for pid_file in run_dir.glob("km@*.pid") if run_dir.is_dir() else ():
+            try:
+                pid = int(pid_file.read_text().split()[0])
+                os.kill(pid, 0)
+            except (ValueError, IndexError, ProcessLookupError, OSError):
+                found.add(("km", pid_file.stem.split("@", 1)[1]))
+        return found
+
+    def _restart(self, daemon: str, name: str) -> str | None:
+        key = f"{daemon}@{name}"
+        window = self._restarts[key]
+        now = time.monotonic()
+        while window and now - window[0] > self.window_s:
+            window.popleft()
+        if len(window) >= self.max_restarts:
+            if key not in self.given_up:
+                self.given_up.add(key)
+                log.error("%s died %d times in %.0fs; not restarting it again", key, len(window), self.window_s)
+                return f"gave up on {key}"
+            return None
+        window.append(now)
+        self.restarts_total += 1
+        self.given_up.discard(key)
+        cmd = [sys.executable, "-m", f"enstratus_workers.daemons.{daemon}", "start",
+               "--home", str(self.layout.home), "--name", name]
+        log.warning("watchdog: %s is down; starting it (restart %d in the window)", key, len(window))
+        # stdin from /dev/null: a daemon has no fd 0, and a child started without one cannot daemonize
+        result = subprocess.run(cmd, cwd=str(self.layout.home), capture_output=True, text=True, timeout=120,
+                                stdin=subprocess.DEVNULL,
+                                env={**os.environ, "ENSTRATUS_HOME": str(self.layout.home)})
+        if result.returncode != 0:
+            log.error("watchdog: could not start %s: %s", key, (result.stdout + result.stderr).strip()[-500:])
+            return f"failed to restart {key}"
+        return f"restarted {key}"
+
+    def snapshot(self) -> dict:
+        return {"restarts": self.restarts_total, "given_up": sorted(self.given_up)}
