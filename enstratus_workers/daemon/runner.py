@@ -291,12 +291,15 @@ def _daemonize_and_serve(ctx: _Context, settings, ready_fd: int) -> int:
         # stdout and stderr go to the log file so that tracebacks and stray prints are kept
         log_fd = os.open(ctx.log_file, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o640)
         log_stream = os.fdopen(log_fd, "a", encoding="utf-8")
+        # stdin explicitly /dev/null: started by another daemon (the watchdog), fd 0 may be closed
+        devnull = open(os.devnull, encoding="utf-8")
         context = python_daemon.DaemonContext(
             working_directory=str(ctx.layout.home), umask=0o027, detach_process=True,
-            files_preserve=[ready_fd], stdout=log_stream, stderr=log_stream,
+            files_preserve=[ready_fd], stdin=devnull, stdout=log_stream, stderr=log_stream,
             signal_map={signal.SIGTSTP: None, signal.SIGTTIN: None, signal.SIGTTOU: None})
         context.open()
-        log_stream.close()  # fds 1 and 2 now hold the file
+        log_stream.close()  # fds 0, 1 and 2 now hold the files
+        devnull.close()
     except BaseException as exc:  # noqa: BLE001 - whatever it is, the parent must hear of it
         _Notifier(ready_fd).send("error", f"could not daemonize: {exc!r}")
         os._exit(errors.EXIT_GENERIC)
