@@ -21,9 +21,10 @@ run: $(STAMP)
 
 stop:
 	etc/init.d/enstratus-workers stop
+	etc/init.d/enstratus-km stop
 
 status:
-	etc/init.d/enstratus-workers status
+	etc/init.d/enstratus-workers status; etc/init.d/enstratus-km status
 
 # The test suite's own actions are a real plug-in package, installed into the venv like any other.
 $(TEST_STAMP): $(STAMP) tests/plugin/pyproject.toml

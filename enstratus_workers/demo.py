@@ -1,7 +1,8 @@
 """``make run``: start the service on its embedded default, submit a demo job, show its outcome.
 
 Everything it does is what an operator would do by hand: generate the provisioning key on first
-use, check the configuration, ``etc/init.d/enstratus-workers start``, ``enstratus-workers submit``.
+use, check the configuration, ``etc/init.d/enstratus-km start``, ``etc/init.d/enstratus-workers
+start``, ``enstratus-workers submit``.
 """
 
 from __future__ import annotations
@@ -26,12 +27,15 @@ def main() -> int:
     except ConfigError as exc:
         print(f"configuration error: {exc}", file=sys.stderr)
         return EXIT_NOT_CONFIGURED
-    init = layout.home / "etc" / "init.d" / "enstratus-workers"
-    print(f"$ {init.relative_to(layout.home)} start")
-    started = subprocess.run([str(init), "start"], cwd=layout.home)
-    if started.returncode != 0:
-        print(f"the service did not start (exit {started.returncode}); see {layout.log_dir}", file=sys.stderr)
-        return started.returncode
+    # The KM first: workers ask it for credentials.
+    for script in ("enstratus-km", "enstratus-workers"):
+        init = layout.home / "etc" / "init.d" / script
+        print(f"$ {init.relative_to(layout.home)} start")
+        started = subprocess.run([str(init), "start"], cwd=layout.home)
+        if started.returncode != 0:
+            print(f"{script} did not start (exit {started.returncode}); see the logs under services/",
+                  file=sys.stderr)
+            return started.returncode
     dbs = open_databases(settings.worker, layout)
     try:
         job, _ = submit(settings, dbs, "echo", json.dumps({"hello": "enstratus"}))
@@ -50,7 +54,7 @@ The service is running ({settings.mq.transport} queue, databases under {layout.d
   .venv/bin/enstratus-workers jobs               recent jobs
   services/worker/bin/pinger check               monitoring-plugin health line
   logs: {layout.log_dir.relative_to(layout.home)}/
-To stop it:  etc/init.d/enstratus-workers stop   (or: make stop)""")
+To stop it:  etc/init.d/enstratus-workers stop; etc/init.d/enstratus-km stop   (or: make stop)""")
     return 0 if job.status == "succeeded" else 1
 
 
