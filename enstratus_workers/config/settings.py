@@ -71,6 +71,20 @@ class WorkerType:
 
 
 @dataclass(frozen=True)
+class Schedule:
+    """A periodic action the publisher submits once per ``interval`` seconds for every account.
+
+    The job's arguments are ``arguments`` (a JSON object, canonical text so the settings stay
+    hashable) with ``"account"`` set to each account's id; ``queue`` None means the default queue.
+    """
+
+    action: str
+    interval: float
+    queue: str | None = None
+    arguments: str = "{}"
+
+
+@dataclass(frozen=True)
 class WorkerSettings:
     """worker.properties: databases, worker types and the limits put on actions."""
 
@@ -88,6 +102,13 @@ class WorkerSettings:
     record_batch: int = 500              # outcomes written per database transaction
     record_interval: float = 0.02        # longest an outcome waits for its batch, seconds
     heartbeat_interval: float = 10.0     # pinger: seconds between checks; heartbeats expire at 3x
+    guest_interval: float = 10.0         # pinger: seconds between heartbeat rounds over the guests
+    guest_misses: int = 3                # missed beats in a row before a guest is unreachable
+    guest_concurrency: int = 500         # guest agents pinged at once
+    guest_timeout: float = 2.0           # seconds a guest agent has to answer a ping
+    # publisher: periodic actions per account (server.sync only by default: the built-in sync)
+    schedules: tuple[Schedule, ...] = (Schedule("server.sync", 60.0),)
+    schedule_accounts: tuple[str, ...] = ()  # accounts scheduled besides those owning servers
     source: Path | None = None
 
     def type_for_queue(self, queue: str) -> WorkerType | None:

@@ -1,4 +1,5 @@
-"""``worker.properties``: the databases, the worker types and the limits put on actions."""
+"""``worker.properties``: the databases, the worker types, the limits put on actions, the pinger's
+guest heartbeats and the publisher's schedules."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ from functools import partial
 from pathlib import Path
 
 from enstratus_workers.config import converters as conv
+from enstratus_workers.config import schedule_keys
 from enstratus_workers.config.problems import did_you_mean, raise_all
 from enstratus_workers.config.propfile import Prop, PropFile
 from enstratus_workers.config.settings import WorkerSettings, WorkerType
@@ -37,6 +39,11 @@ PROPS = (
     Prop("subscriber.record_batch", "record_batch", partial(conv.integer, lo=1)),
     Prop("subscriber.record_interval", "record_interval", partial(conv.number, lo=0)),
     Prop("pinger.heartbeat_interval", "heartbeat_interval", _POSITIVE),
+    Prop("pinger.guest_interval", "guest_interval", _POSITIVE),
+    Prop("pinger.guest_misses", "guest_misses", partial(conv.integer, lo=1)),
+    Prop("pinger.guest_concurrency", "guest_concurrency", partial(conv.integer, lo=1, hi=20000)),
+    Prop("pinger.guest_timeout", "guest_timeout", _POSITIVE),
+    Prop(schedule_keys.ACCOUNTS_KEY, "schedule_accounts", schedule_keys.accounts),
 )
 TYPES_KEY = "worker.types"
 _PER_TYPE = re.compile(r"worker\.([^.]+)\.(queues|min|max)")
@@ -55,8 +62,8 @@ def _read_type(f: PropFile, name: str, defaults: dict[str, WorkerType]) -> Worke
     return WorkerType(name, queues, low, high)
 
 
-def _known_keys(type_names) -> set[str]:
-    return {p.key for p in PROPS} | {TYPES_KEY} | {
+def _known_keys(type_names, f: PropFile) -> set[str]:
+    return {p.key for p in PROPS} | {TYPES_KEY} | schedule_keys.known_keys(f) | {
         f"worker.{name}.{part}" for name in type_names for part in ("queues", "min", "max")}
 
 
@@ -71,6 +78,16 @@ def validate(f: PropFile, settings: WorkerSettings) -> None:
         f.error(f"default queue {settings.default_queue!r} is not consumed by any worker type "
                 f"(their queues: {', '.join(settings.all_queues)})",
                 "worker.default_queue", f.line("worker.default_queue"))
+    for s in settings.schedules:
+        if s.queue is not None and s.queue not in settings.all_queues:
+            key = f"schedule.{s.action}.queue"
+            f.error(f"queue {s.queue!r} is not consumed by any worker type "
+                    f"(their queues: {', '.join(settings.all_queues)})", key, f.line(key))
+    if settings.guest_timeout >= settings.guest_interval:
+        key = "pinger.guest_timeout" if "pinger.guest_timeout" in f.entries else "pinger.guest_interval"
+        f.error(f"pinger.guest_timeout ({settings.guest_timeout:g}) must be less than "
+                f"pinger.guest_interval ({settings.guest_interval:g}): a ping would outlast its round",
+                key, f.line(key))
 
 
 def read_worker(path: Path) -> WorkerSettings:
@@ -84,12 +101,13 @@ def read_worker(path: Path) -> WorkerSettings:
     names = f.get(TYPES_KEY, partial(conv.names, what="worker type"), tuple(defaults))
     types_ok = len(f.errors) == before
     types = tuple(_read_type(f, name, defaults) for name in names)
-    settings = WorkerSettings(**f.convert(PROPS), types=types, source=path)
+    schedules = schedule_keys.read_schedules(f)
+    settings = WorkerSettings(**f.convert(PROPS), types=types, schedules=schedules, source=path)
     strays = {key: f"worker type {m.group(1)!r} is not listed in {TYPES_KEY} ({', '.join(names)})"
                    f"{did_you_mean(m.group(1), names)}"
               for key in f.entries if (m := _PER_TYPE.fullmatch(key)) and m.group(1) not in names}
     # with worker.types unreadable, every per-type key would look stray: report the cause only
-    f.check_unknown(_known_keys(names) | (set() if types_ok else set(strays)), strays)
+    f.check_unknown(_known_keys(names, f) | (set() if types_ok else set(strays)), strays)
     if types_ok:
         validate(f, settings)
     f.errors.sort(key=lambda e: e.line or 0)

@@ -22,6 +22,8 @@ from ..db import open_databases
 from ..errors import CHECK_CRITICAL, CHECK_UNKNOWN, CHECK_WARNING, EnstratusError
 from ..health import check_health
 from ..layout import Layout
+from ..guestwatch import SUMMARY_KEY, GuestWatch
+from ..guestwatch import check as guest_problems
 from ..watchdog import Watchdog
 
 log = logging.getLogger(__name__)
@@ -40,35 +42,53 @@ class Pinger(Service):
         self._stop.set()
 
     def run(self, ready) -> None:
-        interval = self.settings.worker.heartbeat_interval
-        dbs = open_databases(self.settings.worker, self.layout)
+        """Two rounds on their own clocks: the service's health (and the watchdog) every
+        ``pinger.heartbeat_interval``, the guests' heartbeats every ``pinger.guest_interval``."""
+        w = self.settings.worker
+        dbs = open_databases(w, self.layout)
         watchdog = Watchdog(self.layout, enabled=self.watchdog_enabled)
+        guests = GuestWatch(self.settings, self.layout, dbs, self.name)
         ready()
-        last_state = None
+        self._last_state = None
+        next_health = next_guests = time.monotonic()
         try:
             while not self._stop.is_set():
-                started = time.monotonic()
-                try:
-                    for line in watchdog.check():
-                        log.warning("watchdog: %s", line)
-                    health = check_health(self.settings, self.layout, dbs)
-                    for key in watchdog.given_up:
-                        health.worsen(CHECK_CRITICAL, f"{key} keeps dying; the watchdog gave up")
-                    if health.state != last_state:
-                        (log.info if health.state == "OK" else log.warning)("%s", health.line())
-                        last_state = health.state
-                    dbs.heartbeats.beat("pinger", self.name, ttl_s=interval * 3, started_ms=self.started_ms,
-                                        status="ok" if health.code == 0 else health.state.lower(),
-                                        details={**health.as_dict(), "watchdog": watchdog.snapshot()})
-                except Exception:
-                    log.exception("health check round failed")
-                self._stop.wait(max(0.0, interval - (time.monotonic() - started)))
+                now = time.monotonic()
+                if now >= next_guests:
+                    next_guests = now + w.guest_interval
+                    try:
+                        guests.beat_round()
+                    except Exception:
+                        log.exception("guest heartbeat round failed")
+                if now >= next_health:
+                    next_health = now + w.heartbeat_interval
+                    self._health_round(dbs, watchdog, guests)
+                self._stop.wait(max(0.0, min(next_health, next_guests) - time.monotonic()))
         finally:
             try:
                 dbs.heartbeats.remove("pinger", self.name)
             except Exception:
                 pass
+            guests.close()
             dbs.close()
+
+    def _health_round(self, dbs, watchdog: Watchdog, guests: GuestWatch) -> None:
+        try:
+            for line in watchdog.check():
+                log.warning("watchdog: %s", line)
+            health = check_health(self.settings, self.layout, dbs)
+            for key in watchdog.given_up:
+                health.worsen(CHECK_CRITICAL, f"{key} keeps dying; the watchdog gave up")
+            if health.state != self._last_state:
+                (log.info if health.state == "OK" else log.warning)("%s", health.line())
+                self._last_state = health.state
+            dbs.heartbeats.beat("pinger", self.name, ttl_s=self.settings.worker.heartbeat_interval * 3,
+                                started_ms=self.started_ms,
+                                status="ok" if health.code == 0 else health.state.lower(),
+                                details={**health.as_dict(), "watchdog": watchdog.snapshot(),
+                                         SUMMARY_KEY: guests.last_summary})
+        except Exception:
+            log.exception("health check round failed")
 
 
 def add_arguments(parser) -> None:
@@ -93,20 +113,21 @@ def check(argv) -> int:
     except EnstratusError as exc:
         print(f"ENSTRATUS-WORKERS UNKNOWN - cannot check: {exc}")
         return CHECK_UNKNOWN
-    if health.code == 0:
-        # The checks pass right now; is the pinger itself alive and beating on time?
+    try:
+        dbs = open_databases(settings.worker, layout, ensure=False)
         try:
-            dbs = open_databases(settings.worker, layout, ensure=False)
-            try:
-                beats = [b for b in dbs.heartbeats.all() if b.daemon == "pinger"]
-            finally:
-                dbs.close()
-            if not beats:
+            # Is the pinger itself alive and beating on time? Are the guests answering?
+            beats = [b for b in dbs.heartbeats.all() if b.daemon == "pinger"]
+            if health.code == 0 and not beats:
                 health.worsen(CHECK_WARNING, "no pinger heartbeat recorded")
-            elif all(b.expired for b in beats):
+            elif beats and all(b.expired for b in beats):
                 health.worsen(CHECK_CRITICAL, "pinger heartbeat expired")
-        except Exception as exc:
-            health.worsen(CHECK_CRITICAL, f"cannot read heartbeats: {type(exc).__name__}")
+            for code, text in guest_problems(settings, layout, dbs):
+                health.worsen(code, text)
+        finally:
+            dbs.close()
+    except Exception as exc:
+        health.worsen(CHECK_CRITICAL, f"cannot read heartbeats: {type(exc).__name__}")
     print(json.dumps(health.as_dict()) if args.json else health.line())
     return health.code
 

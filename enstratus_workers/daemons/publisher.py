@@ -22,6 +22,7 @@ from ..messages import encode_job
 from ..mq import open_transport
 from ..mq.base import OutgoingMessage
 from ..recovery import StuckJobs
+from ..schedules import Scheduler
 from ..retry import backoff_ms
 
 log = logging.getLogger(__name__)
@@ -50,11 +51,13 @@ class Publisher(Service):
         self.layout.ensure_dirs()
         self.dbs = open_databases(w, self.layout)
         self.stuck = StuckJobs(self.settings, self.dbs, depths=self._depths)
+        self.scheduler = Scheduler(self.settings, self.layout, self.dbs)
         ready()
         try:
             while not self._stop.is_set():
                 relayed = self._relay_once()
                 self.stuck.tick()
+                self.scheduler.tick()
                 self._beat()
                 if relayed is None:          # something failed: back off
                     self._stop.wait(self._backoff)
@@ -68,6 +71,7 @@ class Publisher(Service):
             # nothing is in flight now, so close the connection, then the databases.
             log.info("stopping after relaying %d jobs", self.published)
             self._close_transport()
+            self.scheduler.close()
             try:
                 self.dbs.heartbeats.remove("publisher", self.name)
             except Exception:

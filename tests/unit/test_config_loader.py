@@ -318,3 +318,59 @@ def test_numbers_must_be_finite_and_in_range():
 
 def test_comma_lists_drop_blanks_and_empty_items():
     assert converters.comma_list(" a, b ,,c, ") == ("a", "b", "c")
+
+
+# --- guest heartbeats and schedules (worker.properties) ----------------------------------------
+
+def test_guest_heartbeat_and_schedule_keys_set_their_fields(layout):
+    from enstratus_workers.config.settings import Schedule
+
+    write(layout, "worker.properties",
+          "pinger.guest_interval = 5\npinger.guest_misses = 4\npinger.guest_concurrency = 100\n"
+          "pinger.guest_timeout = 0.5\n"
+          "schedule.firewall.sync.interval = 15\nschedule.firewall.sync.queue = default\n"
+          'schedule.firewall.sync.arguments = {"full": true, "a": [1]}\n'
+          "schedule.budget.sync.interval = 3600\n"
+          "schedule.server.sync.interval = 0\n"
+          "schedule.accounts = 42, 43,42\n")
+    w = load_settings(layout).worker
+    assert (w.guest_interval, w.guest_misses, w.guest_concurrency, w.guest_timeout) == (5.0, 4, 100, 0.5)
+    # server.sync, a default, is turned off; the file's own schedules follow in file order
+    assert w.schedules == (Schedule("firewall.sync", 15.0, "default", '{"a":[1],"full":true}'),
+                           Schedule("budget.sync", 3600.0))
+    assert w.schedule_accounts == ("42", "43")
+
+
+def test_a_default_schedule_keeps_what_the_file_does_not_change(layout):
+    from enstratus_workers.config.settings import Schedule
+
+    write(layout, "worker.properties", 'schedule.server.sync.arguments = {"deep": 1}\n')
+    assert load_settings(layout).worker.schedules == (Schedule("server.sync", 60.0, None, '{"deep":1}'),)
+
+
+NEW_BAD = [
+    ("schedule.firewall.sync.queue = default\n", "schedule.firewall.sync.queue", 1,
+     "has no schedule.firewall.sync.interval"),
+    ("schedule.server.sync.interval = 0.5\n", "schedule.server.sync.interval", 1, "0 (off) or at least 1 second"),
+    ("# c\nschedule.server.sync.intervall = 5\n", "schedule.server.sync.intervall", 2,
+     "did you mean 'schedule.server.sync.interval'"),
+    ("schedule.server.sync.arguments = [1]\n", "schedule.server.sync.arguments", 1, "JSON object"),
+    ("schedule.server.sync.arguments = {\"account\": 1}\n", "schedule.server.sync.arguments", 1,
+     "must not set 'account'"),
+    ("schedule.server.sync.queue = elsewhere\n", "schedule.server.sync.queue", 1, "not consumed by any"),
+    ("schedule.a/b.interval = 5\n", "schedule.a/b.interval", 1, "not a valid action name"),
+    (f"schedule.accounts = 1, {'x' * 101}\n", "schedule.accounts", 1, "not a usable account id"),
+    ("pinger.guest_misses = 0\n", "pinger.guest_misses", 1, "at least 1"),
+    ("pinger.guest_concurrency = 0\n", "pinger.guest_concurrency", 1, "between 1 and 20000"),
+    ("pinger.guest_interval = 0\n", "pinger.guest_interval", 1, "greater than 0"),
+    ("pinger.guest_timeout = 10\n", "pinger.guest_timeout", 1, "must be less than pinger.guest_interval"),
+    ("\npinger.guest_interval = 1\n", "pinger.guest_interval", 2, "must be less than pinger.guest_interval"),
+]
+
+
+@pytest.mark.parametrize("text,key,line,fragment", NEW_BAD, ids=[b[1] + ":" + b[3] for b in NEW_BAD])
+def test_a_bad_guest_or_schedule_key_names_file_key_and_line(layout, text, key, line, fragment):
+    path = write(layout, "worker.properties", text)
+    err = only_error(layout)
+    assert (err.file, err.key, err.line) == (path, key, line)
+    assert fragment in str(err)
