@@ -40,22 +40,52 @@ def main() -> int:
     try:
         job, _ = submit(settings, dbs, "echo", json.dumps({"hello": "enstratus"}))
         print(f"$ enstratus-workers submit echo --args '{{\"hello\": \"enstratus\"}}' --wait")
-        print(f"submitted job {job.job_id}; waiting for its outcome ...")
         job = wait_for(dbs, job.job_id, timeout=60)
+        _show(job)
+        # A server on the "local" cloud: a real guest-agent process on 127.0.0.1, launched through
+        # Libcloud with the account's credential from the KM (never from the job's arguments).
+        _ensure_demo_credential(settings)
+        print("$ enstratus-workers submit server.launch --args '{\"account\": \"demo\", \"image\": "
+              "\"local-agent\", \"size\": \"small\", \"name\": \"web\"}' --wait")
+        launch, _ = submit(settings, dbs, "server.launch", json.dumps(
+            {"account": "demo", "image": "local-agent", "size": "small", "name": "web"}),
+            idempotency_key="demo-launch")
+        launch = wait_for(dbs, launch.job_id, timeout=60)
+        _show(launch)
     finally:
         dbs.close()
-    print(f"job {job.job_id}: {job.status}"
-          + (f" in {job.end_timestamp - job.start_timestamp} ms on {job.worker}" if job.end_timestamp else "")
-          + (f", result {job.result}" if job.result else "") + (f", error {job.error}" if job.error else ""))
+    job = launch if job.status == "succeeded" else job
     print(f"""
 The service is running ({settings.mq.transport} queue, databases under {layout.data_dir.relative_to(layout.home)}).
   .venv/bin/enstratus-workers status             daemons, health, job counts
   .venv/bin/enstratus-workers submit sleep --args '{{"seconds": 2}}' --wait
   .venv/bin/enstratus-workers jobs               recent jobs
+  .venv/bin/enstratus-workers submit server.terminate --args '{{"server_id": "..."}}' --wait
   services/worker/bin/pinger check               monitoring-plugin health line
   logs: {layout.log_dir.relative_to(layout.home)}/
 To stop it:  etc/init.d/enstratus-workers stop; etc/init.d/enstratus-km stop   (or: make stop)""")
     return 0 if job.status == "succeeded" else 1
+
+
+def _show(job) -> None:
+    print(f"job {job.job_id} ({job.action}): {job.status}"
+          + (f" in {job.end_timestamp - job.start_timestamp} ms on {job.worker}" if job.end_timestamp else "")
+          + (f", result {job.result}" if job.result else "") + (f", error {job.error}" if job.error else ""))
+
+
+def _ensure_demo_credential(settings) -> None:
+    """The demo account's cloud credential, created once (the local cloud remembers its owner)."""
+    import secrets
+
+    from .km import KMNotFound
+    from .km.client import KMClient
+
+    with KMClient(settings.km_client, settings.provisioning.encryption_key) as km:
+        try:
+            km.get("demo", "cloud")
+        except KMNotFound:
+            km.put("demo", "cloud", secrets.token_urlsafe(24), kind="api_key",
+                   metadata={"provider": "local", "key": "demo"})
 
 
 if __name__ == "__main__":
