@@ -43,6 +43,7 @@ def make_home(tmp: Path, *, amqp: dict | None = None, mysql_url: str | None = No
         props.update({"provisioning.url": mysql_url, "analytics.url": mysql_url})
     set_keys(classes / "worker.properties", props)
     ensure_provisioning_file(Layout(home))
+    any_admin_port(home)   # scratch homes run side by side: the admin daemon must not share a port
     return home
 
 
@@ -81,3 +82,73 @@ def wait_until(predicate, timeout: float, interval: float = 0.1):
         if value or time.monotonic() > deadline:
             return value
         time.sleep(interval)
+
+
+# -- the KM service of a scratch home, and what tests leave behind ------------------------------
+
+KM_INIT = REPO / "etc" / "init.d" / "enstratus-km"
+
+
+def free_port() -> int:
+    """A loopback TCP port nobody listens on right now."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def add_km(home: Path, port: int | None = None) -> int:
+    """Give ``home`` the repo's ``km.cfg`` with the KM on a free loopback port, and point the
+    workers' ``enstratus-km-client.cfg`` at it (so tests never share port 2013); returns the port.
+
+    The KM reads ``services/km/classes/km.cfg`` of its install root and the ENCRYPTION_KEY of the
+    root's ``enstratus-provisioning.cfg``; its master key and credentials database are created
+    under the root on first start.
+    """
+    port = free_port() if port is None else port
+    km_classes = home / "services" / "km" / "classes"
+    km_classes.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(REPO / "services" / "km" / "classes" / "km.cfg", km_classes / "km.cfg")
+    set_keys(km_classes / "km.cfg", {"port": port})
+    set_keys(home / "services" / "worker" / "classes" / "enstratus-km-client.cfg", {"port": port})
+    return port
+
+
+def km_init(home: Path, verb: str, timeout: float = 60) -> subprocess.CompletedProcess:
+    """``etc/init.d/enstratus-km VERB`` for the install root ``home``."""
+    return subprocess.run([str(KM_INIT), verb], env=env_for(home), capture_output=True, text=True,
+                          timeout=timeout)
+
+
+def km_client(home: Path):
+    """A ``KMClient`` configured as the workers of ``home`` configure theirs."""
+    from enstratus_workers.config import load_settings
+    from enstratus_workers.km.client import KMClient
+    from enstratus_workers.layout import Layout
+
+    settings = load_settings(Layout(home))
+    return KMClient(settings.km_client, settings.provisioning.encryption_key)
+
+
+def kill_strays(home: Path) -> list[int]:
+    """SIGKILL every process of ``home`` still alive (daemons, workers, KM, local-cloud agents
+    whose log lives under ``home``); returns their pids. For a test's ``finally``."""
+    import signal
+
+    killed = []
+    for pid in our_processes(home):
+        try:
+            os.kill(pid, signal.SIGKILL)
+            killed.append(pid)
+        except ProcessLookupError:
+            pass
+    return killed
+
+
+def any_admin_port(home: Path) -> None:
+    """Let the HTTP admin daemon of ``home`` (if this install has one) listen on any free port
+    instead of admin.cfg's fixed one, so scratch homes started at the same time do not collide."""
+    cfg = home / "services" / "worker" / "classes" / "admin.cfg"
+    if cfg.exists():
+        set_keys(cfg, {"port": 0})

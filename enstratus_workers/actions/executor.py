@@ -11,7 +11,7 @@ import json
 import logging
 import time
 
-from ..errors import ActionError
+from ..errors import ActionError, EnstratusError
 from .registry import ActionContext, Registry
 
 log = logging.getLogger(__name__)
@@ -43,6 +43,10 @@ def execute(registry: Registry, task: dict, worker: str, services: dict | None =
     except ActionError as exc:
         status, error = "failed", str(exc)[:MAX_ERROR_CHARS]
         log.warning("job %s (%s) failed: %s", task.get("job_id"), task.get("action"), error)
+    except EnstratusError as exc:  # a known outage (KM, persistence, cloud): retried, no traceback
+        status, error, retryable = "failed", f"{type(exc).__name__}: {exc}"[:MAX_ERROR_CHARS], True
+        log.warning("job %s (%s) attempt %s failed: %s", task.get("job_id"), task.get("action"),
+                    task.get("attempt"), error)
     except Exception as exc:  # unexpected, maybe transient: retried (see retry.py); the worker lives on
         status, error, retryable = "failed", f"{type(exc).__name__}: {exc}"[:MAX_ERROR_CHARS], True
         log.exception("job %s (%s) raised", task.get("job_id"), task.get("action"))

@@ -56,6 +56,8 @@ class DaemonLog:
             self.handlers.append(logging.StreamHandler(sys.stderr))
         root = logging.getLogger()
         root.setLevel(level)
+        # pika narrates every connection step at INFO; its warnings and errors are what matter
+        logging.getLogger("pika").setLevel(max(level, logging.WARNING))
         for h in self.handlers:
             h.setFormatter(formatter)
             root.addHandler(h)
