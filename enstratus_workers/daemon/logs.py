@@ -57,7 +57,7 @@ class DaemonLog:
         root = logging.getLogger()
         root.setLevel(level)
         # pika narrates every connection step at INFO; its warnings and errors are what matter
-        logging.getLogger("pika").setLevel(max(level, logging.WARNING))
+        logging.getLogger("pika").setLevel(max(root.getEffectiveLevel(), logging.WARNING))
         for h in self.handlers:
             h.setFormatter(formatter)
             root.addHandler(h)
