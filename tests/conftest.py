@@ -87,12 +87,18 @@ def mysql_url(mysql_server):
     import pymysql
 
     name = f"ewtest_{_RUN_ID}_{next(_counter)}"
-    conn = pymysql.connect(host="127.0.0.1", port=3306, user="root", password="", autocommit=True)
-    with conn.cursor() as cur:
-        cur.execute(f"CREATE DATABASE `{name}`")
+
+    def run(sql):
+        # a fresh connection each time: a test may have restarted the server in between
+        conn = pymysql.connect(host="127.0.0.1", port=3306, user="root", password="", autocommit=True)
+        try:
+            with conn.cursor() as cur:
+                cur.execute(sql)
+        finally:
+            conn.close()
+
+    run(f"CREATE DATABASE `{name}`")
     try:
         yield f"{mysql_server}/{name}"
     finally:
-        with conn.cursor() as cur:
-            cur.execute(f"DROP DATABASE IF EXISTS `{name}`")
-        conn.close()
+        run(f"DROP DATABASE IF EXISTS `{name}`")

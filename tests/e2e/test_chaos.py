@@ -80,7 +80,7 @@ def test_no_job_is_lost_through_kills_and_restarts(chaos_home, tmp_path):
 
     home, rng = chaos_home, random.Random(7)
     ledger = tmp_path / "executions.txt"
-    args = json.dumps({"path": str(ledger), "sleep": 0.002})
+    args = json.dumps({"path": str(ledger), "sleep": 0.01})   # ~10 s of work: kills land mid-action
     settings = load_settings(Layout(home))
     dbs = open_databases(settings.worker, Layout(home))
     tally = Counter()
@@ -91,7 +91,7 @@ def test_no_job_is_lost_through_kills_and_restarts(chaos_home, tmp_path):
         tally["submitted"] += n
 
     def kill(pattern, what):
-        pids = _pids(home, pattern)
+        pids = sh.wait_until(lambda: _pids(home, pattern), 30)   # one may be between lives
         assert pids, f"no {what} to kill"
         os.kill(rng.choice(pids), signal.SIGKILL)
         tally[f"kill -9 {what}"] += 1
@@ -103,10 +103,10 @@ def test_no_job_is_lost_through_kills_and_restarts(chaos_home, tmp_path):
     try:
         assert sh.init(home, "start").returncode == 0
         submit(300)
-        time.sleep(1)
+        time.sleep(0.5)
         kill("worker@*.pid", "worker")
         submit(300)
-        time.sleep(0.5)
+        time.sleep(0.3)
         kill("subscriber@*.pid", "subscriber")             # left to the pinger's watchdog
         assert sh.wait_until(subscriber_back, 30), "the watchdog did not restart the subscriber"
         tally["watchdog restarts"] += 1
@@ -118,9 +118,10 @@ def test_no_job_is_lost_through_kills_and_restarts(chaos_home, tmp_path):
         time.sleep(3)
         _rabbit("start_app")
         tally["rabbitmq restarts"] += 1
-        kill("worker@*.pid", "worker")
         submit(300)
-        time.sleep(1)
+        time.sleep(0.5)
+        kill("worker@*.pid", "worker")
+        time.sleep(0.3)
         kill("worker@*.pid", "worker")
 
         # The database goes away; outcomes wait, unacked
