@@ -22,9 +22,12 @@ from enstratus_workers.errors import ConfigError
 from enstratus_workers.layout import Layout
 
 #: started in this order; add a daemon here (and a bin wrapper) and every verb handles it
-DAEMONS = ("publisher", "subscriber", "pinger")
-#: stopped in this order: the subscriber last, so that actions it is running can finish
-STOP_ORDER = ("pinger", "publisher", "subscriber")
+DAEMONS = ("publisher", "subscriber", "pinger", "admin")
+#: the HTTP daemon: left out with --without-http, and by an install that has no wrapper for it
+HTTP = "admin"
+#: stopped in this order: the HTTP daemon first (no more changes come in), the subscriber last,
+#: so that actions it is running can finish
+STOP_ORDER = ("admin", "pinger", "publisher", "subscriber")
 #: started by the subscriber, never by this script; stopped after it, if any are left
 WORKER = "worker"
 #: the kinds of process this script answers for (the KM service has its own script)
@@ -44,7 +47,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--bin-dir", help="where the daemons' wrappers are (default: HOME/services/worker/bin)")
     p.add_argument("--grace", type=float, help="stop: seconds each daemon gets for a warm stop")
     p.add_argument("--without-http", action="store_true",
-                   help="do not start the HTTP daemon (there is none yet: accepted and ignored)")
+                   help=f"start, restart, status: leave out the HTTP daemon ({HTTP}: admin API, "
+                        "status pages, metrics)")
     # tests point this at stand-in daemon modules; operators never need it
     p.add_argument("--module-prefix", default=procs.DAEMON_MODULE_PREFIX, help=argparse.SUPPRESS)
     try:
@@ -53,7 +57,7 @@ def main(argv: list[str] | None = None) -> int:
         return exc.code if isinstance(exc.code, int) else errors.EXIT_INVALID_ARGUMENT
     layout = Layout(Path(args.home).resolve()) if args.home else Layout.from_env()
     bin_dir = Path(args.bin_dir) if args.bin_dir else layout.bin_dir
-    init = InitScript(layout, bin_dir, args.grace, args.module_prefix)
+    init = InitScript(layout, bin_dir, args.grace, args.module_prefix, with_http=not args.without_http)
     if not bin_dir.is_dir():
         print(f"enstratus-workers: not installed: no {bin_dir}", file=sys.stderr)
         return errors.STATUS_UNKNOWN if args.verb == "status" else errors.EXIT_NOT_INSTALLED
@@ -74,11 +78,19 @@ class InitScript:
     """The verbs, over one install."""
 
     def __init__(self, layout: Layout, bin_dir: Path, grace: float | None,
-                 module_prefix: str = procs.DAEMON_MODULE_PREFIX):
+                 module_prefix: str = procs.DAEMON_MODULE_PREFIX, *, with_http: bool = True):
         self.layout = layout
         self.bin_dir = bin_dir
         self.grace = grace
         self.prefix = module_prefix
+        self.with_http = with_http
+
+    @property
+    def daemons(self) -> tuple[str, ...]:
+        """The daemons start runs and status requires: the HTTP one only if wanted and installed
+        (an install without its wrapper predates it, and runs without it as before)."""
+        http = self.with_http and os.access(self.bin_dir / HTTP, os.X_OK)
+        return tuple(d for d in DAEMONS if d != HTTP or http)
 
     # --- helpers ---
 
@@ -127,7 +139,7 @@ class InitScript:
         """Start each daemon (a running one is left alone); 1 if any failed, 6 on a config error."""
         print("Starting enstratus-workers")
         failed = []
-        for daemon in DAEMONS:
+        for daemon in self.daemons:
             rc = self._wrapper(daemon, "start")
             if rc == errors.EXIT_NOT_CONFIGURED:
                 # every daemon reads the same files: the others would fail the same way
@@ -194,9 +206,10 @@ class InitScript:
         out = (lambda *a, **k: None) if quiet else print
         states = self._states()
         summary = {}
-        for daemon in (*DAEMONS, *sorted({s.daemon for s in states} - set(DAEMONS))):
+        required = self.daemons
+        for daemon in (*required, *sorted({s.daemon for s in states} - set(required))):
             mine = [s for s in states if s.daemon == daemon]
-            if daemon in DAEMONS:
+            if daemon in required:
                 summary[daemon] = ("running" if any(s.state == "running" for s in mine)
                                    else "dead" if mine else "stopped")
             if not mine:

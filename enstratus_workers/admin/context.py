@@ -1,0 +1,62 @@
+"""What every request of the admin daemon works with, built once per app and passed explicitly
+(``app.state.ctx``): the settings, the open databases, the desired-state store, the queue."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+
+from fastapi import Request
+
+from ..db import Databases, open_databases
+from ..db.instances import InstanceStore
+from ..layout import Layout
+from .config import AdminSettings
+from .transport import SharedTransport
+
+
+@dataclass
+class AdminContext:
+    settings: object            # config.Settings
+    layout: Layout
+    admin: AdminSettings
+    dbs: Databases
+    store: InstanceStore
+    queues: SharedTransport
+    registry: object = None     # actions.Registry: actions that declare their own attempt budget
+
+    @classmethod
+    def open(cls, settings, layout: Layout, admin: AdminSettings, *,
+             queues: SharedTransport | None = None) -> "AdminContext":
+        """Open the databases (schemas ensured), seed the desired state on an install's first start."""
+        dbs = open_databases(settings.worker, layout)
+        try:
+            store = InstanceStore(dbs.provisioning)
+            store.ensure_seeded(settings)
+        except BaseException:
+            dbs.close()
+            raise
+        from ..actions import default_registry
+
+        return cls(settings, layout, admin, dbs, store, queues or SharedTransport(settings, layout),
+                   default_registry())
+
+    def submit_settings(self):
+        """The settings ``submit`` validates against, with the worker types of the desired state:
+        a job may go to any queue an instance consumes (a disabled one's wait for it)."""
+        types = tuple(i.worker_type() for i in self.store.list())
+        worker = replace(self.settings.worker, types=types or self.settings.worker.types)
+        return replace(self.settings, worker=worker)
+
+    def watched_queues(self) -> list[str]:
+        """Every queue worth a depth: declared ones, and the configured ones for a fleet whose
+        subscribers still read worker.properties."""
+        names = [q.name for q in self.store.queues()]
+        return names + [q for q in self.settings.worker.all_queues if q not in names]
+
+    def close(self) -> None:
+        self.queues.close()
+        self.dbs.close()
+
+
+def ctx_of(request: Request) -> AdminContext:
+    return request.app.state.ctx

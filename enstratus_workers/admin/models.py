@@ -1,0 +1,123 @@
+"""The JSON bodies of the admin API, as pydantic models: they validate requests and are the
+OpenAPI spec, so the spec, the checks and the fuzzing (schemathesis) can never disagree.
+
+Names follow ``worker.properties``: a worker type is letters, digits, ``_`` and ``-``; a queue
+name may also hold ``.`` and ``:``. Both are capped at 100 characters, the width of the queue
+column of the job table.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Optional
+
+from pydantic import BaseModel, ConfigDict, Field, JsonValue, StringConstraints, model_validator
+
+from ..db.instances import MAX_PROCESSES
+from ..db.schema import STATUSES
+
+TYPE_PATTERN = r"^[A-Za-z0-9_][A-Za-z0-9_-]{0,99}$"
+QUEUE_PATTERN = r"^[A-Za-z0-9_][A-Za-z0-9_.:-]{0,99}$"
+TypeName = Annotated[str, StringConstraints(pattern=TYPE_PATTERN, max_length=100)]
+QueueName = Annotated[str, StringConstraints(pattern=QUEUE_PATTERN, max_length=100)]
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class Concurrency(_Strict):
+    """How many worker processes an instance runs: at least ``min``, at most ``max``."""
+
+    min: int = Field(ge=0, le=MAX_PROCESSES, description="processes kept running even when idle")
+    max: int = Field(ge=1, le=MAX_PROCESSES, description="processes at most, under load")
+
+    @model_validator(mode="after")
+    def _ordered(self):
+        if self.min > self.max:
+            raise ValueError(f"min ({self.min}) must not be greater than max ({self.max})")
+        return self
+
+
+class InstanceIn(_Strict):
+    type: TypeName = Field(description="the worker type: letters, digits, '_' and '-'; at most 100")
+    queues: list[QueueName] = Field(min_length=1, max_length=50, description="queues its processes consume")
+    concurrency: Concurrency = Field(default_factory=lambda: Concurrency(min=1, max=1))
+    enabled: bool = True
+
+    @model_validator(mode="after")
+    def _queues(self):
+        if len(set(self.queues)) != len(self.queues):
+            raise ValueError("a queue is listed twice")
+        return self
+
+
+class InstanceOut(BaseModel):
+    id: int
+    type: str
+    queues: list[str]
+    concurrency: Concurrency
+    enabled: bool
+    created_ms: int
+    updated_ms: int
+
+
+class QueueIn(_Strict):
+    name: QueueName = Field(description="letters, digits, '_', '-', '.' and ':'; at most 100")
+    exchange: Optional[str] = Field(default=None, max_length=200,
+                                    description="must be the configured exchange (mq.cfg), if given")
+    routing_key: Optional[str] = Field(default=None, max_length=200,
+                                       description="must be the queue's name, if given")
+
+
+class QueueOut(BaseModel):
+    name: str
+    exchange: Optional[str]
+    routing_key: Optional[str]
+    consumed_by: list[str] = Field(description="worker types whose instances consume it")
+    ready: Optional[int] = None
+    unacked: Optional[int] = None
+    consumers: Optional[int] = None
+    dead: Optional[int] = None
+    delayed: Optional[int] = None
+    depth_error: Optional[str] = Field(default=None, description="why the depths are missing")
+
+
+class JobIn(_Strict):
+    action: str = Field(min_length=1, max_length=200, description="a registered action name")
+    arguments: JsonValue = Field(default_factory=dict, description="the action's arguments (a JSON object)")
+    queue: Optional[QueueName] = Field(default=None, description="default: worker.default_queue")
+    idempotency_key: Optional[str] = Field(default=None, min_length=1, max_length=200)
+    max_attempts: Optional[int] = Field(default=None, ge=1, le=100)
+
+
+class JobOut(BaseModel):
+    job_id: int
+    action: str
+    arguments: Any
+    queue: str
+    status: str
+    attempts: int
+    max_attempts: int
+    idempotency_key: Optional[str]
+    created_timestamp: int
+    queued_timestamp: Optional[int]
+    start_timestamp: Optional[int]
+    end_timestamp: Optional[int]
+    worker: Optional[str]
+    result: Any
+    error: Optional[str]
+
+
+class SubmitOut(BaseModel):
+    created: bool = Field(description="false when the idempotency key named an earlier job")
+    job: JobOut
+
+
+class JobStats(BaseModel):
+    since_ms: int = Field(description="jobs created before this are not counted (0: since ever)")
+    counts: dict[str, int] = Field(description="jobs by status: " + ", ".join(STATUSES))
+    total: int
+
+
+class Message(BaseModel):
+    detail: str

@@ -1,0 +1,144 @@
+"""The admin daemon: serves the HTTP admin API, the status pages and the metrics with uvicorn.
+
+``services/worker/bin/admin start|stop|status|run`` like every daemon; the init script starts it
+unless given ``--without-http``. It listens on ``admin.cfg``'s host and port (127.0.0.1:8777 by
+default) and writes the URL it serves to ``services/worker/run/admin@<name>.url`` while it runs
+(useful with ``port = 0``, which takes any free port).
+
+The socket is bound here, before uvicorn starts, so a port in use stops the start with that
+reason on the operator's terminal instead of a bare exit code. The runner owns the signals:
+uvicorn's own handlers are not installed, and ``request_stop`` only sets uvicorn's flags
+(``should_exit`` for a warm stop: open requests finish; ``force_exit`` for a cold one).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import socket
+import sys
+from dataclasses import replace
+from pathlib import Path
+
+import uvicorn
+
+from ..admin import AdminContext, create_app, load_admin_settings, load_token
+from ..admin.config import AdminSettings
+from ..daemon import runner
+from ..daemon.service import Service
+from ..errors import DaemonError
+
+log = logging.getLogger(__name__)
+
+GRACEFUL_S = 5.0  # a warm stop waits this long for open requests
+
+
+class _Server(uvicorn.Server):
+    """uvicorn's server without its signal handling, telling us once it listens."""
+
+    def __init__(self, config: uvicorn.Config, on_started):
+        super().__init__(config)
+        self._on_started = on_started
+
+    @contextlib.contextmanager
+    def capture_signals(self):
+        yield  # the runner's handlers stay: they call request_stop, which sets our flags
+
+    async def startup(self, sockets=None):
+        await super().startup(sockets=sockets)
+        if self.started:
+            self._on_started()
+
+
+def listen(host: str, port: int) -> socket.socket:
+    """A listening TCP socket on ``host:port``; ``DaemonError`` saying why not."""
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+        family, _, _, _, address = infos[0]
+        sock = socket.create_server(address, family=family, backlog=128)
+    except OSError as exc:
+        raise DaemonError(f"cannot listen on {host}:{port}: {exc.strerror or exc} "
+                          "(set host and port in services/worker/classes/admin.cfg)") from None
+    sock.setblocking(False)
+    return sock
+
+
+class AdminService(Service):
+    daemon = "admin"
+
+    def __init__(self, settings, layout, name: str, admin: AdminSettings):
+        self.settings, self.layout, self.name, self.admin = settings, layout, name, admin
+        self._server: _Server | None = None
+        self._stop = False
+        self._cold = False
+        self.url: str | None = None
+
+    def request_stop(self, cold: bool = False) -> None:
+        self._stop = True
+        self._cold = self._cold or cold
+        server = self._server
+        if server is not None:
+            server.should_exit = True
+            server.force_exit = self._cold
+
+    @property
+    def url_file(self) -> Path:
+        return self.layout.run_dir / f"{self.daemon}@{self.name}.url"
+
+    def run(self, ready) -> None:
+        token = load_token(self.admin)  # a bad token file is a config error (exit 6)
+        sock = listen(self.admin.host, self.admin.port)
+        host, port = sock.getsockname()[:2]
+        self.url = f"http://{'[' + host + ']' if ':' in host else host}:{port}/"
+        ctx = AdminContext.open(self.settings, self.layout, self.admin)
+        try:
+            config = uvicorn.Config(create_app(ctx, token), log_config=None, access_log=False,
+                                    lifespan="off", server_header=False,
+                                    timeout_graceful_shutdown=int(GRACEFUL_S))
+
+            def started() -> None:
+                self._write_url()
+                log.info("admin serving %s (token from %s)", self.url,
+                         "admin.cfg" if self.admin.token else self.admin.token_file)
+                ready()
+
+            self._server = _Server(config, started)
+            if self._stop:  # a stop that came while we were building
+                self.request_stop(self._cold)
+            self._server.run(sockets=[sock])
+        finally:
+            with contextlib.suppress(OSError):
+                self.url_file.unlink()
+            sock.close()
+            ctx.close()
+
+    def _write_url(self) -> None:
+        tmp = self.url_file.with_suffix(".url.tmp")
+        tmp.write_text(self.url + "\n")
+        os.replace(tmp, self.url_file)
+
+
+def build(settings, layout, name, options) -> AdminService:
+    admin = load_admin_settings(layout)
+    if options.host is not None or options.port is not None:
+        admin = replace(admin, host=options.host or admin.host,
+                        port=admin.port if options.port is None else options.port)
+    return AdminService(settings, layout, name, admin)
+
+
+def _arguments(parser) -> None:
+    parser.add_argument("--host", help="listen address (default: admin.cfg's host, 127.0.0.1)")
+    parser.add_argument("--port", type=int, help="listen port (default: admin.cfg's port, 8777; 0: any free)")
+
+
+def main(argv=None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    return runner.main("admin", build, argv, _arguments)
+
+
+if __name__ == "__main__":
+    # Run under the module's real name, so its loggers are not called "__main__".
+    from enstratus_workers.daemons.admin import main as _main
+
+    raise SystemExit(_main())

@@ -1,0 +1,441 @@
+"""Desired state of the worker pools, kept in the provisioning DB: what the admin API edits and the
+subscriber reconciles to.
+
+``worker.properties`` says what a fresh install runs; once the admin daemon has started, the rows
+here say it instead (``InstanceStore.ensure_seeded`` copies the file's worker types in once), so
+an operator can add a worker type, move a queue or scale a pool without editing files on every
+host, and every subscriber of a fleet reads the same answer from ``desired_types``.
+
+Tables (the "admin" component, with its own row in ``enstratus_schema_version``):
+
+- ``enstratus_worker_instance``: one per worker type: its process bounds and whether it runs;
+- ``enstratus_worker_instance_queue``: which queues each instance consumes, in order;
+- ``enstratus_admin_queue``: the queues the operator declared (listing them needs a registry:
+  the transport contract can declare and count queues but not enumerate them);
+- ``enstratus_admin_state``: small named values (when the job statistics were last reset,
+  whether the seed was done).
+
+Every change is one transaction that reads what it checks under the write lock (BEGIN IMMEDIATE
+on SQLite, ``FOR UPDATE`` on MySQL), so two operators cannot both pass a check that only one
+of their changes may pass (e.g. deleting a queue while another makes an instance consume it).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Iterable, Sequence
+
+import sqlalchemy as sa
+
+from ..config.settings import WorkerType
+from ..errors import DatabaseError, EnstratusError
+from .jobs import now_ms
+
+COMPONENT = "admin"
+SCHEMA_VERSION = 1
+#: most worker processes one instance may ask for: a typo must not fork a thousand processes
+MAX_PROCESSES = 256
+SINCE_KEY = "jobs.stats.since_ms"
+SEEDED_KEY = "instances.seeded_ms"
+
+metadata = sa.MetaData()
+
+_ID = sa.BigInteger().with_variant(sa.Integer(), "sqlite")
+
+instances = sa.Table(
+    "enstratus_worker_instance", metadata,
+    sa.Column("instance_id", _ID, primary_key=True, autoincrement=True),
+    sa.Column("type", sa.String(100), nullable=False, unique=True),
+    sa.Column("min_processes", sa.Integer, nullable=False),
+    sa.Column("max_processes", sa.Integer, nullable=False),
+    sa.Column("enabled", sa.Boolean, nullable=False),
+    sa.Column("created_ms", sa.BigInteger, nullable=False),
+    sa.Column("updated_ms", sa.BigInteger, nullable=False),
+)
+
+instance_queues = sa.Table(
+    "enstratus_worker_instance_queue", metadata,
+    sa.Column("instance_id", sa.BigInteger, primary_key=True),
+    sa.Column("queue", sa.String(100), primary_key=True),
+    sa.Column("position", sa.Integer, nullable=False),
+    sa.Index("ix_enstratus_worker_instance_queue_queue", "queue"),
+)
+
+declared_queues = sa.Table(
+    "enstratus_admin_queue", metadata,
+    sa.Column("name", sa.String(100), primary_key=True),
+    sa.Column("exchange", sa.String(200), nullable=True),
+    sa.Column("routing_key", sa.String(200), nullable=True),
+    sa.Column("created_ms", sa.BigInteger, nullable=False),
+)
+
+state = sa.Table(
+    "enstratus_admin_state", metadata,
+    sa.Column("name", sa.String(100), primary_key=True),
+    sa.Column("value", sa.String(200), nullable=False),
+)
+
+versions = sa.Table(
+    "enstratus_schema_version", metadata,
+    sa.Column("component", sa.String(50), primary_key=True),
+    sa.Column("version", sa.Integer, nullable=False),
+)
+
+
+class AdminStoreError(EnstratusError):
+    """A change to the desired state that cannot be made; nothing of it was written."""
+
+
+class NotFound(AdminStoreError):
+    """No such instance or queue."""
+
+
+class Conflict(AdminStoreError):
+    """The change contradicts what is stored (a second instance of a type, a consumed queue)."""
+
+
+class Invalid(AdminStoreError):
+    """The values themselves are wrong (min > max, a negative count)."""
+
+
+@dataclass(frozen=True)
+class Instance:
+    """One worker type's desired pool."""
+
+    id: int
+    type: str
+    queues: tuple[str, ...]
+    min: int
+    max: int
+    enabled: bool
+    created_ms: int
+    updated_ms: int
+
+    def worker_type(self) -> WorkerType:
+        return WorkerType(self.type, self.queues, self.min, self.max)
+
+    def as_dict(self) -> dict:
+        return {"id": self.id, "type": self.type, "queues": list(self.queues),
+                "concurrency": {"min": self.min, "max": self.max}, "enabled": self.enabled,
+                "created_ms": self.created_ms, "updated_ms": self.updated_ms}
+
+
+@dataclass(frozen=True)
+class QueueEntry:
+    name: str
+    exchange: str | None
+    routing_key: str | None
+    created_ms: int
+
+
+def ensure_admin_schema(engine: sa.Engine) -> int:
+    """Create the admin tables if missing and record their version; refuse a newer schema."""
+    metadata.create_all(engine, checkfirst=True)
+    for _ in range(2):  # a second round if another process recorded the version meanwhile
+        try:
+            with engine.begin() as conn:
+                stored = conn.execute(sa.select(versions.c.version)
+                                      .where(versions.c.component == COMPONENT)).scalar()
+                if stored is None:
+                    conn.execute(versions.insert().values(component=COMPONENT, version=SCHEMA_VERSION))
+                    return SCHEMA_VERSION
+            break
+        except sa.exc.IntegrityError:
+            continue
+    if stored > SCHEMA_VERSION:
+        raise DatabaseError(f"the admin tables have schema version {stored}, newer than this release "
+                            f"understands ({SCHEMA_VERSION}); upgrade enstratus-workers")
+    return stored
+
+
+def check_bounds(low: int, high: int) -> None:
+    """The rule for a pool's size, as worker.properties has it: 0 <= min <= max, 1 <= max."""
+    if low < 0 or high < 0:
+        raise Invalid(f"process counts must not be negative (min {low}, max {high})")
+    if high < 1:
+        raise Invalid("max must be at least 1 (disable the instance to run none)")
+    if high > MAX_PROCESSES:
+        raise Invalid(f"max must be at most {MAX_PROCESSES} (got {high})")
+    if low > high:
+        raise Invalid(f"min ({low}) must not be greater than max ({high})")
+
+
+def _locked(q):
+    return q.with_for_update()
+
+
+class InstanceStore:
+    """Reads and writes of the desired state. Safe to share between threads (pooled engine)."""
+
+    def __init__(self, engine: sa.Engine, *, ensure: bool = True):
+        self.engine = engine
+        if ensure:
+            ensure_admin_schema(engine)
+
+    # -- instances: reading --------------------------------------------------------------------
+    def list(self, *, enabled_only: bool = False) -> list[Instance]:
+        with self.engine.connect() as conn:
+            return self._instances(conn, enabled_only=enabled_only)
+
+    def get(self, instance_id: int) -> Instance:
+        with self.engine.connect() as conn:
+            return self._one(conn, instance_id)
+
+    def by_type(self, type_name: str) -> Instance | None:
+        with self.engine.connect() as conn:
+            found = self._instances(conn, where=instances.c.type == type_name)
+        return found[0] if found else None
+
+    def consumers(self) -> dict[str, list[str]]:
+        """``{queue: [types of the instances (enabled or not) consuming it]}``."""
+        with self.engine.connect() as conn:
+            return self._consumers(conn)
+
+    @staticmethod
+    def _consumers(conn) -> dict[str, list[str]]:
+        out: dict[str, list[str]] = {}
+        q = (sa.select(instance_queues.c.queue, instances.c.type)
+             .join(instances, instance_queues.c.instance_id == instances.c.instance_id)
+             .order_by(instance_queues.c.queue, instances.c.type))
+        for queue, type_name in conn.execute(q):
+            out.setdefault(queue, []).append(type_name)
+        return out
+
+    def _instances(self, conn, *, where=None, enabled_only: bool = False, lock: bool = False) -> list[Instance]:
+        q = sa.select(instances).order_by(instances.c.instance_id)
+        if where is not None:
+            q = q.where(where)
+        if enabled_only:
+            q = q.where(instances.c.enabled.is_(True))
+        rows = conn.execute(_locked(q) if lock else q).mappings().all()
+        if not rows:
+            return []
+        ids = [r["instance_id"] for r in rows]
+        links: dict[int, list[str]] = {i: [] for i in ids}
+        for iid, queue in conn.execute(
+                sa.select(instance_queues.c.instance_id, instance_queues.c.queue)
+                .where(instance_queues.c.instance_id.in_(ids))
+                .order_by(instance_queues.c.instance_id, instance_queues.c.position)):
+            links[iid].append(queue)
+        return [Instance(id=r["instance_id"], type=r["type"], queues=tuple(links[r["instance_id"]]),
+                         min=r["min_processes"], max=r["max_processes"], enabled=bool(r["enabled"]),
+                         created_ms=r["created_ms"], updated_ms=r["updated_ms"]) for r in rows]
+
+    def _one(self, conn, instance_id: int, *, lock: bool = False) -> Instance:
+        found = self._instances(conn, where=instances.c.instance_id == instance_id, lock=lock)
+        if not found:
+            raise NotFound(f"no instance {instance_id}")
+        return found[0]
+
+    # -- instances: writing --------------------------------------------------------------------
+    def create(self, type_name: str, queue_names: Sequence[str], low: int, high: int,
+               enabled: bool = True) -> Instance:
+        """A new instance of a type not yet present; its queues are registered if they are new."""
+        check_bounds(low, high)
+        names = _unique_queues(queue_names)
+        now = now_ms()
+        try:
+            with self.engine.begin() as conn:
+                if conn.execute(_locked(sa.select(instances.c.instance_id)
+                                        .where(instances.c.type == type_name))).first():
+                    raise Conflict(f"an instance of type '{type_name}' exists already")
+                iid = conn.execute(instances.insert().values(
+                    type=type_name, min_processes=low, max_processes=high, enabled=enabled,
+                    created_ms=now, updated_ms=now)).inserted_primary_key[0]
+                self._link(conn, iid, names, now)
+                return self._one(conn, iid)
+        except sa.exc.IntegrityError:
+            raise Conflict(f"an instance of type '{type_name}' exists already") from None
+
+    def update(self, instance_id: int, *, low: int | None = None, high: int | None = None,
+               enabled: bool | None = None) -> Instance:
+        """Change the bounds and/or the enabled flag; the bounds are checked as a pair."""
+        with self.engine.begin() as conn:
+            current = self._one(conn, instance_id, lock=True)
+            new_low = current.min if low is None else low
+            new_high = current.max if high is None else high
+            check_bounds(new_low, new_high)
+            conn.execute(instances.update().where(instances.c.instance_id == instance_id).values(
+                min_processes=new_low, max_processes=new_high,
+                enabled=current.enabled if enabled is None else enabled, updated_ms=now_ms()))
+            return self._one(conn, instance_id)
+
+    def scale_up(self, instance_id: int) -> Instance:
+        """The status page's start button: enable a disabled instance, else one process more."""
+        with self.engine.begin() as conn:
+            current = self._one(conn, instance_id, lock=True)
+            if not current.enabled:
+                values = {"enabled": True}
+            else:
+                if current.max >= MAX_PROCESSES:
+                    raise Conflict(f"'{current.type}' already runs the most processes allowed ({MAX_PROCESSES})")
+                values = {"min_processes": current.min + 1, "max_processes": current.max + 1}
+            conn.execute(instances.update().where(instances.c.instance_id == instance_id)
+                         .values(**values, updated_ms=now_ms()))
+            return self._one(conn, instance_id)
+
+    def delete(self, instance_id: int) -> Instance:
+        with self.engine.begin() as conn:
+            gone = self._one(conn, instance_id, lock=True)
+            conn.execute(instance_queues.delete().where(instance_queues.c.instance_id == instance_id))
+            conn.execute(instances.delete().where(instances.c.instance_id == instance_id))
+            return gone
+
+    def consume(self, instance_id: int, queue: str) -> Instance:
+        """Add ``queue`` to what the instance consumes (registering the queue if new). Idempotent."""
+        now = now_ms()
+        with self.engine.begin() as conn:
+            current = self._one(conn, instance_id, lock=True)
+            if queue not in current.queues:
+                last = conn.execute(sa.select(sa.func.max(instance_queues.c.position))
+                                    .where(instance_queues.c.instance_id == instance_id)).scalar()
+                self._link(conn, instance_id, [queue], now, start=(last or 0) + 1)
+                conn.execute(instances.update().where(instances.c.instance_id == instance_id)
+                             .values(updated_ms=now))
+            return self._one(conn, instance_id)
+
+    def cancel(self, instance_id: int, queue: str) -> Instance:
+        """Stop consuming ``queue``; an instance keeps at least one queue."""
+        with self.engine.begin() as conn:
+            current = self._one(conn, instance_id, lock=True)
+            if queue not in current.queues:
+                raise NotFound(f"instance {instance_id} ('{current.type}') does not consume queue '{queue}'")
+            if len(current.queues) == 1:
+                raise Conflict(f"'{queue}' is the only queue of '{current.type}': an instance consumes "
+                               "at least one queue (disable or delete the instance instead)")
+            conn.execute(instance_queues.delete().where(instance_queues.c.instance_id == instance_id,
+                                                        instance_queues.c.queue == queue))
+            conn.execute(instances.update().where(instances.c.instance_id == instance_id)
+                         .values(updated_ms=now_ms()))
+            return self._one(conn, instance_id)
+
+    def _link(self, conn, instance_id: int, names: Iterable[str], now: int, start: int = 0) -> None:
+        for position, name in enumerate(names, start):
+            known = conn.execute(sa.select(declared_queues.c.name).where(declared_queues.c.name == name)).first()
+            if not known:
+                conn.execute(declared_queues.insert().values(name=name, exchange=None, routing_key=None,
+                                                             created_ms=now))
+            conn.execute(instance_queues.insert().values(instance_id=instance_id, queue=name, position=position))
+
+    # -- queues --------------------------------------------------------------------------------
+    def queues(self) -> list[QueueEntry]:
+        q = sa.select(declared_queues).order_by(declared_queues.c.name)
+        with self.engine.connect() as conn:
+            return [QueueEntry(**r) for r in conn.execute(q).mappings()]
+
+    def queue(self, name: str) -> QueueEntry | None:
+        with self.engine.connect() as conn:
+            row = conn.execute(self._queue_row(name)).mappings().first()
+        return QueueEntry(**row) if row else None
+
+    @staticmethod
+    def _queue_row(name: str):
+        return sa.select(declared_queues).where(declared_queues.c.name == name)
+
+    def add_queue(self, name: str, exchange: str | None = None,
+                  routing_key: str | None = None) -> tuple[QueueEntry, bool]:
+        """Register a queue; (entry, created). Declaring a known queue again is not an error, as
+        on a broker."""
+        try:
+            with self.engine.begin() as conn:
+                row = conn.execute(_locked(self._queue_row(name))).mappings().first()
+                if row:
+                    return QueueEntry(**row), False
+                conn.execute(declared_queues.insert().values(name=name, exchange=exchange,
+                                                             routing_key=routing_key, created_ms=now_ms()))
+        except sa.exc.IntegrityError:  # declared by another request in between
+            return self.queue(name), False
+        return self.queue(name), True
+
+    def remove_queue(self, name: str) -> QueueEntry:
+        """Forget a queue no instance consumes (checked under the lock, so no consume can slip in)."""
+        with self.engine.begin() as conn:
+            row = conn.execute(_locked(self._queue_row(name))).mappings().first()
+            if not row:
+                raise NotFound(f"no queue '{name}'")
+            users = self._consumers(conn).get(name)
+            if users:
+                raise Conflict(f"queue '{name}' is consumed by {', '.join(users)}: "
+                               "cancel it on those instances first")
+            conn.execute(declared_queues.delete().where(declared_queues.c.name == name))
+            return QueueEntry(**row)
+
+    # -- named values --------------------------------------------------------------------------
+    def get_value(self, name: str) -> str | None:
+        with self.engine.connect() as conn:
+            return conn.execute(sa.select(state.c.value).where(state.c.name == name)).scalar()
+
+    def set_value(self, name: str, value: str) -> None:
+        with self.engine.begin() as conn:
+            if not conn.execute(state.update().where(state.c.name == name).values(value=value)).rowcount:
+                conn.execute(state.insert().values(name=name, value=value))
+
+    def stats_since(self) -> int:
+        """When the job statistics were last reset (ms since the epoch; 0: never)."""
+        value = self.get_value(SINCE_KEY)
+        return int(value) if value else 0
+
+    def reset_stats(self) -> int:
+        since = now_ms()
+        self.set_value(SINCE_KEY, str(since))
+        return since
+
+    # -- seeding -------------------------------------------------------------------------------
+    def ensure_seeded(self, settings) -> bool:
+        """Copy ``worker.properties``' worker types in, once: on the first start of an install.
+
+        Done once (a marker row says so), not whenever the table is empty: an operator who
+        deleted every instance meant it, and a restart must not bring them back. Safe when
+        several processes start at once: the marker is written in the same transaction.
+        """
+        worker = getattr(settings, "worker", settings)
+        now = now_ms()
+        try:
+            with self.engine.begin() as conn:
+                marker = conn.execute(_locked(sa.select(state.c.value).where(state.c.name == SEEDED_KEY))).first()
+                if marker or conn.execute(sa.select(instances.c.instance_id).limit(1)).first():
+                    if not marker:
+                        conn.execute(state.insert().values(name=SEEDED_KEY, value=str(now)))
+                    return False
+                conn.execute(state.insert().values(name=SEEDED_KEY, value=str(now)))
+                for t in worker.types:
+                    iid = conn.execute(instances.insert().values(
+                        type=t.name, min_processes=t.min, max_processes=t.max, enabled=True,
+                        created_ms=now, updated_ms=now)).inserted_primary_key[0]
+                    self._link(conn, iid, t.queues, now)
+        except sa.exc.IntegrityError:
+            return False  # another process seeded in between
+        return True
+
+
+def _unique_queues(names: Sequence[str]) -> list[str]:
+    out: list[str] = []
+    for n in names:
+        if n in out:
+            raise Invalid(f"queue '{n}' is listed twice")
+        out.append(n)
+    if not out:
+        raise Invalid("an instance consumes at least one queue")
+    return out
+
+
+def desired_types(engine: sa.Engine, settings=None) -> list[WorkerType]:
+    """The worker types the subscribers should run: every enabled instance, in creation order.
+
+    Pass ``settings`` so that a subscriber started before any admin daemon seeds the table from
+    ``worker.properties`` first (and so runs what the file says, not nothing). A disabled
+    instance is left out: its processes are to stop and its queues to be left alone. Cheap
+    enough to call on every reconcile round: two or three reads, the tables are only created
+    (once) when a read finds them missing.
+    """
+    store = InstanceStore(engine, ensure=False)
+
+    def read() -> list[WorkerType]:
+        if settings is not None:
+            store.ensure_seeded(settings)
+        return [i.worker_type() for i in store.list(enabled_only=True)]
+    try:
+        return read()
+    except (sa.exc.OperationalError, sa.exc.ProgrammingError):
+        ensure_admin_schema(engine)  # a database no admin daemon has prepared yet
+        return read()

@@ -1,0 +1,181 @@
+"""The admin pages in a real browser (headless Chromium through selenium), against the real service
+started by the init script in a scratch home: log in with the token, start one more process of
+the default worker type and see the desired count rise, launch a job and see it succeed, find
+it on the Jobs page, reset the counts, stop the type. Saves one screenshot per page under docs/.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+
+from tests import servicehome as sh
+from tests.conftest import CI
+
+# Installing Chromium on a fresh machine takes a minute or two of this budget; the run itself
+# takes some 20 s.
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(300)]
+
+CHROMIUM, CHROMEDRIVER = "/usr/bin/chromium", "/usr/bin/chromedriver"
+DOCS = sh.REPO / "docs"
+WAIT_S = 30
+
+
+def _have_browser() -> bool:
+    return os.access(CHROMIUM, os.X_OK) and os.access(CHROMEDRIVER, os.X_OK)
+
+
+@pytest.fixture(scope="session")
+def chromium():
+    """Debian's chromium and chromium-driver, installed when missing: in CI or fail, elsewhere or skip."""
+    if not _have_browser():
+        try:
+            for cmd in (["apt-get", "update"], ["apt-get", "install", "-y", "chromium", "chromium-driver"]):
+                subprocess.run(cmd, check=True, capture_output=True, timeout=240,
+                               env={**os.environ, "DEBIAN_FRONTEND": "noninteractive"})
+        except (OSError, subprocess.SubprocessError) as exc:
+            reason = f"cannot install chromium and chromium-driver: {exc!r}"
+            if CI:
+                pytest.fail(reason, pytrace=False)
+            pytest.skip(reason)
+    if not _have_browser():
+        (pytest.fail if CI else pytest.skip)("chromium or chromedriver missing after the install")
+    return CHROMIUM, CHROMEDRIVER
+
+
+@pytest.fixture
+def service(tmp_path):
+    """The whole service (publisher, subscriber, pinger, admin) of a scratch home; admin on a free port."""
+    home = sh.make_home(tmp_path)
+    sh.set_keys(home / "services" / "worker" / "classes" / "admin.cfg", {"port": 0})
+    try:
+        r = sh.init(home, "start")
+        assert r.returncode == 0, r.stdout + r.stderr
+        run = home / "services" / "worker" / "run"
+        url = next(run.glob("admin@*.url")).read_text().strip()
+        token = (run / "admin.token").read_text().strip()
+        assert url.startswith("http://127.0.0.1:")
+        yield url, token
+    finally:
+        r = sh.init(home, "stop")
+        leftovers = sh.our_processes(home)
+        for pid in leftovers:  # a failed stop must not leave processes behind
+            os.kill(pid, 9)
+        assert r.returncode == 0 and not leftovers, r.stdout + r.stderr
+
+
+@pytest.fixture
+def browser(chromium, tmp_path, monkeypatch):
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    monkeypatch.setenv("SE_OFFLINE", "true")  # nothing outside is reachable: never fetch a driver
+    binary, driver_path = chromium
+    options = webdriver.ChromeOptions()
+    options.binary_location = binary
+    for flag in ("--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
+                 "--disable-background-networking", "--disable-component-update", "--disable-sync",
+                 "--no-first-run", "--window-size=1280,900", f"--user-data-dir={tmp_path / 'chromium-profile'}"):
+        options.add_argument(flag)
+    driver = webdriver.Chrome(service=Service(executable_path=driver_path,
+                                              log_output=str(tmp_path / "chromedriver.log")), options=options)
+    driver.set_page_load_timeout(WAIT_S)
+    try:
+        yield driver
+    finally:
+        driver.quit()
+
+
+def wait_for(driver, predicate, what: str):
+    from selenium.common.exceptions import StaleElementReferenceException
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    def check(d):
+        try:
+            return predicate(d)
+        except StaleElementReferenceException:  # the live part was swapped mid-read: look again
+            return False
+    return WebDriverWait(driver, WAIT_S, poll_frequency=0.2).until(check, message=what)
+
+
+def cell(driver, css: str) -> str:
+    from selenium.webdriver.common.by import By
+
+    return driver.find_element(By.CSS_SELECTOR, css).text.strip()
+
+
+def screenshot(driver, name: str) -> Path:
+    DOCS.mkdir(exist_ok=True)
+    path = DOCS / name
+    tmp = path.with_suffix(".tmp.png")
+    assert driver.save_screenshot(str(tmp)), f"no screenshot for {name}"
+    shutil.move(tmp, path)
+    return path
+
+
+def test_operator_logs_in_starts_a_worker_launches_a_job_and_sees_it(service, browser):
+    from selenium.webdriver.common.by import By
+
+    url, token = service
+    row = 'tr[data-type="default"]'
+
+    # Given the status page asked for without a session, the login form comes instead
+    browser.get(url + "ui/status")
+    assert browser.find_element(By.ID, "token").is_displayed()
+    # When the operator logs in with the token
+    browser.find_element(By.ID, "token").send_keys(token)
+    browser.find_element(By.ID, "login").click()
+    # Then the status page shows the default worker type: desired 2-2, and (the subscriber
+    # running) 2 on-line, and its queue with its consumer
+    wait_for(browser, lambda d: d.current_url.endswith("/ui/status") and cell(d, f"{row} td.desired") == "2–2",
+             "the default type's desired processes")
+    wait_for(browser, lambda d: cell(d, f"{row} td.online") == "2", "two default workers on-line")
+    wait_for(browser, lambda d: cell(d, 'tr[data-queue="default"] td.consumers') == "1", "one consumer of default")
+
+    # When start (the up-arrow) is clicked, the desired count rises by one process
+    browser.find_element(By.CSS_SELECTOR, f"{row} button.start").click()
+    wait_for(browser, lambda d: cell(d, f"{row} td.desired") == "3–3", "desired 3-3 after start")
+    assert "enabled, desired 3–3 processes" in cell(browser, "#message")
+    screenshot(browser, "status.png")
+
+    # When a job is launched from the Launch page
+    browser.find_element(By.ID, "nav-launch").click()
+    wait_for(browser, lambda d: d.current_url.endswith("/ui/launch"), "the launch page")
+    action = browser.find_element(By.ID, "action")
+    action.clear()
+    action.send_keys("echo")
+    arguments = browser.find_element(By.ID, "arguments")
+    arguments.clear()
+    arguments.send_keys('{"hello": "from the browser"}')
+    browser.find_element(By.ID, "launch-button").click()
+    # Then its outcome is shown: succeeded, with the echoed arguments
+    outcome = wait_for(browser, lambda d: (o := d.find_element(By.ID, "outcome"))
+                       and o.get_attribute("data-status") == "succeeded" and o, "the job to succeed")
+    job_id = outcome.get_attribute("data-job")
+    assert "from the browser" in outcome.find_element(By.CSS_SELECTOR, "pre.result").text
+    screenshot(browser, "launch.png")
+
+    # When the Jobs page is opened, the job is there with its outcome and counted
+    browser.find_element(By.ID, "nav-jobs").click()
+    job_row = f'tr[data-job="{job_id}"]'
+    wait_for(browser, lambda d: cell(d, f"{job_row} td.status") == "succeeded", "the job on the Jobs page")
+    assert "from the browser" in cell(browser, f"{job_row} td.outcome")
+    assert int(cell(browser, "td.count-succeeded")) >= 1
+    screenshot(browser, "jobs.png")
+    # And resetting the counts starts them from nothing, the job staying listed
+    browser.find_element(By.ID, "reset-stats").click()
+    wait_for(browser, lambda d: cell(d, "td.count-total") == "0", "counts reset")
+    assert cell(browser, f"{job_row} td.status") == "succeeded"
+
+    # When stop (the red X) is clicked on the status page, the type is disabled
+    browser.find_element(By.ID, "nav-status").click()
+    wait_for(browser, lambda d: cell(d, f"{row} td.enabled") == "yes", "the status page again")
+    browser.find_element(By.CSS_SELECTOR, f"{row} button.stop").click()
+    wait_for(browser, lambda d: cell(d, f"{row} td.enabled") == "no", "the default type disabled")
+    for name in ("status.png", "launch.png", "jobs.png"):
+        assert (DOCS / name).stat().st_size > 10_000 and time.time() - (DOCS / name).stat().st_mtime < 300
