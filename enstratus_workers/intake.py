@@ -32,10 +32,15 @@ class Intake:
         self._transport = None
         self.connected = threading.Event()
         self.reconnects = 0
+        self._wanted = list(self.queues)   # set_queues changes it; the thread follows
         self.thread = threading.Thread(target=self._run, name="intake", daemon=True)
 
     def start(self) -> None:
         self.thread.start()
+
+    def set_queues(self, queues) -> None:
+        """Consume these queues from now on (the consumer is reopened on the intake thread)."""
+        self._wanted = list(queues)
 
     def pause(self) -> None:
         """Stop taking work: anything delivered from now on goes straight back to the queue."""
@@ -81,6 +86,12 @@ class Intake:
         self._close()
 
     def _connect(self) -> None:
+        self.queues = list(self._wanted)
+        while not self.queues and not self._stop.is_set():   # nothing to consume (all disabled)
+            self._stop.wait(0.5)
+            self.queues = list(self._wanted)
+        if self._stop.is_set():
+            return
         self._transport = open_transport(self.mq_settings, self.layout, client_name=self.client_name)
         self._transport.declare(self.queues)
         self._consumer = self._transport.consumer(self.queues, self.prefetch)
@@ -89,6 +100,14 @@ class Intake:
 
     def _poll_until_stopped(self) -> None:
         while not self._stop.is_set():
+            if self._wanted != self.queues:
+                # Unsettled deliveries of the old consumer go back to their queues on close;
+                # any of them recorded meanwhile is recognised on redelivery and acked unrun.
+                log.info("queues changed to %s; reopening the consumer", ", ".join(self._wanted) or "none")
+                self._close()
+                return
+            if self._consumer is None:
+                return
             got = self._consumer.poll(0.1, self.prefetch)
             if not got:
                 continue

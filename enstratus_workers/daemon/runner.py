@@ -439,6 +439,8 @@ class _SignalRelay:
                 if signum == signal.SIGHUP:
                     self._dlog.reopen()
                     log.info("SIGHUP: reopened the log file %s", self._dlog.path)
+                    if self._service is not None:
+                        self._service.request_reload()
                 else:
                     stops += 1
                     log.info("received %s: %s stop", signal.Signals(signum).name,

@@ -24,6 +24,12 @@ class Service(abc.ABC):
     def run(self, ready: Callable[[], None]) -> None:
         """Run until stopped. Call ``ready()`` once initialized (the runner's ``start`` waits for it)."""
 
+    def request_reload(self) -> None:
+        """SIGHUP (after the log file is reopened): re-read what can change while running.
+
+        Called from the runner's signal-watcher thread; set a flag for the main loop. Default: nothing.
+        """
+
     @abc.abstractmethod
     def request_stop(self, cold: bool = False) -> None:
         """Warm stop (finish running work up to the grace period) or cold stop (give work back now).

@@ -12,12 +12,13 @@ import logging
 import os
 import threading
 import time
-from collections import deque
+from collections import defaultdict, deque
 from multiprocessing.connection import wait
 
 from ..daemon import runner
 from ..daemon.service import Service
 from ..db import Event, Outcome, Started, open_databases
+from ..db.instances import desired_types
 from ..intake import Intake
 from ..layout import short_hostname
 from ..messages import MessageDecodeError, decode
@@ -28,6 +29,7 @@ from ..retry import event_outcome, job_status_after
 log = logging.getLogger(__name__)
 
 HEARTBEAT_EVERY_S = 2.0
+RECONCILE_EVERY_S = 5.0
 
 
 class Subscriber(Service):
@@ -37,11 +39,16 @@ class Subscriber(Service):
         self.settings, self.layout, self.name = settings, layout, name
         self._stop = threading.Event()
         self._cold = threading.Event()
-        self.pending: dict[str, deque] = {t.name: deque() for t in settings.worker.types}
+        self._reload = threading.Event()
+        self._next_reconcile = 0.0
+        self.pending: dict[str, deque] = defaultdict(deque)   # worker type -> assignments waiting
         self.active: dict[int, list] = {}   # job id -> deliveries of it held here (duplicates)
         self.started_ms = int(time.time() * 1000)
         self.stats = {"received": 0, "succeeded": 0, "failed": 0, "pending": 0, "dead": 0,
                       "dead_lettered": 0, "duplicates": 0}
+
+    def request_reload(self) -> None:
+        self._reload.set()
 
     def request_stop(self, cold: bool = False) -> None:
         if cold:
@@ -95,8 +102,43 @@ class Subscriber(Service):
         self._settle(self.pool.read([c for c in ready if c != self._wake_r]))
         self._settle(self.pool.supervise())
         if not self.pool.stopping:
+            self._reconcile()
+            self.pool.scale({t: len(q) for t, q in self.pending.items()})
             self.pool.dispatch(self.pending)
         self._beat()
+
+    def _reconcile(self) -> None:
+        """Follow the desired worker types (admin API, or worker.properties) every few seconds
+        and on SIGHUP: the pool scales to them, the intake consumes their queues, and work
+        waiting for a type that is gone is given back to its queue."""
+        if not self._reload.is_set() and time.monotonic() < self._next_reconcile:
+            return
+        reload = self._reload.is_set()
+        self._reload.clear()
+        self._next_reconcile = time.monotonic() + RECONCILE_EVERY_S
+        try:
+            types = desired_types(self.dbs.provisioning, self.settings)
+        except Exception as exc:
+            log.warning("could not read the desired worker types (%s); keeping the current ones", exc)
+            return
+        if not reload and {t.name: t for t in types} == self.pool.types:
+            return
+        log.info("worker types: %s", ", ".join(f"{t.name}[{t.min}..{t.max}]<-{','.join(t.queues)}"
+                                               for t in types) or "none")
+        self.pool.set_types(types)
+        queues = list(dict.fromkeys(q for t in types for q in t.queues))
+        self.intake.set_queues(queues)
+        for wtype in [w for w in self.pending if w not in self.pool.types]:
+            gone = self.pending.pop(wtype)
+            self.intake.nack([a.delivery for a in gone])
+            for a in gone:
+                self.active.pop(a.message.job_id, None)
+
+    def _type_for_queue(self, queue: str) -> str:
+        for t in self.pool.types.values():
+            if queue in t.queues:
+                return t.name
+        return next(iter(self.pool.types), "default")
 
     def _take_deliveries(self) -> None:
         batch = []
@@ -137,9 +179,8 @@ class Subscriber(Service):
                 self.active[msg.job_id].append(d)
                 self.stats["duplicates"] += 1
                 continue
-            wtype = self.settings.worker.type_for_queue(d.queue)
             self.active[msg.job_id] = [d]
-            a = Assignment(d, msg, wtype.name if wtype else self.settings.worker.types[0].name)
+            a = Assignment(d, msg, self._type_for_queue(d.queue))
             self.pending[a.worker_type].append(a)
             # Marked running with this host's name, so stuck-job recovery knows whose it is.
             self.recorder.started(Started(msg.job_id, msg.attempt, self._display_for(a), a.received_ms))

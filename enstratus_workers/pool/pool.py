@@ -24,12 +24,14 @@ from multiprocessing.connection import Listener
 from ..layout import short_hostname
 from ..messages import ActionMessage
 from ..mq.base import Delivery
-from . import protocol
+from . import protocol, scaling
 
 log = logging.getLogger(__name__)
 
 WORKER_INFLIGHT = 16        # tasks sent to one worker ahead of its answers (keeps it busy)
 RESPAWN_BACKOFF_MAX = 30.0  # seconds between restarts of a worker that keeps dying at start
+RESTART_CAP = 5             # unexpected deaths within RESTART_WINDOW_S before a worker is disabled
+RESTART_WINDOW_S = 60.0
 
 
 def now_ms() -> int:
@@ -69,6 +71,10 @@ class WorkerHandle:
     kill_reason: str | None = None
     next_spawn_at: float = 0.0
     fast_deaths: int = 0
+    deaths: deque = field(default_factory=deque)   # times of unexpected deaths (the restart cap)
+    disabled: bool = False                         # died too often: not restarted until a reload
+    scaled_down: bool = False                      # retired by the autoscaler: not restarted
+    idle_since: float | None = None                # monotonic time it last ran out of work
 
     @property
     def name(self) -> str:
@@ -76,6 +82,8 @@ class WorkerHandle:
 
     @property
     def state(self) -> str:
+        if self.disabled:
+            return "disabled"
         if self.conn is None:
             return "starting" if self.proc is not None else "stopped"
         if self.retiring:
@@ -111,6 +119,8 @@ class WorkerPool:
         self._listener: Listener | None = None
         self._accepting = False
         self.stopping = False
+        self.types = {t.name: t for t in settings.worker.types}   # desired state; see set_types
+        self._last_scale = 0.0
 
     # -- start ---------------------------------------------------------------------------------
     def start(self) -> None:
@@ -125,11 +135,7 @@ class WorkerPool:
         os.chmod(sock, 0o600)
         self._accepting = True
         threading.Thread(target=self._accept_loop, name="worker-accept", daemon=True).start()
-        for wtype in self.settings.worker.types:
-            for i in range(1, wtype.min + 1):
-                handle = WorkerHandle(wtype.name, i)
-                self.handles.append(handle)
-                self._spawn(handle)
+        self.scale({}, force=True)       # the minimum of every type
 
     def _accept_loop(self) -> None:
         while self._accepting:
@@ -170,7 +176,7 @@ class WorkerPool:
             handle.proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=out, stderr=out,
                                            cwd=str(self.layout.home), close_fds=True)
         handle.pid, handle.conn, handle.retiring, handle.kill_reason = handle.proc.pid, None, False, None
-        handle.spawned_at = time.time()
+        handle.spawned_at, handle.idle_since = time.time(), time.monotonic()
         handle.display = f"{handle.worker_type}@{short_hostname()}.{handle.index}"
         log.info("started worker %s (pid %d)", handle.name, handle.pid)
 
@@ -218,6 +224,8 @@ class WorkerPool:
                 events.finished.append((a, outcome))
                 h.tasks_done += 1
             h.head_since_ms = now_ms()
+            if not h.inflight:
+                h.idle_since = time.monotonic()
         elif frame["t"] == "bye":
             log.info("worker %s retiring: %s", h.name, frame.get("reason"))
             h.retiring = True
@@ -254,6 +262,7 @@ class WorkerPool:
                 batch = [queue.popleft() for _ in range(min(take, len(queue)))]
                 if not h.inflight:
                     h.head_since_ms = now_ms()
+                h.idle_since = None
                 h.inflight.extend(batch)
                 try:
                     h.conn.send_bytes(protocol.pack({"t": "run", "a": [a.task() for a in batch]}))
@@ -291,6 +300,9 @@ class WorkerPool:
                 log.error("worker %s (pid %s): %s", h.name, h.pid, reason)
             if self.stopping:
                 continue
+            if h.scaled_down:
+                self.handles.remove(h)
+                continue
             self._schedule_respawn(h, expected)
         for h in self.handles:
             if h.proc is None and h.conn is None and not self.stopping and time.time() >= h.next_spawn_at \
@@ -302,10 +314,65 @@ class WorkerPool:
     def _schedule_respawn(self, h: WorkerHandle, expected: bool) -> None:
         if not expected:
             h.reincarnations += 1
+            now = time.monotonic()
+            h.deaths.append(now)
+            while h.deaths and now - h.deaths[0] > RESTART_WINDOW_S:
+                h.deaths.popleft()
+            if len(h.deaths) >= RESTART_CAP:
+                h.disabled, h.next_spawn_at = True, 0.0
+                log.error("worker %s died %d times in %.0fs: disabled until the next reload (SIGHUP "
+                          "or an admin change)", h.name, len(h.deaths), RESTART_WINDOW_S)
+                return
         quick = time.time() - h.spawned_at < 5
         h.fast_deaths = h.fast_deaths + 1 if (quick and not expected) else 0
         delay = min(RESPAWN_BACKOFF_MAX, 0.5 * 2 ** h.fast_deaths) if h.fast_deaths else 0.0
         h.next_spawn_at = time.time() + delay
+
+    # -- desired state and autoscaling ---------------------------------------------------------
+    def set_types(self, types) -> None:
+        """New desired worker types (from the admin API or a reload); disabled workers get a new chance."""
+        self.types = {t.name: t for t in types}
+        for h in self.handles:
+            if h.disabled:
+                h.disabled, h.next_spawn_at = False, time.time()
+                h.deaths.clear()
+
+    def scale(self, pending: dict[str, int], force: bool = False) -> None:
+        """Move toward the desired types: at most one autoscaling step per type per second."""
+        now = time.monotonic()
+        if self.stopping or (not force and now - self._last_scale < 1.0):
+            return
+        self._last_scale = now
+        for step, target in scaling.plan(self.types, self._views(pending, now)):
+            if step == "spawn":
+                taken = {h.index for h in self.handles if h.worker_type == target}
+                handle = WorkerHandle(target, next(i for i in range(1, len(taken) + 2) if i not in taken))
+                self.handles.append(handle)
+                self._spawn(handle)
+            else:
+                h = next(h for h in self.handles if h.name == target)
+                log.info("retiring worker %s (%s)", h.name,
+                         "no longer wanted" if h.worker_type not in self.types else "scaling down")
+                h.scaled_down = h.retiring = True
+                if h.conn is not None:
+                    try:
+                        h.conn.send_bytes(protocol.pack({"t": "stop"}))
+                    except OSError:
+                        pass
+                elif h.proc is not None:
+                    h.proc.terminate()
+
+    def _views(self, pending: dict[str, int], now: float) -> dict:
+        members: dict[str, list] = {}
+        for h in self.handles:
+            if h.retiring or h.disabled or (h.proc is None and h.conn is None and not h.next_spawn_at):
+                continue
+            idle = None if h.inflight else now - (h.idle_since or now)
+            members.setdefault(h.worker_type, []).append((h.name, idle))
+        return {t: scaling.TypeView(active=len(m), busy=sum(1 for _, i in m if i is None),
+                                    pending=pending.get(t, 0), members=tuple(m))
+                for t, m in members.items()} | {t: scaling.TypeView(pending=pending.get(t, 0))
+                                                for t in self.types if t not in members}
 
     def idle(self) -> bool:
         return not any(h.inflight for h in self.handles)
