@@ -141,6 +141,8 @@ def test_operator_logs_in_starts_a_worker_launches_a_job_and_sees_it(service, br
     browser.find_element(By.CSS_SELECTOR, f"{row} button.start").click()
     wait_for(browser, lambda d: cell(d, f"{row} td.desired") == "3–3", "desired 3-3 after start")
     assert "enabled, desired 3–3 processes" in cell(browser, "#message")
+    # and the subscriber follows: a third worker comes on-line
+    wait_for(browser, lambda d: cell(d, f"{row} td.online") == "3", "three default workers on-line")
     screenshot(browser, "status.png")
 
     # When a job is launched from the Launch page
@@ -177,5 +179,7 @@ def test_operator_logs_in_starts_a_worker_launches_a_job_and_sees_it(service, br
     wait_for(browser, lambda d: cell(d, f"{row} td.enabled") == "yes", "the status page again")
     browser.find_element(By.CSS_SELECTOR, f"{row} button.stop").click()
     wait_for(browser, lambda d: cell(d, f"{row} td.enabled") == "no", "the default type disabled")
+    # and its workers are retired
+    wait_for(browser, lambda d: cell(d, f"{row} td.online") == "0", "no default worker on-line")
     for name in ("status.png", "launch.png", "jobs.png"):
         assert (DOCS / name).stat().st_size > 10_000 and time.time() - (DOCS / name).stat().st_mtime < 300
