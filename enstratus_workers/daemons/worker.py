@@ -47,11 +47,16 @@ class WorkerProcess(Service):
         The KM client opens a connection per request, so building it costs nothing and a KM
         that is down only fails the actions that need a credential.
         """
+        from ..cloud.state_events import StateEventStore
+        from ..db.analytics import EventStore
+        from ..db.engine import make_engine
         from ..km.client import KMClient
         from ..persist import open_store
 
+        self._analytics = make_engine(self.settings.worker.analytics_url.reveal(), self.layout)
         services = {"settings": self.settings,
-                    "persistence": open_store(self.settings.persistence, self.layout)}
+                    "persistence": StateEventStore(open_store(self.settings.persistence, self.layout),
+                                                   EventStore(self._analytics))}
         if self.settings.provisioning.encryption_key:
             services["km"] = KMClient(self.settings.km_client, self.settings.provisioning.encryption_key)
         return services
@@ -74,6 +79,7 @@ class WorkerProcess(Service):
             for service in ("persistence", "km"):
                 if service in self.services:
                     self.services[service].close()
+            self._analytics.dispose()
 
     def _serve(self, conn, registry) -> None:
         limits = self.settings.worker
@@ -94,6 +100,8 @@ class WorkerProcess(Service):
             done, last_send = [], time.monotonic()
             tasks = frame["a"]
             for i, task in enumerate(tasks):
+                store = self.services["persistence"]
+                store.job_id, store.action = task["job_id"], task["action"]   # for its state events
                 done.append(execute(registry, task, self.display_name, self.services))
                 self.tasks_done += 1
                 more = i + 1 < len(tasks)

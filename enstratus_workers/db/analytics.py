@@ -9,6 +9,7 @@ import sqlalchemy as sa
 
 from ..errors import DatabaseError
 from .schema import events as E
+from .schema import server_events as SE
 
 
 @dataclass(frozen=True)
@@ -20,6 +21,19 @@ class Event:
     outcome: str
     duration_ms: int
     worker: str | None
+    event_timestamp: int
+
+
+@dataclass(frozen=True)
+class ServerEvent:
+    """A server's state changed (launching -> running -> unreachable -> terminated ...)."""
+
+    server_id: str
+    account: str | None
+    old_state: str | None
+    new_state: str
+    job_id: int | None
+    action: str | None
     event_timestamp: int
 
 
@@ -47,6 +61,16 @@ class EventStore:
                         tuple(v for e in chunk for v in astuple(e)))
         except sa.exc.SQLAlchemyError as exc:
             raise DatabaseError(f"could not record {len(events)} events: {type(exc).__name__}") from exc
+
+    def record_server_event(self, event: ServerEvent) -> None:
+        with self.engine.begin() as conn:
+            conn.execute(SE.insert().values(**event.__dict__))
+
+    def server_events(self, server_id: str) -> list[ServerEvent]:
+        q = sa.select(SE).where(SE.c.server_id == server_id).order_by(SE.c.event_id)
+        with self.engine.connect() as conn:
+            return [ServerEvent(**{k: v for k, v in r.items() if k != "event_id"})
+                    for r in conn.execute(q).mappings()]
 
     def for_job(self, job_id: int) -> list[Event]:
         q = sa.select(E).where(E.c.job_id == job_id).order_by(E.c.event_id)

@@ -73,6 +73,20 @@ events = sa.Table(
 )
 
 
+server_events = sa.Table(
+    "enstratus_server_event", analytics,
+    sa.Column("event_id", _ID, primary_key=True, autoincrement=True),
+    sa.Column("server_id", sa.String(100), nullable=False),
+    sa.Column("account", sa.String(200), nullable=True),
+    sa.Column("old_state", sa.String(32), nullable=True),
+    sa.Column("new_state", sa.String(32), nullable=False),
+    sa.Column("job_id", sa.BigInteger, nullable=True),
+    sa.Column("action", sa.String(200), nullable=True),
+    sa.Column("event_timestamp", sa.BigInteger, nullable=False),
+    sa.Index("ix_enstratus_server_event_server", "server_id"),
+)
+
+
 def _version_table(metadata: sa.MetaData) -> sa.Table:
     return sa.Table(
         "enstratus_schema_version", metadata,
@@ -87,11 +101,15 @@ versions_analytics = _version_table(analytics)
 
 COMPONENTS = {
     "provisioning": (provisioning, versions_provisioning, 1),
-    "analytics": (analytics, versions_analytics, 1),
+    "analytics": (analytics, versions_analytics, 2),
 }
 
 # component -> {from_version: callable(connection)} upgrading one step; empty until a change needs it.
-MIGRATIONS: dict[str, dict[int, object]] = {"provisioning": {}, "analytics": {}}
+MIGRATIONS: dict[str, dict[int, object]] = {
+    "provisioning": {},
+    # 1 -> 2 added enstratus_server_event; create_all above has already created it.
+    "analytics": {1: lambda conn: None},
+}
 
 
 def ensure_schema(engine: sa.Engine, component: str) -> int:

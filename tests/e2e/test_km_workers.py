@@ -119,6 +119,18 @@ def test_a_server_is_launched_with_the_kms_credential_answers_and_is_terminated(
     with pytest.raises(OSError):
         guest.ping("127.0.0.1", port, timeout=2)
     assert cloud_secret not in json.dumps(done)
+    # And every state change of the server is an analytics event, with the job that made it
+    from enstratus_workers.config import load_settings
+    from enstratus_workers.db import open_databases
+    from enstratus_workers.layout import Layout
+
+    dbs = open_databases(load_settings(Layout(home)).worker, Layout(home))
+    try:
+        changes = [(e.old_state, e.new_state, e.action) for e in dbs.events.server_events(server_id)]
+    finally:
+        dbs.close()
+    assert changes[0][1] == "launching" and changes[-1] == ("running", "terminated", "server.terminate")
+    assert ("launching", "running", "server.launch") in changes
 
 
 def test_a_launch_for_an_account_without_a_credential_fails_clearly(home, cloud_secret):

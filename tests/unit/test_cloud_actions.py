@@ -321,3 +321,31 @@ def _wait(predicate, timeout=5.0):
             return True
         time.sleep(0.02)
     return False
+
+
+def test_every_server_state_change_is_an_analytics_event(tmp_path):
+    """The worker wraps the persistence layer so that server state changes become events."""
+    from enstratus_workers.cloud.servers import update_server
+    from enstratus_workers.cloud.state_events import StateEventStore
+    from enstratus_workers.config.settings import PersistenceSettings, WorkerSettings
+    from enstratus_workers.db import open_databases
+    from enstratus_workers.layout import Layout
+    from enstratus_workers.persist import open_store
+
+    layout = Layout(tmp_path)
+    dbs = open_databases(WorkerSettings(), layout)
+    store = StateEventStore(open_store(PersistenceSettings(sqlite_path=tmp_path / "p.db"), layout), dbs.events)
+    try:
+        store.job_id, store.action = 7, "server.launch"
+        update_server(store, "srv-1", lambda cur: {"account": "a", "state": "launching"})
+        update_server(store, "srv-1", lambda cur: {**cur, "state": "running"})
+        update_server(store, "srv-1", lambda cur: {**cur, "last_seen_ms": 5})     # no state change
+        store.job_id, store.action = 8, "server.terminate"
+        update_server(store, "srv-1", lambda cur: {**cur, "state": "terminated"})
+        events = dbs.events.server_events("srv-1")
+        assert [(e.old_state, e.new_state, e.job_id) for e in events] == [
+            (None, "launching", 7), ("launching", "running", 7), ("running", "terminated", 8)]
+        assert events[-1].action == "server.terminate" and events[0].account == "a"
+    finally:
+        store.close()
+        dbs.close()

@@ -1,0 +1,74 @@
+"""Every change of a server's state also becomes an analytics event.
+
+The cloud actions write server objects through the persistence layer (``servers.update_server``:
+read, change, compare-and-swap). This store wraps that layer for the actions: it remembers the
+state it last read of each server, and when a write of the ``server`` bucket lands with another
+state, it records ``old -> new`` in the analytics DB with the job that did it. An analytics
+failure is logged and never fails the action: the persistence layer holds the truth.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+
+from ..db.analytics import EventStore, ServerEvent
+from ..persist.base import Store, StoredObject
+
+log = logging.getLogger(__name__)
+
+SERVER_BUCKET = "server"
+
+
+class StateEventStore(Store):
+    name = "state-events"
+
+    def __init__(self, inner: Store, events: EventStore):
+        self.inner, self.events = inner, events
+        self.job_id: int | None = None      # set by the worker for the action it runs
+        self.action: str | None = None
+        self._seen: dict[str, str | None] = {}
+
+    def _get(self, bucket, key) -> StoredObject:
+        obj = self.inner.get(bucket, key)
+        if bucket == SERVER_BUCKET:
+            self._seen[key] = _state(obj.data)
+        return obj
+
+    def _put(self, bucket, key, data, text, schema, indexes, expected) -> StoredObject:
+        stored = self.inner.put(bucket, key, data, indexes, expected=expected, schema=schema)
+        if bucket == SERVER_BUCKET:
+            old, new = self._seen.get(key), _state(data)
+            self._seen[key] = new
+            if new is not None and new != old:
+                self._record(key, data, old, new)
+        return stored
+
+    def _record(self, server_id, data, old, new) -> None:
+        try:
+            self.events.record_server_event(ServerEvent(
+                server_id=server_id, account=(data or {}).get("account"), old_state=old, new_state=new,
+                job_id=self.job_id, action=self.action, event_timestamp=int(time.time() * 1000)))
+        except Exception as exc:
+            log.warning("could not record the state change of server %s (%s -> %s): %s", server_id, old, new, exc)
+
+    def _delete(self, bucket, key, expected) -> None:
+        self.inner.delete(bucket, key, expected=expected)
+        self._seen.pop(key, None)
+
+    def _list_keys(self, bucket) -> list[str]:
+        return self.inner.list_keys(bucket)
+
+    def _query(self, bucket, index, lo, hi) -> list[str]:
+        return self.inner.query_range(bucket, index, lo, hi)
+
+    def ping(self) -> None:
+        self.inner.ping()
+
+    def close(self) -> None:
+        self.inner.close()
+
+
+def _state(data) -> str | None:
+    return data.get("state") if isinstance(data, dict) else None
+
