@@ -86,3 +86,32 @@ def test_a_worker_that_keeps_dying_is_disabled_until_a_reload(home):
     assert sh.wait_until(lambda: len(worker_pids(home)) == 1, 30), cluster(home)
     r = sh.cli(home, "submit", "echo", "--wait", "--json")
     assert json.loads(r.stdout)["status"] == "succeeded"
+
+
+def test_workers_are_recycled_after_max_tasks_without_losing_work(tmp_path):
+    home = sh.make_home(tmp_path, worker_props={"worker.default.min": 1, "worker.default.max": 1,
+                                                 "worker.max_tasks_per_child": 3})
+    try:
+        assert sh.init(home, "start").returncode == 0
+        seen: set[int] = set()
+        jobs = []
+        for i in range(10):
+            r = sh.cli(home, "submit", "echo", "--args", json.dumps({"i": i}), "--json")
+            jobs.append(json.loads(r.stdout)["job_id"])
+            seen.update(live_worker_pids(home))
+        def ours():
+            return [j for j in json.loads(sh.cli(home, "jobs", "--json").stdout) if j["job_id"] in jobs]
+
+        # Then every action ran (once each, on the one slot), while its process was replaced
+        # after every 3 actions: retirements, not crashes, so no reincarnation is counted
+        assert sh.wait_until(lambda: all(j["status"] == "succeeded" for j in ours()), 60), ours()
+        assert all(j["attempts"] == 1 and j["worker"].endswith(".1") for j in ours())
+        seen.update(live_worker_pids(home))
+        assert len(seen) >= 2
+        assert cluster(home).get("reincarnations", 0) == 0
+        log_dir = home / "services" / "worker" / "log"
+        assert any("retiring: ran 3 actions" in f.read_text() for f in log_dir.glob("subscriber@*.log"))
+    finally:
+        sh.init(home, "stop")
+        for pid in sh.our_processes(home):
+            os.kill(pid, signal.SIGKILL)
