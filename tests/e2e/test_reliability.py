@@ -53,9 +53,11 @@ def test_failures_retry_die_and_come_back(service_home):
         sh.cli(home, "dead", "list", "--json").stdout)["dead_letters"]} >= {str(poison["job_id"])}, 20)
     assert submit(home, "echo", "--args", '{"still": "alive"}')["status"] == "succeeded"
 
-    # The killed workers were reincarnated and counted
-    status = json.loads(sh.cli(home, "status", "--json").stdout)
-    assert sum(c["reincarnations"] for c in status["clusters"]) >= 3
+    # The killed workers were reincarnated and counted (the figures come with the next heartbeat)
+    def reincarnations():
+        return sum(c["reincarnations"] for c in json.loads(sh.cli(home, "status", "--json").stdout)["clusters"])
+
+    assert sh.wait_until(lambda: reincarnations() >= 3, 15), reincarnations()
 
     # A dead job re-driven gets another round of attempts and succeeds
     stubborn = submit(home, "test.flaky", "--args", '{"succeed_on": 3}', "--max-attempts", "2")
