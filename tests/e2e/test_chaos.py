@@ -97,6 +97,12 @@ def test_no_job_is_lost_through_kills_and_restarts(chaos_home, tmp_path):
         tally[f"kill -9 {what}"] += 1
         tally["kills"] += 1
 
+    def recovery(label, since):
+        """Seconds from the fault (``since``) until jobs succeed again, into the tally."""
+        before = dbs.jobs.counts()["succeeded"]
+        assert sh.wait_until(lambda: dbs.jobs.counts()["succeeded"] > before, 90), f"no progress after {label}"
+        tally[f"recovery after {label} (s)"] = round(time.monotonic() - since, 1)
+
     def subscriber_back():
         return bool(_pids(home, "subscriber@*.pid")) and bool(_pids(home, "worker@*.pid"))
 
@@ -105,11 +111,14 @@ def test_no_job_is_lost_through_kills_and_restarts(chaos_home, tmp_path):
         submit(300)
         time.sleep(0.5)
         kill("worker@*.pid", "worker")
+        recovery("worker kill", time.monotonic())
         submit(300)
         time.sleep(0.3)
         kill("subscriber@*.pid", "subscriber")             # left to the pinger's watchdog
+        t_fault = time.monotonic()
         assert sh.wait_until(subscriber_back, 30), "the watchdog did not restart the subscriber"
         tally["watchdog restarts"] += 1
+        recovery("subscriber kill (watchdog)", t_fault)
 
         # The broker goes away; jobs submitted meanwhile wait in the outbox
         _rabbit("stop_app")
@@ -118,6 +127,7 @@ def test_no_job_is_lost_through_kills_and_restarts(chaos_home, tmp_path):
         time.sleep(3)
         _rabbit("start_app")
         tally["rabbitmq restarts"] += 1
+        recovery("rabbitmq restart", time.monotonic())
         submit(300)
         time.sleep(0.5)
         kill("worker@*.pid", "worker")
@@ -128,13 +138,17 @@ def test_no_job_is_lost_through_kills_and_restarts(chaos_home, tmp_path):
         subprocess.run(["start-stop-daemon", "--stop", "--oknodo", "--retry", "30", "--exec", MARIADB], check=True)
         time.sleep(3)
         _start_mariadb()
+        t_fault = time.monotonic()
         tally["mariadb restarts"] += 1
         submit(300)
+        recovery("mariadb restart", t_fault)
 
+        t_fault = time.monotonic()
         r = sh.init(home, "restart")
         assert r.returncode == 0, r.stdout + r.stderr
         tally["service restarts"] += 1
         submit(300)
+        recovery("init-script restart", t_fault)
         time.sleep(1)
         kill("subscriber@*.pid", "subscriber")
         assert sh.wait_until(subscriber_back, 30)
