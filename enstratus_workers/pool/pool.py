@@ -28,7 +28,7 @@ from . import protocol, scaling
 
 log = logging.getLogger(__name__)
 
-WORKER_INFLIGHT = 16        # tasks sent to one worker ahead of its answers (keeps it busy)
+WORKER_INFLIGHT = 16        # most tasks sent to one worker ahead of its answers (short actions)
 RESPAWN_BACKOFF_MAX = 30.0  # seconds between restarts of a worker that keeps dying at start
 RESTART_CAP = 5             # unexpected deaths within RESTART_WINDOW_S before a worker is disabled
 RESTART_WINDOW_S = 60.0
@@ -121,6 +121,7 @@ class WorkerPool:
         self.stopping = False
         self.types = {t.name: t for t in settings.worker.types}   # desired state; see set_types
         self._last_scale = 0.0
+        self._mean_ms: dict[str, float] = {}     # recent action duration per worker type
 
     # -- start ---------------------------------------------------------------------------------
     def start(self) -> None:
@@ -219,6 +220,9 @@ class WorkerPool:
         if frame["t"] == "done":
             for outcome in frame["r"]:
                 a = h.inflight.popleft()
+                took = max(0, outcome["end_ms"] - outcome["start_ms"])
+                mean = self._mean_ms.get(h.worker_type, took)
+                self._mean_ms[h.worker_type] = 0.8 * mean + 0.2 * took
                 if a.message.job_id != outcome["job_id"]:  # the protocol's ordering broke: a bug
                     log.error("worker %s answered job %s, expected %s", h.name, outcome["job_id"], a.message.job_id)
                 events.finished.append((a, outcome))
@@ -248,17 +252,31 @@ class WorkerPool:
         events.returned.extend(h.inflight)
         h.inflight.clear()
 
+    def inflight_cap(self, wtype: str) -> int:
+        """How many tasks a worker of this type may hold: many short ones keep it busy between
+        round trips; long ones would only wait behind each other (and hide the backlog from
+        the autoscaler), so those get one running and one ready."""
+        mean = self._mean_ms.get(wtype)
+        if mean is None:
+            return 2
+        return WORKER_INFLIGHT if mean < 20 else 4 if mean < 200 else 2
+
+    def backlog(self, wtype: str, pending: int) -> int:
+        """Work of a type not yet started: waiting here, or queued inside a worker behind its current task."""
+        return pending + sum(max(0, len(h.inflight) - 1) for h in self.handles if h.worker_type == wtype)
+
     def dispatch(self, pending: dict) -> None:
         """Send waiting assignments (``{worker_type: deque}``) to the least loaded workers."""
         for wtype, queue in pending.items():
+            cap = self.inflight_cap(wtype)
             while queue:
                 free = [h for h in self.handles if h.worker_type == wtype and h.conn is not None
-                        and not h.retiring and len(h.inflight) < WORKER_INFLIGHT]
+                        and not h.retiring and len(h.inflight) < cap]
                 if not free:
                     break
                 h = min(free, key=lambda x: len(x.inflight))
                 share = -(-len(queue) // len(free))  # spread a burst over every free worker
-                take = min(WORKER_INFLIGHT - len(h.inflight), share)
+                take = min(cap - len(h.inflight), share)
                 batch = [queue.popleft() for _ in range(min(take, len(queue)))]
                 if not h.inflight:
                     h.head_since_ms = now_ms()
@@ -370,7 +388,7 @@ class WorkerPool:
             idle = None if h.inflight else now - (h.idle_since or now)
             members.setdefault(h.worker_type, []).append((h.name, idle))
         return {t: scaling.TypeView(active=len(m), busy=sum(1 for _, i in m if i is None),
-                                    pending=pending.get(t, 0), members=tuple(m))
+                                    pending=self.backlog(t, pending.get(t, 0)), members=tuple(m))
                 for t, m in members.items()} | {t: scaling.TypeView(pending=pending.get(t, 0))
                                                 for t in self.types if t not in members}
 
