@@ -39,7 +39,7 @@ def main() -> int:
     dbs = open_databases(settings.worker, layout)
     try:
         job, _ = submit(settings, dbs, "echo", json.dumps({"hello": "enstratus"}))
-        print(f"$ enstratus-workers submit echo --args '{{\"hello\": \"enstratus\"}}' --wait")
+        print("$ enstratus-workers submit echo --args '{\"hello\": \"enstratus\"}' --wait")
         job = wait_for(dbs, job.job_id, timeout=60)
         _show(job)
         # A server on the "local" cloud: a real guest-agent process on 127.0.0.1, launched through

@@ -11,7 +11,6 @@ import logging
 import os
 import queue
 import threading
-import time
 
 from .errors import ConnectionClosed
 from .mq import open_transport

@@ -152,3 +152,25 @@ def any_admin_port(home: Path) -> None:
     cfg = home / "services" / "worker" / "classes" / "admin.cfg"
     if cfg.exists():
         set_keys(cfg, {"port": 0})
+
+
+def submit_wait(home: Path, action: str, arguments: dict, *extra: str) -> dict:
+    """``enstratus-workers submit ACTION --args JSON --wait --json``: the job as it ended."""
+    import json
+
+    r = cli(home, "submit", action, "--args", json.dumps(arguments), "--wait", "--json", *extra)
+    assert r.returncode in (0, 1), r.stdout + r.stderr
+    return json.loads(r.stdout)
+
+
+def stored_server(home: Path, server_id: str) -> dict:
+    """The server object as the persistence layer of this install holds it."""
+    from enstratus_workers.config import load_settings
+    from enstratus_workers.layout import Layout
+    from enstratus_workers.persist import open_store
+
+    store = open_store(load_settings(Layout(home)).persistence, Layout(home))
+    try:
+        return dict(store.get("server", server_id).data)
+    finally:
+        store.close()

@@ -21,9 +21,6 @@ import pytest
 
 from enstratus_workers.cloud import process
 from enstratus_workers.cloud.local_state import LocalCloudState
-from enstratus_workers.config import load_settings
-from enstratus_workers.layout import Layout
-from enstratus_workers.persist import open_store
 from tests import servicehome as sh
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(180)]
@@ -76,19 +73,8 @@ def scheduled_home(tmp_path):
     yield from running_home(tmp_path, {"schedule.server.sync.interval": 1})
 
 
-def submit(home, action, arguments):
-    r = sh.cli(home, "submit", action, "--args", json.dumps(arguments), "--wait", "--json")
-    assert r.returncode in (0, 1), r.stdout + r.stderr
-    return json.loads(r.stdout)
-
-
-def stored_server(home, server_id) -> dict:
-    settings = load_settings(Layout(home))
-    store = open_store(settings.persistence, Layout(home))
-    try:
-        return dict(store.get("server", server_id).data)
-    finally:
-        store.close()
+submit = sh.submit_wait
+stored_server = sh.stored_server
 
 
 def jobs(home, action) -> list[dict]:

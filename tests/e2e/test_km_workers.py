@@ -16,7 +16,6 @@ from enstratus_workers.cloud.local_state import LocalCloudState
 from enstratus_workers.config import load_settings
 from enstratus_workers.guest import client as guest
 from enstratus_workers.layout import Layout
-from enstratus_workers.persist import open_store
 from tests import servicehome as sh
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(120)]
@@ -57,19 +56,8 @@ def cloud_secret(home):
     return secret
 
 
-def submit(home, action, arguments, *extra):
-    r = sh.cli(home, "submit", action, "--args", json.dumps(arguments), "--wait", "--json", *extra)
-    assert r.returncode in (0, 1), r.stdout + r.stderr
-    return json.loads(r.stdout)
-
-
-def stored_server(home, server_id) -> dict:
-    settings = load_settings(Layout(home))
-    store = open_store(settings.persistence, Layout(home))
-    try:
-        return dict(store.get("server", server_id).data)
-    finally:
-        store.close()
+submit = sh.submit_wait
+stored_server = sh.stored_server
 
 
 def test_a_server_is_launched_with_the_kms_credential_answers_and_is_terminated(home, cloud_secret):
