@@ -48,19 +48,21 @@ def main() -> int:
         print("$ enstratus-workers submit server.launch --args '{\"account\": \"demo\", \"image\": "
               "\"local-agent\", \"size\": \"small\", \"name\": \"web\"}' --wait")
         launch, _ = submit(settings, dbs, "server.launch", json.dumps(
-            {"account": "demo", "image": "local-agent", "size": "small", "name": "web"}),
-            idempotency_key="demo-launch")
+            {"account": "demo", "image": "local-agent", "size": "small", "name": "web"}))
         launch = wait_for(dbs, launch.job_id, timeout=60)
         _show(launch)
     finally:
         dbs.close()
     job = launch if job.status == "succeeded" else job
+    server_id = (launch.as_dict().get("result") or {}).get("server_id", "...")
     print(f"""
 The service is running ({settings.mq.transport} queue, databases under {layout.data_dir.relative_to(layout.home)}).
   .venv/bin/enstratus-workers status             daemons, health, job counts
   .venv/bin/enstratus-workers submit sleep --args '{{"seconds": 2}}' --wait
   .venv/bin/enstratus-workers jobs               recent jobs
-  .venv/bin/enstratus-workers submit server.terminate --args '{{"server_id": "..."}}' --wait
+  .venv/bin/enstratus-workers submit server.terminate --args '{{"server_id": "{server_id}"}}' --wait
+                                                 the demo server is a guest-agent process that,
+                                                 like a VM, outlives the service: terminate it
   services/worker/bin/pinger check               monitoring-plugin health line
   logs: {layout.log_dir.relative_to(layout.home)}/
 To stop it:  etc/init.d/enstratus-workers stop; etc/init.d/enstratus-km stop   (or: make stop)""")
