@@ -75,7 +75,7 @@ def our_processes(home: Path) -> list[int]:
     return pids
 
 
-def wait_until(predicate, timeout: float, interval: float = 0.1):
+def wait_until(predicate, timeout: float = 5.0, interval: float = 0.05):
     deadline = time.monotonic() + timeout
     while True:
         value = predicate()

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import os
+import queue
 import threading
 import time
 from collections import defaultdict, deque
@@ -41,6 +42,7 @@ class Subscriber(Service):
         self._cold = threading.Event()
         self._reload = threading.Event()
         self._next_reconcile = 0.0
+        self._last_beat = 0.0
         self.pending: dict[str, deque] = defaultdict(deque)   # worker type -> assignments waiting
         self.active: dict[int, list] = {}   # job id -> deliveries of it held here (duplicates)
         self.started_ms = int(time.time() * 1000)
@@ -129,10 +131,13 @@ class Subscriber(Service):
         queues = list(dict.fromkeys(q for t in types for q in t.queues))
         self.intake.set_queues(queues)
         for wtype in [w for w in self.pending if w not in self.pool.types]:
-            gone = self.pending.pop(wtype)
-            self.intake.nack([a.delivery for a in gone])
-            for a in gone:
-                self.active.pop(a.message.job_id, None)
+            self._give_back(self.pending.pop(wtype))
+
+    def _give_back(self, assignments) -> None:
+        """Return unstarted work to its queue (with any duplicates of it held here)."""
+        for a in list(assignments):
+            self.intake.nack(self.active.pop(a.message.job_id, [a.delivery]))
+        assignments.clear()
 
     def _type_for_queue(self, queue: str) -> str:
         for t in self.pool.types.values():
@@ -145,7 +150,7 @@ class Subscriber(Service):
         while True:
             try:
                 batch.extend(self.intake.deliveries.get_nowait())
-            except Exception:  # queue.Empty
+            except queue.Empty:
                 break
         if not batch:
             return
@@ -220,15 +225,16 @@ class Subscriber(Service):
 
     # -- heartbeat -----------------------------------------------------------------------------
     def snapshot(self) -> dict:
-        return {"workers": self.pool.snapshot(), "stats": dict(self.stats),
+        workers = self.pool.snapshot()
+        return {"workers": workers, "stats": dict(self.stats),
                 "pending": {t: len(q) for t, q in self.pending.items()},
-                "inflight": sum(h["inflight"] for h in self.pool.snapshot()),
+                "inflight": sum(w["inflight"] for w in workers),
                 "recording": self.recorder.waiting, "connected": self.intake.connected.is_set(),
                 "reconnects": self.intake.reconnects}
 
     def _beat(self, force: bool = False) -> None:
         now = time.monotonic()
-        if not force and now - getattr(self, "_last_beat", 0.0) < HEARTBEAT_EVERY_S:
+        if not force and now - self._last_beat < HEARTBEAT_EVERY_S:
             return
         self._last_beat = now
         try:
@@ -260,17 +266,13 @@ class Subscriber(Service):
         log.info("stopping: no new work; %s", "cold" if self._cold.is_set() else "warm")
         self.intake.pause()
         for q in self.pending.values():
-            self.intake.nack([a.delivery for a in q])
-            for a in q:
-                self.active.pop(a.message.job_id, None)
-            q.clear()
+            self._give_back(q)
         self.pool.ask_to_stop()
         deadline = time.monotonic() + self.settings.worker.grace_period
         while not self.pool.idle() and not self._cold.is_set() and time.monotonic() < deadline:
             self._round(timeout=0.2)
             for q in self.pending.values():   # returned by retiring workers: give them back too
-                self.intake.nack([a.delivery for a in q])
-                q.clear()
+                self._give_back(q)
         if not self.pool.idle():
             log.warning("grace period over or cold stop: killing workers with actions running; "
                         "their messages return to the queue")

@@ -171,11 +171,6 @@ class JobStore:
         with self.engine.connect() as conn:
             return {r[0] for r in conn.execute(q)}
 
-    def count_in(self, job_ids: Sequence[int], status: str) -> int:
-        with self.engine.connect() as conn:
-            return conn.execute(sa.select(sa.func.count()).where(
-                T.c.job_id.in_(list(job_ids)), T.c.status == status)).scalar()
-
     # -- dead jobs -----------------------------------------------------------------------------
     def requeue_dead(self, job_ids: Sequence[int] | None, extra_attempts: int) -> list[Job]:
         """Give dead jobs (the named ones, or all) ``extra_attempts`` more and make them pending.

@@ -26,6 +26,7 @@ from enstratus_workers.guest import client
 from enstratus_workers.km import KMNotFound
 from enstratus_workers.layout import Layout
 from enstratus_workers.persist import open_store
+from tests.servicehome import wait_until
 
 HOST = "127.0.0.1"
 SECRET = "top-secret-value-42"
@@ -170,7 +171,7 @@ def test_sync_reconciles_killed_vanished_and_unknown_nodes(make_context, store, 
     pid = nodes[killed["provider_node_id"]].extra["pid"]
     os.kill(pid, signal.SIGKILL)
     driver.destroy_node(nodes[vanished["provider_node_id"]])
-    assert _wait(lambda: not process.is_alive(pid, None))
+    assert wait_until(lambda: not process.is_alive(pid, None))
     counts = sync_account({"account": "42"}, make_context(job_id=23))
 
     # Then each server object says what happened, and a new one stands for the unknown node
@@ -313,14 +314,6 @@ def test_register_cloud_actions_adds_every_action():
                                 "server.sync", "server.terminate"]
     assert registry.get("server.launch") is launch_server
 
-
-def _wait(predicate, timeout=5.0):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(0.02)
-    return False
 
 
 def test_every_server_state_change_is_an_analytics_event(tmp_path):

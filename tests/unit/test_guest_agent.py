@@ -14,6 +14,7 @@ import pytest
 from enstratus_workers.guest import client
 from enstratus_workers.guest import protocol as p
 from enstratus_workers.guest.agent import GuestAgent
+from tests.servicehome import wait_until
 
 HOST = "127.0.0.1"
 
@@ -29,14 +30,6 @@ def _converse(port: int, payload: bytes, expect_close: bool = False) -> bytes:
             data += chunk
         return data
 
-
-def _wait_for(predicate, timeout=5.0):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(0.02)
-    return False
 
 
 @pytest.fixture
@@ -56,12 +49,12 @@ def test_ping_answers_pong_with_the_server_id_and_a_growing_uptime(agent):
 
 def test_log_serves_boot_lines_then_only_what_is_new(agent, tmp_path):
     # Given the agent has booted and written a few alive lines
-    assert _wait_for(lambda: b"alive" in (tmp_path / "agent.log").read_bytes())
+    assert wait_until(lambda: b"alive" in (tmp_path / "agent.log").read_bytes())
 
     # When the log is read from 0, then again from where the first read ended
     first = client.fetch_log(HOST, agent.port, 0)
     end = first[-1].end
-    assert _wait_for(lambda: (tmp_path / "agent.log").stat().st_size > end)
+    assert wait_until(lambda: (tmp_path / "agent.log").stat().st_size > end)
     later = client.fetch_log(HOST, agent.port, end)
 
     # Then the first read starts with the boot lines and the second holds only newer lines
@@ -74,7 +67,7 @@ def test_log_serves_boot_lines_then_only_what_is_new(agent, tmp_path):
 
 
 def test_log_block_is_length_prefixed_and_a_read_past_the_end_starts_over(agent, tmp_path):
-    assert _wait_for(lambda: (tmp_path / "agent.log").stat().st_size > 0)
+    assert wait_until(lambda: (tmp_path / "agent.log").stat().st_size > 0)
     answer = _converse(agent.port, b"LOG 99999999\n")
     header, _, body = answer.partition(b"\n")
     start, end, length = p.parse_log_header(header)

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import time
 
 import pytest
 from libcloud.common.types import InvalidCredsError, LibcloudError
@@ -15,6 +14,7 @@ from libcloud.compute.types import NodeState
 from enstratus_workers.cloud import local_driver, process
 from enstratus_workers.cloud.local_driver import LocalNodeDriver, register_local_driver
 from enstratus_workers.guest import client
+from tests.servicehome import wait_until
 
 HOST = "127.0.0.1"
 
@@ -91,7 +91,7 @@ def test_a_killed_agent_is_listed_stopped_and_reboot_revives_it(driver):
     node = driver.create_node("web-3", _size(driver), _image(driver))
 
     os.kill(node.extra["pid"], signal.SIGKILL)
-    assert _wait(lambda: driver.list_nodes()[0].state == NodeState.STOPPED)
+    assert wait_until(lambda: driver.list_nodes()[0].state == NodeState.STOPPED)
 
     driver.reboot_node(node)
     assert driver.list_nodes()[0].state == NodeState.RUNNING
@@ -169,11 +169,3 @@ def _parent_of(pid: int) -> int:
     with open(f"/proc/{pid}/stat") as f:
         return int(f.read().rsplit(")", 1)[1].split()[1])
 
-
-def _wait(predicate, timeout=5.0):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(0.02)
-    return False
