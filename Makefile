@@ -8,10 +8,10 @@ TEST_STAMP := $(VENV)/.test-installed
 
 .PHONY: run test setup stop status bench clean
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -e '.[test]'
+	$(PY) -m pip install -q --upgrade 'pip>=23.1'
+	$(PY) -m pip install -q -c constraints.txt -e '.[test]'
 	touch $(STAMP)
 
 setup: $(STAMP)
@@ -28,7 +28,7 @@ status:
 
 # The test suite's own actions are a real plug-in package, installed into the venv like any other.
 $(TEST_STAMP): $(STAMP) tests/plugin/pyproject.toml
-	$(PY) -m pip install -q -e tests/plugin
+	$(PY) -m pip install -q -c constraints.txt -e tests/plugin
 	touch $(TEST_STAMP)
 
 test: $(TEST_STAMP)
