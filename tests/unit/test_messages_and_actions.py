@@ -27,10 +27,21 @@ def test_encode_from_the_job_row_round_trips():
     (b'{"job_id": 1, "action": "noop", "attempt": 0}', "attempt"),
     (b'{"job_id": 1, "action": "noop", "attempt": 1, "max_attempts": 0}', "max_attempts"),
     (b"[" * 100000, "not JSON"),
+    # numbers the job table cannot hold: BIGINT job ids, INTEGER attempts, the action column
+    (b'{"job_id": 9223372036854775808, "action": "noop"}', "job_id"),
+    (b'{"job_id": 1, "action": "noop", "attempt": 2147483648}', "attempt"),
+    (b'{"job_id": 1, "action": "noop", "attempt": 1, "max_attempts": 2147483648}', "max_attempts"),
+    (b'{"job_id": 1, "action": "%s"}' % (b"a" * 201), "action longer than 200"),
 ])
 def test_bad_bodies_are_refused_with_a_reason(body, reason):
     with pytest.raises(MessageDecodeError, match=reason):
         decode(body)
+
+
+def test_the_largest_numbers_the_job_table_holds_still_decode():
+    # Given a message at the very top of each column's range / When decoded / Then it is accepted
+    msg = decode(encode_job(2**63 - 1, "a" * 200, "{}", 2**31 - 1, 2**31 - 1))
+    assert (msg.job_id, len(msg.action), msg.attempt, msg.max_attempts) == (2**63 - 1, 200, 2**31 - 1, 2**31 - 1)
 
 
 def test_arguments_that_are_not_an_object_still_decode_so_the_job_can_fail_visibly():
