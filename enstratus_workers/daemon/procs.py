@@ -1,9 +1,10 @@
-"""Processes of this install, read from /proc: identity, uptime, discovery, and stopping them.
+"""Processes of this install, seen through psutil: identity, uptime, discovery, and stopping them.
 
 A pid alone is not an identity: pids are reused, and pid files under the install root outlive a
 reboot. So "is this pid our daemon?" is answered from the process's command line (the daemon's
-module, ``--home`` and ``--name``), and "is this still the process we signalled?" from its start
-time, which together with the pid names one process for the life of the machine.
+module, ``--home`` and ``--name``) and, for a process that only looks like ours, from its start
+time against the pid file's; "is this still the process we signalled?" is answered by psutil,
+which pins a process by pid and start time.
 """
 
 from __future__ import annotations
@@ -17,6 +18,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterable, NamedTuple
 
+import psutil
+
 from enstratus_workers.daemon.pidfile import PidFile
 from enstratus_workers.layout import Layout, short_hostname
 
@@ -28,24 +31,35 @@ DAEMON_MODULE_PREFIX = "enstratus_workers.daemons."
 DAEMON_COMMANDS = frozenset({"start", "run", "restart"})
 #: after the second (cold) SIGTERM, how long before SIGKILL
 COLD_STOP_WAIT = 5.0
+#: a process created this long after its pid file was written did not write it; above psutil's
+#: wall-clock start time error (the boot time it adds is whole seconds)
+PID_FILE_SLACK_S = 2.0
 _POLL = 0.05
+_GONE = (psutil.STATUS_ZOMBIE, psutil.STATUS_DEAD)
+_CLK_TCK = os.sysconf("SC_CLK_TCK")
 
 
-# --- reading /proc -----------------------------------------------------------------------------
+# --- one process -------------------------------------------------------------------------------
+
+def _process(pid: int) -> psutil.Process | None:
+    """psutil's handle on ``pid``, or None if it is gone or hidden from us."""
+    try:
+        return psutil.Process(pid)
+    except (psutil.NoSuchProcess, ValueError):  # ValueError: a negative pid
+        return None
+
 
 def cmdline(pid: int) -> list[str] | None:
-    """The argv of ``pid``, or None if it is gone or unreadable (a zombie has an empty one)."""
+    """The argv of ``pid``, or None if it is gone or unreadable (a zombie has none)."""
+    proc = _process(pid)
     try:
-        raw = Path(f"/proc/{pid}/cmdline").read_bytes()
-    except OSError:
+        return (proc.cmdline() or None) if proc is not None else None
+    except psutil.Error:
         return None
-    if not raw:
-        return None
-    return [a.decode("utf-8", "surrogateescape") for a in raw.rstrip(b"\0").split(b"\0")]
 
 
 class ProcStat(NamedTuple):
-    """The fields of /proc/<pid>/stat this module needs."""
+    """What this module needs to know of one process. ``state`` is psutil's status name."""
 
     state: str
     ppid: int
@@ -55,39 +69,52 @@ class ProcStat(NamedTuple):
 
 
 def stat(pid: int) -> ProcStat | None:
-    try:
-        raw = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
+    # psutil reports the start as wall-clock time, boot time plus ticks; taking the boot time
+    # away again gives the ticks. It is read first because psutil 5 adds the boot time it read last.
+    boot = psutil.boot_time()
+    proc = _process(pid)
+    if proc is None:
         return None
-    # the command name is in parentheses and may itself hold spaces and parentheses
-    fields = raw[raw.rindex(")") + 2:].split()
-    return ProcStat(fields[0], int(fields[1]), int(fields[2]), int(fields[3]), int(fields[19]))
+    try:
+        with proc.oneshot():
+            ticks = round((proc.create_time() - boot) * _CLK_TCK)
+            return ProcStat(proc.status(), proc.ppid(), os.getpgid(pid), os.getsid(pid), ticks)
+    except (psutil.Error, OSError):
+        return None
+
+
+def start_ticks(pid: int) -> int | None:
+    """When ``pid`` started, in clock ticks since boot (as /proc/<pid>/stat says), or None if it is
+    gone, hidden or a zombie. With the pid it names one process for the life of the machine."""
+    st = stat(pid)
+    return None if st is None or st.state in _GONE else st.start_ticks
 
 
 def is_alive(pid: int) -> bool:
     """``os.kill(pid, 0)`` succeeds (or is refused: then it exists) and the process is no zombie."""
-    if pid <= 0:
+    if pid <= 0 or not psutil.pid_exists(pid):
         return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        pass
     st = stat(pid)
-    return st is None or st.state not in ("Z", "X")
+    return st is None or st.state not in _GONE
+
+
+def is_same_process(pid: int, ticks: int | str | None) -> bool:
+    """``pid`` is alive and is the process that started at ``ticks`` (None: any process).
+
+    A process we may signal but not see (another user's, under ``hidepid``) counts as the same.
+    """
+    if not is_alive(pid):
+        return False
+    now = start_ticks(pid)
+    return ticks is None or now is None or str(now) == str(ticks)
 
 
 def uptime(pid: int) -> float | None:
-    """Seconds since ``pid`` started, from its start time in /proc/<pid>/stat."""
+    """Seconds since ``pid`` started (to the clock tick: both ends are counted from boot)."""
     st = stat(pid)
     if st is None:
         return None
-    try:
-        since_boot = float(Path("/proc/uptime").read_text().split()[0])
-    except (OSError, ValueError, IndexError):
-        return None
-    return max(0.0, since_boot - st.start_ticks / os.sysconf("SC_CLK_TCK"))
+    return max(0.0, time.clock_gettime(time.CLOCK_BOOTTIME) - st.start_ticks / _CLK_TCK)
 
 
 def _option(argv: list[str], option: str) -> str | None:
@@ -136,17 +163,31 @@ class Identity:
             return False
         return (_option(argv, "--name") or short_hostname()) == self.name
 
-    def is_running(self, pid: int) -> bool:
+    def is_running(self, pid: int, written_at: float | None = None) -> bool:
         """``pid`` is alive and is this daemon (not a foreign process that reused the pid).
 
-        When /proc hides the process (another user's, under ``hidepid``) the pid counts as ours:
-        better to refuse a start than to run the daemon twice.
+        A process with this command line under a daemon command is this daemon. A look-alike (a
+        ``stop`` or ``status`` client has the same module, home and name) is ours only if it
+        existed when the pid file was written at ``written_at`` (its mtime): created later, it
+        got the pid by reuse. The start time is not asked of a daemon: a wall clock stepped
+        forward (NTP at boot) would make it look younger than its file.
+        When psutil cannot see the process (another user's, under ``hidepid``) the pid counts as
+        ours: better to refuse a start than to run the daemon twice.
         """
         if not is_alive(pid):
             return False
-        if not Path(f"/proc/{pid}").exists():
+        proc = _process(pid)
+        if proc is None:
             return True
-        return self.matches(cmdline(pid))
+        argv = cmdline(pid)
+        if not self.matches(argv):
+            return False
+        if written_at is None or DAEMON_COMMANDS.intersection(argv):
+            return True
+        try:
+            return proc.create_time() <= written_at + PID_FILE_SLACK_S
+        except psutil.Error:
+            return False
 
 
 class DaemonProcess(NamedTuple):
@@ -158,7 +199,7 @@ class DaemonProcess(NamedTuple):
 
 
 def find_daemon_processes(home: Path, module_prefix: str = DAEMON_MODULE_PREFIX) -> list[DaemonProcess]:
-    """Every daemon process of the install at ``home``, found by scanning /proc/*/cmdline.
+    """Every daemon process of the install at ``home``, found by their command lines.
 
     A process counts when it runs a module under ``module_prefix``, with ``--home`` naming this
     install, under a daemon command (start, run, restart): a concurrent ``stop`` or ``status``
@@ -166,12 +207,9 @@ def find_daemon_processes(home: Path, module_prefix: str = DAEMON_MODULE_PREFIX)
     """
     found = []
     me = os.getpid()
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit() or int(entry.name) == me:
-            continue
-        pid = int(entry.name)
-        argv = cmdline(pid)
-        if not argv:
+    for proc in psutil.process_iter(["cmdline"]):
+        pid, argv = proc.pid, proc.info["cmdline"]
+        if not argv or pid == me:
             continue
         modules = [a for a in argv if a.startswith(module_prefix) and len(a) > len(module_prefix)]
         home_arg = _option(argv, "--home")
@@ -211,8 +249,22 @@ class DaemonState:
 def pid_file_for(layout: Layout, daemon: str, name: str,
                  module_prefix: str = DAEMON_MODULE_PREFIX) -> PidFile:
     """The pid file of one instance, checked against that daemon's command line."""
-    ident = Identity(module_prefix + daemon, layout.home, name)
-    return PidFile(layout.pid_file(daemon, name), ident.is_running)
+    return checked_pid_file(layout.pid_file(daemon, name), Identity(module_prefix + daemon, layout.home, name))
+
+
+def checked_pid_file(path: Path, ident: Identity) -> PidFile:
+    """A pid file whose pid is running when it is ``ident``'s process (see ``Identity.is_running``:
+    the file's mtime tells a look-alike that reused the pid from the process that wrote it)."""
+    path = Path(path)
+
+    def is_running(pid: int) -> bool:
+        try:
+            written_at = path.stat().st_mtime
+        except OSError:  # gone meanwhile: only the command line is left to tell
+            written_at = None
+        return ident.is_running(pid, written_at)
+
+    return PidFile(path, is_running)
 
 
 def daemon_states(layout: Layout, module_prefix: str = DAEMON_MODULE_PREFIX) -> list[DaemonState]:
@@ -232,24 +284,13 @@ def daemon_states(layout: Layout, module_prefix: str = DAEMON_MODULE_PREFIX) -> 
 
 # --- stopping ----------------------------------------------------------------------------------
 
-def children_map() -> dict[int, list[int]]:
-    kids: dict[int, list[int]] = {}
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            st = stat(int(entry.name))
-            if st is not None:
-                kids.setdefault(st.ppid, []).append(int(entry.name))
-    return kids
-
-
 def descendants(pid: int) -> list[int]:
     """Children, grandchildren... of ``pid`` now (once it dies they are reparented and lost)."""
-    kids, out, todo = children_map(), [], [pid]
-    while todo:
-        for child in kids.get(todo.pop(), ()):
-            out.append(child)
-            todo.append(child)
-    return out
+    proc = _process(pid)
+    try:
+        return [p.pid for p in proc.children(recursive=True)] if proc is not None else []
+    except psutil.Error:
+        return []
 
 
 def owned_group(pid: int) -> int | None:
@@ -270,23 +311,25 @@ def owned_group(pid: int) -> int | None:
 
 
 class _Target:
-    """One process being stopped, pinned by its start time so a reused pid is never signalled."""
+    """One process being stopped, pinned by psutil (pid and start time), so a reused pid is never
+    signalled. A process psutil cannot see is never signalled either."""
 
     def __init__(self, pid: int):
         self.pid = pid
-        st = stat(pid)
-        self.start_ticks = st.start_ticks if st else None
+        self.proc = _process(pid)
 
     def alive(self) -> bool:
-        st = stat(self.pid)
-        return (st is not None and st.start_ticks == self.start_ticks and st.state not in ("Z", "X")
-                and is_alive(self.pid))
+        try:
+            return (self.proc is not None and self.proc.is_running()
+                    and self.proc.status() not in _GONE)
+        except psutil.Error:
+            return False
 
     def signal(self, signum: int) -> None:
         if self.alive():
             try:
-                os.kill(self.pid, signum)
-            except ProcessLookupError:
+                self.proc.send_signal(signum)  # refuses a pid reused since alive() looked
+            except psutil.NoSuchProcess:
                 pass
 
 

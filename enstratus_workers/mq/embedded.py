@@ -30,6 +30,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
+from enstratus_workers.daemon import procs
 from enstratus_workers.errors import ConnectionClosed, PublishError
 from enstratus_workers.mq import embedded_dead
 from enstratus_workers.mq.base import (MAX_REASON_CHARS, Consumer, DeadLetter, Delivery, OutgoingMessage,
@@ -54,32 +55,11 @@ class EmbeddedTag:
     row: int
 
 
-def _process_started(pid: int) -> str | None:
-    """The start time of a process (Linux ``/proc``), so a recycled pid is not taken for alive."""
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as f:
-            stat = f.read()
-    except OSError:
-        return None
-    # the command name may hold spaces and parentheses: fields count from the last ')'
-    return stat[stat.rindex(b")") + 2:].split()[19].decode()
-
-
-def _process_alive(pid: int, started: str | None) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        pass  # someone else's process: it exists
-    return started is None or _process_started(pid) in (None, started)
-
-
 def _reclaim(conn: sqlite3.Connection, now: float, host: str) -> int:
     """Return to ``ready`` what dead consumers held; drop their rows. Returns the count released."""
     consumers = conn.execute("SELECT id, host, pid, started, heartbeat_until FROM consumers").fetchall()
     dead = [cid for cid, chost, pid, started, until in consumers
-            if until < now or (chost == host and not _process_alive(pid, started))]
+            if until < now or (chost == host and not procs.is_same_process(pid, started))]
     expired = conn.execute("SELECT 1 FROM messages WHERE state = 'unacked' AND "
                            "(lease_until < ? OR consumer NOT IN (SELECT id FROM consumers)) LIMIT 1",
                            (now,)).fetchone()
@@ -251,7 +231,7 @@ class EmbeddedConsumer(Consumer):
             with _Transaction(self._conn) as conn:
                 conn.execute("INSERT INTO consumers (id, host, pid, started, queues, heartbeat_until) "
                              "VALUES (?, ?, ?, ?, ?, ?)",
-                             (self.id, self.host, os.getpid(), _process_started(os.getpid()),
+                             (self.id, self.host, os.getpid(), procs.start_ticks(os.getpid()),
                               json.dumps(queues), time.time() + self.lease))
         except sqlite3.Error as exc:
             self._conn.close()
