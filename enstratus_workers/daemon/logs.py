@@ -3,6 +3,13 @@
 The runner makes one ``DaemonLog`` in the daemon process. ``reopen`` is called from the runner's
 signal-watcher thread (never from the signal handler itself), under the handler's lock so no
 record is written half to the old file and half to the new one.
+
+Records are one line each whatever they carry: names that reach a log (actions, queues, job
+arguments, error texts) come from users, and a newline in one would forge a line that a reader
+or a log shipper takes for the service's own, an ESC sequence would colour or rewrite the
+operator's terminal. ``EscapingFormatter`` therefore writes every control character of a
+record's line as a visible escape (see ``escape``); a traceback keeps its own line breaks, but
+the exception messages in it are escaped the same way.
 """
 
 from __future__ import annotations
@@ -11,11 +18,71 @@ import logging
 import os
 import sys
 import threading
+import traceback
 from pathlib import Path
 
 log = logging.getLogger(__name__)
 
 FORMAT = "%(asctime)s %(levelname)s %(name)s [%(process)d] %(message)s"
+
+_NAMED = {"\n": "\\n", "\r": "\\r", "\t": "\\t"}
+
+
+def _escape_table() -> dict[int, str]:
+    table = {}
+    # C0 and DEL, C1, the Unicode line and paragraph separators, and lone surrogates (which a
+    # UTF-8 log file cannot even hold: the record would be lost to an encoding error)
+    for code in (*range(0x20), *range(0x7F, 0xA0), 0x2028, 0x2029, *range(0xD800, 0xE000)):
+        char = chr(code)
+        table[code] = _NAMED.get(char) or (f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}")
+    return table
+
+
+_ESCAPES = _escape_table()
+
+
+def escape(text: str) -> str:
+    """``text`` on one line with nothing a terminal acts on: LF as ``\\n``, CR ``\\r``, tab
+    ``\\t``, other C0/C1 controls and DEL as ``\\xNN``, U+2028/U+2029 and lone surrogates as
+    ``\\uNNNN``. Printable text, non-ASCII letters included, is left as it is."""
+    return text.translate(_ESCAPES)
+
+
+class EscapingFormatter(logging.Formatter):
+    """A Formatter whose every record is one line (message, arguments, logger and thread names
+    escaped), followed by its traceback, if any, whose exception messages are escaped too."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        # another handler's Formatter may have cached its unescaped traceback on the record
+        cached, record.exc_text = record.exc_text, None if record.exc_info else record.exc_text
+        try:
+            return super().format(record)
+        finally:
+            record.exc_text = cached
+
+    def formatMessage(self, record: logging.LogRecord) -> str:
+        return escape(super().formatMessage(record))
+
+    def formatException(self, ei) -> str:
+        te = traceback.TracebackException(*ei, compact=True)
+        own = set()
+        pending, seen = [te], set()
+        while pending:  # every exception of the chain, groups included, each once
+            t = pending.pop()
+            if id(t) in seen:
+                continue
+            seen.add(id(t))
+            own.update(t.format_exception_only())
+            pending.extend(x for x in (t.__cause__, t.__context__, *(getattr(t, "exceptions", None) or ()))
+                           if x is not None)
+        text = "".join(_escape_line(part) if part in own else part for part in te.format())
+        return text[:-1] if text.endswith("\n") else text
+
+
+def _escape_line(part: str) -> str:
+    """An exception's ``Type: message`` line, escaped but for the newline that ends it."""
+    body, end = (part[:-1], "\n") if part.endswith("\n") else (part, "")
+    return escape(body) + end
 
 
 class ReopeningFileHandler(logging.FileHandler):
@@ -49,7 +116,7 @@ class DaemonLog:
     def __init__(self, path: Path, *, to_stderr: bool, redirect_stdio: bool, level: str = "INFO"):
         path.parent.mkdir(parents=True, exist_ok=True)
         self.path = path
-        formatter = logging.Formatter(FORMAT)
+        formatter = EscapingFormatter(FORMAT)
         self.file_handler = ReopeningFileHandler(path, redirect_stdio=redirect_stdio)
         self.handlers: list[logging.Handler] = [self.file_handler]
         if to_stderr:
