@@ -13,6 +13,7 @@ import sys
 from datetime import datetime, timezone
 from pathlib import Path
 
+from .daemon.logs import escape
 from .errors import EXIT_NOT_CONFIGURED, ConfigError, EnstratusError
 from .layout import Layout
 
@@ -36,7 +37,14 @@ def _dbs(args, settings):
 
 
 def _print(args, data, text: str) -> None:
-    print(json.dumps(data, indent=2, default=str) if args.json else text)
+    """JSON (escapes of its own), or the text with the control characters of every line escaped:
+    names and errors come from users, and must neither forge a line nor drive the terminal."""
+    print(json.dumps(data, indent=2, default=str) if args.json else
+          "\n".join(escape(line) for line in text.split("\n")))
+
+
+def _error(message) -> None:
+    print(f"enstratus-workers: {escape(str(message))}", file=sys.stderr)
 
 
 def _ts(ms) -> str:
@@ -78,7 +86,7 @@ def cmd_submit(args) -> int:
                                   idempotency_key=args.idempotency_key, max_attempts=args.max_attempts,
                                   registry=default_registry())
         except SubmitError as exc:
-            print(f"enstratus-workers: {exc}", file=sys.stderr)
+            _error(exc)
             return EXIT_USAGE
         if not args.wait:
             note = "" if created else " (already submitted with this idempotency key)"
@@ -99,7 +107,7 @@ def cmd_job(args) -> int:
     try:
         job = dbs.jobs.get(args.job_id)
         if job is None:
-            print(f"enstratus-workers: no job {args.job_id}", file=sys.stderr)
+            _error(f"no job {args.job_id}")
             return EXIT_FAILED
         data = job.as_dict()
         data["events"] = [e.__dict__ for e in dbs.events.for_job(job.job_id)]
@@ -191,7 +199,7 @@ def cmd_dead_retry(args) -> int:
     from .mq import open_transport
 
     if not args.all and not args.job_ids:
-        print("enstratus-workers: name the jobs to retry, or --all", file=sys.stderr)
+        _error("name the jobs to retry, or --all")
         return EXIT_USAGE
     settings = _settings(args)
     dbs = _dbs(args, settings)
@@ -216,10 +224,21 @@ def cmd_monitor(args) -> int:
 
 
 def cmd_config_check(args) -> int:
-    from .config import describe
+    """Every file any daemon reads, with that daemon's reader: all problems, then exit 6."""
+    from .config import check_config, describe, load_settings
 
-    settings = _settings(args)   # a ConfigError is reported by main()
-    _print(args, describe(settings), f"configuration OK ({_layout(args).classes_dir})")
+    layout = _layout(args)
+    problems = check_config(layout)
+    if problems:
+        if args.json:
+            print(json.dumps({"ok": False, "problems": [
+                {"file": str(p.file) if p.file is not None else None, "key": p.key, "line": p.line,
+                 "reason": p.reason} for p in problems]}, indent=2))
+        for p in problems:
+            _error(f"configuration error: {p}")
+        return EXIT_NOT_CONFIGURED
+    _print(args, {"ok": True, "settings": describe(load_settings(layout))},
+           f"configuration OK ({layout.classes_dir}, {layout.km_dir / 'classes'})")
     return 0
 
 
@@ -298,10 +317,10 @@ def main(argv=None) -> int:
     try:
         return args.func(args)
     except ConfigError as exc:
-        print(f"enstratus-workers: configuration error: {exc}", file=sys.stderr)
+        _error(f"configuration error: {exc}")
         return EXIT_NOT_CONFIGURED
     except EnstratusError as exc:
-        print(f"enstratus-workers: {exc}", file=sys.stderr)
+        _error(exc)
         return EXIT_FAILED
     except KeyboardInterrupt:
         return 130

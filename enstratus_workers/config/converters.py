@@ -17,13 +17,15 @@ import re
 from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import ArgumentError
 
+from enstratus_workers.config import limits
+
 _TRUE = frozenset({"true", "yes", "on", "1"})
 _FALSE = frozenset({"false", "no", "off", "0"})
 # ASCII digits only: int() would also take "1_000" and non-ASCII digits, which no operator means.
 _INT = re.compile(r"[+-]?[0-9]+")
 _FLOAT = re.compile(r"[+-]?(?:[0-9]+\.?[0-9]*|\.[0-9]+)(?:[eE][+-]?[0-9]+)?")
-NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_-]*")
-QUEUE = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.:-]{0,199}")
+NAME = limits.TYPE_NAME
+QUEUE = limits.QUEUE_NAME
 DB_SCHEMES = ("sqlite", "mysql+pymysql")
 _URL_SECRET_PARAMS = frozenset({"password", "passwd"})
 
@@ -87,7 +89,7 @@ def comma_list(text: str) -> tuple[str, ...]:
 
 
 def names(text: str, what: str, pattern: re.Pattern = NAME,
-          allowed: str = "letters, digits, '_' and '-'") -> tuple[str, ...]:
+          allowed: str = limits.TYPE_RULE) -> tuple[str, ...]:
     """A comma list of identifiers (worker types, queues), non-empty and without repeats."""
     items = comma_list(text)
     if not items:
@@ -103,7 +105,7 @@ def names(text: str, what: str, pattern: re.Pattern = NAME,
 
 
 def queue_names(text: str) -> tuple[str, ...]:
-    return names(text, "queue", QUEUE, "letters, digits, '_', '-', '.' and ':', at most 200")
+    return names(text, "queue", QUEUE, limits.QUEUE_RULE)
 
 
 def non_empty(text: str) -> str:

@@ -16,7 +16,9 @@ from __future__ import annotations
 import json
 import re
 
+from enstratus_workers import strictjson
 from enstratus_workers.config import converters as conv
+from enstratus_workers.config import limits
 from enstratus_workers.config.propfile import PropFile
 from enstratus_workers.config.settings import Schedule, WorkerSettings
 
@@ -41,7 +43,7 @@ def accounts(text: str) -> tuple[str, ...]:
 
 def interval(text: str) -> float:
     """Seconds between a schedule's jobs: 0 turns the schedule off; below 1 s is a typo."""
-    value = conv.number(text, lo=0)
+    value = conv.number(text, *limits.RANGES["schedule.interval"])
     if 0 < value < 1:
         raise ValueError(f"{value:g} is out of range: must be 0 (off) or at least 1 second")
     return value
@@ -53,9 +55,9 @@ def arguments(text: str) -> str:
     if not word:
         return "{}"
     try:
-        value = json.loads(word)
+        value = strictjson.loads(word)
     except ValueError as exc:
-        raise ValueError(f"is not JSON: {exc}") from None
+        raise ValueError(f"is not strict JSON: {exc}") from None
     if not isinstance(value, dict):
         raise ValueError('must be a JSON object, e.g. {"full": true}')
     if "account" in value:
@@ -84,9 +86,9 @@ def read_schedules(f: PropFile) -> tuple[Schedule, ...]:
     schedules = []
     for action, keys in written.items():
         base = defaults.get(action) or Schedule(action, 0.0)
-        if not conv.QUEUE.fullmatch(action):
-            f.error(f"{action!r} is not a valid action name (letters, digits, '_', '-', '.' and "
-                    "':', at most 200)", keys[0], f.line(keys[0]))
+        if not limits.ACTION_NAME.fullmatch(action):
+            f.error(f"{action!r} is not a valid action name ({limits.ACTION_RULE})",
+                    keys[0], f.line(keys[0]))
             continue
         interval_key = f"schedule.{action}.interval"
         if action not in defaults and interval_key not in f.entries:

@@ -8,7 +8,7 @@ from functools import partial
 from pathlib import Path
 
 from enstratus_workers.config import converters as conv
-from enstratus_workers.config import schedule_keys
+from enstratus_workers.config import limits, schedule_keys
 from enstratus_workers.config.problems import did_you_mean, raise_all
 from enstratus_workers.config.propfile import Prop, PropFile
 from enstratus_workers.config.settings import WorkerSettings, WorkerType
@@ -23,26 +23,36 @@ def _single_queue(text: str) -> str:
     return queues[0]
 
 
-_POSITIVE = partial(conv.number, lo=0, lo_open=True)
+def _ranged(key: str, kind: str = "integer", lo_open: bool = False):
+    """The converter of ``key``, bounded as ``limits.RANGES`` has it (one table for every door)."""
+    lo, hi = limits.RANGES[key]
+    if kind == "integer":
+        return partial(conv.integer, lo=lo, hi=hi)
+    return partial(conv.number, lo=lo, hi=hi, lo_open=lo_open)
+
+
+def _prop(key: str, field: str, kind: str = "integer", lo_open: bool = False) -> Prop:
+    return Prop(key, field, _ranged(key, kind, lo_open))
+
 
 PROPS = (
     Prop("provisioning.url", "provisioning_url", conv.db_url, secret=True, url=True),
     Prop("analytics.url", "analytics_url", conv.db_url, secret=True, url=True),
     Prop("worker.default_queue", "default_queue", _single_queue),
-    Prop("action.time_limit", "time_limit", _POSITIVE),
-    Prop("action.max_attempts", "max_attempts", partial(conv.integer, lo=1)),
-    Prop("worker.max_tasks_per_child", "max_tasks_per_child", partial(conv.integer, lo=0)),
-    Prop("worker.max_memory_mb", "max_memory_mb", partial(conv.integer, lo=0)),
-    Prop("worker.grace_period", "grace_period", partial(conv.number, lo=0)),
-    Prop("publisher.poll_interval", "publisher_poll_interval", _POSITIVE),
-    Prop("publisher.batch", "publisher_batch", partial(conv.integer, lo=1)),
-    Prop("subscriber.record_batch", "record_batch", partial(conv.integer, lo=1)),
-    Prop("subscriber.record_interval", "record_interval", partial(conv.number, lo=0)),
-    Prop("pinger.heartbeat_interval", "heartbeat_interval", _POSITIVE),
-    Prop("pinger.guest_interval", "guest_interval", _POSITIVE),
-    Prop("pinger.guest_misses", "guest_misses", partial(conv.integer, lo=1)),
-    Prop("pinger.guest_concurrency", "guest_concurrency", partial(conv.integer, lo=1, hi=20000)),
-    Prop("pinger.guest_timeout", "guest_timeout", _POSITIVE),
+    _prop("action.time_limit", "time_limit", "number", lo_open=True),
+    _prop("action.max_attempts", "max_attempts"),
+    _prop("worker.max_tasks_per_child", "max_tasks_per_child"),
+    _prop("worker.max_memory_mb", "max_memory_mb"),
+    _prop("worker.grace_period", "grace_period", "number"),
+    _prop("publisher.poll_interval", "publisher_poll_interval", "number", lo_open=True),
+    _prop("publisher.batch", "publisher_batch"),
+    _prop("subscriber.record_batch", "record_batch"),
+    _prop("subscriber.record_interval", "record_interval", "number"),
+    _prop("pinger.heartbeat_interval", "heartbeat_interval", "number", lo_open=True),
+    _prop("pinger.guest_interval", "guest_interval", "number", lo_open=True),
+    _prop("pinger.guest_misses", "guest_misses"),
+    _prop("pinger.guest_concurrency", "guest_concurrency"),
+    _prop("pinger.guest_timeout", "guest_timeout", "number", lo_open=True),
     Prop(schedule_keys.ACCOUNTS_KEY, "schedule_accounts", schedule_keys.accounts),
 )
 TYPES_KEY = "worker.types"
@@ -57,8 +67,8 @@ def _type_defaults() -> dict[str, WorkerType]:
 def _read_type(f: PropFile, name: str, defaults: dict[str, WorkerType]) -> WorkerType:
     base = defaults.get(name) or WorkerType(name, (name,))
     queues = f.get(f"worker.{name}.queues", conv.queue_names, base.queues)
-    low = f.get(f"worker.{name}.min", partial(conv.integer, lo=0), base.min)
-    high = f.get(f"worker.{name}.max", partial(conv.integer, lo=1), base.max)
+    low = f.get(f"worker.{name}.min", _ranged("worker.min"), base.min)
+    high = f.get(f"worker.{name}.max", _ranged("worker.max"), base.max)
     return WorkerType(name, queues, low, high)
 
 

@@ -96,7 +96,7 @@ def test_settings_are_immutable(layout):
 def test_every_file_sets_its_fields(layout):
     write(layout, "mq.cfg", "transport = amqp\nhost = mq1\nport = 5671\nssl = yes\nqueue_type = quorum\n"
                             "password = 's3cr,et'\nembedded_path = /var/q.sqlite\n", 0o600)
-    write(layout, "enstratus-km-client.cfg", "host = km\nport = 3000\ntimeout = 1.5\nretries = 0\nssl = on\n")
+    write(layout, "enstratus-km-client.cfg", "host = km\nport = 3000\ntimeout = 1.5\nretries = 0\nssl = off\n")
     write(layout, "worker.properties", "worker.types = default, launcher\nworker.launcher.queues = launch, sync\n"
                                        "worker.launcher.max = 4\naction.time_limit = 1e2\n"
                                        "worker.default_queue = sync\n")
@@ -105,7 +105,7 @@ def test_every_file_sets_its_fields(layout):
     s = load_settings(layout)
     assert (s.mq.transport, s.mq.host, s.mq.port, s.mq.ssl, s.mq.queue_type) == ("amqp", "mq1", 5671, True, "quorum")
     assert s.mq.password == Secret("s3cr,et") and s.mq.embedded_path == Path("/var/q.sqlite")
-    assert s.km_client == KMClientSettings("km", 3000, 1.5, 0, True, source=s.km_client.source)
+    assert s.km_client == KMClientSettings("km", 3000, 1.5, 0, False, source=s.km_client.source)
     assert s.worker.types == (WorkerType("default", ("default",), 2, 2),
                               WorkerType("launcher", ("launch", "sync"), 1, 4))
     assert (s.worker.time_limit, s.worker.default_queue) == (100.0, "sync")
@@ -131,12 +131,12 @@ BAD = [
     ("worker.properties", "provisioning.url = postgresql://h/db\n", "provisioning.url", 1,
      "sqlite:// or mysql+pymysql://"),
     ("worker.properties", "analytics.url = mysql+pymysql://h\n", "analytics.url", 1, "names no database"),
-    ("worker.properties", "action.max_attempts = 0\n", "action.max_attempts", 1, "at least 1"),
+    ("worker.properties", "action.max_attempts = 0\n", "action.max_attempts", 1, "between 1 and 100"),
     ("worker.properties", "action.time_limit = nan\n", "action.time_limit", 1, "not a number"),
-    ("worker.properties", "worker.max_memory_mb = -1\n", "worker.max_memory_mb", 1, "at least 0"),
+    ("worker.properties", "worker.max_memory_mb = -1\n", "worker.max_memory_mb", 1, "between 0 and 16777216"),
     ("worker.properties", "publisher.batchsize = 5\n", "publisher.batchsize", 1, "did you mean 'publisher.batch'"),
     ("worker.properties", "worker.default.min = 3\n", "worker.default.min", 1, "greater than worker.default.max"),
-    ("worker.properties", "worker.default.max = 0\n", "worker.default.max", 1, "at least 1"),
+    ("worker.properties", "worker.default.max = 0\n", "worker.default.max", 1, "between 1 and 256"),
     ("worker.properties", "\nworker.default.max = 1\n", "worker.default.max", 2, "min (2) is greater than"),
     ("worker.properties", "worker.launcher.min = 1\n", "worker.launcher.min", 1, "not listed in worker.types"),
     ("worker.properties", "worker.types = a, a\nworker.a.min = 1\n", "worker.types", 1, "listed twice"),
@@ -360,7 +360,7 @@ NEW_BAD = [
     ("schedule.server.sync.queue = elsewhere\n", "schedule.server.sync.queue", 1, "not consumed by any"),
     ("schedule.a/b.interval = 5\n", "schedule.a/b.interval", 1, "not a valid action name"),
     (f"schedule.accounts = 1, {'x' * 101}\n", "schedule.accounts", 1, "not a usable account id"),
-    ("pinger.guest_misses = 0\n", "pinger.guest_misses", 1, "at least 1"),
+    ("pinger.guest_misses = 0\n", "pinger.guest_misses", 1, "between 1 and 1000"),
     ("pinger.guest_concurrency = 0\n", "pinger.guest_concurrency", 1, "between 1 and 20000"),
     ("pinger.guest_interval = 0\n", "pinger.guest_interval", 1, "greater than 0"),
     ("pinger.guest_timeout = 10\n", "pinger.guest_timeout", 1, "must be less than pinger.guest_interval"),
