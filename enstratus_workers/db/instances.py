@@ -18,6 +18,10 @@ Tables (the "admin" component, with its own row in ``enstratus_schema_version``)
 Every change is one transaction that reads what it checks under the write lock (BEGIN IMMEDIATE
 on SQLite, ``FOR UPDATE`` on MySQL), so two operators cannot both pass a check that only one
 of their changes may pass (e.g. deleting a queue while another makes an instance consume it).
+
+Worker-type and queue names are identities: ``Tasks``, ``tasks`` and ``tasks `` are three names
+on every database (``IdentityString``; schema version 2 migrates a MySQL database of version 1,
+whose default collation took them for one).
 """
 
 from __future__ import annotations
@@ -27,14 +31,17 @@ from typing import Iterable, Sequence
 
 import sqlalchemy as sa
 
+# MAX_PROCESSES: most processes one instance may ask for; from the one table of limits, so
+# worker.properties and the admin API (which imports it from here) agree
+from ..config.limits import MAX_PROCESSES, NAME_MAX
 from ..config.settings import WorkerType
 from ..errors import DatabaseError, EnstratusError
+from .identity import IdentityString, make_exact
 from .jobs import now_ms
 
 COMPONENT = "admin"
-SCHEMA_VERSION = 1
-#: most worker processes one instance may ask for: a typo must not fork a thousand processes
-MAX_PROCESSES = 256
+#: 1: the tables; 2: their name columns compare byte for byte (``_migrate_to_2``)
+SCHEMA_VERSION = 2
 SINCE_KEY = "jobs.stats.since_ms"
 SEEDED_KEY = "instances.seeded_ms"
 
@@ -45,7 +52,7 @@ _ID = sa.BigInteger().with_variant(sa.Integer(), "sqlite")
 instances = sa.Table(
     "enstratus_worker_instance", metadata,
     sa.Column("instance_id", _ID, primary_key=True, autoincrement=True),
-    sa.Column("type", sa.String(100), nullable=False, unique=True),
+    sa.Column("type", IdentityString(NAME_MAX), nullable=False, unique=True),
     sa.Column("min_processes", sa.Integer, nullable=False),
     sa.Column("max_processes", sa.Integer, nullable=False),
     sa.Column("enabled", sa.Boolean, nullable=False),
@@ -56,14 +63,14 @@ instances = sa.Table(
 instance_queues = sa.Table(
     "enstratus_worker_instance_queue", metadata,
     sa.Column("instance_id", sa.BigInteger, primary_key=True),
-    sa.Column("queue", sa.String(100), primary_key=True),
+    sa.Column("queue", IdentityString(NAME_MAX), primary_key=True),
     sa.Column("position", sa.Integer, nullable=False),
     sa.Index("ix_enstratus_worker_instance_queue_queue", "queue"),
 )
 
 declared_queues = sa.Table(
     "enstratus_admin_queue", metadata,
-    sa.Column("name", sa.String(100), primary_key=True),
+    sa.Column("name", IdentityString(NAME_MAX), primary_key=True),
     sa.Column("exchange", sa.String(200), nullable=True),
     sa.Column("routing_key", sa.String(200), nullable=True),
     sa.Column("created_ms", sa.BigInteger, nullable=False),
@@ -71,7 +78,7 @@ declared_queues = sa.Table(
 
 state = sa.Table(
     "enstratus_admin_state", metadata,
-    sa.Column("name", sa.String(100), primary_key=True),
+    sa.Column("name", IdentityString(100), primary_key=True),
     sa.Column("value", sa.String(200), nullable=False),
 )
 
@@ -129,8 +136,10 @@ class QueueEntry:
 
 
 def ensure_admin_schema(engine: sa.Engine) -> int:
-    """Create the admin tables if missing and record their version; refuse a newer schema."""
+    """Create the admin tables if missing, migrate older ones, record the version; refuse a newer
+    schema. Safe when several processes start at once (each step may be done twice)."""
     metadata.create_all(engine, checkfirst=True)
+    stored = None
     for _ in range(2):  # a second round if another process recorded the version meanwhile
         try:
             with engine.begin() as conn:
@@ -145,7 +154,21 @@ def ensure_admin_schema(engine: sa.Engine) -> int:
     if stored > SCHEMA_VERSION:
         raise DatabaseError(f"the admin tables have schema version {stored}, newer than this release "
                             f"understands ({SCHEMA_VERSION}); upgrade enstratus-workers")
+    if stored < 2:
+        _migrate_to_2(engine)
+        stored = 2
     return stored
+
+
+def _migrate_to_2(engine: sa.Engine) -> None:
+    """Version 1 declared the names plain VARCHARs: on MySQL/MariaDB they compared case-, accent-
+    and trailing-space-insensitively. Making them exact cannot create duplicates (only more
+    values become distinct); on SQLite they were exact already, so only the version changes."""
+    with engine.begin() as conn:
+        for table in (instances, instance_queues, declared_queues, state):
+            make_exact(conn, table)
+        conn.execute(versions.update().where(versions.c.component == COMPONENT,
+                                             versions.c.version < 2).values(version=2))
 
 
 def check_bounds(low: int, high: int) -> None:
