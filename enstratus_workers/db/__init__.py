@@ -12,10 +12,10 @@ from ..layout import Layout
 from .analytics import Event, EventStore
 from .engine import make_engine
 from .heartbeats import Heartbeat, HeartbeatStore
-from .jobs import Job, JobStore, NewJob, Outcome, Started, now_ms
+from .jobs import DeliveryRow, Job, JobStore, NewJob, Outcome, Started, now_ms
 from .schema import ensure_schema
 
-__all__ = ["Databases", "open_databases", "Job", "JobStore", "NewJob", "Outcome", "Started",
+__all__ = ["Databases", "open_databases", "DeliveryRow", "Job", "JobStore", "NewJob", "Outcome", "Started",
            "Event", "EventStore", "Heartbeat", "HeartbeatStore", "now_ms"]
 
 

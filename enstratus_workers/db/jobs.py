@@ -4,6 +4,28 @@ Writes on the hot path are batched: the publisher relays up to ``publisher.batch
 one transaction, and the subscriber records a whole batch of outcomes in one UPDATE. Every status
 change is guarded by the status it expects, so a redelivered or duplicated message can never
 overwrite an outcome that is already recorded.
+
+One owner per attempt. The row is the truth and a message only points at it, so who may write
+attempt *n* of a job is decided by the row alone:
+
+- Attempt *n* is **open** while the row reads ``pending`` or ``queued`` at ``attempts = n - 1``
+  (the outbox relays it as attempt *n*; the publisher marks it queued only after the broker
+  confirmed, so a delivery can arrive while it still reads pending). The first subscriber to
+  write a mark (``mark_started``) or an outcome (``record_outcomes``) for an open attempt owns
+  it: the row then carries ``attempts = n`` and ``owner`` = that subscriber process's token
+  (name, host, pid and a random part: a restarted process is a new owner).
+- Attempt *n* is **held** while the row reads ``running`` at ``attempts = n``: only its owner's
+  mark or outcome applies. Another subscriber may take it over (``take_over``: a compare-and-set
+  of the owner) only once the owner's heartbeat expired; so does stuck-job recovery, which makes
+  the row pending again at ``attempts = n``.
+- Anything else is **closed** for attempt *n*: an outcome recorded (terminal), a retry recorded
+  (``pending`` at ``attempts = n``: open for *n + 1* only), a later attempt. A closed attempt
+  takes no mark and no outcome.
+
+So two copies of one message (a publisher killed between publish and commit, a broker
+redelivery) cannot both record, and a stale owner that wakes up after a takeover or a recovery
+finds its writes refused. ``record_outcomes`` reads the rows back in the same transaction and
+returns the outcomes that took effect: only those get an analytics event.
 """
 
 from __future__ import annotations
@@ -41,6 +63,7 @@ class Job:
     worker: str | None
     result: str | None        # JSON text
     error: str | None
+    owner: str | None = None  # the subscriber process holding the current attempt
 
     def as_dict(self) -> dict:
         d = dict(self.__dict__)
@@ -82,6 +105,7 @@ class Started:
     attempt: int
     worker: str
     start_ms: int
+    owner: str = ""           # the subscriber process taking the attempt (module docstring)
 
 
 @dataclass(frozen=True)
@@ -96,6 +120,28 @@ class Outcome:
     end_ms: int
     result: str | None        # JSON text
     error: str | None
+    owner: str = ""           # the subscriber process that ran the attempt (module docstring)
+
+
+class DeliveryRow(NamedTuple):
+    """What the subscriber needs of a job's row to decide whether a delivery of it may run."""
+
+    job_id: int
+    action: str
+    arguments: str            # JSON text
+    status: str
+    attempts: int
+    max_attempts: int
+    owner: str | None
+
+    def verdict(self, attempt: int, me: str) -> str:
+        """``run`` (attempt open, or held by ``me``), ``foreign`` (held by another owner: it
+        may be taken over only once that owner's heartbeat expired) or ``stale`` (closed)."""
+        if self.status in (schema.PENDING, schema.QUEUED) and self.attempts == attempt - 1:
+            return "run"
+        if self.status == schema.RUNNING and self.attempts == attempt:
+            return "run" if self.owner == me else "foreign"
+        return "stale"
 
 
 _RECORD_CHUNK = 200  # rows per CASE-UPDATE: stays well under SQLite's bound-parameter limit
@@ -171,6 +217,29 @@ class JobStore:
         with self.engine.connect() as conn:
             return {r[0] for r in conn.execute(q)}
 
+    def delivery_rows(self, job_ids: Iterable[int]) -> dict[int, DeliveryRow]:
+        """The rows of these jobs, by id, in one query (the subscriber's check of a delivery
+        batch); a job without a row is absent. Ids must be ints (they are inlined)."""
+        ids = sorted({int(i) for i in job_ids})
+        found: dict[int, DeliveryRow] = {}
+        with self.engine.connect() as conn:
+            for chunk in _chunks(ids, 1000):
+                rows = conn.exec_driver_sql(
+                    "SELECT job_id, action, arguments, status, attempts, max_attempts, owner "
+                    f"FROM enstratus_job WHERE job_id IN ({', '.join(map(str, chunk))})").all()
+                found.update((r[0], DeliveryRow(*r)) for r in rows)
+        return found
+
+    def take_over(self, job_id: int, attempt: int, old_owner: str | None, new: Started) -> bool:
+        """Move a running attempt from ``old_owner`` (whose heartbeat expired) to ``new.owner``;
+        False if the row changed meanwhile (recorded, recovered, or taken by someone else)."""
+        same_owner = T.c.owner.is_(None) if old_owner is None else T.c.owner == old_owner
+        with self.engine.begin() as conn:
+            return bool(conn.execute(T.update().where(
+                T.c.job_id == job_id, T.c.status == schema.RUNNING, T.c.attempts == attempt,
+                same_owner).values(owner=new.owner, worker=new.worker,
+                                   start_timestamp=new.start_ms)).rowcount)
+
     # -- dead jobs -----------------------------------------------------------------------------
     def requeue_dead(self, job_ids: Sequence[int] | None, extra_attempts: int) -> list[Job]:
         """Give dead jobs (the named ones, or all) ``extra_attempts`` more and make them pending.
@@ -221,32 +290,42 @@ class JobStore:
 
     # -- recording (subscriber) ----------------------------------------------------------------
     def mark_started(self, started: Sequence[Started]) -> None:
-        """Mark jobs running, with attempt, worker and start time; terminal jobs are left alone."""
-        for chunk in _chunks(started, _RECORD_CHUNK):
+        """Mark jobs running, with attempt, worker, owner and start time, where the attempt is
+        open or already this owner's (module docstring); any other row is left alone."""
+        for chunk in _unique_chunks(started, _RECORD_CHUNK):
             with self.engine.begin() as conn:
                 _case_update(conn, chunk, {
                     "status": lambda s: schema.RUNNING, "attempts": lambda s: s.attempt,
-                    "worker": lambda s: s.worker, "start_timestamp": lambda s: s.start_ms})
+                    "worker": lambda s: s.worker, "owner": lambda s: s.owner,
+                    "start_timestamp": lambda s: s.start_ms})
 
-    def record_outcomes(self, outcomes: Sequence[Outcome]) -> None:
-        """Write the outcomes in as few statements as possible; an already-terminal job is kept.
+    def record_outcomes(self, outcomes: Sequence[Outcome]) -> list[Outcome]:
+        """Write the outcomes, one statement per chunk; return those that took effect.
 
+        An outcome applies only where its attempt is open or its owner's (module docstring):
+        never over a recorded outcome, a later attempt, or another owner's attempt. Which ones
+        applied is read back in the same transaction: the row then holds the outcome's attempt,
+        owner and end time (so a retried write of an outcome that did commit counts once).
         Raises ``DatabaseError`` if the database cannot be written: the caller must then keep the
         outcomes (and not ack their messages) and try again.
         """
+        applied: list[Outcome] = []
         try:
-            for chunk in _chunks(outcomes, _RECORD_CHUNK):
+            for chunk in _unique_chunks(outcomes, _RECORD_CHUNK):
                 with self.engine.begin() as conn:
                     _case_update(conn, chunk, {
                         "status": lambda o: o.status, "attempts": lambda o: o.attempt,
-                        "worker": lambda o: o.worker, "start_timestamp": lambda o: o.start_ms,
+                        "worker": lambda o: o.worker, "owner": lambda o: o.owner,
+                        "start_timestamp": lambda o: o.start_ms,
                         "end_timestamp": lambda o: o.end_ms, "result": lambda o: o.result,
                         "error": lambda o: o.error})
+                    now = {r[0]: tuple(r[1:]) for r in conn.exec_driver_sql(
+                        "SELECT job_id, attempts, owner, end_timestamp FROM enstratus_job "
+                        f"WHERE job_id IN ({', '.join(str(int(o.job_id)) for o in chunk)})")}
+                applied.extend(o for o in chunk if now.get(o.job_id) == (o.attempt, o.owner, o.end_ms))
         except sa.exc.SQLAlchemyError as exc:
             raise DatabaseError(f"could not record {len(outcomes)} outcomes: {type(exc).__name__}") from exc
-
-
-_ACTIVE_SQL = ", ".join(f"'{s}'" for s in schema.ACTIVE)
+        return applied
 
 
 def _case_update(conn, rows, columns: dict) -> None:
@@ -255,9 +334,10 @@ def _case_update(conn, rows, columns: dict) -> None:
     Raw SQL through the driver with positional parameters, the same statement on SQLite and
     MySQL (only the placeholder differs): the subscriber writes one of these every few ms, and
     SQLAlchemy's expression or text() construction costs more per row than the database does.
-    Job ids are integers from our own rows, inlined with ``%d``; every other value is a bound
-    parameter. Only active jobs are touched, so an outcome already recorded is never overwritten
-    by a duplicate delivery.
+    Job ids and attempts are integers from our own rows and messages, inlined with ``%d``; every
+    other value is a bound parameter. The WHERE is the ownership rule of the module docstring:
+    each row's attempt open (pending/queued one below it) or held by the writer (running at it,
+    same owner). Rows must have distinct job ids.
     """
     mark = "?" if conn.dialect.paramstyle == "qmark" else "%s"
     ids = [int(r.job_id) for r in rows]
@@ -267,12 +347,27 @@ def _case_update(conn, rows, columns: dict) -> None:
         params.extend(value_of(r) for r in rows)
         whens = " ".join(f"WHEN {i} THEN {mark}" for i in ids)
         sets.append(f"{column} = CASE job_id {whens} END")
-    # Never step back: a late duplicate of an earlier attempt must not overwrite a later one.
-    attempts = " ".join(f"WHEN {i} THEN {int(r.attempt)}" for i, r in zip(ids, rows))
+    attempt = "CASE job_id " + " ".join(f"WHEN {i} THEN {int(r.attempt)}" for i, r in zip(ids, rows)) + " END"
+    owner = "CASE job_id " + " ".join(f"WHEN {i} THEN {mark}" for i in ids) + " END"
+    params.extend(r.owner for r in rows)
     sql = (f"UPDATE enstratus_job SET {', '.join(sets)} "
-           f"WHERE job_id IN ({', '.join(map(str, ids))}) AND status IN ({_ACTIVE_SQL}) "
-           f"AND attempts <= CASE job_id {attempts} END")
+           f"WHERE job_id IN ({', '.join(map(str, ids))}) AND ("
+           f"(status IN ('{schema.PENDING}', '{schema.QUEUED}') AND attempts = {attempt} - 1) OR "
+           f"(status = '{schema.RUNNING}' AND attempts = {attempt} AND owner = {owner}))")
     conn.exec_driver_sql(sql, tuple(params))
+
+
+def _unique_chunks(items: Sequence, size: int):
+    """Chunks of at most ``size`` with no job id twice (a CASE takes one value per id): a
+    second item for a job goes to a later chunk, where the guard sees the first one's write."""
+    rest = list(items)
+    while rest:
+        seen, now, later = set(), [], []
+        for item in rest:
+            (later if item.job_id in seen else now).append(item)
+            seen.add(item.job_id)
+        yield from _chunks(now, size)
+        rest = later
 
 
 def _chunks(items: Sequence, size: int):

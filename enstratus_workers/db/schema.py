@@ -10,6 +10,8 @@ import sqlalchemy as sa
 from sqlalchemy.dialects import mysql
 
 from ..errors import DatabaseError
+from ..messages import MAX_ACTION_CHARS
+from .identity import IdentityString, make_exact
 
 # The statuses a job moves through (DESIGN.md): pending -> queued -> running -> terminal.
 PENDING, QUEUED, RUNNING = "pending", "queued", "running"
@@ -27,18 +29,20 @@ analytics = sa.MetaData()
 jobs = sa.Table(
     "enstratus_job", provisioning,
     sa.Column("job_id", _ID, primary_key=True, autoincrement=True),
-    sa.Column("action", sa.String(200), nullable=False),
+    sa.Column("action", IdentityString(MAX_ACTION_CHARS), nullable=False),
     sa.Column("arguments", _LONG_TEXT, nullable=False),
-    sa.Column("queue", sa.String(100), nullable=False),
+    sa.Column("queue", IdentityString(100), nullable=False),
     sa.Column("status", sa.String(16), nullable=False),
     sa.Column("attempts", sa.Integer, nullable=False, default=0),
     sa.Column("max_attempts", sa.Integer, nullable=False),
-    sa.Column("idempotency_key", sa.String(200), nullable=True, unique=True),
+    sa.Column("idempotency_key", IdentityString(200), nullable=True, unique=True),
     sa.Column("created_timestamp", sa.BigInteger, nullable=False),
     sa.Column("queued_timestamp", sa.BigInteger, nullable=True),
     sa.Column("start_timestamp", sa.BigInteger, nullable=True),
     sa.Column("end_timestamp", sa.BigInteger, nullable=True),
-    sa.Column("worker", sa.String(200), nullable=True),
+    sa.Column("worker", IdentityString(200), nullable=True),
+    # the subscriber process that holds the current attempt (see db/jobs.py: one owner per attempt)
+    sa.Column("owner", IdentityString(200), nullable=True),
     sa.Column("result", _LONG_TEXT, nullable=True),
     sa.Column("error", sa.Text, nullable=True),
     sa.Index("ix_enstratus_job_status", "status", "job_id"),
@@ -46,9 +50,9 @@ jobs = sa.Table(
 
 heartbeats = sa.Table(
     "enstratus_heartbeat", provisioning,
-    sa.Column("daemon", sa.String(32), primary_key=True),
-    sa.Column("name", sa.String(200), primary_key=True),
-    sa.Column("host", sa.String(200), primary_key=True),
+    sa.Column("daemon", IdentityString(32), primary_key=True),
+    sa.Column("name", IdentityString(200), primary_key=True),
+    sa.Column("host", IdentityString(200), primary_key=True),
     sa.Column("pid", sa.Integer, nullable=False),
     sa.Column("started_ms", sa.BigInteger, nullable=False),
     sa.Column("beat_ms", sa.BigInteger, nullable=False),
@@ -100,13 +104,23 @@ versions_provisioning = _version_table(provisioning)
 versions_analytics = _version_table(analytics)
 
 COMPONENTS = {
-    "provisioning": (provisioning, versions_provisioning, 1),
+    "provisioning": (provisioning, versions_provisioning, 2),
     "analytics": (analytics, versions_analytics, 2),
 }
 
-# component -> {from_version: callable(connection)} upgrading one step; empty until a change needs it.
+
+
+def _provisioning_1_to_2(conn: sa.Connection) -> None:
+    """Jobs get an ``owner`` (one subscriber per attempt); identities compare byte for byte."""
+    owner = jobs.c.owner.type.compile(dialect=conn.dialect)
+    conn.exec_driver_sql(f"ALTER TABLE enstratus_job ADD COLUMN owner {owner} NULL")
+    make_exact(conn, jobs)
+    make_exact(conn, heartbeats)
+
+
+# component -> {from_version: callable(connection)} upgrading one step.
 MIGRATIONS: dict[str, dict[int, object]] = {
-    "provisioning": {},
+    "provisioning": {1: _provisioning_1_to_2},
     # 1 -> 2 added enstratus_server_event; create_all above has already created it.
     "analytics": {1: lambda conn: None},
 }
