@@ -6,42 +6,80 @@ is validated the same way. A job is never written to the queue here: the publish
 
 from __future__ import annotations
 
-import json
 import time
 
+from . import strictjson
+from .config import limits
 from .db import Databases, Job, NewJob
 from .errors import EnstratusError
 
 WAIT_POLL_S = 0.05
 
 
-class SubmitError(EnstratusError):
-    """The job cannot be stored at all (its arguments are not JSON, its queue is unknown)."""
+class SubmitError(EnstratusError, ValueError):
+    """The job cannot be stored at all: its arguments are not strict JSON, its queue or action
+    name is not a valid name or not configured, its attempts are out of range. A ValueError,
+    so Python callers can treat it as the bad input it is."""
 
 
-def new_job(settings, action: str, arguments: str | None = None, queue: str | None = None,
+def _shown(text: str) -> str:
+    """A name quoted for a message, on one line whatever it holds (it is the caller's input)."""
+    return ascii(text if len(text) <= 60 else text[:57] + "...")
+
+
+def _arguments_text(arguments) -> str:
+    """The arguments as strict JSON text: no NaN/Infinity, no lone surrogates, nothing that a
+    reader of the row (another language, the admin API) could not read back."""
+    if arguments is None:
+        return "{}"
+    try:
+        if isinstance(arguments, str):
+            strictjson.loads(arguments)
+            return arguments  # kept as written: the caller's spelling is what the job shows
+        return strictjson.dumps(arguments)
+    except strictjson.NotStrictJSON as exc:
+        raise SubmitError(f"the arguments are not strict JSON: {exc}") from None
+
+
+def _attempts(value, where: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= limits.MAX_ATTEMPTS:
+        raise SubmitError(f"{where} must be an integer between 1 and {limits.MAX_ATTEMPTS}, "
+                          f"not {_shown(str(value))}")
+    return value
+
+
+def new_job(settings, action: str, arguments=None, queue: str | None = None,
             *, idempotency_key: str | None = None, max_attempts: int | None = None,
             registry=None) -> NewJob:
-    """Validate and build a job. Arguments must be JSON text; whether they are an *object* is the
-    worker's to judge (a job with other JSON is stored and fails with the reason, visibly)."""
-    if not action or len(action) > 200:
-        raise SubmitError("the action name must be 1 to 200 characters")
-    text = "{}" if arguments is None else arguments
-    try:
-        json.loads(text)
-    except ValueError as exc:
-        raise SubmitError(f"--args is not valid JSON: {exc}") from None
+    """Validate and build a job; ``SubmitError`` (a ValueError) says what is wrong.
+
+    ``arguments`` is JSON text (kept as written) or a JSON-able value; either way it must be
+    strict JSON. Whether it is an *object* is the worker's to judge (a job with other JSON is
+    stored and fails with the reason, visibly).
+    """
+    if not isinstance(action, str) or not limits.ACTION_NAME.fullmatch(action):
+        raise SubmitError(f"invalid action name {_shown(str(action))}: use {limits.ACTION_RULE}")
+    text = _arguments_text(arguments)
     queue = queue or settings.worker.default_queue
+    if not isinstance(queue, str) or not limits.QUEUE_NAME.fullmatch(queue):
+        raise SubmitError(f"invalid queue name {_shown(str(queue))}: use {limits.QUEUE_RULE}")
     if queue not in settings.worker.all_queues:
-        raise SubmitError(f"unknown queue '{queue}'; configured: {', '.join(settings.worker.all_queues)}")
-    if max_attempts is None and registry is not None and action in registry:
+        raise SubmitError(f"unknown queue {_shown(queue)}; configured: {', '.join(settings.worker.all_queues)}")
+    if max_attempts is not None:
+        attempts = _attempts(max_attempts, "max attempts")
+    elif registry is not None and action in registry and \
+            getattr(registry.get(action), "max_attempts", None) is not None:
         # an action may declare its own attempt budget: fn.max_attempts = 5
-        max_attempts = getattr(registry.get(action), "max_attempts", None)
-    attempts = settings.worker.max_attempts if max_attempts is None else max_attempts
-    if attempts < 1:
-        raise SubmitError("max attempts must be at least 1")
-    if idempotency_key is not None and not (0 < len(idempotency_key) <= 200):
-        raise SubmitError("the idempotency key must be 1 to 200 characters")
+        attempts = _attempts(registry.get(action).max_attempts, f"the max_attempts of action {action}")
+    else:
+        attempts = settings.worker.max_attempts
+    if idempotency_key is not None:
+        if not isinstance(idempotency_key, str) or not 0 < len(idempotency_key) <= 200:
+            raise SubmitError("the idempotency key must be 1 to 200 characters")
+        try:
+            strictjson.check(idempotency_key, "the idempotency key")
+        except strictjson.NotStrictJSON as exc:
+            raise SubmitError(str(exc)) from None
     return NewJob(action=action, arguments=text, queue=queue, max_attempts=attempts,
                   idempotency_key=idempotency_key)
 
