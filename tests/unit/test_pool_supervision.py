@@ -1,0 +1,397 @@
+"""The worker pool's supervision and dispatch, without processes: ``subprocess.Popen`` is a fake
+whose exit the test decides, the clock is the test's, and each worker's socket is one end of a
+real ``multiprocessing`` pipe whose other end the test speaks the worker protocol on."""
+
+from __future__ import annotations
+
+import os
+import signal
+from collections import deque
+from multiprocessing import Pipe
+from types import SimpleNamespace
+
+import pytest
+
+from enstratus_workers.config.settings import WorkerSettings, WorkerType
+from enstratus_workers.layout import Layout
+from enstratus_workers.messages import ActionMessage
+from enstratus_workers.mq.base import Delivery
+from enstratus_workers.pool import pool as pool_mod
+from enstratus_workers.pool import protocol
+from enstratus_workers.pool.pool import (RESPAWN_BACKOFF_MAX, RESTART_CAP, WORKER_INFLIGHT, Assignment,
+                                         WorkerPool)
+
+pytestmark = pytest.mark.timeout(30)
+
+
+class Clock:
+    """Stands in for the ``time`` module inside pool.py: wall and monotonic move together."""
+
+    def __init__(self):
+        self.now = 1_700_000_000.0
+
+    def time(self) -> float:
+        return self.now
+
+    def monotonic(self) -> float:
+        return self.now - 1_600_000_000.0
+
+    def advance(self, seconds: float) -> None:
+        self.now += seconds
+
+
+class FakeProc:
+    """A worker process that runs until the test ends it."""
+
+    pids = iter(range(50_000, 60_000))
+
+    def __init__(self, cmd, **_kw):
+        self.cmd, self.pid, self.returncode = cmd, next(self.pids), None
+        self.signals: list[int] = []
+
+    def poll(self):
+        return self.returncode
+
+    def send_signal(self, signum: int) -> None:
+        self.signals.append(signum)
+
+    def kill(self) -> None:
+        self.send_signal(signal.SIGKILL)
+
+    def terminate(self) -> None:
+        self.send_signal(signal.SIGTERM)
+
+    def exit(self, code: int) -> None:
+        self.returncode = code
+
+
+class Rig:
+    """A pool with fake processes, and the test's ends of the workers' sockets."""
+
+    def __init__(self, tmp_path, monkeypatch, types=(WorkerType("default", ("default",), 2, 2),),
+                 time_limit: float = 300.0, time_limits=None):
+        self.clock = Clock()
+        self.spawned: list[FakeProc] = []
+        monkeypatch.setattr(pool_mod, "time", self.clock)
+        monkeypatch.setattr(pool_mod.subprocess, "Popen", self._popen)
+        layout = Layout(tmp_path / "home")
+        layout.ensure_dirs()
+        settings = SimpleNamespace(worker=WorkerSettings(types=tuple(types), time_limit=time_limit))
+        self.wake_r, wake_w = os.pipe()
+        self.pool = WorkerPool(settings, layout, "sub", wake_w, python="python", time_limits=time_limits)
+        self.worker_ends: dict[str, object] = {}
+        self.jobs = iter(range(1, 10_000))
+
+    def _popen(self, cmd, **kw):
+        proc = FakeProc(cmd, **kw)
+        self.spawned.append(proc)
+        return proc
+
+    def handle(self, name: str):
+        return next(h for h in self.pool.handles if h.name == name)
+
+    def connect(self, name: str):
+        """The worker process ``name`` says hello over its socket."""
+        h = self.handle(name)
+        ours, theirs = Pipe()
+        self.pool._arrivals.append(({"t": "hello", "name": name, "type": h.worker_type, "pid": h.pid}, ours))
+        self.pool.adopt_arrivals()
+        self.worker_ends[name] = theirs
+        return theirs
+
+    def work(self, n: int, action: str = "demo.echo") -> deque:
+        return deque(Assignment(Delivery("default", b"{}", str(j), False, j), ActionMessage(j, action, {}, 1),
+                                "default") for j in (next(self.jobs) for _ in range(n)))
+
+    def received(self, name: str) -> list[int]:
+        """Job ids the worker ``name`` was sent since the last look."""
+        end, got = self.worker_ends[name], []
+        while end.poll():
+            frame = protocol.unpack(end.recv_bytes())
+            got += [t["job_id"] for t in frame["a"]] if frame["t"] == "run" else [frame["t"]]
+        return got
+
+    def answer(self, name: str, *job_ids: int, took_ms: int = 5) -> None:
+        """The worker reports ``job_ids`` done, each having taken ``took_ms``."""
+        start = int(self.clock.time() * 1000)
+        self.worker_ends[name].send_bytes(protocol.pack({"t": "done", "r": [
+            {"job_id": j, "start_ms": start, "end_ms": start + took_ms, "ok": True} for j in job_ids]}))
+        return self.pool.read(self.pool.connections())
+
+    def say(self, name: str, frame: dict):
+        self.worker_ends[name].send_bytes(protocol.pack(frame))
+        return self.pool.read(self.pool.connections())
+
+
+@pytest.fixture
+def rig(tmp_path, monkeypatch):
+    return Rig(tmp_path, monkeypatch)
+
+
+def ids(assignments) -> list[int]:
+    return [a.message.job_id for a in assignments]
+
+
+def test_the_minimum_of_each_type_is_spawned_and_connected_workers_are_idle(rig):
+    # When the pool first scales
+    rig.pool.scale({}, force=True)
+    # Then it started the minimum (two) of the default type, each told its name and type
+    assert [p.cmd[p.cmd.index("--name") + 1] for p in rig.spawned] == ["default.1", "default.2"]
+    assert all(p.cmd[p.cmd.index("--type") + 1] == "default" for p in rig.spawned)
+    assert [h.state for h in rig.pool.handles] == ["starting", "starting"]
+    # When one says hello, it is idle and the other still starting
+    rig.connect("default.1")
+    assert [h.state for h in rig.pool.handles] == ["idle", "starting"]
+
+
+def test_before_any_duration_is_known_a_worker_holds_two_and_the_rest_waits(rig):
+    # Given two connected workers of a type with no measured action yet
+    rig.pool.scale({}, force=True)
+    rig.connect("default.1"), rig.connect("default.2")
+    pending = rig.work(5)
+    # When five assignments are dispatched
+    rig.pool.dispatch({"default": pending})
+    # Then each worker got two (one running, one ready) and one is still waiting
+    assert rig.received("default.1") == [1, 2] and rig.received("default.2") == [3, 4]
+    assert ids(pending) == [5]
+
+
+@pytest.mark.parametrize("took_ms, cap", [(5, WORKER_INFLIGHT), (50, 4), (500, 2)])
+def test_a_worker_holds_many_short_actions_but_few_long_ones(rig, took_ms, cap):
+    # Given one connected worker whose actions have taken ``took_ms`` each
+    rig.pool.scale({}, force=True)
+    rig.connect("default.1")
+    first = rig.work(1)
+    rig.pool.dispatch({"default": first})
+    for _ in range(20):  # the mean follows recent durations
+        rig.answer("default.1", *rig.received("default.1"), took_ms=took_ms)
+        rig.pool.dispatch({"default": rig.work(1)})
+    rig.answer("default.1", *rig.received("default.1"), took_ms=took_ms)
+    # When a burst of 40 arrives
+    pending = rig.work(40)
+    rig.pool.dispatch({"default": pending})
+    # Then it is sent as many as its cap allows, and the rest wait for the other worker
+    assert len(rig.received("default.1")) == cap
+    assert len(pending) == 40 - cap
+
+
+def test_a_burst_is_spread_over_every_free_worker(rig):
+    # Given two connected workers running short actions
+    rig.pool.scale({}, force=True)
+    rig.connect("default.1"), rig.connect("default.2")
+    rig.pool.dispatch({"default": rig.work(1)})
+    rig.answer("default.1", *rig.received("default.1"), took_ms=1)
+    # When six arrive at once
+    rig.pool.dispatch({"default": rig.work(6)})
+    # Then each worker got three, not one worker all six
+    assert len(rig.received("default.1")) == 3 and len(rig.received("default.2")) == 3
+
+
+def test_a_worker_that_dies_charges_the_running_task_and_gives_back_the_rest(rig):
+    # Given a worker holding three tasks, the oldest running
+    rig.pool.scale({}, force=True)
+    rig.connect("default.1")
+    rig.pool.dispatch({"default": rig.work(1)})
+    rig.answer("default.1", *rig.received("default.1"), took_ms=1)
+    rig.pool.dispatch({"default": rig.work(3)})
+    held = rig.received("default.1")
+    assert held == [2, 3, 4]
+    # When its process is killed from outside
+    rig.clock.advance(10)
+    rig.spawned[0].exit(-signal.SIGKILL)
+    events = rig.pool.supervise()
+    # Then the running task is charged with why, the two unstarted ones go back, nothing is finished
+    assert [(a.message.job_id, reason) for a, (reason, _start) in events.crashed] == [
+        (2, "worker process died (killed by SIGKILL)")]
+    assert ids(events.returned) == [3, 4] and events.finished == []
+    # and it is reincarnated at once (it had lived more than 5 s)
+    h = rig.handle("default.1")
+    assert h.reincarnations == 1 and h.proc is rig.spawned[-1] and len(rig.spawned) == 3
+    assert h.state == "starting" and not h.inflight
+
+
+def test_a_worker_dying_at_start_is_restarted_with_doubling_backoff(rig):
+    # Given a worker that dies right after every start
+    rig.pool.scale({}, force=True)
+    delays = []
+    for _ in range(RESTART_CAP - 1):
+        h = rig.handle("default.1")
+        h.proc.exit(1)
+        rig.pool.supervise()
+        assert h.proc is None  # not restarted in the same round
+        delays.append(round(h.next_spawn_at - rig.clock.time(), 3))
+        rig.clock.advance(delays[-1])
+        rig.pool.supervise()
+        assert h.proc is rig.spawned[-1]
+    # Then the waits between restarts double
+    assert delays == [1.0, 2.0, 4.0, 8.0]
+    assert rig.handle("default.1").reincarnations == RESTART_CAP - 1
+
+
+def test_the_backoff_is_capped(rig):
+    # Given a worker that died quickly many times, spread out so the restart cap is not reached
+    rig.pool.scale({}, force=True)
+    h = rig.handle("default.1")
+    h.fast_deaths = 10
+    # When it dies at start once more
+    h.proc.exit(1)
+    rig.pool.supervise()
+    # Then it waits the maximum, not 0.5 * 2**11 s
+    assert h.next_spawn_at - rig.clock.time() == RESPAWN_BACKOFF_MAX
+
+
+def test_a_worker_dying_too_often_is_disabled_until_the_types_are_set_again(rig):
+    # Given a worker that dies RESTART_CAP times within the window
+    rig.pool.scale({}, force=True)
+    h = rig.handle("default.1")
+    for _ in range(RESTART_CAP):
+        h.proc.exit(1)
+        rig.pool.supervise()
+        rig.clock.advance(max(0.0, h.next_spawn_at - rig.clock.time()))  # the backoff: 1+2+4+8 s
+        rig.pool.supervise()
+    # Then it is disabled and stays down
+    assert h.state == "disabled" and h.proc is None
+    rig.clock.advance(3600)
+    rig.pool.supervise()
+    assert h.proc is None
+    # When the desired types are set again (a reload or an admin change)
+    rig.pool.set_types([WorkerType("default", ("default",), 2, 2)])
+    rig.pool.supervise()
+    # Then it is started again
+    assert h.state == "starting" and h.proc is rig.spawned[-1]
+
+
+def test_deaths_outside_the_window_do_not_add_up_to_the_cap(rig):
+    # Given a worker that dies every two minutes
+    rig.pool.scale({}, force=True)
+    h = rig.handle("default.1")
+    for _ in range(RESTART_CAP * 2):
+        rig.clock.advance(120)
+        h.proc.exit(1)
+        rig.pool.supervise()
+    # Then it is never disabled, and each death was a reincarnation restarted at once
+    assert not h.disabled and h.reincarnations == RESTART_CAP * 2 and h.proc is rig.spawned[-1]
+
+
+def test_a_task_past_its_time_limit_gets_its_worker_killed_and_is_charged_with_the_limit(tmp_path, monkeypatch):
+    # Given a 10 s time limit, 2 s for one action, and a worker running that action
+    rig = Rig(tmp_path, monkeypatch, time_limit=10.0, time_limits={"slow.one": 2.0})
+    rig.pool.scale({}, force=True)
+    rig.connect("default.1")
+    rig.pool.dispatch({"default": rig.work(1, action="slow.one") + rig.work(1)})
+    proc = rig.spawned[0]
+    # When 1.5 s pass, nothing happens
+    rig.clock.advance(1.5)
+    rig.pool.supervise()
+    assert proc.signals == []
+    # When more than 2 s have passed, the worker is killed, once
+    rig.clock.advance(1.0)
+    rig.pool.supervise()
+    rig.pool.supervise()
+    assert proc.signals == [signal.SIGKILL]
+    # and once it is dead the task is charged with the limit and the other one goes back
+    proc.exit(-signal.SIGKILL)
+    events = rig.pool.supervise()
+    assert [(a.message.job_id, reason) for a, (reason, _) in events.crashed] == [
+        (1, "time limit of 2s exceeded")]
+    assert ids(events.returned) == [2]
+
+
+def test_the_time_limit_counts_from_when_the_task_reached_the_head(tmp_path, monkeypatch):
+    # Given a 10 s limit and a worker that ran its first task for 8 s
+    rig = Rig(tmp_path, monkeypatch, time_limit=10.0)
+    rig.pool.scale({}, force=True)
+    rig.connect("default.1")
+    rig.pool.dispatch({"default": rig.work(2)})
+    rig.clock.advance(8)
+    rig.answer("default.1", 1)
+    # When the second task has run 8 s too (16 s since dispatch)
+    rig.clock.advance(8)
+    rig.pool.supervise()
+    # Then the worker is not killed: the second task has not used up its own limit
+    assert rig.spawned[0].signals == []
+
+
+def test_a_recycled_worker_gives_back_unstarted_work_and_is_replaced_without_a_reincarnation(rig):
+    # Given a worker holding two tasks
+    rig.pool.scale({}, force=True)
+    rig.connect("default.1")
+    rig.pool.dispatch({"default": rig.work(2)})
+    # When it finishes the first and retires (worker.max_tasks_per_child reached)
+    finished = rig.answer("default.1", 1).finished
+    events = rig.say("default.1", {"t": "bye", "reason": "ran 1 actions (worker.max_tasks_per_child)"})
+    # Then the first is finished, the second comes back unstarted, and it takes no more work
+    assert ids(a for a, _ in finished) == [1] and ids(events.returned) == [2]
+    assert rig.handle("default.1").state == "stopping"
+    rig.pool.dispatch({"default": rig.work(1)})
+    assert rig.received("default.1") == [1, 2]  # only what it got before
+    # When its process exits, it is replaced at once and that is no reincarnation
+    rig.spawned[0].exit(0)
+    events = rig.pool.supervise()
+    h = rig.handle("default.1")
+    assert events.crashed == [] and h.reincarnations == 0 and h.proc is rig.spawned[-1]
+
+
+def test_an_external_worker_that_disconnects_is_charged_and_forgotten(rig):
+    # Given a worker started by hand (the pool did not spawn it) holding two tasks
+    ours, theirs = Pipe()
+    rig.pool._arrivals.append(({"t": "hello", "name": "manual.1", "type": "default", "pid": 4242}, ours))
+    rig.pool.adopt_arrivals()
+    h = rig.pool.handles[-1]
+    assert h.proc is None and h.pid == 4242
+    rig.pool.dispatch({"default": rig.work(2)})
+    # When its socket closes
+    theirs.close()
+    events = rig.pool.read(rig.pool.connections())
+    # Then its running task is charged, the other returned, and it is no longer in the pool
+    assert [(a.message.job_id, r) for a, (r, _) in events.crashed] == [(1, "worker process disconnected")]
+    assert ids(events.returned) == [2]
+    assert h not in rig.pool.handles
+
+
+def test_a_worker_scaled_down_is_asked_to_stop_and_not_restarted(tmp_path, monkeypatch):
+    # Given a type of one to three workers: one started, idle
+    rig = Rig(tmp_path, monkeypatch, types=[WorkerType("default", ("default",), 1, 3)])
+    rig.pool.scale({}, force=True)
+    rig.connect("default.1")
+    # When work waits while that worker is idle, the pool does not grow
+    rig.clock.advance(2)
+    rig.pool.scale({"default": 1})
+    assert len(rig.spawned) == 1
+    # When it is busy and work still waits, a second worker is started
+    rig.pool.dispatch({"default": rig.work(2)})
+    rig.clock.advance(2)
+    rig.pool.scale({"default": 5})
+    assert len(rig.spawned) == 2
+    rig.connect("default.2")
+    rig.answer("default.1", 1, 2)
+    # When both have been idle past the retire time
+    rig.clock.advance(60)
+    rig.pool.scale({})
+    # Then one (above the minimum) is told to stop; when it exits it is removed, not restarted
+    stopping = [h for h in rig.pool.handles if h.retiring]
+    assert len(stopping) == 1 and rig.received(stopping[0].name)[-1] == "stop"
+    next(p for p in rig.spawned if p.pid == stopping[0].pid).exit(0)
+    rig.pool.supervise()
+    assert len(rig.pool.handles) == 1 and not rig.pool.handles[0].retiring
+    assert len(rig.spawned) == 2
+    # and at the minimum nothing more is retired
+    rig.clock.advance(60)
+    rig.pool.scale({})
+    assert not rig.pool.handles[0].retiring
+
+
+def test_after_ask_to_stop_workers_are_told_to_stop_and_the_dead_stay_dead(rig):
+    # Given two connected workers
+    rig.pool.scale({}, force=True)
+    rig.connect("default.1"), rig.connect("default.2")
+    # When the pool is asked to stop
+    rig.pool.ask_to_stop()
+    # Then both are told to stop
+    assert rig.received("default.1") == ["stop"] and rig.received("default.2") == ["stop"]
+    # and a worker that exits is not restarted, nor counted as a reincarnation
+    rig.spawned[0].exit(0)
+    rig.pool.supervise()
+    rig.clock.advance(60)
+    rig.pool.supervise()
+    assert len(rig.spawned) == 2 and rig.handle("default.1").reincarnations == 0
