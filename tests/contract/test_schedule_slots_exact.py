@@ -1,0 +1,34 @@
+"""Schedule slots are idempotency keys: accounts that differ only in case, accent or a trailing
+space each get their own job per slot on MariaDB too (exact identity columns)."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+from enstratus_workers.config.settings import Secret
+from enstratus_workers.db import open_databases
+from enstratus_workers.layout import Layout
+from enstratus_workers.schedules import Scheduler, job_key, slot_of
+from tests.unit.test_schedules import T0, home, make_settings, scheduled, store  # noqa: F401
+
+
+def test_accounts_differing_in_case_get_one_slot_each_on_mariadb(mysql_url, tmp_path, store):  # noqa: F811 (fixture)
+    # Given a minute schedule over accounts "acme", "ACME", "acme " and "acmé", on MariaDB
+    accounts = ("acme", "ACME", "acme ", "acmé")
+    settings = make_settings(tmp_path, schedule_accounts=accounts)
+    settings = replace(settings, worker=replace(settings.worker, schedules=settings.worker.schedules[:1],
+                                                provisioning_url=Secret(mysql_url),
+                                                analytics_url=Secret(mysql_url)))
+    dbs = open_databases(settings.worker, Layout(tmp_path))
+    try:
+        # When the scheduler ticks at the start of a slot, and again within it
+        created = Scheduler(settings, Layout(tmp_path), dbs, store).tick(T0 + 1)
+        again = Scheduler(settings, Layout(tmp_path), dbs, store).tick(T0 + 2)
+        # Then every account got its own job, keyed by its exact name, and only one
+        assert (created, again) == (4, 0)
+        slot = slot_of(T0 + 1, 60.0)
+        assert sorted(j["idempotency_key"] for j in scheduled(dbs)) == sorted(
+            job_key("server.sync", a, slot) for a in accounts)
+        assert sorted(j["arguments"]["account"] for j in scheduled(dbs)) == sorted(accounts)
+    finally:
+        dbs.close()
