@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from enstratus_workers.config.settings import Settings, WorkerSettings
-from enstratus_workers.db import NewJob, open_databases, now_ms
+from enstratus_workers.db import NewJob, Outcome, open_databases, now_ms
 from enstratus_workers.db.schema import jobs as T
 from enstratus_workers.layout import Layout, short_hostname
 from enstratus_workers.mq.base import QueueDepth
@@ -19,12 +19,13 @@ def dbs(tmp_path):
     d.close()
 
 
-def _job(dbs, status, *, worker=None, age_s=0, attempts=1, max_attempts=3, queue="default"):
+def _job(dbs, status, *, worker=None, age_s=0, attempts=1, max_attempts=3, queue="default", owner=None):
     job, _ = dbs.jobs.submit(NewJob("noop", "{}", queue, max_attempts))
     stamp = now_ms() - int(age_s * 1000)
     with dbs.provisioning.begin() as conn:
         conn.execute(T.update().where(T.c.job_id == job.job_id).values(
-            status=status, worker=worker, attempts=attempts, start_timestamp=stamp, queued_timestamp=stamp))
+            status=status, worker=worker, attempts=attempts, start_timestamp=stamp, queued_timestamp=stamp,
+            owner=owner))
     return job.job_id
 
 
@@ -48,6 +49,34 @@ def test_running_jobs_of_a_dead_subscriber_go_back_to_the_outbox(dbs):
     assert dbs.jobs.get(lost).status == "pending" and "stuck" in dbs.jobs.get(lost).error
     assert dbs.jobs.get(last).status == "dead"
     assert dbs.jobs.get(live).status == "running" and dbs.jobs.get(recent).status == "running"
+
+
+def test_running_attempts_are_recovered_by_their_owners_heartbeat_not_their_host(dbs):
+    # Given two long-running jobs taken on this host: one by the subscriber process beating now,
+    dbs.heartbeats.beat("subscriber", "me", ttl_s=30, details={"owner": "me@here:1:aa"})
+    live = _job(dbs, "running", worker=f"default@{short_hostname()}.1", age_s=3600, owner="me@here:1:aa")
+    # one by an earlier process on the same host (restarted since: its token beats no more)
+    gone = _job(dbs, "running", worker=f"default@{short_hostname()}.1", age_s=3600, owner="me@here:0:zz")
+    # When the publisher sweeps
+    assert StuckJobs(_settings(), dbs).sweep() == 1
+    # Then only the gone owner's attempt is back in the outbox, without an owner
+    assert dbs.jobs.get(live).status == "running"
+    assert (dbs.jobs.get(gone).status, dbs.jobs.get(gone).owner) == ("pending", None)
+    # and its old owner, waking up, can record nothing for that attempt
+    late = Outcome(gone, 1, "succeeded", "w", 1, 2, "null", None, "me@here:0:zz")
+    assert dbs.jobs.record_outcomes([late]) == [] and dbs.jobs.get(gone).status == "pending"
+
+
+def test_a_queued_job_left_with_a_retried_attempts_owner_is_still_recovered(dbs):
+    # Given a retry relayed (queued, still naming the owner of the attempt before) whose message was lost
+    lost = _job(dbs, "queued", age_s=7200, owner="old@host:1:aa")
+
+    def depths(queues):
+        return [QueueDepth(q, 0, None, 1, 0) for q in queues]
+
+    # When the publisher sweeps / Then it goes back to the outbox
+    assert StuckJobs(_settings(), dbs, depths=depths).sweep() == 1
+    assert dbs.jobs.get(lost).status == "pending"
 
 
 def test_queued_jobs_are_recovered_only_when_their_queue_has_nothing_waiting(dbs):
