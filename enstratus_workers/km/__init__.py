@@ -44,10 +44,18 @@ class KMRefused(KMError):
     Retrying the same thing fails the same way, so the client never retries it. Codes:
     ``unknown_key`` (the KM does not hold this client's ENCRYPTION_KEY), ``unauthentic``
     (tampered frame or wrong key), ``stale`` (clock skew beyond the replay window),
-    ``replayed``, ``bad_frame``, ``frame_too_large``, ``bad_request``, ``busy``, ``internal``.
+    ``replayed``, ``restarted`` (sealed before the KM started), ``bad_frame``, ``frame_too_large``,
+    ``bad_request``, ``busy``, ``internal``; ``conflict`` is ``KMConflict``.
     """
 
     code = "refused"
+
+
+class KMConflict(KMRefused):
+    """A put that would create another spelling (case, accents, trailing spaces) of an existing
+    account or credential. The message names the existing spelling; use it instead."""
+
+    code = "conflict"
 
 
 class KMNotFound(KMError):

@@ -18,7 +18,7 @@ Request payload (UTF-8 JSON)::
     {"op": "list", "account": "42"}
 
 Response payload: ``{"ok": true, "result": ...}`` or
-``{"ok": false, "error": {"code": "not_found" | "bad_request" | "unavailable" | "internal",
+``{"ok": false, "error": {"code": "not_found" | "bad_request" | "conflict" | "unavailable" | "internal",
 "message": "..."}}``.
 """
 
@@ -36,7 +36,7 @@ from types import MappingProxyType
 from typing import Any, Mapping
 
 from enstratus_workers.config.settings import Secret
-from enstratus_workers.km import KMError, KMNotFound, KMRefused, KMUnavailable
+from enstratus_workers.km import KMConflict, KMError, KMNotFound, KMRefused, KMUnavailable
 
 LENGTH = struct.Struct(">I")
 MAX_FRAME = 1 << 20                 # default cap on one frame, both directions
@@ -248,6 +248,10 @@ def _identifier(what: str, value, limit: int) -> str:
         raise BadRequest(f"{what} must be a non-empty string")
     if len(value) > limit or _CONTROL.search(value):
         raise BadRequest(f"{what} must be at most {limit} printable characters")
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:   # a lone surrogate from JSON: no database can store it
+        raise BadRequest(f"{what} is not valid Unicode text") from None
     return value
 
 
@@ -278,6 +282,8 @@ def decode_response(payload: bytes) -> Any:
         raise KMNotFound(message or "credential not found")
     if code == "unavailable":
         raise KMUnavailable(f"KM unavailable: {message}")
+    if code == "conflict":
+        raise KMConflict(f"KM refused the request (conflict): {message}")
     raise KMRefused(f"KM refused the request ({code}): {message}", code)
 
 

@@ -6,6 +6,11 @@ account, the name and the kind: a row's secret copied onto another row (or relab
 kind) fails to decrypt instead of handing one account's key to another. The master key never
 leaves this process; ``master_key_id`` records which key sealed a row, for a future re-key.
 
+Accounts and names compare byte for byte on every database (``schema.py``), and the associated
+data is always the stored row's exact spelling, so a secret stays readable whatever sequence of
+puts arrives. A put that would create another spelling of an existing account or credential
+(case, accents, trailing spaces: ``spelling.py``) is refused with ``KMConflict``.
+
 Kind and metadata are stored in clear so ``list`` needs no decryption: metadata is for labels
 (region, key pair name, fingerprint), never for secrets.
 """
@@ -28,28 +33,16 @@ from sqlalchemy.engine import make_url
 
 from enstratus_workers.config.settings import Secret
 from enstratus_workers.errors import ConfigError, DatabaseError
-from enstratus_workers.km import KMError, KMNotFound
+from enstratus_workers.km import KMConflict, KMError, KMNotFound
 from enstratus_workers.km.envelope import KEY_SIZE, NONCE_SIZE, key_id, now_ms
-from enstratus_workers.km.protocol import MAX_ACCOUNT, MAX_NAME, MAX_SECRET, Credential, CredentialInfo
+from enstratus_workers.km.protocol import Credential, CredentialInfo
+from enstratus_workers.km.schema import credentials, ensure_schema
+from enstratus_workers.km.spelling import digest
 
 log = logging.getLogger(__name__)
 
 _AAD_PREFIX = b"enstratus-km credential v1\0"
-
-metadata_obj = sa.MetaData()
-credentials = sa.Table(
-    "credentials", metadata_obj,
-    sa.Column("account", sa.String(MAX_ACCOUNT), primary_key=True),
-    sa.Column("name", sa.String(MAX_NAME), primary_key=True),
-    sa.Column("kind", sa.String(32), nullable=False),
-    sa.Column("secret", sa.LargeBinary(MAX_SECRET * 2), nullable=False),  # MEDIUMBLOB on MySQL
-    sa.Column("master_key_id", sa.String(16), nullable=False),
-    sa.Column("metadata", sa.Text(1 << 20), nullable=False),               # MEDIUMTEXT on MySQL
-    sa.Column("version", sa.Integer, nullable=False),
-    sa.Column("created_ms", sa.BigInteger, nullable=False),
-    sa.Column("updated_ms", sa.BigInteger, nullable=False),
-    mysql_charset="utf8mb4",
-)
+_WRITE_ATTEMPTS = 3
 
 
 class CorruptCredential(KMError):
@@ -75,9 +68,10 @@ class CredentialStore:
         self._aead = AESGCM(key)
         self._key_id = key_id(key).hex()
         try:
-            metadata_obj.create_all(engine)
+            ensure_schema(engine)
         except sa.exc.SQLAlchemyError as exc:
-            raise DatabaseError(f"cannot create the credentials table: {type(exc).__name__}") from None
+            log.error("credentials schema: %s", type(exc).__name__)
+            raise DatabaseError(f"cannot create or migrate the credentials tables: {type(exc).__name__}") from None
 
     @classmethod
     def open(cls, url: str, master_key: Secret) -> "CredentialStore":
@@ -100,35 +94,76 @@ class CredentialStore:
 
     def put(self, account: str, name: str, secret: bytes, kind: str = "api_key",
             metadata: Mapping[str, Any] | None = None, now: int | None = None) -> int:
-        """Create or replace a credential; return its new version (1 for a new one)."""
+        """Create or replace a credential; return its new version (1 for a new one).
+
+        Raises ``KMConflict`` when no credential has exactly this account and name but the
+        account, or the name within it, is another spelling of an existing one (``spelling.py``).
+        """
         now = now_ms() if now is None else now
-        nonce = os.urandom(NONCE_SIZE)
-        sealed = nonce + self._aead.encrypt(nonce, bytes(secret), _aad(account, name, kind))
-        values = dict(kind=kind, secret=sealed, master_key_id=self._key_id,
-                      metadata=json.dumps(dict(metadata or {}), separators=(",", ":")), updated_ms=now)
-        key = (credentials.c.account == account) & (credentials.c.name == name)
-        # The version is bumped in SQL, not read-then-written, so concurrent puts never lose one;
-        # two first puts racing to insert: the loser's IntegrityError sends it down the update path.
-        for attempt in (1, 2):
+        keys = dict(account_key=digest(account), name_key=digest(name))
+        values = dict(kind=kind, master_key_id=self._key_id, updated_ms=now,
+                      metadata=json.dumps(dict(metadata or {}), separators=(",", ":")))
+        exact = (credentials.c.account == account) & (credentials.c.name == name)
+        # The version is bumped in SQL, not read-then-written, so concurrent puts never lose one,
+        # and the update is the transaction's first statement (SQLite then holds the write lock
+        # from the start). Two first puts racing to insert: the loser's IntegrityError (or
+        # MySQL's deadlock on the gap lock) sends it round again, down the update path.
+        for attempt in range(1, _WRITE_ATTEMPTS + 1):
             try:
                 with self._engine.begin() as conn:
-                    if conn.execute(credentials.update().where(key).values(
-                            version=credentials.c.version + 1, **values)).rowcount:
-                        return conn.execute(sa.select(credentials.c.version).where(key)).scalar_one()
+                    sealed = self._seal(secret, account, name, kind)
+                    if conn.execute(credentials.update().where(exact).values(
+                            version=credentials.c.version + 1, secret=sealed, **values)).rowcount:
+                        row = conn.execute(sa.select(credentials.c.account, credentials.c.name,
+                                                     credentials.c.version).where(exact)).one()
+                        # The secret is bound to the spelling it was sealed under: make sure that
+                        # is the stored row's, whatever the database's collation let match.
+                        if (row.account, row.name) != (account, name):
+                            raise KMConflict(f"credential {name!r} of account {account!r} matched the "
+                                             f"stored spelling {row.name!r} of {row.account!r}; not replaced")
+                        return row.version
+                    self._refuse_other_spellings(conn, account, name, keys)
                     conn.execute(credentials.insert().values(account=account, name=name, version=1,
-                                                             created_ms=now, **values))
+                                                             created_ms=now, secret=sealed, **keys, **values))
                     return 1
-            except sa.exc.IntegrityError:
-                if attempt == 2:
+            except (sa.exc.IntegrityError, sa.exc.OperationalError) as exc:
+                if isinstance(exc, sa.exc.OperationalError) and not _is_deadlock(exc):
+                    raise _db_error("put", exc) from None
+                if attempt == _WRITE_ATTEMPTS:
                     raise DatabaseError("concurrent writes to one credential kept conflicting") from None
             except sa.exc.SQLAlchemyError as exc:
                 raise _db_error("put", exc) from None
         raise AssertionError("unreachable")
 
+    def _seal(self, secret: bytes, account: str, name: str, kind: str) -> bytes:
+        nonce = os.urandom(NONCE_SIZE)
+        return nonce + self._aead.encrypt(nonce, bytes(secret), _aad(account, name, kind))
+
+    @staticmethod
+    def _refuse_other_spellings(conn: sa.Connection, account: str, name: str, keys: dict) -> None:
+        """``KMConflict`` if a new (account, name) would be another spelling of a stored one.
+
+        An account that already exists under exactly this spelling may get new names (even if,
+        from before the rule, another spelling of it exists too); a new account may not look
+        like an existing one. The message names the existing spelling, never its secret.
+        """
+        c = credentials.c
+        accounts = conn.execute(sa.select(c.account).distinct()
+                                .where(c.account_key == keys["account_key"])).scalars().all()
+        if accounts and account not in accounts:
+            raise KMConflict(f"account {account!r} differs from the existing account {sorted(accounts)[0]!r} "
+                             f"only by case, accents or trailing spaces; use the existing spelling")
+        names = conn.execute(sa.select(c.name).where((c.account_key == keys["account_key"])
+                                                     & (c.name_key == keys["name_key"]))).scalars().all()
+        if names:
+            raise KMConflict(f"credential {name!r} of account {account!r} differs from the existing "
+                             f"credential {names[0]!r} only by case, accents or trailing spaces; "
+                             f"use the existing spelling")
+
     def get(self, account: str, name: str) -> Credential:
         row = self._one(sa.select(credentials).where(
             (credentials.c.account == account) & (credentials.c.name == name)), "get")
-        if row is None:
+        if row is None or (row.account, row.name) != (account, name):
             raise KMNotFound(f"no credential {name!r} for account {account!r}")
         sealed = bytes(row.secret)
         try:
@@ -151,7 +186,7 @@ class CredentialStore:
         except sa.exc.SQLAlchemyError as exc:
             raise _db_error("list", exc) from None
         return [CredentialInfo(r.account, r.name, r.kind, _meta(r.metadata), r.version, r.updated_ms)
-                for r in rows]
+                for r in rows if r.account == account]
 
     def delete(self, account: str, name: str) -> None:
         try:
@@ -172,6 +207,11 @@ class CredentialStore:
                 return conn.execute(query).first()
         except sa.exc.SQLAlchemyError as exc:
             raise _db_error(what, exc) from None
+
+
+def _is_deadlock(exc: sa.exc.OperationalError) -> bool:
+    args = getattr(exc.orig, "args", ())
+    return bool(args) and args[0] in (1205, 1213)  # MySQL lock wait timeout, deadlock
 
 
 def _meta(text: str) -> Mapping[str, Any]:
