@@ -8,6 +8,12 @@ written, everything stays buffered (and unacked) and is retried with backoff: an
 never acked unrecorded, and the status guard in ``JobStore.record_outcomes`` keeps a retried
 write from counting twice.
 
+No single item can hold up the others (DESIGN.md, "Jobs and messages"). A result too large is
+cut before it is written; a write the database refuses is narrowed down (``_narrow``) to the
+items it refuses alone: such an outcome is recorded as a failure with the database's reason, such
+an event is logged, counted and dropped, and the rest are written and acked as usual. A database
+that refuses everything is an outage, not a bad item, and is waited out as above.
+
 Jobs are marked ``running`` only once they have run for ``mark_running_after`` seconds: a job
 that ends sooner gets one write (its outcome, with its start time), not two.
 """
@@ -17,13 +23,42 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from dataclasses import dataclass
-from typing import Callable
+from dataclasses import dataclass, field, replace
+from typing import Callable, Sequence
+
+import sqlalchemy as sa
 
 from .db import Databases, Event, Outcome, Started
+from .db.schema import FAILED
 from .mq.base import Delivery
+from .retry import event_outcome
 
 log = logging.getLogger(__name__)
+
+#: Largest result (JSON text, UTF-8 bytes) recorded. The column is MEDIUMTEXT (16 MiB) and
+#: MariaDB's default max_allowed_packet is 16 MiB for the whole statement: a result near either
+#: makes the server drop the connection, which looks like an outage and would stall every job
+#: behind it. A result is a job's answer, not a data channel: 1 MiB leaves room for several in
+#: one write. A job whose result is larger fails with the size in its error.
+RESULT_CAP = 1 << 20
+#: Longest error text recorded, in characters: the column is TEXT (65,535 bytes), and 16,000
+#: characters of up to 4 UTF-8 bytes each fit. A longer one (a huge traceback) is cut, not
+#: refused, so a retryable failure stays retryable.
+ERROR_CAP = 16_000
+#: Rows and characters of result and error text per outcome write: one transaction of
+#: ``JobStore.record_outcomes`` (its chunk), and a statement well under a 16 MiB packet even if
+#: the driver's escaping doubles the text.
+GROUP_ROWS = 200
+GROUP_CHARS = 4 << 20
+#: Single items that fail alone, before any write succeeds, taken as a sign that the database
+#: refuses everything (an outage) rather than as bad items: bounds what narrowing costs then.
+PROBES = 3
+#: Retry delay while stopping: the grace period is short, so retry often within it.
+STOP_RETRY_S = 0.5
+
+# MySQL/MariaDB errors that say nothing about the values written: too many connections,
+# shutdown in progress, lock wait timeout, deadlock, cannot connect, gone away, lost connection.
+_OUTAGE_CODES = frozenset({1040, 1053, 1205, 1213, 2002, 2003, 2006, 2013})
 
 
 @dataclass
@@ -32,6 +67,18 @@ class _Pending:
     event: Event
     deliveries: list[Delivery]
     dead_reason: str | None = None   # set: the job is dead; its message goes to the dead-letter queue
+    replaced: bool = False           # the outcome is already the failure standing in for a refused one
+
+
+@dataclass
+class _Narrowed:
+    """What a narrowed write did: written (``applied`` of them took effect), refused, held back."""
+
+    ok: list = field(default_factory=list)
+    applied: list = field(default_factory=list)
+    bad: list = field(default_factory=list)       # (item, reason): refused on its own
+    held: list = field(default_factory=list)      # not written: the database is out
+    error: str | None = None                      # why it is out
 
 
 class Recorder:
@@ -52,8 +99,13 @@ class Recorder:
         self.retry_at = 0.0
         self.failures = 0
         self.recorded = 0
+        self.refused = 0        # outcomes the database refused, recorded as failures instead
+        self.events_lost = 0    # events the analytics database refused, dropped
+        self.stale = 0          # outcomes of attempts already recorded (duplicates), not rewritten
+        self._write_error: str | None = None
         self._thread: threading.Thread | None = None
         self._stopping = False
+        self._deadline = float("inf")
 
     # -- feeding (any thread) ------------------------------------------------------------------
     def started(self, s: Started) -> None:
@@ -78,6 +130,15 @@ class Recorder:
         """Outcomes not yet acked: waiting to be written, or written with the event pending (RQ)."""
         with self._lock:
             return len(self._outcomes) + len(self._events)
+
+    @property
+    def write_error(self) -> str | None:
+        """Why writes keep failing, for the subscriber's heartbeat; None while they succeed.
+
+        One failed attempt is a blip (a database restart drops the pooled connections); from the
+        second in a row on, about a second later, the outcomes are stuck and someone should know.
+        """
+        return self._write_error if self.failures >= 2 else None
 
     def due_in(self) -> float | None:
         """Seconds until a write is due (0: now), or None when there is nothing to write."""
@@ -109,29 +170,78 @@ class Recorder:
             outcomes, self._outcomes = self._outcomes, []
             events, self._events = self._events, []
             self._oldest = None
-        written: list[_Pending] = []
-        try:
-            if marks:
-                self.dbs.jobs.mark_started(marks)
-                marks = []
-            if outcomes:
-                self.dbs.jobs.record_outcomes([p.outcome for p in outcomes])
-                events, outcomes = events + outcomes, []
-            if events:
-                self.dbs.events.record([p.event for p in events])
-                written, events = events, []
-        except Exception as exc:  # DatabaseError, or SQLAlchemy's own from mark_started
-            self._put_back(marks, outcomes, events)
-            self.failures += 1
-            delay = min(30.0, 0.5 * 2 ** min(self.failures, 6))
-            self.retry_at = time.monotonic() + delay
-            log.error("could not write to the database (%s); holding %d outcomes unacked, retrying in %.1fs",
-                      exc, self.waiting, delay)
-            return []
-        if self.failures:
+        if marks:
+            done = _narrow(self._write_marks, [marks])
+            for s, why in done.bad:
+                log.error("could not mark job %d running (%s); its outcome will say it all", s.job_id, why)
+            if done.error:
+                self._put_back(done.held, outcomes, events)
+                self._failed(done.error)
+                return []
+        applied, settled, held, outage = self._write_outcomes([_fit(p) for p in outcomes])
+        done = _narrow(self._write_events, [events + applied]) if events or applied else _Narrowed()
+        for p, why in done.bad:
+            self.events_lost += 1
+            log.error("dropped the event of job %d attempt %d (%s); its outcome is recorded",
+                      p.outcome.job_id, p.outcome.attempt, why)
+        self._put_back([], held, done.held)
+        if outage or done.error:
+            self._failed(outage or done.error)
+        elif self.failures:
             log.info("database writes recovered after %d failed attempts", self.failures)
-        self.failures, self.retry_at = 0, 0.0
+            self.failures, self.retry_at, self._write_error = 0, 0.0, None
+        written = done.ok + [p for p, _ in done.bad]
         self.recorded += len(written)
+        return self._settle(written + settled)
+
+    def _write_outcomes(self, outcomes: list[_Pending]):
+        """Write outcomes, a refused one as a failure with the reason: (applied, settled, held, outage).
+
+        ``settled`` were written without an event to follow: stale duplicates (their attempt was
+        recorded before), and outcomes refused even as failures (their messages are dead-lettered).
+        """
+        applied, settled, held, outage = [], [], [], None
+        todo = outcomes
+        while todo:
+            done = _narrow(self._record, _groups(todo))
+            ids = {id(p) for p in done.applied}
+            stale = [p for p in done.ok if id(p) not in ids]
+            self.stale += len(stale)
+            applied += done.applied
+            settled += [replace(p, dead_reason=None) for p in stale]
+            todo = []
+            for p, why in done.bad:
+                if p.replaced:   # refused even as a bare failure: give its message up with the reason
+                    log.error("could not record job %d at all (%s); dead-lettering its message",
+                              p.outcome.job_id, why)
+                    settled.append(replace(p, dead_reason=f"could not record the outcome: {why}"))
+                else:
+                    log.error("the database refused the outcome of job %d attempt %d (%s); "
+                              "recording it as failed", p.outcome.job_id, p.outcome.attempt, why)
+                    self.refused += 1
+                    todo.append(_as_failure(p, f"could not record the outcome: {why}"))
+            if done.error:
+                held, outage, todo = done.held + todo, done.error, []
+        return applied, settled, held, outage
+
+    def _record(self, group: list[_Pending]) -> list[_Pending]:
+        # JobStore.record_outcomes returns the outcomes that took effect (None: all of them);
+        # an attempt someone else recorded first does not, and gets no second event.
+        took = self.dbs.jobs.record_outcomes([p.outcome for p in group])
+        if took is None:
+            return group
+        took = set(took)
+        return [p for p in group if p.outcome in took]
+
+    def _write_marks(self, marks: list[Started]) -> list[Started]:
+        self.dbs.jobs.mark_started(marks)
+        return marks
+
+    def _write_events(self, group: list[_Pending]) -> list[_Pending]:
+        self.dbs.events.record([p.event for p in group])
+        return group
+
+    def _settle(self, written: list[_Pending]) -> list[Delivery]:
         acks = [d for p in written for d in p.deliveries if p.dead_reason is None or self.on_dead is None]
         for p in written:
             if p.dead_reason is not None and self.on_dead is not None:
@@ -140,6 +250,16 @@ class Recorder:
         if acks and self.on_recorded is not None:
             self.on_recorded(acks)
         return acks
+
+    def _failed(self, reason: str) -> None:
+        self.failures += 1
+        self._write_error = reason
+        delay = min(30.0, 0.5 * 2 ** min(self.failures, 6))
+        if self._stopping:
+            delay = min(delay, STOP_RETRY_S)
+        self.retry_at = time.monotonic() + delay
+        log.error("could not write to the database (%s); holding %d outcomes unacked, retrying in %.1fs",
+                  reason, self.waiting, delay)
 
     def _put_back(self, marks, outcomes, events) -> None:
         with self._lock:
@@ -159,19 +279,145 @@ class Recorder:
     def _run(self) -> None:
         while True:
             with self._lock:
-                due = self._due_in_locked()
-                if self._stopping and not (self._outcomes or self._events):
+                now = time.monotonic()
+                left = len(self._outcomes) + len(self._events)
+                if self._stopping and (not left or now >= self._deadline):
+                    if left:
+                        log.warning("stopping with %d outcomes unrecorded (%s); their messages are "
+                                    "not acked and return to the queue", left, self._write_error)
                     return
+                due = self._due_in_locked()
                 if due is None or due > 0:
-                    self._lock.wait(0.5 if due is None else due)
+                    self._lock.wait(min(0.5 if due is None else due, max(0.0, self._deadline - now)))
                     continue
             self.flush()
 
     def stop(self, timeout: float = 10.0) -> None:
-        """Write what is left (retrying until ``timeout``), then end the thread."""
+        """Write what is left, retrying until ``timeout``; return by then, written or not.
+
+        What is not written by then stays unacked: its messages return to the queue when the
+        consumer closes, and are recorded by whoever runs them next.
+        """
         with self._lock:
             self._stopping = True
+            # the thread gives up a moment early, so it has ended by the time the join returns
+            timeout = max(0.0, timeout)
+            self._deadline = time.monotonic() + timeout - min(0.2, timeout / 5)
             self.retry_at = 0.0
             self._lock.notify()
         if self._thread is not None:
             self._thread.join(timeout)
+
+
+def _narrow(write: Callable[[list], list], groups: list[list]) -> _Narrowed:
+    """Write each group; split a refused one until the items the database refuses alone are found.
+
+    ``write`` returns the items of its group that took effect. Until some write succeeds (or the
+    database complains about a value, which shows it is up), a refused group is split into its
+    first item and the rest, and ``PROBES`` items refused alone mean the database refuses
+    everything: an outage, like a lost connection. Once it is known to be up, groups are halved.
+    An outage costs at most ``2 * PROBES`` writes; k bad items among n about ``2 k log2 n``.
+    """
+    out = _Narrowed()
+    stack = [list(g) for g in reversed(groups) if g]
+    alive = False
+    suspects: list[tuple[object, str]] = []   # refused alone before the database showed it is up
+    while stack:
+        group = stack.pop()
+        try:
+            out.applied += write(group)
+        except Exception as exc:  # DatabaseError, SQLAlchemy's own, or a value the driver cannot bind
+            kind, why = _kind(exc), _reason(exc)
+            if kind == "outage" or (len(group) == 1 and not alive and kind != "item"
+                                    and len(suspects) + 1 >= PROBES):
+                out.held = [s for s, _ in suspects] + group + [i for g in reversed(stack) for i in g]
+                out.error = why
+                return out
+            alive = alive or kind == "item"
+            if len(group) > 1:
+                half = len(group) // 2 if alive else 1
+                stack += [group[half:], group[:half]]
+            elif alive:
+                out.bad.append((group[0], why))
+            else:
+                suspects.append((group[0], why))
+            continue
+        alive = True
+        out.ok += group
+    if suspects and not alive:
+        out.held = [s for s, _ in suspects]
+        out.error = suspects[-1][1]
+    else:
+        out.bad += suspects
+    return out
+
+
+def _chain(exc: BaseException):
+    while exc is not None:
+        yield exc
+        exc = exc.__cause__ or exc.__context__
+
+
+def _kind(exc: BaseException) -> str:
+    """``outage`` (the database, not the data), ``item`` (this data), or ``unsure``."""
+    dbapi = next((e for e in _chain(exc) if isinstance(e, sa.exc.DBAPIError)), None)
+    if dbapi is None:
+        # Raised before the database saw it: a value the driver cannot bind (an integer SQLite
+        # cannot hold, a lone surrogate that is no UTF-8).
+        return "item" if any(isinstance(e, (ValueError, TypeError, OverflowError)) for e in _chain(exc)) \
+            else "unsure"
+    args = getattr(dbapi.orig, "args", ())
+    if dbapi.connection_invalidated or (args and isinstance(args[0], int) and args[0] in _OUTAGE_CODES) \
+            or "database is locked" in str(dbapi.orig):
+        return "outage"
+    return "item" if isinstance(dbapi, (sa.exc.DataError, sa.exc.IntegrityError)) else "unsure"
+
+
+def _reason(exc: BaseException) -> str:
+    """The innermost error's type and first line: the database's own words, not our wrapper's."""
+    inner = list(_chain(exc))[-1]
+    text = str(inner).splitlines()[0] if str(inner) else ""
+    return _text(f"{type(inner).__name__}: {text}", 300)
+
+
+def _text(value: str, limit: int) -> str:
+    """``value`` cut to ``limit`` characters, with anything that is no UTF-8 escaped."""
+    value = value.encode("utf-8", "backslashreplace").decode("utf-8")
+    return value if len(value) <= limit else value[:limit - 1] + "…"
+
+
+def _fit(p: _Pending) -> _Pending:
+    """The pending outcome as it can be written: a result over the cap fails the job, an error is cut."""
+    o = p.outcome
+    # len() first: only a text that might be over the cap is encoded to count its bytes
+    if o.result is not None and len(o.result) * 4 > RESULT_CAP:
+        size = len(o.result.encode("utf-8", "surrogatepass"))
+        if size > RESULT_CAP:
+            return _as_failure(p, f"result too large ({size} bytes; the cap is {RESULT_CAP})", replaced=False)
+    if o.error is not None and len(o.error) > ERROR_CAP:
+        cut = f"… (cut: {len(o.error)} characters)"
+        return replace(p, outcome=replace(o, error=o.error[:ERROR_CAP - len(cut)] + cut))
+    return p
+
+
+def _as_failure(p: _Pending, error: str, replaced: bool = True) -> _Pending:
+    """A failed outcome standing in for one that cannot be recorded: no result, the reason as error."""
+    o = p.outcome
+    worker = _text(o.worker or "", 200)
+    return _Pending(replace(o, status=FAILED, result=None, error=_text(error, ERROR_CAP), worker=worker),
+                    replace(p.event, outcome=event_outcome(FAILED), worker=worker or p.event.worker),
+                    p.deliveries, None, replaced)
+
+
+def _groups(items: Sequence[_Pending]) -> list[list[_Pending]]:
+    """Consecutive groups of at most ``GROUP_ROWS`` outcomes and ``GROUP_CHARS`` of their text."""
+    groups: list[list[_Pending]] = []
+    size = GROUP_CHARS + 1
+    for p in items:
+        n = len(p.outcome.result or "") + len(p.outcome.error or "")
+        if size + n > GROUP_CHARS or len(groups[-1]) >= GROUP_ROWS:
+            groups.append([])
+            size = 0
+        groups[-1].append(p)
+        size += n
+    return groups
