@@ -78,7 +78,7 @@ def check_health(settings, layout, dbs: Databases | None = None, *, require_ping
         workers = [s for s in running.get("worker", []) if s.state == "running"]
         h.perf["workers"] = len(workers)
         if dbs is not None and h.checks.get("provisioning") == "ok":
-            _check_heartbeats(dbs, h)
+            check_heartbeats(dbs, h)
             counts = dbs.jobs.counts()
             h.perf.update({f"jobs_{k}": v for k, v in counts.items() if k in ("pending", "queued", "running", "dead")})
     finally:
@@ -102,8 +102,27 @@ def _check_mq(settings, layout, h: Health) -> str:
         return str(exc)
 
 
-def _check_heartbeats(dbs: Databases, h: Health) -> None:
-    for hb in dbs.heartbeats.all():
+def write_error(hb) -> str | None:
+    """Why this daemon cannot record outcomes, if its live heartbeat says so (``write_error``).
+
+    A subscriber whose writes keep failing holds its outcomes unacked and takes no new work
+    once its prefetch is full, while its heartbeat still says it is alive: without this, every
+    job would stall behind it and the check would say OK.
+    """
+    if hb.expired or not isinstance(hb.details, dict):
+        return None
+    return str(hb.details["write_error"]) if hb.details.get("write_error") else None
+
+
+def check_heartbeats(dbs: Databases, h: Health) -> None:
+    """The heartbeats' part of ``check_health``: dead daemons, degraded ones, stuck recording."""
+    beats = dbs.heartbeats.all()
+    stuck = [(hb, write_error(hb)) for hb in beats if write_error(hb)]
+    if stuck:
+        h.checks["write_errors"] = {f"{hb.daemon}@{hb.name}": why for hb, why in stuck}
+    for hb, why in stuck:
+        h.worsen(CHECK_CRITICAL, f"{hb.daemon} {hb.name} cannot record outcomes: {why}")
+    for hb in beats:
         if hb.expired:
             age = time.time() - hb.beat_ms / 1000
             h.worsen(CHECK_WARNING, f"{hb.daemon}@{hb.name} heartbeat expired {age:.0f}s ago")

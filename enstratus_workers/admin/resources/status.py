@@ -18,7 +18,11 @@ router = APIRouter(tags=["status"], responses=COMMON)
 
 @router.get("/status", summary="Clusters (from heartbeats), desired vs on-line workers, queues, health")
 def status(request: Request) -> dict:
-    return overview(ctx_of(request))
+    fig = overview(ctx_of(request))
+    # Subscribers that cannot record outcomes (``daemon@name`` -> the database's reason), on top:
+    # they hold their jobs unacked, so this is the first thing to read when jobs stall.
+    fig["write_errors"] = fig["health"]["checks"].get("write_errors", {})
+    return fig
 
 
 @router.get("/metrics", summary="Prometheus metrics (text exposition format)",
