@@ -4,7 +4,12 @@ Each call opens its own TCP connection, sends one sealed request and reads one s
 That costs a loopback handshake per call and buys simple correctness: no shared socket, so the
 client is thread-safe without a lock and survives forks, and a KM restart never leaves it
 holding a dead connection. Connection failures are retried with exponential backoff
-(``settings.retries`` times); refusals are not. After a request has been sent, only idempotent
+(``settings.retries`` times); refusals are not, except two that say the KM did not act and will
+soon: "busy" (every connection slot taken, as during a flood of idle connections) and
+"restarted" (the request was sealed before the KM started). Those are retried for up to
+``busy_patience`` seconds with capped exponential backoff and full jitter, so a transient flood
+or a restart does not fail a job, and many clients told "busy" at once do not come back in step.
+After a request has been sent, only idempotent
 operations are retried (``delete`` is not: a lost answer to a delete that went through would
 come back as ``KMNotFound`` on the retry). Every attempt is sealed afresh: a new request id and
 timestamp, so the KM's replay guard never mistakes a retry for a replay.
@@ -28,6 +33,10 @@ log = logging.getLogger(__name__)
 
 _IDEMPOTENT = frozenset({"ping", "get", "list", "put"})
 _MAX_BACKOFF = 2.0
+BUSY_PATIENCE = 5.0     # seconds of "busy"/"restarted" answers a call sits out before failing
+_BUSY_BACKOFF = 0.02    # first busy delay (before jitter); doubles up to _BUSY_MAX_BACKOFF
+_BUSY_MAX_BACKOFF = 0.5
+_NOT_ACTED = ("busy", "restarted")
 
 
 class _Retryable(Exception):
@@ -36,6 +45,10 @@ class _Retryable(Exception):
     def __init__(self, reason: str, sent: bool):
         super().__init__(reason)
         self.sent = sent
+
+
+class _NotYet(Exception):
+    """The KM refused before acting and says a later attempt will do ("busy", "restarted")."""
 
 
 class KMClient:
@@ -47,7 +60,7 @@ class KMClient:
     """
 
     def __init__(self, settings: KMClientSettings, encryption_key: Secret, *,
-                 backoff: float = 0.1, max_frame: int = p.MAX_FRAME):
+                 backoff: float = 0.1, max_frame: int = p.MAX_FRAME, busy_patience: float = BUSY_PATIENCE):
         key = encryption_key.reveal()
         if not isinstance(key, (bytes, bytearray)) or len(key) != KEY_SIZE:
             raise ConfigError(f"must be {KEY_SIZE} bytes for the KM client", key="ENCRYPTION_KEY")
@@ -57,6 +70,7 @@ class KMClient:
         self.settings = settings
         self._keyring = Keyring(bytes(key))
         self._backoff = backoff
+        self._busy_patience = busy_patience
         self._max_frame = max_frame
         self._closed = False
 
@@ -118,9 +132,21 @@ class KMClient:
         payload = p.encode_request(op, account, name, **fields)
         attempts = 1 + max(0, self.settings.retries)
         where = f"{self.settings.host}:{self.settings.port}"
-        for attempt in range(1, attempts + 1):
+        patient_until = time.monotonic() + self._busy_patience
+        attempt, waits = 1, 0
+        while True:
             try:
                 return self._attempt(payload)
+            except _NotYet as exc:
+                waits += 1
+                remaining = patient_until - time.monotonic()
+                if remaining <= 0:
+                    raise KMUnavailable(f"KM at {where} {exc} for {self._busy_patience:g}s; giving up") from None
+                cap = min(_BUSY_MAX_BACKOFF, _BUSY_BACKOFF * 2 ** (waits - 1))
+                delay = min(remaining, random.uniform(0, cap))
+                (log.warning if waits == 1 else log.debug)("KM %s at %s: %s; retrying for up to %gs",
+                                                           op, where, exc, self._busy_patience)
+                time.sleep(delay)
             except _Retryable as exc:
                 if exc.sent and op not in _IDEMPOTENT:
                     raise KMUnavailable(f"KM at {where}: {exc} after sending {op}; it may or may "
@@ -130,8 +156,8 @@ class KMClient:
                 delay = min(_MAX_BACKOFF, self._backoff * 2 ** (attempt - 1)) * random.uniform(0.5, 1.0)
                 log.warning("KM %s at %s failed (%s); retry %d/%d in %.2fs", op, where, exc,
                             attempt, attempts - 1, delay)
+                attempt += 1
                 time.sleep(delay)
-        raise AssertionError("unreachable")
 
     def _attempt(self, payload: bytes) -> Any:
         s = self.settings
@@ -160,8 +186,8 @@ class KMClient:
         refusal = p.parse_error_frame(reply)
         if refusal is not None:
             code, message = refusal
-            if code == "busy":
-                raise _Retryable(f"KM busy: {message}", sent=False)
+            if code in _NOT_ACTED:
+                raise _NotYet(f"said {code} ({message})")
             if code == "unknown_key":
                 message = (f"the KM does not hold this client's ENCRYPTION_KEY (key id "
                            f"{self._keyring.current_id.hex()}); compare enstratus-provisioning.cfg "

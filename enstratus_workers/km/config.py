@@ -40,6 +40,8 @@ KEYS = (
     CfgKey("max_connections", "integer(1, 10000)"),
     CfgKey("idle_timeout", "float(min=0.1, max=86400)"),
     CfgKey("frame_timeout", "float(min=0.1, max=600)"),
+    CfgKey("first_frame_timeout", "float(min=0.1, max=600)"),
+    CfgKey("max_pending_per_address", "integer(1, 10000)"),
 )
 _PATHS = ("master_key_file", "provisioning_cfg")
 
@@ -57,9 +59,11 @@ class KMSettings:
     old_encryption_key: Secret = Secret(b"")  # the previous ENCRYPTION_KEY during a rotation
     provisioning_cfg: Path = Path("services/worker/classes/enstratus-provisioning.cfg")
     max_frame: int = 1 << 20              # bytes; larger frames are refused before being read
-    max_connections: int = 64             # served at once; more are told "busy"
-    idle_timeout: float = 60.0            # seconds a connection may wait between requests
-    frame_timeout: float = 10.0           # seconds a frame may take to arrive once begun
+    max_connections: int = 64             # open at once; half is kept for authenticated clients
+    idle_timeout: float = 60.0            # seconds an authenticated connection may wait between requests
+    frame_timeout: float = 10.0           # seconds a later frame may take to arrive once begun
+    first_frame_timeout: float = 3.0      # seconds from accept until the first frame must be whole
+    max_pending_per_address: int = 16     # not yet authenticated connections from one address
     source: Path | None = None
 
 

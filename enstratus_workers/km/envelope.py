@@ -15,8 +15,8 @@ The key id lets the receiver pick the key (current or, during a rotation, the ol
 trial decryption; it is a truncated hash of a random 256-bit key and reveals nothing usable.
 
 The plaintext is ``timestamp_ms (8, big-endian) | request_id (16) | payload``. The server
-refuses a request whose timestamp is further than the replay window from its clock, or whose
-request id it has seen (``ReplayGuard``); the response carries the request's id back, so a
+refuses a request whose timestamp is further than the replay window from its clock, that was
+sealed before the KM started, or whose request id it has seen (``ReplayGuard``); the response carries the request's id back, so a
 client cannot be handed a recorded response to some earlier request.
 """
 
@@ -75,6 +75,12 @@ class StaleMessage(EnvelopeError):
 
 class ReplayedMessage(EnvelopeError):
     code = "replayed"
+
+
+class SealedBeforeStart(EnvelopeError):
+    """Sealed before this KM started: it may have been seen by the KM before, so it is refused."""
+
+    code = "restarted"
 
 
 def now_ms() -> int:
@@ -185,14 +191,19 @@ class ReplayGuard:
     oldest ids are forgotten and ``floor`` rises to their timestamp: anything sealed at or before
     the floor is then refused as stale, so forgetting an id never lets its message be replayed.
     Only authenticated messages reach the guard, so only a key holder can fill it. Thread-safe.
+
+    The ids live in memory, so a restart forgets them; ``not_before_ms`` (the KM's start time)
+    then refuses every message sealed earlier (``SealedBeforeStart``), which is every message the
+    previous run can have seen.
     """
 
-    def __init__(self, window_ms: int, max_entries: int = 100_000):
+    def __init__(self, window_ms: int, max_entries: int = 100_000, not_before_ms: int = -1):
         if window_ms <= 0 or max_entries <= 0:
             raise ValueError("window_ms and max_entries must be positive")
         self.window_ms = window_ms
         self.max_entries = max_entries
         self.floor = -1
+        self.not_before_ms = not_before_ms
         self._seen: set[bytes] = set()
         self._by_time: list[tuple[int, bytes]] = []
         self._lock = threading.Lock()
@@ -207,6 +218,9 @@ class ReplayGuard:
         if abs(now - ts) > self.window_ms:
             raise StaleMessage(f"message timestamp is {(ts - now) / 1000:+.1f}s from the KM's clock, "
                                f"outside the {self.window_ms / 1000:g}s replay window (clock skew?)")
+        if ts < self.not_before_ms:
+            raise SealedBeforeStart(f"message was sealed {(self.not_before_ms - ts) / 1000:.3f}s before "
+                                    f"the KM started; seal it again")
         with self._lock:
             self._expire(now)
             if ts <= self.floor:

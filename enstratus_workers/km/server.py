@@ -2,7 +2,10 @@
 
 One thread accepts (with a selector, so it notices a stop within ``POLL`` seconds); each
 connection gets a thread of its own, at most ``max_connections`` at once, and may carry any
-number of requests. Anything that does not authenticate, is stale, replayed, oversized or
+number of requests. A connection must deliver its first frame whole within
+``first_frame_timeout`` of being accepted; until that frame has authenticated it is one of the
+few unauthenticated connections ``admission.py`` allows (per address and in all), so idle
+connections cannot shut out clients that hold the key. Anything that does not authenticate, is stale, replayed, oversized or
 garbage gets one unauthenticated error frame (``protocol.py``) where the stream still allows
 it, and the connection is closed; the daemon logs the peer and the reason (never a secret) and
 keeps serving everyone else. Requests that authenticate always get a sealed response under the
@@ -22,9 +25,10 @@ from enstratus_workers.daemon.service import Service
 from enstratus_workers.errors import DaemonError, DatabaseError
 from enstratus_workers.km import KMError, KMNotFound
 from enstratus_workers.km import protocol as p
+from enstratus_workers.km.admission import Admission, Busy, Slot, Throttle, evict
 from enstratus_workers.km.config import KMSettings
 from enstratus_workers.km.envelope import (REQUEST, RESPONSE, EnvelopeError, Keyring, ReplayGuard,
-                                           open_frame, seal)
+                                           now_ms, open_frame, seal)
 from enstratus_workers.km.store import CredentialStore, load_or_create_master_key
 
 log = logging.getLogger(__name__)
@@ -33,6 +37,8 @@ POLL = 0.2          # seconds between looks at the stop flag
 STOP_GRACE = 0.7    # seconds running requests get to finish once a stop is noticed
 LINGER = 0.25       # seconds a refused peer's remaining input is drained before closing
 LINGER_BYTES = 1 << 20
+_EVICTED = p.error_frame("busy", "the KM needed this idle connection; retry")
+_EVICTED = p.LENGTH.pack(len(_EVICTED)) + _EVICTED   # as it goes on the wire
 
 
 class KMService(Service):
@@ -55,7 +61,8 @@ class KMService(Service):
         self._store_factory = store_factory or self._open_store
         self._store: CredentialStore | None = None
         self._stopping = False      # set by request_stop (a signal handler): a plain flag
-        self._slots = threading.BoundedSemaphore(settings.max_connections)
+        self._admission = Admission(settings.max_connections, settings.max_pending_per_address)
+        self._flood_log = Throttle(log)
         self._threads: set[threading.Thread] = set()
         self.address: tuple[str, int] | None = None
 
@@ -66,6 +73,15 @@ class KMService(Service):
         self._stopping = True
 
     def run(self, ready: Callable[[], None]) -> None:
+        # The replay guard's request ids live in memory, so a request captured before a restart
+        # would be accepted again for the rest of its replay window. Rather than write every
+        # request id to the database (a write per get, and a database the KM cannot answer
+        # without), requests sealed before this start are refused: they are the only ones the
+        # previous run can have seen. Clock skew: a client whose clock runs d ahead of the KM's
+        # could have a request sealed in the last d before the start replayed (NTP keeps d to
+        # milliseconds); a client d behind is refused ("restarted", which the client retries by
+        # sealing afresh) for d after a start.
+        self._guard.not_before_ms = now_ms()
         self._store = self._store_factory()
         try:
             listener = self._listen()
@@ -116,18 +132,24 @@ class KMService(Service):
             conn, peer = listener.accept()
         except (BlockingIOError, InterruptedError, ConnectionAbortedError):
             return
-        peer_s = f"{peer[0]}:{peer[1]}"
+        slot = Slot(conn, peer[0], f"{peer[0]}:{peer[1]}")
         self._threads = {t for t in self._threads if t.is_alive()}
-        if not self._slots.acquire(blocking=False):
-            log.warning("KM refused %s: %d connections already open", peer_s, self.settings.max_connections)
+        try:
+            victim = self._admission.admit(slot)
+        except Busy as exc:
+            self._flood_log.warning("busy", "KM refused %s: %s", slot.peer, exc)
             self._refuse(conn, "busy", "too many connections to the KM; retry later")
             return
+        if victim is not None:
+            self._flood_log.warning("evicted", "KM closed %s, idle without a request, to admit %s",
+                                    victim.peer, slot.peer)
+            evict(victim, _EVICTED)
         conn.setblocking(True)
-        t = threading.Thread(target=self._serve, args=(conn, peer_s), name=f"km-conn-{peer_s}", daemon=True)
+        t = threading.Thread(target=self._serve, args=(slot,), name=f"km-conn-{slot.peer}", daemon=True)
         try:
             t.start()
         except RuntimeError:  # the OS would not give us another thread
-            self._slots.release()
+            self._admission.release(slot)
             self._refuse(conn, "busy", "the KM cannot serve another connection now; retry later")
             return
         self._threads.add(t)
@@ -136,29 +158,48 @@ class KMService(Service):
         with conn:
             _refuse_and_close(conn, p.error_frame(code, message))
 
-    def _serve(self, conn: socket.socket, peer: str) -> None:
+    def _serve(self, slot: Slot) -> None:
+        conn, peer = slot.sock, slot.peer
         sel = selectors.DefaultSelector()
+        authenticated = False
         try:
             with conn:
                 conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
                 sel.register(conn, selectors.EVENT_READ)
-                while self._wait_for_request(sel):
+                first_deadline = slot.accepted + self.settings.first_frame_timeout
+                while True:
+                    if authenticated:
+                        if not self._wait_for_request(sel, time.monotonic() + self.settings.idle_timeout):
+                            return
+                        deadline = time.monotonic() + self.settings.frame_timeout
+                    else:
+                        if not self._wait_for_request(sel, first_deadline):
+                            if not self._stopping:
+                                self._flood_log.warning("first-frame", "KM dropped %s: no request within "
+                                                        "%gs of connecting", peer, self.settings.first_frame_timeout)
+                            return
+                        deadline = first_deadline
                     try:
-                        frame = p.read_frame(conn, self.settings.max_frame,
-                                             time.monotonic() + self.settings.frame_timeout)
+                        frame = p.read_frame(conn, self.settings.max_frame, deadline)
                     except p.FrameTooLarge as exc:
                         log.warning("KM refused a frame from %s: %s", peer, exc)
+                        self._admission.release(slot)
                         _refuse_and_close(conn, p.error_frame(exc.code, str(exc)))
                         return
                     except (p.FrameError, TimeoutError) as exc:
-                        log.warning("KM dropped %s: %s", peer, exc)
+                        self._flood_log.warning("dropped", "KM dropped %s: %s", peer, exc)
                         return
-                    if frame is None:
-                        return
+                    if frame is None or not (authenticated or self._admission.claim(slot)):
+                        return   # closed, or displaced by a newcomer (and told "busy") meanwhile
                     reply, keep_open = self._answer(frame, peer)
                     if not keep_open:
+                        # released first: a refused peer must not hold a slot while we linger
+                        self._admission.release(slot)
                         _refuse_and_close(conn, reply)
                         return
+                    if not authenticated:
+                        self._admission.authenticated(slot)
+                        authenticated = True
                     conn.settimeout(self.settings.frame_timeout)
                     p.write_frame(conn, reply)
         except OSError as exc:
@@ -167,13 +208,12 @@ class KMService(Service):
             log.exception("KM connection from %s failed unexpectedly", peer)
         finally:
             sel.close()
-            self._slots.release()
+            self._admission.release(slot)
 
-    def _wait_for_request(self, sel: selectors.BaseSelector) -> bool:
-        """True once the next request starts arriving; False on stop or after ``idle_timeout``."""
-        idle_until = time.monotonic() + self.settings.idle_timeout
+    def _wait_for_request(self, sel: selectors.BaseSelector, until: float) -> bool:
+        """True once the next request starts arriving; False on stop or at ``until`` (monotonic)."""
         while not self._stopping:
-            remaining = idle_until - time.monotonic()
+            remaining = until - time.monotonic()
             if remaining <= 0:
                 return False
             if sel.select(min(POLL, remaining)):

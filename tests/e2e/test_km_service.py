@@ -39,7 +39,7 @@ def km_settings(home: Path, **overrides) -> KMSettings:
     values = dict(host="127.0.0.1", port=0,
                   credentials_url=Secret(f"sqlite:///{home / 'services/km/data/credentials.db'}"),
                   master_key_file=home / "services/km/classes/km-master.key",
-                  idle_timeout=30.0, frame_timeout=0.5)
+                  idle_timeout=30.0, frame_timeout=0.5, first_frame_timeout=0.5)
     values.update(overrides)
     return KMSettings(**values)
 
@@ -81,9 +81,9 @@ def km(home):
         yield address
 
 
-def client_for(address, key=KEY, retries=0, timeout=3.0) -> KMClient:
+def client_for(address, key=KEY, retries=0, timeout=3.0, busy_patience=5.0) -> KMClient:
     return KMClient(KMClientSettings(host=address[0], port=address[1], timeout=timeout, retries=retries),
-                    Secret(key), backoff=0.01)
+                    Secret(key), backoff=0.01, busy_patience=busy_patience)
 
 
 def raw_exchange(address, data: bytes) -> bytes | None:
@@ -292,26 +292,43 @@ def test_rotation_serves_clients_on_the_old_and_the_new_key(home):
             wrong.ping()
 
 
-def test_too_many_connections_are_told_busy_and_the_client_retries(home):
-    # Given a KM allowing one connection, held open by an idle peer
-    with running(KMService(km_settings(home, max_connections=1), Keyring(KEY))) as address:
-        hog = socket.create_connection(address, timeout=3)
+def authenticated_connection(address) -> socket.socket:
+    """A connection that has made one valid request and stays open (a key holder's)."""
+    conn = socket.create_connection(address, timeout=3)
+    frame, _ = seal(Keyring(KEY), REQUEST, p.encode_request("ping"))
+    p.write_frame(conn, frame)
+    assert p.parse_error_frame(p.read_frame(conn, deadline=time.monotonic() + 3)) is None
+    return conn
+
+
+def test_when_key_holders_fill_the_km_a_client_is_told_busy_and_retries_briefly(home):
+    # Given a KM of two connections, both held by authenticated clients
+    with running(KMService(km_settings(home, max_connections=2), Keyring(KEY))) as address:
+        held = [authenticated_connection(address) for _ in range(2)]
         try:
-            time.sleep(0.1)
-            # When a client calls, it is told busy and retries until it gives up
+            # When a client calls, it is told busy and retries for its patience, then gives up
+            started = time.monotonic()
             with pytest.raises(KMUnavailable, match="busy"):
-                client_for(address, retries=2).ping()
+                client_for(address, busy_patience=0.6).ping()
+            assert 0.6 <= time.monotonic() - started < 2.5
+            # And a client whose patience outlasts the crowd is served once a connection frees
+            threading.Timer(0.3, held.pop().close).start()
+            client_for(address, busy_patience=5).ping()
         finally:
-            hog.close()
-        # Then, the hog gone, the client is served
-        deadline = time.monotonic() + 3
-        while True:
-            try:
-                client_for(address).ping()
-                break
-            except KMUnavailable:
-                assert time.monotonic() < deadline
-                time.sleep(0.05)
+            for conn in held:
+                conn.close()
+
+
+def test_an_idle_connection_gives_way_to_a_client(home):
+    # Given a KM of one connection, held by a peer that never sends anything
+    with running(KMService(km_settings(home, max_connections=1, first_frame_timeout=30), Keyring(KEY))) as address:
+        with socket.create_connection(address, timeout=3) as hog:
+            time.sleep(0.1)
+            # When a client calls, Then it is served at once, and the idle peer was told busy
+            started = time.monotonic()
+            client_for(address, busy_patience=0).ping()
+            assert time.monotonic() - started < 1
+            assert p.parse_error_frame(p.read_frame(hog, deadline=time.monotonic() + 3))[0] == "busy"
 
 
 def test_an_unreachable_km_is_retried_with_backoff_then_reported(caplog):
