@@ -31,6 +31,7 @@ class Intake:
         self._transport = None
         self.connected = threading.Event()
         self.reconnects = 0
+        self.held = 0                      # deliveries taken while paused, left unsettled
         self._wanted = list(self.queues)   # set_queues changes it; the thread follows
         self.thread = threading.Thread(target=self._run, name="intake", daemon=True)
 
@@ -42,7 +43,9 @@ class Intake:
         self._wanted = list(queues)
 
     def pause(self) -> None:
-        """Stop taking work: anything delivered from now on goes straight back to the queue."""
+        """Stop taking work: anything delivered from now on is held unsettled and goes back to
+        its queue when the consumer closes (a nack would have the broker hand it straight back,
+        over and over, for the whole grace period)."""
         self._paused.set()
 
     def stop(self) -> None:
@@ -50,17 +53,21 @@ class Intake:
         self.thread.join(timeout=10)
 
     # settling, from the main loop
+    # The intake thread may drop the consumer (reconnect) at any moment: read it once.
     def ack(self, deliveries) -> None:
-        if deliveries and self._consumer is not None:
-            self._consumer.ack(deliveries)
+        consumer = self._consumer
+        if deliveries and consumer is not None:
+            consumer.ack(deliveries)
 
     def nack(self, deliveries) -> None:
-        if deliveries and self._consumer is not None:
-            self._consumer.nack(deliveries)
+        consumer = self._consumer
+        if deliveries and consumer is not None:
+            consumer.nack(deliveries)
 
     def dead_letter(self, delivery, reason: str) -> None:
-        if self._consumer is not None:
-            self._consumer.dead_letter(delivery, reason)
+        consumer = self._consumer
+        if consumer is not None:
+            consumer.dead_letter(delivery, reason)
 
     def _run(self) -> None:
         backoff = 0.5
@@ -111,7 +118,7 @@ class Intake:
             if not got:
                 continue
             if self._paused.is_set():
-                self._consumer.nack(got)
+                self.held += len(got)   # unsettled: back to the queue when the consumer closes
                 continue
             self.deliveries.put(got)
             try:

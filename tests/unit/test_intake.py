@@ -111,7 +111,7 @@ def test_settling_goes_through_the_intakes_consumer(broker, make_intake):
     assert [(d.message_id, d.redelivered) for d in again] == [("b", True)]
 
 
-def test_while_paused_new_deliveries_go_straight_back(broker, make_intake):
+def test_while_paused_new_deliveries_are_held_and_go_back_on_close(broker, make_intake):
     # Given a running, paused intake
     it, _ = make_intake(prefetch=1)
     it.start()
@@ -119,10 +119,14 @@ def test_while_paused_new_deliveries_go_straight_back(broker, make_intake):
     it.pause()
     # When a job arrives
     broker.publish("work", "late")
-    # Then the main loop never sees it: it stays on the queue, given back each time it comes
-    assert wait_until(lambda: broker.depth("work").ready == 1, 2)
+    # Then the main loop never sees it, and it is held once, not handed back and forth
+    assert wait_until(lambda: it.held == 1, 2)
     assert taken(it, 1, timeout=0.5) == []
-    assert broker.depth("work").ready + broker.depth("work").unacked == 1
+    assert it.held == 1
+    assert broker.depth("work").unacked == 1
+    # And when the intake stops, it is back on its queue, ready for another subscriber
+    it.stop()
+    assert broker.depth("work").ready == 1
 
 
 def test_a_broker_that_is_down_is_retried_until_it_is_back(broker, make_intake):
