@@ -1,68 +1,97 @@
-"""Who may call the admin daemon: whoever bears its token.
+"""Who may call the admin daemon: whoever bears its token, and the pages of whoever logged in.
 
-Two ways to bear it: an ``Authorization: Bearer <token>`` header (scripts, curl, monitoring), or
-the session cookie the login form sets (the pages). The cookie holds an HMAC of the token rather
-than the token itself, so a cookie that leaks from a browser profile does not give away the token
-scripts use; it is ``HttpOnly`` (page scripts cannot read it) and ``SameSite=Strict`` (another
-site cannot make the browser send it along with a forged request). Changing the token ends every
-session. Comparisons are constant-time.
+Two credentials, for two kinds of client:
+
+- **The bearer token** (``Authorization: Bearer <token>``): scripts, curl, monitoring. Good on
+  every route. Wrong tokens are counted per client address (``throttle``): after a few, 429.
+- **The session cookie** (set by the login form, see ``sessions``): the pages only. Its path is
+  ``/ui``, where the pages, their fragments and the few API calls the pages make
+  (``/ui/api/...``) live, so a browser sends it nowhere else, and the JSON API under ``/`` ignores
+  it even when sent. It is ``HttpOnly`` (page scripts cannot read it), ``SameSite=Strict``, and
+  never good for a request that carries neither ``Origin`` nor ``Sec-Fetch-Site`` (see ``gate``):
+  a change comes either from our own page or from a holder of the token.
+
+Token comparisons are constant-time.
 """
 
 from __future__ import annotations
 
-import hashlib
 import hmac
 from typing import Optional
 
 from fastapi import Depends, HTTPException, Request
-from fastapi.security import APIKeyCookie, HTTPAuthorizationCredentials, HTTPBearer
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from ..config.settings import Secret
+from .gate import is_scripted
 
 COOKIE = "enstratus_admin"
-COOKIE_MAX_AGE = 12 * 3600  # a forgotten browser tab stops being logged in overnight
-_SESSION_LABEL = b"enstratus-workers admin session v1"
+COOKIE_PATH = "/ui"
 
 bearer_scheme = HTTPBearer(auto_error=False, description="the admin token (admin.token or admin.cfg)")
-cookie_scheme = APIKeyCookie(name=COOKIE, auto_error=False, description="set by POST /login")
+
+_NO_TOKEN = ("missing or wrong token: send 'Authorization: Bearer <token>' "
+             "(the token is in services/worker/run/admin.token unless admin.cfg sets one)")
 
 
 class Tokens:
-    """The token and the session value derived from it."""
+    """The token, compared in constant time."""
 
     def __init__(self, token: Secret):
         self._token = token.reveal().encode("utf-8")
-        self.session = hmac.new(self._token, _SESSION_LABEL, hashlib.sha256).hexdigest()
 
     def token_ok(self, candidate: str | None) -> bool:
-        return candidate is not None and hmac.compare_digest(candidate.encode("utf-8"), self._token)
-
-    def session_ok(self, candidate: str | None) -> bool:
-        return candidate is not None and hmac.compare_digest(candidate.encode("utf-8"),
-                                                             self.session.encode("ascii"))
-
-    def request_ok(self, request: Request) -> bool:
-        """For the pages, which answer a stranger with the login form instead of an error."""
-        header = request.headers.get("authorization", "")
-        scheme, _, value = header.partition(" ")
-        if scheme.lower() == "bearer" and self.token_ok(value.strip()):
-            return True
-        return self.session_ok(request.cookies.get(COOKIE))
+        return candidate is not None and hmac.compare_digest(
+            candidate.encode("utf-8", "replace"), self._token)
 
 
-def tokens_of(request: Request) -> Tokens:
-    return request.app.state.tokens
+def client_address(request: Request) -> str:
+    return request.client.host if request.client else "?"
+
+
+def check_token(request: Request, candidate: str) -> bool:
+    """Whether ``candidate`` is the token; counted against the client's address either way, and
+    429 with ``Retry-After`` (the token not even looked at) while the address is locked out."""
+    state = request.app.state
+    address = client_address(request)
+    wait = state.throttle.retry_after(address)
+    if wait:
+        raise HTTPException(status_code=429, detail=f"too many wrong tokens from {address}: "
+                            f"try again in {wait} s", headers={"Retry-After": str(wait)})
+    if state.tokens.token_ok(candidate):
+        state.throttle.succeeded(address)
+        return True
+    state.throttle.failed(address)
+    return False
+
+
+def _bearer(request: Request) -> str | None:
+    scheme, _, value = request.headers.get("authorization", "").partition(" ")
+    return value.strip() if scheme.lower() == "bearer" else None
+
+
+def page_session_ok(request: Request) -> bool:
+    """For everything under ``/ui``: the token, else (from a browser page) an open session."""
+    token = _bearer(request)
+    if token is not None:
+        return check_token(request, token)
+    if is_scripted(request.scope):
+        return False
+    return request.app.state.sessions.use(request.cookies.get(COOKIE))
+
+
+def unauthorized(detail: str = _NO_TOKEN) -> HTTPException:
+    return HTTPException(status_code=401, detail=detail, headers={"WWW-Authenticate": "Bearer"})
 
 
 def require_token(request: Request,
-                  creds: Optional[HTTPAuthorizationCredentials] = Depends(bearer_scheme),
-                  session: Optional[str] = Depends(cookie_scheme)) -> None:
-    """The dependency of every API route: 401 unless the token (or a session of it) is presented."""
-    tokens = tokens_of(request)
-    if creds is not None and tokens.token_ok(creds.credentials):
-        return
-    if tokens.session_ok(session):
-        return
-    raise HTTPException(status_code=401, detail="missing or wrong token: send 'Authorization: Bearer <token>' "
-                        "(the token is in services/worker/run/admin.token unless admin.cfg sets one)",
-                        headers={"WWW-Authenticate": "Bearer"})
+                  creds: Optional[HTTPAuthorizationCredentials] = Depends(bearer_scheme)) -> None:
+    """The dependency of every JSON API route: 401 unless the bearer token is presented."""
+    if creds is None or not check_token(request, creds.credentials):
+        raise unauthorized()
+
+
+def require_page_session(request: Request) -> None:
+    """The dependency of the API calls the pages make (``/ui/api/...``)."""
+    if not page_session_ok(request):
+        raise unauthorized("log in again")

@@ -33,6 +33,10 @@ KEYS = (
     CfgKey("token", "string()"),
     CfgKey("refresh", "float(min=0.5, max=300)"),
     CfgKey("max_body", "integer(1024, 67108864)"),
+    CfgKey("session_idle", "integer(60, 604800)"),
+    CfgKey("session_max", "integer(60, 2592000)"),
+    CfgKey("header_timeout", "float(min=1, max=300)"),
+    CfgKey("server_names", "string()"),
 )
 
 
@@ -46,6 +50,10 @@ class AdminSettings:
     token: Secret = Secret("")            # set in admin.cfg instead of the file (then chmod 600)
     refresh: float = 3.0                  # seconds between the pages' refreshes
     max_body: int = 1 << 20               # bytes a request body may have
+    session_idle: int = 30 * 60           # seconds a page session lasts without a request
+    session_max: int = 12 * 3600          # seconds a page session lasts at most (then log in again)
+    header_timeout: float = 10.0          # seconds a client has to send a request's headers
+    server_names: tuple[str, ...] = ()    # more Host values that name this daemon (space-separated)
     source: Path | None = None
 
 
@@ -66,6 +74,8 @@ def load_admin_settings(layout: Layout, path: Path | None = None) -> AdminSettin
                           line=entries["token"].line)
     if token:
         values["token"] = Secret(token)
+    if "server_names" in values:
+        values["server_names"] = tuple(values["server_names"].lower().split())
     if "token_file" in values:
         values["token_file"] = Path(values["token_file"])
     s = AdminSettings(**values, source=path)

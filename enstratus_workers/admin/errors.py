@@ -12,17 +12,21 @@ import logging
 
 import sqlalchemy as sa
 from fastapi import FastAPI, HTTPException, Request
+from fastapi.encoders import jsonable_encoder
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 
 from ..db.instances import Conflict, Invalid, NotFound
 from ..errors import DatabaseError, TransportError
 from ..submit import SubmitError
 from .models import Message
+from .strictbody import SafeJSONResponse
 
 log = logging.getLogger(__name__)
 
 #: the error answers every API route may give, for the OpenAPI spec
 COMMON = {401: {"model": Message, "description": "missing or wrong token"},
+          429: {"model": Message, "description": "too many wrong tokens from this address: see Retry-After"},
           503: {"model": Message, "description": "the database or the queue is unreachable; nothing changed"}}
 NOT_FOUND = {404: {"model": Message, "description": "no such instance, queue or job"}}
 CONFLICT = {409: {"model": Message, "description": "contradicts the stored state; nothing changed"}}
@@ -42,6 +46,11 @@ def _reason(exc: BaseException) -> str:
 
 def install(app: FastAPI) -> None:
     """Register the handlers that map the service's exceptions to answers."""
+
+    @app.exception_handler(RequestValidationError)
+    async def _unprocessable(_request: Request, exc: RequestValidationError):
+        # FastAPI's own answer, but one that can be sent whatever input it quotes back
+        return SafeJSONResponse({"detail": jsonable_encoder(exc.errors())}, status_code=422)
 
     @app.exception_handler(NotFound)
     async def _not_found(_request: Request, exc: NotFound):

@@ -24,6 +24,35 @@ HEADERS = [
 ]
 
 
+class BodyTooLarge(Exception):
+    pass
+
+
+async def read_body(receive, limit: int | None = None) -> bytes | None:
+    """The whole request body (``BodyTooLarge`` past ``limit`` bytes); None if the client left."""
+    chunks, total = [], 0
+    while True:
+        message = await receive()
+        if message["type"] != "http.request":
+            return None
+        chunk = message.get("body", b"")
+        total += len(chunk)
+        if limit is not None and total > limit:
+            raise BodyTooLarge(limit)
+        chunks.append(chunk)
+        if not message.get("more_body"):
+            return b"".join(chunks)
+
+
+def replaying(body: bytes, receive):
+    """A ``receive`` that hands the app ``body`` (read already), then listens to the client again."""
+    pending = [{"type": "http.request", "body": body, "more_body": False}]
+
+    async def replay():
+        return pending.pop() if pending else await receive()
+    return replay
+
+
 class Guard:
     def __init__(self, app, max_body: int):
         self.app, self.max_body = app, max_body
@@ -54,24 +83,12 @@ class Guard:
     async def _buffered(self, receive, send):
         """Read a body of undeclared length, at most ``max_body``; a ``receive`` that replays it,
         or None once the request was refused (or the client left)."""
-        chunks, total = [], 0
-        while True:
-            message = await receive()
-            if message["type"] != "http.request":
-                return None
-            chunk = message.get("body", b"")
-            total += len(chunk)
-            if total > self.max_body:
-                await self._refuse(send)
-                return None
-            chunks.append(chunk)
-            if not message.get("more_body"):
-                break
-        pending = [{"type": "http.request", "body": b"".join(chunks), "more_body": False}]
-
-        async def replay():
-            return pending.pop() if pending else await receive()
-        return replay
+        try:
+            body = await read_body(receive, self.max_body)
+        except BodyTooLarge:
+            await self._refuse(send)
+            return None
+        return None if body is None else replaying(body, receive)
 
     async def _refuse(self, send):
         body = json.dumps({"detail": f"request body larger than {self.max_body} bytes"}).encode()

@@ -1,9 +1,12 @@
 """The operator's pages: Server Status, Launch, Jobs, and the login form that opens them.
 
 A page asked for without a session answers 401 with the login form as its body, so a browser
-shows the form and a script sees the refusal. The login form posts the token; a right one sets
-the session cookie (see ``auth``) and goes back to the page asked for. The pages are rendered
-here; their script refreshes the live part from ``/ui/fragments/...`` (rendered by ``render``).
+shows the form and a script sees the refusal. The login form posts the token; a right one opens
+a session (see ``sessions``), sets its cookie for ``/ui`` (see ``auth``) and goes back to the
+page asked for; wrong ones count towards the address's lockout (``throttle``). Logging out
+(``POST /ui/logout``, under the cookie's path so the browser sends it) ends the session on the
+server. The pages are rendered here; their script refreshes the live part from
+``/ui/fragments/...`` (rendered by ``render``) and calls ``/ui/api/...`` (``pageapi``).
 """
 
 from __future__ import annotations
@@ -20,9 +23,10 @@ from fastapi.responses import HTMLResponse, RedirectResponse, Response
 
 from ..db.schema import STATUSES
 from . import jobstats, render
-from .auth import COOKIE, COOKIE_MAX_AGE, tokens_of
+from .auth import COOKIE, COOKIE_PATH, check_token, page_session_ok
 from .context import ctx_of
 from .figures import overview
+from .strictbody import printable
 
 router = APIRouter(include_in_schema=False)
 
@@ -42,9 +46,10 @@ def _static(name: str) -> bytes:
     return files(__package__).joinpath("static", name).read_bytes()
 
 
-def _login_page(next_path: str, message: str = "", status: int = 401) -> HTMLResponse:
+def _login_page(next_path: str, message: str = "", status: int = 401, headers: dict | None = None) -> HTMLResponse:
     text = _template("login.html").substitute(next=escape(_safe_next(next_path)), message=escape(message))
-    return HTMLResponse(text, status_code=status, headers={**_NO_STORE, "WWW-Authenticate": "Bearer"})
+    return HTMLResponse(text, status_code=status,
+                        headers={**_NO_STORE, "WWW-Authenticate": "Bearer", **(headers or {})})
 
 
 def _safe_next(path: str) -> str:
@@ -63,7 +68,7 @@ def _page(request: Request, page: str, body: str) -> HTMLResponse:
 
 
 def _authorized(request: Request) -> bool:
-    return tokens_of(request).request_ok(request)
+    return page_session_ok(request)
 
 
 # -- login ---------------------------------------------------------------------------------------
@@ -76,31 +81,37 @@ def login_form(next: str = Query(default="/ui/status", max_length=200)):
 async def login(request: Request):
     # a plain urlencoded form, read by hand: two fields do not justify a multipart parser
     body = await request.body()
-    fields = parse_qs(body.decode("utf-8", "replace"), max_num_fields=10)
+    try:
+        fields = parse_qs(body.decode("utf-8", "replace"), max_num_fields=10)
+    except ValueError:  # more fields than the form has
+        return _login_page("/ui/status", "Send the login form's fields only.", status=400)
     token = (fields.get("token") or [""])[0].strip()
     next_path = _safe_next((fields.get("next") or [""])[0])
-    tokens = tokens_of(request)
-    if not tokens.token_ok(token):
+    try:
+        right = check_token(request, token)
+    except HTTPException as exc:  # locked out: say so on the form
+        return _login_page(next_path, str(exc.detail), status=exc.status_code, headers=exc.headers)
+    if not right:
         return _login_page(next_path, "Wrong token.")
     response = RedirectResponse(next_path, status_code=303)
-    response.set_cookie(COOKIE, tokens.session, max_age=COOKIE_MAX_AGE, httponly=True, samesite="strict",
-                        path="/", secure=request.url.scheme == "https")
+    admin = ctx_of(request).admin
+    response.set_cookie(COOKIE, request.app.state.sessions.open(), max_age=admin.session_max, httponly=True,
+                        samesite="strict", path=COOKIE_PATH, secure=request.url.scheme == "https")
     return response
 
 
-@router.post("/logout")
-def logout():
+@router.post("/ui/logout")
+def logout(request: Request):
+    request.app.state.sessions.close(request.cookies.get(COOKIE))
     response = RedirectResponse("/login", status_code=303)
-    response.delete_cookie(COOKIE, path="/")
+    response.delete_cookie(COOKIE, path=COOKIE_PATH, httponly=True, samesite="strict")
     return response
 
 
 # -- pages ---------------------------------------------------------------------------------------
 @router.get("/")
-def root(request: Request):
-    if not _authorized(request):
-        return _login_page(PAGES[0][1])
-    return RedirectResponse(PAGES[0][1], status_code=303)
+def root():
+    return RedirectResponse(PAGES[0][1], status_code=303)  # the cookie is not sent here: the page knows
 
 
 @router.get("/ui/status")
@@ -139,7 +150,7 @@ def _fragment(html_text: str) -> HTMLResponse:
 
 def _jobs_live(request: Request, status: Optional[str]) -> str:
     ctx = ctx_of(request)
-    jobs = [j.as_dict() for j in ctx.dbs.jobs.list(status=status, limit=50)]
+    jobs = [printable(j.as_dict()) for j in ctx.dbs.jobs.list(status=status, limit=50)]
     return render.jobs_fragment(jobstats.stats(ctx.store, ctx.dbs.provisioning), jobs)
 
 
@@ -164,7 +175,7 @@ def job_fragment(request: Request, job_id: int = Path(ge=1, le=2**63 - 1)):
     job = ctx_of(request).dbs.jobs.get(job_id)
     if job is None:
         raise HTTPException(status_code=404, detail=f"no job {job_id}")
-    return _fragment(render.job_fragment(job.as_dict()))
+    return _fragment(render.job_fragment(printable(job.as_dict())))
 
 
 @router.get("/ui/static/{name}")

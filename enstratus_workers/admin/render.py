@@ -13,10 +13,11 @@ from datetime import datetime, timezone
 from html import escape
 
 from ..db.schema import STATUSES, TERMINAL
+from .strictbody import printable
 
 
 def _e(value) -> str:
-    return "" if value is None else escape(str(value))
+    return "" if value is None else escape(printable(str(value)))
 
 
 def _num(value) -> str:

@@ -9,6 +9,10 @@ The socket is bound here, before uvicorn starts, so a port in use stops the star
 reason on the operator's terminal instead of a bare exit code. The runner owns the signals:
 uvicorn's own handlers are not installed, and ``request_stop`` only sets uvicorn's flags
 (``should_exit`` for a warm stop: open requests finish; ``force_exit`` for a cold one).
+
+uvicorn speaks HTTP with h11 here, with a deadline for each request's headers (``admin.cfg``
+``header_timeout``, 10 s; see ``admin.slowheaders``), so clients that trickle their headers
+cannot hold connections open. The app is told the address really bound, for its Host check.
 """
 
 from __future__ import annotations
@@ -25,6 +29,7 @@ import uvicorn
 
 from ..admin import AdminContext, create_app, load_admin_settings, load_token
 from ..admin.config import AdminSettings
+from ..admin.slowheaders import header_timeout_protocol
 from ..daemon import runner
 from ..daemon.service import Service
 from ..errors import DaemonError
@@ -93,8 +98,9 @@ class AdminService(Service):
         self.url = f"http://{'[' + host + ']' if ':' in host else host}:{port}/"
         ctx = AdminContext.open(self.settings, self.layout, self.admin)
         try:
-            config = uvicorn.Config(create_app(ctx, token), log_config=None, access_log=False,
-                                    lifespan="off", server_header=False,
+            app = create_app(ctx, token, address=(self.admin.host, port))
+            config = uvicorn.Config(app, log_config=None, access_log=False, lifespan="off", server_header=False,
+                                    http=header_timeout_protocol(self.admin.header_timeout),
                                     timeout_graceful_shutdown=int(GRACEFUL_S))
 
             def started() -> None:

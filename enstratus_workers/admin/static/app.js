@@ -1,6 +1,8 @@
 // The pages' only script: swap in the server-rendered fragment every few seconds, and turn
 // clicks and forms into calls of the JSON API. No framework, no build step, nothing fetched
-// from elsewhere: the session cookie set by the login form authorizes every call.
+// from elsewhere. The session cookie set by the login form is sent only under /ui, so the page
+// calls the API through /ui/api/...; every text from the server is written with textContent,
+// and the fragments swapped in with innerHTML are rendered (and escaped) by the server.
 "use strict";
 
 (function () {
@@ -70,7 +72,8 @@
       const start = button.classList.contains("start");
       button.disabled = true;
       try {
-        const inst = await api("POST", "/instances/" + button.dataset.id + (start ? "/start" : "/disable"));
+        const inst = await api("POST", "/ui/api/instances/" + encodeURIComponent(button.dataset.id) +
+                              (start ? "/start" : "/disable"));
         say(inst.type + ": " + (inst.enabled ? "enabled, desired " + inst.concurrency.min + "–" +
             inst.concurrency.max + " processes" : "disabled"));
         await refresh();
@@ -98,9 +101,9 @@
       if (field("queue")) job.queue = field("queue");
       if (field("idempotency_key")) job.idempotency_key = field("idempotency_key");
       try {
-        const answer = await api("POST", "/jobs", job);
+        const answer = await api("POST", "/ui/api/jobs", job);
         say((answer.created ? "submitted job " : "an earlier job has this key: job ") + answer.job.job_id);
-        live.dataset.fragment = "/ui/fragments/job/" + answer.job.job_id;
+        live.dataset.fragment = "/ui/fragments/job/" + encodeURIComponent(answer.job.job_id);
         await refresh();
       } catch (e) {
         say(e.message, true);
@@ -116,7 +119,7 @@
     });
     document.getElementById("reset-stats").addEventListener("click", async function () {
       try {
-        await api("POST", "/jobs/stats/reset");
+        await api("POST", "/ui/api/jobs/stats/reset");
         say("counts reset: only jobs created from now on are counted");
         await refresh();
       } catch (e) {
