@@ -312,35 +312,29 @@ def test_generated_hostile_messages_leave_the_service_whole(svc):
 
 
 # -- a write that keeps failing: CRITICAL, and a stop within the grace period ------------------------
+# The last test of each shared service: it ends by stopping it (the fixture's stop is then a no-op).
 
-@pytest.mark.parametrize("kind", KINDS)
-def test_a_write_that_keeps_failing_is_critical_and_the_stop_ends_within_grace(request, tmp_path, kind):
-    hh.needs_servers(request, kind)
-    svc = hh.make_service(tmp_path, kind)
-    try:
-        hh.start_service(svc)
-        first = hh.submit(svc, "echo", {"v": 1})
-        assert hh.wait_jobs(svc, [first.job_id])[first.job_id].status == "succeeded"
-        # Given out-of-range messages on the queue (the reproduced hang) ...
-        svc.publish_raw([hh.message(2**63), hh.message(first.job_id, attempt=2**63)])
-        # ... and the analytics table gone from under the recorder, so every event write fails
-        hh.sql(svc, "analytics", "ALTER TABLE enstratus_job_event RENAME TO enstratus_job_event_hidden")
-        hh.submit(svc, "echo", {"v": "unrecordable"})
-        # Then `pinger check` says CRITICAL with the reason while the write keeps failing
-        seen = []
+def test_a_write_that_keeps_failing_is_critical_and_the_stop_ends_within_grace(svc):
+    first = hh.submit(svc, "echo", {"v": 1})
+    assert hh.wait_jobs(svc, [first.job_id])[first.job_id].status == "succeeded"
+    # Given out-of-range messages on the queue (the reproduced hang) ...
+    svc.publish_raw([hh.message(2**63), hh.message(first.job_id, attempt=2**63)])
+    # ... and the analytics table gone from under the recorder, so every event write fails
+    hh.sql(svc, "analytics", "ALTER TABLE enstratus_job_event RENAME TO enstratus_job_event_hidden")
+    hh.submit(svc, "echo", {"v": "unrecordable"})
+    # Then `pinger check` says CRITICAL with the reason while the write keeps failing
+    seen = []
 
-        def critical():
-            r = svc.pinger_check()
-            seen.append((r.returncode, r.stdout.strip()[:300]))
-            return r.returncode == 2 and any(w in r.stdout.lower() for w in ("record", "write", "event"))
-        assert sh.wait_until(critical, 30, 1.0), (
-            f"while the outcome writes keep failing, pinger check must say CRITICAL with the reason; "
-            f"it said: {seen[-3:]}")
-        # And a normal stop ends within the grace period
-        took = hh.stop_service(svc, timeout=GRACE + 60)
-        assert took <= GRACE + 15, f"stop took {took:.1f}s (grace period {GRACE}s) with a failing write"
-    finally:
-        hh.stop_service(svc)
+    def critical():
+        r = svc.pinger_check()
+        seen.append((r.returncode, r.stdout.strip()[:300]))
+        return r.returncode == 2 and any(w in r.stdout.lower() for w in ("record", "write", "event"))
+    assert sh.wait_until(critical, 30, 1.0), (
+        f"while the outcome writes keep failing, pinger check must say CRITICAL with the reason; "
+        f"it said: {seen[-3:]}")
+    # And a normal stop ends within the grace period
+    took = hh.stop_service(svc, timeout=GRACE + 60)
+    assert took <= GRACE + 15, f"stop took {took:.1f}s (grace period {GRACE}s) while a write kept failing"
 
 
 # -- names and config files -------------------------------------------------------------------------
