@@ -2,15 +2,28 @@
 
 Threads: the intake thread owns the queue connection (``intake.py``); the accept thread takes
 worker connections (``pool/pool.py``); this main thread does everything else in one loop, woken
-by whichever of them has news: decode deliveries, dispatch to workers, collect outcomes, write
-them in batches (``recorder.py``), ack what is written, supervise the workers.
+by whichever of them has news: decode deliveries, check them against their job rows, dispatch
+to workers, collect outcomes, write them in batches (``recorder.py``), ack what is written,
+supervise the workers.
+
+The job row is the truth; a message only points at it. Each batch of deliveries is checked
+against the rows of its jobs in one query (``JobStore.delivery_rows``), and a delivery runs only
+if its attempt is open or held by this process (db/jobs.py's ownership rule), with the row's
+action, arguments and max_attempts. A delivery of a job without a row is a stranger
+(dead-lettered with the reason); one of a finished job or of an attempt the row is not at is a
+stale duplicate (acked away). Both are counted. One whose attempt another subscriber holds
+waits, unacked, until that owner records it (then it is stale) or its heartbeat expires (then
+this process takes the attempt over). If the rows cannot be read, nothing runs blind: the
+deliveries wait unacked and the check is retried with backoff.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import queue
+import secrets
 import threading
 import time
 from collections import defaultdict, deque
@@ -22,15 +35,17 @@ from ..db import Event, Outcome, Started, open_databases
 from ..db.instances import desired_types
 from ..intake import Intake
 from ..layout import short_hostname
-from ..messages import MessageDecodeError, decode
+from ..messages import ActionMessage, MessageDecodeError, decode
 from ..pool.pool import Assignment, WorkerPool
 from ..recorder import Recorder
+from ..recovery import live_owners
 from ..retry import event_outcome, job_status_after
 
 log = logging.getLogger(__name__)
 
 HEARTBEAT_EVERY_S = 2.0
 RECONCILE_EVERY_S = 5.0
+CHECK_RETRY_MAX_S = 10.0    # longest wait between tries to read the job rows of deliveries
 
 
 class Subscriber(Service):
@@ -44,10 +59,17 @@ class Subscriber(Service):
         self._next_reconcile = 0.0
         self._last_beat = 0.0
         self.pending: dict[str, deque] = defaultdict(deque)   # worker type -> assignments waiting
-        self.active: dict[int, list] = {}   # job id -> deliveries of it held here (duplicates)
+        self.active: dict[tuple, list] = {}   # (job id, attempt) -> its deliveries held here
+        self._unchecked: list = []            # (delivery, message) not yet checked against its row
+        self._check_at = 0.0                  # no check before this (the rows could not be read)
+        self._check_failures = 0
+        self._held: list = []                 # (delivery, message) of attempts another owner holds
+        self._held_until = 0.0
+        self._marked: set = set()             # (job id, attempt) handed to the recorder as started
+        self.owner = _owner_token(name)
         self.started_ms = int(time.time() * 1000)
         self.stats = {"received": 0, "succeeded": 0, "failed": 0, "pending": 0, "dead": 0,
-                      "dead_lettered": 0, "duplicates": 0}
+                      "dead_lettered": 0, "duplicates": 0, "stale": 0, "strangers": 0, "taken_over": 0}
 
     def request_reload(self) -> None:
         self._reload.set()
@@ -61,6 +83,7 @@ class Subscriber(Service):
     def run(self, ready) -> None:
         s = self.settings
         self.layout.ensure_dirs()
+        self.owner = _owner_token(self.name)   # this process's own (the daemon may have forked)
         self.dbs = open_databases(s.worker, self.layout)
         wake_r, wake_w = os.pipe()
         os.set_blocking(wake_r, False)
@@ -107,6 +130,7 @@ class Subscriber(Service):
             self._reconcile()
             self.pool.scale({t: len(q) for t, q in self.pending.items()})
             self.pool.dispatch(self.pending)
+            self._mark_dispatched()
         self._beat()
 
     def _reconcile(self) -> None:
@@ -136,8 +160,15 @@ class Subscriber(Service):
     def _give_back(self, assignments) -> None:
         """Return unstarted work to its queue (with any duplicates of it held here)."""
         for a in list(assignments):
-            self.intake.nack(self.active.pop(a.message.job_id, [a.delivery]))
+            key = (a.message.job_id, a.message.attempt)
+            self._marked.discard(key)
+            self.intake.nack(self.active.pop(key, [a.delivery]))
         assignments.clear()
+
+    def _give_back_unchecked(self) -> None:
+        """Return deliveries not yet checked, or waiting for another owner, to their queues."""
+        waiting, self._unchecked, self._held = self._unchecked + self._held, [], []
+        self.intake.nack([d for d, _ in waiting])
 
     def _type_for_queue(self, queue: str) -> str:
         for t in self.pool.types.values():
@@ -152,44 +183,110 @@ class Subscriber(Service):
                 batch.extend(self.intake.deliveries.get_nowait())
             except queue.Empty:
                 break
-        if not batch:
-            return
-        redelivered = [d for d in batch if d.redelivered]
-        done_already = set()
-        if redelivered:
-            ids = []
-            for d in redelivered:
-                try:
-                    ids.append(decode(d.body).job_id)
-                except MessageDecodeError:
-                    pass
-            try:
-                done_already = self.dbs.jobs.terminal_among(ids)
-            except Exception:
-                log.warning("could not check redelivered jobs; running them again", exc_info=True)
-        to_ack = []
         for d in batch:
             self.stats["received"] += 1
             try:
-                msg = decode(d.body)
+                self._unchecked.append((d, decode(d.body)))
             except MessageDecodeError as exc:
                 log.error("dead-lettering undecodable message %s from %s: %s", d.message_id, d.queue, exc)
                 self.intake.dead_letter(d, str(exc))
                 self.stats["dead_lettered"] += 1
+        self._check_deliveries()
+
+    def _check_deliveries(self) -> None:
+        """Run, ack away, dead-letter or hold each waiting delivery, by its job's row (module
+        docstring); one query for all of them, plus the heartbeats if another owner holds one."""
+        now = time.monotonic()
+        waiting = []
+        if self._unchecked and now >= self._check_at:
+            waiting, self._unchecked = self._unchecked, []
+        if self._held and now >= self._held_until:
+            waiting, self._held = waiting + self._held, []
+        if not waiting:
+            return
+        try:
+            rows = self.dbs.jobs.delivery_rows(m.job_id for _, m in waiting)
+            if any(r.verdict(m.attempt, self.owner) == "foreign"
+                   for r, m in ((rows.get(m.job_id), m) for _, m in waiting) if r is not None):
+                live = live_owners(self.dbs.heartbeats.all())
+            else:
+                live = set()
+        except Exception as exc:
+            self._unchecked[:0] = waiting
+            self._check_failures += 1
+            delay = min(CHECK_RETRY_MAX_S, 0.5 * 2 ** min(self._check_failures, 5))
+            self._check_at = now + delay
+            if self._check_failures == 1:
+                log.warning("cannot read the job rows of %d deliveries (%s); holding them unacked "
+                            "and checking again until the database answers", len(waiting), exc)
+            return
+        if self._check_failures:
+            log.info("job rows readable again after %d failed checks", self._check_failures)
+            self._check_failures, self._check_at = 0, 0.0
+        stale = []
+        for d, msg in waiting:
+            row = rows.get(msg.job_id)
+            if row is None:
+                reason = f"stranger: no job {msg.job_id} in the provisioning database"
+                log.error("dead-lettering message %s from %s: %s", d.message_id, d.queue, reason)
+                self.intake.dead_letter(d, reason)
+                self.stats["strangers"] += 1
                 continue
-            if msg.job_id in done_already:
-                to_ack.append(d)          # recorded before a crash lost the ack
-                continue
-            if msg.job_id in self.active:  # the same job is running here already (redelivery)
-                self.active[msg.job_id].append(d)
-                self.stats["duplicates"] += 1
-                continue
-            self.active[msg.job_id] = [d]
-            a = Assignment(d, msg, self._type_for_queue(d.queue))
-            self.pending[a.worker_type].append(a)
-            # Marked running with this host's name, so stuck-job recovery knows whose it is.
-            self.recorder.started(Started(msg.job_id, msg.attempt, self._display_for(a), a.received_ms))
-        self.intake.ack(to_ack)
+            verdict = row.verdict(msg.attempt, self.owner)
+            if verdict == "foreign":
+                verdict = "hold" if row.owner in live or not self._take_over(d, msg, row) else "run"
+            if verdict == "hold":
+                self._held.append((d, msg))
+            elif verdict == "stale":
+                stale.append(d)
+            else:
+                self._accept(d, msg, row)
+        if stale:
+            self.stats["stale"] += len(stale)
+            self.intake.ack(stale)
+        if self._held and self._held_until <= now:
+            self._held_until = now + HEARTBEAT_EVERY_S
+
+    def _take_over(self, d, msg, row) -> bool:
+        """Take a running attempt whose owner's heartbeat expired; False if the row moved on."""
+        mark = Started(msg.job_id, msg.attempt, f"{self._type_for_queue(d.queue)}@{short_hostname()}",
+                       int(time.time() * 1000), self.owner)
+        try:
+            taken = self.dbs.jobs.take_over(msg.job_id, msg.attempt, row.owner, mark)
+        except Exception as exc:
+            log.warning("could not take over job %s (%s); checking it again later", msg.job_id, exc)
+            return False
+        if taken:
+            log.warning("took over job %s attempt %s from %s, whose heartbeat expired",
+                        msg.job_id, msg.attempt, row.owner)
+            self.stats["taken_over"] += 1
+        return taken
+
+    def _accept(self, d, msg, row) -> None:
+        """Queue a checked delivery for a worker, as the row says: its action, arguments and
+        max_attempts; a second delivery of an attempt held here settles with the first."""
+        key = (msg.job_id, msg.attempt)
+        if key in self.active:
+            self.active[key].append(d)
+            self.stats["duplicates"] += 1
+            return
+        self.active[key] = [d]
+        message = ActionMessage(row.job_id, row.action, _arguments(row.arguments), msg.attempt,
+                                row.max_attempts)
+        a = Assignment(d, message, self._type_for_queue(d.queue))
+        self.pending[a.worker_type].append(a)
+
+    def _mark_dispatched(self) -> None:
+        """Hand the recorder a running mark (with this process as the owner) for each attempt
+        a worker has been given; work still waiting here is not marked, so giving it back
+        leaves its row as it was."""
+        for h in self.pool.handles:
+            for a in h.inflight:
+                key = (a.message.job_id, a.message.attempt)
+                if key not in self._marked:
+                    self._marked.add(key)
+                    self.recorder.started(Started(key[0], key[1], self._display_for(a), a.received_ms,
+                                                  self.owner))
 
     def _settle(self, events) -> None:
         for a, outcome in events.finished:
@@ -212,11 +309,13 @@ class Subscriber(Service):
         status = job_status_after(attempt_status, retryable, m.attempt, max_attempts)
         if status == "dead":
             error = f"{error} (attempt {m.attempt} of {max_attempts}; dead)"
-        outcome = Outcome(m.job_id, m.attempt, status, worker, start_ms, end_ms, result, error)
+        outcome = Outcome(m.job_id, m.attempt, status, worker, start_ms, end_ms, result, error, self.owner)
         event = Event(m.job_id, m.action, a.delivery.queue, m.attempt, event_outcome(status),
                       end_ms - start_ms, worker, end_ms)
         # Duplicates of this job delivered meanwhile are settled with it, once it is recorded.
-        self.recorder.finished(outcome, event, self.active.pop(m.job_id, [a.delivery]),
+        key = (m.job_id, m.attempt)
+        self._marked.discard(key)
+        self.recorder.finished(outcome, event, self.active.pop(key, [a.delivery]),
                                dead_reason=error if status == "dead" else None)
         self.stats[status if status in self.stats else "failed"] += 1
 
@@ -230,7 +329,9 @@ class Subscriber(Service):
                 "pending": {t: len(q) for t, q in self.pending.items()},
                 "inflight": sum(w["inflight"] for w in workers),
                 "recording": self.recorder.waiting, "connected": self.intake.connected.is_set(),
-                "reconnects": self.intake.reconnects}
+                "reconnects": self.intake.reconnects, "owner": self.owner,
+                "checking": len(self._unchecked), "held": len(self._held),
+                "write_error": getattr(self.recorder, "write_error", None)}
 
     def _beat(self, force: bool = False) -> None:
         now = time.monotonic()
@@ -265,12 +366,14 @@ class Subscriber(Service):
         """
         log.info("stopping: no new work; %s", "cold" if self._cold.is_set() else "warm")
         self.intake.pause()
+        self._give_back_unchecked()
         for q in self.pending.values():
             self._give_back(q)
         self.pool.ask_to_stop()
         deadline = time.monotonic() + self.settings.worker.grace_period
         while not self.pool.idle() and not self._cold.is_set() and time.monotonic() < deadline:
             self._round(timeout=0.2)
+            self._give_back_unchecked()
             for q in self.pending.values():   # returned by retiring workers: give them back too
                 self._give_back(q)
         if not self.pool.idle():
@@ -279,6 +382,21 @@ class Subscriber(Service):
         self.pool.terminate(timeout=2.0)
         self.recorder.stop(timeout=self.settings.worker.grace_period)
         time.sleep(0.2)  # let the intake thread send the last acks before it closes
+
+
+def _owner_token(name: str) -> str:
+    """This subscriber process as the owner of the attempts it runs: name, host, pid and a
+    random part, so a restarted process (or a reused pid) is never mistaken for its predecessor."""
+    return f"{name}@{short_hostname()}:{os.getpid()}:{secrets.token_hex(4)}"[-200:]
+
+
+def _arguments(text: str):
+    """The row's arguments as the worker gets them: parsed, or the text if it is not JSON
+    (so the job fails with the reason rather than the subscriber)."""
+    try:
+        return json.loads(text)
+    except (TypeError, ValueError, RecursionError):
+        return text
 
 
 def _action_time_limits() -> dict[str, float]:

@@ -208,15 +208,6 @@ class JobStore:
             found = dict(conn.execute(q).all())
         return {s: int(found.get(s, 0)) for s in schema.STATUSES}
 
-    def terminal_among(self, job_ids: Iterable[int]) -> set[int]:
-        """The jobs among these whose outcome is already recorded (for redelivered messages)."""
-        ids = list(set(job_ids))
-        if not ids:
-            return set()
-        q = sa.select(T.c.job_id).where(T.c.job_id.in_(ids), T.c.status.in_(schema.TERMINAL))
-        with self.engine.connect() as conn:
-            return {r[0] for r in conn.execute(q)}
-
     def delivery_rows(self, job_ids: Iterable[int]) -> dict[int, DeliveryRow]:
         """The rows of these jobs, by id, in one query (the subscriber's check of a delivery
         batch); a job without a row is absent. Ids must be ints (they are inlined)."""

@@ -1,0 +1,212 @@
+"""The subscriber runs a delivery only if its job row says so (DESIGN.md: the row is the truth).
+
+Each test hands the subscriber's main loop deliveries as its intake thread would, against a
+real SQLite provisioning database, and looks at what it queued for its workers and what it
+acked, dead-lettered or kept.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import queue
+from types import SimpleNamespace
+
+import pytest
+import sqlalchemy as sa
+
+from enstratus_workers.config.settings import Settings, WorkerSettings
+from enstratus_workers.daemons.subscriber import Subscriber
+from enstratus_workers.db import JobStore, NewJob, Outcome, Started, open_databases
+from enstratus_workers.layout import Layout
+from enstratus_workers.messages import encode_job
+from enstratus_workers.mq.base import Delivery
+
+_tags = itertools.count(1)
+
+
+class RecordingIntake:
+    """The intake's settling calls, written down (the main loop's only contact with the queue)."""
+
+    def __init__(self):
+        self.deliveries = queue.SimpleQueue()
+        self.acked, self.nacked, self.dead = [], [], []
+
+    def ack(self, deliveries):
+        self.acked.extend(deliveries)
+
+    def nack(self, deliveries):
+        self.nacked.extend(deliveries)
+
+    def dead_letter(self, delivery, reason):
+        self.dead.append((delivery, reason))
+
+
+@pytest.fixture
+def sub(tmp_path):
+    settings = Settings(home=None, mq=None, worker=WorkerSettings(), persistence=None, km_client=None,
+                        provisioning=None)
+    s = Subscriber(settings, Layout(tmp_path), "test")
+    s.dbs = open_databases(settings.worker, Layout(tmp_path))
+    s.intake = RecordingIntake()
+    s.pool = SimpleNamespace(types={}, handles=[])
+    yield s
+    s.dbs.close()
+
+
+def deliver(sub, *messages):
+    """Messages as (job_id, attempt[, action, arguments, max_attempts]) arrive in one batch."""
+    batch = []
+    for m in messages:
+        job_id, attempt, action, arguments, max_attempts = m if len(m) == 5 else (*m, "noop", "{}", 3)
+        batch.append(Delivery("default", encode_job(job_id, action, arguments, attempt, max_attempts),
+                              str(job_id), False, next(_tags)))
+    sub.intake.deliveries.put(batch)
+    sub._take_deliveries()
+    return batch
+
+
+def queued_for_workers(sub):
+    return [a.message for q in sub.pending.values() for a in q]
+
+
+def new_job(sub, action="echo", arguments='{"from": "row"}', max_attempts=5, relay=True):
+    job, _ = sub.dbs.jobs.submit(NewJob(action, arguments, "default", max_attempts))
+    if relay:
+        sub.dbs.jobs.relay_pending(100, lambda batch: None)
+    return job.job_id
+
+
+def test_a_stranger_is_dead_lettered_with_the_reason(sub):
+    # Given no job 4242 in the database / When a message for it arrives
+    (d,) = deliver(sub, (4242, 1))
+    # Then it is dead-lettered, saying why, counted, and nothing runs
+    assert sub.intake.dead == [(d, "stranger: no job 4242 in the provisioning database")]
+    assert sub.stats["strangers"] == 1 and queued_for_workers(sub) == []
+
+
+def test_a_duplicate_of_a_finished_job_is_acked_away_unrun(sub):
+    # Given a job whose attempt 1 already succeeded
+    jid = new_job(sub)
+    sub.dbs.jobs.record_outcomes([Outcome(jid, 1, "succeeded", "w", 1, 2, "null", None, "other")])
+    # When a second copy of its message arrives (not flagged redelivered)
+    (d,) = deliver(sub, (jid, 1))
+    # Then it is acked as stale and not run
+    assert sub.intake.acked == [d] and sub.stats["stale"] == 1 and queued_for_workers(sub) == []
+
+
+def test_a_delivery_of_an_attempt_the_row_is_not_at_is_stale(sub):
+    # Given a queued job (at attempt 1) and one whose attempt 1 was recorded as a retry
+    fresh = new_job(sub)
+    retried = new_job(sub)
+    sub.dbs.jobs.record_outcomes([Outcome(retried, 1, "pending", "w", 1, 2, None, "boom", "other")])
+    # When attempt 2 of the first and attempt 1 of the second arrive
+    stale = deliver(sub, (fresh, 2), (retried, 1))
+    # Then both are acked away unrun
+    assert sub.intake.acked == stale and sub.stats["stale"] == 2 and queued_for_workers(sub) == []
+
+
+def test_a_delivery_racing_the_outbox_runs_with_the_rows_action_and_arguments(sub):
+    # Given a job still pending at attempts 0: the publisher has not yet marked it queued
+    jid = new_job(sub, relay=False)
+    # When its attempt 1 arrives carrying other action, arguments and max_attempts than the row
+    deliver(sub, (jid, 1, "fail", '{"from": "message"}', 99))
+    # Then it runs, as the row says
+    (msg,) = queued_for_workers(sub)
+    assert (msg.job_id, msg.action, msg.arguments, msg.attempt, msg.max_attempts) == (
+        jid, "echo", {"from": "row"}, 1, 5)
+    assert sub.intake.acked == [] and sub.intake.dead == []
+
+
+def test_a_second_copy_of_an_attempt_running_here_settles_with_it(sub):
+    # Given attempt 1 of a job queued here for a worker
+    jid = new_job(sub)
+    deliver(sub, (jid, 1))
+    # When a second copy arrives / Then it waits with the first, which alone runs
+    (dup,) = deliver(sub, (jid, 1))
+    assert len(queued_for_workers(sub)) == 1 and sub.active[(jid, 1)][1] is dup
+    assert sub.stats["duplicates"] == 1
+
+
+def test_a_batch_is_checked_with_one_query(sub):
+    # Given 50 queued jobs
+    ids = [new_job(sub) for _ in range(50)]
+    statements = []
+    sa.event.listen(sub.dbs.provisioning, "before_cursor_execute",
+                    lambda conn, cursor, sql, *a: statements.append(sql))
+    # When their messages arrive in one batch
+    deliver(sub, *((i, 1) for i in ids))
+    # Then one SELECT read all their rows, and all 50 wait for workers
+    assert len([s for s in statements if "enstratus_job" in s]) == 1
+    assert len(queued_for_workers(sub)) == 50
+
+
+def test_with_the_database_down_nothing_runs_blind_and_the_check_is_retried(sub, caplog):
+    # Given a job, and a database that does not answer
+    jid = new_job(sub)
+    real = sub.dbs.jobs
+    sub.dbs.jobs = JobStore(sa.create_engine("mysql+pymysql://root@127.0.0.1:9/none",
+                                             connect_args={"connect_timeout": 1}))
+    # When its message arrives, and the check is tried again
+    with caplog.at_level(logging.WARNING, logger="enstratus_workers.daemons.subscriber"):
+        (d,) = deliver(sub, (jid, 1))
+        sub._check_at = 0.0
+        sub._check_deliveries()
+    # Then it is neither run nor settled, and the outage was logged once
+    assert queued_for_workers(sub) == [] and not (sub.intake.acked or sub.intake.nacked or sub.intake.dead)
+    assert len([r for r in caplog.records if "cannot read the job rows" in r.message]) == 1
+    assert [d2 for d2, _ in sub._unchecked] == [d]
+    # And once the database answers again, it runs
+    sub.dbs.jobs.engine.dispose()
+    sub.dbs.jobs = real
+    sub._check_at = 0.0
+    sub._check_deliveries()
+    assert [m.job_id for m in queued_for_workers(sub)] == [jid]
+
+
+def test_an_attempt_another_live_subscriber_holds_waits_until_it_is_recorded(sub):
+    # Given attempt 1 running under another subscriber whose heartbeat is live
+    jid = new_job(sub)
+    sub.dbs.heartbeats.beat("subscriber", "other", ttl_s=30, details={"owner": "other@h:1:aa"})
+    sub.dbs.jobs.mark_started([Started(jid, 1, "w", 1, "other@h:1:aa")])
+    # When a copy of it arrives here (the broker redelivered it)
+    (d,) = deliver(sub, (jid, 1))
+    # Then it waits, unsettled and unrun
+    assert queued_for_workers(sub) == [] and sub.intake.acked == [] and len(sub._held) == 1
+    # And once the owner has recorded it, the copy is acked away as stale
+    sub.dbs.jobs.record_outcomes([Outcome(jid, 1, "succeeded", "w", 1, 2, "null", None, "other@h:1:aa")])
+    sub._held_until = 0.0
+    sub._check_deliveries()
+    assert sub.intake.acked == [d] and queued_for_workers(sub) == [] and sub._held == []
+
+
+def test_an_attempt_whose_owner_stopped_beating_is_taken_over(sub):
+    # Given attempt 1 running under a subscriber whose heartbeat expired
+    jid = new_job(sub)
+    sub.dbs.heartbeats.beat("subscriber", "other", ttl_s=-1, details={"owner": "other@h:1:aa"})
+    sub.dbs.jobs.mark_started([Started(jid, 1, "w", 1, "other@h:1:aa")])
+    # When a copy of it arrives here
+    deliver(sub, (jid, 1))
+    # Then this subscriber owns the attempt and runs it; the old owner can record nothing
+    assert dbs_owner(sub, jid) == sub.owner and [m.job_id for m in queued_for_workers(sub)] == [jid]
+    assert sub.stats["taken_over"] == 1
+    late = Outcome(jid, 1, "succeeded", "w", 1, 2, "null", None, "other@h:1:aa")
+    assert sub.dbs.jobs.record_outcomes([late]) == []
+
+
+def test_only_work_handed_to_a_worker_is_marked_running_and_as_this_process(sub):
+    # Given two jobs accepted here, of which a worker has been handed the first
+    first, second = new_job(sub), new_job(sub)
+    deliver(sub, (first, 1), (second, 1))
+    marks = []
+    sub.recorder = SimpleNamespace(started=marks.append)
+    sub.pool.handles = [SimpleNamespace(inflight=[sub.pending["default"].popleft()])]
+    # When the loop marks what was dispatched (twice: once per attempt, whatever the rounds)
+    sub._mark_dispatched()
+    sub._mark_dispatched()
+    # Then only the first is marked, owned by this subscriber process
+    assert [(m.job_id, m.attempt, m.owner) for m in marks] == [(first, 1, sub.owner)]
+
+
+def dbs_owner(sub, job_id):
+    return sub.dbs.jobs.get(job_id).owner
