@@ -25,6 +25,34 @@ def short_hostname() -> str:
     return socket.gethostname().split(".")[0] or "localhost"
 
 
+class BadName(ValueError):
+    """A daemon or file name that would not stay a plain name inside its directory."""
+
+
+def check_daemon_name(name: str) -> str:
+    """``name`` if it is a valid daemon instance name (``limits.DAEMON_NAME_PATTERN``), else
+    ``BadName`` saying what a name may hold. The name is shown escaped: it may hold anything."""
+    # imported here: the config package imports this module
+    from enstratus_workers.config.limits import DAEMON_NAME_RULE, valid_daemon_name
+
+    if not valid_daemon_name(name):
+        shown = ascii(name if len(name) <= 80 else name[:77] + "...")
+        raise BadName(f"invalid name {shown}: use {DAEMON_NAME_RULE}")
+    return name
+
+
+def inside(directory: Path, filename: str) -> Path:
+    """``directory / filename``, refused (``BadName``) unless it is a plain entry of ``directory``.
+
+    The last line of defence under the name pattern: no separator, no ``..``, no NUL.
+    """
+    path = directory / filename
+    if (not filename or filename in (".", "..") or "\0" in filename
+            or os.sep in filename or (os.altsep and os.altsep in filename) or path.parent != directory):
+        raise BadName(f"{ascii(filename)} is not a file name inside {directory}")
+    return path
+
+
 @dataclass(frozen=True)
 class Layout:
     """Paths of one install. Directories are created on demand by ``ensure_dirs``."""
@@ -65,10 +93,10 @@ class Layout:
         return self.home / "services" / "km"
 
     def pid_file(self, daemon: str, name: str) -> Path:
-        return self.run_dir / f"{daemon}@{name}.pid"
+        return inside(self.run_dir, f"{daemon}@{check_daemon_name(name)}.pid")
 
     def log_file(self, daemon: str, name: str) -> Path:
-        return self.log_dir / f"{daemon}@{name}.log"
+        return inside(self.log_dir, f"{daemon}@{check_daemon_name(name)}.log")
 
     def resolve(self, path: str | os.PathLike) -> Path:
         """A path from a config file: relative paths are relative to the install root."""

@@ -35,7 +35,7 @@ from enstratus_workers.daemon.logs import DaemonLog
 from enstratus_workers.daemon.pidfile import DEAD, RUNNING, AlreadyRunning, PidFile
 from enstratus_workers.daemon.service import Service
 from enstratus_workers.errors import ConfigError
-from enstratus_workers.layout import Layout, short_hostname
+from enstratus_workers.layout import BadName, Layout, check_daemon_name, inside, short_hostname
 
 log = logging.getLogger(__name__)
 
@@ -62,7 +62,15 @@ def main(daemon: str, build: Build, argv: list[str] | None = None,
     except SystemExit as exc:  # --help, or a usage error already printed by argparse
         return exc.code if isinstance(exc.code, int) else errors.EXIT_INVALID_ARGUMENT
     layout = Layout(Path(args.home).resolve()) if args.home else Layout.from_env()
-    name = args.name or short_hostname()
+    name = short_hostname() if args.name is None else args.name  # "--name ''" is no name
+    try:
+        # the name becomes file names under run/ and log/: checked before anything is written
+        check_daemon_name(name)
+    except BadName as exc:
+        hint = "" if args.name is not None else " (the default, this host's short name: give one with --name)"
+        print(f"{daemon}: --name: {exc}{hint}", file=sys.stderr)
+        # LSB: 2 is "invalid argument" for the actions; status has only 4, "unknown"
+        return errors.STATUS_UNKNOWN if args.command == "status" else errors.EXIT_INVALID_ARGUMENT
     ctx = _Context(daemon, name, layout, module or _main_module(), args, build, settings_loader)
     if args.command == "status":
         return _status(ctx)
@@ -130,7 +138,7 @@ class _Context:
         pid_path, log_path = daemon_files(self.layout, self.daemon, self.name)
         for d in (pid_path.parent, log_path.parent):
             d.mkdir(parents=True, exist_ok=True)
-        os.chmod(pid_path.parent, 0o700)
+        os.chmod(pid_path.parent, 0o700)  # a run/ directory: daemon_files keeps the files in one
 
     def load_settings(self, *, for_start: bool):
         if self.loader is not None:
@@ -147,8 +155,9 @@ def daemon_files(layout: Layout, daemon: str, name: str) -> tuple[Path, Path]:
     own init script, keeps them under ``services/km/``; every worker-service daemon under
     ``services/worker/``."""
     if daemon == "km":
-        return (layout.km_dir / "run" / f"{daemon}@{name}.pid",
-                layout.km_dir / "log" / f"{daemon}@{name}.log")
+        check_daemon_name(name)
+        return (inside(layout.km_dir / "run", f"{daemon}@{name}.pid"),
+                inside(layout.km_dir / "log", f"{daemon}@{name}.log"))
     return layout.pid_file(daemon, name), layout.log_file(daemon, name)
 
 

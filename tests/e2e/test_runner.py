@@ -454,3 +454,33 @@ def test_real_wrapper_and_init_script_find_the_install_root_from_enstratus_home(
     assert r.returncode == 2 and "usage" in r.stderr
     r = subprocess.run([str(INIT), "status"], env=e, capture_output=True, text=True, timeout=30)
     assert r.returncode == 3 and "publisher is stopped" in r.stdout, r.stdout + r.stderr
+
+
+# --- names that would leave run/ and log/ -------------------------------------------------------------
+
+def tree_with_modes(root: Path) -> dict[str, int]:
+    return {str(p.relative_to(root)): p.lstat().st_mode for p in [root, *root.rglob("*")]}
+
+
+@pytest.mark.parametrize("name", ["../../x", "../x", "a/b", "..", ".hidden", "a..b", "x\n2030 INFO forged", ""])
+def test_a_start_name_that_is_not_a_plain_name_is_refused_before_anything_is_written(root, home, name):
+    # Given an install root (and a directory beside it that a climbing name would reach)
+    (root / "x").mkdir()
+    before = tree_with_modes(root)
+    # When a daemon is started through its real wrapper under that name
+    r = subprocess.run([str(REPO / "services" / "worker" / "bin" / "publisher"), "start", "--name", name],
+                       env={**env(), "ENSTRATUS_HOME": str(home)}, capture_output=True, text=True, timeout=30)
+    # Then it is refused as a usage error, saying what a name may hold
+    assert r.returncode == 2, r.stdout + r.stderr
+    assert "--name: invalid name" in r.stderr and "parts joined by single dots" in r.stderr
+    assert "\x1b" not in r.stderr and r.stderr.count("\n") == 1
+    # And nothing was written or chmod-ed anywhere: not in run/, not outside it
+    assert tree_with_modes(root) == before
+
+
+def test_status_of_a_bad_name_is_unknown_and_a_dotted_name_is_fine(home):
+    # Given names as the subscriber gives its workers, When their status is asked, Then they are
+    # plain stopped instances; a name that climbs out of run/ is an unknown status (LSB 4)
+    assert dummy(home, "status", "--name", "default.1").returncode == 3
+    r = dummy(home, "status", "--name", "../default")
+    assert r.returncode == 4 and "invalid name" in r.stderr

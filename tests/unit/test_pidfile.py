@@ -196,3 +196,37 @@ def test_find_daemon_processes_sees_only_this_installs_daemons(home, spawn, tmp_
     spawn(prefix + "subscriber", "status", "--home", str(home.home))  # a client, not a daemon
     found = procs.find_daemon_processes(home.home, prefix)
     assert found == sorted([(mine, "subscriber", short_hostname()), (worker, "worker", "default.1")])
+
+
+# --- file names stay inside run/ and log/ -------------------------------------------------------------
+
+@pytest.mark.parametrize("name", ["../../x", "a/b", "..", ".", "x.", ".x", "a..b", "a\0b", "a\nb", "x" * 201])
+def test_a_daemon_name_that_is_not_a_plain_name_gets_no_pid_or_log_path(tmp_path, name):
+    # Given an install, When a pid or log path is asked for a name that is not a plain name,
+    # Then it is refused (a ValueError naming the rule), for the KM's directories as well
+    from enstratus_workers.daemon.runner import daemon_files
+    from enstratus_workers.layout import BadName
+
+    layout = Layout(tmp_path)
+    for ask in (lambda: layout.pid_file("publisher", name), lambda: layout.log_file("publisher", name),
+                lambda: daemon_files(layout, "km", name)):
+        with pytest.raises(BadName, match="invalid name"):
+            ask()
+
+
+def test_names_as_the_service_makes_them_stay_in_their_directories(tmp_path):
+    # Given the names the service itself uses (host names, "<type>.<n>" of worker processes)
+    layout = Layout(tmp_path)
+    for name in (short_hostname(), "default.1", "launch-2.10", "x" * 200):
+        # When their files are asked for, Then they are plain entries of run/ and log/
+        assert layout.pid_file("worker", name).parent == layout.run_dir
+        assert layout.log_file("worker", name).parent == layout.log_dir
+
+
+def test_the_last_line_of_defence_refuses_separators_even_in_a_valid_looking_name(tmp_path):
+    from enstratus_workers.layout import BadName, inside
+
+    for filename in ("a/b.pid", "..", "", "x\0.pid"):
+        with pytest.raises(BadName):
+            inside(tmp_path, filename)
+    assert inside(tmp_path, "publisher@h.pid") == tmp_path / "publisher@h.pid"
