@@ -147,6 +147,15 @@ class Publisher(Service):
 
 
 def build(settings, layout, name, options) -> Publisher:
+    """Refuse (exit 6, as ``config check`` does) schedules of actions no worker has: the
+    publisher would submit, once per interval and account, jobs that can only fail."""
+    from ..actions import default_registry
+    from ..config import worker_file
+    from ..config.loader import unknown_schedules
+
+    problems = unknown_schedules(layout.classes_dir / worker_file.FILENAME, default_registry())
+    if problems:
+        raise problems[0]
     return Publisher(settings, layout, name)
 
 
