@@ -393,6 +393,8 @@ def test_pages_render_and_escape_what_users_typed(api):
     assert '<option value="default" selected>default</option>' in launch and '<option value="echo">' in launch
     r = api.call("GET", "/ui/status")
     assert r.headers["x-frame-options"] == "DENY" and "frame-ancestors 'none'" in r.headers["content-security-policy"]
+    # the referrer stays on the site, but same-origin forms keep their Origin (no-referrer makes it "null")
+    assert r.headers["referrer-policy"] == "same-origin"
     assert api.call("GET", f"/ui/fragments/job/{job_id}").status_code == 200
     assert api.call("GET", "/ui/fragments/job/99").status_code == 404
 
