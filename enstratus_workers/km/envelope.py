@@ -16,8 +16,9 @@ trial decryption; it is a truncated hash of a random 256-bit key and reveals not
 
 The plaintext is ``timestamp_ms (8, big-endian) | request_id (16) | payload``. The server
 refuses a request whose timestamp is further than the replay window from its clock, that was
-sealed before the KM started, or whose request id it has seen (``ReplayGuard``); the response carries the request's id back, so a
-client cannot be handed a recorded response to some earlier request.
+sealed before the KM started, or whose request id it has seen (``ReplayGuard``); the response
+carries the request's id back, so a client cannot be handed a recorded response to some earlier
+request.
 """
 
 from __future__ import annotations

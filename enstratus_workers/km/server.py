@@ -5,10 +5,10 @@ connection gets a thread of its own, at most ``max_connections`` at once, and ma
 number of requests. A connection must deliver its first frame whole within
 ``first_frame_timeout`` of being accepted; until that frame has authenticated it is one of the
 few unauthenticated connections ``admission.py`` allows (per address and in all), so idle
-connections cannot shut out clients that hold the key. Anything that does not authenticate, is stale, replayed, oversized or
-garbage gets one unauthenticated error frame (``protocol.py``) where the stream still allows
-it, and the connection is closed; the daemon logs the peer and the reason (never a secret) and
-keeps serving everyone else. Requests that authenticate always get a sealed response under the
+connections cannot shut out clients that hold the key. Anything that does not authenticate, is
+stale, replayed, sealed before the KM started, oversized or garbage gets one unauthenticated
+error frame (``protocol.py``) where the stream still allows it, and the connection is closed;
+the daemon logs the peer and the reason (never a secret) and keeps serving everyone else. Requests that authenticate always get a sealed response under the
 key they came in with, which is what lets a rotation run with old and new keys at once.
 """
 
@@ -38,7 +38,7 @@ STOP_GRACE = 0.7    # seconds running requests get to finish once a stop is noti
 LINGER = 0.25       # seconds a refused peer's remaining input is drained before closing
 LINGER_BYTES = 1 << 20
 _EVICTED = p.error_frame("busy", "the KM needed this idle connection; retry")
-_EVICTED = p.LENGTH.pack(len(_EVICTED)) + _EVICTED   # as it goes on the wire
+_EVICTED_WIRE = p.LENGTH.pack(len(_EVICTED)) + _EVICTED   # as it goes on the wire
 
 
 class KMService(Service):
@@ -143,7 +143,7 @@ class KMService(Service):
         if victim is not None:
             self._flood_log.warning("evicted", "KM closed %s, idle without a request, to admit %s",
                                     victim.peer, slot.peer)
-            evict(victim, _EVICTED)
+            evict(victim, _EVICTED_WIRE)
         conn.setblocking(True)
         t = threading.Thread(target=self._serve, args=(slot,), name=f"km-conn-{slot.peer}", daemon=True)
         try:
