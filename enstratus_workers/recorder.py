@@ -363,9 +363,9 @@ def _kind(exc: BaseException) -> str:
     dbapi = next((e for e in _chain(exc) if isinstance(e, sa.exc.DBAPIError)), None)
     if dbapi is None:
         # Raised before the database saw it: a value the driver cannot bind (an integer SQLite
-        # cannot hold, a lone surrogate that is no UTF-8).
-        return "item" if any(isinstance(e, (ValueError, TypeError, OverflowError)) for e in _chain(exc)) \
-            else "unsure"
+        # cannot hold, a lone surrogate that is no UTF-8). Anything else may be a bug of ours,
+        # which must not fail jobs: it is narrowed like an outage, and reported.
+        return "item" if any(isinstance(e, (UnicodeError, OverflowError)) for e in _chain(exc)) else "unsure"
     args = getattr(dbapi.orig, "args", ())
     if dbapi.connection_invalidated or (args and isinstance(args[0], int) and args[0] in _OUTAGE_CODES) \
             or "database is locked" in str(dbapi.orig):

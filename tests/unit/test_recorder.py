@@ -330,3 +330,15 @@ def test_stop_returns_within_its_timeout_while_writes_keep_failing(dbs, monkeypa
     # Then it returns in time, its thread has ended, and the outcome was never acked
     assert took < 1.5 and not rec._thread.is_alive()
     assert acked == [] and rec.waiting == 1
+
+
+def test_a_bug_in_the_write_path_holds_the_outcomes_instead_of_failing_them(dbs, monkeypatch):
+    # Given ten finished jobs and a job store that crashes on every write (a bug, not the data)
+    ids, rec, calls = _finished_but_refused(dbs, monkeypatch, 10, TypeError("unsupported operand"))
+    # When the batch is written
+    assert rec.flush() == []
+    # Then no job is failed for it: all ten are held, and a second failure reports the reason
+    assert rec.waiting == 10 and rec.refused == 0 and dbs.jobs.counts()["failed"] == 0
+    rec.retry_at = 0
+    rec.flush()
+    assert rec.write_error == "TypeError: unsupported operand"
