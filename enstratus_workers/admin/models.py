@@ -12,13 +12,16 @@ from typing import Annotated, Any, Optional
 
 from pydantic import BaseModel, ConfigDict, Field, JsonValue, StringConstraints, model_validator
 
-from ..db.instances import MAX_PROCESSES
+from ..config import limits
+from ..config.limits import ACTION_MAX, MAX_ATTEMPTS, MAX_PROCESSES, NAME_MAX
 from ..db.schema import STATUSES
 
-TYPE_PATTERN = r"^[A-Za-z0-9_][A-Za-z0-9_-]{0,99}$"
-QUEUE_PATTERN = r"^[A-Za-z0-9_][A-Za-z0-9_.:-]{0,99}$"
-TypeName = Annotated[str, StringConstraints(pattern=TYPE_PATTERN, max_length=100)]
-QueueName = Annotated[str, StringConstraints(pattern=QUEUE_PATTERN, max_length=100)]
+# The names and ranges of config.limits, anchored for pydantic: every door accepts the same.
+TYPE_PATTERN = f"^{limits.TYPE_PATTERN}$"
+QUEUE_PATTERN = f"^{limits.QUEUE_PATTERN}$"
+ACTION_PATTERN = f"^{limits.ACTION_PATTERN}$"
+TypeName = Annotated[str, StringConstraints(pattern=TYPE_PATTERN, max_length=NAME_MAX)]
+QueueName = Annotated[str, StringConstraints(pattern=QUEUE_PATTERN, max_length=NAME_MAX)]
 
 
 class _Strict(BaseModel):
@@ -83,11 +86,12 @@ class QueueOut(BaseModel):
 
 
 class JobIn(_Strict):
-    action: str = Field(min_length=1, max_length=200, description="a registered action name")
+    action: str = Field(min_length=1, max_length=ACTION_MAX, pattern=ACTION_PATTERN,
+                        description="a registered action name")
     arguments: JsonValue = Field(default_factory=dict, description="the action's arguments (a JSON object)")
     queue: Optional[QueueName] = Field(default=None, description="default: worker.default_queue")
     idempotency_key: Optional[str] = Field(default=None, min_length=1, max_length=200)
-    max_attempts: Optional[int] = Field(default=None, ge=1, le=100)
+    max_attempts: Optional[int] = Field(default=None, ge=1, le=MAX_ATTEMPTS)
 
 
 class JobOut(BaseModel):
