@@ -90,7 +90,8 @@ def test_a_message_for_a_job_that_does_not_exist_is_dead_lettered_not_run(svc):
     # Then it is dead-lettered with the reason, and nothing ran
     wait_dead(svc, dead_before + 1)
     reason = reasons_for(svc, [body])[body]
-    assert reason and "no such job" in reason.lower(), f"stranger message: dead-letter reason {reason!r}"
+    assert reason and any(w in reason.lower() for w in ("stranger", "no such job", "no job")), (
+        f"a stranger must be dead-lettered with the reason (no such job): reason {reason!r}")
     assert hh.events_of(svc, stranger) == [], "the stranger's action ran (it has analytics events)"
     assert hh.job(svc, stranger) is None, "a job row appeared for the stranger"
     hh.check_invariants(svc, what=f"a message for job {stranger}, which does not exist")
@@ -152,8 +153,8 @@ def test_an_outcome_the_database_refuses_is_failed_alone_and_the_rest_go_on(svc)
     assert not stuck, f"the jobs batched with the oversized outcome did not succeed: {stuck}"
     # And the big one is recorded: failed with the reason where the database refuses it
     b = jobs[big.job_id]
-    if svc.kind == "embedded":   # SQLite takes 20 MiB: it succeeds, whole
-        assert b.status == "succeeded" and len(b.result) > 20 * 1024 * 1024, (b.status, b.error)
+    if svc.kind == "embedded" and b.status == "succeeded":   # SQLite may take 20 MiB whole
+        assert len(b.result) > 20 * 1024 * 1024, (b.status, len(b.result))
     else:
         assert b.status == "failed" and "result too large" in (b.error or ""), (
             f"an outcome over max_allowed_packet must be recorded failed ('result too large ...'): "
@@ -332,9 +333,12 @@ def test_a_write_that_keeps_failing_is_critical_and_the_stop_ends_within_grace(s
     assert sh.wait_until(critical, 30, 1.0), (
         f"while the outcome writes keep failing, pinger check must say CRITICAL with the reason; "
         f"it said: {seen[-3:]}")
-    # And a normal stop ends within the grace period
-    took = hh.stop_service(svc, timeout=GRACE + 60)
-    assert took <= GRACE + 15, f"stop took {took:.1f}s (grace period {GRACE}s) while a write kept failing"
+    # And a normal stop (SIGTERM) of the subscriber ends within the grace period
+    took = hh.sigterm_and_wait(svc, "subscriber", GRACE + 30)
+    hh.stop_service(svc)
+    assert took is not None and took <= GRACE + 5, (
+        f"the subscriber's warm stop took {took if took is None else round(took, 1)}s "
+        f"(None: still running after {GRACE + 30}s; grace period {GRACE}s) while a write kept failing")
 
 
 # -- names and config files -------------------------------------------------------------------------
