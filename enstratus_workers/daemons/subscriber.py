@@ -104,7 +104,7 @@ class Subscriber(Service):
             self._shutdown()
         finally:
             self.pool.terminate()
-            self.recorder.stop(timeout=5)
+            self.recorder.stop(timeout=0 if self._stop.is_set() else 5)   # _shutdown waited already
             self.intake.stop()
             self._remove_heartbeat()
             self.dbs.close()
@@ -355,7 +355,8 @@ class Subscriber(Service):
     def _shutdown(self) -> None:
         """Stop in this order, so nothing taken is lost and nothing finished is run again:
 
-        1. stop taking new messages (the intake gives back anything delivered from now on);
+        1. stop taking new messages (the intake holds anything delivered from now on, unsettled:
+           it goes back to its queue when the consumer closes);
         2. give back what no worker has started yet;
         3. let running actions finish up to the grace period (the intake keeps the connection,
            and its heartbeats, alive meanwhile), recording and acking their outcomes;
@@ -380,7 +381,9 @@ class Subscriber(Service):
             log.warning("grace period over or cold stop: killing workers with actions running; "
                         "their messages return to the queue")
         self.pool.terminate(timeout=2.0)
-        self.recorder.stop(timeout=self.settings.worker.grace_period)
+        # What is left of the grace period (at least a second, ample for a healthy write): an
+        # outcome that cannot be written by then stays unacked and its message comes back.
+        self.recorder.stop(timeout=max(1.0, deadline - time.monotonic()))
         time.sleep(0.2)  # let the intake thread send the last acks before it closes
 
 
