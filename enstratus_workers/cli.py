@@ -13,7 +13,8 @@ import sys
 from datetime import datetime, timezone
 from pathlib import Path
 
-from .daemon.logs import escape
+from enstratus_workers.runtime.logs import escape
+
 from .errors import EXIT_NOT_CONFIGURED, ConfigError, EnstratusError
 from .layout import Layout
 
@@ -75,7 +76,7 @@ def _job_text(job) -> str:
 
 # -- commands ----------------------------------------------------------------------------------
 def cmd_submit(args) -> int:
-    from .submit import SubmitError, submit, wait_for
+    from enstratus_workers.jobs.submit import SubmitError, submit, wait_for
 
     settings = _settings(args)
     dbs = _dbs(args, settings)
@@ -133,8 +134,8 @@ def cmd_jobs(args) -> int:
 
 
 def cmd_status(args) -> int:
-    from .daemon.procs import daemon_states
-    from .health import check_health
+    from enstratus_workers.daemons.pinger.health import check_health
+    from enstratus_workers.runtime.procs import daemon_states
 
     layout = _layout(args)
     settings = _settings(args)

@@ -11,11 +11,12 @@ import json
 import subprocess
 import sys
 
+from enstratus_workers.jobs.submit import submit, wait_for
+
 from .config import ensure_provisioning_file, load_settings
 from .db import open_databases
 from .errors import EXIT_NOT_CONFIGURED, ConfigError
 from .layout import Layout
-from .submit import submit, wait_for
 
 
 def main() -> int:

@@ -2,7 +2,7 @@
 
 An unknown action, arguments that are not a JSON object, an ``ActionError``, a result that is
 not JSON: each is a permanent failure (``retryable`` false). Any other exception is an attempt
-that failed and may be retried (``retry.py``). Either way the worker process keeps going.
+that failed and may be retried (``jobs/lifecycle.py``). Either way the worker process keeps going.
 """
 
 from __future__ import annotations
@@ -47,7 +47,7 @@ def execute(registry: Registry, task: dict, worker: str, services: dict | None =
         status, error, retryable = "failed", f"{type(exc).__name__}: {exc}"[:MAX_ERROR_CHARS], True
         log.warning("job %s (%s) attempt %s failed: %s", task.get("job_id"), task.get("action"),
                     task.get("attempt"), error)
-    except Exception as exc:  # unexpected, maybe transient: retried (see retry.py); the worker lives on
+    except Exception as exc:  # unexpected, maybe transient: retried (see jobs/lifecycle.py); the worker lives on
         status, error, retryable = "failed", f"{type(exc).__name__}: {exc}"[:MAX_ERROR_CHARS], True
         log.exception("job %s (%s) raised", task.get("job_id"), task.get("action"))
     return {"job_id": task["job_id"], "attempt": task["attempt"], "status": status, "retryable": retryable,

@@ -16,9 +16,10 @@ from fastapi.encoders import jsonable_encoder
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 
+from enstratus_workers.jobs.submit import SubmitError
+
 from ..db.instances import Conflict, Invalid, NotFound
 from ..errors import DatabaseError, TransportError
-from ..submit import SubmitError
 from .models import Message
 from .strictbody import SafeJSONResponse
 

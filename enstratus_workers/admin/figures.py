@@ -10,9 +10,10 @@ from __future__ import annotations
 
 from collections import Counter
 
+from enstratus_workers.daemons.pinger.health import check_health
+
 from ..db import now_ms
 from ..errors import EnstratusError
-from ..health import check_health
 from ..monitor.stat import DEAD, Stat
 from .context import AdminContext
 

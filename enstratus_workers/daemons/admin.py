@@ -27,11 +27,12 @@ from pathlib import Path
 
 import uvicorn
 
+from enstratus_workers.runtime import runner
+from enstratus_workers.runtime.service import Service
+
 from ..admin import AdminContext, create_app, load_admin_settings, load_token
 from ..admin.config import AdminSettings
 from ..admin.slowheaders import header_timeout_protocol
-from ..daemon import runner
-from ..daemon.service import Service
 from ..errors import DaemonError
 
 log = logging.getLogger(__name__)

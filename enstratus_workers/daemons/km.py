@@ -30,7 +30,9 @@ def build(settings, layout, name, options) -> KMService:
 
 
 def main(argv=None) -> int:
-    from enstratus_workers.daemon import runner  # the runner pulls in python-daemon; only here
+    from enstratus_workers.runtime import (
+        runner,  # the runner pulls in python-daemon; only here
+    )
 
     return runner.main("km", build, sys.argv[1:] if argv is None else argv)
 

@@ -14,12 +14,13 @@ import threading
 import time
 from multiprocessing.connection import Client
 
+from enstratus_workers.daemons.subscriber import worker_socket
+from enstratus_workers.runtime import runner
+from enstratus_workers.runtime.service import Service
+
 from ..actions import default_registry
 from ..actions.executor import execute
-from ..daemon import runner
-from ..daemon.service import Service
 from ..layout import short_hostname
-from ..pool import protocol
 
 log = logging.getLogger(__name__)
 
@@ -64,11 +65,11 @@ class WorkerProcess(Service):
     def run(self, ready) -> None:
         registry = default_registry()
         self.services = self._services()
-        address = str(protocol.socket_path(self.layout, self.subscriber))
-        authkey = protocol.authkey_path(self.layout, self.subscriber).read_bytes()
+        address = str(worker_socket.socket_path(self.layout, self.subscriber))
+        authkey = worker_socket.authkey_path(self.layout, self.subscriber).read_bytes()
         conn = Client(address, family="AF_UNIX", authkey=authkey)
         try:
-            conn.send_bytes(protocol.pack({"t": "hello", "name": self.name, "type": self.worker_type,
+            conn.send_bytes(worker_socket.pack({"t": "hello", "name": self.name, "type": self.worker_type,
                                            "pid": os.getpid(), "display": self.display_name}))
             ready()
             log.info("worker %s connected to subscriber %s; actions: %s",
@@ -87,7 +88,7 @@ class WorkerProcess(Service):
             try:
                 if not conn.poll(0.5):
                     continue
-                frame = protocol.unpack(conn.recv_bytes())
+                frame = worker_socket.unpack(conn.recv_bytes())
             except (EOFError, OSError):
                 log.info("subscriber went away; exiting")
                 return
@@ -106,18 +107,18 @@ class WorkerProcess(Service):
                 self.tasks_done += 1
                 more = i + 1 < len(tasks)
                 if not more or time.monotonic() - last_send >= RESULT_FLUSH_S:
-                    conn.send_bytes(protocol.pack({"t": "done", "r": done}))
+                    conn.send_bytes(worker_socket.pack({"t": "done", "r": done}))
                     done, last_send = [], time.monotonic()
                 reason = self._retire_reason(limits)
                 if reason:
                     # Everything after this task stays unstarted: the subscriber re-dispatches it.
                     if done:
-                        conn.send_bytes(protocol.pack({"t": "done", "r": done}))
-                    conn.send_bytes(protocol.pack({"t": "bye", "reason": reason}))
+                        conn.send_bytes(worker_socket.pack({"t": "done", "r": done}))
+                    conn.send_bytes(worker_socket.pack({"t": "bye", "reason": reason}))
                     log.info("retiring: %s", reason)
                     return
                 if self._stop.is_set() and more:
-                    conn.send_bytes(protocol.pack({"t": "bye", "reason": "stopping"}))
+                    conn.send_bytes(worker_socket.pack({"t": "bye", "reason": "stopping"}))
                     return
 
     def _retire_reason(self, limits) -> str | None:

@@ -65,3 +65,10 @@ class HeartbeatStore:
         with self.engine.connect() as conn:
             rows = conn.execute(sa.select(H).order_by(H.c.daemon, H.c.name)).mappings().all()
         return [Heartbeat(**{**r, "details": json.loads(r["details"] or "{}")}) for r in rows]
+
+
+def live_owners(heartbeats) -> set[str]:
+    """The owner tokens of the subscriber processes whose heartbeat has not expired: only these
+    may keep a running attempt (db/jobs.py's ownership rule); any other owner's may be taken."""
+    return {hb.details.get("owner") for hb in heartbeats
+            if hb.daemon == "subscriber" and not hb.expired and isinstance(hb.details, dict)} - {None}

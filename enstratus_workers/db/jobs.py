@@ -38,6 +38,7 @@ from typing import Callable, Iterable, NamedTuple, Sequence
 import sqlalchemy as sa
 
 from ..errors import DatabaseError, PublishError
+from ..jobs.values import Outcome, Started  # noqa: F401 - the store's own vocabulary
 from . import schema
 from .schema import jobs as T
 
@@ -97,30 +98,6 @@ class NewJob:
     queue: str
     max_attempts: int
     idempotency_key: str | None = None
-
-
-@dataclass(frozen=True)
-class Started:
-    job_id: int
-    attempt: int
-    worker: str
-    start_ms: int
-    owner: str = ""           # the subscriber process taking the attempt (module docstring)
-
-
-@dataclass(frozen=True)
-class Outcome:
-    """The recorded end of one attempt."""
-
-    job_id: int
-    attempt: int
-    status: str               # succeeded | failed | dead
-    worker: str
-    start_ms: int
-    end_ms: int
-    result: str | None        # JSON text
-    error: str | None
-    owner: str = ""           # the subscriber process that ran the attempt (module docstring)
 
 
 class DeliveryRow(NamedTuple):

@@ -9,8 +9,9 @@ from __future__ import annotations
 import sqlalchemy as sa
 from sqlalchemy.dialects import mysql
 
+from enstratus_workers.jobs.messages import MAX_ACTION_CHARS
+
 from ..errors import DatabaseError
-from ..messages import MAX_ACTION_CHARS
 from .identity import IdentityString, make_exact
 
 # The statuses a job moves through (DESIGN.md): pending -> queued -> running -> terminal.

@@ -21,15 +21,23 @@ import threading
 import time
 from typing import Callable
 
-from enstratus_workers.daemon.service import Service
 from enstratus_workers.errors import DaemonError, DatabaseError
 from enstratus_workers.km import KMError, KMNotFound
 from enstratus_workers.km import protocol as p
 from enstratus_workers.km.admission import Admission, Busy, Slot, Throttle, evict
 from enstratus_workers.km.config import KMSettings
-from enstratus_workers.km.envelope import (REQUEST, RESPONSE, EnvelopeError, Keyring, ReplayGuard,
-                                           now_ms, open_frame, seal)
+from enstratus_workers.km.envelope import (
+    REQUEST,
+    RESPONSE,
+    EnvelopeError,
+    Keyring,
+    ReplayGuard,
+    now_ms,
+    open_frame,
+    seal,
+)
 from enstratus_workers.km.store import CredentialStore, load_or_create_master_key
+from enstratus_workers.runtime.service import Service
 
 log = logging.getLogger(__name__)
 

@@ -30,16 +30,23 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
-from enstratus_workers.daemon import procs
 from enstratus_workers.errors import ConnectionClosed, PublishError
 from enstratus_workers.mq import embedded_dead
-from enstratus_workers.mq.base import (MAX_REASON_CHARS, Consumer, DeadLetter, Delivery, OutgoingMessage,
-                                       QueueDepth, Transport)
+from enstratus_workers.mq.base import (
+    MAX_REASON_CHARS,
+    Consumer,
+    DeadLetter,
+    Delivery,
+    OutgoingMessage,
+    QueueDepth,
+    Transport,
+)
 from enstratus_workers.mq.embedded_db import Transaction as _Transaction
 from enstratus_workers.mq.embedded_db import chunks as _chunks
 from enstratus_workers.mq.embedded_db import connect as _connect
 from enstratus_workers.mq.embedded_db import create_or_migrate
 from enstratus_workers.mq.embedded_db import marks as _marks
+from enstratus_workers.runtime import procs
 
 log = logging.getLogger(__name__)
 

@@ -8,9 +8,13 @@ import time
 import pytest
 
 from enstratus_workers.config.settings import Secret, WorkerSettings
+from enstratus_workers.daemons.subscriber.recorder import (
+    GROUP_CHARS,
+    RESULT_CAP,
+    Recorder,
+)
 from enstratus_workers.db import Event, NewJob, Outcome, open_databases
 from enstratus_workers.layout import Layout
-from enstratus_workers.recorder import GROUP_CHARS, RESULT_CAP, Recorder
 
 
 @pytest.fixture

@@ -6,9 +6,9 @@ from __future__ import annotations
 from dataclasses import replace
 
 from enstratus_workers.config.settings import Secret
+from enstratus_workers.daemons.publisher.schedules import Scheduler, job_key, slot_of
 from enstratus_workers.db import open_databases
 from enstratus_workers.layout import Layout
-from enstratus_workers.schedules import Scheduler, job_key, slot_of
 from tests.unit.test_schedules import T0, home, make_settings, scheduled, store  # noqa: F401
 
 

@@ -14,11 +14,17 @@ import sys
 import time
 from pathlib import Path
 
-from enstratus_workers.config.settings import (KMClientSettings, MQSettings, PersistenceSettings,
-                                               ProvisioningSettings, Settings, WorkerSettings)
-from enstratus_workers.daemon import runner
-from enstratus_workers.daemon.service import Service
+from enstratus_workers.config.settings import (
+    KMClientSettings,
+    MQSettings,
+    PersistenceSettings,
+    ProvisioningSettings,
+    Settings,
+    WorkerSettings,
+)
 from enstratus_workers.errors import ConfigError
+from enstratus_workers.runtime import runner
+from enstratus_workers.runtime.service import Service
 
 log = logging.getLogger(__name__)
 

@@ -337,7 +337,7 @@ def needs_servers(request, kind: str) -> None:
 
 def submit(svc: Svc, action: str, arguments=None, **kw):
     """Submit as the CLI does (``submit.submit``: validation, then a pending row); the Job."""
-    from enstratus_workers.submit import submit as do_submit
+    from enstratus_workers.jobs.submit import submit as do_submit
 
     dbs = svc.dbs()
     try:

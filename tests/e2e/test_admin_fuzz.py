@@ -13,13 +13,22 @@ import schemathesis
 from hypothesis import HealthCheck, given, settings
 from hypothesis.errors import Unsatisfiable
 from schemathesis import GenerationMode
-from schemathesis.checks import (content_type_conformance, not_a_server_error, response_schema_conformance,
-                                 status_code_conformance)
+from schemathesis.checks import (
+    content_type_conformance,
+    not_a_server_error,
+    response_schema_conformance,
+    status_code_conformance,
+)
 
-from enstratus_workers.admin import AdminContext, create_app, load_admin_settings, load_token
+from enstratus_workers.admin import (
+    AdminContext,
+    create_app,
+    load_admin_settings,
+    load_token,
+)
 from enstratus_workers.config import load_settings
+from enstratus_workers.jobs.submit import new_job
 from enstratus_workers.layout import Layout
-from enstratus_workers.submit import new_job
 from tests import servicehome as sh
 
 MAX_EXAMPLES = 15  # per operation and mode: some 600 requests in all, in-process

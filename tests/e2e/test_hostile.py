@@ -220,7 +220,7 @@ def test_surrogates_and_nan_get_422_and_nothing_is_stored(svc):
 
 
 def test_a_newline_in_an_action_name_cannot_forge_a_log_line(svc):
-    from enstratus_workers.submit import SubmitError
+    from enstratus_workers.jobs.submit import SubmitError
 
     marker = f"FORGED{time.monotonic_ns()}"
     forged_start = f"2030-01-01 00:00:00,000 CRITICAL enstratus_workers {marker}"

@@ -18,9 +18,9 @@ from pathlib import Path
 
 import pytest
 
-from enstratus_workers.daemon import procs, runner
 from enstratus_workers.errors import ConfigError
 from enstratus_workers.layout import Layout, short_hostname
+from enstratus_workers.runtime import procs, runner
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(40)]
 

@@ -524,7 +524,7 @@ def test_the_api_over_rabbitmq_and_mariadb(tmp_path, amqp_names, mysql_url):
 # --- the init script's view of the HTTP daemon --------------------------------------------------
 
 def test_the_init_script_runs_the_http_daemon_unless_told_not_to_or_not_installed(tmp_path):
-    from enstratus_workers.daemon.initscript import InitScript
+    from enstratus_workers.runtime.initscript import InitScript
 
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir()

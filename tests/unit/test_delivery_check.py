@@ -16,10 +16,10 @@ import pytest
 import sqlalchemy as sa
 
 from enstratus_workers.config.settings import Settings, WorkerSettings
-from enstratus_workers.daemons.subscriber import Subscriber
+from enstratus_workers.daemons.subscriber.daemon import Subscriber
 from enstratus_workers.db import JobStore, NewJob, Outcome, Started, open_databases
+from enstratus_workers.jobs.messages import encode_job
 from enstratus_workers.layout import Layout
-from enstratus_workers.messages import encode_job
 from enstratus_workers.mq.base import Delivery
 
 _tags = itertools.count(1)

@@ -11,18 +11,30 @@ import time
 import pytest
 import sqlalchemy as sa
 
-from enstratus_workers import guesthealth as gh
 from enstratus_workers.cloud.servers import SERVER_BUCKET, indexes
-from enstratus_workers.config.settings import (KMClientSettings, MQSettings, PersistenceSettings,
-                                               ProvisioningSettings, Secret, Settings, WorkerSettings)
+from enstratus_workers.config.settings import (
+    KMClientSettings,
+    MQSettings,
+    PersistenceSettings,
+    ProvisioningSettings,
+    Secret,
+    Settings,
+    WorkerSettings,
+)
+from enstratus_workers.daemons.pinger import guest_health as gh
+from enstratus_workers.daemons.pinger.guest_beats.tracker import Health
+from enstratus_workers.daemons.pinger.guest_watch import (
+    SUMMARY_KEY,
+    GuestWatch,
+    check,
+    pinger_identity,
+)
 from enstratus_workers.db import open_databases
 from enstratus_workers.errors import CHECK_CRITICAL, CHECK_WARNING, DatabaseError
 from enstratus_workers.guest.agent import GuestAgent
-from enstratus_workers.guestwatch import SUMMARY_KEY, GuestWatch, check, pinger_identity
-from enstratus_workers.heartbeat.tracker import Health
+from enstratus_workers.jobs.submit import submit as real_submit
 from enstratus_workers.layout import Layout
 from enstratus_workers.persist import open_store
-from enstratus_workers.submit import submit as real_submit
 
 MISSES = 3
 

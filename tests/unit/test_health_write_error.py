@@ -6,9 +6,9 @@ from __future__ import annotations
 import pytest
 
 from enstratus_workers.config.settings import WorkerSettings
+from enstratus_workers.daemons.pinger.health import Health, check_heartbeats
 from enstratus_workers.db import open_databases
 from enstratus_workers.errors import CHECK_CRITICAL, CHECK_OK
-from enstratus_workers.health import Health, check_heartbeats
 from enstratus_workers.layout import Layout
 from tests import servicehome as sh
 from tests.unit.test_admin_api import Admin, set_token

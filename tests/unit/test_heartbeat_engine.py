@@ -9,9 +9,20 @@ import time
 
 import pytest
 
+from enstratus_workers.daemons.pinger.guest_beats import (
+    UNKNOWN,
+    UNREACHABLE,
+    UP,
+    BeatResult,
+    Health,
+    HealthTracker,
+    Target,
+    beat_all,
+    my_share,
+    next_health,
+    owner,
+)
 from enstratus_workers.guest.agent import GuestAgent
-from enstratus_workers.heartbeat import (UNKNOWN, UNREACHABLE, UP, BeatResult, Health, HealthTracker,
-                                         Target, beat_all, my_share, next_health, owner)
 
 HOST = "127.0.0.1"
 

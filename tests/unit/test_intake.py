@@ -9,9 +9,9 @@ import queue
 
 import pytest
 
-from enstratus_workers import intake as intake_mod
+from enstratus_workers.daemons.subscriber import intake as intake_mod
+from enstratus_workers.daemons.subscriber.intake import Intake
 from enstratus_workers.errors import ConnectionClosed
-from enstratus_workers.intake import Intake
 from enstratus_workers.mq.base import OutgoingMessage
 from enstratus_workers.mq.embedded import EmbeddedTransport
 from tests.servicehome import wait_until

@@ -7,7 +7,7 @@ import logging
 
 import pytest
 
-from enstratus_workers.daemon.logs import DaemonLog, escape
+from enstratus_workers.runtime.logs import DaemonLog, escape
 
 FORGED = "evil\n2030-01-01 00:00:00,000 INFO enstratus_workers.daemons.subscriber [1] all good \x1b[31mred\x1b[0m"
 

@@ -5,11 +5,17 @@ from __future__ import annotations
 import json
 
 import pytest
-from hypothesis import given, strategies as st
+from hypothesis import given
+from hypothesis import strategies as st
 
 from enstratus_workers.actions import Registry, default_registry
 from enstratus_workers.actions.executor import execute
-from enstratus_workers.messages import ActionMessage, MessageDecodeError, decode, encode_job
+from enstratus_workers.jobs.messages import (
+    ActionMessage,
+    MessageDecodeError,
+    decode,
+    encode_job,
+)
 
 
 def test_encode_from_the_job_row_round_trips():
@@ -102,7 +108,11 @@ def test_an_action_bug_and_an_unserializable_result_are_failures_not_crashes():
 
 
 def test_retry_policy():
-    from enstratus_workers.retry import backoff_ms, event_outcome, job_status_after
+    from enstratus_workers.jobs.lifecycle import (
+        backoff_ms,
+        event_outcome,
+        job_status_after,
+    )
 
     assert [backoff_ms(n) for n in (0, 1, 2, 3)] == [0, 1000, 2000, 4000]
     assert backoff_ms(50) == 300_000

@@ -11,9 +11,15 @@ from pathlib import Path
 
 import pytest
 
-from enstratus_workers.daemon import procs
-from enstratus_workers.daemon.pidfile import DEAD, RUNNING, STOPPED, AlreadyRunning, PidFile
 from enstratus_workers.layout import Layout, short_hostname
+from enstratus_workers.runtime import procs
+from enstratus_workers.runtime.pidfile import (
+    DEAD,
+    RUNNING,
+    STOPPED,
+    AlreadyRunning,
+    PidFile,
+)
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -204,8 +210,8 @@ def test_find_daemon_processes_sees_only_this_installs_daemons(home, spawn, tmp_
 def test_a_daemon_name_that_is_not_a_plain_name_gets_no_pid_or_log_path(tmp_path, name):
     # Given an install, When a pid or log path is asked for a name that is not a plain name,
     # Then it is refused (a ValueError naming the rule), for the KM's directories as well
-    from enstratus_workers.daemon.runner import daemon_files
     from enstratus_workers.layout import BadName
+    from enstratus_workers.runtime.runner import daemon_files
 
     layout = Layout(tmp_path)
     for ask in (lambda: layout.pid_file("publisher", name), lambda: layout.log_file("publisher", name),

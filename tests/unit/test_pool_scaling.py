@@ -1,7 +1,7 @@
 """The autoscaling policy: between min and max, up on backlog with everyone busy, down when idle."""
 
 from enstratus_workers.config.settings import WorkerType
-from enstratus_workers.pool.scaling import TypeView, plan
+from enstratus_workers.daemons.subscriber.scaling import TypeView, plan
 
 T = {"p": WorkerType("p", ("p1", "p2"), min=1, max=3)}
 

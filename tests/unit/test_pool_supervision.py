@@ -13,13 +13,18 @@ from types import SimpleNamespace
 import pytest
 
 from enstratus_workers.config.settings import WorkerSettings, WorkerType
+from enstratus_workers.daemons.subscriber import pool as pool_mod
+from enstratus_workers.daemons.subscriber import worker_socket
+from enstratus_workers.daemons.subscriber.pool import (
+    RESPAWN_BACKOFF_MAX,
+    RESTART_CAP,
+    WORKER_INFLIGHT,
+    Assignment,
+    WorkerPool,
+)
+from enstratus_workers.jobs.messages import ActionMessage
 from enstratus_workers.layout import Layout
-from enstratus_workers.messages import ActionMessage
 from enstratus_workers.mq.base import Delivery
-from enstratus_workers.pool import pool as pool_mod
-from enstratus_workers.pool import protocol
-from enstratus_workers.pool.pool import (RESPAWN_BACKOFF_MAX, RESTART_CAP, WORKER_INFLIGHT, Assignment,
-                                         WorkerPool)
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -107,19 +112,19 @@ class Rig:
         """Job ids the worker ``name`` was sent since the last look."""
         end, got = self.worker_ends[name], []
         while end.poll():
-            frame = protocol.unpack(end.recv_bytes())
+            frame = worker_socket.unpack(end.recv_bytes())
             got += [t["job_id"] for t in frame["a"]] if frame["t"] == "run" else [frame["t"]]
         return got
 
     def answer(self, name: str, *job_ids: int, took_ms: int = 5) -> None:
         """The worker reports ``job_ids`` done, each having taken ``took_ms``."""
         start = int(self.clock.time() * 1000)
-        self.worker_ends[name].send_bytes(protocol.pack({"t": "done", "r": [
+        self.worker_ends[name].send_bytes(worker_socket.pack({"t": "done", "r": [
             {"job_id": j, "start_ms": start, "end_ms": start + took_ms, "ok": True} for j in job_ids]}))
         return self.pool.read(self.pool.connections())
 
     def say(self, name: str, frame: dict):
-        self.worker_ends[name].send_bytes(protocol.pack(frame))
+        self.worker_ends[name].send_bytes(worker_socket.pack(frame))
         return self.pool.read(self.pool.connections())
 
 

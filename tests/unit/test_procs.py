@@ -14,11 +14,11 @@ from pathlib import Path
 
 import pytest
 
-from enstratus_workers.daemon import procs
-from enstratus_workers.daemon.pidfile import DEAD, RUNNING
 from enstratus_workers.layout import Layout
 from enstratus_workers.mq import embedded
 from enstratus_workers.mq.base import OutgoingMessage
+from enstratus_workers.runtime import procs
+from enstratus_workers.runtime.pidfile import DEAD, RUNNING
 from tests.servicehome import wait_until
 
 pytestmark = pytest.mark.timeout(30)

@@ -10,13 +10,13 @@ from types import SimpleNamespace
 import pytest
 
 from enstratus_workers.config.settings import WorkerSettings
-from enstratus_workers.daemons import publisher as publisher_mod
-from enstratus_workers.daemons.publisher import Publisher
+from enstratus_workers.daemons.publisher import daemon as publisher_mod
+from enstratus_workers.daemons.publisher.daemon import Publisher
 from enstratus_workers.db import open_databases, schema
 from enstratus_workers.db.jobs import NewJob
 from enstratus_workers.errors import ConnectionClosed, PublishError
+from enstratus_workers.jobs.lifecycle import backoff_ms
 from enstratus_workers.layout import Layout
-from enstratus_workers.retry import backoff_ms
 
 pytestmark = pytest.mark.timeout(30)
 

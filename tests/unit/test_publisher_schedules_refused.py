@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from enstratus_workers.config import load_settings
-from enstratus_workers.daemons import publisher
+from enstratus_workers.daemons.publisher import daemon as publisher
 from enstratus_workers.errors import ConfigError
 from enstratus_workers.layout import Layout
 from tests.servicehome import make_home, set_keys

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import pytest
 
-from enstratus_workers.config.settings import Secret, WorkerSettings
+from enstratus_workers.config.settings import WorkerSettings
+from enstratus_workers.daemons.subscriber.recorder import Recorder
 from enstratus_workers.db import Event, NewJob, Outcome, Started, open_databases
 from enstratus_workers.errors import DatabaseError
 from enstratus_workers.layout import Layout
-from enstratus_workers.recorder import Recorder
 
 
 @pytest.fixture
@@ -201,7 +201,7 @@ def test_an_outcome_refused_even_as_a_bare_failure_is_dead_lettered_with_the_rea
 
 
 def test_a_result_over_the_cap_fails_the_job_and_is_never_sent_to_the_database(dbs, monkeypatch):
-    from enstratus_workers.recorder import RESULT_CAP
+    from enstratus_workers.daemons.subscriber.recorder import RESULT_CAP
     # Given two finished jobs, one whose result is one byte over the cap (é is two bytes)
     ids = _queued_jobs(dbs, 2)
     big = '"' + "é" * (RESULT_CAP // 2) + '"'
@@ -222,7 +222,7 @@ def test_a_result_over_the_cap_fails_the_job_and_is_never_sent_to_the_database(d
 
 
 def test_an_error_text_longer_than_its_column_is_cut_not_refused(dbs):
-    from enstratus_workers.recorder import ERROR_CAP
+    from enstratus_workers.daemons.subscriber.recorder import ERROR_CAP
     # Given a retryable failure with a huge traceback as its error
     (jid,) = _queued_jobs(dbs, 1)
     rec = Recorder(dbs, batch=10, interval=0)
@@ -236,7 +236,7 @@ def test_an_error_text_longer_than_its_column_is_cut_not_refused(dbs):
 
 
 def test_an_outage_holds_everything_unacked_and_tries_few_writes_per_round(dbs, monkeypatch):
-    from enstratus_workers.recorder import PROBES
+    from enstratus_workers.daemons.subscriber.recorder import PROBES
     # Given fifty finished jobs and a database that refuses every write
     ids, rec, calls = _finished_but_refused(dbs, monkeypatch, 50, DatabaseError("disk full"))
     # When it is written twice

@@ -5,11 +5,11 @@ from __future__ import annotations
 import pytest
 
 from enstratus_workers.config.settings import Settings, WorkerSettings
-from enstratus_workers.db import NewJob, Outcome, open_databases, now_ms
+from enstratus_workers.daemons.publisher.recovery import StuckJobs, _host_of
+from enstratus_workers.db import NewJob, Outcome, now_ms, open_databases
 from enstratus_workers.db.schema import jobs as T
 from enstratus_workers.layout import Layout, short_hostname
 from enstratus_workers.mq.base import QueueDepth
-from enstratus_workers.recovery import StuckJobs, _host_of
 
 
 @pytest.fixture

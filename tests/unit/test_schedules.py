@@ -11,14 +11,26 @@ import pytest
 import sqlalchemy as sa
 
 from enstratus_workers.cloud.servers import SERVER_BUCKET, indexes
-from enstratus_workers.config.settings import (KMClientSettings, MQSettings, PersistenceSettings,
-                                               ProvisioningSettings, Schedule, Secret, Settings,
-                                               WorkerSettings)
+from enstratus_workers.config.settings import (
+    KMClientSettings,
+    MQSettings,
+    PersistenceSettings,
+    ProvisioningSettings,
+    Schedule,
+    Secret,
+    Settings,
+    WorkerSettings,
+)
+from enstratus_workers.daemons.publisher.schedules import (
+    Scheduler,
+    job_key,
+    retry_ms,
+    slot_of,
+)
 from enstratus_workers.db import Outcome, Started, open_databases
 from enstratus_workers.layout import Layout
 from enstratus_workers.persist.routing import Persistence
 from enstratus_workers.persist.sqlite import SqliteStore
-from enstratus_workers.schedules import Scheduler, job_key, retry_ms, slot_of
 
 MINUTE = 60_000
 T0 = 1_700_000_000_000 // MINUTE * MINUTE   # the start of a minute slot (and of a 15 s one)

@@ -8,8 +8,8 @@ import pytest
 from enstratus_workers import cli
 from enstratus_workers.config import limits, load_settings
 from enstratus_workers.db import open_databases
+from enstratus_workers.jobs.submit import SubmitError, new_job, submit
 from enstratus_workers.layout import Layout
-from enstratus_workers.submit import SubmitError, new_job, submit
 from tests import servicehome as sh
 
 

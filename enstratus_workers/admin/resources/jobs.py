@@ -1,4 +1,4 @@
-"""``/jobs``: submit a job (through ``enstratus_workers.submit``, the one way in), list and read
+"""``/jobs``: submit a job (through ``enstratus_workers.jobs.submit``, the one way in), list and read
 jobs, and the counts by status with their reset.
 
 The arguments are stored as strict JSON (``StrictBody`` refused anything else before this runs);
@@ -12,10 +12,11 @@ from typing import Literal, Optional
 
 from fastapi import APIRouter, Path, Query, Request, Response
 
+from enstratus_workers.jobs.submit import submit
+
 from ... import strictjson
 from ...db.instances import NotFound
 from ...db.schema import STATUSES
-from ...submit import submit
 from .. import jobstats
 from ..context import ctx_of
 from ..errors import COMMON, NOT_FOUND, invalid

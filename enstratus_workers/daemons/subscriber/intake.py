@@ -12,8 +12,8 @@ import os
 import queue
 import threading
 
-from .errors import ConnectionClosed
-from .mq import open_transport
+from enstratus_workers.errors import ConnectionClosed
+from enstratus_workers.mq import open_transport
 
 log = logging.getLogger(__name__)
 

@@ -20,8 +20,8 @@ from typing import Callable, Iterable, NamedTuple
 
 import psutil
 
-from enstratus_workers.daemon.pidfile import PidFile
 from enstratus_workers.layout import Layout, short_hostname
+from enstratus_workers.runtime.pidfile import PidFile
 
 log = logging.getLogger(__name__)
 

@@ -18,9 +18,9 @@ from __future__ import annotations
 
 import hashlib
 
+from enstratus_workers.daemons.pinger.guest_beats import Target
+from enstratus_workers.daemons.pinger.guest_beats import tracker as t
 from enstratus_workers.guest.protocol import DEFAULT_AGENT_PORT
-from enstratus_workers.heartbeat import Target
-from enstratus_workers.heartbeat import tracker as t
 
 RUNNING = "running"              # libcloud's NodeState.RUNNING, as the cloud actions store it
 UNREACHABLE = "unreachable"

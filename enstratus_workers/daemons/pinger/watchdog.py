@@ -17,8 +17,8 @@ import sys
 import time
 from collections import defaultdict, deque
 
-from .daemon.procs import daemon_states
-from .layout import short_hostname
+from enstratus_workers.layout import short_hostname
+from enstratus_workers.runtime.procs import daemon_states
 
 log = logging.getLogger(__name__)
 

@@ -28,10 +28,10 @@ from typing import Callable, Sequence
 
 import sqlalchemy as sa
 
-from .db import Databases, Event, Outcome, Started
-from .db.schema import FAILED
-from .mq.base import Delivery
-from .retry import event_outcome
+from enstratus_workers.db import Databases, Event, Outcome, Started
+from enstratus_workers.db.schema import FAILED
+from enstratus_workers.jobs.lifecycle import event_outcome
+from enstratus_workers.mq.base import Delivery
 
 log = logging.getLogger(__name__)
 

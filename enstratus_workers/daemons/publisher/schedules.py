@@ -25,8 +25,8 @@ from enstratus_workers.cloud.servers import SERVER_BUCKET
 from enstratus_workers.db.schema import ACTIVE
 from enstratus_workers.db.schema import jobs as J
 from enstratus_workers.errors import DatabaseError
+from enstratus_workers.jobs.submit import SubmitError, submit
 from enstratus_workers.persist import NotFound, StoreError, open_store
-from enstratus_workers.submit import SubmitError, submit
 
 log = logging.getLogger(__name__)
 

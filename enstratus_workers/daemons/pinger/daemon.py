@@ -15,16 +15,21 @@ import threading
 import time
 from pathlib import Path
 
-from ..config import load_settings
-from ..daemon import runner
-from ..daemon.service import Service
-from ..db import open_databases
-from ..errors import CHECK_CRITICAL, CHECK_UNKNOWN, CHECK_WARNING, EnstratusError
-from ..health import check_health
-from ..layout import Layout
-from ..guestwatch import SUMMARY_KEY, GuestWatch
-from ..guestwatch import check as guest_problems
-from ..watchdog import Watchdog
+from enstratus_workers.config import load_settings
+from enstratus_workers.daemons.pinger.guest_watch import SUMMARY_KEY, GuestWatch
+from enstratus_workers.daemons.pinger.guest_watch import check as guest_problems
+from enstratus_workers.daemons.pinger.health import check_health
+from enstratus_workers.daemons.pinger.watchdog import Watchdog
+from enstratus_workers.db import open_databases
+from enstratus_workers.errors import (
+    CHECK_CRITICAL,
+    CHECK_UNKNOWN,
+    CHECK_WARNING,
+    EnstratusError,
+)
+from enstratus_workers.layout import Layout
+from enstratus_workers.runtime import runner
+from enstratus_workers.runtime.service import Service
 
 log = logging.getLogger(__name__)
 
@@ -137,10 +142,3 @@ def main(argv=None) -> int:
     if argv[:1] == ["check"]:
         return check(argv[1:])
     return runner.main("pinger", build, argv, add_arguments=add_arguments)
-
-
-if __name__ == "__main__":
-    # Run under the module's real name, so its loggers are not called "__main__".
-    from enstratus_workers.daemons.pinger import main as _main
-
-    raise SystemExit(_main())

@@ -32,14 +32,18 @@ from dataclasses import dataclass
 
 import sqlalchemy as sa
 
-from enstratus_workers import guesthealth as gh
-from enstratus_workers import submit as submitting
 from enstratus_workers.cloud.servers import SERVER_BUCKET, update_server
+from enstratus_workers.daemons.pinger import guest_health as gh
+from enstratus_workers.daemons.pinger.guest_beats import (
+    HealthTracker,
+    beat_all,
+    my_share,
+)
+from enstratus_workers.daemons.pinger.guest_beats import tracker as t
+from enstratus_workers.daemons.pinger.guest_check import SUMMARY_KEY, check
 from enstratus_workers.db import now_ms
 from enstratus_workers.errors import DatabaseError
-from enstratus_workers.guestcheck import SUMMARY_KEY, check
-from enstratus_workers.heartbeat import HealthTracker, beat_all, my_share
-from enstratus_workers.heartbeat import tracker as t
+from enstratus_workers.jobs import submit as submitting
 from enstratus_workers.layout import short_hostname
 from enstratus_workers.persist import NotFound, StoreError, open_store
 
@@ -67,7 +71,7 @@ class GuestWatch:
     """The guest-heartbeat half of one pinger; see the module docstring.
 
     ``persistence`` is the store of server objects (opened from the settings, and closed by
-    ``close()``, when not given); ``submit`` is ``enstratus_workers.submit.submit`` unless given.
+    ``close()``, when not given); ``submit`` is ``enstratus_workers.jobs.submit.submit`` unless given.
     Not thread-safe: one pinger loop calls ``beat_round``.
     """
 

@@ -1,6 +1,6 @@
 """The contract between the daemon runner (pid file, daemonizing, signals, logs) and a daemon.
 
-A daemon module builds a ``Service``; ``enstratus_workers.daemon.runner`` does the rest.
+A daemon module builds a ``Service``; ``enstratus_workers.runtime.runner`` does the rest.
 """
 
 from __future__ import annotations

@@ -30,12 +30,18 @@ from pathlib import Path
 from typing import Any, Callable
 
 from enstratus_workers import errors
-from enstratus_workers.daemon import procs
-from enstratus_workers.daemon.logs import DaemonLog
-from enstratus_workers.daemon.pidfile import DEAD, RUNNING, AlreadyRunning, PidFile
-from enstratus_workers.daemon.service import Service
 from enstratus_workers.errors import ConfigError
-from enstratus_workers.layout import BadName, Layout, check_daemon_name, inside, short_hostname
+from enstratus_workers.layout import (
+    BadName,
+    Layout,
+    check_daemon_name,
+    inside,
+    short_hostname,
+)
+from enstratus_workers.runtime import procs
+from enstratus_workers.runtime.logs import DaemonLog
+from enstratus_workers.runtime.pidfile import DEAD, RUNNING, AlreadyRunning, PidFile
+from enstratus_workers.runtime.service import Service
 
 log = logging.getLogger(__name__)
 

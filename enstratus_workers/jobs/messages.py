@@ -16,8 +16,7 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
-from .errors import EnstratusError
-
+from enstratus_workers.errors import EnstratusError
 
 MAX_JOB_ID = 2**63 - 1        # BIGINT
 MAX_ATTEMPT = 2**31 - 1       # INTEGER: attempts and max_attempts

@@ -1,7 +1,7 @@
 """The logic of ``etc/init.d/enstratus-workers``: all daemons of one install, with LSB exit codes.
 
 The shell script only finds the install root and a Python, then runs
-``python -m enstratus_workers.daemon.initscript --home ROOT --bin-dir BIN VERB``. Daemons are
+``python -m enstratus_workers.runtime.initscript --home ROOT --bin-dir BIN VERB``. Daemons are
 started and stopped through their bin wrappers (``services/worker/bin/<daemon>`` next to the init
 script, so that the checkout's scripts can drive an install root given by ``ENSTRATUS_HOME``),
 exactly as an operator would one at a time; status and clean read the pid files and /proc.
@@ -16,10 +16,10 @@ import sys
 from pathlib import Path
 
 from enstratus_workers import errors
-from enstratus_workers.daemon import procs
-from enstratus_workers.daemon.runner import STOP_MARGIN, format_uptime
 from enstratus_workers.errors import ConfigError
 from enstratus_workers.layout import Layout
+from enstratus_workers.runtime import procs
+from enstratus_workers.runtime.runner import STOP_MARGIN, format_uptime
 
 #: started in this order; add a daemon here (and a bin wrapper) and every verb handles it
 DAEMONS = ("publisher", "subscriber", "pinger", "admin")

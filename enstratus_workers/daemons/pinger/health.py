@@ -9,9 +9,15 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, field
 
-from .db import Databases, open_databases
-from .errors import CHECK_CRITICAL, CHECK_OK, CHECK_UNKNOWN, CHECK_WARNING, EnstratusError
-from .mq import open_transport
+from enstratus_workers.db import Databases, open_databases
+from enstratus_workers.errors import (
+    CHECK_CRITICAL,
+    CHECK_OK,
+    CHECK_UNKNOWN,
+    CHECK_WARNING,
+    EnstratusError,
+)
+from enstratus_workers.mq import open_transport
 
 REQUIRED_DAEMONS = ("publisher", "subscriber", "pinger")
 _NAMES = {CHECK_OK: "OK", CHECK_WARNING: "WARNING", CHECK_CRITICAL: "CRITICAL", CHECK_UNKNOWN: "UNKNOWN"}
@@ -47,7 +53,7 @@ class Health:
 
 
 def check_health(settings, layout, dbs: Databases | None = None, *, require_pinger: bool = True) -> Health:
-    from .daemon.procs import daemon_states
+    from enstratus_workers.runtime.procs import daemon_states
 
     h = Health()
     own = dbs is None

@@ -18,18 +18,12 @@ import time
 
 import sqlalchemy as sa
 
-from .db import Databases, now_ms
-from .db.schema import DEAD, PENDING, QUEUED, RUNNING
-from .db.schema import jobs as T
+from enstratus_workers.db import Databases, now_ms
+from enstratus_workers.db.heartbeats import live_owners
+from enstratus_workers.db.schema import DEAD, PENDING, QUEUED, RUNNING
+from enstratus_workers.db.schema import jobs as T
 
 log = logging.getLogger(__name__)
-
-
-def live_owners(heartbeats) -> set[str]:
-    """The owner tokens of the subscriber processes whose heartbeat has not expired: only these
-    may keep a running attempt (db/jobs.py's ownership rule); any other owner's may be taken."""
-    return {hb.details.get("owner") for hb in heartbeats
-            if hb.daemon == "subscriber" and not hb.expired and isinstance(hb.details, dict)} - {None}
 
 SWEEP_EVERY_S = 30.0
 QUEUED_AFTER_S = 600.0

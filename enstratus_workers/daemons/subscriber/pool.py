@@ -21,10 +21,10 @@ from collections import deque
 from dataclasses import dataclass, field
 from multiprocessing.connection import Listener
 
-from ..layout import short_hostname
-from ..messages import ActionMessage
-from ..mq.base import Delivery
-from . import protocol, scaling
+from enstratus_workers.daemons.subscriber import scaling, worker_socket
+from enstratus_workers.jobs.messages import ActionMessage
+from enstratus_workers.layout import short_hostname
+from enstratus_workers.mq.base import Delivery
 
 log = logging.getLogger(__name__)
 
@@ -125,8 +125,8 @@ class WorkerPool:
 
     # -- start ---------------------------------------------------------------------------------
     def start(self) -> None:
-        sock = protocol.socket_path(self.layout, self.subscriber_name)
-        key_file = protocol.authkey_path(self.layout, self.subscriber_name)
+        sock = worker_socket.socket_path(self.layout, self.subscriber_name)
+        key_file = worker_socket.authkey_path(self.layout, self.subscriber_name)
         sock.unlink(missing_ok=True)
         authkey = secrets.token_bytes(32)
         fd = os.open(key_file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
@@ -152,7 +152,7 @@ class WorkerPool:
             try:
                 if not conn.poll(10):
                     raise EOFError("no hello")
-                hello = protocol.unpack(conn.recv_bytes())
+                hello = worker_socket.unpack(conn.recv_bytes())
                 if hello.get("t") != "hello":
                     raise ValueError("first frame is not hello")
             except (EOFError, OSError, ValueError) as exc:
@@ -198,7 +198,7 @@ class WorkerPool:
                 handle.spawned_at = time.time()
                 self.handles.append(handle)
             if self.stopping:
-                conn.send_bytes(protocol.pack({"t": "stop"}))
+                conn.send_bytes(worker_socket.pack({"t": "stop"}))
             handle.conn, handle.connected_at = conn, time.time()
             handle.display = hello.get("display") or handle.display
             log.info("worker %s connected (pid %s)", handle.display, hello.get("pid"))
@@ -211,7 +211,7 @@ class WorkerPool:
                 continue
             try:
                 while h.conn.poll():
-                    self._on_frame(h, protocol.unpack(h.conn.recv_bytes()), events)
+                    self._on_frame(h, worker_socket.unpack(h.conn.recv_bytes()), events)
             except (EOFError, OSError, ValueError):
                 self._on_disconnect(h, events)
         return events
@@ -283,7 +283,7 @@ class WorkerPool:
                 h.idle_since = None
                 h.inflight.extend(batch)
                 try:
-                    h.conn.send_bytes(protocol.pack({"t": "run", "a": [a.task() for a in batch]}))
+                    h.conn.send_bytes(worker_socket.pack({"t": "run", "a": [a.task() for a in batch]}))
                 except OSError:
                     pass  # the disconnect is noticed on the next read; its tasks go back then
 
@@ -374,7 +374,7 @@ class WorkerPool:
                 h.scaled_down = h.retiring = True
                 if h.conn is not None:
                     try:
-                        h.conn.send_bytes(protocol.pack({"t": "stop"}))
+                        h.conn.send_bytes(worker_socket.pack({"t": "stop"}))
                     except OSError:
                         pass
                 elif h.proc is not None:
@@ -405,7 +405,7 @@ class WorkerPool:
         for h in self.handles:
             if h.conn is not None:
                 try:
-                    h.conn.send_bytes(protocol.pack({"t": "stop"}))
+                    h.conn.send_bytes(worker_socket.pack({"t": "stop"}))
                 except OSError:
                     pass
 
@@ -431,8 +431,8 @@ class WorkerPool:
         if self._listener is not None:
             self._listener.close()
             self._listener = None
-        protocol.authkey_path(self.layout, self.subscriber_name).unlink(missing_ok=True)
-        protocol.socket_path(self.layout, self.subscriber_name).unlink(missing_ok=True)
+        worker_socket.authkey_path(self.layout, self.subscriber_name).unlink(missing_ok=True)
+        worker_socket.socket_path(self.layout, self.subscriber_name).unlink(missing_ok=True)
 
 
 def _describe_exit(code: int) -> str:

@@ -14,16 +14,21 @@ import time
 
 import sqlalchemy as sa
 
-from ..daemon import runner
-from ..daemon.service import Service
-from ..db import open_databases
-from ..errors import ConnectionClosed, DatabaseError, PublishError, TransportError
-from ..messages import encode_job
-from ..mq import open_transport
-from ..mq.base import OutgoingMessage
-from ..recovery import StuckJobs
-from ..schedules import Scheduler
-from ..retry import backoff_ms
+from enstratus_workers.daemons.publisher.recovery import StuckJobs
+from enstratus_workers.daemons.publisher.schedules import Scheduler
+from enstratus_workers.db import open_databases
+from enstratus_workers.errors import (
+    ConnectionClosed,
+    DatabaseError,
+    PublishError,
+    TransportError,
+)
+from enstratus_workers.jobs.lifecycle import backoff_ms
+from enstratus_workers.jobs.messages import encode_job
+from enstratus_workers.mq import open_transport
+from enstratus_workers.mq.base import OutgoingMessage
+from enstratus_workers.runtime import runner
+from enstratus_workers.runtime.service import Service
 
 log = logging.getLogger(__name__)
 
@@ -149,9 +154,9 @@ class Publisher(Service):
 def build(settings, layout, name, options) -> Publisher:
     """Refuse (exit 6, as ``config check`` does) schedules of actions no worker has: the
     publisher would submit, once per interval and account, jobs that can only fail."""
-    from ..actions import default_registry
-    from ..config import worker_file
-    from ..config.loader import unknown_schedules
+    from enstratus_workers.actions import default_registry
+    from enstratus_workers.config import worker_file
+    from enstratus_workers.config.loader import unknown_schedules
 
     problems = unknown_schedules(layout.classes_dir / worker_file.FILENAME, default_registry())
     if problems:
@@ -161,10 +166,3 @@ def build(settings, layout, name, options) -> Publisher:
 
 def main(argv=None) -> int:
     return runner.main("publisher", build, argv)
-
-
-if __name__ == "__main__":
-    # Run under the module's real name, so its loggers are not called "__main__".
-    from enstratus_workers.daemons.publisher import main as _main
-
-    raise SystemExit(_main())

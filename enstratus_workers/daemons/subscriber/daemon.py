@@ -1,7 +1,7 @@
 """The subscriber: takes actions off the queues, has worker processes run them, records, then acks.
 
 Threads: the intake thread owns the queue connection (``intake.py``); the accept thread takes
-worker connections (``pool/pool.py``); this main thread does everything else in one loop, woken
+worker connections (``pool.py``); this main thread does everything else in one loop, woken
 by whichever of them has news: decode deliveries, check them against their job rows, dispatch
 to workers, collect outcomes, write them in batches (``recorder.py``), ack what is written,
 supervise the workers.
@@ -29,17 +29,17 @@ import time
 from collections import defaultdict, deque
 from multiprocessing.connection import wait
 
-from ..daemon import runner
-from ..daemon.service import Service
-from ..db import Event, Outcome, Started, open_databases
-from ..db.instances import desired_types
-from ..intake import Intake
-from ..layout import short_hostname
-from ..messages import ActionMessage, MessageDecodeError, decode
-from ..pool.pool import Assignment, WorkerPool
-from ..recorder import Recorder
-from ..recovery import live_owners
-from ..retry import event_outcome, job_status_after
+from enstratus_workers.daemons.subscriber.intake import Intake
+from enstratus_workers.daemons.subscriber.pool import Assignment, WorkerPool
+from enstratus_workers.daemons.subscriber.recorder import Recorder
+from enstratus_workers.db import Event, Outcome, Started, open_databases
+from enstratus_workers.db.heartbeats import live_owners
+from enstratus_workers.db.instances import desired_types
+from enstratus_workers.jobs.lifecycle import event_outcome, job_status_after
+from enstratus_workers.jobs.messages import ActionMessage, MessageDecodeError, decode
+from enstratus_workers.layout import short_hostname
+from enstratus_workers.runtime import runner
+from enstratus_workers.runtime.service import Service
 
 log = logging.getLogger(__name__)
 
@@ -404,7 +404,7 @@ def _arguments(text: str):
 
 def _action_time_limits() -> dict[str, float]:
     """Actions may declare their own hard limit (``fn.time_limit = 60``) over action.time_limit."""
-    from ..actions import default_registry
+    from enstratus_workers.actions import default_registry
 
     reg = default_registry()
     return {name: float(reg.get(name).time_limit) for name in reg.names()
@@ -417,10 +417,3 @@ def build(settings, layout, name, options) -> Subscriber:
 
 def main(argv=None) -> int:
     return runner.main("subscriber", build, argv)
-
-
-if __name__ == "__main__":
-    # Run under the module's real name, so its loggers are not called "__main__".
-    from enstratus_workers.daemons.subscriber import main as _main
-
-    raise SystemExit(_main())

@@ -8,10 +8,10 @@ from __future__ import annotations
 
 import time
 
-from . import strictjson
-from .config import limits
-from .db import Databases, Job, NewJob
-from .errors import EnstratusError
+from enstratus_workers import strictjson
+from enstratus_workers.config import limits
+from enstratus_workers.db import Databases, Job, NewJob
+from enstratus_workers.errors import EnstratusError
 
 WAIT_POLL_S = 0.05
 
@@ -91,7 +91,7 @@ def submit(settings, dbs: Databases, action: str, arguments: str | None = None, 
 
 def wait_for(dbs: Databases, job_id: int, timeout: float) -> Job:
     """Poll until the job is terminal or ``timeout`` passes; return it as last seen."""
-    from .db.schema import TERMINAL
+    from enstratus_workers.db.schema import TERMINAL
 
     deadline = time.monotonic() + timeout
     while True:
