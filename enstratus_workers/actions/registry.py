@@ -6,6 +6,7 @@ A plug-in package declares, in its own pyproject.toml::
     "dns.update" = "mypkg.actions:update_dns"
 
 and the callable is run as ``update_dns(arguments: dict, context: ActionContext) -> JSON-able``.
+Its options (``options.py``) are declared with ``@action(...)`` or at ``register`` and checked there.
 No global registry: each worker process builds one and passes it where it is needed.
 """
 
@@ -17,6 +18,7 @@ from importlib.metadata import entry_points
 from typing import Any, Callable
 
 from ..errors import ActionError
+from .options import ActionOptions, ActionOptionsError
 
 log = logging.getLogger(__name__)
 
@@ -45,17 +47,34 @@ Action = Callable[[dict, ActionContext], Any]
 class Registry:
     def __init__(self):
         self._actions: dict[str, Action] = {}
+        self._options: dict[str, ActionOptions] = {}
 
-    def register(self, name: str, action: Action) -> None:
+    def register(self, name: str, action: Action, options: ActionOptions | None = None) -> None:
+        """Add ``action``; its options are ``options``, else what it declares (``ActionOptions.of``).
+        A bad option raises ``ActionOptionsError`` here and nothing is registered."""
         if not callable(action):
             raise TypeError(f"action {name!r} is not callable")
-        self._actions[name] = action
+        if options is not None and not isinstance(options, ActionOptions):
+            raise TypeError(f"the options of action {name!r} are not ActionOptions")
+        try:
+            options = options or ActionOptions.of(action)
+        except ActionOptionsError as exc:
+            raise ActionOptionsError(f"action {name}: {exc}") from None
+        self._actions[name], self._options[name] = action, options
 
     def get(self, name: str) -> Action:
         try:
             return self._actions[name]
         except KeyError:
             raise ActionError(f"unknown action '{name}'") from None
+
+    def options(self, name: str) -> ActionOptions:
+        self.get(name)
+        return self._options[name]
+
+    def time_limits(self) -> dict[str, float]:
+        """The actions that declare their own time limit (over action.time_limit), in seconds."""
+        return {name: float(o.time_limit) for name, o in self._options.items() if o.time_limit is not None}
 
     def names(self) -> list[str]:
         return sorted(self._actions)

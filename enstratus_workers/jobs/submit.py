@@ -60,17 +60,17 @@ def new_job(settings, action: str, arguments=None, queue: str | None = None,
     if not isinstance(action, str) or not limits.ACTION_NAME.fullmatch(action):
         raise SubmitError(f"invalid action name {_shown(str(action))}: use {limits.ACTION_RULE}")
     text = _arguments_text(arguments)
-    queue = queue or settings.worker.default_queue
+    # what the action declares (validated when it registered: actions/options.py)
+    options = registry.options(action) if registry is not None and action in registry else None
+    queue = queue or (options and options.queue) or settings.worker.default_queue
     if not isinstance(queue, str) or not limits.QUEUE_NAME.fullmatch(queue):
         raise SubmitError(f"invalid queue name {_shown(str(queue))}: use {limits.QUEUE_RULE}")
     if queue not in settings.worker.all_queues:
         raise SubmitError(f"unknown queue {_shown(queue)}; configured: {', '.join(settings.worker.all_queues)}")
     if max_attempts is not None:
         attempts = _attempts(max_attempts, "max attempts")
-    elif registry is not None and action in registry and \
-            getattr(registry.get(action), "max_attempts", None) is not None:
-        # an action may declare its own attempt budget: fn.max_attempts = 5
-        attempts = _attempts(registry.get(action).max_attempts, f"the max_attempts of action {action}")
+    elif options is not None and options.max_attempts is not None:
+        attempts = options.max_attempts
     else:
         attempts = settings.worker.max_attempts
     if idempotency_key is not None:

@@ -63,19 +63,36 @@ def test_python_callers_get_a_value_error_saying_why(settings, case):
     assert says in str(caught.value) and "\n" not in str(caught.value)
 
 
-def test_an_action_declaring_an_impossible_attempt_budget_is_refused(settings):
-    # Given a plug-in action declaring more attempts than a job may have
-    from enstratus_workers.actions import Registry
+def test_an_action_declaring_an_impossible_attempt_budget_is_refused_when_it_registers():
+    # Given a plug-in action declaring more attempts than a job may have (the legacy attribute)
+    from enstratus_workers.actions import ActionOptionsError, Registry
 
     def greedy(arguments, context):
         return None
 
     greedy.max_attempts = 10**29
     registry = Registry()
-    registry.register("greedy", greedy)
-    # When submitted, Then the job is refused, naming the action
-    with pytest.raises(SubmitError, match="max_attempts of action greedy"):
-        new_job(settings, "greedy", registry=registry)
+    # When it registers, Then it is refused, naming the action, and is not registered
+    with pytest.raises(ActionOptionsError, match=f"action greedy: max_attempts must be an integer between 1 and {limits.MAX_ATTEMPTS}"):
+        registry.register("greedy", greedy)
+    assert "greedy" not in registry
+
+
+def test_an_action_declared_budget_and_queue_are_what_a_job_gets_unless_the_caller_says(settings):
+    # Given an action declaring five attempts and a queue
+    from enstratus_workers.actions import Registry, action
+
+    @action(max_attempts=5, queue=settings.worker.default_queue)
+    def patient(arguments, context):
+        return None
+
+    registry = Registry()
+    registry.register("patient", patient)
+    # When submitted without and with an explicit budget
+    job = new_job(settings, "patient", registry=registry)
+    explicit = new_job(settings, "patient", registry=registry, max_attempts=2)
+    # Then the action's budget holds unless the caller gives one
+    assert (job.max_attempts, job.queue, explicit.max_attempts) == (5, settings.worker.default_queue, 2)
 
 
 def test_valid_submissions_still_pass_and_keep_the_callers_text(settings, home):

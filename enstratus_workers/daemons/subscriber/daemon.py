@@ -403,12 +403,10 @@ def _arguments(text: str):
 
 
 def _action_time_limits() -> dict[str, float]:
-    """Actions may declare their own hard limit (``fn.time_limit = 60``) over action.time_limit."""
+    """The actions' own hard limits over action.time_limit (declared: actions/options.py)."""
     from enstratus_workers.actions import default_registry
 
-    reg = default_registry()
-    return {name: float(reg.get(name).time_limit) for name in reg.names()
-            if isinstance(getattr(reg.get(name), "time_limit", None), (int, float))}
+    return default_registry().time_limits()
 
 
 def build(settings, layout, name, options) -> Subscriber:
