@@ -8,6 +8,9 @@ overwrite an outcome that is already recorded.
 One owner per attempt. The row is the truth and a message only points at it, so who may write
 attempt *n* of a job is decided by the row alone:
 
+The rule for one row as read is ``lifecycle.attempt_verdict``; the SQL guard of ``_case_update``
+is the same rule for a batch of writes.
+
 - Attempt *n* is **open** while the row reads ``pending`` or ``queued`` at ``attempts = n - 1``
   (the outbox relays it as attempt *n*; the publisher marks it queued only after the broker
   confirmed, so a delivery can arrive while it still reads pending). The first subscriber to
@@ -31,20 +34,17 @@ returns the outcomes that took effect: only those get an analytics event.
 from __future__ import annotations
 
 import json
-import time
 from dataclasses import dataclass
 from typing import Callable, Iterable, NamedTuple, Sequence
 
 import sqlalchemy as sa
 
+from ..clock import now_ms  # also db.now_ms, for the callers of old
 from ..errors import DatabaseError, PublishError
+from ..jobs import lifecycle
 from ..jobs.values import Outcome, Started  # noqa: F401 - the store's own vocabulary
 from . import schema
 from .schema import jobs as T
-
-
-def now_ms() -> int:
-    return int(time.time() * 1000)
 
 
 @dataclass(frozen=True)
@@ -114,11 +114,7 @@ class DeliveryRow(NamedTuple):
     def verdict(self, attempt: int, me: str) -> str:
         """``run`` (attempt open, or held by ``me``), ``foreign`` (held by another owner: it
         may be taken over only once that owner's heartbeat expired) or ``stale`` (closed)."""
-        if self.status in (schema.PENDING, schema.QUEUED) and self.attempts == attempt - 1:
-            return "run"
-        if self.status == schema.RUNNING and self.attempts == attempt:
-            return "run" if self.owner == me else "foreign"
-        return "stale"
+        return lifecycle.attempt_verdict(self.status, self.attempts, self.owner, attempt, me)
 
 
 _RECORD_CHUNK = 200  # rows per CASE-UPDATE: stays well under SQLite's bound-parameter limit
@@ -222,7 +218,8 @@ class JobStore:
             dead = [Job(**r) for r in conn.execute(q.with_for_update()).mappings()]
             for j in dead:
                 conn.execute(T.update().where(T.c.job_id == j.job_id, T.c.status == schema.DEAD).values(
-                    status=schema.PENDING, max_attempts=j.attempts + extra_attempts))
+                    status=schema.PENDING,
+                    max_attempts=lifecycle.redrive_max_attempts(j.attempts, extra_attempts)))
         return dead
 
     # -- the outbox relay (publisher) ----------------------------------------------------------
@@ -320,7 +317,7 @@ def _case_update(conn, rows, columns: dict) -> None:
     params.extend(r.owner for r in rows)
     sql = (f"UPDATE enstratus_job SET {', '.join(sets)} "
            f"WHERE job_id IN ({', '.join(map(str, ids))}) AND ("
-           f"(status IN ('{schema.PENDING}', '{schema.QUEUED}') AND attempts = {attempt} - 1) OR "
+           f"(status IN ({', '.join(repr(s) for s in lifecycle.OPEN)}) AND attempts = {attempt} - 1) OR "
            f"(status = '{schema.RUNNING}' AND attempts = {attempt} AND owner = {owner}))")
     conn.exec_driver_sql(sql, tuple(params))
 

@@ -9,17 +9,23 @@ from __future__ import annotations
 import sqlalchemy as sa
 from sqlalchemy.dialects import mysql
 
+# The statuses live with the rest of a job's life; imported here for the readers of the schema.
+from enstratus_workers.jobs.lifecycle import (  # noqa: F401
+    ACTIVE,
+    CANCELLED,
+    DEAD,
+    FAILED,
+    PENDING,
+    QUEUED,
+    RUNNING,
+    STATUSES,
+    SUCCEEDED,
+    TERMINAL,
+)
 from enstratus_workers.jobs.messages import MAX_ACTION_CHARS
 
 from ..errors import DatabaseError
 from .identity import IdentityString, make_exact
-
-# The statuses a job moves through (DESIGN.md): pending -> queued -> running -> terminal.
-PENDING, QUEUED, RUNNING = "pending", "queued", "running"
-SUCCEEDED, FAILED, DEAD, CANCELLED = "succeeded", "failed", "dead", "cancelled"
-ACTIVE = (PENDING, QUEUED, RUNNING)
-TERMINAL = (SUCCEEDED, FAILED, DEAD, CANCELLED)
-STATUSES = ACTIVE + TERMINAL
 
 _ID = sa.BigInteger().with_variant(sa.Integer(), "sqlite")  # INTEGER PRIMARY KEY is SQLite's rowid
 _LONG_TEXT = sa.Text().with_variant(mysql.MEDIUMTEXT(), "mysql")

@@ -1,35 +1,101 @@
-"""Retry policy: which failures are retried, how long the broker holds a retry, when a job is dead.
+"""A job's life: its statuses, and every rule that moves it from one to the next.
 
-An ``ActionError`` is the action (or the service) saying the job cannot succeed as given — an
-unknown action, bad arguments, a refusal: the job ends ``failed`` at once. Anything else — an
-unexpected exception, a worker process that died under the action, a time limit — may be
-transient: the attempt is recorded, and the job goes back to ``pending`` so the publisher
-relays it again with a broker-held delay that doubles per attempt. After its last attempt it
-ends ``dead`` and its message goes to the queue's dead-letter queue.
+Small pure functions, one per transition; the daemons, the job store and the CLI call them
+instead of doing the arithmetic themselves (``db/jobs.py`` only turns them into guarded SQL).
+
+- After an attempt (``job_status_after``): an ``ActionError`` is the action (or the service)
+  saying the job cannot succeed as given — an unknown action, bad arguments, a refusal: the job
+  ends ``failed`` at once. Anything else — an unexpected exception, a worker process that died
+  under the action, a time limit — may be transient: the job goes back to ``pending``, or ends
+  ``dead`` after its last attempt (its message then goes to the queue's dead-letter queue).
+- The next attempt (``next_attempt``): the publisher relays a pending job that has had *n*
+  attempts as attempt *n + 1*, held by the broker for a delay that doubles per attempt (1 s,
+  2 s, 4 s ... at most 5 min; no jitter: each distinct delay is a delay queue of its own).
+- Who may write an attempt (``attempt_verdict``): the one-owner-per-attempt rule of
+  ``db/jobs.py``'s docstring, for a row as read.
+- A lost attempt (``after_lost``, stuck-job recovery): back to ``pending``, or ``dead`` if it
+  was the last.
+- Re-drive (``redrive_max_attempts``, ``dead retry``): a dead job becomes ``pending`` with more
+  attempts.
 """
 
 from __future__ import annotations
 
-BACKOFF_BASE_MS = 1_000
-BACKOFF_MAX_MS = 300_000
+from typing import NamedTuple
 
+from enstratus_workers.backoff import Backoff
 
-def backoff_ms(attempts_done: int) -> int:
-    """Delay before the next attempt of a job that has had ``attempts_done`` attempts."""
-    if attempts_done <= 0:
-        return 0
-    return min(BACKOFF_MAX_MS, BACKOFF_BASE_MS * 2 ** min(attempts_done - 1, 20))
+# The statuses a job moves through (DESIGN.md): pending -> queued -> running -> terminal.
+PENDING, QUEUED, RUNNING = "pending", "queued", "running"
+SUCCEEDED, FAILED, DEAD, CANCELLED = "succeeded", "failed", "dead", "cancelled"
+ACTIVE = (PENDING, QUEUED, RUNNING)
+TERMINAL = (SUCCEEDED, FAILED, DEAD, CANCELLED)
+STATUSES = ACTIVE + TERMINAL
+#: the statuses in which the row's next attempt is open to the first writer
+OPEN = (PENDING, QUEUED)
+
+#: the broker-held delay before a retry; never jittered (see the module docstring)
+RETRY_BACKOFF = Backoff(first=1.0, cap=300.0, jitter=None)
 
 
 def job_status_after(attempt_status: str, retryable: bool, attempt: int, max_attempts: int) -> str:
     """The job's status once this attempt is recorded: succeeded, failed, pending (retry) or dead."""
-    if attempt_status == "succeeded":
-        return "succeeded"
+    if attempt_status == SUCCEEDED:
+        return SUCCEEDED
     if not retryable:
-        return "failed"
-    return "pending" if attempt < max_attempts else "dead"
+        return FAILED
+    return PENDING if attempt < max_attempts else DEAD
 
 
 def event_outcome(job_status: str) -> str:
     """The analytics event's outcome for an attempt: a retried attempt is recorded as 'retry'."""
-    return "retry" if job_status == "pending" else job_status
+    return "retry" if job_status == PENDING else job_status
+
+
+def backoff_ms(attempts_done: int) -> int:
+    """Broker-held delay before the next attempt of a job that has had ``attempts_done``: none
+    before the first, then 1 s, doubling, at most 5 min."""
+    return int(RETRY_BACKOFF.delay(attempts_done) * 1000)
+
+
+class NextAttempt(NamedTuple):
+    attempt: int
+    delay_ms: int
+
+
+def next_attempt(attempts_done: int) -> NextAttempt:
+    """The attempt a pending job that has had ``attempts_done`` attempts is relayed as, and the
+    delay the broker holds it for first (a job that has had attempts is a retry)."""
+    return NextAttempt(attempts_done + 1, backoff_ms(attempts_done))
+
+
+def attempt_verdict(status: str, attempts: int, owner: str | None, attempt: int, me: str) -> str:
+    """May ``me`` write attempt ``attempt`` of a row reading (status, attempts, owner)?
+
+    ``run`` (the attempt is open, or held by ``me``), ``foreign`` (held by another owner: it may
+    be taken over only once that owner's heartbeat expired) or ``stale`` (closed).
+    """
+    if status in OPEN and attempts == attempt - 1:
+        return "run"
+    if status == RUNNING and attempts == attempt:
+        return "run" if owner == me else "foreign"
+    return "stale"
+
+
+class AfterLoss(NamedTuple):
+    status: str
+    attempts: int
+
+
+def after_lost(attempts: int, max_attempts: int) -> AfterLoss:
+    """A job whose attempt was lost (its subscriber gone, or its message): ``dead`` when it has
+    had its last attempt, else ``pending`` for the outbox to relay it again. The row keeps its
+    attempts (at least 1: a lost first attempt counts), so the lost attempt is closed and its
+    owner, should it wake, can write nothing."""
+    status = DEAD if attempts >= max_attempts else PENDING
+    return AfterLoss(status, max(attempts, 1))
+
+
+def redrive_max_attempts(attempts: int, extra_attempts: int) -> int:
+    """A dead job re-driven goes ``pending`` with ``extra_attempts`` more than it has had."""
+    return attempts + extra_attempts

@@ -14,6 +14,7 @@ import time
 
 import sqlalchemy as sa
 
+from enstratus_workers.clock import now_ms
 from enstratus_workers.daemons.publisher.recovery import StuckJobs
 from enstratus_workers.daemons.publisher.schedules import Scheduler
 from enstratus_workers.db import open_databases
@@ -23,7 +24,7 @@ from enstratus_workers.errors import (
     PublishError,
     TransportError,
 )
-from enstratus_workers.jobs.lifecycle import backoff_ms
+from enstratus_workers.jobs.lifecycle import next_attempt
 from enstratus_workers.jobs.messages import encode_job
 from enstratus_workers.mq import open_transport
 from enstratus_workers.mq.base import OutgoingMessage
@@ -44,7 +45,7 @@ class Publisher(Service):
         self.transport = None
         self._declared: set[str] = set()
         self.published = 0
-        self.started_ms = int(time.time() * 1000)
+        self.started_ms = now_ms()
         self._last_beat = 0.0
         self._backoff = 0.5
 
@@ -122,11 +123,12 @@ class Publisher(Service):
 
     def _publish(self, jobs) -> None:
         self._declare({j.queue for j in jobs})
-        # A job that has had attempts is a retry: the broker holds it for its backoff first.
-        self.transport.publish([
-            OutgoingMessage(queue=j.queue, message_id=str(j.job_id), delay_ms=backoff_ms(j.attempts),
-                            body=encode_job(j.job_id, j.action, j.arguments, j.attempts + 1, j.max_attempts))
-            for j in jobs])
+        self.transport.publish([self._message(j, next_attempt(j.attempts)) for j in jobs])
+
+    @staticmethod
+    def _message(j, nxt) -> OutgoingMessage:
+        return OutgoingMessage(queue=j.queue, message_id=str(j.job_id), delay_ms=nxt.delay_ms,
+                               body=encode_job(j.job_id, j.action, j.arguments, nxt.attempt, j.max_attempts))
 
     def _close_transport(self) -> None:
         if self.transport is not None:
