@@ -13,12 +13,14 @@ Connections: publishing uses a confirm-mode ``SelectConnection`` in its own thre
 ``BlockingConnection``, on which each dead-letter operation opens a channel of its own; each
 consumer (``amqp_consumer``) has its own ``BlockingConnection``. After ``ConnectionClosed`` the transport reconnects lazily on the
 next call; a consumer does not (its deliveries are void once its connection is gone): open a new one.
+
+Imports go one way: this module imports its helpers and hands each what it needs (parameters,
+queue names, a channel runner); the helpers share ``amqp_common`` and never import this module.
 """
 
 from __future__ import annotations
 
 import logging
-import ssl
 from typing import Callable, Sequence
 
 import pika
@@ -26,7 +28,8 @@ import pika.exceptions
 
 from enstratus_workers.config.settings import MQSettings
 from enstratus_workers.errors import ConnectionClosed, PublishError, TransportError
-from enstratus_workers.mq.amqp_consumer import _PIKA_ERRORS, AmqpConsumer, AmqpTag
+from enstratus_workers.mq.amqp_common import CONNECT_TIMEOUT_S, NOT_FOUND, PIKA_ERRORS, connection_parameters
+from enstratus_workers.mq.amqp_consumer import AmqpConsumer, AmqpTag
 from enstratus_workers.mq.amqp_dead import AmqpDeadLetters
 from enstratus_workers.mq.amqp_delay import DelayQueues, delay_bucket
 from enstratus_workers.mq.amqp_publisher import ConfirmingPublisher
@@ -35,24 +38,6 @@ from enstratus_workers.mq.base import DeadLetter, OutgoingMessage, QueueDepth, T
 __all__ = ["AmqpConsumer", "AmqpTag", "AmqpTransport", "connection_parameters"]
 
 log = logging.getLogger(__name__)
-
-CONNECT_TIMEOUT_S = 10.0   # TCP connect plus AMQP handshake
-NOT_FOUND = 404
-
-
-def connection_parameters(mq: MQSettings, name: str) -> pika.ConnectionParameters:
-    """pika parameters from mq.cfg; ``name`` shows in the broker's connection list."""
-    ssl_options = None
-    if mq.ssl:
-        ssl_options = pika.SSLOptions(ssl.create_default_context(), server_hostname=mq.host)
-    return pika.ConnectionParameters(
-        host=mq.host, port=mq.port, virtual_host=mq.vhost,
-        credentials=pika.PlainCredentials(mq.user, mq.password.reveal()),
-        ssl_options=ssl_options, heartbeat=mq.heartbeat,
-        client_properties={"connection_name": name},
-        connection_attempts=1, socket_timeout=CONNECT_TIMEOUT_S, stack_timeout=CONNECT_TIMEOUT_S,
-        # a broker blocking publishers (disk or memory alarm) for this long counts as a lost connection
-        blocked_connection_timeout=max(60, 2 * mq.heartbeat))
 
 
 class AmqpTransport(Transport):
@@ -67,7 +52,7 @@ class AmqpTransport(Transport):
         self._channel = None
         self._consumers: list[AmqpConsumer] = []
         self._delays = DelayQueues(mq.queue_prefix, mq.exchange, mq.queue_type, self._manage, self._reopen_channel)
-        self._dead = AmqpDeadLetters(self)
+        self._dead = AmqpDeadLetters(self.dead_queue_name, self._with_channel, self.publish)
 
     def queue_name(self, queue: str) -> str:
         return self.mq.queue_prefix + queue
@@ -94,7 +79,7 @@ class AmqpTransport(Transport):
             except pika.exceptions.ChannelClosedByBroker as exc:
                 self._channel = None
                 raise TransportError(f"AMQP {what} refused by the broker: {exc.reply_code} {exc.reply_text}") from exc
-            except _PIKA_ERRORS as exc:
+            except PIKA_ERRORS as exc:
                 self._drop_admin()
                 if fresh or attempt == 2:
                     raise ConnectionClosed(f"AMQP {what} failed ({self.mq.host}:{self.mq.port}): {exc!r}") from exc
@@ -116,7 +101,7 @@ class AmqpTransport(Transport):
                 if channel.is_open:
                     try:
                         channel.close()
-                    except _PIKA_ERRORS:
+                    except PIKA_ERRORS:
                         pass
                 raise
             if channel.is_open:
@@ -129,7 +114,7 @@ class AmqpTransport(Transport):
         if conn is not None and conn.is_open:
             try:
                 conn.close()
-            except _PIKA_ERRORS:
+            except PIKA_ERRORS:
                 pass
 
     def declare(self, queues: Sequence[str]) -> None:
@@ -236,7 +221,8 @@ class AmqpTransport(Transport):
     # -- consuming ---------------------------------------------------------------------------
 
     def consumer(self, queues: Sequence[str], prefetch: int) -> AmqpConsumer:
-        consumer = AmqpConsumer(self, list(queues), prefetch)
+        consumer = AmqpConsumer(self._params("consumer"), [(q, self.queue_name(q)) for q in queues], prefetch,
+                                dead_exchange=self.dead_exchange)
         self._consumers = [c for c in self._consumers if not c.closed] + [consumer]
         return consumer
 

@@ -1,7 +1,8 @@
 """The AMQP consumer: ``basic_consume`` with manual acks on a ``BlockingConnection`` of its own.
 
 Split from ``amqp.py`` (which re-exports it) to keep each module about one thing; like that
-module, it turns pika's exceptions into ``ConnectionClosed``.
+module, it turns pika's exceptions into ``ConnectionClosed``. The transport hands it what it needs
+(connection parameters, broker queue names, the dead exchange): it does not import ``amqp.py``.
 """
 
 from __future__ import annotations
@@ -11,21 +12,17 @@ import logging
 import threading
 import time
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Callable, Sequence
+from typing import Callable, Sequence
 
 import pika
 import pika.exceptions
 
+from enstratus_workers.clock import now_ms
 from enstratus_workers.errors import ConnectionClosed
-from enstratus_workers.mq.amqp_dead import DEAD_AT_HEADER, ERROR_HEADER, delivered_headers
+from enstratus_workers.mq.amqp_common import DEAD_AT_HEADER, ERROR_HEADER, PIKA_ERRORS, delivered_headers
 from enstratus_workers.mq.base import MAX_REASON_CHARS, Consumer, Delivery
 
-if TYPE_CHECKING:
-    from enstratus_workers.mq.amqp import AmqpTransport
-
 log = logging.getLogger(__name__)
-
-_PIKA_ERRORS = (pika.exceptions.AMQPError, OSError)
 
 
 @dataclass(frozen=True, eq=False)
@@ -49,9 +46,13 @@ class AmqpConsumer(Consumer):
     and acks the original only once the copy is confirmed (a crash in between may leave the
     message both dead and redelivered: at least once). A ``basic.reject`` would lose custom
     headers, so it is only the fallback when the copy cannot be published.
+
+    ``queues`` pairs each logical queue with its broker queue name, in consuming order;
+    ``dead_exchange`` is where dead-letter copies go, routed by the logical queue.
     """
 
-    def __init__(self, transport: AmqpTransport, queues: list[str], prefetch: int):
+    def __init__(self, parameters: pika.ConnectionParameters, queues: Sequence[tuple[str, str]], prefetch: int, *,
+                 dead_exchange: str):
         if prefetch < 1:
             raise ValueError("prefetch must be at least 1")
         self.closed = False
@@ -59,24 +60,23 @@ class AmqpConsumer(Consumer):
         self._buffer: list[Delivery] = []
         self._outstanding: dict[int, None] = {}   # delivered, unsettled tags in delivery order
         self._owner = threading.get_ident()       # the polling thread, once poll runs
-        self._dead_exchange = transport.dead_exchange
+        self._dead_exchange = dead_exchange
         self._confirming = None                   # channel for dead-letter copies, opened on first use
         try:
-            self._conn = pika.BlockingConnection(transport._params("consumer"))
-        except _PIKA_ERRORS as exc:
+            self._conn = pika.BlockingConnection(parameters)
+        except PIKA_ERRORS as exc:
             raise ConnectionClosed(f"AMQP consumer cannot connect: {exc!r}") from exc
         try:
             self._channel = self._conn.channel()
             # per-consumer prefetch (global QoS is unsupported by quorum queues): split the bound
             # across the queues so the channel never holds more than `prefetch` unsettled
             share, extra = divmod(prefetch, len(queues))
-            for i, q in enumerate(queues):
+            for i, (q, name) in enumerate(queues):
                 self._channel.basic_qos(prefetch_count=max(1, share + (i < extra)))
-                self._channel.basic_consume(transport.queue_name(q),
-                                            functools.partial(self._on_message, q), auto_ack=False)
-        except _PIKA_ERRORS as exc:
+                self._channel.basic_consume(name, functools.partial(self._on_message, q), auto_ack=False)
+        except PIKA_ERRORS as exc:
             self._close_quietly()
-            raise ConnectionClosed(f"AMQP consumer cannot consume {queues}: {exc!r}") from exc
+            raise ConnectionClosed(f"AMQP consumer cannot consume {[q for q, _ in queues]}: {exc!r}") from exc
 
     def _on_message(self, queue, _channel, method, properties, body) -> None:
         self._outstanding[method.delivery_tag] = None
@@ -98,7 +98,7 @@ class AmqpConsumer(Consumer):
                 self._conn.process_data_events(time_limit=wait)
                 if self._buffer or time.monotonic() >= deadline:
                     break
-        except _PIKA_ERRORS as exc:
+        except PIKA_ERRORS as exc:
             self._close_quietly()
             raise ConnectionClosed(f"AMQP consumer connection lost: {exc!r}") from exc
         out, self._buffer[:limit] = self._buffer[:limit], []
@@ -110,12 +110,12 @@ class AmqpConsumer(Consumer):
         if threading.get_ident() == self._owner:
             try:
                 fn()
-            except _PIKA_ERRORS as exc:
+            except PIKA_ERRORS as exc:
                 log.warning("AMQP settlement lost with the connection (%r); the broker redelivers", exc)
             return
         try:
             self._conn.add_callback_threadsafe(fn)
-        except _PIKA_ERRORS as exc:
+        except PIKA_ERRORS as exc:
             log.warning("AMQP settlement lost with the connection (%r); the broker redelivers", exc)
 
     def _mine(self, deliveries: Sequence[Delivery]) -> list[int]:
@@ -167,7 +167,7 @@ class AmqpConsumer(Consumer):
                 self._confirming = self._conn.channel()
                 self._confirming.confirm_delivery()
             headers = {**delivery.headers, ERROR_HEADER: reason[:MAX_REASON_CHARS],
-                       DEAD_AT_HEADER: int(time.time() * 1000)}
+                       DEAD_AT_HEADER: now_ms()}
             # raises on a nack or a return (mandatory): the copy is then not known to be there
             self._confirming.basic_publish(
                 self._dead_exchange, delivery.queue, delivery.body,
@@ -190,7 +190,7 @@ class AmqpConsumer(Consumer):
         try:
             if self._conn.is_open:
                 self._conn.process_data_events(time_limit=0)
-        except _PIKA_ERRORS as exc:
+        except PIKA_ERRORS as exc:
             log.info("AMQP consumer connection already gone at close: %r", exc)
         self._close_quietly()
 
@@ -201,5 +201,5 @@ class AmqpConsumer(Consumer):
         try:
             if self._conn.is_open:
                 self._conn.close()
-        except _PIKA_ERRORS:
+        except PIKA_ERRORS:
             pass

@@ -11,7 +11,7 @@ confirm and ack leaves a message in both queues.
 
 Why a message died: ``Consumer.dead_letter`` publishes a confirmed copy to the dead exchange with
 our ``x-error`` (the reason) and ``x-dead-at-ms`` headers and then acks the original (see
-``amqp.py``); what the broker dead-lettered by itself (a ``basic.reject``, a quorum queue's
+``amqp_consumer.py``); what the broker dead-lettered by itself (a ``basic.reject``, a quorum queue's
 delivery limit) carries only the broker's ``x-death`` record, whose reason and time are used.
 
 On quorum queues each ``basic.get`` counts as a delivery: on a broker that puts a delivery limit on
@@ -23,38 +23,17 @@ from __future__ import annotations
 
 import logging
 from datetime import datetime
-from typing import TYPE_CHECKING, Sequence
+from typing import Callable, Sequence
 
 import pika.exceptions
 
 from enstratus_workers.errors import PublishError
+from enstratus_workers.mq.amqp_common import DEAD_AT_HEADER, ERROR_HEADER, NOT_FOUND, own_headers
 from enstratus_workers.mq.base import DeadLetter, OutgoingMessage
-
-if TYPE_CHECKING:
-    from enstratus_workers.mq.amqp import AmqpTransport
 
 log = logging.getLogger(__name__)
 
-NOT_FOUND = 404
 GET_BATCH = 500            # dead letters republished per confirm round in a redrive
-ERROR_HEADER = "x-error"
-DEAD_AT_HEADER = "x-dead-at-ms"
-# the broker's record of dead-lettering (a delayed message has one from its delay queue too)
-DEATH_HEADERS = frozenset({"x-death", "x-first-death-queue", "x-first-death-reason", "x-first-death-exchange",
-                           "x-last-death-queue", "x-last-death-reason", "x-last-death-exchange"})
-_BOOKKEEPING = DEATH_HEADERS | {ERROR_HEADER, DEAD_AT_HEADER}
-
-
-def delivered_headers(headers: dict | None) -> dict:
-    """A delivery's headers as published: without the dead-lettering records a trip through a
-    delay queue or a redrive leaves (``x-delivery-count`` of quorum queues stays: it says
-    something about this delivery)."""
-    return {k: v for k, v in (headers or {}).items() if k not in _BOOKKEEPING}
-
-
-def own_headers(headers: dict | None) -> dict:
-    """The headers a message was published with: every broker and bookkeeping header taken out."""
-    return {k: v for k, v in delivered_headers(headers).items() if k != "x-delivery-count"}
 
 
 def _text(value) -> str | None:
@@ -77,10 +56,19 @@ def reason_and_time(headers: dict | None) -> tuple[str | None, int | None]:
 
 
 class AmqpDeadLetters:
-    """The dead-letter operations of an ``AmqpTransport``, each on a channel of its own."""
+    """The dead-letter operations of the AMQP transport, each on a channel of its own.
 
-    def __init__(self, transport: "AmqpTransport"):
-        self.transport = transport
+    Handed what it uses by the transport: ``dead_queue_name(q)``, ``with_channel(what, fn)``
+    (runs ``fn`` on a fresh channel that is closed afterwards, handing back what it did not ack;
+    pika's errors come out as ``ConnectionClosed``) and ``publish(messages)`` (confirmed, or
+    ``PublishError``).
+    """
+
+    def __init__(self, dead_queue_name: Callable[[str], str], with_channel: Callable,
+                 publish: Callable[[Sequence[OutgoingMessage]], None]):
+        self._dead_queue_name = dead_queue_name
+        self._with_channel = with_channel
+        self._publish = publish
 
     def _batches(self, channel, queue: str, limit: int | None = None):
         """Yield lists of up to ``GET_BATCH`` ``(tag, properties, body)`` taken with ``basic.get``.
@@ -91,7 +79,7 @@ class AmqpDeadLetters:
         get's count is the queue leader's own; a passive declare's may lag behind on a quorum
         queue.) A dead-letter queue that does not exist yields nothing.
         """
-        name, budget, batch = self.transport.dead_queue_name(queue), None, []
+        name, budget, batch = self._dead_queue_name(queue), None, []
         while budget is None or budget > 0:
             try:
                 method, properties, body = channel.basic_get(name, auto_ack=False)
@@ -124,7 +112,7 @@ class AmqpDeadLetters:
             return out  # closing the channel hands them all back
         if limit <= 0:
             return []
-        return self.transport._with_channel("list dead letters", run)
+        return self._with_channel("list dead letters", run)
 
     def redrive(self, queue: str, message_ids: Sequence[str] | None) -> int:
         wanted = None if message_ids is None else set(message_ids)
@@ -139,7 +127,7 @@ class AmqpDeadLetters:
                 if not batch:
                     continue
                 try:
-                    self.transport.publish([message for _, message in batch])
+                    self._publish([message for _, message in batch])
                 except PublishError as exc:
                     failed = set(exc.unconfirmed)
                     done = [tag for tag, message in batch if message.message_id not in failed]
@@ -149,18 +137,18 @@ class AmqpDeadLetters:
                 self._ack(channel, [tag for tag, _ in batch])
                 moved += len(batch)
             return moved
-        return self.transport._with_channel("redrive", run)
+        return self._with_channel("redrive", run)
 
     def purge(self, queue: str, message_ids: Sequence[str] | None) -> int:
         if message_ids is None:
             def purge_all(channel):
                 try:
-                    return channel.queue_purge(self.transport.dead_queue_name(queue)).method.message_count
+                    return channel.queue_purge(self._dead_queue_name(queue)).method.message_count
                 except pika.exceptions.ChannelClosedByBroker as exc:
                     if exc.reply_code != NOT_FOUND:
                         raise
                     return 0
-            return self.transport._with_channel("purge dead letters", purge_all)
+            return self._with_channel("purge dead letters", purge_all)
         wanted = set(message_ids)
         if not wanted:
             return 0
@@ -172,7 +160,7 @@ class AmqpDeadLetters:
                 self._ack(channel, tags)
                 purged += len(tags)
             return purged
-        return self.transport._with_channel("purge dead letters", run)
+        return self._with_channel("purge dead letters", run)
 
     @staticmethod
     def _ack(channel, tags: list[int]) -> None:

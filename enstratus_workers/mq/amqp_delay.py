@@ -30,11 +30,11 @@ from typing import Callable, Iterable
 
 import pika.exceptions
 
+from enstratus_workers.mq.amqp_common import NOT_FOUND
 from enstratus_workers.mq.base import MAX_DELAY_MS
 
 log = logging.getLogger(__name__)
 
-NOT_FOUND = 404
 REDECLARE_S = 30.0         # under the 60 s margin of x-expires beyond the longest message stay
 EXPIRES_MARGIN_MS = 60_000
 

@@ -1,0 +1,57 @@
+"""What every ``amqp_*.py`` module shares, so none of them imports another to get it.
+
+The transport (``amqp.py``) builds the connection parameters and hands each helper what it
+needs: the consumer its parameters and queue names, the dead-letter operations their channel
+runner and publish call. The helpers import only this module and ``base.py``, never ``amqp.py``.
+"""
+
+from __future__ import annotations
+
+import ssl
+
+import pika
+import pika.exceptions
+
+from enstratus_workers.config.settings import MQSettings
+
+#: What a broken connection or channel raises in pika: caught at the module edge, re-raised as
+#: ``ConnectionClosed``.
+PIKA_ERRORS = (pika.exceptions.AMQPError, OSError)
+
+NOT_FOUND = 404            # reply code of a passive declare or get of a queue that does not exist
+CONNECT_TIMEOUT_S = 10.0   # TCP connect plus AMQP handshake
+
+#: Our record of why and when a message was dead-lettered (set by ``Consumer.dead_letter``).
+ERROR_HEADER = "x-error"
+DEAD_AT_HEADER = "x-dead-at-ms"
+#: The broker's record of dead-lettering (a delayed message has one from its delay queue too).
+DEATH_HEADERS = frozenset({"x-death", "x-first-death-queue", "x-first-death-reason", "x-first-death-exchange",
+                           "x-last-death-queue", "x-last-death-reason", "x-last-death-exchange"})
+_BOOKKEEPING = DEATH_HEADERS | {ERROR_HEADER, DEAD_AT_HEADER}
+
+
+def delivered_headers(headers: dict | None) -> dict:
+    """A delivery's headers as published: without the dead-lettering records a trip through a
+    delay queue or a redrive leaves (``x-delivery-count`` of quorum queues stays: it says
+    something about this delivery)."""
+    return {k: v for k, v in (headers or {}).items() if k not in _BOOKKEEPING}
+
+
+def own_headers(headers: dict | None) -> dict:
+    """The headers a message was published with: every broker and bookkeeping header taken out."""
+    return {k: v for k, v in delivered_headers(headers).items() if k != "x-delivery-count"}
+
+
+def connection_parameters(mq: MQSettings, name: str) -> pika.ConnectionParameters:
+    """pika parameters from mq.cfg; ``name`` shows in the broker's connection list."""
+    ssl_options = None
+    if mq.ssl:
+        ssl_options = pika.SSLOptions(ssl.create_default_context(), server_hostname=mq.host)
+    return pika.ConnectionParameters(
+        host=mq.host, port=mq.port, virtual_host=mq.vhost,
+        credentials=pika.PlainCredentials(mq.user, mq.password.reveal()),
+        ssl_options=ssl_options, heartbeat=mq.heartbeat,
+        client_properties={"connection_name": name},
+        connection_attempts=1, socket_timeout=CONNECT_TIMEOUT_S, stack_timeout=CONNECT_TIMEOUT_S,
+        # a broker blocking publishers (disk or memory alarm) for this long counts as a lost connection
+        blocked_connection_timeout=max(60, 2 * mq.heartbeat))
