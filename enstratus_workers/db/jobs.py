@@ -117,6 +117,22 @@ class DeliveryRow(NamedTuple):
         return lifecycle.attempt_verdict(self.status, self.attempts, self.owner, attempt, me)
 
 
+class StuckAttempt(NamedTuple):
+    """A running or queued job as stuck-job recovery reads it: whether it is lost is decided on
+    this value, and the row is changed only if it still reads so (``JobStore.recover``)."""
+
+    job_id: int
+    status: str               # running or queued
+    since_ms: int             # start_timestamp (running) or queued_timestamp (queued)
+    attempts: int
+    max_attempts: int
+    queue: str
+    worker: str | None
+    owner: str | None
+
+
+_SINCE = {schema.RUNNING: T.c.start_timestamp, schema.QUEUED: T.c.queued_timestamp}
+
 _RECORD_CHUNK = 200  # rows per CASE-UPDATE: stays well under SQLite's bound-parameter limit
 
 
@@ -197,12 +213,43 @@ class JobStore:
     def take_over(self, job_id: int, attempt: int, old_owner: str | None, new: Started) -> bool:
         """Move a running attempt from ``old_owner`` (whose heartbeat expired) to ``new.owner``;
         False if the row changed meanwhile (recorded, recovered, or taken by someone else)."""
-        same_owner = T.c.owner.is_(None) if old_owner is None else T.c.owner == old_owner
         with self.engine.begin() as conn:
             return bool(conn.execute(T.update().where(
                 T.c.job_id == job_id, T.c.status == schema.RUNNING, T.c.attempts == attempt,
-                same_owner).values(owner=new.owner, worker=new.worker,
+                _owned_by(old_owner)).values(owner=new.owner, worker=new.worker,
                                    start_timestamp=new.start_ms)).rowcount)
+
+    # -- stuck-job recovery (publisher) -------------------------------------------------------
+    def stuck_running(self, before_ms: int, limit: int = 500) -> list[StuckAttempt]:
+        """Up to ``limit`` jobs running since before ``before_ms``, oldest job first."""
+        return self._stuck(schema.RUNNING, before_ms, limit)
+
+    def stuck_queued(self, before_ms: int, limit: int = 500) -> list[StuckAttempt]:
+        """Up to ``limit`` jobs queued since before ``before_ms``, oldest job first."""
+        return self._stuck(schema.QUEUED, before_ms, limit)
+
+    def _stuck(self, status: str, before_ms: int, limit: int) -> list[StuckAttempt]:
+        since = _SINCE[status]
+        q = (sa.select(T.c.job_id, T.c.status, since, T.c.attempts, T.c.max_attempts, T.c.queue,
+                       T.c.worker, T.c.owner)
+             .where(T.c.status == status, since < before_ms).order_by(T.c.job_id).limit(limit))
+        with self.engine.connect() as conn:
+            return [StuckAttempt(*r) for r in conn.execute(q)]
+
+    def recover(self, stuck: StuckAttempt, why: str) -> str | None:
+        """Put a lost attempt back (``lifecycle.after_lost``: pending, or dead after the last)
+        with ``why`` as its error and no owner; return the new status, or None if the row no
+        longer reads as ``stuck`` (another publisher recovered it, a subscriber recorded or took
+        it over: a running attempt is guarded by its owner too)."""
+        after = lifecycle.after_lost(stuck.attempts, stuck.max_attempts)
+        guards = [T.c.job_id == stuck.job_id, T.c.status == stuck.status,
+                  _SINCE[stuck.status] == stuck.since_ms]
+        if stuck.status == schema.RUNNING:
+            guards.append(_owned_by(stuck.owner))
+        with self.engine.begin() as conn:
+            changed = conn.execute(T.update().where(*guards).values(
+                status=after.status, error=why, attempts=after.attempts, owner=None)).rowcount
+        return after.status if changed else None
 
     # -- dead jobs -----------------------------------------------------------------------------
     def requeue_dead(self, job_ids: Sequence[int] | None, extra_attempts: int) -> list[Job]:
@@ -291,6 +338,11 @@ class JobStore:
         except sa.exc.SQLAlchemyError as exc:
             raise DatabaseError(f"could not record {len(outcomes)} outcomes: {type(exc).__name__}") from exc
         return applied
+
+
+def _owned_by(owner: str | None):
+    """The row's owner is ``owner`` (None: a row without one, written by an older release)."""
+    return T.c.owner.is_(None) if owner is None else T.c.owner == owner
 
 
 def _case_update(conn, rows, columns: dict) -> None:
