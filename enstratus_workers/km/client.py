@@ -18,11 +18,11 @@ timestamp, so the KM's replay guard never mistakes a retry for a replay.
 from __future__ import annotations
 
 import logging
-import random
 import socket
 import time
 from typing import Any, Mapping
 
+from enstratus_workers.backoff import Backoff
 from enstratus_workers.config.settings import KMClientSettings, Secret
 from enstratus_workers.errors import ConfigError
 from enstratus_workers.km import KMError, KMRefused, KMUnavailable
@@ -34,8 +34,8 @@ log = logging.getLogger(__name__)
 _IDEMPOTENT = frozenset({"ping", "get", "list", "put"})
 _MAX_BACKOFF = 2.0
 BUSY_PATIENCE = 5.0     # seconds of "busy"/"restarted" answers a call sits out before failing
-_BUSY_BACKOFF = 0.02    # first busy delay (before jitter); doubles up to _BUSY_MAX_BACKOFF
-_BUSY_MAX_BACKOFF = 0.5
+#: delays between "busy"/"restarted" answers: 20 ms doubling to 0.5 s, full jitter
+_BUSY_BACKOFF = Backoff(first=0.02, cap=0.5, jitter="full")
 _NOT_ACTED = ("busy", "restarted")
 
 
@@ -69,7 +69,7 @@ class KMClient:
                               file=settings.source, key="ssl")
         self.settings = settings
         self._keyring = Keyring(bytes(key))
-        self._backoff = backoff
+        self._backoff = Backoff(first=backoff, cap=_MAX_BACKOFF, jitter="equal")  # reconnects
         self._busy_patience = busy_patience
         self._max_frame = max_frame
         self._closed = False
@@ -142,8 +142,7 @@ class KMClient:
                 remaining = patient_until - time.monotonic()
                 if remaining <= 0:
                     raise KMUnavailable(f"KM at {where} {exc} for {self._busy_patience:g}s; giving up") from None
-                cap = min(_BUSY_MAX_BACKOFF, _BUSY_BACKOFF * 2 ** (waits - 1))
-                delay = min(remaining, random.uniform(0, cap))
+                delay = min(remaining, _BUSY_BACKOFF.delay(waits))
                 (log.warning if waits == 1 else log.debug)("KM %s at %s: %s; retrying for up to %gs",
                                                            op, where, exc, self._busy_patience)
                 time.sleep(delay)
@@ -153,7 +152,7 @@ class KMClient:
                                         f"not have been applied") from None
                 if attempt == attempts:
                     raise KMUnavailable(f"KM at {where} unavailable after {attempts} attempts: {exc}") from None
-                delay = min(_MAX_BACKOFF, self._backoff * 2 ** (attempt - 1)) * random.uniform(0.5, 1.0)
+                delay = self._backoff.delay(attempt)
                 log.warning("KM %s at %s failed (%s); retry %d/%d in %.2fs", op, where, exc,
                             attempt, attempts - 1, delay)
                 attempt += 1

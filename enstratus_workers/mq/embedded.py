@@ -30,6 +30,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
+from enstratus_workers.backoff import Backoff
 from enstratus_workers.errors import ConnectionClosed, PublishError
 from enstratus_workers.mq import embedded_dead
 from enstratus_workers.mq.base import (
@@ -50,8 +51,9 @@ from enstratus_workers.runtime import procs
 
 log = logging.getLogger(__name__)
 
-IDLE_SLEEP_MIN_S = 0.0005  # first nap of an idle poll; doubles up to the maximum
-IDLE_SLEEP_MAX_S = 0.005   # bounds the latency of an idle consumer
+#: naps of an idle poll: 0.5 ms doubling to 5 ms (which bounds an idle consumer's latency); no
+#: jitter: one process's poll, not a fleet's reconnect
+IDLE_NAPS = Backoff(first=0.0005, cap=0.005, jitter=None)
 RECLAIM_INTERVAL_S = 1.0   # how often a polling consumer looks for work of dead consumers
 
 @dataclass(frozen=True)
@@ -247,7 +249,7 @@ class EmbeddedConsumer(Consumer):
 
     def poll(self, timeout: float, limit: int) -> list[Delivery]:
         deadline = time.monotonic() + max(0.0, timeout)
-        nap = IDLE_SLEEP_MIN_S
+        naps = 0
         while True:
             deliveries = self._try_claim(limit)
             if deliveries:
@@ -255,8 +257,8 @@ class EmbeddedConsumer(Consumer):
             left = deadline - time.monotonic()
             if left <= 0:
                 return []
-            time.sleep(min(nap, left))
-            nap = min(nap * 2, IDLE_SLEEP_MAX_S)
+            naps += 1
+            time.sleep(min(IDLE_NAPS.delay(naps), left))
 
     def _try_claim(self, limit: int) -> list[Delivery]:
         with self._lock:

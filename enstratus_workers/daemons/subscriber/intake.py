@@ -1,7 +1,8 @@
 """The subscriber's intake thread: the only thread that touches the queue consumer's connection.
 
 It polls the transport, hands deliveries to the main loop through a queue plus a wake-up pipe,
-and reconnects with backoff when the broker goes away. Settling (ack/nack/dead-letter) is
+and reconnects with backoff (jittered, so a fleet of subscribers that lost the same broker does
+not come back in step) when the broker goes away. Settling (ack/nack/dead-letter) is
 called from the main loop; the Consumer contract makes that thread-safe.
 """
 
@@ -12,10 +13,13 @@ import os
 import queue
 import threading
 
+from enstratus_workers.backoff import Backoff, Retrying
 from enstratus_workers.errors import ConnectionClosed
 from enstratus_workers.mq import open_transport
 
 log = logging.getLogger(__name__)
+
+RECONNECT_BACKOFF = Backoff(first=0.5, cap=30.0, jitter="equal")
 
 
 class Intake:
@@ -70,25 +74,25 @@ class Intake:
             consumer.dead_letter(delivery, reason)
 
     def _run(self) -> None:
-        backoff = 0.5
+        retry = Retrying(RECONNECT_BACKOFF)
         while not self._stop.is_set():
             try:
                 self._connect()
-                backoff = 0.5
+                retry.succeeded()
                 self._poll_until_stopped()
             except ConnectionClosed as exc:
                 self.connected.clear()
                 self.reconnects += 1
-                log.warning("queue connection lost (%s); reconnecting in %.1fs", exc, backoff)
+                delay = retry.failed()
+                log.warning("queue connection lost (%s); reconnecting in %.1fs", exc, delay)
                 self._close()
-                self._stop.wait(backoff)
-                backoff = min(30.0, backoff * 2)
+                self._stop.wait(delay)
             except Exception:
                 self.connected.clear()
-                log.exception("intake failed; restarting it in %.1fs", backoff)
+                delay = retry.failed()
+                log.exception("intake failed; restarting it in %.1fs", delay)
                 self._close()
-                self._stop.wait(backoff)
-                backoff = min(30.0, backoff * 2)
+                self._stop.wait(delay)
         self._close()
 
     def _connect(self) -> None:

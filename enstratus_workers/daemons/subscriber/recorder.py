@@ -28,6 +28,7 @@ from typing import Callable, Sequence
 
 import sqlalchemy as sa
 
+from enstratus_workers.backoff import Backoff
 from enstratus_workers.db import Databases, Event, Outcome, Started
 from enstratus_workers.db.schema import FAILED
 from enstratus_workers.jobs.lifecycle import event_outcome
@@ -53,6 +54,9 @@ GROUP_CHARS = 4 << 20
 #: Single items that fail alone, before any write succeeds, taken as a sign that the database
 #: refuses everything (an outage) rather than as bad items: bounds what narrowing costs then.
 PROBES = 3
+#: Delay before write retry n (1 s, doubling to 30 s), jittered: every subscriber of a fleet
+#: loses the same database at the same moment, and should not come back in step.
+WRITE_BACKOFF = Backoff(first=1.0, cap=30.0, jitter="equal")
 #: Retry delay while stopping: the grace period is short, so retry often within it.
 STOP_RETRY_S = 0.5
 
@@ -254,7 +258,7 @@ class Recorder:
     def _failed(self, reason: str) -> None:
         self.failures += 1
         self._write_error = reason
-        delay = min(30.0, 0.5 * 2 ** min(self.failures, 6))
+        delay = WRITE_BACKOFF.delay(self.failures)
         if self._stopping:
             delay = min(delay, STOP_RETRY_S)
         self.retry_at = time.monotonic() + delay
