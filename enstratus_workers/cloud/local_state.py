@@ -17,20 +17,17 @@ import json
 import os
 import secrets
 import tempfile
-import time
 from pathlib import Path
 from typing import Iterator
 
 from libcloud.common.types import InvalidCredsError
 
+from enstratus_workers.clock import now_ms
+
 STATE_FILE = "cloud.json"
 LOCK_FILE = ".lock"
 KDF_ITERATIONS = 50_000
 FORMAT = 1
-
-
-def now_ms() -> int:
-    return int(time.time() * 1000)
 
 
 def _hash_secret(secret: str, salt: bytes, iterations: int) -> str:

@@ -11,9 +11,9 @@ from __future__ import annotations
 import copy
 import re
 import secrets
-import time
 from typing import Callable
 
+from enstratus_workers.clock import now_ms
 from enstratus_workers.errors import ActionError
 from enstratus_workers.persist import ABSENT, NotFound, StaleWriteError, values
 
@@ -30,10 +30,6 @@ TAG_SERVER = "enstratus-server"
 TAG_JOB = "enstratus-job"
 
 _SERVER_ID_IN_NAME = re.compile(r"(srv-[0-9a-f]{12})$")
-
-
-def now_ms() -> int:
-    return int(time.time() * 1000)
 
 
 def new_server_id() -> str:

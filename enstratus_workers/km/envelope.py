@@ -28,12 +28,12 @@ import heapq
 import os
 import struct
 import threading
-import time
 from dataclasses import dataclass
 
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
+from enstratus_workers.clock import now_ms
 from enstratus_workers.km import KMError
 
 VERSION = 1
@@ -82,10 +82,6 @@ class SealedBeforeStart(EnvelopeError):
     """Sealed before this KM started: it may have been seen by the KM before, so it is refused."""
 
     code = "restarted"
-
-
-def now_ms() -> int:
-    return time.time_ns() // 1_000_000
 
 
 def key_id(key: bytes) -> bytes:

@@ -21,6 +21,7 @@ import threading
 import time
 from typing import Callable
 
+from enstratus_workers.clock import now_ms
 from enstratus_workers.errors import DaemonError, DatabaseError
 from enstratus_workers.km import KMError, KMNotFound
 from enstratus_workers.km import protocol as p
@@ -32,7 +33,6 @@ from enstratus_workers.km.envelope import (
     EnvelopeError,
     Keyring,
     ReplayGuard,
-    now_ms,
     open_frame,
     seal,
 )

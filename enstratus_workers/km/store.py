@@ -31,10 +31,11 @@ from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from sqlalchemy.engine import make_url
 
+from enstratus_workers.clock import now_ms
 from enstratus_workers.config.settings import Secret
 from enstratus_workers.errors import ConfigError, DatabaseError
 from enstratus_workers.km import KMConflict, KMError, KMNotFound
-from enstratus_workers.km.envelope import KEY_SIZE, NONCE_SIZE, key_id, now_ms
+from enstratus_workers.km.envelope import KEY_SIZE, NONCE_SIZE, key_id
 from enstratus_workers.km.protocol import Credential, CredentialInfo
 from enstratus_workers.km.schema import credentials, ensure_schema
 from enstratus_workers.km.spelling import digest

@@ -7,10 +7,11 @@ import socket
 
 import pytest
 
+from enstratus_workers.clock import now_ms
 from enstratus_workers.km import protocol as p
 from enstratus_workers.km.envelope import (AAD_SIZE, HEADER_SIZE, OVERHEAD, REQUEST, RESPONSE, Keyring,
                                            MalformedFrame, ReplayedMessage, ReplayGuard, StaleMessage,
-                                           Unauthentic, UnknownKey, key_id, now_ms, open_frame, seal)
+                                           Unauthentic, UnknownKey, key_id, open_frame, seal)
 
 KEY = bytes(range(32))
 OTHER = bytes(range(1, 33))

@@ -15,6 +15,7 @@ import threading
 import time
 from pathlib import Path
 
+from enstratus_workers.clock import now_ms
 from enstratus_workers.config import load_settings
 from enstratus_workers.daemons.pinger.guest_watch import SUMMARY_KEY, GuestWatch
 from enstratus_workers.daemons.pinger.guest_watch import check as guest_problems
@@ -41,7 +42,7 @@ class Pinger(Service):
         self.settings, self.layout, self.name = settings, layout, name
         self.watchdog_enabled = watchdog
         self._stop = threading.Event()
-        self.started_ms = int(time.time() * 1000)
+        self.started_ms = now_ms()
 
     def request_stop(self, cold: bool = False) -> None:
         self._stop.set()

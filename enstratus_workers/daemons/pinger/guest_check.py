@@ -15,9 +15,9 @@ from __future__ import annotations
 
 import sqlalchemy as sa
 
+from enstratus_workers.clock import now_ms
 from enstratus_workers.cloud.servers import SERVER_BUCKET
 from enstratus_workers.daemons.pinger import guest_health as gh
-from enstratus_workers.db import now_ms
 from enstratus_workers.errors import CHECK_CRITICAL, CHECK_WARNING, EnstratusError
 from enstratus_workers.persist import NotFound, open_store
 

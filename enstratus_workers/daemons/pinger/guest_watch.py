@@ -32,6 +32,7 @@ from dataclasses import dataclass
 
 import sqlalchemy as sa
 
+from enstratus_workers.clock import now_ms
 from enstratus_workers.cloud.servers import SERVER_BUCKET, update_server
 from enstratus_workers.daemons.pinger import guest_health as gh
 from enstratus_workers.daemons.pinger.guest_beats import (
@@ -41,7 +42,6 @@ from enstratus_workers.daemons.pinger.guest_beats import (
 )
 from enstratus_workers.daemons.pinger.guest_beats import tracker as t
 from enstratus_workers.daemons.pinger.guest_check import SUMMARY_KEY, check
-from enstratus_workers.db import now_ms
 from enstratus_workers.errors import DatabaseError
 from enstratus_workers.jobs import submit as submitting
 from enstratus_workers.layout import short_hostname

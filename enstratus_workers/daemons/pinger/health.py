@@ -6,9 +6,9 @@ monitoring-plugin line and exit code) and the CLI's ``status``.
 
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass, field
 
+from enstratus_workers.clock import now_ms
 from enstratus_workers.db import Databases, open_databases
 from enstratus_workers.errors import (
     CHECK_CRITICAL,
@@ -130,7 +130,7 @@ def check_heartbeats(dbs: Databases, h: Health) -> None:
         h.worsen(CHECK_CRITICAL, f"{hb.daemon} {hb.name} cannot record outcomes: {why}")
     for hb in beats:
         if hb.expired:
-            age = time.time() - hb.beat_ms / 1000
+            age = (now_ms() - hb.beat_ms) / 1000
             h.worsen(CHECK_WARNING, f"{hb.daemon}@{hb.name} heartbeat expired {age:.0f}s ago")
         elif hb.status != "ok" and hb.daemon != "pinger":  # the pinger's status is this very report
             h.worsen(CHECK_WARNING, f"{hb.daemon}@{hb.name} reports {hb.status}")
