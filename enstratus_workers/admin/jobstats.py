@@ -2,28 +2,18 @@
 
 A reset only remembers when it happened (``InstanceStore.reset_stats``); no job row changes, so
 the CLI, the metrics and other admin daemons still see every job. Counted are the jobs created
-since then: one grouped query the database answers from its own rows.
+since then: one grouped query the database answers from its own rows (``JobStore.counts``).
 """
 
 from __future__ import annotations
 
 import sqlalchemy as sa
 
-from ..db.schema import STATUSES
-from ..db.schema import jobs as J
-
-
-def counts_since(engine: sa.Engine, since_ms: int) -> dict[str, int]:
-    """``{status: jobs created at or after since_ms}``, every status present (0 if none)."""
-    q = sa.select(J.c.status, sa.func.count()).group_by(J.c.status)
-    if since_ms:
-        q = q.where(J.c.created_timestamp >= since_ms)
-    with engine.connect() as conn:
-        found = {status: int(n) for status, n in conn.execute(q)}
-    return {s: found.get(s, 0) for s in STATUSES}
+from ..db.jobs import JobStore
 
 
 def stats(store, engine: sa.Engine) -> dict:
+    """The counts since the last reset (``store.stats_since()``), and their total."""
     since = store.stats_since()
-    counts = counts_since(engine, since)
+    counts = JobStore(engine).counts(created_since_ms=since)
     return {"since_ms": since, "counts": counts, "total": sum(counts.values())}

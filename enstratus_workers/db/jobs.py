@@ -191,11 +191,25 @@ class JobStore:
         with self.engine.connect() as conn:
             return [Job(**r) for r in conn.execute(q).mappings()]
 
-    def counts(self) -> dict[str, int]:
+    def counts(self, created_since_ms: int = 0) -> dict[str, int]:
+        """``{status: jobs}``, every status present (0 if none); with ``created_since_ms`` only
+        the jobs created at or after it (the Jobs page's figures since a reset)."""
         q = sa.select(T.c.status, sa.func.count()).group_by(T.c.status)
+        if created_since_ms:
+            q = q.where(T.c.created_timestamp >= created_since_ms)
         with self.engine.connect() as conn:
             found = dict(conn.execute(q).all())
         return {s: int(found.get(s, 0)) for s in schema.STATUSES}
+
+    def active_keys(self, action: str, key_prefix: str) -> list[str]:
+        """The idempotency keys starting with ``key_prefix`` (byte for byte) of the jobs of
+        ``action`` still pending, queued or running (a schedule's slots still in progress)."""
+        pattern = key_prefix.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
+        q = sa.select(T.c.idempotency_key).where(T.c.status.in_(schema.ACTIVE), T.c.action == action,
+                                                 T.c.idempotency_key.like(pattern, escape="\\"))
+        with self.engine.connect() as conn:
+            keys = conn.execute(q).scalars().all()
+        return [k for k in keys if k.startswith(key_prefix)]
 
     def delivery_rows(self, job_ids: Iterable[int]) -> dict[int, DeliveryRow]:
         """The rows of these jobs, by id, in one query (the subscriber's check of a delivery

@@ -11,7 +11,7 @@ A, B = "subscriber@a:101:aaaa", "subscriber@b:202:bbbb"
 
 
 def _row(dbs, status, *, since=1000, attempts=1, max_attempts=3, owner=A, queue="default", key=None,
-         action="noop", created=None):
+         action="a.b", created=None):
     j, _ = dbs.jobs.submit(job(action=action, queue=queue, key=key))
     values = dict(status=status, attempts=attempts, max_attempts=max_attempts, owner=owner,
                   worker="w@h.1", start_timestamp=since, queued_timestamp=since)
@@ -74,3 +74,32 @@ def test_a_row_of_an_older_release_without_an_owner_is_recovered(dbs):
     jid = _row(dbs, "running", owner=None)
     (stuck,) = dbs.jobs.stuck_running(5000)
     assert stuck.job_id == jid and dbs.jobs.recover(stuck, "stuck") == "pending"
+
+
+def test_active_keys_are_a_schedules_unfinished_slots_matched_byte_for_byte(dbs):
+    # Given scheduled jobs of one action: unfinished, finished, another action's, and keys whose
+    # prefix differs only in case or holds LIKE's wildcards
+    _row(dbs, "pending", key="sched:a.b:acme:7")
+    _row(dbs, "running", key="sched:a.b:ACME:7")
+    _row(dbs, "queued", key="sched:a_b:x:7", action="a_b")
+    _row(dbs, "succeeded", key="sched:a.b:done:7")
+    _row(dbs, "pending", key="sched:a.b:other:7", action="other")
+    _row(dbs, "pending", key="SCHED:a.b:upper:7")
+    _row(dbs, "pending", key="sched:aXb:acme:7")
+    # When the store is asked for the unfinished slots of action a.b
+    keys = dbs.jobs.active_keys("a.b", "sched:a.b:")
+    # Then only its unfinished keys with exactly that prefix come back
+    assert sorted(keys) == ["sched:a.b:ACME:7", "sched:a.b:acme:7"]
+    assert dbs.jobs.active_keys("a_b", "sched:a_b:") == ["sched:a_b:x:7"]
+    assert dbs.jobs.active_keys("a.b", "sched:a%") == []
+
+
+def test_counts_since_a_time_count_only_the_jobs_created_from_then_on(dbs):
+    # Given jobs created at 1000, 2000 and 3000 ms
+    for created, status in ((1000, "succeeded"), (2000, "failed"), (3000, "pending")):
+        _row(dbs, status, created=created)
+    # When counted from 2000 on / Then the first is left out, and every status is present
+    since = dbs.jobs.counts(created_since_ms=2000)
+    assert since == {**{s: 0 for s in since}, "failed": 1, "pending": 1}
+    assert set(since) == {"pending", "queued", "running", "succeeded", "failed", "dead", "cancelled"}
+    assert dbs.jobs.counts()["succeeded"] == 1 == dbs.jobs.counts(created_since_ms=0)["succeeded"]

@@ -16,14 +16,12 @@ from __future__ import annotations
 
 import json
 import logging
-import time
 from dataclasses import dataclass, field
 
 import sqlalchemy as sa
 
+from enstratus_workers.clock import now_ms as clock_ms
 from enstratus_workers.cloud.servers import SERVER_BUCKET
-from enstratus_workers.db.schema import ACTIVE
-from enstratus_workers.db.schema import jobs as J
 from enstratus_workers.errors import DatabaseError
 from enstratus_workers.jobs.submit import SubmitError, submit
 from enstratus_workers.persist import NotFound, StoreError, open_store
@@ -115,7 +113,7 @@ class Scheduler:
 
         Never raises for an outage of the databases: the work is logged and tried again later.
         """
-        now = int(time.time() * 1000) if now_ms is None else now_ms
+        now = clock_ms() if now_ms is None else now_ms
         created = 0
         for schedule in self.schedules:
             slot = slot_of(now, schedule.interval)
@@ -177,12 +175,7 @@ class Scheduler:
     def _active_accounts(self, action: str) -> set[str]:
         """Accounts with a scheduled job of ``action`` still pending, queued or running."""
         prefix = f"{KEY_PREFIX}:{action}:"
-        pattern = prefix.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
-        q = sa.select(J.c.idempotency_key).where(J.c.status.in_(ACTIVE), J.c.action == action,
-                                                 J.c.idempotency_key.like(pattern, escape="\\"))
-        with self.dbs.jobs.engine.connect() as conn:
-            keys = conn.execute(q).scalars().all()
-        return {k[len(prefix):].rsplit(":", 1)[0] for k in keys if k.startswith(prefix)}
+        return {k[len(prefix):].rsplit(":", 1)[0] for k in self.dbs.jobs.active_keys(action, prefix)}
 
     @staticmethod
     def _arguments(schedule, account: str) -> str:
