@@ -22,7 +22,7 @@ from enstratus_workers.config.settings import (
     WorkerSettings,
 )
 from enstratus_workers.daemons.pinger import guest_health as gh
-from enstratus_workers.daemons.pinger.guest_beats.tracker import Health
+from enstratus_workers.daemons.pinger.guest_beats.tracker import GuestHealth
 from enstratus_workers.daemons.pinger.guest_watch import (
     SUMMARY_KEY,
     GuestWatch,
@@ -308,9 +308,9 @@ def test_last_seen_is_refreshed_only_when_it_falls_behind_by_the_detection_windo
     assert "last_seen_ms" not in gh.reconcile({"state": "running"}, gh.DOWN, None, "x", 3_000)
     assert gh.reconcile(dict(stored, last_seen_ms=20_000), gh.DOWN, 11_000, "x", 3_000)["last_seen_ms"] == 20_000
     # health as recorded: a stored unreachable server stays so while it keeps failing
-    assert gh.health_of(Health("unknown", 1, None), "unreachable") == gh.UNREACHABLE
-    assert gh.health_of(Health("unknown", 1, None), "running") == gh.DOWN
-    assert gh.health_of(Health("up", 0, 5), "unreachable") == gh.UP
+    assert gh.health_of(GuestHealth("unknown", 1, None), "unreachable") == gh.UNREACHABLE
+    assert gh.health_of(GuestHealth("unknown", 1, None), "running") == gh.DOWN
+    assert gh.health_of(GuestHealth("up", 0, 5), "unreachable") == gh.UP
 
 
 def test_check_names_down_guests_and_ignores_what_is_fine(settings, layout, dbs, store, agents):

@@ -14,7 +14,7 @@ from enstratus_workers.daemons.pinger.guest_beats import (
     UNREACHABLE,
     UP,
     BeatResult,
-    Health,
+    GuestHealth,
     HealthTracker,
     Target,
     beat_all,
@@ -129,9 +129,9 @@ def test_bad_parameters_are_refused():
 # -- the health rule ----------------------------------------------------------------------------
 
 def test_three_misses_make_a_server_unreachable_and_one_good_beat_brings_it_back():
-    h = Health()
+    h = GuestHealth()
     h = next_health(h, True, 1000, misses_to_down=3)
-    assert h == Health(UP, 0, 1000)
+    assert h == GuestHealth(UP, 0, 1000)
 
     h = next_health(h, False, 2000, 3)
     h = next_health(h, False, 3000, 3)
@@ -141,7 +141,7 @@ def test_three_misses_make_a_server_unreachable_and_one_good_beat_brings_it_back
     assert h.state == UNREACHABLE and h.last_seen_ms == 1000
 
     h = next_health(h, True, 5000, 3)
-    assert h == Health(UP, 0, 5000)
+    assert h == GuestHealth(UP, 0, 5000)
 
 
 def test_tracker_reports_only_transitions_with_the_last_error():
@@ -166,7 +166,7 @@ def test_tracker_forgets_servers_it_no_longer_beats():
 
     tracker.retain(["b"])
 
-    assert tracker.health("a") == Health()  # back to unknown with no misses counted
+    assert tracker.health("a") == GuestHealth()  # back to unknown with no misses counted
     assert tracker.observe([BeatResult("a", False, None, "x")], 2) == []
     with pytest.raises(ValueError):
         HealthTracker(misses_to_down=0)

@@ -46,7 +46,7 @@ def target_of(server_id: str, data) -> Target | None:
     return Target(server_id, host, port, str(node) if node else None)
 
 
-def health_of(health: t.Health, stored_state: str | None) -> str:
+def health_of(health: t.GuestHealth, stored_state: str | None) -> str:
     """The ``guest_health`` to record after a beat.
 
     A pinger that has just taken a server over (after a restart, or from a dead pinger) starts

@@ -7,7 +7,7 @@ A round (``GuestWatch.beat_round``, called by the pinger every ``pinger.guest_in
 2. keeps this pinger's share of them (rendezvous hashing over the live pingers, i.e. the
    ``pinger`` heartbeat rows that have not expired: a pinger that dies has its share taken over
    at the survivors' next round once its row expires);
-3. PINGs their agents at once (``heartbeat.beat_all``: bounded concurrency, a timeout each);
+3. PINGs their agents at once (``guest_beats.beat_all``: bounded concurrency, a timeout each);
 4. feeds the results to a ``HealthTracker`` and writes what changed into each server object
    (``guesthealth``; optimistic concurrency through ``servers.update_server``);
 5. submits a ``server.sync`` of the account of every server that went unreachable, one per

@@ -12,11 +12,11 @@ from enstratus_workers.daemons.pinger.guest_beats.tracker import (
                                                  UNKNOWN,
                                                  UNREACHABLE,
                                                  UP,
-                                                 Health,
+                                                 GuestHealth,
                                                  HealthTracker,
                                                  Transition,
                                                  next_health,
 )
 
-__all__ = ["BeatResult", "Health", "HealthTracker", "Target", "Transition", "UNKNOWN",
+__all__ = ["BeatResult", "GuestHealth", "HealthTracker", "Target", "Transition", "UNKNOWN",
            "UNREACHABLE", "UP", "beat_all", "beat_one", "my_share", "next_health", "owner"]

@@ -1,4 +1,4 @@
-"""From heartbeat results to server health: "N missed beats -> unreachable, one good beat -> up".
+"""From guest beat results to a guest's health: "N missed beats -> unreachable, one good beat -> up".
 
 One lost packet must not page anyone, so a server goes unreachable only after ``misses_to_down``
 beats in a row fail; one good beat brings it back, because an answer is proof. The rule is a
@@ -20,8 +20,10 @@ DEFAULT_MISSES_TO_DOWN = 3
 
 
 @dataclass(frozen=True)
-class Health:
-    """A server's health: its state, the misses in a row, when it last answered (ms, or None)."""
+class GuestHealth:
+    """A guest server's health: its state, the misses in a row, when it last answered (ms, or None).
+
+    Not the service's own health (``daemons.pinger.health.Health``)."""
 
     state: str = UNKNOWN
     misses: int = 0
@@ -37,15 +39,15 @@ class Transition:
     error: str | None = None   # the last failure, for a transition to unreachable
 
 
-def next_health(prev: Health, up: bool, now_ms: int, misses_to_down: int = DEFAULT_MISSES_TO_DOWN) -> Health:
+def next_health(prev: GuestHealth, up: bool, now_ms: int, misses_to_down: int = DEFAULT_MISSES_TO_DOWN) -> GuestHealth:
     """The health after one beat."""
     if misses_to_down < 1:
         raise ValueError(f"misses_to_down must be >= 1, not {misses_to_down}")
     if up:
-        return Health(UP, 0, now_ms)
+        return GuestHealth(UP, 0, now_ms)
     misses = prev.misses + 1
     state = UNREACHABLE if misses >= misses_to_down else prev.state
-    return Health(state, misses, prev.last_seen_ms)
+    return GuestHealth(state, misses, prev.last_seen_ms)
 
 
 class HealthTracker:
@@ -55,10 +57,10 @@ class HealthTracker:
         if misses_to_down < 1:
             raise ValueError(f"misses_to_down must be >= 1, not {misses_to_down}")
         self.misses_to_down = misses_to_down
-        self._health: dict[str, Health] = {}
+        self._health: dict[str, GuestHealth] = {}
 
-    def health(self, server_id: str) -> Health:
-        return self._health.get(server_id, Health())
+    def health(self, server_id: str) -> GuestHealth:
+        return self._health.get(server_id, GuestHealth())
 
     def states(self) -> dict[str, str]:
         return {sid: h.state for sid, h in self._health.items()}
