@@ -16,6 +16,7 @@ from pathlib import Path
 from enstratus_workers.runtime.logs import escape
 
 from .errors import EXIT_NOT_CONFIGURED, ConfigError, EnstratusError
+from .jobs import lifecycle
 from .layout import Layout
 
 EXIT_FAILED, EXIT_USAGE, EXIT_TIMEOUT = 1, 2, 124
@@ -95,9 +96,9 @@ def cmd_submit(args) -> int:
             return 0
         job = wait_for(dbs, job.job_id, args.timeout)
         _print(args, job.as_dict(), _job_text(job))
-        if job.status == "succeeded":
+        if job.status == lifecycle.SUCCEEDED:
             return 0
-        return EXIT_TIMEOUT if job.status in ("pending", "queued", "running") else EXIT_FAILED
+        return EXIT_TIMEOUT if job.status in lifecycle.ACTIVE else EXIT_FAILED
     finally:
         dbs.close()
 
@@ -174,7 +175,7 @@ def cmd_dead_list(args) -> int:
     settings = _settings(args)
     dbs = _dbs(args, settings)
     try:
-        jobs = dbs.jobs.list(status="dead", limit=args.limit)
+        jobs = dbs.jobs.list(status=lifecycle.DEAD, limit=args.limit)
     finally:
         dbs.close()
     letters = []
@@ -205,6 +206,7 @@ def cmd_dead_retry(args) -> int:
     settings = _settings(args)
     dbs = _dbs(args, settings)
     try:
+        # each gets another round: lifecycle.redrive_max_attempts, inside requeue_dead
         retried = dbs.jobs.requeue_dead(None if args.all else args.job_ids, settings.worker.max_attempts)
     finally:
         dbs.close()
@@ -281,7 +283,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.set_defaults(func=cmd_job)
 
     s = sub.add_parser("jobs", parents=[common], help="list recent jobs")
-    s.add_argument("--status", choices=["pending", "queued", "running", "succeeded", "failed", "dead", "cancelled"])
+    s.add_argument("--status", choices=lifecycle.STATUSES)
     s.add_argument("--limit", type=int, default=50)
     s.set_defaults(func=cmd_jobs)
 
