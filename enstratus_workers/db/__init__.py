@@ -6,13 +6,14 @@ from dataclasses import dataclass
 
 import sqlalchemy as sa
 
+from ..clock import now_ms  # re-exported: db.now_ms has callers
 from ..config.settings import WorkerSettings
 from ..errors import DatabaseError
 from ..layout import Layout
 from .analytics import Event, EventStore
 from .engine import make_engine
 from .heartbeats import Heartbeat, HeartbeatStore
-from .jobs import DeliveryRow, Job, JobStore, NewJob, Outcome, Started, now_ms
+from .jobs import DeliveryRow, Job, JobStore, NewJob, Outcome, Started
 from .schema import ensure_schema
 
 __all__ = ["Databases", "open_databases", "DeliveryRow", "Job", "JobStore", "NewJob", "Outcome", "Started",

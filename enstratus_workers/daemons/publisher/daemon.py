@@ -14,6 +14,7 @@ import time
 
 import sqlalchemy as sa
 
+from enstratus_workers.backoff import Backoff, Retrying
 from enstratus_workers.clock import now_ms
 from enstratus_workers.daemons.publisher.recovery import StuckJobs
 from enstratus_workers.daemons.publisher.schedules import Scheduler
@@ -47,7 +48,8 @@ class Publisher(Service):
         self.published = 0
         self.started_ms = now_ms()
         self._last_beat = 0.0
-        self._backoff = 0.5
+        # waits after a failed relay (broker or database away): 0.5 s doubling to 30 s, as before
+        self._retrying = Retrying(Backoff(first=0.5, cap=30.0, jitter=None))
 
     def request_stop(self, cold: bool = False) -> None:
         self._stop.set()
@@ -66,10 +68,9 @@ class Publisher(Service):
                 self.scheduler.tick()
                 self._beat()
                 if relayed is None:          # something failed: back off
-                    self._stop.wait(self._backoff)
-                    self._backoff = min(30.0, self._backoff * 2)
+                    self._stop.wait(self._retrying.failed())
                     continue
-                self._backoff = 0.5
+                self._retrying.succeeded()
                 if relayed < w.publisher_batch:
                     self._stop.wait(w.publisher_poll_interval)
         finally:
