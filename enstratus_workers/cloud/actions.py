@@ -15,6 +15,7 @@ from __future__ import annotations
 import hashlib
 import re
 
+from enstratus_workers.clock import now_ms
 from enstratus_workers.cloud import servers as s
 from enstratus_workers.cloud.drivers import open_driver, refused_as_action_error
 from enstratus_workers.cloud.guest_logs import collect_logs
@@ -54,7 +55,7 @@ def _claim_intent(store, context, account: str, name: str, image: str, size: str
     """The launch intent of this job: created by its first attempt, read back by later ones."""
     key = f"job-{context.job_id}"
     draft = {"job_id": context.job_id, "server_id": s.new_server_id(), "account": account,
-             "name": name, "image": image, "size": size, "created_ms": s.now_ms()}
+             "name": name, "image": image, "size": size, "created_ms": now_ms()}
     try:
         store.put(s.INTENT_BUCKET, key, draft, {"account_bin": account}, expected=ABSENT)
         return draft
@@ -102,7 +103,7 @@ def launch_server(arguments: dict, context) -> dict:
                    "provider_node_id": None, "name": intent["name"], "node_name": wanted,
                    "image": intent["image"], "size": intent["size"], "state": s.LAUNCHING,
                    "public_ip": None, "agent_port": None, "firewall": None,
-                   "launched_by_job": context.job_id, "created_ms": s.now_ms(),
+                   "launched_by_job": context.job_id, "created_ms": now_ms(),
                    "log_offset": 0, "log_chunks": 0}
         record, _ = s.update_server(store, server_id, lambda cur: cur if cur is not None else initial)
         if record["state"] == s.TERMINATED:
@@ -205,7 +206,7 @@ def sync_account(arguments: dict, context) -> dict:
             new = {"server_id": sid, "account": account, "provider": provider, "name": node.name,
                    "image": _id(node.image), "size": _id(node.size), "firewall": None,
                    "launched_by_job": None, "discovered_by_job": context.job_id,
-                   "created_ms": s.now_ms(), "log_offset": 0, "log_chunks": 0, **fields}
+                   "created_ms": now_ms(), "log_offset": 0, "log_chunks": 0, **fields}
             _, wrote = s.update_server(store, sid, lambda cur: cur if cur is not None else new)
             counts["created" if wrote else "unchanged"] += 1
         else:
