@@ -1,17 +1,22 @@
-"""Runs one action and turns whatever happens into an outcome the subscriber can record.
+"""Runs one attempt and turns whatever happens into the ``Outcome`` the subscriber records.
 
-An unknown action, arguments that are not a JSON object, an ``ActionError``, a result that is
-not JSON: each is a permanent failure (``retryable`` false). Any other exception is an attempt
-that failed and may be retried (``jobs/lifecycle.py``). Either way the worker process keeps going.
+The attempt is a pipeline: build the action's context, the hooks' ``before_action``, check the
+arguments and find the action, run it, turn its result into JSON, build the outcome (the job's
+status after it by ``jobs/lifecycle.py``), the hooks' ``after_action``. An unknown action,
+arguments that are not a JSON object, a result that is not JSON: each fails the job at once.
+What the action itself raises is retried or not by its options (``ActionOptions.retryable``:
+an ``ActionError`` fails, anything else may be transient). Either way the worker keeps going.
 """
 
 from __future__ import annotations
 
 import json
 import logging
-import time
 
+from ..clock import now_ms
 from ..errors import ActionError, EnstratusError
+from ..jobs.values import Outcome, Task
+from .hooks import Hooks
 from .registry import ActionContext, Registry
 
 log = logging.getLogger(__name__)
@@ -19,36 +24,53 @@ log = logging.getLogger(__name__)
 MAX_ERROR_CHARS = 4000
 
 
-def now_ms() -> int:
-    return int(time.time() * 1000)
+class _Refused(Exception):
+    """The service, not the action, says the job cannot run (``ActionError`` wrapped, so the
+    action's ``retry_on`` does not apply to it)."""
 
 
-def execute(registry: Registry, task: dict, worker: str, services: dict | None = None) -> dict:
-    """Run ``task`` ({job_id, action, arguments, attempt, queue}); return the outcome as a dict."""
+def _run(registry: Registry, task: Task, context: ActionContext) -> str:
+    if not isinstance(task.arguments, dict):
+        raise _Refused(f"arguments must be a JSON object, not {type(task.arguments).__name__}")
+    try:
+        action = registry.get(task.action)
+    except ActionError as exc:
+        raise _Refused(str(exc)) from None
+    value = action(task.arguments, context)
+    try:
+        return json.dumps(value, separators=(",", ":"))
+    except (TypeError, ValueError) as exc:
+        raise _Refused(f"result is not JSON-serializable: {exc}") from None
+
+
+def execute(registry: Registry, task: Task, worker: str, services: dict | None = None,
+            hooks: Hooks | None = None) -> Outcome:
+    """Run ``task`` as worker ``worker``, with ``services`` in the action's context and ``hooks``
+    around it; return its outcome."""
+    hooks = hooks or Hooks()
     start = now_ms()
+    context = ActionContext(job_id=task.job_id, attempt=task.attempt, queue=task.queue, worker=worker,
+                            logger=logging.getLogger(f"action.{task.action}"), **(services or {}))
+    hooks.before(task, context)
     status, result, error, retryable = "succeeded", None, None, False
     try:
-        arguments = task.get("arguments")
-        if not isinstance(arguments, dict):
-            raise ActionError(f"arguments must be a JSON object, not {type(arguments).__name__}")
-        action = registry.get(task["action"])
-        context = ActionContext(job_id=task["job_id"], attempt=task["attempt"], queue=task.get("queue", ""),
-                                worker=worker, logger=logging.getLogger(f"action.{task['action']}"),
-                                **(services or {}))
-        value = action(arguments, context)
-        try:
-            result = json.dumps(value, separators=(",", ":"))
-        except (TypeError, ValueError) as exc:
-            raise ActionError(f"result is not JSON-serializable: {exc}") from None
-    except ActionError as exc:
+        result = _run(registry, task, context)
+    except _Refused as exc:
         status, error = "failed", str(exc)[:MAX_ERROR_CHARS]
-        log.warning("job %s (%s) failed: %s", task.get("job_id"), task.get("action"), error)
-    except EnstratusError as exc:  # a known outage (KM, persistence, cloud): retried, no traceback
-        status, error, retryable = "failed", f"{type(exc).__name__}: {exc}"[:MAX_ERROR_CHARS], True
-        log.warning("job %s (%s) attempt %s failed: %s", task.get("job_id"), task.get("action"),
-                    task.get("attempt"), error)
-    except Exception as exc:  # unexpected, maybe transient: retried (see jobs/lifecycle.py); the worker lives on
-        status, error, retryable = "failed", f"{type(exc).__name__}: {exc}"[:MAX_ERROR_CHARS], True
-        log.exception("job %s (%s) raised", task.get("job_id"), task.get("action"))
-    return {"job_id": task["job_id"], "attempt": task["attempt"], "status": status, "retryable": retryable,
-            "result": result, "error": error, "start_ms": start, "end_ms": now_ms(), "worker": worker}
+        log.warning("job %s (%s) failed: %s", task.job_id, task.action, error)
+    except Exception as exc:
+        retryable = registry.options(task.action).retryable(exc)
+        status = "failed"
+        if isinstance(exc, ActionError) and not retryable:
+            error = str(exc)[:MAX_ERROR_CHARS]
+            log.warning("job %s (%s) failed: %s", task.job_id, task.action, error)
+        elif isinstance(exc, EnstratusError):  # a known outage (KM, persistence, cloud): no traceback
+            error = f"{type(exc).__name__}: {exc}"[:MAX_ERROR_CHARS]
+            log.warning("job %s (%s) attempt %s failed: %s", task.job_id, task.action, task.attempt, error)
+        else:  # unexpected, maybe transient; the worker lives on
+            error = f"{type(exc).__name__}: {exc}"[:MAX_ERROR_CHARS]
+            log.exception("job %s (%s) raised", task.job_id, task.action)
+    outcome = task.outcome(status, retryable=retryable, worker=worker, start_ms=start, end_ms=now_ms(),
+                           result=result, error=error)
+    hooks.after(task, context, outcome)
+    return outcome

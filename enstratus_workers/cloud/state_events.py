@@ -3,15 +3,17 @@
 The cloud actions write server objects through the persistence layer (``servers.update_server``:
 read, change, compare-and-swap). This store wraps that layer for the actions: it remembers the
 state it last read of each server, and when a write of the ``server`` bucket lands with another
-state, it records ``old -> new`` in the analytics DB with the job that did it. An analytics
-failure is logged and never fails the action: the persistence layer holds the truth.
+state, it records ``old -> new`` in the analytics DB with the job that did it (told by
+:class:`StateEventHook`, one of the worker's hooks around each action). An analytics failure is
+logged and never fails the action: the persistence layer holds the truth.
 """
 
 from __future__ import annotations
 
 import logging
-import time
 
+from ..actions.hooks import Hook
+from ..clock import now_ms
 from ..db.analytics import EventStore, ServerEvent
 from ..persist.base import Store, StoredObject
 
@@ -25,7 +27,7 @@ class StateEventStore(Store):
 
     def __init__(self, inner: Store, events: EventStore):
         self.inner, self.events = inner, events
-        self.job_id: int | None = None      # set by the worker for the action it runs
+        self.job_id: int | None = None      # the job whose action writes now (StateEventHook)
         self.action: str | None = None
         self._seen: dict[str, str | None] = {}
 
@@ -48,7 +50,7 @@ class StateEventStore(Store):
         try:
             self.events.record_server_event(ServerEvent(
                 server_id=server_id, account=(data or {}).get("account"), old_state=old, new_state=new,
-                job_id=self.job_id, action=self.action, event_timestamp=int(time.time() * 1000)))
+                job_id=self.job_id, action=self.action, event_timestamp=now_ms()))
         except Exception as exc:
             log.warning("could not record the state change of server %s (%s -> %s): %s", server_id, old, new, exc)
 
@@ -67,6 +69,19 @@ class StateEventStore(Store):
 
     def close(self) -> None:
         self.inner.close()
+
+
+class StateEventHook(Hook):
+    """Tells the store which job's action is writing, for the length of each attempt."""
+
+    def __init__(self, store: StateEventStore):
+        self.store = store
+
+    def before_action(self, task, context) -> None:
+        self.store.job_id, self.store.action = task.job_id, task.action
+
+    def after_action(self, task, context, outcome) -> None:
+        self.store.job_id = self.store.action = None
 
 
 def _state(data) -> str | None:

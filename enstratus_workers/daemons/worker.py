@@ -4,6 +4,10 @@ Started by the subscriber (``python -m enstratus_workers.daemons.worker run --na
 --type default --subscriber NAME``) or by an operator with ``services/worker/bin/worker start``
 to add a process to a running subscriber. It exits when its subscriber goes away, so a dead
 subscriber never leaves orphans working on actions nobody will record.
+
+It is handed ``jobs.values.Task`` frames and answers each with the ``Outcome`` it built; what
+every attempt needs besides its action (the state events' job, the count of tasks run) is a hook
+around it (``actions/hooks.py``), in the one chain ``_hooks`` builds.
 """
 
 from __future__ import annotations
@@ -20,11 +24,23 @@ from enstratus_workers.runtime.service import Service
 
 from ..actions import default_registry
 from ..actions.executor import execute
+from ..actions.hooks import Hook, Hooks
+from ..jobs.values import Task
 from ..layout import short_hostname
 
 log = logging.getLogger(__name__)
 
 RESULT_FLUSH_S = 0.005  # results wait at most this long for company before being sent back
+
+
+class TaskCount(Hook):
+    """Counts the attempts this process ran (worker.max_tasks_per_child)."""
+
+    def __init__(self):
+        self.done = 0
+
+    def after_action(self, task, context, outcome) -> None:
+        self.done += 1
 
 
 class WorkerProcess(Service):
@@ -37,10 +53,20 @@ class WorkerProcess(Service):
         self.subscriber = subscriber
         self.display_name = f"{worker_type}@{short_hostname()}.{name.rsplit('.', 1)[-1]}"
         self._stop = threading.Event()
-        self.tasks_done = 0
+        self.count = TaskCount()
+
+    @property
+    def tasks_done(self) -> int:
+        return self.count.done
 
     def request_stop(self, cold: bool = False) -> None:
         self._stop.set()
+
+    def _hooks(self) -> Hooks:
+        """The hooks around every action, in the order their ``before_action`` runs."""
+        from ..cloud.state_events import StateEventHook
+
+        return Hooks([self.count, StateEventHook(self.services["persistence"])])
 
     def _services(self) -> dict:
         """What actions get in their context: settings, the KM client, the persistence layer.
@@ -84,6 +110,7 @@ class WorkerProcess(Service):
 
     def _serve(self, conn, registry) -> None:
         limits = self.settings.worker
+        hooks = self._hooks()
         while not self._stop.is_set():
             try:
                 if not conn.poll(0.5):
@@ -99,12 +126,9 @@ class WorkerProcess(Service):
                 log.warning("ignoring unknown frame %r", frame.get("t"))
                 continue
             done, last_send = [], time.monotonic()
-            tasks = frame["a"]
+            tasks = [Task.from_frame(t) for t in frame["a"]]
             for i, task in enumerate(tasks):
-                store = self.services["persistence"]
-                store.job_id, store.action = task["job_id"], task["action"]   # for its state events
-                done.append(execute(registry, task, self.display_name, self.services))
-                self.tasks_done += 1
+                done.append(execute(registry, task, self.display_name, self.services, hooks).to_frame())
                 more = i + 1 < len(tasks)
                 if not more or time.monotonic() - last_send >= RESULT_FLUSH_S:
                     conn.send_bytes(worker_socket.pack({"t": "done", "r": done}))

@@ -2,25 +2,44 @@
 
 A :class:`Task` is what a worker process is handed (built from the job *row*, never from the
 message); a :class:`Started` marks an attempt running; an :class:`Outcome` is the recorded end of
-one attempt. They are frozen, and serialize themselves for the worker socket (``to_frame`` /
-``from_frame``: plain dicts of JSON types), so the same value the worker produced is the one the
-recorder writes.
+one attempt, built by the worker that ran it (``Task.outcome``) or, when its worker died under it,
+by the subscriber from the same Task. They are frozen, and serialize themselves for the worker
+socket (``to_frame`` / ``from_frame``: plain dicts of JSON types), so the same value the worker
+produced is the one the recorder writes. ``from_frame`` checks every field's type and raises
+``ValueError`` for a frame that is not such a value.
 """
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, fields
+from dataclasses import MISSING, asdict, dataclass, fields
 from typing import Any
 
+from enstratus_workers.jobs.lifecycle import job_status_after
 
-def _from(cls, frame: dict):
-    names = {f.name for f in fields(cls)}
-    return cls(**{k: v for k, v in frame.items() if k in names})
+_KINDS = {"int": (int,), "str": (str,), "bool": (bool,), "str | None": (str, type(None))}
+
+
+def _from(cls, frame):
+    """``cls`` from a frame, each field of the JSON type its annotation names (unknown keys ignored)."""
+    if not isinstance(frame, dict):
+        raise ValueError(f"a {cls.__name__} frame is not an object")
+    values = {}
+    for f in fields(cls):
+        if f.name not in frame:
+            if f.default is MISSING:
+                raise ValueError(f"a {cls.__name__} frame without {f.name}")
+            continue
+        value, kinds = frame[f.name], _KINDS.get(f.type)
+        if kinds and (not isinstance(value, kinds) or (bool not in kinds and isinstance(value, bool))):
+            raise ValueError(f"a {cls.__name__} frame whose {f.name} is not {f.type}")
+        values[f.name] = value
+    return cls(**values)
 
 
 @dataclass(frozen=True)
 class Task:
-    """One attempt of a job, as a worker process runs it."""
+    """One attempt of a job, as a worker process runs it: all it needs to run the action and to
+    decide, when it ends, the job's status after it."""
 
     job_id: int
     action: str
@@ -29,6 +48,20 @@ class Task:
     max_attempts: int
     queue: str
     owner: str = ""           # the subscriber process that holds the attempt (db/jobs.py)
+
+    @property
+    def key(self) -> tuple[int, int]:
+        return self.job_id, self.attempt
+
+    def outcome(self, attempt_status: str, *, retryable: bool, worker: str, start_ms: int, end_ms: int,
+                result: str | None = None, error: str | None = None) -> "Outcome":
+        """The end of this attempt: the job's status after it by ``jobs/lifecycle.py``, and a
+        dead job's error saying it ran out of attempts."""
+        status = job_status_after(attempt_status, retryable, self.attempt, self.max_attempts)
+        if status == "dead":
+            error = f"{error} (attempt {self.attempt} of {self.max_attempts}; dead)"
+        return Outcome(self.job_id, self.attempt, status, worker, start_ms, end_ms, result, error,
+                       self.owner, retryable)
 
     def to_frame(self) -> dict:
         return asdict(self)
@@ -62,6 +95,7 @@ class Outcome:
     result: str | None        # JSON text
     error: str | None
     owner: str = ""           # the subscriber process that ran the attempt (db/jobs.py)
+    retryable: bool = False   # the attempt failed in a way that may be transient
 
     def to_frame(self) -> dict:
         return asdict(self)

@@ -6,7 +6,13 @@ import logging
 
 import pytest
 
-from enstratus_workers.actions import ActionOptions, ActionOptionsError, Registry, action, default_registry
+from enstratus_workers.actions import (
+    ActionOptions,
+    ActionOptionsError,
+    Registry,
+    action,
+    default_registry,
+)
 from enstratus_workers.config import limits
 from enstratus_workers.errors import ActionError
 

@@ -319,7 +319,8 @@ def test_register_cloud_actions_adds_every_action():
 def test_every_server_state_change_is_an_analytics_event(tmp_path):
     """The worker wraps the persistence layer so that server state changes become events."""
     from enstratus_workers.cloud.servers import update_server
-    from enstratus_workers.cloud.state_events import StateEventStore
+    from enstratus_workers.cloud.state_events import StateEventHook, StateEventStore
+    from enstratus_workers.jobs.values import Task
     from enstratus_workers.config.settings import PersistenceSettings, WorkerSettings
     from enstratus_workers.db import open_databases
     from enstratus_workers.layout import Layout
@@ -328,12 +329,13 @@ def test_every_server_state_change_is_an_analytics_event(tmp_path):
     layout = Layout(tmp_path)
     dbs = open_databases(WorkerSettings(), layout)
     store = StateEventStore(open_store(PersistenceSettings(sqlite_path=tmp_path / "p.db"), layout), dbs.events)
+    hook = StateEventHook(store)
     try:
-        store.job_id, store.action = 7, "server.launch"
+        hook.before_action(Task(7, "server.launch", {}, 1, 3, "default"), None)
         update_server(store, "srv-1", lambda cur: {"account": "a", "state": "launching"})
         update_server(store, "srv-1", lambda cur: {**cur, "state": "running"})
         update_server(store, "srv-1", lambda cur: {**cur, "last_seen_ms": 5})     # no state change
-        store.job_id, store.action = 8, "server.terminate"
+        hook.before_action(Task(8, "server.terminate", {}, 1, 3, "default"), None)
         update_server(store, "srv-1", lambda cur: {**cur, "state": "terminated"})
         events = dbs.events.server_events("srv-1")
         assert [(e.old_state, e.new_state, e.job_id) for e in events] == [

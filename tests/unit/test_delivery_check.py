@@ -67,7 +67,7 @@ def deliver(sub, *messages):
 
 
 def queued_for_workers(sub):
-    return [a.message for q in sub.pending.values() for a in q]
+    return [a.task for q in sub.pending.values() for a in q]
 
 
 def new_job(sub, action="echo", arguments='{"from": "row"}', max_attempts=5, relay=True):
@@ -111,10 +111,10 @@ def test_a_delivery_racing_the_outbox_runs_with_the_rows_action_and_arguments(su
     jid = new_job(sub, relay=False)
     # When its attempt 1 arrives carrying other action, arguments and max_attempts than the row
     deliver(sub, (jid, 1, "fail", '{"from": "message"}', 99))
-    # Then it runs, as the row says
-    (msg,) = queued_for_workers(sub)
-    assert (msg.job_id, msg.action, msg.arguments, msg.attempt, msg.max_attempts) == (
-        jid, "echo", {"from": "row"}, 1, 5)
+    # Then it runs, as the row says, held by this process
+    (task,) = queued_for_workers(sub)
+    assert (task.job_id, task.action, task.arguments, task.attempt, task.max_attempts, task.owner) == (
+        jid, "echo", {"from": "row"}, 1, 5, sub.owner)
     assert sub.intake.acked == [] and sub.intake.dead == []
 
 
@@ -210,3 +210,31 @@ def test_only_work_handed_to_a_worker_is_marked_running_and_as_this_process(sub)
 
 def dbs_owner(sub, job_id):
     return sub.dbs.jobs.get(job_id).owner
+
+
+class RecordingRecorder:
+    def __init__(self):
+        self.finished_calls = []
+
+    def finished(self, outcome, event, deliveries, dead_reason=None):
+        self.finished_calls.append((outcome, event, deliveries, dead_reason))
+
+
+def test_the_workers_outcome_reaches_the_recorder_unchanged_and_a_crash_is_charged_from_the_task(sub):
+    # Given two jobs accepted here, the second on its last attempt
+    first, last = new_job(sub), new_job(sub, max_attempts=1)
+    deliver(sub, (first, 1), (last, 1, "echo", '{"from": "row"}', 1))
+    a, b = sub.pending["default"]
+    sub.recorder = RecordingRecorder()
+    # When the first's worker answers, and the second's worker dies under it
+    answered = a.task.outcome("succeeded", retryable=False, worker="default@h.1", start_ms=10, end_ms=25,
+                              result="null")
+    sub._settle(SimpleNamespace(finished=[(a, answered)], crashed=[(b, ("worker process died", 30))],
+                                returned=[]))
+    # Then the first's outcome is what the recorder got, with its event
+    (o1, e1, d1, dead1), (o2, e2, _, dead2) = sub.recorder.finished_calls
+    assert o1 is answered and (e1.outcome, e1.duration_ms, d1, dead1) == ("succeeded", 15, [a.delivery], None)
+    # and the second is a retryable failure of its last attempt: dead, saying why, owned here
+    assert (o2.job_id, o2.status, o2.owner, o2.start_ms) == (last, "dead", sub.owner, 30)
+    assert o2.error == dead2 == "worker process died (attempt 1 of 1; dead)" and e2.outcome == "dead"
+    assert sub.stats["succeeded"] == 1 and sub.stats["dead"] == 1

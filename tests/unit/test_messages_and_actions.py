@@ -16,6 +16,7 @@ from enstratus_workers.jobs.messages import (
     decode,
     encode_job,
 )
+from enstratus_workers.jobs.values import Outcome, Task
 
 
 def test_encode_from_the_job_row_round_trips():
@@ -71,20 +72,19 @@ def test_any_json_arguments_survive_the_message_round_trip(arguments):
     assert msg.arguments == arguments
 
 
-def _task(action, arguments=None, job_id=1):
-    return {"job_id": job_id, "action": action, "arguments": {} if arguments is None else arguments,
-            "attempt": 1, "queue": "default"}
+def _task(action, arguments=None, job_id=1, attempt=1, max_attempts=3):
+    return Task(job_id, action, {} if arguments is None else arguments, attempt, max_attempts, "default", "sub@h:1:ab")
 
 
 def test_builtins_and_their_outcomes():
     reg = default_registry(plugins=False)
     assert {"noop", "echo", "sleep", "fail"} <= set(reg.names())
     ok = execute(reg, _task("echo", {"a": 1}), "w@h.1")
-    assert (ok["status"], json.loads(ok["result"]), ok["worker"]) == ("succeeded", {"a": 1}, "w@h.1")
-    assert ok["end_ms"] >= ok["start_ms"]
+    assert (ok.status, json.loads(ok.result), ok.worker, ok.owner) == ("succeeded", {"a": 1}, "w@h.1", "sub@h:1:ab")
+    assert ok.end_ms >= ok.start_ms
     failed = execute(reg, _task("fail", {"message": "boom"}), "w")
-    assert (failed["status"], failed["error"]) == ("failed", "boom")
-    assert execute(reg, _task("sleep", {"seconds": -1}), "w")["error"] == "'seconds' must be a number >= 0"
+    assert (failed.status, failed.error) == ("failed", "boom")
+    assert execute(reg, _task("sleep", {"seconds": -1}), "w").error == "'seconds' must be a number >= 0"
 
 
 @pytest.mark.parametrize("task, error", [
@@ -94,7 +94,7 @@ def test_builtins_and_their_outcomes():
 ])
 def test_bad_jobs_fail_with_the_reason(task, error):
     out = execute(default_registry(plugins=False), task, "w")
-    assert out["status"] == "failed" and out["error"] == error
+    assert out.status == "failed" and out.error == error and not out.retryable
 
 
 def test_an_action_bug_and_an_unserializable_result_are_failures_not_crashes():
@@ -102,9 +102,41 @@ def test_an_action_bug_and_an_unserializable_result_are_failures_not_crashes():
     reg.register("bug", lambda args, ctx: 1 / 0)
     reg.register("weird", lambda args, ctx: {1, 2})
     bug = execute(reg, _task("bug"), "w")
-    assert bug["error"].startswith("ZeroDivisionError") and bug["retryable"]   # maybe transient
+    assert bug.error.startswith("ZeroDivisionError") and bug.retryable   # maybe transient
+    assert bug.status == "pending"                                       # so the job is retried
     weird = execute(reg, _task("weird"), "w")
-    assert "not JSON-serializable" in weird["error"] and not weird["retryable"]
+    assert "not JSON-serializable" in weird.error and (weird.status, weird.retryable) == ("failed", False)
+
+
+def test_the_worker_decides_the_jobs_status_after_the_attempt():
+    # Given an action that fails transiently, and one whose options retry its ActionError
+    from enstratus_workers.actions import ActionOptions
+    from enstratus_workers.errors import ActionError
+
+    reg = Registry()
+    reg.register("flaky", lambda args, ctx: 1 / 0)
+    reg.register("busy", lambda args, ctx: (_ for _ in ()).throw(ActionError("busy")),
+                 options=ActionOptions(retry_on=(ActionError,)))
+    # When their last attempt fails, Then the job is dead, and the error says so
+    last = execute(reg, _task("flaky", attempt=3, max_attempts=3), "w")
+    assert last.status == "dead" and last.error.endswith("(attempt 3 of 3; dead)")
+    # and an error the options retry sends the job back to pending
+    assert execute(reg, _task("busy", attempt=1), "w").status == "pending"
+
+
+def test_a_task_and_its_outcome_cross_the_socket_unchanged():
+    task = _task("echo", {"a": [1, None]}, job_id=9)
+    assert Task.from_frame(json.loads(json.dumps(task.to_frame()))) == task
+    outcome = execute(Registry(), task, "w")
+    assert Outcome.from_frame(json.loads(json.dumps(outcome.to_frame()))) == outcome
+
+
+@pytest.mark.parametrize("frame", [
+    [1], {"job_id": 1}, {**_task("echo").to_frame(), "attempt": "1"}, {**_task("echo").to_frame(), "job_id": True},
+])
+def test_a_frame_that_is_no_task_is_refused_as_a_value_error(frame):
+    with pytest.raises(ValueError):
+        Task.from_frame(frame)
 
 
 def test_retry_policy():
@@ -139,4 +171,4 @@ def test_plugins_load_from_the_entry_point_group_and_a_broken_one_is_skipped(mon
     monkeypatch.setattr(registry_module, "entry_points", lambda group: eps)
     reg = default_registry()
     assert "plug.hello" in reg and "plug.broken" not in reg
-    assert execute(reg, _task("plug.hello"), "w")["result"] == '"hello"'
+    assert execute(reg, _task("plug.hello"), "w").result == '"hello"'

@@ -22,7 +22,7 @@ from enstratus_workers.daemons.subscriber.pool import (
     Assignment,
     WorkerPool,
 )
-from enstratus_workers.jobs.messages import ActionMessage
+from enstratus_workers.jobs.values import Outcome, Task
 from enstratus_workers.layout import Layout
 from enstratus_workers.mq.base import Delivery
 
@@ -78,6 +78,7 @@ class Rig:
         self.clock = Clock()
         self.spawned: list[FakeProc] = []
         monkeypatch.setattr(pool_mod, "time", self.clock)
+        monkeypatch.setattr(pool_mod, "now_ms", lambda: int(self.clock.time() * 1000))
         monkeypatch.setattr(pool_mod.subprocess, "Popen", self._popen)
         layout = Layout(tmp_path / "home")
         layout.ensure_dirs()
@@ -105,8 +106,9 @@ class Rig:
         return theirs
 
     def work(self, n: int, action: str = "demo.echo") -> deque:
-        return deque(Assignment(Delivery("default", b"{}", str(j), False, j), ActionMessage(j, action, {}, 1),
-                                "default") for j in (next(self.jobs) for _ in range(n)))
+        return deque(Assignment(Delivery("default", b"{}", str(j), False, j),
+                                Task(j, action, {}, 1, 3, "default", "sub@h:1:ab"), "default")
+                     for j in (next(self.jobs) for _ in range(n)))
 
     def received(self, name: str) -> list[int]:
         """Job ids the worker ``name`` was sent since the last look."""
@@ -119,9 +121,9 @@ class Rig:
     def answer(self, name: str, *job_ids: int, took_ms: int = 5) -> None:
         """The worker reports ``job_ids`` done, each having taken ``took_ms``."""
         start = int(self.clock.time() * 1000)
-        self.worker_ends[name].send_bytes(worker_socket.pack({"t": "done", "r": [
-            {"job_id": j, "start_ms": start, "end_ms": start + took_ms, "ok": True} for j in job_ids]}))
-        return self.pool.read(self.pool.connections())
+        return self.say(name, {"t": "done", "r": [
+            Outcome(j, 1, "succeeded", "w", start, start + took_ms, "null", None, "sub@h:1:ab").to_frame()
+            for j in job_ids]})
 
     def say(self, name: str, frame: dict):
         self.worker_ends[name].send_bytes(worker_socket.pack(frame))
@@ -134,7 +136,7 @@ def rig(tmp_path, monkeypatch):
 
 
 def ids(assignments) -> list[int]:
-    return [a.message.job_id for a in assignments]
+    return [a.task.job_id for a in assignments]
 
 
 def test_the_minimum_of_each_type_is_spawned_and_connected_workers_are_idle(rig):
@@ -206,7 +208,7 @@ def test_a_worker_that_dies_charges_the_running_task_and_gives_back_the_rest(rig
     rig.spawned[0].exit(-signal.SIGKILL)
     events = rig.pool.supervise()
     # Then the running task is charged with why, the two unstarted ones go back, nothing is finished
-    assert [(a.message.job_id, reason) for a, (reason, _start) in events.crashed] == [
+    assert [(a.task.job_id, reason) for a, (reason, _start) in events.crashed] == [
         (2, "worker process died (killed by SIGKILL)")]
     assert ids(events.returned) == [3, 4] and events.finished == []
     # and it is reincarnated at once (it had lived more than 5 s)
@@ -297,7 +299,7 @@ def test_a_task_past_its_time_limit_gets_its_worker_killed_and_is_charged_with_t
     # and once it is dead the task is charged with the limit and the other one goes back
     proc.exit(-signal.SIGKILL)
     events = rig.pool.supervise()
-    assert [(a.message.job_id, reason) for a, (reason, _) in events.crashed] == [
+    assert [(a.task.job_id, reason) for a, (reason, _) in events.crashed] == [
         (1, "time limit of 2s exceeded")]
     assert ids(events.returned) == [2]
 
@@ -349,7 +351,7 @@ def test_an_external_worker_that_disconnects_is_charged_and_forgotten(rig):
     theirs.close()
     events = rig.pool.read(rig.pool.connections())
     # Then its running task is charged, the other returned, and it is no longer in the pool
-    assert [(a.message.job_id, r) for a, (r, _) in events.crashed] == [(1, "worker process disconnected")]
+    assert [(a.task.job_id, r) for a, (r, _) in events.crashed] == [(1, "worker process disconnected")]
     assert ids(events.returned) == [2]
     assert h not in rig.pool.handles
 
@@ -400,3 +402,33 @@ def test_after_ask_to_stop_workers_are_told_to_stop_and_the_dead_stay_dead(rig):
     rig.clock.advance(60)
     rig.pool.supervise()
     assert len(rig.spawned) == 2 and rig.handle("default.1").reincarnations == 0
+
+
+def test_the_worker_is_sent_each_task_as_its_frame_and_its_outcome_arrives_unchanged(rig):
+    # Given a connected worker handed one task
+    rig.pool.scale({}, force=True)
+    end = rig.connect("default.1")
+    (a,) = work = rig.work(1)
+    rig.pool.dispatch({"default": work})
+    # Then it received the Task's own frame
+    frame = worker_socket.unpack(end.recv_bytes())
+    assert [Task.from_frame(t) for t in frame["a"]] == [a.task]
+    # When it answers with the attempt's outcome, Then the pool hands on that very value
+    outcome = Outcome(a.task.job_id, 1, "pending", "w", 1, 2, None, "boom", "sub@h:1:ab", True)
+    events = rig.say("default.1", {"t": "done", "r": [outcome.to_frame()]})
+    assert events.finished == [(a, outcome)]
+
+
+@pytest.mark.parametrize("bad", [
+    {"t": "done"},                                                         # no outcomes
+    {"t": "done", "r": [{"job_id": 1, "start_ms": 1, "end_ms": 2}]},        # not an outcome
+    {"t": "done", "r": [Outcome(1, 1, "succeeded", "w", 1, 2, "null", None).to_frame()] * 3},  # one too many
+])
+def test_a_worker_sending_a_frame_that_is_not_what_it_says_is_dropped_not_the_subscriber(rig, bad):
+    # Given a worker handed two tasks
+    rig.pool.scale({}, force=True)
+    rig.connect("default.1")
+    rig.pool.dispatch({"default": rig.work(2)})
+    # When it sends a malformed done frame, Then its connection is dropped and nothing raises
+    rig.say("default.1", bad)
+    assert rig.handle("default.1").conn is None

@@ -8,13 +8,17 @@ supervise the workers.
 
 The job row is the truth; a message only points at it. Each batch of deliveries is checked
 against the rows of its jobs in one query (``JobStore.delivery_rows``), and a delivery runs only
-if its attempt is open or held by this process (db/jobs.py's ownership rule), with the row's
-action, arguments and max_attempts. A delivery of a job without a row is a stranger
-(dead-lettered with the reason); one of a finished job or of an attempt the row is not at is a
-stale duplicate (acked away). Both are counted. One whose attempt another subscriber holds
-waits, unacked, until that owner records it (then it is stale) or its heartbeat expires (then
-this process takes the attempt over). If the rows cannot be read, nothing runs blind: the
-deliveries wait unacked and the check is retried with backoff.
+if its attempt is open or held by this process (db/jobs.py's ownership rule), as the
+``jobs.values.Task`` the row makes of it (its action, arguments and max_attempts, this process as
+the owner). The worker answers with the attempt's ``Outcome``, which goes to the recorder as it
+came; when the worker died under it, the Outcome is built here from the same Task.
+
+A delivery of a job without a row is a stranger (dead-lettered with the reason); one of a
+finished job or of an attempt the row is not at is a stale duplicate (acked away). Both are
+counted. One whose attempt another subscriber holds waits, unacked, until that owner records
+it (then it is stale) or its heartbeat expires (then this process takes the attempt over). If
+the rows cannot be read, nothing runs blind: the deliveries wait unacked and the check is
+retried with backoff.
 """
 
 from __future__ import annotations
@@ -29,14 +33,16 @@ import time
 from collections import defaultdict, deque
 from multiprocessing.connection import wait
 
+from enstratus_workers.clock import now_ms
 from enstratus_workers.daemons.subscriber.intake import Intake
 from enstratus_workers.daemons.subscriber.pool import Assignment, WorkerPool
 from enstratus_workers.daemons.subscriber.recorder import Recorder
 from enstratus_workers.db import Event, Outcome, Started, open_databases
 from enstratus_workers.db.heartbeats import live_owners
 from enstratus_workers.db.instances import desired_types
-from enstratus_workers.jobs.lifecycle import event_outcome, job_status_after
-from enstratus_workers.jobs.messages import ActionMessage, MessageDecodeError, decode
+from enstratus_workers.jobs.lifecycle import event_outcome
+from enstratus_workers.jobs.messages import MessageDecodeError, decode
+from enstratus_workers.jobs.values import Task
 from enstratus_workers.layout import short_hostname
 from enstratus_workers.runtime import runner
 from enstratus_workers.runtime.service import Service
@@ -67,7 +73,7 @@ class Subscriber(Service):
         self._held_until = 0.0
         self._marked: set = set()             # (job id, attempt) handed to the recorder as started
         self.owner = _owner_token(name)
-        self.started_ms = int(time.time() * 1000)
+        self.started_ms = now_ms()
         self.stats = {"received": 0, "succeeded": 0, "failed": 0, "pending": 0, "dead": 0,
                       "dead_lettered": 0, "duplicates": 0, "stale": 0, "strangers": 0, "taken_over": 0}
 
@@ -160,7 +166,7 @@ class Subscriber(Service):
     def _give_back(self, assignments) -> None:
         """Return unstarted work to its queue (with any duplicates of it held here)."""
         for a in list(assignments):
-            key = (a.message.job_id, a.message.attempt)
+            key = a.task.key
             self._marked.discard(key)
             self.intake.nack(self.active.pop(key, [a.delivery]))
         assignments.clear()
@@ -250,7 +256,7 @@ class Subscriber(Service):
     def _take_over(self, d, msg, row) -> bool:
         """Take a running attempt whose owner's heartbeat expired; False if the row moved on."""
         mark = Started(msg.job_id, msg.attempt, f"{self._type_for_queue(d.queue)}@{short_hostname()}",
-                       int(time.time() * 1000), self.owner)
+                       now_ms(), self.owner)
         try:
             taken = self.dbs.jobs.take_over(msg.job_id, msg.attempt, row.owner, mark)
         except Exception as exc:
@@ -263,17 +269,17 @@ class Subscriber(Service):
         return taken
 
     def _accept(self, d, msg, row) -> None:
-        """Queue a checked delivery for a worker, as the row says: its action, arguments and
-        max_attempts; a second delivery of an attempt held here settles with the first."""
+        """Queue a checked delivery for a worker as the task the row makes of it; a second
+        delivery of an attempt held here settles with the first."""
         key = (msg.job_id, msg.attempt)
         if key in self.active:
             self.active[key].append(d)
             self.stats["duplicates"] += 1
             return
         self.active[key] = [d]
-        message = ActionMessage(row.job_id, row.action, _arguments(row.arguments), msg.attempt,
-                                row.max_attempts)
-        a = Assignment(d, message, self._type_for_queue(d.queue))
+        task = Task(row.job_id, row.action, _arguments(row.arguments), msg.attempt,
+                    row.max_attempts or self.settings.worker.max_attempts, d.queue, self.owner)
+        a = Assignment(d, task, self._type_for_queue(d.queue))
         self.pending[a.worker_type].append(a)
 
     def _mark_dispatched(self) -> None:
@@ -282,7 +288,7 @@ class Subscriber(Service):
         leaves its row as it was."""
         for h in self.pool.handles:
             for a in h.inflight:
-                key = (a.message.job_id, a.message.attempt)
+                key = a.task.key
                 if key not in self._marked:
                     self._marked.add(key)
                     self.recorder.started(Started(key[0], key[1], self._display_for(a), a.received_ms,
@@ -290,34 +296,25 @@ class Subscriber(Service):
 
     def _settle(self, events) -> None:
         for a, outcome in events.finished:
-            self._record(a, outcome["status"], outcome.get("retryable", False), outcome["start_ms"],
-                         outcome["end_ms"], outcome.get("result"), outcome.get("error"),
-                         outcome.get("worker") or "")
+            self._record(a, outcome)
         for a, (reason, start_ms) in events.crashed:
             # The worker died under this action (crash, OOM kill, time limit): a failed attempt
             # that may be retried, so an action that kills its worker ends dead, not in a loop.
-            self._record(a, "failed", True, start_ms or a.received_ms, int(time.time() * 1000),
-                         None, reason, "")
+            charged = a.task.outcome("failed", retryable=True, worker=self._display_for(a),
+                                     start_ms=start_ms or a.received_ms, end_ms=now_ms(), error=reason)
+            self._record(a, charged)
         for a in events.returned:
             self.pending[a.worker_type].appendleft(a)
 
-    def _record(self, a: Assignment, attempt_status, retryable, start_ms, end_ms, result, error,
-                worker) -> None:
-        m = a.message
-        worker = worker or self._display_for(a)
-        max_attempts = m.max_attempts or self.settings.worker.max_attempts
-        status = job_status_after(attempt_status, retryable, m.attempt, max_attempts)
-        if status == "dead":
-            error = f"{error} (attempt {m.attempt} of {max_attempts}; dead)"
-        outcome = Outcome(m.job_id, m.attempt, status, worker, start_ms, end_ms, result, error, self.owner)
-        event = Event(m.job_id, m.action, a.delivery.queue, m.attempt, event_outcome(status),
-                      end_ms - start_ms, worker, end_ms)
+    def _record(self, a: Assignment, outcome: Outcome) -> None:
+        t = a.task
+        event = Event(t.job_id, t.action, t.queue, t.attempt, event_outcome(outcome.status),
+                      outcome.end_ms - outcome.start_ms, outcome.worker, outcome.end_ms)
         # Duplicates of this job delivered meanwhile are settled with it, once it is recorded.
-        key = (m.job_id, m.attempt)
-        self._marked.discard(key)
-        self.recorder.finished(outcome, event, self.active.pop(key, [a.delivery]),
-                               dead_reason=error if status == "dead" else None)
-        self.stats[status if status in self.stats else "failed"] += 1
+        self._marked.discard(t.key)
+        self.recorder.finished(outcome, event, self.active.pop(t.key, [a.delivery]),
+                               dead_reason=outcome.error if outcome.status == "dead" else None)
+        self.stats[outcome.status if outcome.status in self.stats else "failed"] += 1
 
     def _display_for(self, a: Assignment) -> str:
         return f"{a.worker_type}@{short_hostname()}"

@@ -18,11 +18,12 @@ import sys
 import threading
 import time
 from collections import deque
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from multiprocessing.connection import Listener
 
+from enstratus_workers.clock import now_ms
 from enstratus_workers.daemons.subscriber import scaling, worker_socket
-from enstratus_workers.jobs.messages import ActionMessage
+from enstratus_workers.jobs.values import Task
 from enstratus_workers.layout import short_hostname
 from enstratus_workers.mq.base import Delivery
 
@@ -34,23 +35,14 @@ RESTART_CAP = 5             # unexpected deaths within RESTART_WINDOW_S before a
 RESTART_WINDOW_S = 60.0
 
 
-def now_ms() -> int:
-    return int(time.time() * 1000)
-
-
 @dataclass
 class Assignment:
-    """A delivery decoded and waiting for, or handed to, a worker process."""
+    """A checked delivery and the task its job row makes of it, waiting for or handed to a worker."""
 
     delivery: Delivery
-    message: ActionMessage
+    task: Task
     worker_type: str
     received_ms: int = field(default_factory=now_ms)
-
-    def task(self) -> dict:
-        m = self.message
-        return {"job_id": m.job_id, "action": m.action, "arguments": m.arguments,
-                "attempt": m.attempt, "queue": self.delivery.queue}
 
 
 @dataclass
@@ -101,7 +93,7 @@ class WorkerHandle:
 class PoolEvents:
     """What one round of the pool produced for the subscriber to act on."""
 
-    finished: list = field(default_factory=list)   # (Assignment, outcome dict)
+    finished: list = field(default_factory=list)   # (Assignment, Outcome)
     crashed: list = field(default_factory=list)    # (Assignment, (reason, start_ms)): what a dead worker ran
     returned: list = field(default_factory=list)   # Assignment never started: dispatch again
 
@@ -218,13 +210,17 @@ class WorkerPool:
 
     def _on_frame(self, h: WorkerHandle, frame: dict, events: PoolEvents) -> None:
         if frame["t"] == "done":
-            for outcome in frame["r"]:
+            for outcome in worker_socket.outcomes(frame):
+                if not h.inflight:
+                    raise ValueError("an outcome of no task")
                 a = h.inflight.popleft()
-                took = max(0, outcome["end_ms"] - outcome["start_ms"])
+                took = max(0, outcome.end_ms - outcome.start_ms)
                 mean = self._mean_ms.get(h.worker_type, took)
                 self._mean_ms[h.worker_type] = 0.8 * mean + 0.2 * took
-                if a.message.job_id != outcome["job_id"]:  # the protocol's ordering broke: a bug
-                    log.error("worker %s answered job %s, expected %s", h.name, outcome["job_id"], a.message.job_id)
+                if (outcome.job_id, outcome.attempt, outcome.owner) != (*a.task.key, a.task.owner):
+                    # the protocol's ordering broke (a bug): recorded as the attempt it answers
+                    log.error("worker %s answered job %s, expected %s", h.name, outcome.job_id, a.task.job_id)
+                    outcome = replace(outcome, job_id=a.task.job_id, attempt=a.task.attempt, owner=a.task.owner)
                 events.finished.append((a, outcome))
                 h.tasks_done += 1
             h.head_since_ms = now_ms()
@@ -283,7 +279,7 @@ class WorkerPool:
                 h.idle_since = None
                 h.inflight.extend(batch)
                 try:
-                    h.conn.send_bytes(worker_socket.pack({"t": "run", "a": [a.task() for a in batch]}))
+                    h.conn.send_bytes(worker_socket.pack({"t": "run", "a": [a.task.to_frame() for a in batch]}))
                 except OSError:
                     pass  # the disconnect is noticed on the next read; its tasks go back then
 
@@ -297,11 +293,11 @@ class WorkerPool:
                 continue
             code = h.proc.poll()
             if code is None:
-                limit = h.inflight and self.time_limits.get(h.inflight[0].message.action, default_limit)
+                limit = h.inflight and self.time_limits.get(h.inflight[0].task.action, default_limit)
                 if h.inflight and h.kill_reason is None and now - h.head_since_ms > limit * 1000:
                     h.kill_reason = f"time limit of {limit:g}s exceeded"
                     log.warning("worker %s: job %s %s; killing pid %d", h.name,
-                                h.inflight[0].message.job_id, h.kill_reason, h.pid)
+                                h.inflight[0].task.job_id, h.kill_reason, h.pid)
                     h.proc.kill()
                 continue
             if h.conn is not None:
