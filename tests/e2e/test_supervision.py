@@ -56,9 +56,11 @@ def test_killed_workers_are_reincarnated_and_the_pool_follows_the_backlog(home):
     assert sh.wait_until(lambda: cluster(home).get("reincarnations", 0) >= 1
                          and worker_pids(home) and first not in worker_pids(home), 20), cluster(home)
 
-    # When work piles up with every worker busy, the pool grows to its max (3), no further
+    # When work piles up with every worker busy, the pool grows to its max (3), no further.
+    # (Each action outlasts a CLI submit, about 1 s, so the backlog grows however slow the
+    # machine is; with 1 s actions a busy machine could run them as fast as they arrive.)
     for _ in range(12):
-        r = sh.cli(home, "submit", "sleep", "--args", '{"seconds": 1}')
+        r = sh.cli(home, "submit", "sleep", "--args", '{"seconds": 2}')
         assert r.returncode == 0, r.stderr
     assert sh.wait_until(lambda: len(worker_pids(home)) == 3, 30), cluster(home)
     assert sh.wait_until(lambda: json.loads(sh.cli(home, "jobs", "--json", "--status", "succeeded").stdout)
