@@ -33,6 +33,7 @@ import time
 from collections import defaultdict, deque
 from multiprocessing.connection import wait
 
+from enstratus_workers.backoff import Backoff
 from enstratus_workers.clock import now_ms
 from enstratus_workers.daemons.subscriber.intake import Intake
 from enstratus_workers.daemons.subscriber.pool import Assignment, WorkerPool
@@ -52,6 +53,7 @@ log = logging.getLogger(__name__)
 HEARTBEAT_EVERY_S = 2.0
 RECONCILE_EVERY_S = 5.0
 CHECK_RETRY_MAX_S = 10.0    # longest wait between tries to read the job rows of deliveries
+CHECK_RETRY = Backoff(first=1.0, cap=CHECK_RETRY_MAX_S)   # the fleet's subscribers retry apart
 
 
 class Subscriber(Service):
@@ -220,7 +222,7 @@ class Subscriber(Service):
         except Exception as exc:
             self._unchecked[:0] = waiting
             self._check_failures += 1
-            delay = min(CHECK_RETRY_MAX_S, 0.5 * 2 ** min(self._check_failures, 5))
+            delay = CHECK_RETRY.delay(self._check_failures)
             self._check_at = now + delay
             if self._check_failures == 1:
                 log.warning("cannot read the job rows of %d deliveries (%s); holding them unacked "

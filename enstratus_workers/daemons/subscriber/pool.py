@@ -21,6 +21,7 @@ from collections import deque
 from dataclasses import dataclass, field, replace
 from multiprocessing.connection import Listener
 
+from enstratus_workers.backoff import Backoff
 from enstratus_workers.clock import now_ms
 from enstratus_workers.daemons.subscriber import scaling, worker_socket
 from enstratus_workers.jobs.values import Task
@@ -31,6 +32,8 @@ log = logging.getLogger(__name__)
 
 WORKER_INFLIGHT = 16        # most tasks sent to one worker ahead of its answers (short actions)
 RESPAWN_BACKOFF_MAX = 30.0  # seconds between restarts of a worker that keeps dying at start
+# 1, 2, 4 ... 30 s; no jitter: one pool's own workers do not stampede a shared server
+RESPAWN_BACKOFF = Backoff(first=1.0, cap=RESPAWN_BACKOFF_MAX, jitter=None)
 RESTART_CAP = 5             # unexpected deaths within RESTART_WINDOW_S before a worker is disabled
 RESTART_WINDOW_S = 60.0
 
@@ -339,7 +342,7 @@ class WorkerPool:
                 return
         quick = time.time() - h.spawned_at < 5
         h.fast_deaths = h.fast_deaths + 1 if (quick and not expected) else 0
-        delay = min(RESPAWN_BACKOFF_MAX, 0.5 * 2 ** h.fast_deaths) if h.fast_deaths else 0.0
+        delay = RESPAWN_BACKOFF.delay(h.fast_deaths)
         h.next_spawn_at = time.time() + delay
 
     # -- desired state and autoscaling ---------------------------------------------------------
