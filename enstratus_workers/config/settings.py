@@ -2,15 +2,22 @@
 
 ``enstratus_workers.config.load_settings(layout)`` builds it from the five files in
 ``services/worker/classes/``; everything downstream receives it (or a part of it) explicitly.
+
+``WorkerSettings`` is the typed table of ``worker.properties`` (what ``config check`` validates
+and ``describe`` shows). Its knobs are grouped per daemon, derived from it in one place
+(``Settings.publisher``, ``.subscriber``, ``.pinger``); each daemon reads its own group, and
+``Settings.worker`` for what they all share: the databases, the worker types' queues and the
+limits put on every action.
 """
 
 from __future__ import annotations
 
 import ipaddress
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
+from functools import cached_property
 from pathlib import Path
 from types import MappingProxyType
-from typing import Mapping
+from typing import ClassVar, Mapping
 
 
 class Secret:
@@ -86,7 +93,9 @@ class Schedule:
 
 @dataclass(frozen=True)
 class WorkerSettings:
-    """worker.properties: databases, worker types and the limits put on actions."""
+    """worker.properties, as the file has it: databases, worker types, the limits put on actions,
+    and the publisher's, subscriber's and pinger's knobs (which the daemons read from their
+    groups, ``PublisherSettings`` and the others, not from here)."""
 
     provisioning_url: Secret = Secret("sqlite:///services/worker/data/provisioning.db")
     analytics_url: Secret = Secret("sqlite:///services/worker/data/analytics.db")
@@ -123,6 +132,57 @@ class WorkerSettings:
         for t in self.types:
             seen.extend(q for q in t.queues if q not in seen)
         return tuple(seen)
+
+
+class _DaemonGroup:
+    """A daemon's part of ``WorkerSettings``: each field is the table's field of the same name,
+    or the one ``_FROM`` names, so every group is derived from the table the same way."""
+
+    _FROM: ClassVar[Mapping[str, str]] = MappingProxyType({})
+
+    @classmethod
+    def of(cls, w: WorkerSettings):
+        return cls(**{f.name: getattr(w, cls._FROM.get(f.name, f.name)) for f in fields(cls)})
+
+
+@dataclass(frozen=True)
+class PublisherSettings(_DaemonGroup):
+    """The publisher's part of worker.properties: the outbox relay and the schedules."""
+
+    _FROM = MappingProxyType({"poll_interval": "publisher_poll_interval", "batch": "publisher_batch"})
+
+    poll_interval: float                 # publisher.poll_interval
+    batch: int                           # publisher.batch
+    schedules: tuple[Schedule, ...]      # schedule.<action>.*
+    schedule_accounts: tuple[str, ...]   # schedule.accounts
+
+
+@dataclass(frozen=True)
+class SubscriberSettings(_DaemonGroup):
+    """The subscriber's part of worker.properties: its worker types and their processes'
+    recycling, the outcome recorder, and how long a stop waits for running actions."""
+
+    types: tuple[WorkerType, ...]        # worker.types, worker.<type>.*
+    record_batch: int                    # subscriber.record_batch
+    record_interval: float               # subscriber.record_interval
+    grace_period: float                  # worker.grace_period
+    max_tasks_per_child: int             # worker.max_tasks_per_child
+    max_memory_mb: int                   # worker.max_memory_mb
+
+    @property
+    def all_queues(self) -> tuple[str, ...]:
+        return tuple(dict.fromkeys(q for t in self.types for q in t.queues))
+
+
+@dataclass(frozen=True)
+class PingerSettings(_DaemonGroup):
+    """The pinger's part of worker.properties: its health round and the guests' heartbeats."""
+
+    heartbeat_interval: float            # pinger.heartbeat_interval
+    guest_interval: float                # pinger.guest_interval
+    guest_misses: int                    # pinger.guest_misses
+    guest_concurrency: int               # pinger.guest_concurrency
+    guest_timeout: float                 # pinger.guest_timeout
 
 
 @dataclass(frozen=True)
@@ -171,3 +231,18 @@ class Settings:
     persistence: PersistenceSettings
     km_client: KMClientSettings
     provisioning: ProvisioningSettings
+
+    # The per-daemon groups: derived from ``worker`` once (not fields, so ``describe`` and
+    # ``config check --json`` show the file's table unchanged; ``replace(settings, worker=...)``
+    # makes a new Settings whose groups follow the new table).
+    @cached_property
+    def publisher(self) -> PublisherSettings:
+        return PublisherSettings.of(self.worker)
+
+    @cached_property
+    def subscriber(self) -> SubscriberSettings:
+        return SubscriberSettings.of(self.worker)
+
+    @cached_property
+    def pinger(self) -> PingerSettings:
+        return PingerSettings.of(self.worker)
