@@ -109,7 +109,7 @@ class WorkerProcess(Service):
             self._analytics.dispose()
 
     def _serve(self, conn, registry) -> None:
-        limits = self.settings.worker
+        limits = self.settings.subscriber   # its processes' recycling limits
         hooks = self._hooks()
         while not self._stop.is_set():
             try:

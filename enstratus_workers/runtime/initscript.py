@@ -129,7 +129,7 @@ class InitScript:
         from enstratus_workers.config.settings import WorkerSettings
 
         try:
-            return load_settings(self.layout).worker.grace_period + STOP_MARGIN
+            return load_settings(self.layout).subscriber.grace_period + STOP_MARGIN
         except ConfigError:
             return WorkerSettings().grace_period + STOP_MARGIN
 

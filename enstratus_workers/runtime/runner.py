@@ -199,7 +199,7 @@ def _stop_grace(ctx: _Context) -> float:
     if ctx.args.grace is not None:
         return ctx.args.grace
     try:
-        return ctx.load_settings(for_start=False).worker.grace_period + STOP_MARGIN
+        return ctx.load_settings(for_start=False).subscriber.grace_period + STOP_MARGIN
     except ConfigError as exc:  # a broken config must not keep the operator from stopping
         from enstratus_workers.config.settings import WorkerSettings
 

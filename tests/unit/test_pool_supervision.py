@@ -12,7 +12,7 @@ from types import SimpleNamespace
 
 import pytest
 
-from enstratus_workers.config.settings import WorkerSettings, WorkerType
+from enstratus_workers.config.settings import SubscriberSettings, WorkerSettings, WorkerType
 from enstratus_workers.daemons.subscriber import pool as pool_mod
 from enstratus_workers.daemons.subscriber import worker_socket
 from enstratus_workers.daemons.subscriber.pool import (
@@ -82,7 +82,8 @@ class Rig:
         monkeypatch.setattr(pool_mod.subprocess, "Popen", self._popen)
         layout = Layout(tmp_path / "home")
         layout.ensure_dirs()
-        settings = SimpleNamespace(worker=WorkerSettings(types=tuple(types), time_limit=time_limit))
+        worker = WorkerSettings(types=tuple(types), time_limit=time_limit)
+        settings = SimpleNamespace(worker=worker, subscriber=SubscriberSettings.of(worker))
         self.wake_r, wake_w = os.pipe()
         self.pool = WorkerPool(settings, layout, "sub", wake_w, python="python", time_limits=time_limits)
         self.worker_ends: dict[str, object] = {}

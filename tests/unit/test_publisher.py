@@ -9,7 +9,7 @@ from types import SimpleNamespace
 
 import pytest
 
-from enstratus_workers.config.settings import WorkerSettings
+from enstratus_workers.config.settings import PublisherSettings, WorkerSettings
 from enstratus_workers.daemons.publisher import daemon as publisher_mod
 from enstratus_workers.daemons.publisher.daemon import Publisher
 from enstratus_workers.db import open_databases, schema
@@ -72,7 +72,8 @@ def make_publisher(tmp_path):
         layout = Layout(tmp_path / "home")
         layout.ensure_dirs()
         worker = WorkerSettings(publisher_batch=batch)
-        pub = Publisher(SimpleNamespace(mq=SimpleNamespace(transport="scripted"), worker=worker), layout, "t")
+        pub = Publisher(SimpleNamespace(mq=SimpleNamespace(transport="scripted"), worker=worker,
+                                        publisher=PublisherSettings.of(worker)), layout, "t")
         pub.dbs = open_databases(worker, layout)
         opened.append(pub.dbs)
         return pub

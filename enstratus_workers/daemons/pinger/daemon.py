@@ -50,8 +50,8 @@ class Pinger(Service):
     def run(self, ready) -> None:
         """Two rounds on their own clocks: the service's health (and the watchdog) every
         ``pinger.heartbeat_interval``, the guests' heartbeats every ``pinger.guest_interval``."""
-        w = self.settings.worker
-        dbs = open_databases(w, self.layout)
+        p = self.settings.pinger
+        dbs = open_databases(self.settings.worker, self.layout)
         watchdog = Watchdog(self.layout, enabled=self.watchdog_enabled)
         guests = GuestWatch(self.settings, self.layout, dbs, self.name)
         ready()
@@ -61,13 +61,13 @@ class Pinger(Service):
             while not self._stop.is_set():
                 now = time.monotonic()
                 if now >= next_guests:
-                    next_guests = now + w.guest_interval
+                    next_guests = now + p.guest_interval
                     try:
                         guests.beat_round()
                     except Exception:
                         log.exception("guest heartbeat round failed")
                 if now >= next_health:
-                    next_health = now + w.heartbeat_interval
+                    next_health = now + p.heartbeat_interval
                     self._health_round(dbs, watchdog, guests)
                 self._stop.wait(max(0.0, min(next_health, next_guests) - time.monotonic()))
         finally:
@@ -88,7 +88,7 @@ class Pinger(Service):
             if health.state != self._last_state:
                 (log.info if health.state == "OK" else log.warning)("%s", health.line())
                 self._last_state = health.state
-            dbs.heartbeats.beat("pinger", self.name, ttl_s=self.settings.worker.heartbeat_interval * 3,
+            dbs.heartbeats.beat("pinger", self.name, ttl_s=self.settings.pinger.heartbeat_interval * 3,
                                 started_ms=self.started_ms,
                                 status="ok" if health.code == 0 else health.state.lower(),
                                 details={**health.as_dict(), "watchdog": watchdog.snapshot(),

@@ -29,7 +29,7 @@ LISTED = 5            # servers named in the status line; the rest are counted
 
 def check(settings, layout, dbs, persistence=None) -> list[tuple[int, str]]:
     """Monitoring problems about guests, as ``(CHECK_* code, text)``; empty when all is well."""
-    problems = _lagging(settings.worker, dbs)
+    problems = _lagging(settings.pinger, dbs)
     try:
         store = open_store(settings.persistence, layout) if persistence is None else persistence
     except EnstratusError as exc:
@@ -52,7 +52,7 @@ def summary_of(details) -> dict | None:
     return summary if isinstance(summary, dict) and isinstance(summary.get("at_ms"), int) else None
 
 
-def _lagging(w, dbs) -> list[tuple[int, str]]:
+def _lagging(p, dbs) -> list[tuple[int, str]]:
     try:
         beats = [b for b in dbs.heartbeats.all() if b.daemon == "pinger" and not b.expired]
     except sa.exc.SQLAlchemyError as exc:
@@ -63,14 +63,14 @@ def _lagging(w, dbs) -> list[tuple[int, str]]:
         summary = summary_of(beat.details)
         if summary is None:
             continue
-        interval_ms = float(summary.get("interval_s") or w.guest_interval) * 1000
+        interval_ms = float(summary.get("interval_s") or p.guest_interval) * 1000
         # the row is renewed every heartbeat_interval with the latest summary: that much is fine
-        allowed = interval_ms + w.heartbeat_interval * 1000 + summary.get("round_ms", 0)
+        allowed = interval_ms + p.heartbeat_interval * 1000 + summary.get("round_ms", 0)
         overdue = now - summary["at_ms"] - allowed
         behind = max(summary.get("lag_ms", 0), overdue)
         what = (f"pinger {beat.name}@{beat.host}: guest heartbeats {behind / 1000:.0f}s behind "
                 f"their {interval_ms / 1000:g}s interval")
-        if behind > w.guest_misses * interval_ms:
+        if behind > p.guest_misses * interval_ms:
             problems.append((CHECK_CRITICAL, what + ": outages go unnoticed"))
         elif behind > interval_ms:
             problems.append((CHECK_WARNING, what))

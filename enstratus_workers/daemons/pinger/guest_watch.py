@@ -78,11 +78,11 @@ class GuestWatch:
     check = staticmethod(check)
 
     def __init__(self, settings, layout, dbs, pinger_name: str, persistence=None, submit=None):
-        w = settings.worker
+        p = settings.pinger
         self.settings, self.dbs = settings, dbs
         self.identity = pinger_identity(pinger_name)
-        self.interval, self.timeout = w.guest_interval, w.guest_timeout
-        self.concurrency, self.misses = w.guest_concurrency, w.guest_misses
+        self.interval, self.timeout = p.guest_interval, p.guest_timeout
+        self.concurrency, self.misses = p.guest_concurrency, p.guest_misses
         self._own_store = persistence is None
         self.persistence = open_store(settings.persistence, layout) if persistence is None else persistence
         self._submit = submitting.submit if submit is None else submit

@@ -55,9 +55,9 @@ class Publisher(Service):
         self._stop.set()
 
     def run(self, ready) -> None:
-        w = self.settings.worker
+        p = self.settings.publisher
         self.layout.ensure_dirs()
-        self.dbs = open_databases(w, self.layout)
+        self.dbs = open_databases(self.settings.worker, self.layout)
         self.stuck = StuckJobs(self.settings, self.dbs, depths=self._depths)
         self.scheduler = Scheduler(self.settings, self.layout, self.dbs)
         ready()
@@ -71,8 +71,8 @@ class Publisher(Service):
                     self._stop.wait(self._retrying.failed())
                     continue
                 self._retrying.succeeded()
-                if relayed < w.publisher_batch:
-                    self._stop.wait(w.publisher_poll_interval)
+                if relayed < p.batch:
+                    self._stop.wait(p.poll_interval)
         finally:
             # Shutdown order: the loop above finished its batch (marked or left pending);
             # nothing is in flight now, so close the connection, then the databases.
@@ -93,7 +93,7 @@ class Publisher(Service):
                 self._declared.clear()
                 self._declare(self.settings.worker.all_queues)
                 log.info("connected to the %s transport", self.settings.mq.transport)
-            n = self.dbs.jobs.relay_pending(self.settings.worker.publisher_batch, self._publish)
+            n = self.dbs.jobs.relay_pending(self.settings.publisher.batch, self._publish)
             self.published += n
             return n
         except ConnectionClosed as exc:

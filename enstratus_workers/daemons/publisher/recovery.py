@@ -51,11 +51,13 @@ class StuckJobs:
 
     def sweep(self, now: int | None = None) -> int:
         now = now or now_ms()
-        w = self.settings.worker
+        # a running job is stuck once its action's time limit and a subscriber's stop window
+        # (the subscriber's grace period) are both over
+        limit, grace = self.settings.worker.time_limit, self.settings.subscriber.grace_period
         beats = self.dbs.heartbeats.all()
         live_hosts = {hb.host for hb in beats if hb.daemon == "subscriber" and not hb.expired}
         owners = live_owners(beats)
-        running_deadline = now - int((w.time_limit + w.grace_period + RUNNING_SLACK_S) * 1000)
+        running_deadline = now - int((limit + grace + RUNNING_SLACK_S) * 1000)
         running = self.dbs.jobs.stuck_running(running_deadline)
         queued = self.dbs.jobs.stuck_queued(now - int(QUEUED_AFTER_S * 1000))
         recovered = 0

@@ -99,7 +99,7 @@ class Scheduler:
     def __init__(self, settings, layout, dbs, persistence=None, *,
                  accounts_refresh_s: float | None = None):
         self.settings, self.dbs = settings, dbs
-        self.schedules = tuple(settings.worker.schedules)
+        self.schedules = tuple(settings.publisher.schedules)
         self._own_store = persistence is None and bool(self.schedules)
         self.persistence = open_store(settings.persistence, layout) if self._own_store else persistence
         if accounts_refresh_s is None:
@@ -167,7 +167,7 @@ class Scheduler:
         return created
 
     def _all_accounts(self, now: int) -> set[str]:
-        accounts = set(self.settings.worker.schedule_accounts)
+        accounts = set(self.settings.publisher.schedule_accounts)
         if self._accounts is not None:
             accounts |= self._accounts.get(now)
         return accounts

@@ -98,9 +98,9 @@ class Subscriber(Service):
         os.set_blocking(wake_w, False)
         self._wake_r = wake_r
         self.pool = WorkerPool(s, self.layout, self.name, wake_w, time_limits=_action_time_limits())
-        self.intake = Intake(s.mq, self.layout, s.worker.all_queues, s.mq.prefetch, wake_w,
+        self.intake = Intake(s.mq, self.layout, s.subscriber.all_queues, s.mq.prefetch, wake_w,
                              client_name=f"subscriber@{self.name}")
-        self.recorder = Recorder(self.dbs, s.worker.record_batch, s.worker.record_interval,
+        self.recorder = Recorder(self.dbs, s.subscriber.record_batch, s.subscriber.record_interval,
                                  on_recorded=self.intake.ack, on_dead=self.intake.dead_letter)
         try:
             self.recorder.start()
@@ -370,7 +370,7 @@ class Subscriber(Service):
         for q in self.pending.values():
             self._give_back(q)
         self.pool.ask_to_stop()
-        deadline = time.monotonic() + self.settings.worker.grace_period
+        deadline = time.monotonic() + self.settings.subscriber.grace_period
         while not self.pool.idle() and not self._cold.is_set() and time.monotonic() < deadline:
             self._round(timeout=0.2)
             self._give_back_unchecked()

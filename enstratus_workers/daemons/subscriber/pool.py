@@ -114,7 +114,7 @@ class WorkerPool:
         self._listener: Listener | None = None
         self._accepting = False
         self.stopping = False
-        self.types = {t.name: t for t in settings.worker.types}   # desired state; see set_types
+        self.types = {t.name: t for t in settings.subscriber.types}   # desired state; see set_types
         self._last_scale = 0.0
         self._mean_ms: dict[str, float] = {}     # recent action duration per worker type
 
