@@ -339,12 +339,15 @@ class JobStore:
         try:
             for chunk in _unique_chunks(outcomes, _RECORD_CHUNK):
                 with self.engine.begin() as conn:
-                    _case_update(conn, chunk, {
+                    matched = _case_update(conn, chunk, {
                         "status": lambda o: o.status, "attempts": lambda o: o.attempt,
                         "worker": lambda o: o.worker, "owner": lambda o: o.owner,
                         "start_timestamp": lambda o: o.start_ms,
                         "end_timestamp": lambda o: o.end_ms, "result": lambda o: o.result,
                         "error": lambda o: o.error})
+                    if matched == len(chunk):   # every row's guard held: all took effect
+                        applied.extend(chunk)
+                        continue
                     now = {r[0]: tuple(r[1:]) for r in conn.exec_driver_sql(
                         "SELECT job_id, attempts, owner, end_timestamp FROM enstratus_job "
                         f"WHERE job_id IN ({', '.join(str(int(o.job_id)) for o in chunk)})")}
@@ -359,7 +362,7 @@ def _owned_by(owner: str | None):
     return T.c.owner.is_(None) if owner is None else T.c.owner == owner
 
 
-def _case_update(conn, rows, columns: dict) -> None:
+def _case_update(conn, rows, columns: dict) -> int:
     """One ``UPDATE ... SET col = CASE job_id WHEN 7 THEN ? ... END`` for many rows.
 
     Raw SQL through the driver with positional parameters, the same statement on SQLite and
@@ -385,7 +388,8 @@ def _case_update(conn, rows, columns: dict) -> None:
            f"WHERE job_id IN ({', '.join(map(str, ids))}) AND ("
            f"(status IN ({', '.join(repr(s) for s in lifecycle.OPEN)}) AND attempts = {attempt} - 1) OR "
            f"(status = '{schema.RUNNING}' AND attempts = {attempt} AND owner = {owner}))")
-    conn.exec_driver_sql(sql, tuple(params))
+    # rows matched: SQLite counts them, and SQLAlchemy connects to MySQL with CLIENT_FOUND_ROWS
+    return conn.exec_driver_sql(sql, tuple(params)).rowcount
 
 
 def _unique_chunks(items: Sequence, size: int):

@@ -193,3 +193,26 @@ def test_a_version_1_sqlite_database_gains_the_owner_column(tmp_path):
         assert dbs.jobs.record_outcomes([_outcome(jid, A)]) == [_outcome(jid, A)]
     finally:
         dbs.close()
+
+
+def test_a_batch_that_all_applies_is_not_read_back(dbs):
+    # Given 50 queued jobs and their outcomes, none contested
+    ids = _queued(dbs, 50)
+    statements = []
+
+    def seen(conn, cursor, sql, *rest):
+        statements.append(sql.split()[0].upper())
+
+    sa.event.listen(dbs.provisioning, "before_cursor_execute", seen)
+    try:
+        # When they are recorded
+        applied = dbs.jobs.record_outcomes([_outcome(i, A) for i in ids])
+    finally:
+        sa.event.remove(dbs.provisioning, "before_cursor_execute", seen)
+    # Then all took effect, from the UPDATE's count of matched rows alone: no SELECT read-back
+    assert len(applied) == 50 and "SELECT" not in statements and statements.count("UPDATE") == 1
+    # And a batch where one is contested is read back, and only the other applies
+    (contested, free) = _queued(dbs, 2)
+    dbs.jobs.record_outcomes([_outcome(contested, B)])
+    again = dbs.jobs.record_outcomes([_outcome(contested, A), _outcome(free, A)])
+    assert [o.job_id for o in again] == [free]
