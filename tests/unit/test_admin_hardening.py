@@ -333,6 +333,21 @@ def test_jobs_stored_with_bad_text_are_listed_with_replacement_characters(api):
     assert api.call("GET", "/metrics").status_code == 200
 
 
+def _server_socket_of(client: socket.socket) -> socket.socket:
+    """The daemon's end of ``client``'s connection (the daemon runs in this process)."""
+    import gc
+
+    mine = client.getsockname()
+    for obj in gc.get_objects():
+        if isinstance(obj, socket.socket) and obj is not client and obj.fileno() != -1:
+            try:
+                if obj.getpeername() == mine:
+                    return obj
+            except OSError:
+                continue
+    raise AssertionError(f"no server-side socket for {mine}")
+
+
 # --- slow headers, on a real socket -------------------------------------------------------------
 
 def test_a_client_that_trickles_its_headers_is_disconnected_within_the_timeout(home):
@@ -384,6 +399,10 @@ def test_a_client_that_trickles_its_headers_is_disconnected_within_the_timeout(h
                        f"Authorization: Bearer {TOKEN}\r\n\r\n").encode()
             fast.sendall(request)
             assert fast.recv(65536).startswith(b"HTTP/1.1 200")
+            # And its server side has Nagle off: a response written in two segments must not
+            # wait for this client's delayed ACK (40 ms per keep-alive request otherwise)
+            server_side = _server_socket_of(fast)
+            assert server_side.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY) != 0
     finally:
         service.request_stop()
         thread.join(20)
