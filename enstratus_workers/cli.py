@@ -94,7 +94,7 @@ def cmd_submit(args) -> int:
             note = "" if created else " (already submitted with this idempotency key)"
             _print(args, {**job.as_dict(), "created": created}, f"submitted job {job.job_id}{note}")
             return 0
-        job = wait_for(dbs, job.job_id, args.timeout)
+        job = wait_for(dbs, job.job_id, args.timeout, run_dir=_layout(args).run_dir)
         _print(args, job.as_dict(), _job_text(job))
         if job.status == lifecycle.SUCCEEDED:
             return 0

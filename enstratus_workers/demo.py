@@ -41,7 +41,7 @@ def main() -> int:
     try:
         job, _ = submit(settings, dbs, "echo", json.dumps({"hello": "enstratus"}))
         print("$ enstratus-workers submit echo --args '{\"hello\": \"enstratus\"}' --wait")
-        job = wait_for(dbs, job.job_id, timeout=60)
+        job = wait_for(dbs, job.job_id, timeout=60, run_dir=layout.run_dir)
         _show(job)
         # A server on the "local" cloud: a real guest-agent process on 127.0.0.1, launched through
         # Libcloud with the account's credential from the KM (never from the job's arguments).
@@ -50,7 +50,7 @@ def main() -> int:
               "\"local-agent\", \"size\": \"small\", \"name\": \"web\"}' --wait")
         launch, _ = submit(settings, dbs, "server.launch", json.dumps(
             {"account": "demo", "image": "local-agent", "size": "small", "name": "web"}))
-        launch = wait_for(dbs, launch.job_id, timeout=60)
+        launch = wait_for(dbs, launch.job_id, timeout=60, run_dir=layout.run_dir)
         _show(launch)
     finally:
         dbs.close()

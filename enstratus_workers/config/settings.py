@@ -106,10 +106,10 @@ class WorkerSettings:
     max_tasks_per_child: int = 0         # 0: never recycle on count
     max_memory_mb: int = 0               # 0: never recycle on memory
     grace_period: float = 30.0           # seconds a stop waits for running actions
-    publisher_poll_interval: float = 0.05  # seconds between outbox polls when idle
+    publisher_poll_interval: float = 1.0   # safety net: seconds between outbox polls without a wake-up
     publisher_batch: int = 500           # pending jobs relayed per outbox transaction
     record_batch: int = 500              # outcomes written per database transaction
-    record_interval: float = 0.02        # longest an outcome waits for its batch, seconds
+    record_interval: float = 0.0         # longest an outcome waits for its batch, seconds (0: at once)
     heartbeat_interval: float = 10.0     # pinger: seconds between checks; heartbeats expire at 3x
     guest_interval: float = 10.0         # pinger: seconds between heartbeat rounds over the guests
     guest_misses: int = 3                # missed beats in a row before a guest is unreachable

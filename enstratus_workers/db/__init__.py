@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import sqlalchemy as sa
 
 from ..clock import now_ms  # re-exported: db.now_ms has callers
 from ..config.settings import WorkerSettings
 from ..errors import DatabaseError
+from ..jobs import wakeup
 from ..layout import Layout
 from .analytics import Event, EventStore
 from .engine import make_engine
@@ -27,6 +28,7 @@ class Databases:
     jobs: JobStore
     events: EventStore
     heartbeats: HeartbeatStore
+    ringers: list = field(default_factory=list)   # wakeup.Ringer: publishers (pending), waiters (recorded)
 
     def ping(self) -> dict[str, str | None]:
         """``{"provisioning": None|error, "analytics": None|error}``: None means it answered."""
@@ -43,6 +45,8 @@ class Databases:
     def close(self) -> None:
         self.provisioning.dispose()
         self.analytics.dispose()
+        for ringer in self.ringers:
+            ringer.close()
 
 
 def open_databases(worker: WorkerSettings, layout: Layout, *, ensure: bool = True) -> Databases:
@@ -58,4 +62,7 @@ def open_databases(worker: WorkerSettings, layout: Layout, *, ensure: bool = Tru
             anal.dispose()
             raise DatabaseError(f"cannot prepare the databases: {type(exc).__name__}: "
                                 f"{str(getattr(exc, 'orig', exc)).splitlines()[0][:200]}") from exc
-    return Databases(prov, anal, JobStore(prov), EventStore(anal), HeartbeatStore(prov))
+    ringer = wakeup.ringer_for(layout.run_dir)
+    waiters = wakeup.ringer_for(layout.run_dir, wakeup.WAITER)
+    jobs = JobStore(prov, ringer.ring if ringer else None, waiters.ring if waiters else None)
+    return Databases(prov, anal, jobs, EventStore(anal), HeartbeatStore(prov), [r for r in (ringer, waiters) if r])

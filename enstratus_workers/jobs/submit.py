@@ -6,6 +6,8 @@ is validated the same way. A job is never written to the queue here: the publish
 
 from __future__ import annotations
 
+import os
+import threading
 import time
 
 from enstratus_workers import strictjson
@@ -13,7 +15,7 @@ from enstratus_workers.config import limits
 from enstratus_workers.db import Databases, Job, NewJob
 from enstratus_workers.errors import EnstratusError
 
-WAIT_POLL_S = 0.05
+WAIT_SAFETY_NET_S = 0.25   # a wait re-reads the job this often even if no ring came (another host's subscriber)
 
 
 class SubmitError(EnstratusError, ValueError):
@@ -89,13 +91,33 @@ def submit(settings, dbs: Databases, action: str, arguments: str | None = None, 
     return dbs.jobs.submit(new_job(settings, action, arguments, queue, **kw))
 
 
-def wait_for(dbs: Databases, job_id: int, timeout: float) -> Job:
-    """Poll until the job is terminal or ``timeout`` passes; return it as last seen."""
-    from enstratus_workers.db.schema import TERMINAL
+def wait_for(dbs: Databases, job_id: int, timeout: float, run_dir=None) -> Job:
+    """Wait until the job is terminal or ``timeout`` passes; return it as last seen.
 
+    With ``run_dir`` (the install's), the wait is woken by the recorder of this host as soon as
+    it recorded outcomes (``jobs/wakeup.py``) and reads the row then; without, or for a job
+    recorded on another host, it reads the row every ``WAIT_SAFETY_NET_S``.
+    """
+    from enstratus_workers.db.schema import TERMINAL
+    from enstratus_workers.jobs import wakeup
+
+    bell = None
+    if run_dir is not None and wakeup.available():
+        try:
+            bell = wakeup.Bell(run_dir, f"{os.getpid()}-{threading.get_ident()}", wakeup.WAITER).announce()
+        except OSError:
+            bell = None   # a read-only run directory: the safety net alone
     deadline = time.monotonic() + timeout
-    while True:
-        job = dbs.jobs.get(job_id)
-        if job is None or job.status in TERMINAL or time.monotonic() >= deadline:
-            return job
-        time.sleep(WAIT_POLL_S)
+    try:
+        while True:
+            job = dbs.jobs.get(job_id)
+            left = deadline - time.monotonic()
+            if job is None or job.status in TERMINAL or left <= 0:
+                return job
+            if bell is not None:
+                bell.wait(min(left, WAIT_SAFETY_NET_S))
+            else:
+                time.sleep(min(left, WAIT_SAFETY_NET_S))
+    finally:
+        if bell is not None:
+            bell.close()

@@ -1,7 +1,8 @@
 """The publisher: the only process that writes to the queue.
 
 It relays jobs that are ``pending`` in the provisioning DB (a transactional outbox: the row
-exists before any message does) in batches, with pipelined publisher confirms, and marks them
+exists before any message does) as soon as their commit rings its bell (``jobs/wakeup.py``;
+``publisher.poll_interval`` is only the safety net for a ring that never came), in batches, with pipelined publisher confirms, and marks them
 ``queued`` only once the broker has confirmed them. Several publishers can run at once: the
 rows of a batch stay locked (SKIP LOCKED) until it is marked, so no job is relayed twice.
 """
@@ -25,8 +26,10 @@ from enstratus_workers.errors import (
     PublishError,
     TransportError,
 )
+from enstratus_workers.jobs import wakeup
 from enstratus_workers.jobs.lifecycle import next_attempt
 from enstratus_workers.jobs.messages import encode_job
+from enstratus_workers.jobs.wakeup import Bell
 from enstratus_workers.mq import open_transport
 from enstratus_workers.mq.base import OutgoingMessage
 from enstratus_workers.runtime import runner
@@ -43,6 +46,7 @@ class Publisher(Service):
     def __init__(self, settings, layout, name: str):
         self.settings, self.layout, self.name = settings, layout, name
         self._stop = threading.Event()
+        self._bell: Bell | None = None
         self.transport = None
         self._declared: set[str] = set()
         self.published = 0
@@ -53,6 +57,8 @@ class Publisher(Service):
 
     def request_stop(self, cold: bool = False) -> None:
         self._stop.set()
+        if self._bell is not None:
+            self._bell.ring()
 
     def run(self, ready) -> None:
         p = self.settings.publisher
@@ -60,6 +66,9 @@ class Publisher(Service):
         self.dbs = open_databases(self.settings.worker, self.layout)
         self.stuck = StuckJobs(self.settings, self.dbs, depths=self._depths)
         self.scheduler = Scheduler(self.settings, self.layout, self.dbs)
+        # a job committed from now on rings it; one committed before is relayed by the loop's
+        # first pass, which reads the outbox before it ever waits
+        self._bell = Bell(self.layout.run_dir, self.name) if wakeup.available() else None
         ready()
         try:
             while not self._stop.is_set():
@@ -71,8 +80,11 @@ class Publisher(Service):
                     self._stop.wait(self._retrying.failed())
                     continue
                 self._retrying.succeeded()
-                if relayed < p.batch:
-                    self._stop.wait(p.poll_interval)
+                if relayed < p.batch and not self._stop.is_set():
+                    if self._bell is not None:
+                        self._bell.wait(p.poll_interval)   # a commit's ring, or the safety net
+                    else:
+                        self._stop.wait(p.poll_interval)
         finally:
             # Shutdown order: the loop above finished its batch (marked or left pending);
             # nothing is in flight now, so close the connection, then the databases.
@@ -84,6 +96,8 @@ class Publisher(Service):
             except Exception:
                 pass
             self.dbs.close()
+            if self._bell is not None:
+                self._bell.close()
 
     def _relay_once(self) -> int | None:
         try:

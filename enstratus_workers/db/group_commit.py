@@ -1,0 +1,93 @@
+"""Group commit: concurrent one-at-a-time writes share one transaction.
+
+A process that submits one job per call from many threads (the admin API's request threads,
+platform code using ``submit()``) would otherwise pay one transaction, one commit and one fsync
+per job. Here the first caller becomes the leader and writes at once, alone, so a lone caller
+waits for nothing; callers that arrive while it writes queue up, and the next leader (the first
+of them to wake) writes them all in one transaction. The group grows with the load, not with a
+timer, which is the classic group commit of database logs.
+
+One bad item never fails the others: when a group's write raises, each of its items is written
+again alone, and only the items that fail alone see an exception.
+"""
+
+from __future__ import annotations
+
+import threading
+from typing import Callable, Generic, Sequence, TypeVar
+
+T = TypeVar("T")
+R = TypeVar("R")
+
+_PENDING = object()
+
+
+class _Slot:
+    __slots__ = ("item", "result", "error")
+
+    def __init__(self, item):
+        self.item = item
+        self.result = _PENDING
+        self.error: BaseException | None = None
+
+    @property
+    def done(self) -> bool:
+        return self.result is not _PENDING or self.error is not None
+
+
+class GroupCommit(Generic[T, R]):
+    """``run(item)`` returns what ``write(items)`` returned for that item (``write`` returns one
+    result per item, in order); ``write`` is called with groups of at most ``max_group``."""
+
+    def __init__(self, write: Callable[[Sequence[T]], Sequence[R]], max_group: int = 500):
+        self._write = write
+        self.max_group = max_group
+        self._cv = threading.Condition()
+        self._queue: list[_Slot] = []
+        self._busy = False
+        self.groups = 0      # transactions written (for tests and the curious)
+        self.items = 0
+
+    def run(self, item: T) -> R:
+        slot = _Slot(item)
+        with self._cv:
+            self._queue.append(slot)
+            while not slot.done:
+                if self._busy:
+                    self._cv.wait()
+                    continue
+                self._busy = True
+                group, self._queue = self._queue[:self.max_group], self._queue[self.max_group:]
+                self._cv.release()
+                try:
+                    self._write_group(group)
+                finally:
+                    self._cv.acquire()
+                    self._busy = False
+                    self._cv.notify_all()
+        if slot.error is not None:
+            raise slot.error
+        return slot.result
+
+    def _write_group(self, group: list[_Slot]) -> None:
+        self.groups += 1
+        self.items += len(group)
+        try:
+            results = self._write([s.item for s in group])
+        except BaseException as exc:  # noqa: BLE001 - handed to the callers, one by one
+            if len(group) == 1:
+                group[0].error = exc
+                return
+            for s in group:           # find the bad one: each alone
+                try:
+                    s.result = self._write([s.item])[0]
+                except BaseException as alone:  # noqa: BLE001 - this caller's own failure
+                    s.error = alone
+            return
+        if len(results) != len(group):
+            error = RuntimeError(f"a group write of {len(group)} items returned {len(results)} results")
+            for s in group:
+                s.error = error
+            return
+        for s, r in zip(group, results):
+            s.result = r

@@ -1,0 +1,156 @@
+"""The outbox's doorbell: a committed pending job wakes this host's publishers at once.
+
+The publisher relays what is ``pending`` in the provisioning DB. Polling for it costs a wait on
+every job (half the poll interval on average) and a query every interval when idle; instead,
+whoever makes a job pending (``JobStore``: a submit, a retry, a recovery, a re-drive) rings
+after the commit, and the publisher waits on its bell. The poll stays, with a long interval, as
+the safety net: a ring is a hint, never the truth, so a lost one (a publisher restarting, a
+submit from another host, a full socket buffer) costs that interval and nothing else.
+
+A bell is a Unix datagram socket in the abstract namespace (no file to clean up, no path-length
+limit), one per publisher, named after the install's run directory and the publisher's name;
+a ringer finds the publishers by their pid files (and waiters by their ``.bell`` files), looking
+again whenever the run directory changed (one ``stat`` per ring). Sending never blocks: when a publisher's buffer
+is full it already has rings waiting, which is all a ring says. A publisher drains every ring
+waiting before it reads the outbox, so a burst of 10,000 submits costs a few reads, not 10,000.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import select
+import socket
+import time
+from pathlib import Path
+
+RING = b"!"
+RESCAN_S = 1.0   # a ringer looks again at least this often, even if the directory seems unchanged
+
+
+PUBLISHER = "publisher"   # rung when a job is made pending
+WAITER = "waiter"         # rung when outcomes are recorded: ``submit --wait`` and its kind
+
+
+def bell_address(run_dir: Path, name: str, role: str = PUBLISHER) -> bytes:
+    """The abstract socket address of ``role@name`` of the install using ``run_dir``."""
+    digest = hashlib.sha256(str(Path(run_dir).resolve()).encode()).hexdigest()[:24]
+    return f"\0enstratus-workers/{digest}/{role}@{name}".encode()
+
+
+class Bell:
+    """A waiting end: ``wait(timeout)`` returns True once rung (every waiting ring drained).
+
+    A publisher's bell is found through its pid file; any other role's (``WAITER``) is announced
+    with ``announce()``, which writes ``role@name.bell`` in the run directory once the socket is
+    bound, and ``close()`` removes it.
+    """
+
+    def __init__(self, run_dir: Path, name: str, role: str = PUBLISHER):
+        self.address = bell_address(run_dir, name, role)
+        self._marker: Path | None = None
+        if role != PUBLISHER:
+            self._marker = Path(run_dir) / f"{role}@{name}.bell"
+        self._sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        self._sock.bind(self.address)
+        self._sock.setblocking(False)
+        self.rings = 0       # wake-ups drained (each may stand for many rings)
+
+    def wait(self, timeout: float) -> bool:
+        try:
+            readable, _, _ = select.select([self._sock], [], [], max(0.0, timeout))
+        except (OSError, ValueError):   # closed by stop()
+            return False
+        if not readable:
+            return False
+        self._drain()
+        self.rings += 1
+        return True
+
+    def _drain(self) -> None:
+        while True:
+            try:
+                self._sock.recv(64)
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError:
+                return
+
+    def ring(self) -> None:
+        """Wake this bell's own waiter (a stop request, or a job its own process made pending)."""
+        _send(self._sock, self.address)
+
+    def announce(self) -> "Bell":
+        if self._marker is not None:
+            self._marker.write_text(f"{os.getpid()}\n")
+        return self
+
+    def close(self) -> None:
+        if self._marker is not None:
+            self._marker.unlink(missing_ok=True)
+        self._sock.close()
+
+
+class Ringer:
+    """Whoever makes jobs pending: ``ring()`` after the commit wakes every publisher of the
+    install (found by its ``publisher@NAME.pid`` files, looked up again at most every second).
+    With ``role=WAITER``, the recorder's: every announced waiter (``waiter@NAME.bell``)."""
+
+    def __init__(self, run_dir: Path, role: str = PUBLISHER):
+        self.run_dir = Path(run_dir)
+        self.role = role
+        self._suffix = ".pid" if role == PUBLISHER else ".bell"
+        self._sock: socket.socket | None = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        self._sock.setblocking(False)
+        self._addresses: list[bytes] = []
+        self._scanned = float("-inf")
+        self._mtime = -1
+
+    def ring(self) -> None:
+        now = time.monotonic()
+        try:
+            mtime = self.run_dir.stat().st_mtime_ns
+        except OSError:
+            mtime = -1
+        if mtime != self._mtime or now - self._scanned > RESCAN_S:
+            self._mtime = mtime
+            self._rescan(now)
+        sock = self._sock
+        if sock is None:
+            return
+        for address in self._addresses:
+            _send(sock, address)
+
+    def _rescan(self, now: float) -> None:
+        self._scanned = now
+        prefix = f"{self.role}@"
+        try:
+            names = [p.name[len(prefix):-len(self._suffix)]
+                     for p in self.run_dir.glob(f"{prefix}*{self._suffix}")]
+        except OSError:
+            names = []
+        self._addresses = [bell_address(self.run_dir, n, self.role) for n in names]
+
+    def close(self) -> None:
+        sock, self._sock = self._sock, None
+        if sock is not None:
+            sock.close()
+
+
+def _send(sock: socket.socket, address: bytes) -> None:
+    try:
+        sock.sendto(RING, address)
+    except (BlockingIOError, InterruptedError):
+        pass    # its buffer is full of rings already
+    except OSError:
+        pass    # no such publisher (a pid file left behind, one stopping): the poll covers it
+
+
+def available() -> bool:
+    """Abstract Unix sockets exist here (Linux); elsewhere the polls alone carry the service."""
+    return hasattr(socket, "AF_UNIX") and os.uname().sysname == "Linux"
+
+
+def ringer_for(run_dir: Path | None, role: str = PUBLISHER) -> Ringer | None:
+    """A ringer for the install at ``run_dir``; None where there are no bells."""
+    return Ringer(run_dir, role) if run_dir is not None and available() else None

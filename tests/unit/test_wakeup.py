@@ -1,0 +1,153 @@
+"""The outbox's doorbell (jobs/wakeup.py): a committed job wakes the publisher, a flood of
+wake-ups costs one outbox read per drain, and a missing publisher costs nothing."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import pytest
+
+from enstratus_workers.db import NewJob, open_databases
+from enstratus_workers.jobs.wakeup import Bell, Ringer, bell_address
+from enstratus_workers.layout import Layout
+from tests import servicehome as sh
+
+
+@pytest.fixture
+def run_dir(tmp_path):
+    d = tmp_path / "run"
+    d.mkdir()
+    return d
+
+
+def _publisher_at(run_dir, name="p1") -> Bell:
+    (run_dir / f"publisher@{name}.pid").write_text("1\n")   # how a ringer finds a publisher
+    return Bell(run_dir, name)
+
+
+@pytest.fixture
+def bell(run_dir):
+    b = _publisher_at(run_dir)
+    yield b
+    b.close()
+
+
+@pytest.fixture
+def ringer(run_dir):
+    r = Ringer(run_dir)
+    yield r
+    r.close()
+
+
+def test_a_ring_wakes_the_waiting_publisher_and_silence_times_out(bell, ringer):
+    # Given nobody rings: the wait is the safety net's, and says so
+    assert bell.wait(0.05) is False
+    # When a ringer rings while the publisher waits
+    woke = []
+    waiter = threading.Thread(target=lambda: woke.append(bell.wait(10)))
+    waiter.start()
+    time.sleep(0.05)
+    ringer.ring()
+    waiter.join(10)
+    # Then the wait ended with the ring, long before its timeout
+    assert woke == [True]
+
+
+def test_a_ring_sent_before_the_wait_is_not_lost(bell, ringer):
+    ringer.ring()                      # the publisher is busy relaying, not waiting
+    assert bell.wait(0) is True        # it sees the ring as soon as it waits
+    assert bell.wait(0) is False       # and only once
+
+
+def test_a_flood_of_rings_is_one_wake_up(bell, ringer):
+    # When 10,000 submits ring while the publisher is busy (more than its socket buffer holds)
+    for _ in range(10_000):
+        ringer.ring()
+    # Then it wakes once, drains them all, and is quiet after (one outbox read, not 10,000)
+    assert bell.wait(0) is True
+    assert bell.wait(0) is False
+    assert bell.rings == 1
+
+
+def test_every_publisher_of_the_install_is_rung_and_no_other_install(tmp_path):
+    mine, other = tmp_path / "a" / "run", tmp_path / "b" / "run"
+    mine.mkdir(parents=True)
+    other.mkdir(parents=True)
+    bells = [_publisher_at(mine, "p1"), _publisher_at(mine, "p2")]
+    stranger = _publisher_at(other, "p1")
+    ringer = Ringer(mine)
+    try:
+        assert bell_address(mine, "p1") != bell_address(other, "p1")
+        ringer.ring()
+        assert [b.wait(1) for b in bells] == [True, True]
+        assert stranger.wait(0.05) is False
+    finally:
+        for b in (*bells, stranger):
+            b.close()
+        ringer.close()
+
+
+def test_ringing_a_publisher_that_is_gone_is_harmless(run_dir):
+    (run_dir / "publisher@gone.pid").write_text("1\n")   # a pid file left behind, nobody bound
+    ringer = Ringer(run_dir)
+    try:
+        ringer.ring()
+        ringer.ring()
+    finally:
+        ringer.close()
+
+
+def test_submitting_a_job_rings_the_publisher_after_the_commit(tmp_path):
+    home = sh.make_home(tmp_path)
+    layout = Layout(home)
+    layout.ensure_dirs()
+    from enstratus_workers.config import load_settings
+
+    dbs = open_databases(load_settings(layout).worker, layout)
+    bell = _publisher_at(layout.run_dir)
+    seen = []
+    try:
+        # When a job is submitted, then a bulk of them
+        for submit in (lambda: dbs.jobs.submit(NewJob("noop", "{}", "default", 1)),
+                       lambda: dbs.jobs.submit_many([NewJob("noop", "{}", "default", 1)] * 3)):
+            submit()
+            # Then the publisher is woken, and the rows it will read are committed already
+            assert bell.wait(5) is True
+            seen.append(dbs.jobs.counts()["pending"])
+        assert seen == [1, 4]
+    finally:
+        bell.close()
+        dbs.close()
+
+
+def test_a_wait_for_an_outcome_is_woken_by_its_recording_not_by_the_safety_net(tmp_path, monkeypatch):
+    from enstratus_workers.config import load_settings
+    from enstratus_workers.jobs import submit as submit_mod
+    from enstratus_workers.jobs.values import Outcome
+
+    home = sh.make_home(tmp_path)
+    layout = Layout(home)
+    layout.ensure_dirs()
+    dbs = open_databases(load_settings(layout).worker, layout)
+    # Given a safety net so long that only a ring can end the wait in time
+    monkeypatch.setattr(submit_mod, "WAIT_SAFETY_NET_S", 30.0)
+    job, _ = dbs.jobs.submit(NewJob("noop", "{}", "default", 1))
+    done = []
+    try:
+        waiter = threading.Thread(target=lambda: done.append(
+            submit_mod.wait_for(dbs, job.job_id, timeout=20, run_dir=layout.run_dir)))
+        waiter.start()
+        deadline = time.monotonic() + 5
+        while not list(layout.run_dir.glob("waiter@*.bell")) and time.monotonic() < deadline:
+            time.sleep(0.01)
+        # When the subscriber's recorder writes the job's outcome
+        now = int(time.time() * 1000)
+        dbs.jobs.record_outcomes([Outcome(job_id=job.job_id, attempt=1, status="succeeded", worker="w",
+                                          owner="o", start_ms=now, end_ms=now, result="1", error=None)])
+        waiter.join(10)
+        # Then the wait returned with it at once, and took its announcement away
+        assert not waiter.is_alive() and done[0].status == "succeeded"
+        assert not list(layout.run_dir.glob("waiter@*.bell"))
+    finally:
+        dbs.close()
