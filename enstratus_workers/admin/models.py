@@ -85,6 +85,9 @@ class QueueOut(BaseModel):
     depth_error: Optional[str] = Field(default=None, description="why the depths are missing")
 
 
+MAX_BULK_JOBS = 1000   # jobs in one POST /jobs list (one transaction; the body cap bounds it too)
+
+
 class JobIn(_Strict):
     action: str = Field(min_length=1, max_length=ACTION_MAX, pattern=ACTION_PATTERN,
                         description="a registered action name")

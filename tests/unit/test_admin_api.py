@@ -274,6 +274,45 @@ def test_jobs_are_submitted_listed_read_and_counted(api):
     assert api.call("POST", "/jobs", json={"action": "noop", "queue": "extra"}).json()["job"]["queue"] == "extra"
 
 
+def test_a_list_of_jobs_is_submitted_in_one_request(api):
+    # When a client with many jobs posts them as a list, keyed and unkeyed mixed
+    first = api.call("POST", "/jobs", json={"action": "echo", "idempotency_key": "known"}).json()["job"]
+    body = [{"action": "noop"}, {"action": "echo", "arguments": {"n": 1}, "max_attempts": 2},
+            {"action": "echo", "idempotency_key": "known"}, {"action": "echo", "idempotency_key": "new"}]
+    r = api.call("POST", "/jobs", json=body)
+    # Then each is answered in order, as stored, and a known key names its first job
+    assert r.status_code == 201, r.text
+    out = r.json()
+    assert [o["created"] for o in out] == [True, True, False, True]
+    assert out[2]["job"] == first
+    assert out[1]["job"]["arguments"] == {"n": 1} and out[1]["job"]["max_attempts"] == 2
+    for o in out:
+        assert api.call("GET", f"/jobs/{o['job']['job_id']}").json() == o["job"]
+    pending = api.call("GET", "/jobs/stats").json()["counts"]["pending"]
+    # And one invalid job refuses the whole list, naming it, with nothing stored
+    for bad, says in (([{"action": "noop"}, {"action": "echo", "queue": "nowhere"}], "job 1: unknown queue"),
+                      ([{"action": "noop"}, {"arguments": {}}], "Field required"),
+                      ([], "a list of 1 to"), ([{"action": "noop"}] * 1001, "a list of 1 to")):
+        r = api.call("POST", "/jobs", json=bad)
+        assert r.status_code == 422 and says in r.text, r.text
+    r = api.call("POST", "/jobs", json=[{"action": "noop"}, {"arguments": {}}])
+    assert r.json()["detail"][0]["loc"] == ["body", 1, "action"]
+    assert api.call("GET", "/jobs/stats").json()["counts"]["pending"] == pending
+
+
+def test_a_queue_created_a_moment_ago_takes_jobs_at_once(api):
+    # Given a submit that filled the desired-state cache
+    assert api.call("POST", "/jobs", json={"action": "noop"}).status_code == 201
+    # When a queue is added to an instance and a job is sent to it right away
+    iid = default_instance(api)["id"]
+    api.call("PUT", f"/instances/{iid}/queues/fresh")
+    # Then it is taken (the refusal against the cached copy is checked against a fresh one)
+    r = api.call("POST", "/jobs", json={"action": "noop", "queue": "fresh"})
+    assert r.status_code == 201 and r.json()["job"]["queue"] == "fresh"
+    r = api.call("POST", "/jobs", json=[{"action": "noop", "queue": "fresher"}])
+    assert r.status_code == 422
+
+
 def test_stats_reset_counts_only_later_jobs_and_persists_across_a_restart(api):
     for _ in range(3):
         api.call("POST", "/jobs", json={"action": "noop"})

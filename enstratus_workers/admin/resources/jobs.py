@@ -8,11 +8,13 @@ shown (with replacement characters) instead of failing the whole listing.
 
 from __future__ import annotations
 
-from typing import Literal, Optional
+from typing import Any, Literal, Optional, Union
 
-from fastapi import APIRouter, Path, Query, Request, Response
+from fastapi import APIRouter, Body, Path, Query, Request, Response
+from fastapi.exceptions import RequestValidationError
+from pydantic import TypeAdapter, ValidationError
 
-from enstratus_workers.jobs.submit import submit
+from enstratus_workers.jobs.submit import SubmitError, new_job
 
 from ... import strictjson
 from ...db.instances import NotFound
@@ -20,7 +22,7 @@ from ...db.schema import STATUSES
 from .. import jobstats
 from ..context import ctx_of
 from ..errors import COMMON, NOT_FOUND, invalid
-from ..models import JobIn, JobOut, JobStats, SubmitOut
+from ..models import MAX_BULK_JOBS, JobIn, JobOut, JobStats, SubmitOut
 from ..strictbody import printable
 
 router = APIRouter(prefix="/jobs", tags=["jobs"], responses=COMMON)
@@ -32,21 +34,76 @@ def _out(job) -> JobOut:
     return JobOut(**printable(job.as_dict()))
 
 
-@router.post("", response_model=SubmitOut, status_code=201,
+_JOB_LIST = TypeAdapter(list[JobIn])
+_BODY_DOC = (f"One job, or a list of up to {MAX_BULK_JOBS}: a list's jobs without an idempotency key "
+             "are stored in one transaction, after all were validated (one invalid job refuses the "
+             "whole list, naming it); keyed ones one by one.")
+
+
+@router.post("", response_model=Union[SubmitOut, list[SubmitOut]], status_code=201,
              responses={200: {"model": SubmitOut, "description": "the idempotency key named an earlier job"}},
-             summary="Submit a job (stored pending; the publisher relays it)")
-def submit_job(body: JobIn, request: Request, response: Response):
+             summary="Submit a job, or a list of jobs (stored pending; the publisher relays them)",
+             openapi_extra={"requestBody": {"required": True, "description": _BODY_DOC, "content": {
+                 "application/json": {"schema": {"oneOf": [
+                     {"$ref": "#/components/schemas/JobIn"},
+                     {"type": "array", "items": {"$ref": "#/components/schemas/JobIn"},
+                      "minItems": 1, "maxItems": MAX_BULK_JOBS}]}}}}})
+def submit_job(request: Request, response: Response, body: Any = Body(default=None)):
+    # Validated here rather than by declaring Union[JobIn, list[JobIn]]: a single job's errors
+    # keep the shape they always had (loc ["body", "max_attempts"], not ["body", "JobIn", ...]).
     ctx = ctx_of(request)
-    try:
-        arguments = strictjson.dumps(body.arguments)
-    except strictjson.NotStrictJSON as exc:
-        raise invalid(str(exc), "body", "arguments") from None
-    job, created = submit(ctx.submit_settings(), ctx.dbs, body.action, arguments,
-                          body.queue, idempotency_key=body.idempotency_key, max_attempts=body.max_attempts,
-                          registry=ctx.registry)
+    if isinstance(body, list):
+        if not 1 <= len(body) <= MAX_BULK_JOBS:
+            raise invalid(f"a list of 1 to {MAX_BULK_JOBS} jobs, not {len(body)}", "body")
+        return _submit_list(ctx, _parsed(_JOB_LIST.validate_python, body))
+    job, created = ctx.dbs.jobs.submit(_validated(ctx, [_parsed(JobIn.model_validate, body)])[0])
     if not created:
         response.status_code = 200
     return SubmitOut(created=created, job=_out(job))
+
+
+def _parsed(validate, body):
+    try:
+        return validate(body)
+    except ValidationError as exc:
+        raise RequestValidationError([{**e, "loc": ("body", *e["loc"])} for e in exc.errors()]) from None
+
+
+def _new_job(settings, ctx, body: JobIn, where: str = ""):
+    try:
+        arguments = strictjson.dumps(body.arguments)
+    except strictjson.NotStrictJSON as exc:
+        raise invalid(f"{where}{exc}", "body", "arguments") from None
+    try:
+        return new_job(settings, body.action, arguments, body.queue, idempotency_key=body.idempotency_key,
+                       max_attempts=body.max_attempts, registry=ctx.registry)
+    except SubmitError as exc:
+        raise SubmitError(f"{where}{exc}") from None
+
+
+def _validated(ctx, bodies: list[JobIn]):
+    """The jobs, validated against the cached desired state; refused, once more against a fresh
+    read (a queue created a moment ago, by this daemon or another host's)."""
+    where = (lambda i: f"job {i}: ") if len(bodies) > 1 else (lambda i: "")
+    try:
+        settings = ctx.submit_settings()
+        return [_new_job(settings, ctx, b, where(i)) for i, b in enumerate(bodies)]
+    except SubmitError:
+        settings = ctx.submit_settings(fresh=True)
+        return [_new_job(settings, ctx, b, where(i)) for i, b in enumerate(bodies)]
+
+
+def _submit_list(ctx, bodies: list[JobIn]) -> list[SubmitOut]:
+    new = _validated(ctx, bodies)
+    plain = iter(ctx.dbs.jobs.submit_jobs([j for j in new if not j.idempotency_key]))
+    out = []
+    for j in new:
+        if j.idempotency_key:
+            job, created = ctx.dbs.jobs.submit(j)
+        else:
+            job, created = next(plain), True
+        out.append(SubmitOut(created=created, job=_out(job)))
+    return out
 
 
 @router.get("", response_model=list[JobOut], summary="The latest jobs, newest first")
