@@ -17,11 +17,25 @@ import re
 
 from enstratus_workers.clock import now_ms
 from enstratus_workers.cloud import servers as s
-from enstratus_workers.cloud.drivers import open_driver, refused_as_action_error
 from enstratus_workers.cloud.guest_logs import collect_logs
 from enstratus_workers.errors import ActionError
 from enstratus_workers.guest.protocol import DEFAULT_AGENT_PORT
 from enstratus_workers.persist import ABSENT, StaleWriteError
+
+
+# Libcloud (with requests under it) is a third of a worker's memory, so it is imported when a
+# cloud action first runs, not when the worker registers the actions: a worker that only runs
+# other actions never loads it.
+def open_driver(context, account):
+    from enstratus_workers.cloud.drivers import open_driver as _open
+
+    return _open(context, account)
+
+
+def refused_as_action_error(provider, account):
+    from enstratus_workers.cloud.drivers import refused_as_action_error as _refused
+
+    return _refused(provider, account)
 
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,62}")
 
