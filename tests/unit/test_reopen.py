@@ -74,22 +74,19 @@ def test_reopen_handler_moves_the_handler_and_the_followed_fds_to_the_new_file(t
 def test_a_reopen_that_fails_keeps_the_old_file_and_says_so(tmp_path, fds, caplog):
     # Given a stream and a followed fd on a renamed log
     path = tmp_path / "publisher@x.log"
-    old = open(path, "a", encoding="utf-8")
-    fds.append(os.open(path, os.O_WRONLY | os.O_APPEND))
-    path.rename(tmp_path / "publisher@x.log.1")
 
     def cannot_open():
         raise PermissionError(13, "Permission denied", str(path))
 
-    # When the new file cannot be opened
-    kept = reopen.reopen_stream(old, cannot_open, fds)
-    # Then the old stream stays in use and open, the fd is untouched, and the error is logged
-    try:
+    with open(path, "a", encoding="utf-8") as old:
+        fds.append(os.open(path, os.O_WRONLY | os.O_APPEND))
+        path.rename(tmp_path / "publisher@x.log.1")
+        # When the new file cannot be opened
+        kept = reopen.reopen_stream(old, cannot_open, fds)
+        # Then the old stream stays in use and open, the fd is untouched, and the error is logged
         assert kept is old and not old.closed
         assert same_file(fds[0], tmp_path / "publisher@x.log.1")
         assert "cannot reopen the log file" in caplog.text
-    finally:
-        old.close()
 
 
 def test_fds_that_were_not_on_the_log_are_left_where_they_are(tmp_path):
@@ -123,7 +120,7 @@ def test_stderr_of_a_process_follows_its_log_through_a_rename(tmp_path):
         dlog.close()
     """)
     with open(path, "ab") as out:
-        r = subprocess.run([sys.executable, "-c", script], stdout=out, stderr=out, timeout=30)
+        r = subprocess.run([sys.executable, "-c", script], check=False, stdout=out, stderr=out, timeout=30)
     assert r.returncode == 0, (tmp_path / "worker@default.1.log.1").read_text()
     # Then what it wrote to its streams after the reopen is in the new file, not the renamed one
     rotated = (tmp_path / "worker@default.1.log.1").read_text()
