@@ -306,14 +306,14 @@ def _daemonize_and_serve(ctx: _Context, settings, ready_fd: int) -> int:
         import daemon as python_daemon  # python-daemon
 
         # stdout and stderr go to the log file so that tracebacks and stray prints are kept
-        # (logging to the journal: they stay on it)
+        # (logging to the journal: both go to stderr, the journal; a caller's stdout pipe is let go)
         log_stream = None if ctx.journal else os.fdopen(
             os.open(ctx.log_file, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o640), "a", encoding="utf-8")
         # stdin explicitly /dev/null: started by another daemon (the watchdog), fd 0 may be closed
         devnull = open(os.devnull, encoding="utf-8")
         context = python_daemon.DaemonContext(
             working_directory=str(ctx.layout.home), umask=0o027, detach_process=True,
-            files_preserve=[ready_fd], stdin=devnull, stdout=log_stream or sys.stdout,
+            files_preserve=[ready_fd], stdin=devnull, stdout=log_stream or sys.stderr,
             stderr=log_stream or sys.stderr,
             signal_map={signal.SIGTSTP: None, signal.SIGTTIN: None, signal.SIGTTOU: None})
         context.open()
