@@ -2,7 +2,8 @@
 
 The runner makes one ``DaemonLog`` in the daemon process. ``reopen`` is called from the runner's
 signal-watcher thread (never from the signal handler itself), under the handler's lock so no
-record is written half to the old file and half to the new one.
+record is written half to the old file and half to the new one; the standard streams that
+were on the log follow it to the new file (see ``reopen``).
 
 Records are one line each whatever they carry: names that reach a log (actions, queues, job
 arguments, error texts) come from users, and a newline in one would forge a line that a reader
@@ -15,15 +16,18 @@ the exception messages in it are escaped the same way.
 from __future__ import annotations
 
 import logging
-import os
 import sys
 import threading
 import traceback
 from pathlib import Path
 
+from enstratus_workers.runtime import reopen
+
 log = logging.getLogger(__name__)
 
 FORMAT = "%(asctime)s %(levelname)s %(name)s [%(process)d] %(message)s"
+# the journal stamps each line with its own time: no second timestamp
+JOURNAL_FORMAT = "%(levelname)s %(name)s [%(process)d] %(message)s"
 
 _NAMED = {"\n": "\\n", "\r": "\\r", "\t": "\\t"}
 
@@ -88,39 +92,38 @@ def _escape_line(part: str) -> str:
 class ReopeningFileHandler(logging.FileHandler):
     """A FileHandler that can be told to reopen its file (after the file was renamed by rotation).
 
-    With ``redirect_stdio`` the new file also replaces file descriptors 1 and 2, which a daemon
-    has pointed at its log so that tracebacks and stray prints land there too.
+    File descriptors 1 and 2 follow the file when they were open on it as the handler opened it
+    (see ``reopen``): a daemon points them at its log so that tracebacks and stray prints land
+    there too. ``redirect_stdio`` makes both follow whatever they were.
     """
 
     def __init__(self, path: Path, redirect_stdio: bool = False):
         super().__init__(path, mode="a", encoding="utf-8", delay=False)
         self.redirect_stdio = redirect_stdio
+        self.follow_fds = reopen.STDIO_FDS if redirect_stdio else reopen.fds_on_file(path)
 
     def reopen(self) -> None:
-        self.acquire()
-        try:
-            if self.stream is not None:
-                self.stream.close()
-            self.stream = self._open()
-            if self.redirect_stdio:
-                for stream in (sys.stdout, sys.stderr):
-                    stream.flush()
-                    os.dup2(self.stream.fileno(), stream.fileno())
-        finally:
-            self.release()
+        reopen.reopen_handler(self, self.follow_fds)
 
 
 class DaemonLog:
-    """The handlers one daemon added to the root logger, so they can be reopened and removed."""
+    """The handlers one daemon added to the root logger, so they can be reopened and removed.
 
-    def __init__(self, path: Path, *, to_stderr: bool, redirect_stdio: bool, level: str = "INFO"):
-        path.parent.mkdir(parents=True, exist_ok=True)
+    With ``path`` None there is no file: records go to stderr only (the journal, under systemd;
+    see ``logtarget``), and a reopen has nothing to do.
+    """
+
+    def __init__(self, path: Path | None, *, to_stderr: bool, redirect_stdio: bool, level: str = "INFO"):
         self.path = path
-        formatter = EscapingFormatter(FORMAT)
-        self.file_handler = ReopeningFileHandler(path, redirect_stdio=redirect_stdio)
-        self.handlers: list[logging.Handler] = [self.file_handler]
-        if to_stderr:
+        self.file_handler: ReopeningFileHandler | None = None
+        self.handlers: list[logging.Handler] = []
+        if path is not None:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            self.file_handler = ReopeningFileHandler(path, redirect_stdio=redirect_stdio)
+            self.handlers.append(self.file_handler)
+        if to_stderr or path is None:
             self.handlers.append(logging.StreamHandler(sys.stderr))
+        formatter = EscapingFormatter(FORMAT if path is not None else JOURNAL_FORMAT)
         root = logging.getLogger()
         root.setLevel(level)
         # pika narrates every connection step at INFO; its warnings and errors are what matter
@@ -131,8 +134,12 @@ class DaemonLog:
         # uncaught exceptions of threads go to the log with their traceback, not just to stderr
         threading.excepthook = _log_thread_exception
 
-    def reopen(self) -> None:
+    def reopen(self) -> str:
+        """Reopen the log file (after rotation); returns what was done, for the log."""
+        if self.file_handler is None:
+            return "logging to stderr only: no log file to reopen"
         self.file_handler.reopen()
+        return f"reopened the log file {self.path}"
 
     def close(self) -> None:
         root = logging.getLogger()

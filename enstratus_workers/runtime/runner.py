@@ -38,7 +38,7 @@ from enstratus_workers.layout import (
     inside,
     short_hostname,
 )
-from enstratus_workers.runtime import procs
+from enstratus_workers.runtime import logtarget, procs
 from enstratus_workers.runtime.logs import DaemonLog
 from enstratus_workers.runtime.pidfile import DEAD, RUNNING, AlreadyRunning, PidFile
 from enstratus_workers.runtime.service import Service
@@ -126,6 +126,7 @@ class _Context:
     args: argparse.Namespace
     build: Build
     loader: SettingsLoader | None
+    journal: bool = False   # log to stderr only, no file (``logtarget``); decided by _start
 
     @property
     def label(self) -> str:
@@ -233,6 +234,7 @@ def _stop(ctx: _Context) -> int:
 def _start(ctx: _Context, *, foreground: bool) -> int:
     try:
         settings = ctx.load_settings(for_start=True)
+        ctx.journal = logtarget.to_journal()
     except ConfigError as exc:
         print(f"{ctx.label}: configuration error: {exc}", file=sys.stderr)
         return errors.EXIT_NOT_CONFIGURED
@@ -304,16 +306,19 @@ def _daemonize_and_serve(ctx: _Context, settings, ready_fd: int) -> int:
         import daemon as python_daemon  # python-daemon
 
         # stdout and stderr go to the log file so that tracebacks and stray prints are kept
-        log_fd = os.open(ctx.log_file, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o640)
-        log_stream = os.fdopen(log_fd, "a", encoding="utf-8")
+        # (logging to the journal: both go to stderr, the journal; a caller's stdout pipe is let go)
+        log_stream = None if ctx.journal else os.fdopen(
+            os.open(ctx.log_file, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o640), "a", encoding="utf-8")
         # stdin explicitly /dev/null: started by another daemon (the watchdog), fd 0 may be closed
         devnull = open(os.devnull, encoding="utf-8")
         context = python_daemon.DaemonContext(
             working_directory=str(ctx.layout.home), umask=0o027, detach_process=True,
-            files_preserve=[ready_fd], stdin=devnull, stdout=log_stream, stderr=log_stream,
+            files_preserve=[ready_fd], stdin=devnull, stdout=log_stream or sys.stderr,
+            stderr=log_stream or sys.stderr,
             signal_map={signal.SIGTSTP: None, signal.SIGTTIN: None, signal.SIGTTOU: None})
         context.open()
-        log_stream.close()  # fds 0, 1 and 2 now hold the files
+        if log_stream is not None:
+            log_stream.close()  # fds 0, 1 and 2 now hold the files
         devnull.close()
     except BaseException as exc:  # noqa: BLE001 - whatever it is, the parent must hear of it
         _Notifier(ready_fd).send("error", f"could not daemonize: {exc!r}")
@@ -343,8 +348,8 @@ def _serve(ctx: _Context, settings, notifier: _Notifier, *, redirect_stdio: bool
     """The daemon proper: log, pid file, signals, build, run, and the way out of each."""
     os.umask(0o027)
     try:
-        dlog = DaemonLog(ctx.log_file, redirect_stdio=redirect_stdio, level=ctx.args.log_level,
-                         to_stderr=not redirect_stdio and sys.stderr.isatty())
+        dlog = DaemonLog(None if ctx.journal else ctx.log_file, redirect_stdio=redirect_stdio,
+                         level=ctx.args.log_level, to_stderr=not redirect_stdio and sys.stderr.isatty())
     except OSError as exc:
         print(f"{ctx.label}: cannot open the log file: {exc}", file=sys.stderr)
         notifier.send("error", f"cannot open the log file: {exc}")
@@ -452,8 +457,7 @@ class _SignalRelay:
                 if signum == 0:
                     return
                 if signum == signal.SIGHUP:
-                    self._dlog.reopen()
-                    log.info("SIGHUP: reopened the log file %s", self._dlog.path)
+                    log.info("SIGHUP: %s", self._dlog.reopen())
                     if self._service is not None:
                         self._service.request_reload()
                 else:

@@ -64,6 +64,7 @@ class Subscriber(Service):
         self._stop = threading.Event()
         self._cold = threading.Event()
         self._reload = threading.Event()
+        self._hup = threading.Event()        # SIGHUP not yet passed on to the workers
         self._next_reconcile = 0.0
         self._last_beat = 0.0
         self.pending: dict[str, deque] = defaultdict(deque)   # worker type -> assignments waiting
@@ -81,6 +82,7 @@ class Subscriber(Service):
 
     def request_reload(self) -> None:
         self._reload.set()
+        self._hup.set()
 
     def request_stop(self, cold: bool = False) -> None:
         if cold:
@@ -131,6 +133,9 @@ class Subscriber(Service):
             except BlockingIOError:
                 pass
         self.pool.adopt_arrivals()
+        if self._hup.is_set():   # also while stopping: workers finishing up write logs too
+            self._hup.clear()
+            self.pool.pass_on_hup()
         self._take_deliveries()
         self._settle(self.pool.read([c for c in ready if c != self._wake_r]))
         self._settle(self.pool.supervise())

@@ -9,6 +9,7 @@ the rest were never started and go back to be dispatched again.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import secrets
@@ -27,6 +28,7 @@ from enstratus_workers.daemons.subscriber import scaling, worker_socket
 from enstratus_workers.jobs.values import Task
 from enstratus_workers.layout import short_hostname
 from enstratus_workers.mq.base import Delivery
+from enstratus_workers.runtime import logtarget
 
 log = logging.getLogger(__name__)
 
@@ -70,6 +72,7 @@ class WorkerHandle:
     disabled: bool = False                         # died too often: not restarted until a reload
     scaled_down: bool = False                      # retired by the autoscaler: not restarted
     idle_since: float | None = None                # monotonic time it last ran out of work
+    hup_pending: bool = False                      # SIGHUP came before it connected: sent then
 
     @property
     def name(self) -> str:
@@ -117,6 +120,8 @@ class WorkerPool:
         self.types = {t.name: t for t in settings.subscriber.types}   # desired state; see set_types
         self._last_scale = 0.0
         self._mean_ms: dict[str, float] = {}     # recent action duration per worker type
+        # the subscriber logs to the journal: its workers write to the same stderr, no file
+        self.log_to_journal = logtarget.to_journal()
 
     # -- start ---------------------------------------------------------------------------------
     def start(self) -> None:
@@ -167,10 +172,12 @@ class WorkerPool:
         cmd = [self.python, "-m", "enstratus_workers.daemons.worker", "run",
                "--home", str(self.layout.home), "--name", handle.name,
                "--type", handle.worker_type, "--subscriber", self.subscriber_name]
-        log_path = self.layout.log_file("worker", handle.name)
-        with open(log_path, "ab") as out:  # stderr too: a crash's last words end up in its log
+        # stderr too: a crash's last words end up in its log (or, inherited, in the journal)
+        log_file = self.layout.log_file("worker", handle.name)
+        with contextlib.nullcontext() if self.log_to_journal else open(log_file, "ab") as out:
             handle.proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=out, stderr=out,
                                            cwd=str(self.layout.home), close_fds=True)
+        handle.hup_pending = False   # it opens its log after any rename that came before
         handle.pid, handle.conn, handle.retiring, handle.kill_reason = handle.proc.pid, None, False, None
         handle.spawned_at, handle.idle_since = time.time(), time.monotonic()
         handle.display = f"{handle.worker_type}@{short_hostname()}.{handle.index}"
@@ -197,6 +204,9 @@ class WorkerPool:
             handle.conn, handle.connected_at = conn, time.time()
             handle.display = hello.get("display") or handle.display
             log.info("worker %s connected (pid %s)", handle.display, hello.get("pid"))
+            if handle.hup_pending:
+                handle.hup_pending = False
+                self._send_hup(handle)
 
     def read(self, ready_conns) -> PoolEvents:
         events = PoolEvents()
@@ -396,6 +406,31 @@ class WorkerPool:
 
     def snapshot(self) -> list[dict]:
         return [h.snapshot() for h in self.handles]
+
+    # -- SIGHUP ---------------------------------------------------------------------------------
+    def pass_on_hup(self) -> None:
+        """Pass a SIGHUP on to every worker process, so each reopens its log file and points its
+        stdout and stderr at the new one. A worker that has not connected yet may not have set its
+        handler up, and SIGHUP's default action is to terminate: it gets its SIGHUP on connecting."""
+        sent = 0
+        for h in self.handles:
+            if h.conn is None:
+                h.hup_pending = h.proc is not None
+            elif self._send_hup(h):
+                sent += 1
+        log.info("passed SIGHUP on to %d worker process(es)", sent)
+
+    def _send_hup(self, h: WorkerHandle) -> bool:
+        try:
+            if h.proc is not None:
+                h.proc.send_signal(signal.SIGHUP)  # our child: its pid is ours until we reap it
+            elif h.pid:
+                os.kill(h.pid, signal.SIGHUP)      # started by hand, and connected right now
+            else:
+                return False
+        except ProcessLookupError:
+            return False
+        return True
 
     # -- stop ----------------------------------------------------------------------------------
     def ask_to_stop(self) -> None:
