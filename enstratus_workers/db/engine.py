@@ -28,14 +28,46 @@ def make_engine(url: str, layout: Layout, *, create_database: bool = True) -> sa
     if parsed.get_backend_name() == "mysql":
         if create_database:
             _ensure_mysql_database(parsed)
-        return sa.create_engine(
+        engine = sa.create_engine(
             parsed,
-            pool_pre_ping=True,       # a MySQL restart leaves dead pooled connections behind
             pool_recycle=3600,        # below wait_timeout
             isolation_level="READ COMMITTED",  # SKIP LOCKED without gap locks on the outbox
             connect_args={"connect_timeout": 10},
         )
+        _ping_when_idle(engine)
+        return engine
     raise ConfigError(f"unsupported database '{parsed.get_backend_name()}' (use sqlite or mysql+pymysql)")
+
+
+IDLE_PING_S = 1.0   # a pooled MySQL connection unused for longer is pinged before it is lent
+
+
+def _ping_when_idle(engine: sa.Engine) -> None:
+    """A MySQL restart leaves dead connections in the pool: ping one before lending it, as
+    ``pool_pre_ping`` does, but only if it sat unused for over ``IDLE_PING_S``.
+
+    ``pool_pre_ping`` pings on every checkout: one more round trip for every transaction of the
+    hot path (a submit, a relay, a delivery check, an outcome batch). A connection given back a
+    moment ago is as alive as a ping would show; if the server went down in that moment the
+    statement fails as a disconnect, SQLAlchemy empties the pool, and the caller's retry (the
+    publisher's and recorder's backoff, a 503 for an API submit) gets fresh connections.
+    """
+    import time
+
+    @sa.event.listens_for(engine, "checkin")
+    def _given_back(_dbapi_conn, record):
+        record.info["idle_since"] = time.monotonic()
+
+    @sa.event.listens_for(engine, "checkout")
+    def _lent(dbapi_conn, record, _proxy):
+        since = record.info.get("idle_since")
+        if since is None or time.monotonic() - since <= IDLE_PING_S:
+            return
+        try:
+            dbapi_conn.ping(reconnect=False)
+        except Exception as exc:  # noqa: BLE001 - any failure means this connection is gone
+            # the pool drops it and lends another (up to three tries), as pool_pre_ping would
+            raise sa.exc.DisconnectionError(f"pooled connection is gone: {exc!r}") from exc
 
 
 def _sqlite_engine(parsed, layout: Layout) -> sa.Engine:
