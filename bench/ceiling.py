@@ -24,9 +24,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-import pika  # noqa: E402
-
-from harness import AMQP_URL, BenchFailed, delete_amqp, figure, latency_text, new_tag  # noqa: E402
+import pika
+from harness import AMQP_URL, BenchFailed, delete_amqp, figure, latency_text, new_tag
 
 BODY = b'{"action":"noop","id":0}'
 PERSISTENT = pika.BasicProperties(delivery_mode=2, content_type="application/json")
@@ -49,9 +48,7 @@ def _count_deliveries(queue: str, n: int, ready, done) -> None:
     ch = conn.channel()
     ch.basic_qos(prefetch_count=500)
     ready.set()
-    got = 0
-    for method, _props, _body in ch.consume(queue, auto_ack=False):
-        got += 1
+    for got, (method, _props, _body) in enumerate(ch.consume(queue, auto_ack=False), start=1):
         if got % 100 == 0 or got == n:
             ch.basic_ack(method.delivery_tag, multiple=True)
         if got == n:

@@ -29,10 +29,10 @@ PLUGIN = REPO / "bench" / "plugin"
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
-from enstratus_workers.config import load_settings  # noqa: E402
-from enstratus_workers.db import NewJob, open_databases  # noqa: E402
-from enstratus_workers.layout import Layout  # noqa: E402
-from tests import servicehome  # noqa: E402
+from enstratus_workers.config import load_settings
+from enstratus_workers.db import NewJob, open_databases
+from enstratus_workers.layout import Layout
+from tests import servicehome
 
 MYSQL = {"host": "127.0.0.1", "port": 3306, "user": "root"}
 AMQP_URL = "amqp://guest:guest@127.0.0.1:5672/%2F"
@@ -61,7 +61,7 @@ def percentile(values, q: float) -> float:
 
 def ratios(value: float, against: dict[str, float | None], who: str = "ours") -> str:
     """``ours/ceiling=0.52x ours/celery=1.30x`` for the references that were measured."""
-    return " ".join(f"{who}/{name}={value / ref:.2f}x" for name, ref in against.items() if ref)
+    return " ".join(f"{who}/{name}={value / ref:.3g}x" for name, ref in against.items() if ref)
 
 
 def figure(label: str, text: str, value: float | None = None, against: dict | None = None,

@@ -30,12 +30,19 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-import ceiling  # noqa: E402
-import peers  # noqa: E402
-from harness import (BenchFailed, figure, latency_text, percentile, ratios, started_service,  # noqa: E402
-                     wait_terminal)
+import ceiling
+import peers
+from harness import (
+    BenchFailed,
+    figure,
+    latency_text,
+    percentile,
+    ratios,
+    started_service,
+    wait_terminal,
+)
 
-from enstratus_workers.jobs.submit import WAIT_POLL_S, submit, wait_for  # noqa: E402
+from enstratus_workers.jobs.submit import WAIT_POLL_S, submit, wait_for
 
 WARM_UP = 5
 ACTION = "bench.stamp"

@@ -68,7 +68,7 @@ class Anchors:
         print(f"building the anchors' venv in {VENV} (first use)", file=sys.stderr, flush=True)
         for cmd in (["python3", "-m", "venv", str(VENV)],
                     [str(VENV / "bin" / "pip"), "install", "-q", "pika", "celery", "dramatiq[rabbitmq]"]):
-            r = subprocess.run(cmd, capture_output=True, text=True)
+            r = subprocess.run(cmd, check=False, capture_output=True, text=True)
             if r.returncode != 0:
                 raise BenchFailed(f"could not build the anchors' venv: {' '.join(cmd)}: {r.stderr[-2000:]}")
 
@@ -81,23 +81,22 @@ class Anchors:
         """A Celery or Dramatiq worker, up and idle, for the body of the ``with``; stopped after."""
         cmd, settle = CELERY if kind == "celery" else DRAMATIQ
         env = {**self.env, "DQ_CONFIRM": "1" if confirm else "0"}
-        log = open(tempfile.gettempdir() + f"/ewbench-{kind}-{os.getpid()}.log", "wb")
-        proc = subprocess.Popen(cmd, cwd=self.dir, env=env, stdout=log, stderr=subprocess.STDOUT,
-                                start_new_session=True)
-        try:
-            time.sleep(settle)
-            if proc.poll() is not None:
-                raise BenchFailed(f"the {kind} worker exited at start ({log.name})")
-            yield proc
-        finally:
-            _stop(proc)
-            log.close()
-            os.unlink(log.name)
+        with tempfile.NamedTemporaryFile(prefix=f"ewbench-{kind}-", suffix=".log") as log:
+            proc = subprocess.Popen(cmd, cwd=self.dir, env=env, stdout=log, stderr=subprocess.STDOUT,
+                                    start_new_session=True)
+            try:
+                time.sleep(settle)
+                if proc.poll() is not None:
+                    log.seek(0)
+                    raise BenchFailed(f"the {kind} worker exited at start: {log.read()[-2000:].decode(errors='replace')}")
+                yield proc
+            finally:
+                _stop(proc)
 
     def run(self, script: str, *args, confirm: bool = True, timeout: float = 300) -> str:
         """Run one anchor script with the venv's Python; its stdout (a failure fails the bench)."""
         env = {**self.env, "DQ_CONFIRM": "1" if confirm else "0"}
-        r = subprocess.run([self.python, script, *map(str, args)], cwd=self.dir, env=env,
+        r = subprocess.run([self.python, script, *map(str, args)], check=False, cwd=self.dir, env=env,
                            capture_output=True, text=True, timeout=timeout)
         if r.returncode != 0:
             raise BenchFailed(f"{script} {' '.join(map(str, args))} failed: {r.stderr[-2000:]}")
