@@ -176,11 +176,15 @@ def started_service(*, embedded: bool = False, km: bool = False, worker_props: d
     database = f"ewbench_{tag}"
     amqp = None if embedded else {"exchange": f"ewbench.{tag}", "queue_prefix": f"ewbench.{tag}."}
     mysql = None if embedded else f"mysql+pymysql://root@127.0.0.1:3306/{database}"
-    home = servicehome.make_home(scratch, amqp=amqp, mysql_url=mysql, worker_props=worker_props)
-    if km:
-        servicehome.add_km(home)
-    layout = Layout(home)
-    settings = load_settings(layout)
+    try:
+        home = servicehome.make_home(scratch, amqp=amqp, mysql_url=mysql, worker_props=worker_props)
+        if km:
+            servicehome.add_km(home)
+        layout = Layout(home)
+        settings = load_settings(layout)
+    except BaseException:
+        shutil.rmtree(scratch, ignore_errors=True)
+        raise
     dbs = None
     try:
         if km:
