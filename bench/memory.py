@@ -120,7 +120,7 @@ def report(when: str, ours: dict, celery: dict | None) -> None:
         figure(f"{name}, {when}", f"rss={rss:.1f}MiB pss={pss:.1f}MiB{tail}")
     total_pss = sum(p for _, p in ours.values())
     tail = f"  ours/celery={total_pss / sum(p for _, p in celery.values()):.3g}x" if celery else ""
-    figure(f"whole service ({len(ours)} processes), {when}", f"pss={total_pss:.1f}MiB{tail}")
+    figure(f"whole service ({len(ours)} processes, KM and admin included), {when}", f"pss={total_pss:.1f}MiB{tail}")
 
 
 def main(argv=None) -> int:

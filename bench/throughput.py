@@ -87,36 +87,38 @@ def bulk(args) -> None:
 
 
 # -- one at a time ----------------------------------------------------------------------------
-def _in_threads(count: int, work) -> None:
-    """Run ``work(k)`` in ``count`` threads; the first exception of any fails the bench."""
+def _calls_in_threads(threads: int, n: int, call) -> list[float]:
+    """N calls of ``call(k)`` shared out over ``threads`` threads (``k`` is the thread's number);
+    each call's duration in ms. The first exception of any thread fails the bench."""
     errors: list[BaseException] = []
+    durations: list[list[float]] = [[] for _ in range(threads)]
 
-    def guarded(k: int) -> None:
+    def client(k: int) -> None:
         try:
-            work(k)
+            for _ in range(k, n, threads):
+                t0 = time.perf_counter()
+                call(k)
+                durations[k].append((time.perf_counter() - t0) * 1000)
         except BaseException as exc:  # noqa: BLE001 - BenchFailed is a SystemExit, which a thread would swallow
             errors.append(exc)
 
-    threads = [threading.Thread(target=guarded, args=(k,)) for k in range(count)]
-    for t in threads:
+    workers = [threading.Thread(target=client, args=(k,)) for k in range(threads)]
+    for t in workers:
         t.start()
-    for t in threads:
+    for t in workers:
         t.join()
     if errors:
         raise BenchFailed(f"a client thread failed: {errors[0]!r}")
+    return [d for per_thread in durations for d in per_thread]
 
 
-def python_one_by_one(service, n: int, threads: int = PYTHON_THREADS) -> float:
-    """N ``submit()`` calls (one transaction each) from ``threads`` threads; seconds end to end."""
+def python_one_by_one(service, n: int, threads: int = PYTHON_THREADS) -> tuple[float, list[float]]:
+    """N ``submit()`` calls (one transaction each) from ``threads`` threads: seconds end to end,
+    and each call's ms."""
     base = service.dbs.jobs.counts()["succeeded"]
-
-    def client(k: int) -> None:
-        for _ in range(k, n, threads):
-            submit(service.settings, service.dbs, "noop", "{}")
-
     t0 = time.perf_counter()
-    _in_threads(threads, client)
-    return wait_succeeded(service.dbs, base + n) - t0
+    calls = _calls_in_threads(threads, n, lambda _k: submit(service.settings, service.dbs, "noop", "{}"))
+    return wait_succeeded(service.dbs, base + n) - t0, calls
 
 
 class AdminClient:
@@ -146,21 +148,18 @@ class AdminClient:
         self.conn.close()
 
 
-def admin_one_by_one(service, n: int, clients: int = ADMIN_CLIENTS) -> float:
-    """N ``POST /jobs`` from ``clients`` concurrent keep-alive connections; seconds end to end."""
+def admin_one_by_one(service, n: int, clients: int = ADMIN_CLIENTS) -> tuple[float, list[float]]:
+    """N ``POST /jobs`` from ``clients`` concurrent keep-alive connections: seconds end to end,
+    and each request's ms."""
     base = service.dbs.jobs.counts()["succeeded"]
     connections = [AdminClient(service) for _ in range(clients)]
-    for c in connections:  # connect (and check the token) outside the clock
-        c.request("GET", "/jobs/stats")
-
-    def client(k: int) -> None:
-        for _ in range(k, n, clients):
-            connections[k].request("POST", "/jobs", {"action": "noop", "arguments": {}}, expect=201)
-
     try:
+        for c in connections:  # connect (and check the token) outside the clock
+            c.request("GET", "/jobs/stats")
+        body = {"action": "noop", "arguments": {}}
         t0 = time.perf_counter()
-        _in_threads(clients, client)
-        return wait_succeeded(service.dbs, base + n) - t0
+        calls = _calls_in_threads(clients, n, lambda k: connections[k].request("POST", "/jobs", body, expect=201))
+        return wait_succeeded(service.dbs, base + n) - t0, calls
     finally:
         for c in connections:
             c.close()
@@ -184,8 +183,8 @@ def admin_request_latency(service, n: int = ADMIN_GETS) -> tuple[float, list[flo
 
 def single(args) -> None:
     with started_service() as service:
-        py_s = python_one_by_one(service, args.python_jobs)
-        admin_s = admin_one_by_one(service, args.admin_jobs)
+        py_s, py_calls = python_one_by_one(service, args.python_jobs)
+        admin_s, admin_calls = admin_one_by_one(service, args.admin_jobs)
         first_ms, gets_ms = admin_request_latency(service)
     ceil = ceiling.throughput(args.admin_jobs)["rate"]
     ref = {"ceiling": ceil}
@@ -202,8 +201,10 @@ def single(args) -> None:
     py_rate, admin_rate = args.python_jobs / py_s, args.admin_jobs / admin_s
     figure(f"one submit() per job, {PYTHON_THREADS} threads",
            f"rate={py_rate:.0f}/s n={args.python_jobs} end_to_end_s={py_s:.2f}", py_rate, ref)
+    figure(f"  each submit() call, {PYTHON_THREADS} threads", latency_text(py_calls))
     figure(f"one POST /jobs per job, {ADMIN_CLIENTS} keep-alive clients",
            f"rate={admin_rate:.0f}/s n={args.admin_jobs} end_to_end_s={admin_s:.2f}", admin_rate, ref)
+    figure(f"  each POST /jobs, {ADMIN_CLIENTS} clients", latency_text(admin_calls))
     figure("admin GET /jobs/{id}, first on a new connection", f"{first_ms:.2f}ms")
     figure("admin GET /jobs/{id}, reused keep-alive connection",
            latency_text(gets_ms))
