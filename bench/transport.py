@@ -23,6 +23,10 @@ import tempfile
 import time
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from harness import delete_amqp, new_tag
+
 from enstratus_workers.config.settings import MQSettings
 from enstratus_workers.errors import ConnectionClosed
 from enstratus_workers.layout import Layout
@@ -111,7 +115,21 @@ def main(argv=None) -> int:
     ap.add_argument("--json", action="store_true", help="print the medians as one JSON object")
     args = ap.parse_args(argv)
 
-    amqp = MQSettings(transport="amqp", exchange="ewbench", queue_prefix="ewbench.")
+    tag = new_tag()   # this run's own exchange and queues, deleted at the end
+    amqp = MQSettings(transport="amqp", exchange=f"ewbench.{tag}", queue_prefix=f"ewbench.{tag}.")
+    try:
+        rounds = run_rounds(args, amqp)
+    finally:
+        try:
+            delete_amqp([amqp.exchange, amqp.exchange + ".dead"],
+                        [amqp.queue_prefix + QUEUE, amqp.queue_prefix + QUEUE + ".dead"])
+        except Exception as exc:  # noqa: BLE001 - the broker may be the reason the run failed
+            print(f"could not delete the run's queues: {exc}", file=sys.stderr)
+    report(args, rounds)
+    return 0
+
+
+def run_rounds(args, amqp: MQSettings) -> dict[str, list[float]]:
     rounds: dict[str, list[float]] = {"ceiling": [], "amqp": [], "embedded": []}
     with tempfile.TemporaryDirectory(prefix="ewbench-") as home:
         embedded = MQSettings(transport="embedded", embedded_path=Path(home) / "queue.sqlite")
@@ -131,7 +149,10 @@ def main(argv=None) -> int:
             rounds["embedded"].append(res["rate"])
             print(f"round {r + 1}: embedded {res['rate']:8.0f}/s publish_confirmed_s={res['publish_s']:.3f} "
                   f"end_to_end_s={res['end_to_end_s']:.3f} duplicates={res['duplicates']}")
+    return rounds
 
+
+def report(args, rounds: dict[str, list[float]]) -> None:
     med = {k: statistics.median(v) for k, v in rounds.items() if v}
     c = med.get("ceiling")
     print(f"\nmedian of {args.repeat}, n={args.n}, publish batch={args.batch}:")
@@ -142,7 +163,6 @@ def main(argv=None) -> int:
         print(json.dumps({**{f"{k}_rate": round(v) for k, v in med.items()},
                           **({f"{k}_ratio": round(med[k] / c, 3) for k in ("amqp", "embedded") if k in med}
                              if c else {})}))
-    return 0
 
 
 if __name__ == "__main__":
