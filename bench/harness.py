@@ -103,14 +103,20 @@ class Service:
     def run_dir(self) -> Path:
         return self.home / "services" / "worker" / "run"
 
+    def _admin_files(self):
+        """The suite's reader of the admin daemon's URL and token files (``hostile_helpers.Svc``)."""
+        from tests.e2e.hostile_helpers import Svc
+
+        return Svc("rabbitmq+mariadb", self.home, {})
+
     def admin_url(self, timeout: float = 30.0) -> str:
-        found = servicehome.wait_until(lambda: list(self.run_dir.glob("admin@*.url")), timeout, 0.1)
-        if not found:
-            raise BenchFailed(f"the admin daemon wrote no URL file in {timeout:g}s")
-        return found[0].read_text().strip().rstrip("/")
+        try:
+            return self._admin_files().admin_url(timeout)
+        except AssertionError as exc:   # hostile_helpers.Broken
+            raise BenchFailed(str(exc)) from None
 
     def admin_token(self) -> str:
-        return (self.run_dir / "admin.token").read_text().strip()
+        return self._admin_files().token()
 
     def worker_pid_files(self) -> list[Path]:
         return sorted(self.run_dir.glob("worker@*.pid"))
