@@ -30,7 +30,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from enstratus_workers.daemons.pinger.guest_beats import Target, beat_all  # noqa: E402
+from enstratus_workers.daemons.pinger.guest_beats import Target, beat_all
 
 HOST = "127.0.0.1"
 

@@ -1,133 +1,230 @@
 """Throughput of the running service on RabbitMQ + MariaDB, beside the raw-pika ceiling of the same run.
 
-N ``noop`` jobs are submitted (in batches of 500 through the bulk submit API, as an API server
-would) to a service started with the init script in a scratch install root; the clock runs from
-the first submit to the last recorded outcome. Then ``../shared/bench/ceiling.py`` measures raw
-pika on the same broker, and with ``--peers`` ``anchors.sh`` measures Celery and Dramatiq too.
+Bulk (the default): N ``noop`` jobs are submitted in batches of 500 through the bulk submit API
+(as an API server would) to a service started with the init script in a scratch install root;
+the clock runs from the first submit to the last recorded outcome. ``ceiling.py`` then measures
+raw pika on the same broker (N messages), and with ``--peers`` Celery and Dramatiq are measured
+too (``../shared/bench``: ``drive.py`` into an idle worker, as ``anchors.sh`` runs it).
 
-usage: .venv/bin/python bench/throughput.py [N] [--peers] [--embedded]
+``--single``: the one-at-a-time path, each job its own call and its own transaction:
+
+- ``--python-jobs`` (2,000) jobs through the Python ``submit()`` API from 4 threads;
+- ``--admin-jobs`` (3,000) jobs through the admin API, one ``POST /jobs`` each, from 8 concurrent
+  clients, each on its own keep-alive connection;
+
+each end to end (first submit to last recorded outcome); then the latency of one admin API
+request (``GET /jobs/{id}``) on a reused keep-alive connection: the first (with the connect)
+and p50/p99 over 200. Beside the ceiling (``--admin-jobs`` messages) and, with ``--peers``,
+Celery's one-by-one ``.delay()`` rate (``drive.py``) for as many tasks.
+
+usage: .venv/bin/python bench/throughput.py [N] [--peers] [--anchors DIR] [--embedded]
+       .venv/bin/python bench/throughput.py --single [--python-jobs 2000] [--admin-jobs 3000] [--peers]
 """
 
 from __future__ import annotations
 
 import argparse
-import re
-import shutil
-import subprocess
+import http.client
+import json
 import sys
-import tempfile
+import threading
 import time
-import uuid
 from pathlib import Path
+from urllib.parse import urlsplit
 
-REPO = Path(__file__).resolve().parent.parent
-SHARED_BENCH = REPO.parent / "shared" / "bench"
-sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from enstratus_workers.config import load_settings  # noqa: E402
-from enstratus_workers.db import NewJob, open_databases  # noqa: E402
-from enstratus_workers.layout import Layout  # noqa: E402
-from tests import servicehome  # noqa: E402
+import ceiling
+import peers
+from harness import (
+    BenchFailed,
+    figure,
+    latency_text,
+    started_service,
+    wait_succeeded,
+)
+
+from enstratus_workers.db import NewJob
+from enstratus_workers.jobs.submit import submit
+
+BULK_BATCH = 500
+PYTHON_THREADS = 4
+ADMIN_CLIENTS = 8
+ADMIN_GETS = 200
 
 
-def init(home: Path, verb: str) -> None:
-    result = servicehome.init(home, verb, timeout=120)
-    if verb == "start" and result.returncode != 0:
-        raise SystemExit(f"service did not start: {result.stdout}{result.stderr}")
-
-
-def run_service(n: int, embedded: bool) -> float:
-    tag = uuid.uuid4().hex[:8]
-    scratch = Path(tempfile.mkdtemp(prefix="ew-bench-"))
-    amqp = None if embedded else {"exchange": f"ewbench.{tag}", "queue_prefix": f"ewbench.{tag}."}
-    mysql = None if embedded else f"mysql+pymysql://root@127.0.0.1:3306/ewbench_{tag}"
-    home = servicehome.make_home(scratch, amqp=amqp, mysql_url=mysql)
-    layout = Layout(home)
-    settings = load_settings(layout)
-    dbs = open_databases(settings.worker, layout)
-    init(home, "start")
-    try:
-        time.sleep(3)  # let the worker processes connect
-        warm = [NewJob("noop", "{}", "default", 1)] * 50
-        dbs.jobs.submit_many(warm)
-        _wait_succeeded(dbs, 50)
+# -- bulk -------------------------------------------------------------------------------------
+def run_bulk(n: int, embedded: bool) -> float:
+    with started_service(embedded=embedded) as service:
+        base = service.dbs.jobs.counts()["succeeded"]
+        queue = service.settings.worker.default_queue
         t0 = time.perf_counter()
-        for i in range(0, n, 500):
-            dbs.jobs.submit_many([NewJob("noop", "{}", "default", 1)] * min(500, n - i))
-        _wait_succeeded(dbs, 50 + n)
-        elapsed = time.perf_counter() - t0
-    finally:
-        init(home, "stop")
-        dbs.close()
-        if not embedded:
-            import pymysql
-            conn = pymysql.connect(host="127.0.0.1", user="root", autocommit=True)
-            conn.cursor().execute(f"DROP DATABASE IF EXISTS ewbench_{tag}")
-            conn.close()
-            _delete_queues(f"ewbench.{tag}")
-        shutil.rmtree(scratch, ignore_errors=True)
-    return elapsed
+        for i in range(0, n, BULK_BATCH):
+            service.dbs.jobs.submit_many([NewJob("noop", "{}", queue, 1)] * min(BULK_BATCH, n - i))
+        return wait_succeeded(service.dbs, base + n) - t0
 
 
-def _wait_succeeded(dbs, n: int, timeout: float = 600) -> None:
-    deadline = time.monotonic() + timeout
-    while True:
-        counts = dbs.jobs.counts()
-        if counts["succeeded"] >= n:
-            return
-        if counts["failed"] or counts["dead"]:
-            raise SystemExit(f"jobs failed during the benchmark: {counts}")
-        if time.monotonic() > deadline:
-            raise SystemExit(f"timed out: {counts}")
-        time.sleep(0.01)
-
-
-def _delete_queues(prefix: str) -> None:
-    import pika
-    conn = pika.BlockingConnection(pika.ConnectionParameters("127.0.0.1"))
-    ch = conn.channel()
-    for q in ("default", "default.dead"):
-        ch.queue_delete(f"{prefix}.{q}")
-    for ex in (prefix, prefix + ".dead"):
-        ch.exchange_delete(ex)
-    conn.close()
-
-
-def ceiling(n: int) -> float:
-    out = subprocess.run([sys.executable, str(SHARED_BENCH / "ceiling.py"), str(n)], capture_output=True,
-                         text=True, check=True).stdout
-    return float(re.search(r"rate=(\d+)/s", out).group(1))
-
-
-def peers(n: int) -> dict[str, float]:
-    out = subprocess.run(["bash", str(SHARED_BENCH / "anchors.sh"), str(n)], capture_output=True, text=True).stdout
-    rates = {}
-    for line in out.splitlines():
-        m = re.search(r"^(\w+).*rate=(\d+)/s(.*)$", line)
-        if m:
-            rates[m.group(1) + m.group(3).replace(" ", "_")] = float(m.group(2))
-    return rates
-
-
-def main() -> None:
-    p = argparse.ArgumentParser()
-    p.add_argument("n", type=int, nargs="?", default=10000)
-    p.add_argument("--peers", action="store_true", help="also run anchors.sh (Celery, Dramatiq)")
-    p.add_argument("--embedded", action="store_true", help="also measure the embedded default")
-    args = p.parse_args()
-    elapsed = run_service(args.n, embedded=False)
+def bulk(args) -> None:
+    elapsed = run_bulk(args.n, embedded=False)
     ours = args.n / elapsed
-    ceil = ceiling(args.n)
+    ceil = ceiling.throughput(args.n)["rate"]
     print(f"enstratus-workers (amqp+mariadb) n={args.n} end_to_end_s={elapsed:.2f} rate={ours:.0f}/s")
     print(f"ceiling (raw pika, same run)        rate={ceil:.0f}/s")
     print(f"ratio to ceiling: {ours / ceil:.1%}")
     if args.embedded:
-        e = run_service(args.n, embedded=True)
+        e = run_bulk(args.n, embedded=True)
         print(f"enstratus-workers (embedded sqlite) n={args.n} rate={args.n / e:.0f}/s ({args.n / e / ceil:.1%} of ceiling)")
     if args.peers:
-        for name, rate in peers(args.n).items():
+        if not peers.available(args.anchors):
+            print(peers.absent_line(args.anchors))
+            return
+        with peers.Anchors(args.anchors) as anchors:
+            rates = {"celery": anchors.rate("celery", args.n)}
+            for confirm in (True, False):
+                rates[f"dramatiq_confirm_delivery={int(confirm)}"] = anchors.rate("dramatiq", args.n, confirm=confirm)
+        for name, rate in rates.items():
             print(f"peer {name:<32} rate={rate:.0f}/s  ours/peer={ours / rate:.2f}x  peer/ceiling={rate / ceil:.1%}")
 
 
+# -- one at a time ----------------------------------------------------------------------------
+def _calls_in_threads(threads: int, n: int, call) -> list[float]:
+    """N calls of ``call(k)`` shared out over ``threads`` threads (``k`` is the thread's number);
+    each call's duration in ms. The first exception of any thread fails the bench."""
+    errors: list[BaseException] = []
+    durations: list[list[float]] = [[] for _ in range(threads)]
+
+    def client(k: int) -> None:
+        try:
+            for _ in range(k, n, threads):
+                t0 = time.perf_counter()
+                call(k)
+                durations[k].append((time.perf_counter() - t0) * 1000)
+        except BaseException as exc:  # noqa: BLE001 - BenchFailed is a SystemExit, which a thread would swallow
+            errors.append(exc)
+
+    workers = [threading.Thread(target=client, args=(k,)) for k in range(threads)]
+    for t in workers:
+        t.start()
+    for t in workers:
+        t.join()
+    if errors:
+        raise BenchFailed(f"a client thread failed: {errors[0]!r}")
+    return [d for per_thread in durations for d in per_thread]
+
+
+def python_one_by_one(service, n: int, threads: int = PYTHON_THREADS) -> tuple[float, list[float]]:
+    """N ``submit()`` calls (one transaction each) from ``threads`` threads: seconds end to end,
+    and each call's ms."""
+    base = service.dbs.jobs.counts()["succeeded"]
+    t0 = time.perf_counter()
+    calls = _calls_in_threads(threads, n, lambda _k: submit(service.settings, service.dbs, "noop", "{}"))
+    return wait_succeeded(service.dbs, base + n) - t0, calls
+
+
+class AdminClient:
+    """One keep-alive connection to the admin API, with the daemon's own token."""
+
+    def __init__(self, service):
+        url = urlsplit(service.admin_url())
+        self.conn = http.client.HTTPConnection(url.hostname, url.port, timeout=30)
+        self.headers = {"Authorization": f"Bearer {service.admin_token()}", "Accept": "application/json"}
+
+    def request(self, method: str, path: str, body: dict | None = None, expect: int = 200) -> dict:
+        headers = dict(self.headers)
+        data = None
+        if body is not None:
+            data = json.dumps(body).encode()
+            headers["Content-Type"] = "application/json"
+        self.conn.request(method, path, body=data, headers=headers)
+        resp = self.conn.getresponse()
+        payload = resp.read()   # read to the end: the connection is reused
+        if resp.status != expect:
+            raise BenchFailed(f"{method} {path} answered {resp.status}: {payload[:300]!r}")
+        if resp.getheader("connection", "").lower() == "close":
+            raise BenchFailed(f"{method} {path}: the admin daemon closed the keep-alive connection")
+        return json.loads(payload)
+
+    def close(self) -> None:
+        self.conn.close()
+
+
+def admin_one_by_one(service, n: int, clients: int = ADMIN_CLIENTS) -> tuple[float, list[float]]:
+    """N ``POST /jobs`` from ``clients`` concurrent keep-alive connections: seconds end to end,
+    and each request's ms."""
+    base = service.dbs.jobs.counts()["succeeded"]
+    connections = [AdminClient(service) for _ in range(clients)]
+    try:
+        for c in connections:  # connect (and check the token) outside the clock
+            c.request("GET", "/jobs/stats")
+        body = {"action": "noop", "arguments": {}}
+        t0 = time.perf_counter()
+        calls = _calls_in_threads(clients, n, lambda k: connections[k].request("POST", "/jobs", body, expect=201))
+        return wait_succeeded(service.dbs, base + n) - t0, calls
+    finally:
+        for c in connections:
+            c.close()
+
+
+def admin_request_latency(service, n: int = ADMIN_GETS) -> tuple[float, list[float]]:
+    """``GET /jobs/{id}`` on one keep-alive connection: the first request (connect included)
+    and the next ``n``, in ms."""
+    job_id = service.dbs.jobs.list(limit=1)[0].job_id
+    client = AdminClient(service)
+    try:
+        samples = []
+        for _ in range(n + 1):
+            t0 = time.perf_counter()
+            client.request("GET", f"/jobs/{job_id}")
+            samples.append((time.perf_counter() - t0) * 1000)
+    finally:
+        client.close()
+    return samples[0], samples[1:]
+
+
+def single(args) -> None:
+    with started_service() as service:
+        py_s, py_calls = python_one_by_one(service, args.python_jobs)
+        admin_s, admin_calls = admin_one_by_one(service, args.admin_jobs)
+        first_ms, gets_ms = admin_request_latency(service)
+    ceil = ceiling.throughput(args.admin_jobs)["rate"]
+    ref = {"ceiling": ceil}
+    celery = None
+    if args.peers and peers.available(args.anchors):
+        with peers.Anchors(args.anchors) as anchors:
+            celery = ref["celery"] = anchors.rate("celery", args.admin_jobs)
+    figure("ceiling (raw pika, same run)", f"rate={ceil:.0f}/s n={args.admin_jobs}")
+    if celery:
+        figure("peer celery: one .delay() per task", f"rate={celery:.0f}/s n={args.admin_jobs}",
+               celery, {"ceiling": ceil}, who="celery")
+    elif args.peers:
+        print(peers.absent_line(args.anchors))
+    py_rate, admin_rate = args.python_jobs / py_s, args.admin_jobs / admin_s
+    figure(f"one submit() per job, {PYTHON_THREADS} threads",
+           f"rate={py_rate:.0f}/s n={args.python_jobs} end_to_end_s={py_s:.2f}", py_rate, ref)
+    figure(f"  each submit() call, {PYTHON_THREADS} threads", latency_text(py_calls))
+    figure(f"one POST /jobs per job, {ADMIN_CLIENTS} keep-alive clients",
+           f"rate={admin_rate:.0f}/s n={args.admin_jobs} end_to_end_s={admin_s:.2f}", admin_rate, ref)
+    figure(f"  each POST /jobs, {ADMIN_CLIENTS} clients", latency_text(admin_calls))
+    figure("admin GET /jobs/{id}, first on a new connection", f"{first_ms:.2f}ms")
+    figure("admin GET /jobs/{id}, reused keep-alive connection",
+           latency_text(gets_ms))
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("n", type=int, nargs="?", default=10000, help="bulk: jobs (batches of 500)")
+    ap.add_argument("--single", action="store_true", help="the one-at-a-time path instead of bulk")
+    ap.add_argument("--python-jobs", type=int, default=2000, help="--single: jobs through submit()")
+    ap.add_argument("--admin-jobs", type=int, default=3000, help="--single: jobs through POST /jobs")
+    ap.add_argument("--peers", action="store_true", help="also Celery (and Dramatiq in bulk), from the anchors")
+    ap.add_argument("--anchors", type=Path, default=peers.DEFAULT_ANCHORS, help="the shared anchors' directory")
+    ap.add_argument("--embedded", action="store_true", help="bulk: also measure the embedded default")
+    args = ap.parse_args(argv)
+    if not all(1 <= v <= 1_000_000 for v in (args.n, args.python_jobs, args.admin_jobs)):
+        ap.error("N, --python-jobs and --admin-jobs must be 1..1000000")
+    single(args) if args.single else bulk(args)
+    return 0
+
+
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

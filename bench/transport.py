@@ -3,7 +3,7 @@
 One process publishes N small persistent messages through ``Transport.publish`` in batches (each
 call returns once its batch is confirmed); a second process takes them with ``Consumer.poll`` and
 acks every polled batch. The clock runs from the first publish to the last ack, as in
-``/work/shared/bench/ceiling.py`` (raw pika: pipelined confirms, manual multiple acks), which is
+``bench/ceiling.py`` (raw pika: pipelined confirms, manual multiple acks), which is
 run as a subprocess with this interpreter so the ratio compares like with like on this machine.
 
 usage: .venv/bin/python bench/transport.py [N] [--batch 500] [--repeat 3] [--ceiling PATH]
@@ -23,13 +23,17 @@ import tempfile
 import time
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from harness import delete_amqp, new_tag
+
 from enstratus_workers.config.settings import MQSettings
 from enstratus_workers.errors import ConnectionClosed
 from enstratus_workers.layout import Layout
 from enstratus_workers.mq import OutgoingMessage, open_transport
 
 QUEUE = "transport"
-DEFAULT_CEILING = Path("/work/shared/bench/ceiling.py")
+DEFAULT_CEILING = Path(__file__).resolve().parent / "ceiling.py"
 
 
 def consume(mq: MQSettings, home: str, n: int, prefetch: int, ready, out) -> None:
@@ -93,7 +97,8 @@ def run_transport(mq: MQSettings, home: str, n: int, batch: int) -> dict:
 def run_ceiling(path: Path, n: int) -> float | None:
     if not path.exists():
         return None
-    res = subprocess.run([sys.executable, str(path), str(n)], capture_output=True, text=True, timeout=600)
+    res = subprocess.run([sys.executable, str(path), str(n)], check=False, capture_output=True, text=True,
+                         timeout=600)
     m = re.search(r"rate=(\d+)/s", res.stdout)
     if not m:
         print(f"ceiling failed: {res.stdout}{res.stderr}", file=sys.stderr)
@@ -110,7 +115,21 @@ def main(argv=None) -> int:
     ap.add_argument("--json", action="store_true", help="print the medians as one JSON object")
     args = ap.parse_args(argv)
 
-    amqp = MQSettings(transport="amqp", exchange="ewbench", queue_prefix="ewbench.")
+    tag = new_tag()   # this run's own exchange and queues, deleted at the end
+    amqp = MQSettings(transport="amqp", exchange=f"ewbench.{tag}", queue_prefix=f"ewbench.{tag}.")
+    try:
+        rounds = run_rounds(args, amqp)
+    finally:
+        try:
+            delete_amqp([amqp.exchange, amqp.exchange + ".dead"],
+                        [amqp.queue_prefix + QUEUE, amqp.queue_prefix + QUEUE + ".dead"])
+        except Exception as exc:  # noqa: BLE001 - the broker may be the reason the run failed
+            print(f"could not delete the run's queues: {exc}", file=sys.stderr)
+    report(args, rounds)
+    return 0
+
+
+def run_rounds(args, amqp: MQSettings) -> dict[str, list[float]]:
     rounds: dict[str, list[float]] = {"ceiling": [], "amqp": [], "embedded": []}
     with tempfile.TemporaryDirectory(prefix="ewbench-") as home:
         embedded = MQSettings(transport="embedded", embedded_path=Path(home) / "queue.sqlite")
@@ -130,7 +149,10 @@ def main(argv=None) -> int:
             rounds["embedded"].append(res["rate"])
             print(f"round {r + 1}: embedded {res['rate']:8.0f}/s publish_confirmed_s={res['publish_s']:.3f} "
                   f"end_to_end_s={res['end_to_end_s']:.3f} duplicates={res['duplicates']}")
+    return rounds
 
+
+def report(args, rounds: dict[str, list[float]]) -> None:
     med = {k: statistics.median(v) for k, v in rounds.items() if v}
     c = med.get("ceiling")
     print(f"\nmedian of {args.repeat}, n={args.n}, publish batch={args.batch}:")
@@ -141,7 +163,6 @@ def main(argv=None) -> int:
         print(json.dumps({**{f"{k}_rate": round(v) for k, v in med.items()},
                           **({f"{k}_ratio": round(med[k] / c, 3) for k in ("amqp", "embedded") if k in med}
                              if c else {})}))
-    return 0
 
 
 if __name__ == "__main__":

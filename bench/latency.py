@@ -1,0 +1,129 @@
+"""Idle latency of the running service on RabbitMQ + MariaDB: what one user submitting one job feels.
+
+The service is started with its init script in a scratch install root (as ``throughput.py``
+does). Then one job at a time — submit it, wait for its outcome, submit the next — N jobs
+(plus 5 warm-ups) of ``bench.stamp`` (``bench/plugin``: returns ``time.time()`` at its start),
+through the Python ``submit()`` API, each in its own transaction. Per job:
+
+- **submit -> action start, client clock**: from just before the ``submit()`` call to the action's
+  own ``time.time()`` (microseconds; same machine, same clock);
+- **submit -> action start, row**: ``start_timestamp - created_timestamp`` of the job row (whole ms,
+  stamped by the service itself);
+- **submit -> outcome visible**: until a reader polling the row every 1 ms sees it succeeded;
+- **submit -> wait_for()**: the same through the project's own wait (``jobs.submit.wait_for``, what
+  ``submit --wait`` and the Launch page use; it polls every ``WAIT_POLL_S``), back to back only.
+
+Back to back (gap 0) and with 0.5 s between jobs (an idle service between them: caches cool,
+the publisher sleeps in its poll), N each, unless ``--gap`` chooses. Beside it in the same run:
+the raw-pika latency ceiling (``ceiling.py``: one persistent confirmed message at a time) and,
+with ``--peers``, Celery's and Dramatiq's idle enqueue -> start (``../shared/bench/latency.py``).
+
+usage: .venv/bin/python bench/latency.py [-n 200] [--gap SECONDS ...] [--peers] [--anchors DIR]
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import ceiling
+import peers
+from harness import (
+    BenchFailed,
+    figure,
+    latency_text,
+    percentile,
+    ratios,
+    started_service,
+    wait_terminal,
+)
+
+from enstratus_workers.jobs.submit import WAIT_POLL_S, submit, wait_for
+
+WARM_UP = 5
+ACTION = "bench.stamp"
+
+
+def one_job(service, *, use_wait_for: bool = False) -> dict[str, float]:
+    """Submit one job, wait for its outcome; its latencies in ms."""
+    t0 = time.time()
+    job, _created = submit(service.settings, service.dbs, ACTION, "{}")
+    if use_wait_for:
+        done = wait_for(service.dbs, job.job_id, timeout=60)
+        seen = time.time()
+        if done is None or done.status != "succeeded":
+            raise BenchFailed(f"job {job.job_id} ended {done and done.status}: {done and done.error}")
+    else:
+        done, seen = wait_terminal(service.dbs, job.job_id)
+    started = done.as_dict()["result"]["started"]
+    return {"start_client": (started - t0) * 1000,
+            "start_row": float(done.start_timestamp - done.created_timestamp),
+            "visible": (seen - t0) * 1000}
+
+
+def series(service, n: int, gap: float, *, use_wait_for: bool = False) -> dict[str, list[float]]:
+    samples: dict[str, list[float]] = {}
+    for i in range(n + WARM_UP):
+        one = one_job(service, use_wait_for=use_wait_for)
+        if i >= WARM_UP:
+            for k, v in one.items():
+                samples.setdefault(k, []).append(v)
+        if gap:
+            time.sleep(gap)
+    return samples
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("-n", type=int, default=200, help="jobs per series (after 5 warm-ups)")
+    ap.add_argument("--gap", type=float, action="append", metavar="SECONDS",
+                    help="pause between jobs; repeatable (default: 0 and 0.5)")
+    ap.add_argument("--peers", action="store_true", help="also Celery and Dramatiq (needs the anchors)")
+    ap.add_argument("--anchors", type=Path, default=peers.DEFAULT_ANCHORS, help="the shared anchors' directory")
+    args = ap.parse_args(argv)
+    gaps = args.gap if args.gap is not None else [0.0, 0.5]
+    if not 1 <= args.n <= 100_000 or any(not 0 <= g <= 60 for g in gaps):
+        ap.error("-n 1..100000, --gap 0..60")
+
+    with started_service() as service:
+        results = {gap: series(service, args.n, gap) for gap in gaps}
+        waited = series(service, args.n, 0.0, use_wait_for=True)["visible"]
+    ceiling_ms = ceiling.latency(args.n)
+    ref = {"ceiling": percentile(ceiling_ms, 50)}
+    ref99 = {"ceiling": percentile(ceiling_ms, 99)}
+    peer_lines = []
+    if args.peers and peers.available(args.anchors):
+        with peers.Anchors(args.anchors) as anchors:
+            for kind in ("celery", "dramatiq"):
+                p50, p99 = anchors.latency(kind, args.n)
+                peer_lines.append((kind, p50, p99))
+                ref[kind], ref99[kind] = p50, p99
+
+    figure("ceiling: raw pika publish->receive", latency_text(ceiling_ms))
+    for kind, p50, p99 in peer_lines:
+        figure(f"peer {kind}: enqueue->task start", f"p50={p50:.2f}ms p99={p99:.2f}ms n={args.n}",
+               p50, {"ceiling": ref["ceiling"]}, who=kind)
+    if args.peers and not peers.available(args.anchors):
+        print(peers.absent_line(args.anchors))
+    for gap, s in results.items():
+        where = f"gap {gap:g}s" if gap else "back to back"
+        for key, label in (("start_client", "submit->action start (client clock)"),
+                           ("start_row", "submit->action start (row, whole ms)"),
+                           ("visible", "submit->outcome visible (1 ms poll)")):
+            _ours(f"{label}, {where}", s[key], ref, ref99)
+    _ours(f"submit->wait_for() returns ({WAIT_POLL_S * 1000:g} ms poll), back to back", waited, ref, ref99)
+    return 0
+
+
+def _ours(label: str, samples: list[float], ref: dict, ref99: dict) -> None:
+    """p50 ratios against the references' p50, p99 against their p99."""
+    p50, p99 = percentile(samples, 50), percentile(samples, 99)
+    figure(label, f"{latency_text(samples)}  p50 {ratios(p50, ref)}  p99 {ratios(p99, ref99)}")
+
+
+if __name__ == "__main__":
+    sys.exit(main())
