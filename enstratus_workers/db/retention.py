@@ -136,9 +136,10 @@ class Pruner:
             table, status, cutoff = p.todo[0]
             found, more = (self._jobs_batch(p, status, cutoff) if table == "enstratus_job"
                            else self._events_batch(p, table, cutoff))
-            key = status or table
-            p.deleted[key] = p.deleted.get(key, 0) + found
-            self.deleted[key] = self.deleted.get(key, 0) + found
+            if found:
+                key = status or table
+                p.deleted[key] = p.deleted.get(key, 0) + found
+                self.deleted[key] = self.deleted.get(key, 0) + found
             if not more:
                 p.todo.pop(0)
                 p.after = 0
