@@ -39,11 +39,12 @@ def _args():
 def main() -> int:
     args = _args()
     sys.path.insert(0, str(args.code.resolve()))
+    from prometheus_client import generate_latest
+
     from enstratus_workers.config import settings as cs
     from enstratus_workers.db import Event, NewJob, Outcome, open_databases
     from enstratus_workers.layout import Layout
     from enstratus_workers.metrics import make_registry
-    from prometheus_client import generate_latest
 
     args.dir.mkdir(parents=True, exist_ok=True)
     prov, anal = args.dir / "prov.db", args.dir / "anal.db"
