@@ -3,9 +3,11 @@
 The figures live in shared engines, not in one process: the analytics DB holds every attempt,
 the heartbeat rows hold every subscriber's pool and every publisher's count, the broker holds
 the queues. So the collector keeps no counters of its own; any process that can read those
-engines (the admin daemon, a sidecar) serves the same numbers for a fleet of any size. Every
-scrape costs a few grouped queries: one per table, whatever the number of rows' actions or
-buckets (the histogram is one ``SUM(CASE ...)`` per bucket in a single ``GROUP BY``).
+engines (the admin daemon, a sidecar) serves the same numbers for a fleet of any size. A scrape
+costs the same at any history size: attempts and durations come from the totals the recorder
+keeps per (action, outcome) (``enstratus_action_total``, a row each), jobs by status from the
+job totals plus the unfinished rows (``JobStore.counts``); no query groups the events, and
+pruning old rows (``db/retention.py``) leaves every figure as it was.
 
 Each source that cannot be read is reported as ``enstratus_workers_up{source=...} 0`` and its
 metrics are left out of that scrape, rather than failing the whole scrape.
@@ -16,20 +18,19 @@ from __future__ import annotations
 import logging
 from typing import Iterable, Sequence
 
-import sqlalchemy as sa
 from prometheus_client import CollectorRegistry, make_wsgi_app, start_http_server
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
 from prometheus_client.registry import Collector
 
 from .db import Databases, open_databases
-from .db.schema import events as E
+from .db.analytics import ActionTotal
+from .db.schema import DURATION_BUCKETS
 from .monitor.stat import DEAD, DEGRADED, RUNNING, STOPPED, WORKER_STATES, SUBSCRIBER, Stat, TransportDepths
 
 log = logging.getLogger(__name__)
 
 PREFIX = "enstratus_workers"
-#: upper bounds (seconds) of the action-duration histogram: cloud calls take from ms to minutes
-DURATION_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0)
+# DURATION_BUCKETS (the histogram's bounds, s) is the schema's: the totals keep those columns
 CLUSTER_STATUSES = (RUNNING, DEGRADED, DEAD, STOPPED)
 
 
@@ -38,28 +39,36 @@ def _err(exc: BaseException) -> str:
     return f"{type(inner).__name__}: {str(inner).splitlines()[0][:200] if str(inner) else ''}"
 
 
-def duration_histogram(engine: sa.Engine, buckets: Sequence[float] = DURATION_BUCKETS) -> dict[str, dict]:
-    """Per action: ``{"count", "sum_s", "buckets": [cumulative count per bound]}`` over all events.
+def duration_histogram(totals: Iterable[ActionTotal], buckets: Sequence[float] = DURATION_BUCKETS) -> dict[str, dict]:
+    """Per action: ``{"count", "sum_s", "buckets": [cumulative count per bound]}`` over every
+    attempt ever recorded, from the action totals (``EventStore.totals``; outcomes summed).
 
-    One grouped query with a ``SUM(CASE WHEN duration_ms <= bound ...)`` per bound: the database
-    counts, only one row per action comes back.
+    ``buckets`` must be bounds the totals keep (``DURATION_BUCKETS`` or some of them): the
+    durations themselves may be pruned, so no other bound can be counted afterwards.
     """
-    per_bucket = [sa.func.sum(sa.case((E.c.duration_ms <= bound * 1000, 1), else_=0)) for bound in buckets]
-    q = (sa.select(E.c.action, sa.func.count(), sa.func.sum(E.c.duration_ms), *per_bucket)
-         .group_by(E.c.action).order_by(E.c.action))
-    out = {}
-    with engine.connect() as conn:
-        for action, count, total_ms, *cumulative in conn.execute(q):
-            out[action] = {"count": int(count), "sum_s": float(total_ms or 0) / 1000,
-                           "buckets": [int(c or 0) for c in cumulative]}
-    return out
+    wanted = [DURATION_BUCKETS.index(b) for b in _kept_bounds(buckets)]
+    out: dict[str, dict] = {}
+    for t in totals:
+        h = out.setdefault(t.action, {"count": 0, "sum_ms": 0, "per": [0] * len(DURATION_BUCKETS)})
+        h["count"] += t.attempts
+        h["sum_ms"] += t.duration_ms
+        h["per"] = [a + b for a, b in zip(h["per"], t.buckets)]
+    return {action: {"count": h["count"], "sum_s": h["sum_ms"] / 1000,
+                     "buckets": [sum(h["per"][:i + 1]) for i in wanted]}
+            for action, h in sorted(out.items())}
 
 
-def attempts_by_outcome(engine: sa.Engine) -> dict[tuple[str, str], int]:
-    """``{(action, outcome): attempts}`` over every event in the analytics DB."""
-    q = sa.select(E.c.action, E.c.outcome, sa.func.count()).group_by(E.c.action, E.c.outcome)
-    with engine.connect() as conn:
-        return {(a, o): int(n) for a, o, n in conn.execute(q)}
+def attempts_by_outcome(totals: Iterable[ActionTotal]) -> dict[tuple[str, str], int]:
+    """``{(action, outcome): attempts}`` over every attempt ever recorded (the action totals)."""
+    return {(t.action, t.outcome): t.attempts for t in totals}
+
+
+def _kept_bounds(buckets: Sequence[float]) -> tuple[float, ...]:
+    bounds = tuple(sorted(float(b) for b in buckets))
+    unknown = [b for b in bounds if b not in DURATION_BUCKETS]
+    if unknown:
+        raise ValueError(f"histogram bounds {unknown} are not kept in the totals (they keep {DURATION_BUCKETS})")
+    return bounds
 
 
 class ServiceCollector(Collector):
@@ -75,7 +84,7 @@ class ServiceCollector(Collector):
         self._dbs, self._own_dbs = dbs, dbs is None
         self._depths = depths if depths is not None else TransportDepths(settings, layout, client_name="metrics")
         self._own_depths = depths is None
-        self.buckets = tuple(sorted(buckets))
+        self.buckets = _kept_bounds(buckets)
 
     def close(self) -> None:
         if self._own_depths:
@@ -165,13 +174,14 @@ class ServiceCollector(Collector):
         return [status, consumed, workers, reincarnations, task_q, done_q]
 
     def _analytics(self, dbs: Databases) -> list:
+        totals = dbs.events.totals()   # one read of a row per (action, outcome) serves both
         attempts = CounterMetricFamily(f"{PREFIX}_action_attempts", "Attempts of actions recorded in the "
                                        "analytics DB, by outcome", labels=["action", "outcome"])
-        for (action, outcome), n in sorted(attempts_by_outcome(dbs.analytics).items()):
+        for (action, outcome), n in sorted(attempts_by_outcome(totals).items()):
             attempts.add_metric([action, outcome], n)
         duration = HistogramMetricFamily(f"{PREFIX}_action_duration_seconds", "Duration of action attempts",
                                          labels=["action"])
-        for action, h in duration_histogram(dbs.analytics, self.buckets).items():
+        for action, h in duration_histogram(totals, self.buckets).items():
             bounds = [(_le(b), c) for b, c in zip(self.buckets, h["buckets"])] + [("+Inf", h["count"])]
             duration.add_metric([action], bounds, sum_value=h["sum_s"])
         return [attempts, duration]

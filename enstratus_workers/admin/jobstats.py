@@ -2,7 +2,10 @@
 
 A reset only remembers when it happened (``InstanceStore.reset_stats``); no job row changes, so
 the CLI, the metrics and other admin daemons still see every job. Counted are the jobs created
-since then: one grouped query the database answers from its own rows (``JobStore.counts``).
+since then, pruned ones included (``JobStore.counts``): before any reset from the job totals,
+whatever the history; after one, from the rows created since that retention still keeps plus
+the count of those it pruned (``db/retention.py``), so the figures do not drop when old
+finished jobs are deleted.
 """
 
 from __future__ import annotations

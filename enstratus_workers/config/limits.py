@@ -71,4 +71,9 @@ RANGES: dict[str, tuple[float, float]] = {
     "pinger.guest_concurrency": (1, 20000),
     "pinger.guest_timeout": (0, 3600),              # > 0
     "schedule.interval": (0, 30 * 86400),           # 0 (off) or at least 1 s; a month
+    # retention periods, seconds: 0 keeps forever; at most ten years
+    "retention.succeeded": (0, 10 * 365 * 86400),
+    "retention.failed": (0, 10 * 365 * 86400),
+    "retention.dead": (0, 10 * 365 * 86400),
+    "retention.events": (0, 10 * 365 * 86400),
 }

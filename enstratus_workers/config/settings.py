@@ -115,6 +115,11 @@ class WorkerSettings:
     guest_misses: int = 3                # missed beats in a row before a guest is unreachable
     guest_concurrency: int = 500         # guest agents pinged at once
     guest_timeout: float = 2.0           # seconds a guest agent has to answer a ping
+    # pinger: seconds finished jobs and events are kept (0: forever); see db/retention.py
+    retention_succeeded: float = 7 * 86400.0
+    retention_failed: float = 30 * 86400.0
+    retention_dead: float = 90 * 86400.0
+    retention_events: float = 30 * 86400.0
     # publisher: periodic actions per account (server.sync only by default: the built-in sync)
     schedules: tuple[Schedule, ...] = (Schedule("server.sync", 60.0),)
     schedule_accounts: tuple[str, ...] = ()  # accounts scheduled besides those owning servers
@@ -176,13 +181,19 @@ class SubscriberSettings(_DaemonGroup):
 
 @dataclass(frozen=True)
 class PingerSettings(_DaemonGroup):
-    """The pinger's part of worker.properties: its health round and the guests' heartbeats."""
+    """The pinger's part of worker.properties: its health round, the guests' heartbeats, and
+    retention (the pinger prunes old jobs and events)."""
 
     heartbeat_interval: float            # pinger.heartbeat_interval
     guest_interval: float                # pinger.guest_interval
     guest_misses: int                    # pinger.guest_misses
     guest_concurrency: int               # pinger.guest_concurrency
     guest_timeout: float                 # pinger.guest_timeout
+    # the pinger prunes (db/retention.py); defaulted so the group can be built by position
+    retention_succeeded: float = WorkerSettings.retention_succeeded   # retention.succeeded
+    retention_failed: float = WorkerSettings.retention_failed         # retention.failed
+    retention_dead: float = WorkerSettings.retention_dead             # retention.dead
+    retention_events: float = WorkerSettings.retention_events         # retention.events
 
 
 @dataclass(frozen=True)

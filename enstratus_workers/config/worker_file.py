@@ -53,6 +53,10 @@ PROPS = (
     _prop("pinger.guest_misses", "guest_misses"),
     _prop("pinger.guest_concurrency", "guest_concurrency"),
     _prop("pinger.guest_timeout", "guest_timeout", "number", lo_open=True),
+    _prop("retention.succeeded", "retention_succeeded", "number"),
+    _prop("retention.failed", "retention_failed", "number"),
+    _prop("retention.dead", "retention_dead", "number"),
+    _prop("retention.events", "retention_events", "number"),
     Prop(schedule_keys.ACCOUNTS_KEY, "schedule_accounts", schedule_keys.accounts),
 )
 TYPES_KEY = "worker.types"

@@ -1,13 +1,23 @@
-"""The analytics database: one event per attempt (job, action, outcome, duration, worker, time)."""
+"""The analytics database: one event per attempt (job, action, outcome, duration, worker, time).
+
+Events are pruned once old (``db/retention.py``); what the metrics count of them is kept as
+totals per (action, outcome) with a duration histogram (``enstratus_action_total``), added to
+by ``record`` in the events' own transaction: one upsert per chunk of events, so the totals
+agree with the events ever written, and a scrape reads a row per (action, outcome) whatever
+the number of events.
+"""
 
 from __future__ import annotations
 
+from bisect import bisect_left
 from dataclasses import astuple, dataclass, fields
 from typing import Sequence
 
 import sqlalchemy as sa
 
 from ..errors import DatabaseError
+from .schema import BUCKET_COLUMNS, DURATION_BUCKETS
+from .schema import action_totals as AT
 from .schema import events as E
 from .schema import server_events as SE
 
@@ -38,6 +48,48 @@ class ServerEvent:
 
 
 _COLUMNS = [f.name for f in fields(Event)]
+_BOUNDS_MS = tuple(b * 1000 for b in DURATION_BUCKETS)
+_TOTAL_COLUMNS = ("action", "outcome", "attempts", "duration_ms") + BUCKET_COLUMNS
+_ADDED = ("attempts", "duration_ms") + BUCKET_COLUMNS
+
+
+@dataclass(frozen=True)
+class ActionTotal:
+    """Attempts of one action with one outcome ever recorded (pruned events included)."""
+
+    action: str
+    outcome: str
+    attempts: int
+    duration_ms: int
+    buckets: tuple[int, ...]   # per bound of DURATION_BUCKETS, not cumulative
+
+
+def _totals_of(events: Sequence[Event]) -> list[tuple]:
+    """Rows of ``enstratus_action_total`` to add for ``events``, in key order (the order every
+    writer locks them in, so two subscribers' upserts wait for each other, not deadlock)."""
+    per: dict[tuple[str, str], list[int]] = {}
+    width = len(BUCKET_COLUMNS)
+    for e in events:
+        row = per.setdefault((e.action, e.outcome), [0] * (2 + width))
+        row[0] += 1
+        row[1] += e.duration_ms
+        i = bisect_left(_BOUNDS_MS, e.duration_ms)   # first bound >= duration; past all: +Inf only
+        if i < width:
+            row[2 + i] += 1
+    return [(*key, *row) for key, row in sorted(per.items())]
+
+
+def _upsert_totals(conn, rows: list[tuple]) -> None:
+    mark = "?" if conn.dialect.paramstyle == "qmark" else "%s"
+    values = ", ".join(["(" + ", ".join([mark] * len(_TOTAL_COLUMNS)) + ")"] * len(rows))
+    if conn.dialect.name == "mysql":
+        add = ", ".join(f"{c} = {c} + VALUES({c})" for c in _ADDED)
+        tail = f"ON DUPLICATE KEY UPDATE {add}"
+    else:
+        add = ", ".join(f"{c} = {c} + excluded.{c}" for c in _ADDED)
+        tail = f"ON CONFLICT (action, outcome) DO UPDATE SET {add}"
+    conn.exec_driver_sql(f"INSERT INTO enstratus_action_total ({', '.join(_TOTAL_COLUMNS)}) "
+                         f"VALUES {values} {tail}", tuple(v for r in rows for v in r))
 
 
 class EventStore:
@@ -59,8 +111,17 @@ class EventStore:
                         f"INSERT INTO enstratus_job_event ({', '.join(_COLUMNS)}) VALUES "
                         + ", ".join([row] * len(chunk)),
                         tuple(v for e in chunk for v in astuple(e)))
+                    _upsert_totals(conn, _totals_of(chunk))
         except sa.exc.SQLAlchemyError as exc:
             raise DatabaseError(f"could not record {len(events)} events: {type(exc).__name__}") from exc
+
+    def totals(self) -> list[ActionTotal]:
+        """Every (action, outcome)'s totals, by action then outcome: one row each."""
+        q = sa.select(AT).order_by(AT.c.action, AT.c.outcome)
+        with self.engine.connect() as conn:
+            return [ActionTotal(r.action, r.outcome, int(r.attempts), int(r.duration_ms),
+                                tuple(int(getattr(r, c)) for c in BUCKET_COLUMNS))
+                    for r in conn.execute(q)]
 
     def record_server_event(self, event: ServerEvent) -> None:
         with self.engine.begin() as conn:

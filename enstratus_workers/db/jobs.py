@@ -29,6 +29,16 @@ So two copies of one message (a publisher killed between publish and commit, a b
 redelivery) cannot both record, and a stale owner that wakes up after a takeover or a recovery
 finds its writes refused. ``record_outcomes`` reads the rows back in the same transaction and
 returns the outcomes that took effect: only those get an analytics event.
+
+Totals that survive pruning (schema version 3). Finished rows are deleted once old
+(``db/retention.py``), yet every count of jobs by status must go on counting them, and a scrape
+or a page refresh must cost the same after a month as after a minute. So the statements here
+that move a job into or out of a finished status also add to ``enstratus_job_total``, in the
+same transaction: one more statement per outcome chunk (not per row), the increments counted
+in Python from the outcomes that took effect. Unfinished jobs are counted from their rows:
+they are only those in flight, found through the status index. Counting pruned rows instead
+("pruned totals" added to live counts) would leave every count a GROUP BY over all the rows
+retention keeps: weeks of them.
 """
 
 from __future__ import annotations
@@ -45,6 +55,8 @@ from ..jobs import lifecycle
 from ..jobs.values import Outcome, Started  # noqa: F401 - the store's own vocabulary
 from . import schema
 from .group_commit import GroupCommit
+from .schema import job_pruned as P
+from .schema import job_totals as TOTALS
 from .schema import jobs as T
 
 _INSERT_COLUMNS = ("action", "arguments", "queue", "status", "attempts", "max_attempts",
@@ -240,14 +252,28 @@ class JobStore:
             return [Job(**r) for r in conn.execute(q).mappings()]
 
     def counts(self, created_since_ms: int = 0) -> dict[str, int]:
-        """``{status: jobs}``, every status present (0 if none); with ``created_since_ms`` only
-        the jobs created at or after it (the Jobs page's figures since a reset)."""
-        q = sa.select(T.c.status, sa.func.count()).group_by(T.c.status)
-        if created_since_ms:
-            q = q.where(T.c.created_timestamp >= created_since_ms)
+        """``{status: jobs}``, every status present (0 if none), pruned jobs included; with
+        ``created_since_ms`` only the jobs created at or after it (the Jobs page's figures since
+        a reset).
+
+        Without it: the finished statuses from their totals, the unfinished from their rows
+        (status index): a cost that does not grow with history. Since a time: the rows created
+        from then on that are still there, plus those pruned since (``enstratus_job_pruned``
+        under that same time; see ``db/retention.py``): bounded by what retention keeps.
+        """
         with self.engine.connect() as conn:
-            found = dict(conn.execute(q).all())
-        return {s: int(found.get(s, 0)) for s in schema.STATUSES}
+            if created_since_ms:
+                found = dict(conn.execute(sa.select(T.c.status, sa.func.count())
+                                          .where(T.c.created_timestamp >= created_since_ms)
+                                          .group_by(T.c.status)).all())
+                pruned = dict(conn.execute(sa.select(P.c.status, P.c.jobs)
+                                           .where(P.c.since_ms == created_since_ms)).all())
+            else:
+                found = dict(conn.execute(sa.select(T.c.status, sa.func.count())
+                                          .where(T.c.status.in_(schema.ACTIVE))
+                                          .group_by(T.c.status)).all())
+                pruned = dict(conn.execute(sa.select(TOTALS.c.status, TOTALS.c.jobs)).all())
+        return {s: int(found.get(s, 0)) + int(pruned.get(s, 0)) for s in schema.STATUSES}
 
     def active_keys(self, action: str, key_prefix: str) -> list[str]:
         """The idempotency keys starting with ``key_prefix`` (byte for byte) of the jobs of
@@ -311,6 +337,8 @@ class JobStore:
         with self.engine.begin() as conn:
             changed = conn.execute(T.update().where(*guards).values(
                 status=after.status, error=why, attempts=after.attempts, owner=None)).rowcount
+            if changed:
+                _add_totals(conn, {after.status: 1})
         if changed and after.status == schema.PENDING:
             self._on_pending()
         return after.status if changed else None
@@ -327,11 +355,13 @@ class JobStore:
             q = q.where(T.c.job_id.in_(list(job_ids)))
         with self.engine.begin() as conn:
             dead = [Job(**r) for r in conn.execute(q.with_for_update()).mappings()]
+            redriven = 0
             for j in dead:
-                conn.execute(T.update().where(T.c.job_id == j.job_id, T.c.status == schema.DEAD).values(
+                redriven += conn.execute(T.update().where(T.c.job_id == j.job_id, T.c.status == schema.DEAD).values(
                     status=schema.PENDING,
-                    max_attempts=lifecycle.redrive_max_attempts(j.attempts, extra_attempts)))
-        if dead:
+                    max_attempts=lifecycle.redrive_max_attempts(j.attempts, extra_attempts))).rowcount
+            _add_totals(conn, {schema.DEAD: -redriven})
+        if redriven:
             self._on_pending()
         return dead
 
@@ -390,20 +420,14 @@ class JobStore:
         applied: list[Outcome] = []
         try:
             for chunk in _unique_chunks(outcomes, _RECORD_CHUNK):
-                with self.engine.begin() as conn:
-                    matched = _case_update(conn, chunk, {
-                        "status": lambda o: o.status, "attempts": lambda o: o.attempt,
-                        "worker": lambda o: o.worker, "owner": lambda o: o.owner,
-                        "start_timestamp": lambda o: o.start_ms,
-                        "end_timestamp": lambda o: o.end_ms, "result": lambda o: o.result,
-                        "error": lambda o: o.error})
-                    if matched == len(chunk):   # every row's guard held: all took effect
-                        applied.extend(chunk)
-                        continue
-                    now = {r[0]: tuple(r[1:]) for r in conn.exec_driver_sql(
-                        "SELECT job_id, attempts, owner, end_timestamp FROM enstratus_job "
-                        f"WHERE job_id IN ({', '.join(str(int(o.job_id)) for o in chunk)})")}
-                applied.extend(o for o in chunk if now.get(o.job_id) == (o.attempt, o.owner, o.end_ms))
+                try:
+                    with self.engine.begin() as conn:
+                        if _write_outcomes(conn, chunk) != len(chunk):
+                            raise _Contested()   # undone: written again, read around
+                        _add_totals(conn, _finished(chunk))   # every row's guard held
+                    applied.extend(chunk)
+                except _Contested:
+                    applied.extend(self._record_contested(chunk))
         except sa.exc.SQLAlchemyError as exc:
             raise DatabaseError(f"could not record {len(outcomes)} outcomes: {type(exc).__name__}") from exc
         if any(o.status == schema.PENDING for o in applied):   # retries: relayed with their delay
@@ -411,6 +435,59 @@ class JobStore:
         if applied:
             self._on_recorded()
         return applied
+
+    def _record_contested(self, chunk: Sequence[Outcome]) -> list[Outcome]:
+        """A chunk some of whose rows refused their outcome, written again with a read before
+        and after: what took effect reads back as the outcome's attempt, owner and end time,
+        and what already read so before was written by an earlier try whose commit was not
+        confirmed (a lost connection): it took effect, but is not counted in the totals twice.
+        Rare (another owner's or a duplicate's outcome), so the two reads cost nothing overall."""
+        ids = ", ".join(str(int(o.job_id)) for o in chunk)
+        read = f"SELECT job_id, attempts, owner, end_timestamp FROM enstratus_job WHERE job_id IN ({ids})"
+        with self.engine.begin() as conn:
+            lock = "" if conn.dialect.name == "sqlite" else " FOR UPDATE"  # SQLite: BEGIN IMMEDIATE
+            before = {r[0]: tuple(r[1:]) for r in conn.exec_driver_sql(read + lock)}
+            _write_outcomes(conn, chunk)
+            now = {r[0]: tuple(r[1:]) for r in conn.exec_driver_sql(read)}
+            took = [o for o in chunk if now.get(o.job_id) == (o.attempt, o.owner, o.end_ms)]
+            _add_totals(conn, _finished(o for o in took if before.get(o.job_id) != now[o.job_id]))
+        return took
+
+
+class _Contested(Exception):
+    """Some row of an outcome chunk refused its outcome: its transaction is rolled back."""
+
+
+def _write_outcomes(conn, chunk: Sequence[Outcome]) -> int:
+    """The outcomes' CASE-UPDATE (``_case_update``); returns the rows whose guard held."""
+    return _case_update(conn, chunk, {
+        "status": lambda o: o.status, "attempts": lambda o: o.attempt,
+        "worker": lambda o: o.worker, "owner": lambda o: o.owner,
+        "start_timestamp": lambda o: o.start_ms,
+        "end_timestamp": lambda o: o.end_ms, "result": lambda o: o.result,
+        "error": lambda o: o.error})
+
+
+def _finished(outcomes: Iterable[Outcome]) -> dict[str, int]:
+    """``{finished status: outcomes}`` (a retry leaves its job pending: not a total's business)."""
+    out: dict[str, int] = {}
+    for o in outcomes:
+        if o.status in schema.TERMINAL:
+            out[o.status] = out.get(o.status, 0) + 1
+    return out
+
+
+def _add_totals(conn, deltas: dict[str, int]) -> None:
+    """Add ``deltas`` to the finished statuses' totals: one UPDATE, none if there is nothing to
+    add. The rows exist from the schema's seed on, so no upsert, and every writer locks them in
+    the same (status) order within its transaction, after its job rows."""
+    deltas = {s: n for s, n in sorted(deltas.items()) if n and s in schema.TERMINAL}
+    if not deltas:
+        return
+    whens = " ".join(f"WHEN '{s}' THEN {int(n)}" for s, n in deltas.items())
+    conn.exec_driver_sql(
+        f"UPDATE enstratus_job_total SET jobs = jobs + CASE status {whens} ELSE 0 END "
+        f"WHERE status IN ({', '.join(repr(s) for s in deltas)})")
 
 
 def _pending_job(job: NewJob, job_id: int, created_ms: int) -> Job:

@@ -107,13 +107,101 @@ def _version_table(metadata: sa.MetaData) -> sa.Table:
     )
 
 
+# -- schema version 3: retention --------------------------------------------------------------
+# Everything version 3 adds lives in this block (tables, seed rows, the 2 -> 3 migration), so it
+# can become one Alembic revision as it stands. Old rows are pruned (db/retention.py); what the
+# pages and the metrics count must survive that, and must cost the same at any history size, so
+# the counts are kept as totals, written by the same transactions that change what they count.
+
+#: Upper bounds (seconds) of the action-duration histogram, stored as columns of the totals
+#: below: cloud calls take from ms to minutes.
+DURATION_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0)
+BUCKET_COLUMNS = tuple(f"le_{i}" for i in range(len(DURATION_BUCKETS)))
+
+job_totals = sa.Table(
+    # jobs ever in each finished status, as they stand now (a redriven dead job leaves "dead"):
+    # kept by JobStore's writes, untouched by pruning. Unfinished jobs are few, counted live.
+    "enstratus_job_total", provisioning,
+    sa.Column("status", sa.String(16), primary_key=True),
+    sa.Column("jobs", sa.BigInteger, nullable=False),
+)
+
+job_pruned = sa.Table(
+    # jobs pruned that were created at or after the Jobs page's reset time ``since_ms`` (the one
+    # in force when they were pruned): what that page adds to the rows still there.
+    "enstratus_job_pruned", provisioning,
+    sa.Column("status", sa.String(16), primary_key=True),
+    sa.Column("since_ms", sa.BigInteger, primary_key=True, autoincrement=False),
+    sa.Column("jobs", sa.BigInteger, nullable=False),
+)
+
+leases = sa.Table(
+    # a job of the fleet that one daemon at a time may do (pruning): held until expires_ms
+    "enstratus_lease", provisioning,
+    sa.Column("name", sa.String(64), primary_key=True),
+    sa.Column("holder", IdentityString(200), nullable=True),
+    sa.Column("expires_ms", sa.BigInteger, nullable=False),
+)
+
+action_totals = sa.Table(
+    # attempts per (action, outcome) ever recorded, their summed duration and a histogram (le_i:
+    # attempts of at most DURATION_BUCKETS[i] s and more than the bound before, not cumulative):
+    # kept by EventStore.record in the events' own transaction, untouched by pruning.
+    "enstratus_action_total", analytics,
+    sa.Column("action", IdentityString(200), primary_key=True),
+    sa.Column("outcome", sa.String(16), primary_key=True),
+    sa.Column("attempts", sa.BigInteger, nullable=False),
+    sa.Column("duration_ms", sa.BigInteger, nullable=False),
+    *(sa.Column(c, sa.BigInteger, nullable=False) for c in BUCKET_COLUMNS),
+)
+
+RETENTION_LEASE = "retention"
+
+
+def _seed_provisioning_3(conn: sa.Connection) -> None:
+    """A total for every finished status, counted from the rows there are (none when new), and
+    the pruning lease's row. Only what is missing is added: safe to run twice."""
+    have = set(conn.execute(sa.select(job_totals.c.status)).scalars())
+    found = dict(conn.execute(sa.select(jobs.c.status, sa.func.count())
+                              .where(jobs.c.status.in_(TERMINAL)).group_by(jobs.c.status)).all())
+    missing = [{"status": s, "jobs": int(found.get(s, 0))} for s in TERMINAL if s not in have]
+    if missing:
+        conn.execute(job_totals.insert(), missing)
+    if conn.execute(sa.select(leases.c.name).where(leases.c.name == RETENTION_LEASE)).first() is None:
+        conn.execute(leases.insert().values(name=RETENTION_LEASE, holder=None, expires_ms=0))
+
+
+def _seed_analytics_3(conn: sa.Connection) -> None:
+    """The action totals of the events there are (none when new), if none were kept yet."""
+    if conn.execute(sa.select(action_totals.c.action).limit(1)).first() is not None:
+        return
+    per_bucket, low = [], None
+    for bound in DURATION_BUCKETS:
+        ms = bound * 1000
+        within = events.c.duration_ms <= ms if low is None else sa.and_(events.c.duration_ms > low,
+                                                                          events.c.duration_ms <= ms)
+        per_bucket.append(sa.func.sum(sa.case((within, 1), else_=0)))
+        low = ms
+    q = (sa.select(events.c.action, events.c.outcome, sa.func.count(),
+                   sa.func.coalesce(sa.func.sum(events.c.duration_ms), 0), *per_bucket)
+         .group_by(events.c.action, events.c.outcome))
+    rows = [dict(zip(("action", "outcome", "attempts", "duration_ms") + BUCKET_COLUMNS,
+                     (a, o, *(int(v or 0) for v in rest))))
+            for a, o, *rest in conn.execute(q)]
+    if rows:
+        conn.execute(action_totals.insert(), rows)
+
+
 versions_provisioning = _version_table(provisioning)
 versions_analytics = _version_table(analytics)
 
 COMPONENTS = {
-    "provisioning": (provisioning, versions_provisioning, 2),
-    "analytics": (analytics, versions_analytics, 2),
+    "provisioning": (provisioning, versions_provisioning, 3),
+    "analytics": (analytics, versions_analytics, 3),
 }
+
+#: component -> callable(connection) writing the rows a new database of this version starts with
+SEEDS = {"provisioning": _seed_provisioning_3, "analytics": _seed_analytics_3}
 
 
 
@@ -127,9 +215,10 @@ def _provisioning_1_to_2(conn: sa.Connection) -> None:
 
 # component -> {from_version: callable(connection)} upgrading one step.
 MIGRATIONS: dict[str, dict[int, object]] = {
-    "provisioning": {1: _provisioning_1_to_2},
+    # 2 -> 3: create_all above has created the tables of version 3; the seeds fill them in
+    "provisioning": {1: _provisioning_1_to_2, 2: _seed_provisioning_3},
     # 1 -> 2 added enstratus_server_event; create_all above has already created it.
-    "analytics": {1: lambda conn: None},
+    "analytics": {1: lambda conn: None, 2: _seed_analytics_3},
 }
 
 
@@ -142,6 +231,7 @@ def ensure_schema(engine: sa.Engine, component: str) -> int:
             sa.select(versions.c.version).where(versions.c.component == component)).scalar()
         if stored is None:
             conn.execute(versions.insert().values(component=component, version=current))
+            SEEDS[component](conn)
             return current
         if stored > current:
             raise DatabaseError(

@@ -3,7 +3,7 @@ embedded SQLite and a real MariaDB: the daemons and pages that need them call th
 
 from __future__ import annotations
 
-from enstratus_workers.db import Started
+from enstratus_workers.db import Outcome, Started
 from enstratus_workers.db.schema import jobs as T
 from tests.contract.test_jobs_db import dbs, job  # noqa: F401  (the fixture, on both databases)
 
@@ -95,9 +95,12 @@ def test_active_keys_are_a_schedules_unfinished_slots_matched_byte_for_byte(dbs)
 
 
 def test_counts_since_a_time_count_only_the_jobs_created_from_then_on(dbs):
-    # Given jobs created at 1000, 2000 and 3000 ms
+    # Given jobs created at 1000, 2000 and 3000 ms, the finished ones recorded by their owner
+    # (the job store's own write: it keeps the totals the counts of finished jobs come from)
     for created, status in ((1000, "succeeded"), (2000, "failed"), (3000, "pending")):
-        _row(dbs, status, created=created)
+        job_id = _row(dbs, "running" if status != "pending" else status, created=created)
+        if status != "pending":
+            assert dbs.jobs.record_outcomes([Outcome(job_id, 1, status, "w@h.1", 1000, 1500, None, None, A)])
     # When counted from 2000 on / Then the first is left out, and every status is present
     since = dbs.jobs.counts(created_since_ms=2000)
     assert since == {**{s: 0 for s in since}, "failed": 1, "pending": 1}

@@ -20,6 +20,7 @@ from enstratus_workers.config import load_settings
 from enstratus_workers.daemons.pinger.guest_watch import SUMMARY_KEY, GuestWatch
 from enstratus_workers.daemons.pinger.guest_watch import check as guest_problems
 from enstratus_workers.daemons.pinger.health import check_health
+from enstratus_workers.daemons.pinger.retention_round import RetentionRound
 from enstratus_workers.daemons.pinger.watchdog import Watchdog
 from enstratus_workers.db import open_databases
 from enstratus_workers.errors import (
@@ -48,15 +49,17 @@ class Pinger(Service):
         self._stop.set()
 
     def run(self, ready) -> None:
-        """Two rounds on their own clocks: the service's health (and the watchdog) every
-        ``pinger.heartbeat_interval``, the guests' heartbeats every ``pinger.guest_interval``."""
+        """Rounds on their own clocks: the service's health (and the watchdog) every
+        ``pinger.heartbeat_interval``, the guests' heartbeats every ``pinger.guest_interval``,
+        and retention's batches (``retention_round``: its own pace; off when all keep forever)."""
         p = self.settings.pinger
         dbs = open_databases(self.settings.worker, self.layout)
         watchdog = Watchdog(self.layout, enabled=self.watchdog_enabled)
         guests = GuestWatch(self.settings, self.layout, dbs, self.name)
+        retention = RetentionRound(self.settings, dbs, self.name)
         ready()
         self._last_state = None
-        next_health = next_guests = time.monotonic()
+        next_health = next_guests = next_prune = time.monotonic()
         try:
             while not self._stop.is_set():
                 now = time.monotonic()
@@ -69,8 +72,13 @@ class Pinger(Service):
                 if now >= next_health:
                     next_health = now + p.heartbeat_interval
                     self._health_round(dbs, watchdog, guests)
-                self._stop.wait(max(0.0, min(next_health, next_guests) - time.monotonic()))
+                if next_prune is not None and now >= next_prune:
+                    wait = retention.turn()
+                    next_prune = None if wait is None else time.monotonic() + wait
+                wake = min(t for t in (next_health, next_guests, next_prune) if t is not None)
+                self._stop.wait(max(0.0, wake - time.monotonic()))
         finally:
+            retention.close()
             try:
                 dbs.heartbeats.remove("pinger", self.name)
             except Exception:

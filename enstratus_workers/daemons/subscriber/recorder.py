@@ -14,6 +14,10 @@ items it refuses alone: such an outcome is recorded as a failure with the databa
 an event is logged, counted and dropped, and the rest are written and acked as usual. A database
 that refuses everything is an outage, not a bad item, and is waited out as above.
 
+Each outcome chunk also adds to the job totals, and each event chunk to the action totals, in
+the same transaction (``JobStore.record_outcomes``, ``EventStore.record``: one statement per
+chunk): the counts the pages and the metrics read survive retention's pruning.
+
 Jobs are marked ``running`` only once they have run for ``mark_running_after`` seconds: a job
 that ends sooner gets one write (its outcome, with its start time), not two.
 """

@@ -1,0 +1,51 @@
+"""The pinger's retention round: prunes old jobs and events (``db/retention.py``), a batch a turn.
+
+Why the pinger, not the publisher (whose stuck-job recovery is the other upkeep of the job
+table): the publisher's loop is the outbox relay, on every job's path, and a pass of pruning
+(thousands of DELETEs after a long stop) run in it would hold relaying up. The pinger's loop is
+already a set of rounds on their own clocks, off every job's path, and any number of pingers
+run one per host; the lease makes one of them prune at a time. Each turn here deletes one batch
+and asks to be called again after ``PAUSE_S``, so the health round and the guests' heartbeats
+wait at most one batch (milliseconds), and the database sees short transactions spaced out.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from enstratus_workers.db.retention import Periods, Pruner, lease_holder
+
+log = logging.getLogger(__name__)
+
+#: pause between two batches of a pass: lets the recorder's and the relay's writes through
+PAUSE_S = 0.05
+#: most time between passes; a short retention (a soak's 60 s) is passed over more often
+PASS_EVERY_S = 60.0
+#: least time between passes, however short the retention
+MIN_PASS_EVERY_S = 1.0
+
+
+class RetentionRound:
+    def __init__(self, settings, dbs, name: str):
+        self.periods = Periods.of(settings.pinger)
+        shortest = self.periods.shortest()
+        self.every_s = None if shortest is None else max(MIN_PASS_EVERY_S, min(PASS_EVERY_S, shortest / 2))
+        self.pruner = Pruner(dbs.provisioning, dbs.analytics, self.periods, lease_holder(f"pinger@{name}"))
+
+    def turn(self) -> float | None:
+        """One batch; the seconds until the next turn, or None when retention keeps everything."""
+        if self.every_s is None:
+            return None
+        try:
+            more = self.pruner.step()
+        except Exception:  # a database away: the pass starts over next time, nothing is half-done
+            log.exception("retention batch failed")
+            self.pruner.abandon()
+            return self.every_s
+        return PAUSE_S if more else self.every_s
+
+    def close(self) -> None:
+        try:
+            self.pruner.close()
+        except Exception:
+            log.debug("could not give the retention lease back", exc_info=True)
