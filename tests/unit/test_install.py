@@ -14,8 +14,19 @@ from pathlib import Path
 import pytest
 
 from enstratus_workers import install
-from enstratus_workers.install import (Entry, Installer, InstallError, Paths, UsageError, fill_placeholders,
-                                       install_config, read_manifest, remove_entries, sha256, write_manifest)
+from enstratus_workers.install import (
+    Entry,
+    Installer,
+    InstallError,
+    Paths,
+    UsageError,
+    fill_placeholders,
+    install_config,
+    read_manifest,
+    remove_entries,
+    sha256,
+    write_manifest,
+)
 
 REPO = Path(__file__).resolve().parent.parent.parent
 pytestmark = pytest.mark.timeout(30)
