@@ -187,3 +187,51 @@ def test_etc_files_get_this_installs_paths(tmp_path, init_system):
             assert f"installed_defaults='{root}/etc/default/enstratus-workers'" in text
     # every directory it made is in the manifest's entries, so uninstall can remove it
     assert Entry("dir", root / "etc" / "default") in inst.entries
+
+
+# --- a live install (no DESTDIR): the user and update-rc.d, with stand-in commands --------------
+
+@pytest.fixture
+def recorded_commands(tmp_path, monkeypatch):
+    """``useradd``, ``update-rc.d`` and ``systemctl`` on PATH that only record their arguments."""
+    log = tmp_path / "calls"
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    for name in ("useradd", "update-rc.d", "systemctl"):
+        (bin_dir / name).write_text(f'#!/bin/sh\necho "{name} $*" >> "{log}"\n')
+        (bin_dir / name).chmod(0o755)
+    monkeypatch.setenv("PATH", f"{bin_dir}:{os.environ['PATH']}")
+    return lambda: log.read_text().splitlines() if log.exists() else []
+
+
+def live_installer(user: str, init_system: str, said: list) -> Installer:
+    return Installer(REPO, Paths.of("", "/services"), user, init_system, "python3", out=said.append)
+
+
+def test_a_live_install_creates_a_missing_system_user(recorded_commands):
+    said = []
+    live_installer("ewtest-no-such-user", "sysv", said).ensure_user()
+    assert recorded_commands() == [("useradd --system --user-group --home-dir /services/worker --no-create-home "
+                                    "--shell /usr/sbin/nologin ewtest-no-such-user")]
+    assert said == ["created system user ewtest-no-such-user"]
+
+
+def test_an_existing_user_and_a_destdir_install_create_no_user(recorded_commands, tmp_path):
+    live_installer("root", "sysv", []).ensure_user()
+    said = []
+    Installer(REPO, Paths.of(str(tmp_path), "/services"), "ewtest-no-such-user", "sysv", "python3",
+              out=said.append).ensure_user()
+    assert recorded_commands() == [] and "DESTDIR set: no user created" in said[0]
+
+
+@pytest.mark.parametrize("init_system, calls", [
+    ("sysv", ["update-rc.d enstratus-km defaults", "update-rc.d enstratus-workers defaults"]),
+    ("systemd", ["systemctl daemon-reload"])])
+def test_a_live_install_registers_with_the_init_system(recorded_commands, init_system, calls):
+    live_installer("root", init_system, []).register()
+    assert recorded_commands() == calls
+
+
+def test_a_destdir_install_registers_nothing(recorded_commands, tmp_path):
+    Installer(REPO, Paths.of(str(tmp_path), "/services"), "root", "sysv", "python3", out=print).register()
+    assert recorded_commands() == []
