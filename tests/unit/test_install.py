@@ -235,3 +235,23 @@ def test_a_live_install_registers_with_the_init_system(recorded_commands, init_s
 def test_a_destdir_install_registers_nothing(recorded_commands, tmp_path):
     Installer(REPO, Paths.of(str(tmp_path), "/services"), "root", "sysv", "python3", out=print).register()
     assert recorded_commands() == []
+
+
+# --- uninstall's refusals -----------------------------------------------------------------------
+
+def test_uninstall_without_a_manifest_says_nothing_is_installed(tmp_path, capsys):
+    assert install.main(["uninstall", "--destdir", str(tmp_path)]) == 1
+    assert "nothing to uninstall: no " in capsys.readouterr().err
+
+
+def test_uninstall_refuses_while_a_daemon_of_the_install_runs(tmp_path):
+    paths = Paths.of(str(tmp_path), "/services")
+    installed = paths.worker / "bin" / "publisher"
+    installed.parent.mkdir(parents=True)
+    installed.write_text("x")
+    write_manifest(paths.manifest, [Entry("file", installed, sha256(b"x"))])
+    (paths.worker / "run").mkdir()
+    (paths.worker / "run" / "publisher@h.pid").write_text(f"{os.getpid()}\n")   # alive: this test
+    with pytest.raises(InstallError, match=r"the service is running .*publisher@h.pid.*stop it first"):
+        install.uninstall(paths, out=lambda s: None)
+    assert installed.exists() and paths.manifest.exists()
