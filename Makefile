@@ -36,3 +36,17 @@ test: $(TEST_STAMP)
 
 bench: $(STAMP)
 	$(PY) bench/throughput.py
+
+# A system install as the enStratus docs lay it out: /etc/init.d/enstratus-workers,
+# $(PREFIX)/worker/{bin,classes,venv}, $(PREFIX)/km. DESTDIR is a scratch root that runs where it
+# is (see enstratus_workers/install.py). The logic is in that module; these targets only call it.
+PREFIX ?= /services
+ENSTRATUS_USER ?= enstratus
+
+.PHONY: install uninstall
+
+install:
+	$(PYTHON) -m enstratus_workers.install install --destdir '$(DESTDIR)' --prefix '$(PREFIX)' --user '$(ENSTRATUS_USER)'
+
+uninstall:
+	$(PYTHON) -m enstratus_workers.install uninstall --destdir '$(DESTDIR)' --prefix '$(PREFIX)'
