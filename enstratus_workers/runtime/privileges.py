@@ -6,8 +6,9 @@ files the init scripts source. Started as root, a daemon
 
 1. creates the directories it writes (``run/``, ``log/``, ``data/`` of the install; the KM's too)
    and gives them, with whatever root left in them, to the account;
-2. creates the provisioning key file if it is missing (it is generated on first use, and the
-   account could not write into the root-owned ``classes/``), owned by the account;
+2. creates the key files generated on first use if they are missing (the provisioning file's
+   ENCRYPTION_KEY; the KM's master key), owned by the account: it could not write them into
+   the root-owned ``classes/``;
 3. takes the account's uid, primary gid and supplementary groups (``initgroups``: the account's
    own, root's are dropped), and checks that root cannot be regained.
 
@@ -32,7 +33,7 @@ import pwd
 import shlex
 import stat
 import sys
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -166,17 +167,33 @@ def _is_link(name: str, dirfd: int) -> bool:
 
 
 def prepare(layout: Layout, daemon: str, account: Account) -> None:
-    """As root: the daemon's directories and first-use key file, created and given to ``account``."""
-    from enstratus_workers.config import ensure_provisioning_file
-
+    """As root: the daemon's directories and first-use key files, created and given to ``account``."""
     for directory, mode in writable_dirs(layout, daemon):
         directory.mkdir(parents=True, exist_ok=True)
         if not directory.is_symlink():
             os.chmod(directory, mode)
         give_tree(directory, account)
-    if ensure_provisioning_file(layout):
-        os.chown(layout.classes_dir / "enstratus-provisioning.cfg", account.uid, account.gid,
-                 follow_symlinks=False)
+    for path, create in first_use_keys(layout, daemon):
+        if not os.path.lexists(path):
+            create()
+            os.chown(path, account.uid, account.gid, follow_symlinks=False)
+
+
+def first_use_keys(layout: Layout, daemon: str) -> list[tuple[Path, Callable[[], object]]]:
+    """(file, how to create it) of the keys a daemon generates on its first start, in
+    directories (``classes/``) the account cannot write: the ENCRYPTION_KEY file every daemon
+    reads, and the KM's master key."""
+    from enstratus_workers.config import ensure_provisioning_file
+
+    keys: list[tuple[Path, Callable[[], object]]] = [
+        (layout.classes_dir / "enstratus-provisioning.cfg", lambda: ensure_provisioning_file(layout))]
+    if daemon == "km":
+        from enstratus_workers.km.config import load_km_settings
+        from enstratus_workers.km.store import load_or_create_master_key
+
+        master = load_km_settings(layout).master_key_file
+        keys.append((master, lambda: load_or_create_master_key(master)))
+    return keys
 
 
 def become(account: Account, environ: dict | None = None) -> None:

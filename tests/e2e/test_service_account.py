@@ -67,12 +67,16 @@ def install(account):
     (home / "etc" / "init.d").mkdir(parents=True)
     shutil.copy2(sh.INIT, home / "etc" / "init.d")
     shutil.copytree(sh.REPO / "services" / "worker" / "bin", home / "services" / "worker" / "bin")
+    shutil.copy2(sh.KM_INIT, home / "etc" / "init.d")
+    shutil.copytree(sh.REPO / "services" / "km" / "bin", home / "services" / "km" / "bin")
+    sh.add_km(home)
     subprocess.run([python, "-m", "venv", "--without-pip", str(home / ".venv")], check=True)
     venv_site = next((home / ".venv" / "lib").glob("python*/site-packages"))
     # addsitedir, not a bare path: the project's .pth files (editable installs, plug-ins) count too
     (venv_site / "project.pth").write_text(f"import site; site.addsitedir({_site_packages()!r})\n")
     yield home
     _init(home, "stop")
+    _init(home, "stop", script="enstratus-km")
     sh.kill_strays(home)
     shutil.rmtree(scratch, ignore_errors=True)
 
@@ -85,12 +89,13 @@ def _refuse_wx_memory() -> None:
         os._exit(97)
 
 
-def _init(home: Path, verb: str, user: str | None = None, mdwe: bool = False):
+def _init(home: Path, verb: str, user: str | None = None, mdwe: bool = False,
+          script: str = "enstratus-workers"):
     env = {**sh.env_for(home), "PYTHONPATH": str(sh.REPO)}
     env.pop("ENSTRATUS_USER", None)
     if user is not None:
         env["ENSTRATUS_USER"] = user
-    return subprocess.run([str(home / "etc" / "init.d" / "enstratus-workers"), verb], env=env,
+    return subprocess.run([str(home / "etc" / "init.d" / script), verb], env=env,
                           check=False, capture_output=True, text=True, timeout=120,
                           preexec_fn=_refuse_wx_memory if mdwe else None)
 
@@ -144,6 +149,22 @@ def test_a_root_start_runs_every_daemon_as_the_account(install, account):
     assert sh.wait_until(lambda: not sh.our_processes(home), 10)
     assert list(run_dir.glob("*.pid")) == []
     assert not any("Traceback" in p.read_text() for p in (home / "services" / "worker" / "log").glob("*.log"))
+
+
+def test_the_km_started_as_root_runs_as_the_account_and_owns_its_first_master_key(install, account):
+    home = install
+    r = _init(home, "start", account.name, script="enstratus-km")
+    assert r.returncode == 0, r.stdout + r.stderr
+    (pid_file,) = (home / "services" / "km" / "run").glob("km@*.pid")
+    ids = _ids(int(pid_file.read_text()))
+    assert ids["Uid"] == [account.uid] * 4 and ids["Gid"] == [account.gid] * 4, ids
+    assert ids["Groups"] == [account.gid], ids
+    for written in (pid_file, home / "services" / "km" / "classes" / "km-master.key",
+                    *(home / "services" / "km" / "data").iterdir()):
+        assert written.stat().st_uid == account.uid, written
+    r = _init(home, "stop", script="enstratus-km")
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert not pid_file.exists()
 
 
 def test_an_unknown_account_starts_nothing_and_exits_6(install):

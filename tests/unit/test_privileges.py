@@ -127,10 +127,10 @@ def test_prepare_creates_the_daemon_dirs_and_gives_them_and_the_first_key_to_the
               layout.data_dir / "link", layout.data_dir / "dirlink"):
         assert os.lstat(p).st_uid == account.uid, p
     assert outside.stat().st_uid == 0 and tmp_path.stat().st_uid == 0
-    # and the key file generated on first use is the account's, 0600
-    key = layout.classes_dir / "enstratus-provisioning.cfg"
-    st = key.stat()
-    assert (st.st_uid, st.st_mode & 0o777) == (account.uid, 0o600)
+    # and the key files generated on first use (the KM's master key too) are the account's, 0600
+    for key in (layout.classes_dir / "enstratus-provisioning.cfg", layout.km_dir / "classes" / "km-master.key"):
+        st = key.stat()
+        assert (st.st_uid, st.st_mode & 0o777) == (account.uid, 0o600), key
     # And a second prepare has nothing left to change
     assert privileges.give_tree(layout.data_dir, account) == 0
 
