@@ -38,9 +38,10 @@ from enstratus_workers.layout import (
     inside,
     short_hostname,
 )
-from enstratus_workers.runtime import logtarget, procs
+from enstratus_workers.runtime import logtarget, privileges, procs
 from enstratus_workers.runtime.logs import DaemonLog
 from enstratus_workers.runtime.pidfile import DEAD, RUNNING, AlreadyRunning, PidFile
+from enstratus_workers.runtime.sdnotify import SystemdNotifier
 from enstratus_workers.runtime.service import Service
 
 log = logging.getLogger(__name__)
@@ -232,6 +233,10 @@ def _stop(ctx: _Context) -> int:
 # --- start and run -------------------------------------------------------------------------------
 
 def _start(ctx: _Context, *, foreground: bool) -> int:
+    # started as root: become the service account before reading, writing or opening anything
+    refused = privileges.drop_if_root(ctx.label, ctx.daemon, ctx.layout)
+    if refused is not None:
+        return refused
     try:
         settings = ctx.load_settings(for_start=True)
         ctx.journal = logtarget.to_journal()
@@ -347,6 +352,7 @@ class _Notifier:
 def _serve(ctx: _Context, settings, notifier: _Notifier, *, redirect_stdio: bool) -> int:
     """The daemon proper: log, pid file, signals, build, run, and the way out of each."""
     os.umask(0o027)
+    systemd = SystemdNotifier.from_environment()
     try:
         dlog = DaemonLog(None if ctx.journal else ctx.log_file, redirect_stdio=redirect_stdio,
                          level=ctx.args.log_level, to_stderr=not redirect_stdio and sys.stderr.isatty())
@@ -354,7 +360,7 @@ def _serve(ctx: _Context, settings, notifier: _Notifier, *, redirect_stdio: bool
         print(f"{ctx.label}: cannot open the log file: {exc}", file=sys.stderr)
         notifier.send("error", f"cannot open the log file: {exc}")
         return errors.EXIT_GENERIC
-    relay = _SignalRelay(dlog)
+    relay = _SignalRelay(dlog, systemd)
     pf = ctx.pid_file()
     try:
         try:
@@ -366,7 +372,7 @@ def _serve(ctx: _Context, settings, notifier: _Notifier, *, redirect_stdio: bool
         atexit.register(pf.release, os.getpid())
         log.info("%s starting (pid %d, home %s%s)", ctx.label, os.getpid(), ctx.layout.home,
                  f", replaced the stale pid file of pid {stale}" if stale else "")
-        return _run_service(ctx, settings, notifier, relay)
+        return _run_service(ctx, settings, notifier, relay, systemd)
     finally:
         relay.close()
         if pf.release():
@@ -375,7 +381,8 @@ def _serve(ctx: _Context, settings, notifier: _Notifier, *, redirect_stdio: bool
         relay.restore()
 
 
-def _run_service(ctx: _Context, settings, notifier: _Notifier, relay: "_SignalRelay") -> int:
+def _run_service(ctx: _Context, settings, notifier: _Notifier, relay: "_SignalRelay",
+                 systemd: SystemdNotifier | None = None) -> int:
     ready_called = threading.Event()
 
     def ready() -> None:
@@ -383,6 +390,8 @@ def _run_service(ctx: _Context, settings, notifier: _Notifier, relay: "_SignalRe
             ready_called.set()
             log.info("%s ready (pid %d)", ctx.label, os.getpid())
             notifier.send("ok", os.getpid())
+            if systemd is not None:
+                systemd.notify("READY=1")
 
     try:
         service = ctx.build(settings, ctx.layout, ctx.name, ctx.args)
@@ -420,8 +429,9 @@ class _SignalRelay:
 
     STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
 
-    def __init__(self, dlog: DaemonLog):
+    def __init__(self, dlog: DaemonLog, systemd: SystemdNotifier | None = None):
         self._dlog = dlog
+        self._systemd = systemd
         self._stops = 0
         self._service: Service | None = None
         self._closed = False
@@ -462,6 +472,8 @@ class _SignalRelay:
                         self._service.request_reload()
                 else:
                     stops += 1
+                    if stops == 1 and self._systemd is not None:
+                        self._systemd.notify("STOPPING=1")
                     log.info("received %s: %s stop", signal.Signals(signum).name,
                              "cold" if stops > 1 else "warm")
             if not data:
