@@ -34,7 +34,7 @@ def table_rows_and_size(database: str) -> tuple[dict[str, int], float]:
     try:
         cur = conn.cursor()
         rows = {}
-        for table in ("enstratus_job", "enstratus_event"):
+        for table in ("enstratus_job", "enstratus_job_event"):
             cur.execute(f"SELECT COUNT(*) FROM `{table}`")
             rows[table] = int(cur.fetchone()[0])
         cur.execute("SELECT COALESCE(SUM(data_length + index_length), 0) FROM information_schema.tables "
@@ -100,7 +100,7 @@ def main() -> None:
                 table.append((minute, submitter.submitted, waiting, rows, size, memory))
                 rss = " ".join(f"{name}={m[0]:.0f}" for name, m in sorted(memory.items()))
                 print(f"min {minute:3d} submitted={submitter.submitted} unfinished={waiting} "
-                      f"job_rows={rows['enstratus_job']} event_rows={rows['enstratus_event']} "
+                      f"job_rows={rows['enstratus_job']} event_rows={rows['enstratus_job_event']} "
                       f"db={size:.1f}MiB rss_mib: {rss}", flush=True)
         finally:
             submitter.stop.set()
@@ -109,7 +109,7 @@ def main() -> None:
         first, last = table[settle], table[-1]
         print(f"after warm-up (minute {first[0]} -> {last[0]}): "
               f"job_rows x{last[3]['enstratus_job'] / max(1, first[3]['enstratus_job']):.2f}, "
-              f"event_rows x{last[3]['enstratus_event'] / max(1, first[3]['enstratus_event']):.2f}, "
+              f"event_rows x{last[3]['enstratus_job_event'] / max(1, first[3]['enstratus_job_event']):.2f}, "
               f"db size x{last[4] / max(0.01, first[4]):.2f}, "
               f"largest RSS growth x{max(last[5][k][0] / first[5][k][0] for k in last[5] if k in first[5]):.2f}",
               flush=True)
