@@ -277,7 +277,7 @@ def cmd_tls(args) -> int:
             written = certs.issue_clients(directory, hosts, days=args.days, force=args.force)
     except certs.CertError as exc:
         _error(exc)
-        return EXIT_FAILED
+        return EXIT_USAGE if isinstance(exc, certs.BadHostName) else EXIT_FAILED
     print("\n".join(f"wrote {p} (mode {p.stat().st_mode & 0o777:04o})" for p in written.files))
     print(certs.settings_hint(layout.home, directory, certs.check_names(hosts, "host")))
     return 0

@@ -23,9 +23,9 @@ from pathlib import Path
 
 from configobj import ConfigObj, ConfigObjError
 
-from enstratus_workers.config.cfgfile import key_line
+from enstratus_workers.config.cfgfile import _parse_problem, key_line
 from enstratus_workers.config.files import read_text
-from enstratus_workers.config.problems import raise_all
+from enstratus_workers.config.problems import combine, raise_all
 from enstratus_workers.errors import ConfigError
 
 # a DNS name (labels of letters, digits, hyphens, underscores), as certificates carry them
@@ -65,10 +65,8 @@ def load_access(path: Path) -> AccessList:
     try:
         cfg = ConfigObj(lines, interpolation=False, list_values=True, raise_errors=False, file_error=False)
     except ConfigObjError as exc:
-        raise_all([ConfigError("cannot parse this line: expected 'client name = account patterns'",
-                               file=path, line=getattr(err, "line_number", None))
-                   for err in (getattr(exc, "errors", None) or [exc])])
-        raise  # unreachable: raise_all raised
+        # the .cfg readers' wording: configobj's own messages would quote whole lines
+        raise combine([_parse_problem(err, path) for err in (getattr(exc, "errors", None) or [exc])]) from None
     errors: list[ConfigError] = []
     for name in cfg.sections:
         errors.append(ConfigError("sections are not used here: write 'client name = account patterns'",

@@ -33,7 +33,11 @@ DEFAULT_DAYS = 3650   # a link meant to run for years unattended should not expi
 
 
 class CertError(ValueError):
-    """Bad input (a name that is no host name) or a key that exists and would be replaced."""
+    """A key that exists and would be replaced, or no CA to issue from."""
+
+
+class BadHostName(CertError):
+    """A name given for a certificate that is no host name (or, for the KM, IP address)."""
 
 
 @dataclass
@@ -108,10 +112,10 @@ def check_names(names: list[str], what: str) -> list[str]:
     """``names`` without duplicates; CertError for an empty list or a name that is no host name."""
     names = list(dict.fromkeys(n.strip() for n in names if n.strip()))
     if not names:
-        raise CertError(f"no {what} given")
+        raise BadHostName(f"no {what} given")
     bad = [n for n in names if not (valid_client_name(n) or (what == "server name" and _is_ip(n)))]
     if bad:
-        raise CertError(f"not a host name: {', '.join(ascii(n) for n in bad)} ({what}s are DNS names"
+        raise BadHostName(f"not a host name: {', '.join(ascii(n) for n in bad)} ({what}s are DNS names"
                         f"{' or IP addresses' if what == 'server name' else ''})")
     return names
 

@@ -191,6 +191,8 @@ class KMClient:
                 p.write_frame(conn, frame)
             except OSError as exc:
                 self._raise_if_tls_refused(exc)
+                if self._tls is not None:
+                    self._raise_pending_alert(conn)
                 raise _Retryable(f"cannot send: {exc.strerror or exc}", sent=False) from None
             try:
                 reply = p.read_frame(conn, self._max_frame, time.monotonic() + s.timeout)
@@ -213,6 +215,15 @@ class KMClient:
             conn.close()
             self._raise_if_tls_refused(exc)
             raise _Retryable(f"TLS handshake broke off: {exc.strerror or exc}", sent=False) from None
+
+    def _raise_pending_alert(self, conn: ssl.SSLSocket) -> None:
+        """A KM that refused our certificate may have closed before our request went out: the
+        send fails, and its reason is the alert waiting to be read."""
+        try:
+            conn.settimeout(min(self.settings.timeout, 1.0))
+            conn.recv(1)
+        except OSError as exc:
+            self._raise_if_tls_refused(exc)
 
     def _raise_if_tls_refused(self, exc: BaseException) -> None:
         if is_tls_refusal(exc):

@@ -218,6 +218,8 @@ class KMService(Service):
         except OSError as exc:  # ssl.SSLError and TimeoutError are OSErrors
             self._flood_log.warning("handshake", "KM refused %s: TLS handshake failed (%s)", slot.peer,
                                     getattr(exc, "reason", None) or exc)
+            self._admission.release(slot)   # no slot held while the alert is let through
+            _drain(conn)
             return None
         sel.register(conn, selectors.EVENT_READ)
         return conn
@@ -363,10 +365,24 @@ def _refuse_and_close(conn: socket.socket, frame: bytes) -> None:
     try:
         conn.settimeout(LINGER)
         p.write_frame(conn, frame)
-        conn.shutdown(socket.SHUT_WR)
+    except OSError:
+        return
+    _drain(conn)
+
+
+def _drain(conn: socket.socket) -> None:
+    """Half-close, then read and drop what the peer still sends, for at most ``LINGER``.
+
+    The plain socket's methods, also for a TLS one: after a refusal its TLS state is done with
+    (or broken, after a failed handshake), and the point is only that the kernel sends no reset
+    over the reason (an error frame, a TLS alert) before the peer has read it.
+    """
+    try:
+        conn.settimeout(LINGER)
+        socket.socket.shutdown(conn, socket.SHUT_WR)
         deadline, drained = time.monotonic() + LINGER, 0
         while drained < LINGER_BYTES and time.monotonic() < deadline:
-            chunk = conn.recv(65536)
+            chunk = socket.socket.recv(conn, 65536)
             if not chunk:
                 break
             drained += len(chunk)

@@ -47,7 +47,7 @@ def tls_file_problems(files: dict[str, Path | None], source: Path | None,
     errors = []
     for key, path in files.items():
         if path is None:
-            errors.append(ConfigError("is required when ssl = true", file=source, key=key, line=line(key)))
+            errors.append(ConfigError("is required when ssl = true", file=source, key=key, line=line("ssl")))
             continue
         try:
             info = os.stat(path)
