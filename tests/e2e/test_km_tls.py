@@ -8,6 +8,7 @@ from __future__ import annotations
 import logging
 import socket
 import ssl
+import sys
 import time
 from pathlib import Path
 
@@ -17,17 +18,21 @@ from enstratus_workers.config.settings import KMClientSettings, Secret
 from enstratus_workers.km import KMForbidden, KMRefused, certs
 from enstratus_workers.km import protocol as p
 from enstratus_workers.km.client import KMClient
+from enstratus_workers.km.config import read_encryption_key
 from enstratus_workers.km.envelope import REQUEST, Keyring, seal
 from enstratus_workers.km.server import KMService
-from tests.e2e.test_km_service import (  # noqa: F401
+from tests.e2e.test_km_service import (  # noqa: F401 - home, install and km are fixtures
     KEY,
+    KM_BIN,
     SECRET,
     client_for,
     home,
+    install,
     km,
     km_settings,
     running,
 )
+from tests.servicehome import set_keys
 
 OTHER_SECRET = "other-account-secret-5e4d3c"
 ACCESS = "w1 = acct-1*\nops = *\n"   # w3 has a certificate from the CA but is not listed
@@ -177,3 +182,38 @@ def test_the_sealed_frames_inside_tls_still_refuse_a_wrong_key(tls_km, pki):
     with KMClient(settings, Secret(b"\x01" * 32)) as wrong_key, pytest.raises(KMRefused) as refused:
         wrong_key.ping()
     assert refused.value.code == "unknown_key"
+
+
+@pytest.mark.slow
+def test_the_daemon_serves_tls_as_configured_through_its_bin_wrapper(install):  # noqa: F811
+    root, port, run = install
+    # Given an install set up as the README says: tls init, km.cfg and the access list
+    run(sys.executable, "-m", "enstratus_workers.cli", "--home", root, "tls", "init", "--hosts", "w1,w2",
+        "--server-names", "localhost,127.0.0.1", check_rc=0)
+    d = root / "services/km/tls"
+    set_keys(root / "services/km/classes/km.cfg", {"ssl": "true", "ca_file": "services/km/tls/ca.crt",
+                                                   "cert_file": "services/km/tls/km-server.crt",
+                                                   "key_file": "services/km/tls/km-server.key"})
+    (root / "services/km/classes/km-access.cfg").write_text("w1 = 42\nw2 = 7\n")
+    run(KM_BIN, "start", "--name", "tls", check_rc=0)
+    key = read_encryption_key(root / "services/worker/classes/enstratus-provisioning.cfg")
+
+    def client(host):
+        return KMClient(KMClientSettings(port=port, timeout=3, retries=0, ssl=True, ca_file=d / "ca.crt",
+                                         cert_file=d / f"clients/{host}.crt", key_file=d / f"clients/{host}.key"),
+                        key)
+
+    # When w1 stores and reads its account's credential and w2 tries to read it
+    with client("w1") as w1:
+        w1.put(42, "aws", SECRET)
+        assert w1.get(42, "aws").text() == SECRET
+    with client("w2") as w2, pytest.raises(KMForbidden, match="'w2' may not use account '42'"):
+        w2.get(42, "aws")
+    # And a plaintext client knocks
+    with pytest.raises(KMRefused, match="tls_required"):
+        client_for(("127.0.0.1", port)).ping()
+    run(KM_BIN, "stop", "--name", "tls", check_rc=0)
+    # Then the log has the refusal, naming client, account and credential, and no secret
+    text = (root / "services/km/log/km@tls.log").read_text()
+    assert "speaks TLS 1.3 only" in text and "refused get 42 aws" in text and "client w2 " in text
+    assert SECRET not in text
