@@ -261,6 +261,28 @@ def cmd_keygen(args) -> int:
     return 0
 
 
+def cmd_tls(args) -> int:
+    """``tls init`` / ``tls issue``: the certificates of the KM link (logic in ``km.certs``)."""
+    from .km import certs
+    from .layout import short_hostname
+
+    layout = _layout(args)
+    directory = Path(args.dir).resolve() if args.dir else layout.km_dir / "tls"
+    hosts = args.hosts.split(",") if args.hosts else [short_hostname()]
+    try:
+        if args.tls_command == "init":
+            names = args.server_names.split(",") if args.server_names else certs.default_server_names()
+            written = certs.init(directory, hosts, names, days=args.days, force=args.force)
+        else:
+            written = certs.issue_clients(directory, hosts, days=args.days, force=args.force)
+    except certs.CertError as exc:
+        _error(exc)
+        return EXIT_USAGE if isinstance(exc, certs.BadHostName) else EXIT_FAILED
+    print("\n".join(f"wrote {p} (mode {p.stat().st_mode & 0o777:04o})" for p in written.files))
+    print(certs.settings_hint(layout.home, directory, certs.check_names(hosts, "host")))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="enstratus-workers", description=__doc__.splitlines()[0])
     p.add_argument("--home", help="install root (default: $ENSTRATUS_HOME or the checkout)")
@@ -312,6 +334,20 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("keygen", help="write a new ENCRYPTION_KEY (mode 0600)")
     s.add_argument("--force", action="store_true", help="replace an existing key")
     s.set_defaults(func=cmd_keygen)
+
+    s = sub.add_parser("tls", help="certificates for TLS to the KM (ssl = true)")
+    tsub = s.add_subparsers(dest="tls_command", required=True)
+    for verb, what in (("init", "a new CA, the KM's certificate and one per worker host"),
+                       ("issue", "certificates for more worker hosts, from the existing CA")):
+        t = tsub.add_parser(verb, help=what)
+        t.add_argument("--dir", help="where to write them (default: services/km/tls of the install)")
+        t.add_argument("--hosts", help="worker host names, comma-separated (default: this host's)")
+        if verb == "init":
+            t.add_argument("--server-names", help="names (or IPs) clients reach the KM by, comma-separated "
+                                                  "(default: this host's names, localhost, 127.0.0.1, ::1)")
+        t.add_argument("--days", type=int, default=3650, help="validity in days (default 3650)")
+        t.add_argument("--force", action="store_true", help="replace existing keys")
+        t.set_defaults(func=cmd_tls)
     return p
 
 

@@ -222,6 +222,10 @@ class KMClientSettings:
     timeout: float = 5.0
     retries: int = 3
     ssl: bool = False
+    ca_file: Path | None = None       # ssl = true: the CA the KM's certificate must come from
+    cert_file: Path | None = None     # ssl = true: this worker host's client certificate
+    key_file: Path | None = None      # ssl = true: its private key (mode 0600)
+    server_name: str = ""             # the name the KM's certificate must carry; "" = host
     source: Path | None = None
 
 

@@ -2,13 +2,16 @@
 
 Workers never hold credentials at rest; they ask the KM daemon (``services/km``) for them over
 TCP (``enstratus_workers.km.client.KMClient``). Every frame is sealed with AES-256-GCM under the
-``ENCRYPTION_KEY`` of ``enstratus-provisioning.cfg`` (``envelope.py``); the daemon keeps each
+``ENCRYPTION_KEY`` of ``enstratus-provisioning.cfg`` (``envelope.py``); with ``ssl = true`` the
+frames travel inside TLS 1.3 with client certificates (``tls.py``, forward secrecy) and the KM
+grants each client only the accounts its access list names (``access.py``). The daemon keeps each
 secret encrypted under its own master key in the ``credentials`` database (``store.py``).
 
 The exception tree lives here, in the package both sides import, so a caller can catch
 ``KMError`` without importing the client's socket code. Modules: ``envelope`` (message crypto),
 ``protocol`` (framing and the request/response schema), ``store`` (credentials at rest),
-``server`` (the daemon's ``KMService``), ``client`` (``KMClient``), ``config`` (``km.cfg``).
+``server`` (the daemon's ``KMService``), ``client`` (``KMClient``), ``config`` (``km.cfg``),
+``tls`` (contexts and their failures), ``access`` (``km-access.cfg``), ``certs`` (``tls init``).
 """
 
 from __future__ import annotations
@@ -45,7 +48,9 @@ class KMRefused(KMError):
     ``unknown_key`` (the KM does not hold this client's ENCRYPTION_KEY), ``unauthentic``
     (tampered frame or wrong key), ``stale`` (clock skew beyond the replay window),
     ``replayed``, ``restarted`` (sealed before the KM started), ``bad_frame``, ``frame_too_large``,
-    ``bad_request``, ``busy``, ``internal``; ``conflict`` is ``KMConflict``.
+    ``bad_request``, ``busy``, ``internal``, ``tls`` (a TLS handshake either end refused: certificate,
+    CA, version), ``tls_required`` (a plaintext client at a TLS KM); ``conflict`` is ``KMConflict``,
+    ``forbidden`` is ``KMForbidden``.
     """
 
     code = "refused"
@@ -56,6 +61,20 @@ class KMConflict(KMRefused):
     account or credential. The message names the existing spelling; use it instead."""
 
     code = "conflict"
+
+
+class KMForbidden(KMRefused):
+    """The KM's access list does not grant this client (its certificate's name) the account.
+
+    ``account`` and ``client`` say which; the message names both and the file to change.
+    """
+
+    code = "forbidden"
+
+    def __init__(self, message: str, account: str = "", client: str = ""):
+        super().__init__(message)
+        self.account = account
+        self.client = client
 
 
 class KMNotFound(KMError):

@@ -43,6 +43,7 @@ class Slot:
     peer: str
     accepted: float = field(default_factory=time.monotonic)
     state: str = PENDING
+    tls: bool = False   # a TLS connection: nothing may be written to it in clear
 
 
 class Admission:
@@ -109,14 +110,18 @@ def evict(slot: Slot, wire: bytes) -> None:
     """Send a displaced connection ``wire`` (a framed "busy") and shut it; its thread then sees EOF.
 
     Called from the accepting thread while the connection's thread may be reading, so it never
-    blocks (``MSG_DONTWAIT``) and never touches the socket's timeout.
+    blocks (``MSG_DONTWAIT``) and never touches the socket's timeout. A TLS connection is only
+    shut: its TLS state belongs to its own thread, and "busy" in clear would read as a broken
+    handshake; its client sees the connection close and retries. The shutdown is the plain
+    socket's (``socket.socket.shutdown``), which leaves that TLS state alone.
     """
+    if not slot.tls:
+        try:
+            slot.sock.send(wire, socket.MSG_DONTWAIT)
+        except OSError:
+            pass
     try:
-        slot.sock.send(wire, socket.MSG_DONTWAIT)
-    except OSError:
-        pass
-    try:
-        slot.sock.shutdown(socket.SHUT_RDWR)
+        socket.socket.shutdown(slot.sock, socket.SHUT_RDWR)
     except OSError:
         pass
 

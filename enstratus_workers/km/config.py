@@ -9,6 +9,10 @@ refused, as ssh refuses a key.
 
 The traffic key is not in ``km.cfg``: it is ``ENCRYPTION_KEY`` of the provisioning file the
 workers use too (``provisioning_cfg``), so both sides are configured from one place.
+
+``ssl = true`` puts TLS 1.3 under the sealed frames (``tls.py``): ``ca_file``, ``cert_file`` and
+``key_file`` (0600) are then required and checked here, and ``access_file`` (``access.py``) says
+which client certificate may use which accounts; it must exist (an empty one grants nothing).
 """
 
 from __future__ import annotations
@@ -19,10 +23,12 @@ from pathlib import Path
 from enstratus_workers.config import converters
 from enstratus_workers.config.cfgfile import CfgKey, parse_cfg
 from enstratus_workers.config.files import exposure, read_text
-from enstratus_workers.config.problems import raise_all
+from enstratus_workers.config.problems import flatten, raise_all
 from enstratus_workers.config.provisioning_file import read_provisioning
 from enstratus_workers.config.settings import Secret
 from enstratus_workers.errors import ConfigError
+from enstratus_workers.km.access import load_access
+from enstratus_workers.km.tls import TLSFiles, tls_file_problems
 from enstratus_workers.layout import Layout
 
 FILENAME = "km.cfg"
@@ -42,8 +48,14 @@ KEYS = (
     CfgKey("frame_timeout", "float(min=0.1, max=600)"),
     CfgKey("first_frame_timeout", "float(min=0.1, max=600)"),
     CfgKey("max_pending_per_address", "integer(1, 10000)"),
+    CfgKey("ssl", "boolean()"),
+    CfgKey("ca_file", "string(min=1)"),
+    CfgKey("cert_file", "string(min=1)"),
+    CfgKey("key_file", "string(min=1)"),
+    CfgKey("access_file", "string(min=1)"),
 )
-_PATHS = ("master_key_file", "provisioning_cfg")
+_PATHS = ("master_key_file", "provisioning_cfg", "ca_file", "cert_file", "key_file", "access_file")
+_TLS_FILES = ("ca_file", "cert_file", "key_file")
 
 
 @dataclass(frozen=True)
@@ -64,7 +76,16 @@ class KMSettings:
     frame_timeout: float = 10.0           # seconds a later frame may take to arrive once begun
     first_frame_timeout: float = 3.0      # seconds from accept until the first frame must be whole
     max_pending_per_address: int = 16     # not yet authenticated connections from one address
+    ssl: bool = False                     # TLS 1.3 with client certificates under the sealed frames
+    ca_file: Path | None = None           # the CA client certificates must come from (ssl = true)
+    cert_file: Path | None = None         # the KM's certificate (ssl = true)
+    key_file: Path | None = None          # its private key, mode 0600 (ssl = true)
+    access_file: Path = Path("services/km/classes/km-access.cfg")  # who may use which accounts
     source: Path | None = None
+
+    @property
+    def tls_files(self) -> TLSFiles:
+        return TLSFiles(self.ca_file, self.cert_file, self.key_file)
 
 
 def km_cfg_path(layout: Layout) -> Path:
@@ -107,15 +128,35 @@ def load_km_settings(layout: Layout, path: Path | None = None) -> KMSettings:
     for key in _PATHS:
         if key in values:
             values[key] = Path(values[key])
-    return _resolved(KMSettings(**values, source=path), layout)
+    settings = _resolved(KMSettings(**values, source=path), layout)
+    if settings.ssl:
+        raise_all(tls_problems(settings, line))
+    return settings
+
+
+def tls_problems(s: KMSettings, line=lambda key: None) -> list[ConfigError]:
+    """Why ``s`` (with ``ssl = true``) cannot serve TLS: its files, then its access list."""
+    errors = tls_file_problems({key: getattr(s, key) for key in _TLS_FILES}, s.source, line)
+    if not s.access_file.exists():
+        errors.append(ConfigError(f"{s.access_file} does not exist; with ssl = true the KM needs "
+                                  f"its access list (an empty file grants nothing)",
+                                  file=s.source, key="access_file", line=line("access_file")))
+        return errors
+    try:
+        load_access(s.access_file)
+    except ConfigError as exc:
+        errors.extend(flatten(exc))
+    return errors
 
 
 def _resolved(s: KMSettings, layout: Layout) -> KMSettings:
     url = s.credentials_url.reveal()
     if url.startswith("sqlite:///") and not url.startswith("sqlite:////"):
         url = "sqlite:///" + str(layout.resolve(url[len("sqlite:///"):]))
+    files = {key: layout.resolve(getattr(s, key)) for key in _TLS_FILES if getattr(s, key) is not None}
     return replace(s, credentials_url=Secret(url), master_key_file=layout.resolve(s.master_key_file),
-                   provisioning_cfg=layout.resolve(s.provisioning_cfg))
+                   provisioning_cfg=layout.resolve(s.provisioning_cfg),
+                   access_file=layout.resolve(s.access_file), **files)
 
 
 def read_encryption_key(path: Path) -> Secret:

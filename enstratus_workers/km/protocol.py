@@ -19,7 +19,8 @@ Request payload (UTF-8 JSON)::
 
 Response payload: ``{"ok": true, "result": ...}`` or
 ``{"ok": false, "error": {"code": "not_found" | "bad_request" | "conflict" | "unavailable" | "internal",
-"message": "..."}}``.
+"message": "..."}}``; a ``"forbidden"`` error (access list, TLS only) also carries ``"account"`` and
+``"client"``.
 """
 
 from __future__ import annotations
@@ -36,7 +37,14 @@ from types import MappingProxyType
 from typing import Any, Mapping
 
 from enstratus_workers.config.settings import Secret
-from enstratus_workers.km import KMConflict, KMError, KMNotFound, KMRefused, KMUnavailable
+from enstratus_workers.km import (
+    KMConflict,
+    KMError,
+    KMForbidden,
+    KMNotFound,
+    KMRefused,
+    KMUnavailable,
+)
 
 LENGTH = struct.Struct(">I")
 MAX_FRAME = 1 << 20                 # default cap on one frame, both directions
@@ -261,8 +269,8 @@ def encode_ok(result: Any) -> bytes:
     return json.dumps({"ok": True, "result": result}, separators=(",", ":")).encode("utf-8")
 
 
-def encode_error(code: str, message: str) -> bytes:
-    return json.dumps({"ok": False, "error": {"code": code, "message": message}},
+def encode_error(code: str, message: str, **details: str) -> bytes:
+    return json.dumps({"ok": False, "error": {"code": code, "message": message, **details}},
                       separators=(",", ":")).encode("utf-8")
 
 
@@ -284,6 +292,9 @@ def decode_response(payload: bytes) -> Any:
         raise KMUnavailable(f"KM unavailable: {message}")
     if code == "conflict":
         raise KMConflict(f"KM refused the request (conflict): {message}")
+    if code == "forbidden":
+        raise KMForbidden(f"KM refused the request (forbidden): {message}",
+                          _clean(str(err.get("account", "")), MAX_ACCOUNT), _clean(str(err.get("client", "")), 253))
     raise KMRefused(f"KM refused the request ({code}): {message}", code)
 
 

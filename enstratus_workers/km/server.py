@@ -10,23 +10,34 @@ stale, replayed, sealed before the KM started, oversized or garbage gets one una
 error frame (``protocol.py``) where the stream still allows it, and the connection is closed;
 the daemon logs the peer and the reason (never a secret) and keeps serving everyone else. Requests that authenticate always get a sealed response under the
 key they came in with, which is what lets a rotation run with old and new keys at once.
+
+With ``ssl = true`` each connection first completes a TLS 1.3 handshake in its own thread (within
+``first_frame_timeout``, so a slow handshake holds no one else up), presenting a client
+certificate from the CA; a plaintext client is told ``tls_required`` in clear (its first byte
+is not a TLS record's). The sealed frames then travel inside TLS, and every request but ``ping``
+must be for an account the access list grants the certificate's name; a refusal is logged
+(client, peer, op, account, credential name) and answered ``forbidden``.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import selectors
 import socket
+import ssl
 import threading
 import time
 from typing import Callable
 
 from enstratus_workers.clock import now_ms
+from enstratus_workers.config.problems import raise_all
 from enstratus_workers.errors import DaemonError, DatabaseError
-from enstratus_workers.km import KMError, KMNotFound
+from enstratus_workers.km import KMError, KMForbidden, KMNotFound
 from enstratus_workers.km import protocol as p
+from enstratus_workers.km.access import AccessList, load_access
 from enstratus_workers.km.admission import Admission, Busy, Slot, Throttle, evict
-from enstratus_workers.km.config import KMSettings
+from enstratus_workers.km.config import KMSettings, tls_problems
 from enstratus_workers.km.envelope import (
     REQUEST,
     RESPONSE,
@@ -37,6 +48,7 @@ from enstratus_workers.km.envelope import (
     seal,
 )
 from enstratus_workers.km.store import CredentialStore, load_or_create_master_key
+from enstratus_workers.km.tls import HANDSHAKE_RECORD, peer_names, server_context
 from enstratus_workers.runtime.service import Service
 
 log = logging.getLogger(__name__)
@@ -73,6 +85,12 @@ class KMService(Service):
         self._flood_log = Throttle(log)
         self._threads: set[threading.Thread] = set()
         self.address: tuple[str, int] | None = None
+        self._tls: ssl.SSLContext | None = None
+        self._access: AccessList | None = None     # applied only with TLS: names need certificates
+        if settings.ssl:
+            raise_all(tls_problems(settings))      # as config check would: exit 6 naming the key
+            self._tls = server_context(settings.tls_files)
+            self._access = load_access(settings.access_file)
 
     def __repr__(self):
         return f"KMService(name={self.name!r}, address={self.address}, keys={self._keyring!r})"
@@ -102,6 +120,9 @@ class KMService(Service):
             log.info("KM %s listening on %s:%d (key ids %s, replay window %gs)", self.name,
                      *self.address, ", ".join(k.hex() for k in self._keyring.key_ids),
                      self.settings.replay_window)
+            if self._access is not None:
+                log.info("KM %s speaks TLS 1.3 only, client certificates from %s; %d client(s) in %s",
+                         self.name, self.settings.ca_file, len(self._access.grants), self._access.source)
             ready()
             while not self._stopping:
                 if sel.select(POLL):
@@ -140,7 +161,7 @@ class KMService(Service):
             conn, peer = listener.accept()
         except (BlockingIOError, InterruptedError, ConnectionAbortedError):
             return
-        slot = Slot(conn, peer[0], f"{peer[0]}:{peer[1]}")
+        slot = Slot(conn, peer[0], f"{peer[0]}:{peer[1]}", tls=self._tls is not None)
         self._threads = {t for t in self._threads if t.is_alive()}
         try:
             victim = self._admission.admit(slot)
@@ -164,24 +185,70 @@ class KMService(Service):
 
     def _refuse(self, conn: socket.socket, code: str, message: str) -> None:
         with conn:
-            _refuse_and_close(conn, p.error_frame(code, message))
+            if self._tls is None:   # a TLS client would read a frame in clear as a broken handshake
+                _refuse_and_close(conn, p.error_frame(code, message))
+
+    def _handshake(self, slot: Slot, sel: selectors.BaseSelector, deadline: float) -> ssl.SSLSocket | None:
+        """The connection of ``slot`` once its TLS handshake is done (``slot.sock`` becomes it), or
+        ``None`` after a plaintext client was told to use TLS, a failed handshake, or ``deadline``."""
+        raw = slot.sock
+        sel.register(raw, selectors.EVENT_READ)
+        if not self._wait_for_request(sel, deadline):
+            if not self._stopping:
+                self._flood_log.warning("first-frame", "KM dropped %s: no TLS handshake within %gs of "
+                                        "connecting", slot.peer, self.settings.first_frame_timeout)
+            return None
+        first = raw.recv(1, socket.MSG_PEEK)
+        sel.unregister(raw)
+        if not first:
+            return None
+        if first[0] != HANDSHAKE_RECORD:
+            self._flood_log.warning("plaintext", "KM refused %s: a plaintext client at a TLS port "
+                                    "(ssl = false in its enstratus-km-client.cfg?)", slot.peer)
+            self._admission.release(slot)
+            _refuse_and_close(raw, p.error_frame(
+                "tls_required", "this KM speaks TLS only: set ssl = true with ca_file, cert_file and "
+                                "key_file in enstratus-km-client.cfg"))
+            return None
+        conn = self._tls.wrap_socket(raw, server_side=True, do_handshake_on_connect=False)
+        slot.sock = conn
+        conn.settimeout(max(0.001, deadline - time.monotonic()))
+        try:
+            conn.do_handshake()
+        except OSError as exc:  # ssl.SSLError and TimeoutError are OSErrors
+            self._flood_log.warning("handshake", "KM refused %s: TLS handshake failed (%s)", slot.peer,
+                                    getattr(exc, "reason", None) or exc)
+            self._admission.release(slot)   # no slot held while the alert is let through
+            _drain(conn)
+            return None
+        sel.register(conn, selectors.EVENT_READ)
+        return conn
 
     def _serve(self, slot: Slot) -> None:
         conn, peer = slot.sock, slot.peer
         sel = selectors.DefaultSelector()
         authenticated = False
+        client: tuple[str, ...] = ()
         try:
-            with conn:
+            with contextlib.ExitStack() as closing:
+                closing.callback(lambda: slot.sock.close())   # the TLS socket once there is one
                 conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-                sel.register(conn, selectors.EVENT_READ)
                 first_deadline = slot.accepted + self.settings.first_frame_timeout
+                if self._tls is None:
+                    sel.register(conn, selectors.EVENT_READ)
+                else:
+                    conn = self._handshake(slot, sel, first_deadline)
+                    if conn is None:
+                        return
+                    client = peer_names(conn)
+                    peer = f"{client[0] if client else '(unnamed)'} at {peer}"
                 while True:
                     if authenticated:
-                        if not self._wait_for_request(sel, time.monotonic() + self.settings.idle_timeout):
+                        if not self._wait_for_request(sel, time.monotonic() + self.settings.idle_timeout, conn):
                             return
                         deadline = time.monotonic() + self.settings.frame_timeout
                     else:
-                        if not self._wait_for_request(sel, first_deadline):
+                        if not self._wait_for_request(sel, first_deadline, conn):
                             if not self._stopping:
                                 self._flood_log.warning("first-frame", "KM dropped %s: no request within "
                                                         "%gs of connecting", peer, self.settings.first_frame_timeout)
@@ -199,7 +266,7 @@ class KMService(Service):
                         return
                     if frame is None or not (authenticated or self._admission.claim(slot)):
                         return   # closed, or displaced by a newcomer (and told "busy") meanwhile
-                    reply, keep_open = self._answer(frame, peer)
+                    reply, keep_open = self._answer(frame, peer, client)
                     if not keep_open:
                         # released first: a refused peer must not hold a slot while we linger
                         self._admission.release(slot)
@@ -218,8 +285,10 @@ class KMService(Service):
             sel.close()
             self._admission.release(slot)
 
-    def _wait_for_request(self, sel: selectors.BaseSelector, until: float) -> bool:
+    def _wait_for_request(self, sel: selectors.BaseSelector, until: float, conn=None) -> bool:
         """True once the next request starts arriving; False on stop or at ``until`` (monotonic)."""
+        if isinstance(conn, ssl.SSLSocket) and conn.pending():
+            return True   # already decrypted into the TLS buffer: the socket will not signal it
         while not self._stopping:
             remaining = until - time.monotonic()
             if remaining <= 0:
@@ -230,7 +299,7 @@ class KMService(Service):
 
     # -- requests ----------------------------------------------------------------------------
 
-    def _answer(self, frame: bytes, peer: str) -> tuple[bytes, bool]:
+    def _answer(self, frame: bytes, peer: str, client: tuple[str, ...] = ()) -> tuple[bytes, bool]:
         """The frame to send back, and whether the connection may carry further requests."""
         try:
             opened = open_frame(self._keyring, frame, REQUEST)
@@ -240,7 +309,9 @@ class KMService(Service):
             return p.error_frame(exc.code, str(exc)), False
         try:
             request = p.decode_request(opened.payload)
-            payload = p.encode_ok(self._dispatch(request, peer, opened.key_id.hex()))
+            payload = p.encode_ok(self._dispatch(request, peer, opened.key_id.hex(), client))
+        except KMForbidden as exc:
+            payload = p.encode_error(exc.code, str(exc), account=exc.account, client=exc.client)
         except KMNotFound as exc:
             payload = p.encode_error("not_found", str(exc))
         except p.BadRequest as exc:
@@ -256,8 +327,10 @@ class KMService(Service):
         reply, _ = seal(self._keyring, RESPONSE, payload, request_id=opened.request_id, kid=opened.key_id)
         return reply, True
 
-    def _dispatch(self, req: p.Request, peer: str, kid: str):
+    def _dispatch(self, req: p.Request, peer: str, kid: str, client: tuple[str, ...] = ()):
         store = self._store
+        if self._access is not None and req.op != "ping" and not self._access.allows(client, req.account):
+            self._refuse_account(req, peer, client)
         audit = log.info if req.op in ("put", "delete") else log.debug
         audit("KM %s from %s (key %s)", req.describe(), peer, kid)
         if req.op == "ping":
@@ -273,6 +346,15 @@ class KMService(Service):
         store.delete(req.account, req.name)
         return {"deleted": True}
 
+    def _refuse_account(self, req: p.Request, peer: str, client: tuple[str, ...]):
+        """Log (op, account, credential name: ``describe`` never holds the secret) and raise."""
+        name = client[0] if client else "(a certificate without a name)"
+        why = "is granted other accounts" if self._access.listed(client) else "is not listed"
+        log.warning("KM refused %s from %s: client %s %s in %s", req.describe(), peer, name, why,
+                    self._access.source)
+        raise KMForbidden(f"client {name!r} may not use account {req.account!r}: it {why} in the KM's "
+                          f"access list ({self._access.source.name})", req.account, name)
+
 
 def _refuse_and_close(conn: socket.socket, frame: bytes) -> None:
     """Send an error frame, then half-close and drain what the peer still sends (briefly, boundedly).
@@ -283,10 +365,24 @@ def _refuse_and_close(conn: socket.socket, frame: bytes) -> None:
     try:
         conn.settimeout(LINGER)
         p.write_frame(conn, frame)
-        conn.shutdown(socket.SHUT_WR)
+    except OSError:
+        return
+    _drain(conn)
+
+
+def _drain(conn: socket.socket) -> None:
+    """Half-close, then read and drop what the peer still sends, for at most ``LINGER``.
+
+    The plain socket's methods, also for a TLS one: after a refusal its TLS state is done with
+    (or broken, after a failed handshake), and the point is only that the kernel sends no reset
+    over the reason (an error frame, a TLS alert) before the peer has read it.
+    """
+    try:
+        conn.settimeout(LINGER)
+        socket.socket.shutdown(conn, socket.SHUT_WR)
         deadline, drained = time.monotonic() + LINGER, 0
         while drained < LINGER_BYTES and time.monotonic() < deadline:
-            chunk = conn.recv(65536)
+            chunk = socket.socket.recv(conn, 65536)
             if not chunk:
                 break
             drained += len(chunk)

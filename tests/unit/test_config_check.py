@@ -33,7 +33,7 @@ BAD = {
     "admin.cfg bad max_body": (f"{WORKER}/admin.cfg", "max_body", "10", "between 1024 and 67108864"),
     "km.cfg bad port": ("services/km/classes/km.cfg", "port", "70000", "between 0 and 65535"),
     "km.cfg bad frame_timeout": ("services/km/classes/km.cfg", "frame_timeout", "0", "between 0.1 and 600"),
-    "KM client ssl": (f"{WORKER}/enstratus-km-client.cfg", "ssl", "true", "ssl = true is not supported"),
+    "KM client ca_file missing": (f"{WORKER}/enstratus-km-client.cfg", "ca_file", "", "must not be empty"),
     "max_attempts 10^29": (f"{WORKER}/worker.properties", "action.max_attempts", str(10**29),
                            f"between 1 and {limits.MAX_ATTEMPTS}"),
     "worker max above the API's": (f"{WORKER}/worker.properties", "worker.default.max",
@@ -106,23 +106,26 @@ def test_the_admin_token_file_is_checked_as_the_admin_daemon_checks_it(home, cap
     assert check(home) == 0
 
 
-def test_km_client_ssl_is_refused_alike_at_start_and_by_the_client(home):
-    # Given ssl = true in the KM client's file
+def test_km_client_ssl_without_its_files_is_refused_alike_at_start_and_by_the_client(home):
+    # Given ssl = true in the KM client's file, and no certificate files named
     path = home / WORKER / "enstratus-km-client.cfg"
     sh.set_keys(path, {"ssl": "true"})
-    # When the daemons load their settings, Then they refuse it before starting
+    # When the daemons load their settings, Then they refuse it before starting, naming each
+    # missing key at the ssl line
     with pytest.raises(ConfigError) as at_start:
         from enstratus_workers.layout import Layout
 
         load_settings(Layout(home))
-    assert (at_start.value.key, at_start.value.line) == ("ssl", line_of(path, "ssl"))
+    problems = [(e.key, e.line) for e in getattr(at_start.value, "errors", [at_start.value])]
+    assert problems == [(key, line_of(path, "ssl")) for key in ("ca_file", "cert_file", "key_file")]
     # And a KM client handed such settings anyway refuses them for the same reason
     from enstratus_workers.km.client import KMClient
 
     with pytest.raises(ConfigError) as at_connect:
         KMClient(KMClientSettings(ssl=True, source=path), Secret(bytes(32)))
-    assert "not supported" in str(at_start.value) and "not supported" in str(at_connect.value)
-    # And ssl = false (the only value that works) passes
+    assert "is required when ssl = true" in str(at_start.value)
+    assert "is required when ssl = true" in str(at_connect.value)
+    # And ssl = false needs none of them
     sh.set_keys(path, {"ssl": "false"})
     assert check(home) == 0
 
