@@ -1,7 +1,8 @@
-"""The tables of the provisioning and analytics databases, and their schema versions.
+"""The tables of the provisioning and analytics databases, as the code reads and writes them.
 
-Each database records the version of each component's schema in ``enstratus_schema_version``,
-so a later release can migrate (``MIGRATIONS``) and an old release refuses a newer schema.
+They are created and migrated by the Alembic chains ``provisioning`` and ``analytics``
+(``db/migrate.py``, revisions in ``db/migrations/versions/``): a change here needs a revision
+there, and ``tests/unit/test_migrations.py`` checks that the two agree.
 """
 
 from __future__ import annotations
@@ -24,8 +25,7 @@ from enstratus_workers.jobs.lifecycle import (  # noqa: F401
 )
 from enstratus_workers.jobs.messages import MAX_ACTION_CHARS
 
-from ..errors import DatabaseError
-from .identity import IdentityString, make_exact
+from .identity import IdentityString
 
 _ID = sa.BigInteger().with_variant(sa.Integer(), "sqlite")  # INTEGER PRIMARY KEY is SQLite's rowid
 _LONG_TEXT = sa.Text().with_variant(mysql.MEDIUMTEXT(), "mysql")
@@ -96,60 +96,3 @@ server_events = sa.Table(
     sa.Column("event_timestamp", sa.BigInteger, nullable=False),
     sa.Index("ix_enstratus_server_event_server", "server_id"),
 )
-
-
-def _version_table(metadata: sa.MetaData) -> sa.Table:
-    return sa.Table(
-        "enstratus_schema_version", metadata,
-        sa.Column("component", sa.String(50), primary_key=True),
-        sa.Column("version", sa.Integer, nullable=False),
-        extend_existing=True,
-    )
-
-
-versions_provisioning = _version_table(provisioning)
-versions_analytics = _version_table(analytics)
-
-COMPONENTS = {
-    "provisioning": (provisioning, versions_provisioning, 2),
-    "analytics": (analytics, versions_analytics, 2),
-}
-
-
-
-def _provisioning_1_to_2(conn: sa.Connection) -> None:
-    """Jobs get an ``owner`` (one subscriber per attempt); identities compare byte for byte."""
-    owner = jobs.c.owner.type.compile(dialect=conn.dialect)
-    conn.exec_driver_sql(f"ALTER TABLE enstratus_job ADD COLUMN owner {owner} NULL")
-    make_exact(conn, jobs)
-    make_exact(conn, heartbeats)
-
-
-# component -> {from_version: callable(connection)} upgrading one step.
-MIGRATIONS: dict[str, dict[int, object]] = {
-    "provisioning": {1: _provisioning_1_to_2},
-    # 1 -> 2 added enstratus_server_event; create_all above has already created it.
-    "analytics": {1: lambda conn: None},
-}
-
-
-def ensure_schema(engine: sa.Engine, component: str) -> int:
-    """Create the component's tables if missing, migrate them to this code's version; return it."""
-    metadata, versions, current = COMPONENTS[component]
-    metadata.create_all(engine, checkfirst=True)
-    with engine.begin() as conn:
-        stored = conn.execute(
-            sa.select(versions.c.version).where(versions.c.component == component)).scalar()
-        if stored is None:
-            conn.execute(versions.insert().values(component=component, version=current))
-            return current
-        if stored > current:
-            raise DatabaseError(
-                f"the {component} database has schema version {stored}, newer than this release "
-                f"understands ({current}); upgrade enstratus-workers")
-        while stored < current:
-            MIGRATIONS[component][stored](conn)
-            stored += 1
-            conn.execute(versions.update().where(versions.c.component == component)
-                         .values(version=stored))
-    return current
