@@ -28,7 +28,7 @@ from enstratus_workers.km import schema as km_schema
 from enstratus_workers.layout import Layout
 from enstratus_workers.persist.sql_store import define_tables
 from tests.fixtures import legacy_schema
-from tests.servicehome import REPO, cli, make_home
+from tests.servicehome import REPO, cli, kill_strays, make_home
 
 CHAINS = migrate.CHAINS
 VERSION_TABLES = {migrate.version_table(c) for c in CHAINS}
@@ -312,8 +312,12 @@ def test_a_daemon_refuses_to_start_on_a_newer_schema(tmp_path):
             conn.exec_driver_sql("UPDATE enstratus_migration_provisioning SET version_num = 'provisioning_0099'")
     finally:
         engine.dispose()
-    run = subprocess.run([sys.executable, "-m", "enstratus_workers.daemons.publisher", "start",
-                          "--home", str(home)], capture_output=True, text=True, timeout=90, cwd=REPO)
+    try:
+        run = subprocess.run([sys.executable, "-m", "enstratus_workers.daemons.publisher", "start",
+                              "--home", str(home)], check=False, capture_output=True, text=True,
+                             timeout=90, cwd=REPO)
+    finally:
+        kill_strays(home)   # only if it wrongly started: this home's processes, by pid
     assert run.returncode != 0
     log = (home / "services" / "worker" / "log").glob("publisher@*.log")
     text = run.stderr + "".join(p.read_text() for p in log)
