@@ -14,8 +14,8 @@ import sqlalchemy as sa
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from enstratus_workers.km import KMConflict, KMNotFound
 from enstratus_workers.db import migrate
+from enstratus_workers.km import KMConflict, KMNotFound
 from enstratus_workers.km.schema import credentials
 from enstratus_workers.km.spelling import fold
 from enstratus_workers.km.store import CredentialStore
