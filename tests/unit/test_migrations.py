@@ -254,7 +254,7 @@ def test_four_processes_starting_at_once_migrate_once(engine, tmp_path):
                 p.kill()
                 p.wait()
     # Then none failed
-    assert [p.returncode for p in procs] == [0] * 4, [err for _, err in results]
+    assert [p.returncode for p in procs] == [0] * 4, "\n".join(err for _, err in results)
     # And each chain was migrated by exactly one of them
     logs = "".join(err for _, err in results)
     for chain in CHAINS:
