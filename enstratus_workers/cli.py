@@ -283,6 +283,66 @@ def cmd_tls(args) -> int:
     return 0
 
 
+def _db_targets(args):
+    from .db.targets import configured
+
+    return [t for t in configured(_layout(args)) if args.chain in (None, t.chain)]
+
+
+def cmd_db_upgrade(args) -> int:
+    """Every chain to head under the schema lock; with --sql only print the SQL it would run."""
+    from .db import migrate
+    from .db.targets import open_engine
+
+    layout, lines, data = _layout(args), [], []
+    for target in _db_targets(args):
+        engine = open_engine(target, layout, create=not args.sql)
+        try:
+            if args.sql:
+                print(f"-- {target.chain} database ({target.source}: {target.where})")
+                migrate.upgrade_sql(engine, target.chain, sys.stdout)
+                continue
+            state = migrate.upgrade(engine, target.chain)
+        finally:
+            engine.dispose()
+        lines.append(f"{state.describe()}  [{target.source}: {target.where}]")
+        data.append({"chain": target.chain, "source": target.source, "revision": state.current})
+    if not args.sql:
+        _print(args, data, "\n".join(lines))
+    return 0
+
+
+def cmd_db_current(args) -> int:
+    from .db import migrate
+    from .db.targets import open_engine
+
+    layout, lines, data, behind = _layout(args), [], [], False
+    for target in _db_targets(args):
+        engine = open_engine(target, layout, create=False)
+        try:
+            state = migrate.current(engine, target.chain)
+        finally:
+            engine.dispose()
+        behind = behind or not state.at_head
+        lines.append(f"{state.describe()}  [{target.source}: {target.where}]")
+        data.append({"chain": target.chain, "source": target.source, "revision": state.current,
+                     "head": state.head, "hand_version": state.legacy})
+    _print(args, data, "\n".join(lines))
+    return EXIT_FAILED if behind else 0
+
+
+def cmd_db_history(args) -> int:
+    from .db import migrate
+
+    chains = [args.chain] if args.chain else list(migrate.CHAINS)
+    data = {c: [{"revision": r, "down_revision": d, "message": m} for r, d, m in migrate.history(c)]
+            for c in chains}
+    _print(args, data, "\n".join(f"{c}: {r['down_revision'] or '<base>'} -> {r['revision']}  "
+                                 f"{r['message'].splitlines()[0] if r['message'] else ''}"
+                                 for c, revs in data.items() for r in revs))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="enstratus-workers", description=__doc__.splitlines()[0])
     p.add_argument("--home", help="install root (default: $ENSTRATUS_HOME or the checkout)")
@@ -330,6 +390,21 @@ def build_parser() -> argparse.ArgumentParser:
     csub = s.add_subparsers(dest="config_command", required=True)
     c = csub.add_parser("check", parents=[common], help="validate every config file, as the daemons do")
     c.set_defaults(func=cmd_config_check)
+
+    from .db.migrate import CHAINS
+
+    s = sub.add_parser("db", help="database schemas: migrations (Alembic)")
+    bsub = s.add_subparsers(dest="db_command", required=True)
+    b = bsub.add_parser("upgrade", parents=[common], help="migrate every database to this release's schema")
+    b.add_argument("--sql", action="store_true", help="print the SQL instead of running it (changes nothing)")
+    b.add_argument("--chain", choices=CHAINS, help="only this database's chain")
+    b.set_defaults(func=cmd_db_upgrade)
+    b = bsub.add_parser("current", parents=[common], help="each database's revision (exit 1 if one is behind)")
+    b.add_argument("--chain", choices=CHAINS, help="only this database's chain")
+    b.set_defaults(func=cmd_db_current)
+    b = bsub.add_parser("history", parents=[common], help="the revisions of each chain, oldest first")
+    b.add_argument("--chain", choices=CHAINS, help="only this chain")
+    b.set_defaults(func=cmd_db_history)
 
     s = sub.add_parser("keygen", help="write a new ENCRYPTION_KEY (mode 0600)")
     s.add_argument("--force", action="store_true", help="replace an existing key")

@@ -1,4 +1,4 @@
-"""The provisioning and analytics databases, opened together with their schemas ensured."""
+"""The provisioning and analytics databases, opened together with their schemas migrated to head."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ from .analytics import Event, EventStore
 from .engine import make_engine
 from .heartbeats import Heartbeat, HeartbeatStore
 from .jobs import DeliveryRow, Job, JobStore, NewJob, Outcome, Started
-from .schema import ensure_schema
+from .migrate import upgrade
 
 __all__ = ["Databases", "open_databases", "DeliveryRow", "Job", "JobStore", "NewJob", "Outcome", "Started",
            "Event", "EventStore", "Heartbeat", "HeartbeatStore", "now_ms"]
@@ -50,18 +50,22 @@ class Databases:
 
 
 def open_databases(worker: WorkerSettings, layout: Layout, *, ensure: bool = True) -> Databases:
-    """Engines for both databases; with ``ensure`` the schemas are created or migrated first."""
+    """Engines for both databases; with ``ensure`` their chains (provisioning, admin, analytics)
+    are first brought to head under the schema lock (``db/migrate.py``)."""
     prov = make_engine(worker.provisioning_url.reveal(), layout)
     anal = make_engine(worker.analytics_url.reveal(), layout)
     if ensure:
         try:
-            ensure_schema(prov, "provisioning")
-            ensure_schema(anal, "analytics")
-        except sa.exc.SQLAlchemyError as exc:
+            try:
+                for engine, chain in ((prov, "provisioning"), (prov, "admin"), (anal, "analytics")):
+                    upgrade(engine, chain)
+            except sa.exc.SQLAlchemyError as exc:
+                raise DatabaseError(f"cannot prepare the databases: {type(exc).__name__}: "
+                                    f"{str(getattr(exc, 'orig', exc)).splitlines()[0][:200]}") from exc
+        except BaseException:
             prov.dispose()
             anal.dispose()
-            raise DatabaseError(f"cannot prepare the databases: {type(exc).__name__}: "
-                                f"{str(getattr(exc, 'orig', exc)).splitlines()[0][:200]}") from exc
+            raise
     ringer = wakeup.ringer_for(layout.run_dir)
     waiters = wakeup.ringer_for(layout.run_dir, wakeup.WAITER)
     jobs = JobStore(prov, ringer.ring if ringer else None, waiters.ring if waiters else None)

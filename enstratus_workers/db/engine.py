@@ -7,6 +7,8 @@ are settled here, once, so the stores above never branch on the dialect.
 from __future__ import annotations
 
 import logging
+import sqlite3
+import time
 
 import sqlalchemy as sa
 from sqlalchemy.engine import make_url
@@ -83,9 +85,9 @@ def _sqlite_engine(parsed, layout: Layout) -> sa.Engine:
         # Take transaction control away from the sqlite3 module so BEGIN IMMEDIATE below is ours.
         dbapi_conn.isolation_level = None
         cur = dbapi_conn.cursor()
-        cur.execute("PRAGMA journal_mode=WAL")   # readers never block the writer
-        cur.execute("PRAGMA synchronous=NORMAL")  # durable across process crashes, fast
         cur.execute("PRAGMA busy_timeout=30000")
+        _wal(cur)                                 # readers never block the writer
+        cur.execute("PRAGMA synchronous=NORMAL")  # durable across process crashes, fast
         cur.close()
 
     @sa.event.listens_for(engine, "begin")
@@ -95,6 +97,23 @@ def _sqlite_engine(parsed, layout: Layout) -> sa.Engine:
         conn.exec_driver_sql("BEGIN IMMEDIATE")
 
     return engine
+
+
+def _wal(cur, wait: float = 30.0) -> None:
+    """Put the file in WAL mode (it stays so). Switching needs the file to itself, and SQLite
+    answers "database is locked" at once, without its busy handler, while another process has
+    it open: so several daemons starting on a new file retry here, until ``wait`` runs out."""
+    if cur.execute("PRAGMA journal_mode").fetchone()[0].lower() == "wal":
+        return
+    deadline = time.monotonic() + wait
+    while True:
+        try:
+            cur.execute("PRAGMA journal_mode=WAL")
+            return
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc) or time.monotonic() >= deadline:
+                raise
+            time.sleep(0.02)
 
 
 def _ensure_mysql_database(parsed) -> None:

@@ -6,7 +6,7 @@ here say it instead (``InstanceStore.ensure_seeded`` copies the file's worker ty
 an operator can add a worker type, move a queue or scale a pool without editing files on every
 host, and every subscriber of a fleet reads the same answer from ``desired_types``.
 
-Tables (the "admin" component, with its own row in ``enstratus_schema_version``):
+Tables (the Alembic chain "admin", ``db/migrate.py``; they live in the provisioning database):
 
 - ``enstratus_worker_instance``: one per worker type: its process bounds and whether it runs;
 - ``enstratus_worker_instance_queue``: which queues each instance consumes, in order;
@@ -20,8 +20,8 @@ on SQLite, ``FOR UPDATE`` on MySQL), so two operators cannot both pass a check t
 of their changes may pass (e.g. deleting a queue while another makes an instance consume it).
 
 Worker-type and queue names are identities: ``Tasks``, ``tasks`` and ``tasks `` are three names
-on every database (``IdentityString``; schema version 2 migrates a MySQL database of version 1,
-whose default collation took them for one).
+on every database (``IdentityString``; a MySQL database of the hand-versioned admin schema 1,
+whose default collation took them for one, is migrated by the chain's first revision).
 """
 
 from __future__ import annotations
@@ -35,13 +35,11 @@ import sqlalchemy as sa
 # worker.properties and the admin API (which imports it from here) agree
 from ..config.limits import MAX_PROCESSES, NAME_MAX
 from ..config.settings import WorkerType
-from ..errors import DatabaseError, EnstratusError
-from .identity import IdentityString, make_exact
+from ..errors import EnstratusError
+from .identity import IdentityString
 from .jobs import now_ms
+from .migrate import upgrade
 
-COMPONENT = "admin"
-#: 1: the tables; 2: their name columns compare byte for byte (``_migrate_to_2``)
-SCHEMA_VERSION = 2
 SINCE_KEY = "jobs.stats.since_ms"
 SEEDED_KEY = "instances.seeded_ms"
 
@@ -81,13 +79,6 @@ state = sa.Table(
     sa.Column("name", IdentityString(100), primary_key=True),
     sa.Column("value", sa.String(200), nullable=False),
 )
-
-versions = sa.Table(
-    "enstratus_schema_version", metadata,
-    sa.Column("component", sa.String(50), primary_key=True),
-    sa.Column("version", sa.Integer, nullable=False),
-)
-
 
 class AdminStoreError(EnstratusError):
     """A change to the desired state that cannot be made; nothing of it was written."""
@@ -135,42 +126,6 @@ class QueueEntry:
     created_ms: int
 
 
-def ensure_admin_schema(engine: sa.Engine) -> int:
-    """Create the admin tables if missing, migrate older ones, record the version; refuse a newer
-    schema. Safe when several processes start at once (each step may be done twice)."""
-    metadata.create_all(engine, checkfirst=True)
-    stored = None
-    for _ in range(2):  # a second round if another process recorded the version meanwhile
-        try:
-            with engine.begin() as conn:
-                stored = conn.execute(sa.select(versions.c.version)
-                                      .where(versions.c.component == COMPONENT)).scalar()
-                if stored is None:
-                    conn.execute(versions.insert().values(component=COMPONENT, version=SCHEMA_VERSION))
-                    return SCHEMA_VERSION
-            break
-        except sa.exc.IntegrityError:
-            continue
-    if stored > SCHEMA_VERSION:
-        raise DatabaseError(f"the admin tables have schema version {stored}, newer than this release "
-                            f"understands ({SCHEMA_VERSION}); upgrade enstratus-workers")
-    if stored < 2:
-        _migrate_to_2(engine)
-        stored = 2
-    return stored
-
-
-def _migrate_to_2(engine: sa.Engine) -> None:
-    """Version 1 declared the names plain VARCHARs: on MySQL/MariaDB they compared case-, accent-
-    and trailing-space-insensitively. Making them exact cannot create duplicates (only more
-    values become distinct); on SQLite they were exact already, so only the version changes."""
-    with engine.begin() as conn:
-        for table in (instances, instance_queues, declared_queues, state):
-            make_exact(conn, table)
-        conn.execute(versions.update().where(versions.c.component == COMPONENT,
-                                             versions.c.version < 2).values(version=2))
-
-
 def check_bounds(low: int, high: int) -> None:
     """The rule for a pool's size, as worker.properties has it: 0 <= min <= max, 1 <= max."""
     if low < 0 or high < 0:
@@ -193,7 +148,7 @@ class InstanceStore:
     def __init__(self, engine: sa.Engine, *, ensure: bool = True):
         self.engine = engine
         if ensure:
-            ensure_admin_schema(engine)
+            upgrade(engine, "admin")
 
     # -- instances: reading --------------------------------------------------------------------
     def list(self, *, enabled_only: bool = False) -> list[Instance]:
@@ -460,5 +415,5 @@ def desired_types(engine: sa.Engine, settings=None) -> list[WorkerType]:
     try:
         return read()
     except (sa.exc.OperationalError, sa.exc.ProgrammingError):
-        ensure_admin_schema(engine)  # a database no admin daemon has prepared yet
+        upgrade(engine, "admin")  # a database no daemon has prepared yet
         return read()

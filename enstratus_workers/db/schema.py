@@ -1,7 +1,8 @@
-"""The tables of the provisioning and analytics databases, and their schema versions.
+"""The tables of the provisioning and analytics databases, as the code reads and writes them.
 
-Each database records the version of each component's schema in ``enstratus_schema_version``,
-so a later release can migrate (``MIGRATIONS``) and an old release refuses a newer schema.
+They are created and migrated by the Alembic chains ``provisioning`` and ``analytics``
+(``db/migrate.py``, revisions in ``db/migrations/versions/``): a change here needs a revision
+there, and ``tests/unit/test_migrations.py`` checks that the two agree.
 """
 
 from __future__ import annotations
@@ -24,8 +25,7 @@ from enstratus_workers.jobs.lifecycle import (  # noqa: F401
 )
 from enstratus_workers.jobs.messages import MAX_ACTION_CHARS
 
-from ..errors import DatabaseError
-from .identity import IdentityString, make_exact
+from .identity import IdentityString
 
 _ID = sa.BigInteger().with_variant(sa.Integer(), "sqlite")  # INTEGER PRIMARY KEY is SQLite's rowid
 _LONG_TEXT = sa.Text().with_variant(mysql.MEDIUMTEXT(), "mysql")
@@ -98,20 +98,11 @@ server_events = sa.Table(
 )
 
 
-def _version_table(metadata: sa.MetaData) -> sa.Table:
-    return sa.Table(
-        "enstratus_schema_version", metadata,
-        sa.Column("component", sa.String(50), primary_key=True),
-        sa.Column("version", sa.Integer, nullable=False),
-        extend_existing=True,
-    )
-
-
-# -- schema version 3: retention --------------------------------------------------------------
-# Everything version 3 adds lives in this block (tables, seed rows, the 2 -> 3 migration), so it
-# can become one Alembic revision as it stands. Old rows are pruned (db/retention.py); what the
-# pages and the metrics count must survive that, and must cost the same at any history size, so
-# the counts are kept as totals, written by the same transactions that change what they count.
+# -- retention: the totals that survive pruning ------------------------------------------------
+# Created by the revisions provisioning_0002 and analytics_0002 (db/migrations), which call the
+# seeds below once. Old rows are pruned (db/retention.py); what the pages and the metrics count
+# must survive that, and must cost the same at any history size, so the counts are kept as
+# totals, written by the same transactions that change what they count.
 
 #: Upper bounds (seconds) of the action-duration histogram, stored as columns of the totals
 #: below: cloud calls take from ms to minutes.
@@ -158,88 +149,28 @@ action_totals = sa.Table(
 RETENTION_LEASE = "retention"
 
 
-def _seed_provisioning_3(conn: sa.Connection) -> None:
-    """A total for every finished status, counted from the rows there are (none when new), and
-    the pruning lease's row. Only what is missing is added: safe to run twice."""
-    have = set(conn.execute(sa.select(job_totals.c.status)).scalars())
-    found = dict(conn.execute(sa.select(jobs.c.status, sa.func.count())
-                              .where(jobs.c.status.in_(TERMINAL)).group_by(jobs.c.status)).all())
-    missing = [{"status": s, "jobs": int(found.get(s, 0))} for s in TERMINAL if s not in have]
-    if missing:
-        conn.execute(job_totals.insert(), missing)
-    if conn.execute(sa.select(leases.c.name).where(leases.c.name == RETENTION_LEASE)).first() is None:
-        conn.execute(leases.insert().values(name=RETENTION_LEASE, holder=None, expires_ms=0))
+def seed_provisioning_totals() -> list:
+    """The statements giving a new or adopted database a total for every finished status,
+    counted from the rows it holds, and the pruning lease's row (one INSERT ... SELECT each, so
+    ``db upgrade --sql`` prints them too)."""
+    out = []
+    for status in TERMINAL:
+        counted = sa.select(sa.literal(status), sa.func.count()).select_from(jobs).where(jobs.c.status == status)
+        out.append(job_totals.insert().from_select(["status", "jobs"], counted))
+    out.append(leases.insert().values(name=RETENTION_LEASE, holder=None, expires_ms=0))
+    return out
 
 
-def _seed_analytics_3(conn: sa.Connection) -> None:
-    """The action totals of the events there are (none when new), if none were kept yet."""
-    if conn.execute(sa.select(action_totals.c.action).limit(1)).first() is not None:
-        return
+def seed_analytics_totals() -> list:
+    """The statement giving the action totals of the events a database holds (none when new)."""
     per_bucket, low = [], None
     for bound in DURATION_BUCKETS:
         ms = bound * 1000
         within = events.c.duration_ms <= ms if low is None else sa.and_(events.c.duration_ms > low,
                                                                           events.c.duration_ms <= ms)
-        per_bucket.append(sa.func.sum(sa.case((within, 1), else_=0)))
+        per_bucket.append(sa.func.coalesce(sa.func.sum(sa.case((within, 1), else_=0)), 0))
         low = ms
     q = (sa.select(events.c.action, events.c.outcome, sa.func.count(),
                    sa.func.coalesce(sa.func.sum(events.c.duration_ms), 0), *per_bucket)
          .group_by(events.c.action, events.c.outcome))
-    rows = [dict(zip(("action", "outcome", "attempts", "duration_ms") + BUCKET_COLUMNS,
-                     (a, o, *(int(v or 0) for v in rest))))
-            for a, o, *rest in conn.execute(q)]
-    if rows:
-        conn.execute(action_totals.insert(), rows)
-
-
-versions_provisioning = _version_table(provisioning)
-versions_analytics = _version_table(analytics)
-
-COMPONENTS = {
-    "provisioning": (provisioning, versions_provisioning, 3),
-    "analytics": (analytics, versions_analytics, 3),
-}
-
-#: component -> callable(connection) writing the rows a new database of this version starts with
-SEEDS = {"provisioning": _seed_provisioning_3, "analytics": _seed_analytics_3}
-
-
-
-def _provisioning_1_to_2(conn: sa.Connection) -> None:
-    """Jobs get an ``owner`` (one subscriber per attempt); identities compare byte for byte."""
-    owner = jobs.c.owner.type.compile(dialect=conn.dialect)
-    conn.exec_driver_sql(f"ALTER TABLE enstratus_job ADD COLUMN owner {owner} NULL")
-    make_exact(conn, jobs)
-    make_exact(conn, heartbeats)
-
-
-# component -> {from_version: callable(connection)} upgrading one step.
-MIGRATIONS: dict[str, dict[int, object]] = {
-    # 2 -> 3: create_all above has created the tables of version 3; the seeds fill them in
-    "provisioning": {1: _provisioning_1_to_2, 2: _seed_provisioning_3},
-    # 1 -> 2 added enstratus_server_event; create_all above has already created it.
-    "analytics": {1: lambda conn: None, 2: _seed_analytics_3},
-}
-
-
-def ensure_schema(engine: sa.Engine, component: str) -> int:
-    """Create the component's tables if missing, migrate them to this code's version; return it."""
-    metadata, versions, current = COMPONENTS[component]
-    metadata.create_all(engine, checkfirst=True)
-    with engine.begin() as conn:
-        stored = conn.execute(
-            sa.select(versions.c.version).where(versions.c.component == component)).scalar()
-        if stored is None:
-            conn.execute(versions.insert().values(component=component, version=current))
-            SEEDS[component](conn)
-            return current
-        if stored > current:
-            raise DatabaseError(
-                f"the {component} database has schema version {stored}, newer than this release "
-                f"understands ({current}); upgrade enstratus-workers")
-        while stored < current:
-            MIGRATIONS[component][stored](conn)
-            stored += 1
-            conn.execute(versions.update().where(versions.c.component == component)
-                         .values(version=stored))
-    return current
+    return [action_totals.insert().from_select(["action", "outcome", "attempts", "duration_ms", *BUCKET_COLUMNS], q)]

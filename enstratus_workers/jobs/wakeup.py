@@ -22,6 +22,7 @@ import os
 import select
 import socket
 import time
+import weakref
 from pathlib import Path
 
 RING = b"!"
@@ -102,6 +103,9 @@ class Ringer:
         self._suffix = ".pid" if role == PUBLISHER else ".bell"
         self._sock: socket.socket | None = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
         self._sock.setblocking(False)
+        # a store opened and dropped without close() (a script, a test) must not leak the socket
+        # or warn about it when collected: close it with its owner
+        weakref.finalize(self, self._sock.close)
         self._addresses: list[bytes] = []
         self._scanned = float("-inf")
         self._mtime = -1

@@ -33,11 +33,12 @@ from sqlalchemy.engine import make_url
 
 from enstratus_workers.clock import now_ms
 from enstratus_workers.config.settings import Secret
+from enstratus_workers.db.migrate import upgrade
 from enstratus_workers.errors import ConfigError, DatabaseError
 from enstratus_workers.km import KMConflict, KMError, KMNotFound
 from enstratus_workers.km.envelope import KEY_SIZE, NONCE_SIZE, key_id
 from enstratus_workers.km.protocol import Credential, CredentialInfo
-from enstratus_workers.km.schema import credentials, ensure_schema
+from enstratus_workers.km.schema import credentials
 from enstratus_workers.km.spelling import digest
 
 log = logging.getLogger(__name__)
@@ -69,7 +70,7 @@ class CredentialStore:
         self._aead = AESGCM(key)
         self._key_id = key_id(key).hex()
         try:
-            ensure_schema(engine)
+            upgrade(engine, "km")
         except sa.exc.SQLAlchemyError as exc:
             log.error("credentials schema: %s", type(exc).__name__)
             raise DatabaseError(f"cannot create or migrate the credentials tables: {type(exc).__name__}") from None

@@ -2,9 +2,9 @@
 
 Two tables hold everything: ``persist_objects`` (one row per object, its JSON text and an integer
 ``version`` bumped by every write) and ``persist_indexes`` (one row per index entry, the string
-or integer value in its own column so both sort natively). A third, ``persist_meta``, holds the
-schema version of the tables themselves. The ``persist_`` prefix keeps them apart from the
-provisioning tables when both live in one database.
+or integer value in its own column so both sort natively). They are created and migrated by the
+Alembic chain ``persist`` (``db/migrate.py``) on a store's first use. The ``persist_`` prefix
+keeps them apart from the provisioning tables when both live in one database.
 
 Names and string index values are stored as UTF-8 bytes (VARBINARY / BLOB): comparisons are
 then exact and ordered by bytes in every engine, as in Riak, with no collation folding case or
@@ -20,20 +20,20 @@ import time
 from dataclasses import dataclass
 from typing import Any, Callable
 
-from sqlalchemy import (BigInteger, Column, Index, Integer, LargeBinary, MetaData, String, Table,
-                        Text, and_, delete, exc, insert, select, update)
+from sqlalchemy import (BigInteger, Column, Index, Integer, LargeBinary, MetaData, Table, Text, and_,
+                        delete, exc, insert, select, update)
 from sqlalchemy.dialects import mysql
 from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.types import TypeDecorator
 
+from enstratus_workers.db.migrate import SchemaTooNew, upgrade
+from enstratus_workers.errors import DatabaseError
 from enstratus_workers.persist import values
 from enstratus_workers.persist.base import (ABSENT, ANY, StaleWriteError, NotFound, Store,
                                             StoredObject, StoreError, StoreUnavailable)
 
 log = logging.getLogger(__name__)
 
-#: version of the table layout; a database holding a newer one is refused
-SCHEMA_VERSION = 1
 _MYSQL = ("mysql", "mariadb")
 
 
@@ -63,11 +63,10 @@ class Utf8Bytes(TypeDecorator):
 class Tables:
     objects: Table
     indexes: Table
-    meta: Table
 
 
 def define_tables(metadata: MetaData) -> Tables:
-    """The three tables, on a fresh ``MetaData`` per store (no module-level registry)."""
+    """The two tables, on a fresh ``MetaData`` per store (no module-level registry)."""
     opts = {"mysql_engine": "InnoDB", "mysql_charset": "utf8mb4"}
     objects = Table(
         "persist_objects", metadata,
@@ -88,12 +87,7 @@ def define_tables(metadata: MetaData) -> Tables:
         Index("ix_persist_indexes_bin", "bucket", "name", "value_bin", "key"),
         Index("ix_persist_indexes_int", "bucket", "name", "value_int", "key"),
         **opts)
-    meta = Table(
-        "persist_meta", metadata,
-        Column("name", String(64), primary_key=True),
-        Column("value", Integer, nullable=False),
-        **opts)
-    return Tables(objects, indexes, meta)
+    return Tables(objects, indexes)
 
 
 class _Retry(Exception):
@@ -146,36 +140,21 @@ class SqlStore(Store):
         return StoreError(f"{self.name} database error: {e.orig}")
 
     def _ensure_schema(self) -> None:
-        """Create the tables on first use and record (or check) their schema version."""
+        """Bring the tables to head on first use (``db/migrate.py``: one process migrates)."""
         if self._ready:
             return
         with self._ready_lock:
             if self._ready:
                 return
-            for attempt in (1, 2):
-                try:
-                    with self._engine.connect() as conn:
-                        conn.execution_options(**self._write_options)
-                        with conn.begin():
-                            self._create(conn)
-                    break
-                except exc.DBAPIError as e:
-                    # Another process created the tables between our check and our CREATE
-                    # (MySQL DDL is not transactional): the second pass sees them.
-                    if attempt == 2:
-                        raise self._translate(e) from e
+            try:
+                upgrade(self._engine, "persist")
+            except SchemaTooNew as e:
+                raise StoreError(f"{self.name}: {e}") from None
+            except DatabaseError as e:
+                raise StoreUnavailable(f"{self.name}: {e}") from None
+            except exc.DBAPIError as e:
+                raise self._translate(e) from e
             self._ready = True
-
-    def _create(self, conn: Connection) -> None:
-        self._t.objects.metadata.create_all(conn, checkfirst=True)
-        meta = self._t.meta
-        found = conn.execute(select(meta.c.value).where(meta.c.name == "schema_version")).scalar()
-        if found is None:
-            conn.execute(insert(meta).values(name="schema_version", value=SCHEMA_VERSION))
-            log.info("%s: created persistence tables, schema version %d", self.name, SCHEMA_VERSION)
-        elif found > SCHEMA_VERSION:
-            raise StoreError(f"{self.name}: persistence tables are at schema version {found}, "
-                             f"newer than this code supports ({SCHEMA_VERSION}); upgrade the workers")
 
     # -- the contract ---------------------------------------------------------------------------
 

@@ -142,11 +142,10 @@ def test_events_and_heartbeats(dbs):
 
 
 def test_schema_version_newer_than_code_is_refused(dbs, tmp_path):
-    from enstratus_workers.db.schema import ensure_schema, versions_provisioning
+    from enstratus_workers.db.migrate import upgrade
     from enstratus_workers.errors import DatabaseError
 
     with dbs.provisioning.begin() as conn:
-        conn.execute(versions_provisioning.update().values(version=99)
-                     .where(versions_provisioning.c.component == "provisioning"))
+        conn.exec_driver_sql("UPDATE enstratus_migration_provisioning SET version_num = 'provisioning_0099'")
     with pytest.raises(DatabaseError, match="newer"):
-        ensure_schema(dbs.provisioning, "provisioning")
+        upgrade(dbs.provisioning, "provisioning")

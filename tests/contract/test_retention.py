@@ -219,7 +219,8 @@ def test_recovery_and_redrive_keep_the_dead_total(dbs):
 
 
 def test_a_version_2_database_gets_its_totals_from_its_rows(tmp_path):
-    # Given databases as release 2 left them: finished jobs and events, no totals
+    # Given databases as the release before the totals left them (revision 0001 of each chain):
+    # finished jobs and events, no totals
     url_p, url_a = "sqlite:///data/prov.db", "sqlite:///data/anal.db"
     settings = WorkerSettings(provisioning_url=Secret(url_p), analytics_url=Secret(url_a))
     dbs = open_databases(settings, Layout(tmp_path))
@@ -228,12 +229,12 @@ def test_a_version_2_database_gets_its_totals_from_its_rows(tmp_path):
         with dbs.analytics.begin() as conn:
             conn.exec_driver_sql(f"UPDATE enstratus_job_event SET duration_ms = {ms} WHERE job_id = {jid}")
     with dbs.provisioning.begin() as conn:
-        conn.exec_driver_sql("DROP TABLE enstratus_job_total")
-        conn.exec_driver_sql("DROP TABLE enstratus_lease")
-        conn.exec_driver_sql("UPDATE enstratus_schema_version SET version = 2")
+        for table in ("enstratus_job_total", "enstratus_job_pruned", "enstratus_lease"):
+            conn.exec_driver_sql(f"DROP TABLE {table}")
+        conn.exec_driver_sql("UPDATE enstratus_migration_provisioning SET version_num = 'provisioning_0001'")
     with dbs.analytics.begin() as conn:
         conn.exec_driver_sql("DROP TABLE enstratus_action_total")
-        conn.exec_driver_sql("UPDATE enstratus_schema_version SET version = 2")
+        conn.exec_driver_sql("UPDATE enstratus_migration_analytics SET version_num = 'analytics_0001'")
     dbs.close()
     # When this release opens them
     dbs = open_databases(settings, Layout(tmp_path))

@@ -6,8 +6,9 @@ from __future__ import annotations
 import pytest
 import sqlalchemy as sa
 
-from enstratus_workers.db import instances as inst
-from enstratus_workers.db.instances import InstanceStore, ensure_admin_schema
+from enstratus_workers.db import migrate
+from enstratus_workers.db.instances import InstanceStore
+from tests.fixtures import legacy_schema
 
 SPELLINGS = ["tasks", "Tasks", "tasks ", "tásks"]
 
@@ -46,27 +47,20 @@ def test_a_version_1_database_is_migrated_to_exact_names(mysql_url):
     engine = sa.create_engine(mysql_url)
     try:
         # Given the admin tables as version 1 made them: names in the server's default collation
-        inst.metadata.create_all(engine)
-        with engine.begin() as c:
-            for table, column, key in (("enstratus_worker_instance", "type", "NOT NULL"),
-                                       ("enstratus_worker_instance_queue", "queue", "NOT NULL"),
-                                       ("enstratus_admin_queue", "name", "NOT NULL"),
-                                       ("enstratus_admin_state", "name", "NOT NULL")):
-                c.exec_driver_sql(f"ALTER TABLE {table} MODIFY `{column}` VARCHAR(100) "
-                                  f"CHARACTER SET utf8mb4 COLLATE utf8mb4_general_ci {key}")
-            c.execute(inst.versions.insert().values(component=inst.COMPONENT, version=1))
+        legacy_schema.make(engine, "admin", 1)
         old = InstanceStore(engine, ensure=False)
         old.add_queue("tasks")
         assert old.queue("TASKS ") is not None  # the old tables took another spelling for it
         # When a daemon of this release starts on it
-        assert ensure_admin_schema(engine) == 2
-        # Then the names are exact, the stored ones kept, and the version recorded once
+        assert migrate.upgrade(engine, "admin").at_head
+        # Then the names are exact, the stored ones kept, and the revision recorded once
         store = InstanceStore(engine)
         assert store.queue("TASKS ") is None and store.queue("tasks").name == "tasks"
         assert store.add_queue("Tasks")[1]
         with engine.connect() as c:
-            assert c.execute(sa.select(inst.versions.c.version)
-                             .where(inst.versions.c.component == inst.COMPONENT)).scalars().all() == [2]
+            assert c.exec_driver_sql("SELECT version_num FROM enstratus_migration_admin").scalars().all() == [
+                migrate.script("admin").get_current_head()]
+        assert "enstratus_schema_version" not in sa.inspect(engine).get_table_names()
     finally:
         engine.dispose()
 
@@ -74,9 +68,7 @@ def test_a_version_1_database_is_migrated_to_exact_names(mysql_url):
 def test_a_version_1_sqlite_database_only_has_its_version_raised():
     # Given a version-1 SQLite database (its names were exact already)
     engine = sa.create_engine("sqlite://")
-    inst.metadata.create_all(engine)
-    with engine.begin() as c:
-        c.execute(inst.versions.insert().values(component=inst.COMPONENT, version=1))
-    # When the schema is ensured, Then it is version 2, and stays so on the next start
-    assert ensure_admin_schema(engine) == 2
-    assert ensure_admin_schema(engine) == 2
+    legacy_schema.make(engine, "admin", 1)
+    # When the schema is upgraded, Then it is at head, and stays so on the next start
+    first = migrate.upgrade(engine, "admin")
+    assert first.at_head and migrate.upgrade(engine, "admin") == first

@@ -14,8 +14,9 @@ import sqlalchemy as sa
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from enstratus_workers.db import migrate
 from enstratus_workers.km import KMConflict, KMNotFound
-from enstratus_workers.km.schema import SCHEMA_VERSION, credentials, versions
+from enstratus_workers.km.schema import credentials
 from enstratus_workers.km.spelling import fold
 from enstratus_workers.km.store import CredentialStore
 from tests.unit.test_km_store import MASTER, db_path, store, url  # noqa: F401 - SQLite/MySQL fixtures
@@ -165,11 +166,15 @@ def make_legacy_database(url, rows):
     return table
 
 
+HEAD = migrate.script("km").get_current_head()
+
+
 def stored_version(url):
+    """The KM chain's revision in the database (the hand versions are gone once it is stamped)."""
     engine = sa.create_engine(url)
     try:
-        with engine.connect() as conn:
-            return conn.execute(sa.select(versions.c.version).where(versions.c.component == "km")).scalar()
+        assert "enstratus_schema_version" not in sa.inspect(engine).get_table_names()
+        return migrate.current(engine, "km").current
     finally:
         engine.dispose()
 
@@ -188,7 +193,7 @@ def test_an_old_mariadb_credentials_table_is_migrated_to_exact_identities(mysql_
         store = CredentialStore.open(mysql_url, MASTER)
         try:
             # Then the schema is at the current version, every identity column exact
-            assert stored_version(mysql_url) == SCHEMA_VERSION
+            assert stored_version(mysql_url) == HEAD
             with engine.connect() as conn:
                 collations = dict(conn.execute(sa.text(
                     "SELECT column_name, collation_name FROM information_schema.columns "
@@ -209,7 +214,7 @@ def test_an_old_mariadb_credentials_table_is_migrated_to_exact_identities(mysql_
             store.close()
         # And a second start finds nothing left to migrate
         CredentialStore.open(mysql_url, MASTER).close()
-        assert stored_version(mysql_url) == SCHEMA_VERSION
+        assert stored_version(mysql_url) == HEAD
     finally:
         engine.dispose()
 
@@ -222,7 +227,7 @@ def test_an_old_sqlite_table_with_two_spellings_keeps_both_readable(tmp_path):
     store = CredentialStore.open(url, MASTER)
     try:
         # Then both stay readable and replaceable under their exact spelling
-        assert stored_version(url) == SCHEMA_VERSION
+        assert stored_version(url) == HEAD
         assert store.get("acct", "aws").secret.reveal() == b"lower"
         assert store.get("acct", "AWS").secret.reveal() == b"upper"
         assert store.put("acct", "AWS", b"upper-2") == 2
@@ -239,8 +244,8 @@ def test_a_newer_schema_is_refused(url):
     engine = sa.create_engine(url)
     try:
         with engine.begin() as conn:
-            conn.execute(versions.update().where(versions.c.component == "km").values(version=99))
+            conn.exec_driver_sql("UPDATE enstratus_migration_km SET version_num = 'km_0099'")
     finally:
         engine.dispose()
-    with pytest.raises(Exception, match="newer than this release"):
+    with pytest.raises(migrate.SchemaTooNew, match="km_0099.*newer enstratus-workers"):
         CredentialStore.open(url, MASTER)

@@ -12,11 +12,13 @@ import pymysql
 import pytest
 from sqlalchemy.engine import make_url
 
+from enstratus_workers.db import migrate
 from enstratus_workers.errors import ConfigError
 from enstratus_workers.persist import StoreError, StoreUnavailable
 from enstratus_workers.persist.relational import RelationalStore
-from enstratus_workers.persist.sql_store import SCHEMA_VERSION
 from enstratus_workers.persist.sqlite import SqliteStore
+
+PERSIST_HEAD = migrate.script("persist").get_current_head()
 
 
 def _sqlite(path, sql, *params):
@@ -28,12 +30,12 @@ def _sqlite(path, sql, *params):
         conn.close()
 
 
-def test_tables_are_created_on_first_use_with_a_schema_version_row(tmp_path):
+def test_tables_are_created_on_first_use_at_the_persist_chains_head(tmp_path):
     path = tmp_path / "sub" / "p.db"
     with SqliteStore(path) as store:
         assert not path.exists() or _sqlite(path, "select name from sqlite_master") == []
         store.put("servers", "i-1", {})
-    assert _sqlite(path, "select name, value from persist_meta") == [("schema_version", SCHEMA_VERSION)]
+    assert _sqlite(path, "select version_num from enstratus_migration_persist") == [(PERSIST_HEAD,)]
     assert _sqlite(path, "pragma journal_mode") == [("wal",)]
 
 
@@ -41,9 +43,9 @@ def test_tables_of_a_newer_schema_are_refused(tmp_path):
     path = tmp_path / "p.db"
     with SqliteStore(path) as store:
         store.put("servers", "i-1", {})
-    _sqlite(path, "update persist_meta set value = ? where name = 'schema_version'", SCHEMA_VERSION + 1)
+    _sqlite(path, "update enstratus_migration_persist set version_num = 'persist_0099'")
     with SqliteStore(path) as store:
-        with pytest.raises(StoreError, match="newer than this code supports"):
+        with pytest.raises(StoreError, match="persist_0099.*newer enstratus-workers"):
             store.get("servers", "i-1")
 
 
@@ -98,8 +100,8 @@ def test_relational_tables_compare_names_as_bytes_and_hold_utf8mb4(mysql_url):
                            password=url.password or "", database=url.database)
     try:
         with conn.cursor() as cur:
-            cur.execute("select name, value from persist_meta")
-            assert cur.fetchall() == (("schema_version", SCHEMA_VERSION),)
+            cur.execute("select version_num from enstratus_migration_persist")
+            assert cur.fetchall() == ((PERSIST_HEAD,),)
             cur.execute("select column_name, data_type from information_schema.columns "
                         "where table_schema = database() and table_name = 'persist_objects'")
             types = dict(cur.fetchall())

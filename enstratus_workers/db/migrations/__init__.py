@@ -1,0 +1,1 @@
+"""Alembic's script directory for every chain (``db/migrate.py`` says which is which)."""

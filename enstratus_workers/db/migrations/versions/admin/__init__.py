@@ -1,0 +1,1 @@
+"""Revisions of the admin chain (version table enstratus_migration_admin)."""

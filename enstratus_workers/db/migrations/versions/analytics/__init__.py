@@ -1,0 +1,1 @@
+"""Revisions of the analytics chain (version table enstratus_migration_analytics)."""

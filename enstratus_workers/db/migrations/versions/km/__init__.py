@@ -1,0 +1,1 @@
+"""Revisions of the km chain (version table enstratus_migration_km)."""

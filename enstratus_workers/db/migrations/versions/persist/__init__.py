@@ -1,0 +1,1 @@
+"""Revisions of the persist chain (version table enstratus_migration_persist)."""

@@ -1,0 +1,1 @@
+"""Revisions of the provisioning chain (version table enstratus_migration_provisioning)."""
