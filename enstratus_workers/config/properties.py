@@ -7,6 +7,11 @@ dropped); ``\\t \\n \\r \\f \\uXXXX`` are escapes and a backslash before any oth
 for that character. Unlike Java, every entry keeps the number of the line it starts on, so errors
 found later can point the operator at it, and a malformed escape is an error rather than a
 surprise value.
+
+A line holding only a backslash continues into nothing: the logical line is still empty, so, as in
+Java (9 and later), the next line starts afresh (blank, ``#`` or ``!`` lines are skipped, no entry
+is made). Java's one exception is kept too: if the file ends right after that backslash (or after
+the ``\n`` or lone ``\r`` that ends its line), Java reads an entry with an empty key and value.
 """
 
 from __future__ import annotations
@@ -18,7 +23,8 @@ from typing import NamedTuple
 from enstratus_workers.config.files import read_text
 from enstratus_workers.errors import ConfigError
 
-_BREAK = re.compile(r"\r\n|\r|\n")  # Java's line terminators only; str.splitlines knows more
+# Java's line terminators only (str.splitlines knows more), kept: Java tells "\r\n" from "\n" at EOF
+_BREAK = re.compile(r"(\r\n|\r|\n)")
 _BLANK = " \t\f"
 _SEPARATORS = "=:"
 _ESCAPES = {"t": "\t", "n": "\n", "r": "\r", "f": "\f"}
@@ -66,7 +72,8 @@ def _odd_backslashes(line: str) -> bool:
 
 def _logical_lines(text: str):
     """Yield ``(logical_line, number_of_its_first_natural_line)`` with comments and blanks skipped."""
-    natural = _BREAK.split(text)
+    pieces = _BREAK.split(text)
+    natural, breaks = pieces[0::2], pieces[1::2]
     i = 0
     while i < len(natural):
         number = i + 1
@@ -74,6 +81,10 @@ def _logical_lines(text: str):
         i += 1
         if not line or line[0] in "#!":
             continue  # a comment never continues, even if it ends in a backslash
+        if line == "\\":
+            if _file_ends_after_backslash(natural, breaks, i):
+                yield "", number
+            continue  # nothing to continue: the next line starts a logical line of its own
         parts = []
         # Parity of the newest segment alone decides: the joined part before it always ends in an
         # even run, so a segment that is all backslashes cannot change the answer.
@@ -86,6 +97,16 @@ def _logical_lines(text: str):
             i += 1
         parts.append(line)
         yield "".join(parts), number
+
+
+def _file_ends_after_backslash(natural: list[str], breaks: list[str], i: int) -> bool:
+    """Whether the text ends right after the backslash ending ``natural[i - 1]``, or after the
+    one-character terminator of that line: then Java's ``LineReader`` meets the end of its input
+    while the backslash still counts, and hands ``load`` an empty line (an entry "" = "").
+    After a ``\\r\\n`` it has already moved past the backslash and reads nothing."""
+    if i == len(natural):
+        return True
+    return i == len(natural) - 1 and natural[i] == "" and breaks[i - 1] != "\r\n"
 
 
 def _split(line: str) -> tuple[str, str]:

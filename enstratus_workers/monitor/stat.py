@@ -13,7 +13,9 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Callable, Sequence
 
+from ..config import load_settings
 from ..db import Databases, Heartbeat, now_ms, open_databases
+from ..layout import Layout
 from ..mq import QueueDepth, Transport, open_transport
 
 log = logging.getLogger(__name__)
@@ -93,14 +95,18 @@ class Stat:
                    depths_source=depths)
 
     @classmethod
-    def get_all(cls, settings, layout, *, dbs: Databases | None = None,
+    def get_all(cls, settings=None, layout=None, *, dbs: Databases | None = None,
                 depths: DepthsSource | None = None) -> list["Stat"]:
         """Every cluster with a heartbeat row, sorted by host and name.
 
+        ``settings``, ``layout``: the install to read (default: the one ``$ENSTRATUS_HOME`` names,
+        else this checkout, as the CLI finds it; see ``install_of``).
         ``dbs``: open databases to read from (else they are opened and closed here).
         ``depths``: where ``empty_queues`` gets depths (default: the configured transport).
-        Raises ``sqlalchemy.exc.SQLAlchemyError`` / ``DatabaseError`` if the DB cannot be read.
+        Raises ``sqlalchemy.exc.SQLAlchemyError`` / ``DatabaseError`` if the DB cannot be read,
+        ``ConfigError`` if the defaulted install's config is bad.
         """
+        settings, layout = install_of(settings, layout)
         own = dbs is None
         if own:
             dbs = open_databases(settings.worker, layout, ensure=False)
@@ -117,10 +123,15 @@ class Stat:
         return sorted(stats, key=lambda s: (s.host, s.name))
 
     @classmethod
-    def get(cls, cluster_id: str, settings, layout, *, dbs: Databases | None = None,
+    def get(cls, cluster_id: str | int, settings=None, layout=None, *, dbs: Databases | None = None,
             depths: DepthsSource | None = None) -> "Stat | None":
-        """The cluster with this id; a bare subscriber name works too when only one host has it."""
+        """The cluster with this id; a bare subscriber name works too when only one host has it,
+        and so does the subscriber's pid (an ``int``, django-q's cluster id) when only one has it.
+        ``settings`` and ``layout`` default as in ``get_all``."""
         stats = cls.get_all(settings, layout, dbs=dbs, depths=depths)
+        if isinstance(cluster_id, int) and not isinstance(cluster_id, bool):
+            by_pid = [s for s in stats if s.pid == cluster_id]
+            return by_pid[0] if len(by_pid) == 1 else None
         exact = [s for s in stats if s.cluster_id == cluster_id]
         if exact:
             return exact[0]
@@ -243,6 +254,20 @@ class Stat:
         if with_queues:
             d["empty_queues"] = self.empty_queues()
         return d
+
+
+def install_of(settings=None, layout=None):
+    """``(settings, layout)`` of the install to read, each given one kept.
+
+    Without a layout: the settings' own home, else ``$ENSTRATUS_HOME``, else the checkout (as
+    ``Layout.from_env``, read at the call, not at import). Without settings: that install's
+    files, loaded and validated as the daemons load them.
+    """
+    if layout is None:
+        layout = Layout(settings.home) if settings is not None else Layout.from_env()
+    if settings is None:
+        settings = load_settings(layout)
+    return settings, layout
 
 
 def _one_shot_depths(settings, layout) -> DepthsSource:

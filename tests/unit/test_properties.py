@@ -80,6 +80,23 @@ def test_continuation_onto_an_empty_line_ends_the_logical_line():
     assert values("a = 1\\\n   \nb = 2") == {"a": "1", "b": "2"}
 
 
+def test_a_line_of_one_backslash_makes_no_entry_and_the_next_line_stands_alone():
+    # Java 9+: the logical line is still empty, so a following # or ! line is a comment
+    assert values("\\\n#a = 1\nb = 2\n") == {"b": "2"}
+    assert values("  \\\n  !a = 1\n") == {}
+    assert values("\\\n\na = 1\n") == {"a": "1"}
+    assert parse_properties("\\\n   a = 1\n")["a"].line == 2
+
+
+def test_a_line_of_one_backslash_ending_the_file_is_an_empty_entry_as_in_java():
+    # Java's LineReader meets the end of input with the backslash still counting...
+    for text in ("a = 1\n\\", "a = 1\n\\\n", "a = 1\n\\\r"):
+        assert values(text) == {"a": "1", "": ""}, repr(text)
+    # ... except after \r\n, which it has already stepped over, and before any other line
+    assert values("a = 1\n\\\r\n") == {"a": "1"}
+    assert values("a = 1\n\\\n ") == {"a": "1"}
+
+
 def test_a_backslash_at_the_end_of_the_file_is_dropped():
     assert values("a = 1\\") == {"a": "1"}
 

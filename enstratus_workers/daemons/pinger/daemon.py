@@ -1,35 +1,25 @@
 """The pinger: checks the service's own health on an interval and records it as a heartbeat.
 
 ``services/worker/bin/pinger check`` runs the same checks once and prints one line with a
-monitoring-plugin exit code (0 OK, 1 WARNING, 2 CRITICAL, 3 UNKNOWN), for Nagios and friends.
+monitoring-plugin exit code (0 OK, 1 WARNING, 2 CRITICAL, 3 UNKNOWN), for Nagios and friends
+(``plugin.py``: thresholds, timeout, version).
 Heartbeats of guest VMs (the agent port) are a later addition to this same daemon.
 """
 
 from __future__ import annotations
 
-import argparse
-import json
 import logging
 import sys
 import threading
 import time
-from pathlib import Path
 
 from enstratus_workers.clock import now_ms
-from enstratus_workers.config import load_settings
 from enstratus_workers.daemons.pinger.guest_watch import SUMMARY_KEY, GuestWatch
-from enstratus_workers.daemons.pinger.guest_watch import check as guest_problems
 from enstratus_workers.daemons.pinger.health import check_health
 from enstratus_workers.daemons.pinger.retention_round import RetentionRound
 from enstratus_workers.daemons.pinger.watchdog import Watchdog
 from enstratus_workers.db import open_databases
-from enstratus_workers.errors import (
-    CHECK_CRITICAL,
-    CHECK_UNKNOWN,
-    CHECK_WARNING,
-    EnstratusError,
-)
-from enstratus_workers.layout import Layout
+from enstratus_workers.errors import CHECK_CRITICAL
 from enstratus_workers.runtime import runner
 from enstratus_workers.runtime.service import Service
 
@@ -115,35 +105,10 @@ def build(settings, layout, name, options) -> Pinger:
 
 
 def check(argv) -> int:
-    """``pinger check [--home H] [--json]``: one status line, a monitoring-plugin exit code."""
-    p = argparse.ArgumentParser(prog="pinger check")
-    p.add_argument("--home", default=None)
-    p.add_argument("--json", action="store_true")
-    args = p.parse_args(argv)
-    layout = Layout.from_env() if args.home is None else Layout(Path(args.home).resolve())
-    try:
-        settings = load_settings(layout)
-        health = check_health(settings, layout)
-    except EnstratusError as exc:
-        print(f"ENSTRATUS-WORKERS UNKNOWN - cannot check: {exc}")
-        return CHECK_UNKNOWN
-    try:
-        dbs = open_databases(settings.worker, layout, ensure=False)
-        try:
-            # Is the pinger itself alive and beating on time? Are the guests answering?
-            beats = [b for b in dbs.heartbeats.all() if b.daemon == "pinger"]
-            if health.code == 0 and not beats:
-                health.worsen(CHECK_WARNING, "no pinger heartbeat recorded")
-            elif beats and all(b.expired for b in beats):
-                health.worsen(CHECK_CRITICAL, "pinger heartbeat expired")
-            for code, text in guest_problems(settings, layout, dbs):
-                health.worsen(code, text)
-        finally:
-            dbs.close()
-    except Exception as exc:
-        health.worsen(CHECK_CRITICAL, f"cannot read heartbeats: {type(exc).__name__}")
-    print(json.dumps(health.as_dict()) if args.json else health.line())
-    return health.code
+    """``pinger check [options]``: one status line, a monitoring-plugin exit code (``plugin.main``)."""
+    from enstratus_workers.daemons.pinger import plugin
+
+    return plugin.main(argv)
 
 
 def main(argv=None) -> int:
