@@ -17,7 +17,7 @@ from typing import Callable
 
 import pytest
 
-from conftest import unavailable
+from tests.conftest import unavailable
 from enstratus_workers.errors import EnstratusError
 from enstratus_workers.persist import (ABSENT, ANY, NotFound, StaleWriteError, Store, StoreError,
                                        StoreUnavailable)

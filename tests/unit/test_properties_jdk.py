@@ -15,7 +15,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from conftest import unavailable
+from tests.conftest import unavailable
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
