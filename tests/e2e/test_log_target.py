@@ -43,7 +43,9 @@ def test_journal_logs_to_stderr_only_and_sighup_changes_nothing(home, tmp_path):
     stream = tmp_path / "stream"
     with open(stream, "wb") as out:
         proc = subprocess.Popen([sys.executable, "-m", "tests.e2e.dummy_daemon", "run", "--home", str(home)],
-                                env=env(ENSTRATUS_LOG_TARGET="journal"), cwd=REPO, stdout=out, stderr=out)
+                                # root on purpose (this suite runs as root): no warning line
+                                env=env(ENSTRATUS_LOG_TARGET="journal", ENSTRATUS_USER="root"),
+                                cwd=REPO, stdout=out, stderr=out)
     try:
         assert wait_for(lambda: "dummy ready" in stream.read_text()), stream.read_text()
         # When it gets SIGHUP
