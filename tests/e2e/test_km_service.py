@@ -10,6 +10,7 @@ import base64
 import contextlib
 import logging
 import os
+import random
 import socket
 import subprocess
 import threading
@@ -216,12 +217,17 @@ def test_a_client_with_the_wrong_key_is_refused_clearly_while_a_good_client_stil
     assert good.get(42, "aws").text() == SECRET
 
 
+# Fixed random bytes (seeded): parameters must be the same in every process that collects the tests
+# (pytest-xdist compares the collections of its workers).
+_GARBAGE = random.Random(20261206)
+
+
 @pytest.mark.parametrize("garbage,expected", [
     (b"GET / HTTP/1.1\r\nHost: km\r\n\r\n", "frame_too_large"),  # prefix reads as ~1.2 GB
-    (p.LENGTH.pack(40) + os.urandom(40), "bad_frame"),               # well framed, too short
-    (p.LENGTH.pack(300) + b"\x01Q" + os.urandom(298), "unknown_key"),  # looks like a request
+    (p.LENGTH.pack(40) + _GARBAGE.randbytes(40), "bad_frame"),               # well framed, too short
+    (p.LENGTH.pack(300) + b"\x01Q" + _GARBAGE.randbytes(298), "unknown_key"),  # looks like a request
     (p.LENGTH.pack(5), None),                                         # the frame never comes
-    (os.urandom(3), None),                                            # not even a length prefix
+    (_GARBAGE.randbytes(3), None),                                            # not even a length prefix
 ])
 def test_garbage_does_not_kill_the_server(km, garbage, expected, caplog):
     # When something that is not a KM client writes to the port
