@@ -102,3 +102,23 @@ def mysql_url(mysql_server):
         yield f"{mysql_server}/{name}"
     finally:
         run(f"DROP DATABASE IF EXISTS `{name}`")
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item, call):
+    """Captured output with a lone surrogate (the hostile-input tests log some on purpose) is kept
+    with the surrogate escaped: a report must be encodable as UTF-8 to travel from a pytest-xdist
+    worker to the controller, which otherwise loses the worker."""
+    outcome = yield
+    report = outcome.get_result()
+    report.sections = [(title, _utf8_safe(text)) for title, text in report.sections]
+
+
+def _utf8_safe(text):
+    if not isinstance(text, str):
+        return text
+    try:
+        text.encode("utf-8")
+        return text
+    except UnicodeEncodeError:
+        return text.encode("utf-8", "backslashreplace").decode("utf-8")
