@@ -268,15 +268,16 @@ def test_every_node_down_the_daemons_wait_and_pinger_check_names_the_nodes(galer
     settings = load_settings(Layout(home))
     dbs = open_databases(settings.worker, Layout(home), ensure=False)
     try:
-        # Given jobs in flight (0.5 s sleeps) when every database node stops
+        # Given jobs in flight (0.5 s sleeps) when every database node stops, the writer by a crash
         keys = [f"outage-{uuid.uuid4().hex[:6]}-{n}" for n in range(10)]
         for k in keys:
             submit(settings, dbs, "sleep", '{"seconds": 0.5}', idempotency_key=k)
     finally:
         dbs.close()
     time.sleep(0.5)
-    for i in (2, 1, 0):
-        galera.stop_node(i)
+    galera.stop_node(2)
+    galera.stop_node(1)
+    galera.kill_node(0)        # the writer, last, as a crash: it restarts from whatever it wrote
     # When the operator's monitoring runs pinger check
     check = subprocess.run([str(sh.REPO / "services/worker/bin/pinger"), "check", "-t", "60", "--json"],
                            env=sh.env_for(home), capture_output=True, text=True, timeout=90)
