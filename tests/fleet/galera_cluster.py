@@ -13,6 +13,11 @@ Each ``mariadbd`` is the leader of a process group of its own, so the state-tran
 the ``rsync --daemon`` they start go with it. ``close()`` kills every group by its pid (and any
 leftover process naming the folder), then removes the folder: nothing outlives the test.
 
+The nodes run a copy of ``mariadbd`` in the folder, not ``/usr/sbin/mariadbd`` itself: tools that
+find "the" MariaDB by its executable (``start-stop-daemon --exec /usr/sbin/mariadbd``, as
+``tests/e2e/test_chaos.py`` restarts the machine's server) must neither stop these nodes nor take
+them for the machine's server and leave that one down.
+
     cluster = GaleraCluster.start(size=3)
     url = cluster.url("provisioning")          # mysql+pymysql://ewgalera:pw@127.0.0.1:p1,...,p3/provisioning
     cluster.stop_node(0); cluster.start_node(0)
@@ -113,6 +118,7 @@ class GaleraCluster:
         ports = _free_ports(4 * size)
         self.nodes = [Node(i, *ports[4 * i:4 * i + 4], datadir=root / f"node{i + 1}") for i in range(size)]
         self.started_in: float | None = None     # seconds start() took, for the curious
+        self.mariadbd = root / "mariadbd"          # the nodes' own copy (module docstring)
 
     # -- life ----------------------------------------------------------------------------------
     @classmethod
@@ -124,6 +130,7 @@ class GaleraCluster:
         try:
             for node in cluster.nodes:
                 node.datadir.mkdir()
+            shutil.copy2(_which("mariadbd"), cluster.mariadbd)
             _chown_tree(root, "mysql")
             cluster._install(cluster.nodes[0])
             cluster.start_node(0, bootstrap=True, timeout=timeout)
@@ -295,7 +302,7 @@ class GaleraCluster:
             "evs.suspect_timeout=PT3S", "evs.inactive_timeout=PT6S",  # notice a killed node sooner
         ])
         args = [
-            _which("mariadbd"), "--no-defaults", "--user=mysql",
+            str(self.mariadbd), "--no-defaults", "--user=mysql", "--basedir=/usr",
             f"--datadir={node.datadir}", f"--socket={node.socket}",
             f"--pid-file={node.datadir.parent / (node.name + '.pid')}",
             f"--port={node.sql}", "--bind-address=127.0.0.1", "--skip-name-resolve",
