@@ -47,7 +47,7 @@ from .retry import LOST_CODES, NODE_NOT_READY, error_code
 log = logging.getLogger(__name__)
 
 RECHECK_S = 5.0   # how often a busy process looks for an earlier healthy node
-FRESH_S = 1.0     # a probe round younger than this is still the truth (no second round for one failure)
+FRESH_S = 1.0     # a probe round younger than this that saw a node down needs no second round
 
 
 class Writer:
@@ -89,8 +89,12 @@ class Writer:
         with self._lock:
             if node != self._current:
                 return self._current     # another thread saw it first and has moved already
-            fresh = self._last is not None and self._clock() - self._last[0] < FRESH_S
-            states = self._last[1] if fresh else self._probe_round()
+            # A round of a moment ago that already found this node unfit is the truth still
+            # (every node down: no new round at each failing connection); one that found it
+            # healthy is not: this failure is news.
+            known = self._last is not None and self._clock() - self._last[0] < FRESH_S and \
+                not any(s.node == node and s.healthy for s in self._last[1])
+            states = self._last[1] if known else self._probe_round()
             choice = first_healthy(states)
             if choice is None:
                 if not self._all_down:

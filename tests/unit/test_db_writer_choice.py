@@ -101,15 +101,29 @@ def test_with_every_node_down_the_writer_stays_and_the_next_connection_probes_ag
     assert writer.lost(A, "2003 Can't connect") == B
 
 
-def test_a_failure_right_after_a_probe_round_does_not_probe_again(cluster, clock):
-    # Given a first connection that probed every node a moment ago
+def test_a_failure_the_last_round_foresaw_does_not_probe_again(cluster, clock):
+    # Given every node down when an engine first connects (it tries the first one anyway)
+    for n in (A, B, C):
+        cluster.set(n, False)
     writer = writer_of(cluster, clock)
     assert writer.current == A
-    # When the connection to the chosen node fails at once
+    # When that connection fails a moment later
     clock.now += 0.1
     writer.lost(A, "2003 Can't connect")
-    # Then that round's answer stands: one probe round for the pair, not two
+    # Then that round's answer stands: one probe round, not one more per failing connection
     assert len(cluster.probed) == 1
+
+
+def test_a_failure_of_a_node_just_found_healthy_probes_again_at_once(cluster, clock):
+    # Given a round a moment ago found the first node synced
+    writer = writer_of(cluster, clock)
+    assert writer.current == A
+    # When it stops and a connection to it fails right after
+    cluster.set(A, False)
+    clock.now += 0.1
+    # Then the failure is news: a new round, and the writer moves
+    assert writer.lost(A, "2013 Lost connection") == B
+    assert len(cluster.probed) == 2
 
 
 def test_a_recheck_moves_back_to_an_earlier_node_healthy_again(cluster, clock):
