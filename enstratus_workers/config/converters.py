@@ -14,10 +14,9 @@ import ipaddress
 import math
 import re
 
-from sqlalchemy.engine import URL, make_url
-from sqlalchemy.exc import ArgumentError
+from sqlalchemy.engine import URL
 
-from enstratus_workers.config import limits
+from enstratus_workers.config import dburl, limits
 
 _TRUE = frozenset({"true", "yes", "on", "1"})
 _FALSE = frozenset({"false", "no", "off", "0"})
@@ -116,14 +115,9 @@ def non_empty(text: str) -> str:
 
 
 def parse_db_url(text: str) -> URL:
-    """The URL as SQLAlchemy will read it; messages never repeat the URL (it may hold a password)."""
-    word = text.strip()
-    try:
-        url = make_url(word)
-    except (ArgumentError, ValueError, TypeError, UnicodeError):
-        raise ValueError("is not a database URL: expected sqlite:///path/to/file.db or "
-                         "mysql+pymysql://user:password@host:3306/database") from None
-    return url
+    """The URL as SQLAlchemy will read it (at its first node, if it names several: see
+    ``dburl``); messages never repeat the URL (it may hold a password)."""
+    return dburl.parse(text).url
 
 
 def db_url(text: str) -> str:
@@ -151,22 +145,25 @@ def url_has_password(text: str) -> bool:
     if not text.strip():
         return False
     try:
-        url = make_url(text.strip())
-    except (ArgumentError, ValueError, TypeError, UnicodeError):
+        url = dburl.parse(text).url
+    except ValueError:
         # unparseable: treat anything with user info as secret, to err on the safe side
         return "@" in text
     return bool(url.password) or any(k.lower() in _URL_SECRET_PARAMS for k in url.query)
 
 
 def redact_url(text: str) -> str:
-    """The URL with its password (and password-like connect parameters) shown as ``***``."""
+    """The URL with its password (and password-like connect parameters) shown as ``***``;
+    every node of a cluster's URL."""
     try:
-        url = make_url(text.strip())
-    except (ArgumentError, ValueError, TypeError, UnicodeError):
+        parsed = dburl.parse(text)
+    except ValueError:
         return "***"
+    url = parsed.url
     query = {k: ("***" if k.lower() in _URL_SECRET_PARAMS else v) for k, v in url.query.items()}
     # render_as_string quotes the mask in the query; show it as in the user part
-    return url.set(query=query).render_as_string(hide_password=True).replace("%2A%2A%2A", "***")
+    shown = dburl.DbUrl(url.set(query=query), parsed.nodes).render(hide_password=True)
+    return shown.replace("%2A%2A%2A", "***")
 
 
 def encryption_key(text: str) -> bytes:

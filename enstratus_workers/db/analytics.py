@@ -16,6 +16,7 @@ from typing import Sequence
 import sqlalchemy as sa
 
 from ..errors import DatabaseError
+from .retry import retried
 from .schema import BUCKET_COLUMNS, DURATION_BUCKETS
 from .schema import action_totals as AT
 from .schema import events as E
@@ -97,23 +98,28 @@ class EventStore:
         self.engine = engine
 
     def record(self, events: Sequence[Event]) -> None:
-        """Insert the events in one multi-row INSERT (one transaction)."""
+        """Insert the events in one multi-row INSERT (one transaction), run again after a
+        conflict or a lost writer node (``db/retry.py``)."""
         if not events:
             return
         try:
-            with self.engine.begin() as conn:
-                # One multi-row INSERT through the driver: on the subscriber's hot path, building
-                # a dict per row for SQLAlchemy's executemany costs more than the insert itself.
-                mark = "?" if conn.dialect.paramstyle == "qmark" else "%s"
-                row = "(" + ", ".join([mark] * len(_COLUMNS)) + ")"
-                for chunk in (events[i:i + 500] for i in range(0, len(events), 500)):
-                    conn.exec_driver_sql(
-                        f"INSERT INTO enstratus_job_event ({', '.join(_COLUMNS)}) VALUES "
-                        + ", ".join([row] * len(chunk)),
-                        tuple(v for e in chunk for v in astuple(e)))
-                    _upsert_totals(conn, _totals_of(chunk))
+            self._insert(events)
         except sa.exc.SQLAlchemyError as exc:
             raise DatabaseError(f"could not record {len(events)} events: {type(exc).__name__}") from exc
+
+    @retried()
+    def _insert(self, events: Sequence[Event]) -> None:
+        with self.engine.begin() as conn:
+            # One multi-row INSERT through the driver: on the subscriber's hot path, building
+            # a dict per row for SQLAlchemy's executemany costs more than the insert itself.
+            mark = "?" if conn.dialect.paramstyle == "qmark" else "%s"
+            row = "(" + ", ".join([mark] * len(_COLUMNS)) + ")"
+            for chunk in (events[i:i + 500] for i in range(0, len(events), 500)):
+                conn.exec_driver_sql(
+                    f"INSERT INTO enstratus_job_event ({', '.join(_COLUMNS)}) VALUES "
+                    + ", ".join([row] * len(chunk)),
+                    tuple(v for e in chunk for v in astuple(e)))
+                _upsert_totals(conn, _totals_of(chunk))
 
     def totals(self) -> list[ActionTotal]:
         """Every (action, outcome)'s totals, by action then outcome: one row each."""
@@ -123,6 +129,7 @@ class EventStore:
                                 tuple(int(getattr(r, c)) for c in BUCKET_COLUMNS))
                     for r in conn.execute(q)]
 
+    @retried()
     def record_server_event(self, event: ServerEvent) -> None:
         with self.engine.begin() as conn:
             conn.execute(SE.insert().values(**event.__dict__))

@@ -1,7 +1,9 @@
 """SQLAlchemy engines for the provisioning and analytics databases: SQLite embedded, MySQL in production.
 
 One code path over both dialects; the differences (SQLite's locking, MySQL's isolation level)
-are settled here, once, so the stores above never branch on the dialect.
+are settled here, once, so the stores above never branch on the dialect. A MySQL URL may name
+the nodes of a Galera cluster (``config/dburl.py``): its engine then connects to the cluster's
+writer node and follows it (``db/writer.py``); every other engine option is the same.
 """
 
 from __future__ import annotations
@@ -11,10 +13,11 @@ import sqlite3
 import time
 
 import sqlalchemy as sa
-from sqlalchemy.engine import make_url
 
+from ..config import dburl
 from ..errors import ConfigError
 from ..layout import Layout
+from . import writer
 
 log = logging.getLogger(__name__)
 
@@ -22,23 +25,34 @@ log = logging.getLogger(__name__)
 def make_engine(url: str, layout: Layout, *, create_database: bool = True) -> sa.Engine:
     """An engine for ``url``; relative SQLite paths are relative to the install root."""
     try:
-        parsed = make_url(url)
-    except Exception as exc:
-        raise ConfigError(f"not a database URL ({type(exc).__name__})") from None
-    if parsed.get_backend_name() == "sqlite":
-        return _sqlite_engine(parsed, layout)
-    if parsed.get_backend_name() == "mysql":
-        if create_database:
-            _ensure_mysql_database(parsed)
-        engine = sa.create_engine(
+        parsed = dburl.parse(url)
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
+    backend = parsed.url.get_backend_name()
+    if backend == "sqlite":
+        return _sqlite_engine(parsed.url, layout)
+    if backend == "mysql":
+        engine = mysql_engine(
             parsed,
             pool_recycle=3600,        # below wait_timeout
             isolation_level="READ COMMITTED",  # SKIP LOCKED without gap locks on the outbox
             connect_args={"connect_timeout": 10},
         )
+        if create_database:
+            _ensure_mysql_database(parsed, getattr(engine, "enstratus_writer", None))
         _ping_when_idle(engine)
         return engine
-    raise ConfigError(f"unsupported database '{parsed.get_backend_name()}' (use sqlite or mysql+pymysql)")
+    raise ConfigError(f"unsupported database '{backend}' (use sqlite or mysql+pymysql)")
+
+
+def mysql_engine(parsed: dburl.DbUrl, *, follow: writer.Writer | None = None, **options) -> sa.Engine:
+    """An engine for a MySQL/MariaDB URL with ``create_engine``'s ``options``; for a cluster's
+    URL, one that connects to the writer node and follows it (``db/writer.py``), sharing
+    ``follow``'s choice if given."""
+    engine = sa.create_engine(parsed.url, **options)
+    if parsed.clustered:
+        writer.attach(engine, parsed, follow)
+    return engine
 
 
 IDLE_PING_S = 1.0   # a pooled MySQL connection unused for longer is pinged before it is lent
@@ -116,12 +130,14 @@ def _wal(cur, wait: float = 30.0) -> None:
             time.sleep(0.02)
 
 
-def _ensure_mysql_database(parsed) -> None:
-    """Create the database named in the URL if the server lacks it (first start on a new server)."""
-    name = parsed.database
+def _ensure_mysql_database(parsed: dburl.DbUrl, follow: writer.Writer | None = None) -> None:
+    """Create the database named in the URL if the server lacks it (first start on a new
+    server; on a cluster, on its writer node, which replicates it to the others)."""
+    name = parsed.url.database
     if not name:
         raise ConfigError("a MySQL URL must name its database: mysql+pymysql://user@host:3306/provisioning")
-    server = sa.create_engine(parsed.set(database=""), connect_args={"connect_timeout": 10})
+    server = mysql_engine(dburl.DbUrl(parsed.url.set(database=""), parsed.nodes), follow=follow,
+                          connect_args={"connect_timeout": 10})
     try:
         with server.connect() as conn:
             conn.exec_driver_sql(

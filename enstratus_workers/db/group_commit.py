@@ -8,7 +8,9 @@ of them to wake) writes them all in one transaction. The group grows with the lo
 timer, which is the classic group commit of database logs.
 
 One bad item never fails the others: when a group's write raises, each of its items is written
-again alone, and only the items that fail alone see an exception.
+again alone, and only the items that fail alone see an exception. Unless ``retry_alone`` says
+the error may have come after the group was stored (a connection lost at its COMMIT): writing
+the items again would store them twice, so each caller gets that error instead.
 """
 
 from __future__ import annotations
@@ -39,8 +41,10 @@ class GroupCommit(Generic[T, R]):
     """``run(item)`` returns what ``write(items)`` returned for that item (``write`` returns one
     result per item, in order); ``write`` is called with groups of at most ``max_group``."""
 
-    def __init__(self, write: Callable[[Sequence[T]], Sequence[R]], max_group: int = 500):
+    def __init__(self, write: Callable[[Sequence[T]], Sequence[R]], max_group: int = 500,
+                 retry_alone: Callable[[BaseException], bool] = lambda exc: True):
         self._write = write
+        self._retry_alone = retry_alone
         self.max_group = max_group
         self._cv = threading.Condition()
         self._queue: list[_Slot] = []
@@ -75,8 +79,9 @@ class GroupCommit(Generic[T, R]):
         try:
             results = self._write([s.item for s in group])
         except BaseException as exc:  # noqa: BLE001 - handed to the callers, one by one
-            if len(group) == 1:
-                group[0].error = exc
+            if len(group) == 1 or not self._retry_alone(exc):
+                for s in group:
+                    s.error = exc
                 return
             for s in group:           # find the bad one: each alone
                 try:

@@ -14,6 +14,7 @@ import sqlalchemy as sa
 
 from ..layout import short_hostname
 from .jobs import now_ms
+from .retry import retried
 from .schema import heartbeats as H
 
 
@@ -43,6 +44,7 @@ class HeartbeatStore:
     def __init__(self, engine: sa.Engine):
         self.engine = engine
 
+    @retried(idempotent=True)   # the row is set, not added to: writing it twice is writing it once
     def beat(self, daemon: str, name: str, *, ttl_s: float, status: str = "ok",
              details: dict | None = None, started_ms: int | None = None) -> None:
         now = now_ms()
@@ -56,6 +58,7 @@ class HeartbeatStore:
             if not updated:
                 conn.execute(H.insert().values(**key, **values))
 
+    @retried(idempotent=True)
     def remove(self, daemon: str, name: str) -> None:
         with self.engine.begin() as conn:
             conn.execute(H.delete().where(H.c.daemon == daemon, H.c.name == name,

@@ -17,7 +17,8 @@ Tables (the Alembic chain "admin", ``db/migrate.py``; they live in the provision
 
 Every change is one transaction that reads what it checks under the write lock (BEGIN IMMEDIATE
 on SQLite, ``FOR UPDATE`` on MySQL), so two operators cannot both pass a check that only one
-of their changes may pass (e.g. deleting a queue while another makes an instance consume it).
+of their changes may pass (e.g. deleting a queue while another makes an instance consume it);
+one refused by a conflict (a Galera certification failure) is run again (``db/retry.py``).
 
 Worker-type and queue names are identities: ``Tasks``, ``tasks`` and ``tasks `` are three names
 on every database (``IdentityString``; a MySQL database of the hand-versioned admin schema 1,
@@ -39,6 +40,7 @@ from ..errors import EnstratusError
 from .identity import IdentityString
 from .jobs import now_ms
 from .migrate import upgrade
+from .retry import retried
 
 SINCE_KEY = "jobs.stats.since_ms"
 SEEDED_KEY = "instances.seeded_ms"
@@ -206,6 +208,7 @@ class InstanceStore:
         return found[0]
 
     # -- instances: writing --------------------------------------------------------------------
+    @retried()
     def create(self, type_name: str, queue_names: Sequence[str], low: int, high: int,
                enabled: bool = True) -> Instance:
         """A new instance of a type not yet present; its queues are registered if they are new."""
@@ -225,6 +228,7 @@ class InstanceStore:
         except sa.exc.IntegrityError:
             raise Conflict(f"an instance of type '{type_name}' exists already") from None
 
+    @retried()
     def update(self, instance_id: int, *, low: int | None = None, high: int | None = None,
                enabled: bool | None = None) -> Instance:
         """Change the bounds and/or the enabled flag; the bounds are checked as a pair."""
@@ -238,6 +242,7 @@ class InstanceStore:
                 enabled=current.enabled if enabled is None else enabled, updated_ms=now_ms()))
             return self._one(conn, instance_id)
 
+    @retried()
     def scale_up(self, instance_id: int) -> Instance:
         """The status page's start button: enable a disabled instance, else one process more."""
         with self.engine.begin() as conn:
@@ -252,6 +257,7 @@ class InstanceStore:
                          .values(**values, updated_ms=now_ms()))
             return self._one(conn, instance_id)
 
+    @retried()
     def delete(self, instance_id: int) -> Instance:
         with self.engine.begin() as conn:
             gone = self._one(conn, instance_id, lock=True)
@@ -259,6 +265,7 @@ class InstanceStore:
             conn.execute(instances.delete().where(instances.c.instance_id == instance_id))
             return gone
 
+    @retried()
     def consume(self, instance_id: int, queue: str) -> Instance:
         """Add ``queue`` to what the instance consumes (registering the queue if new). Idempotent."""
         now = now_ms()
@@ -272,6 +279,7 @@ class InstanceStore:
                              .values(updated_ms=now))
             return self._one(conn, instance_id)
 
+    @retried()
     def cancel(self, instance_id: int, queue: str) -> Instance:
         """Stop consuming ``queue``; an instance keeps at least one queue."""
         with self.engine.begin() as conn:
@@ -310,6 +318,7 @@ class InstanceStore:
     def _queue_row(name: str):
         return sa.select(declared_queues).where(declared_queues.c.name == name)
 
+    @retried()
     def add_queue(self, name: str, exchange: str | None = None,
                   routing_key: str | None = None) -> tuple[QueueEntry, bool]:
         """Register a queue; (entry, created). Declaring a known queue again is not an error, as
@@ -325,6 +334,7 @@ class InstanceStore:
             return self.queue(name), False
         return self.queue(name), True
 
+    @retried()
     def remove_queue(self, name: str) -> QueueEntry:
         """Forget a queue no instance consumes (checked under the lock, so no consume can slip in)."""
         with self.engine.begin() as conn:
@@ -343,6 +353,7 @@ class InstanceStore:
         with self.engine.connect() as conn:
             return conn.execute(sa.select(state.c.value).where(state.c.name == name)).scalar()
 
+    @retried()
     def set_value(self, name: str, value: str) -> None:
         with self.engine.begin() as conn:
             if not conn.execute(state.update().where(state.c.name == name).values(value=value)).rowcount:
@@ -359,6 +370,7 @@ class InstanceStore:
         return since
 
     # -- seeding -------------------------------------------------------------------------------
+    @retried()
     def ensure_seeded(self, settings) -> bool:
         """Copy ``worker.properties``' worker types in, once: on the first start of an install.
 

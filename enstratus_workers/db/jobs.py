@@ -53,8 +53,9 @@ from ..clock import now_ms  # also db.now_ms, for the callers of old
 from ..errors import DatabaseError, PublishError
 from ..jobs import lifecycle
 from ..jobs.values import Outcome, Started  # noqa: F401 - the store's own vocabulary
-from . import schema
+from . import retry, schema
 from .group_commit import GroupCommit
+from .retry import retried
 from .schema import job_pruned as P
 from .schema import job_totals as TOTALS
 from .schema import jobs as T
@@ -166,7 +167,9 @@ class JobStore:
         self._on_pending = on_pending or (lambda: None)
         # called after every commit that recorded outcomes (wakes ``submit --wait`` and the like)
         self._on_recorded = on_recorded or (lambda: None)
-        self._groups: GroupCommit[NewJob, tuple[int, int]] = GroupCommit(self._insert)
+        # a group whose commit was lost may be stored: its jobs are not written again one by one
+        self._groups: GroupCommit[NewJob, tuple[int, int]] = GroupCommit(
+            self._insert, retry_alone=lambda exc: retry.verdict(exc) is not retry.Verdict.AMBIGUOUS)
 
     # -- submitting ----------------------------------------------------------------------------
     def submit(self, job: NewJob) -> tuple[Job, bool]:
@@ -174,10 +177,16 @@ class JobStore:
 
         Without a key, concurrent submits of this process share a transaction (``group_commit``);
         a lone one is written at once. The job is answered from what was written, not read back.
+        A conflict or a lost writer node is retried (``db/retry.py``); a connection lost at the
+        COMMIT is retried only for a keyed submit, which finds its job if the commit happened.
         """
         if not job.idempotency_key:
             job_id, created_ms = self._groups.run(job)
             return _pending_job(job, job_id, created_ms), True
+        return self._submit_keyed(job)
+
+    @retried(idempotent=True)
+    def _submit_keyed(self, job: NewJob) -> tuple[Job, bool]:
         existing = self.by_idempotency_key(job.idempotency_key)
         if existing:
             return existing, False
@@ -197,6 +206,7 @@ class JobStore:
         return [_pending_job(j, job_id, created_ms)
                 for j, (job_id, created_ms) in zip(new_jobs, self._insert(new_jobs))]
 
+    @retried()
     def submit_many(self, new_jobs: Sequence[NewJob]) -> int:
         """Insert many pending jobs in one transaction (bulk API; no idempotency-key lookup)."""
         if not new_jobs:
@@ -206,6 +216,7 @@ class JobStore:
         self._on_pending()
         return len(new_jobs)
 
+    @retried()
     def _insert(self, new_jobs: Sequence[NewJob]) -> list[tuple[int, int]]:
         """One transaction of single-row INSERTs: (job id, created ms) per job, in order.
 
@@ -233,17 +244,20 @@ class JobStore:
                     status=schema.PENDING, attempts=0, max_attempts=job.max_attempts,
                     idempotency_key=job.idempotency_key, created_timestamp=now_ms())
 
-    # -- reading -------------------------------------------------------------------------------
+    # -- reading (run again on a lost writer node, as a read may always be) ---------------------
+    @retried(idempotent=True)
     def get(self, job_id: int) -> Job | None:
         with self.engine.connect() as conn:
             row = conn.execute(sa.select(T).where(T.c.job_id == job_id)).mappings().first()
         return Job(**row) if row else None
 
+    @retried(idempotent=True)
     def by_idempotency_key(self, key: str) -> Job | None:
         with self.engine.connect() as conn:
             row = conn.execute(sa.select(T).where(T.c.idempotency_key == key)).mappings().first()
         return Job(**row) if row else None
 
+    @retried(idempotent=True)
     def list(self, status: str | None = None, limit: int = 50) -> list[Job]:
         q = sa.select(T).order_by(T.c.job_id.desc()).limit(limit)
         if status:
@@ -251,6 +265,7 @@ class JobStore:
         with self.engine.connect() as conn:
             return [Job(**r) for r in conn.execute(q).mappings()]
 
+    @retried(idempotent=True)
     def counts(self, created_since_ms: int = 0) -> dict[str, int]:
         """``{status: jobs}``, every status present (0 if none), pruned jobs included; with
         ``created_since_ms`` only the jobs created at or after it (the Jobs page's figures since
@@ -298,6 +313,7 @@ class JobStore:
                 found.update((r[0], DeliveryRow(*r)) for r in rows)
         return found
 
+    @retried()
     def take_over(self, job_id: int, attempt: int, old_owner: str | None, new: Started) -> bool:
         """Move a running attempt from ``old_owner`` (whose heartbeat expired) to ``new.owner``;
         False if the row changed meanwhile (recorded, recovered, or taken by someone else)."""
@@ -324,6 +340,7 @@ class JobStore:
         with self.engine.connect() as conn:
             return [StuckAttempt(*r) for r in conn.execute(q)]
 
+    @retried()
     def recover(self, stuck: StuckAttempt, why: str) -> str | None:
         """Put a lost attempt back (``lifecycle.after_lost``: pending, or dead after the last)
         with ``why`` as its error and no owner; return the new status, or None if the row no
@@ -344,6 +361,7 @@ class JobStore:
         return after.status if changed else None
 
     # -- dead jobs -----------------------------------------------------------------------------
+    @retried()
     def requeue_dead(self, job_ids: Sequence[int] | None, extra_attempts: int) -> list[Job]:
         """Give dead jobs (the named ones, or all) ``extra_attempts`` more and make them pending.
 
@@ -401,11 +419,15 @@ class JobStore:
         """Mark jobs running, with attempt, worker, owner and start time, where the attempt is
         open or already this owner's (module docstring); any other row is left alone."""
         for chunk in _unique_chunks(started, _RECORD_CHUNK):
-            with self.engine.begin() as conn:
-                _case_update(conn, chunk, {
-                    "status": lambda s: schema.RUNNING, "attempts": lambda s: s.attempt,
-                    "worker": lambda s: s.worker, "owner": lambda s: s.owner,
-                    "start_timestamp": lambda s: s.start_ms})
+            self._mark_chunk(chunk)
+
+    @retried(idempotent=True)   # guarded: a mark that took effect does not apply twice
+    def _mark_chunk(self, chunk: Sequence[Started]) -> None:
+        with self.engine.begin() as conn:
+            _case_update(conn, chunk, {
+                "status": lambda s: schema.RUNNING, "attempts": lambda s: s.attempt,
+                "worker": lambda s: s.worker, "owner": lambda s: s.owner,
+                "start_timestamp": lambda s: s.start_ms})
 
     def record_outcomes(self, outcomes: Sequence[Outcome]) -> list[Outcome]:
         """Write the outcomes, one statement per chunk; return those that took effect.
@@ -414,20 +436,14 @@ class JobStore:
         never over a recorded outcome, a later attempt, or another owner's attempt. Which ones
         applied is read back in the same transaction: the row then holds the outcome's attempt,
         owner and end time (so a retried write of an outcome that did commit counts once).
-        Raises ``DatabaseError`` if the database cannot be written: the caller must then keep the
-        outcomes (and not ack their messages) and try again.
+        A chunk refused by a conflict or a lost writer node is written again at once
+        (``db/retry.py``); raises ``DatabaseError`` if the database cannot be written: the caller
+        must then keep the outcomes (and not ack their messages) and try again.
         """
         applied: list[Outcome] = []
         try:
             for chunk in _unique_chunks(outcomes, _RECORD_CHUNK):
-                try:
-                    with self.engine.begin() as conn:
-                        if _write_outcomes(conn, chunk) != len(chunk):
-                            raise _Contested()   # undone: written again, read around
-                        _add_totals(conn, _finished(chunk))   # every row's guard held
-                    applied.extend(chunk)
-                except _Contested:
-                    applied.extend(self._record_contested(chunk))
+                applied.extend(self._record_chunk(chunk))
         except sa.exc.SQLAlchemyError as exc:
             raise DatabaseError(f"could not record {len(outcomes)} outcomes: {type(exc).__name__}") from exc
         if any(o.status == schema.PENDING for o in applied):   # retries: relayed with their delay
@@ -435,6 +451,18 @@ class JobStore:
         if applied:
             self._on_recorded()
         return applied
+
+    @retried(idempotent=True)   # an outcome that took effect reads back as such: counted once
+    def _record_chunk(self, chunk: Sequence[Outcome]) -> list[Outcome]:
+        """One chunk in one transaction; the outcomes that took effect."""
+        try:
+            with self.engine.begin() as conn:
+                if _write_outcomes(conn, chunk) != len(chunk):
+                    raise _Contested()   # undone: written again, read around
+                _add_totals(conn, _finished(chunk))   # every row's guard held
+            return list(chunk)
+        except _Contested:
+            return self._record_contested(chunk)
 
     def _record_contested(self, chunk: Sequence[Outcome]) -> list[Outcome]:
         """A chunk some of whose rows refused their outcome, written again with a read before

@@ -10,8 +10,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import sqlalchemy as sa
-from sqlalchemy.engine import URL, make_url
+from sqlalchemy.engine import URL
 
+from ..config import dburl
 from ..layout import Layout
 from .engine import make_engine
 
@@ -24,7 +25,7 @@ class Target:
 
     @property
     def where(self) -> str:
-        return make_url(self.url).render_as_string(hide_password=True)
+        return dburl.parse(self.url).render(hide_password=True)
 
 
 def configured(layout: Layout) -> list[Target]:
@@ -50,7 +51,7 @@ def configured(layout: Layout) -> list[Target]:
 
 def open_engine(target: Target, layout: Layout, *, create: bool) -> sa.Engine:
     """An engine for the target. ``create=False`` (``--sql``) creates no database or file."""
-    parsed = make_url(target.url)
+    parsed = dburl.parse(target.url).url
     if parsed.get_backend_name() == "sqlite" and parsed.database not in (None, "", ":memory:"):
         path = layout.resolve(parsed.database)
         if not create and not path.exists():

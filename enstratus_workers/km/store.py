@@ -29,10 +29,11 @@ from typing import Any, Mapping
 import sqlalchemy as sa
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
-from sqlalchemy.engine import make_url
 
 from enstratus_workers.clock import now_ms
+from enstratus_workers.config import dburl
 from enstratus_workers.config.settings import Secret
+from enstratus_workers.db.engine import mysql_engine
 from enstratus_workers.db.migrate import upgrade
 from enstratus_workers.errors import ConfigError, DatabaseError
 from enstratus_workers.km import KMConflict, KMError, KMNotFound
@@ -78,14 +79,14 @@ class CredentialStore:
     @classmethod
     def open(cls, url: str, master_key: Secret) -> "CredentialStore":
         """Open (creating if needed) the database at ``url``; an SQLite file is made private."""
-        parsed = make_url(url)
+        nodes = dburl.parse(url)
+        parsed = nodes.url
+        if parsed.get_backend_name() == "mysql":   # one server, or a cluster's writer node
+            return cls(mysql_engine(nodes, pool_pre_ping=True, pool_recycle=3600), master_key)
         kwargs: dict[str, Any] = {}
         if parsed.get_backend_name() == "sqlite" and parsed.database not in (None, "", ":memory:"):
             _private_sqlite_file(Path(parsed.database))
             kwargs["connect_args"] = {"timeout": 15}
-        elif parsed.get_backend_name() == "mysql":
-            kwargs["pool_pre_ping"] = True
-            kwargs["pool_recycle"] = 3600
         return cls(sa.create_engine(parsed, **kwargs), master_key)
 
     def close(self) -> None:

@@ -26,6 +26,7 @@ from sqlalchemy.dialects import mysql
 from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.types import TypeDecorator
 
+from enstratus_workers.db import retry
 from enstratus_workers.db.migrate import SchemaTooNew, upgrade
 from enstratus_workers.errors import DatabaseError
 from enstratus_workers.persist import values
@@ -98,17 +99,16 @@ class SqlStore(Store):
     """Objects in SQL tables through SQLAlchemy Core; subclasses supply the engine and dialect quirks.
 
     ``write_options`` are execution options of write transactions (SQLite uses one to begin them
-    IMMEDIATE); ``transient`` says whether a driver error is worth retrying (lock timeouts,
-    deadlocks): such a transaction is rolled back and run again, a few times.
+    IMMEDIATE). A transaction that fails with an error that left nothing behind (a deadlock, a
+    lock wait timeout, a Galera certification failure, a lost writer node: ``db/retry.py``) is
+    rolled back and run again, a few times; a read also when the connection was lost at COMMIT.
     """
 
     attempts = 5
 
-    def __init__(self, engine: Engine, *, write_options: dict | None = None,
-                 transient: Callable[[exc.DBAPIError], bool] = lambda e: False):
+    def __init__(self, engine: Engine, *, write_options: dict | None = None):
         self._engine = engine
         self._write_options = dict(write_options or {})
-        self._transient = transient
         self._t = define_tables(MetaData())
         self._ready = False
         self._ready_lock = threading.Lock()
@@ -117,7 +117,15 @@ class SqlStore(Store):
 
     def _run(self, work: Callable[[Connection], Any], *, write: bool) -> Any:
         self._ensure_schema()
-        for attempt in range(1, self.attempts + 1):
+        try:
+            return retry.run(lambda: self._transaction(work, write), idempotent=not write,
+                             attempts=self.attempts, what=f"{self.name} store")
+        except exc.DBAPIError as e:
+            raise self._translate(e) from e
+
+    def _transaction(self, work: Callable[[Connection], Any], write: bool) -> Any:
+        """``work`` in one transaction, run again when a racing writer created its row first."""
+        for _ in range(self.attempts):
             try:
                 with self._engine.connect() as conn:
                     if write:
@@ -126,12 +134,6 @@ class SqlStore(Store):
                         return work(conn)
             except _Retry:
                 continue
-            except exc.DBAPIError as e:
-                if attempt < self.attempts and self._transient(e):
-                    log.debug("%s: transient error, attempt %d: %s", self.name, attempt, e.orig)
-                    time.sleep(0.01 * attempt)
-                    continue
-                raise self._translate(e) from e
         raise StoreError(f"{self.name}: gave up after {self.attempts} attempts (write contention)")
 
     def _translate(self, e: exc.DBAPIError) -> StoreError:

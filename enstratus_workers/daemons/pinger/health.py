@@ -119,6 +119,7 @@ def check_health(settings, layout, dbs: Databases | None = None, *, require_ping
                 h.checks[db] = error or "ok"
                 if error:
                     h.worsen(CHECK_CRITICAL if db == "provisioning" else CHECK_WARNING, f"{db} DB: {error}")
+        check_db_nodes(settings, h)
         running = {}
         for st in daemon_states(layout):
             running.setdefault(st.daemon, []).append(st)
@@ -142,6 +143,34 @@ def check_health(settings, layout, dbs: Databases | None = None, *, require_ping
         if own and dbs is not None:
             dbs.close()
     return h
+
+
+def check_db_nodes(settings, h: Health) -> None:
+    """The nodes of a database URL that names a Galera cluster (``config/dburl.py``), each
+    probed as the writer choice probes it (``db/nodes.py``): their states and the writer (the
+    first healthy one) in ``checks``; a node that is not healthy is a WARNING (the cluster
+    lost a member); none healthy is CRITICAL for provisioning and names every node."""
+    from enstratus_workers.config import dburl
+    from enstratus_workers.db.nodes import Prober, first_healthy
+
+    probed: dict[tuple, list] = {}
+    for db, url in (("provisioning", settings.worker.provisioning_url), ("analytics", settings.worker.analytics_url)):
+        parsed = dburl.parse(url.reveal())
+        if not parsed.clustered:
+            continue
+        key = (parsed.nodes, parsed.url.username, parsed.url.password)   # one round per cluster
+        if key not in probed:
+            probed[key] = Prober(parsed.url).probe_all(parsed.nodes)
+        states = probed[key]
+        writer = first_healthy(states)
+        h.checks[f"{db}_nodes"] = {"writer": str(writer) if writer else None,
+                                   **{str(s.node): s.state for s in states}}
+        if writer is None:
+            h.worsen(CHECK_CRITICAL if db == "provisioning" else CHECK_WARNING,
+                     f"{db} DB: no healthy node: {', '.join(map(str, states))}")
+        for s in states:
+            if writer is not None and not s.healthy:
+                h.worsen(CHECK_WARNING, f"{db} DB node {s}")
 
 
 def _check_mq(settings, layout, h: Health) -> str:

@@ -33,7 +33,7 @@ from typing import Callable, Sequence
 import sqlalchemy as sa
 
 from enstratus_workers.backoff import Backoff
-from enstratus_workers.db import Databases, Event, Outcome, Started
+from enstratus_workers.db import Databases, Event, Outcome, Started, retry
 from enstratus_workers.db.schema import FAILED
 from enstratus_workers.jobs.lifecycle import event_outcome
 from enstratus_workers.mq.base import Delivery
@@ -64,9 +64,10 @@ WRITE_BACKOFF = Backoff(first=1.0, cap=30.0, jitter="equal")
 #: Retry delay while stopping: the grace period is short, so retry often within it.
 STOP_RETRY_S = 0.5
 
-# MySQL/MariaDB errors that say nothing about the values written: too many connections,
-# shutdown in progress, lock wait timeout, deadlock, cannot connect, gone away, lost connection.
-_OUTAGE_CODES = frozenset({1040, 1053, 1205, 1213, 2002, 2003, 2006, 2013})
+# MySQL/MariaDB errors that say nothing about the values written (a conflict, a Galera
+# certification failure or a node that is not ready, a lost connection: db/retry.py): waited
+# out as an outage, never a reason to fail the job.
+_OUTAGE_CODES = retry.OUTAGE_CODES
 
 
 @dataclass
