@@ -25,6 +25,9 @@ pytestmark = [pytest.mark.slow, pytest.mark.timeout(600)]
 
 JOBS = 2000
 MARIADB = "/usr/sbin/mariadbd"
+# The machine's server only, by its pid file: --exec alone would match every mariadbd on the machine
+# (another test's Galera or private nodes), stopping them and mistaking them for this one.
+MARIADB_PID = "/run/mysqld/mysqld.pid"
 
 
 def _pids(home: Path, pattern: str) -> list[int]:
@@ -49,7 +52,8 @@ def _mysql_up() -> bool:
 
 
 def _start_mariadb() -> None:
-    subprocess.run(["start-stop-daemon", "--start", "--oknodo", "--background", "--exec", MARIADB], check=False)
+    subprocess.run(["start-stop-daemon", "--start", "--oknodo", "--background", "--pidfile", MARIADB_PID,
+                    "--exec", MARIADB], check=False)
     assert sh.wait_until(_mysql_up, 60), "MariaDB did not come back"
 
 
@@ -135,7 +139,8 @@ def test_no_job_is_lost_through_kills_and_restarts(chaos_home, tmp_path):
         kill("worker@*.pid", "worker")
 
         # The database goes away; outcomes wait, unacked
-        subprocess.run(["start-stop-daemon", "--stop", "--oknodo", "--retry", "30", "--exec", MARIADB], check=True)
+        subprocess.run(["start-stop-daemon", "--stop", "--oknodo", "--retry", "30", "--pidfile", MARIADB_PID,
+                        "--exec", MARIADB], check=True)
         time.sleep(3)
         _start_mariadb()
         t_fault = time.monotonic()
