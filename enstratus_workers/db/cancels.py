@@ -38,10 +38,12 @@ _TRIES = 5
 @dataclass(frozen=True)
 class CancelAnswer:
     """What a cancel did: ``verdict`` is ``cancelled``, ``stopping``, ``finished`` or ``unknown``
-    (no such job: ``job`` is None); ``job`` is the row as it reads after the cancel."""
+    (no such job: ``job`` is None); ``was`` the status it found; ``job`` the row as it reads
+    after the cancel."""
 
     verdict: str
     job: object
+    was: str | None = None
 
     UNKNOWN = "unknown"
 
@@ -49,13 +51,14 @@ class CancelAnswer:
 @retried(idempotent=True)
 def cancel(engine: sa.Engine, job_id: int, add_totals: Callable, get: Callable) -> CancelAnswer:
     """Cancel ``job_id`` (module docstring); the job as it reads afterwards."""
-    verdict = CancelAnswer.UNKNOWN
+    verdict, was = CancelAnswer.UNKNOWN, None
     for _ in range(_TRIES):
         with engine.begin() as conn:
             row = conn.execute(sa.select(T.c.status, T.c.cancel_requested_ms)
                                .where(T.c.job_id == job_id)).first()
             if row is None:
                 return CancelAnswer(CancelAnswer.UNKNOWN, None)
+            was = row.status
             verdict = lifecycle.cancel_verdict(row.status, row.cancel_requested_ms is not None)
             if verdict == lifecycle.CANCEL_FINISHED or (verdict == lifecycle.CANCEL_ASK
                                                          and row.cancel_requested_ms is not None):
@@ -71,7 +74,7 @@ def cancel(engine: sa.Engine, job_id: int, add_totals: Callable, get: Callable) 
                 changed = conn.execute(T.update().where(*guard).values(cancel_requested_ms=now)).rowcount
             if changed:
                 break
-    return CancelAnswer(verdict, get(job_id))
+    return CancelAnswer(verdict, get(job_id), was)
 
 
 @retried(idempotent=True)

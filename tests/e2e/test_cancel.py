@@ -1,0 +1,152 @@
+"""Cancelling jobs in each state, and deferring one, through the real daemons: on the embedded
+default and on RabbitMQ + MariaDB (where the message of a queued job is on a real broker).
+
+One service per transport runs every case in turn, as an operator would, with the CLI:
+a pending job and a queued one (its message on the broker) never start; a running action that
+looks at ``ctx.cancelled()`` stops and is compensated by its own worker; one that ignores the
+cancel is killed after ``action.cancel_grace`` and compensated by another worker; a
+compensation that raises still ends its job cancelled, with the error; a finished or unknown job
+is not cancelled (exit 1). A job deferred three times then succeeding has had one attempt, and
+its messages were held by the broker for the delay.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+
+import pytest
+
+from tests import servicehome as sh
+
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(240)]
+
+GRACE = 2   # action.cancel_grace: seconds a stubborn action has before its worker is killed
+
+
+@pytest.fixture
+def cancel_home(service_home):
+    sh.set_keys(service_home / "services/worker/classes/worker.properties", {"action.cancel_grace": GRACE})
+    return service_home
+
+
+def cli_json(home, *args, ok=(0,)):
+    r = sh.cli(home, *args, "--json")
+    assert r.returncode in ok, r.stdout + r.stderr
+    return json.loads(r.stdout), r.returncode
+
+
+def job(home, job_id) -> dict:
+    return cli_json(home, "job", str(job_id))[0]
+
+
+def submit(home, action, arguments) -> int:
+    return cli_json(home, "submit", action, "--args", json.dumps(arguments))[0]["job_id"]
+
+
+def marks(path) -> list[dict]:
+    try:
+        return [json.loads(line) for line in path.read_text().splitlines()]
+    except FileNotFoundError:
+        return []
+
+
+def ended(home, job_id, timeout=60) -> dict:
+    assert sh.wait_until(lambda: job(home, job_id)["status"] not in ("pending", "queued", "running"),
+                         timeout, 0.2), job(home, job_id)
+    return job(home, job_id)
+
+
+def cancel_once_running(home, action, path) -> dict:
+    """Submit ``action``, cancel it once its row reads running, and return the job as it ended."""
+    job_id = submit(home, action, {"path": str(path)})
+    assert sh.wait_until(lambda: marks(path) and job(home, job_id)["status"] == "running", 60, 0.1), \
+        job(home, job_id)
+    answer, code = cli_json(home, "cancel", str(job_id))
+    assert code == 0 and answer[0]["verdict"] == "stopping"
+    assert answer[0]["job"]["cancel_requested_ms"] is not None
+    return ended(home, job_id)
+
+
+def test_cancel_in_each_state_and_a_job_deferred_three_times(cancel_home, tmp_path):
+    home = cancel_home
+    # Given a pending job (no daemon runs yet) and a queued one (only the publisher runs)
+    pending_file, queued_file = tmp_path / "pending.txt", tmp_path / "queued.txt"
+    pending = submit(home, "test.append", {"path": str(pending_file)})
+    r = sh.cli(home, "cancel", str(pending))
+    # When each is cancelled / Then it ends cancelled at once
+    assert r.returncode == 0 and r.stdout.strip() == f"job {pending}: cancelled (it was pending)", r.stdout
+    assert job(home, pending)["status"] == "cancelled"
+    publisher = sh.subprocess.run([str(sh.REPO / "services/worker/bin/publisher"), "start"], env=sh.env_for(home),
+                                  capture_output=True, text=True, timeout=60)
+    assert publisher.returncode == 0, publisher.stdout + publisher.stderr
+    queued = submit(home, "test.append", {"path": str(queued_file)})
+    assert sh.wait_until(lambda: job(home, queued)["status"] == "queued", 30, 0.1), job(home, queued)
+    assert cli_json(home, "cancel", str(queued))[0][0]["verdict"] == "cancelled"
+
+    # When the whole service starts, its subscriber gets the queued job's message
+    r = sh.init(home, "start")
+    assert r.returncode == 0, r.stdout + r.stderr
+
+    # Then the message is acked away as a stale duplicate, and neither action ever ran
+    def stale():
+        beats = cli_json(home, "status", ok=(0, 1))[0]["heartbeats"]
+        return sum(b["details"]["stats"]["stale"] for b in beats if b["daemon"] == "subscriber")
+
+    assert sh.wait_until(lambda: stale() >= 1, 30, 0.2)
+    assert not pending_file.exists() and not queued_file.exists()
+    assert job(home, queued)["status"] == "cancelled"
+
+    # Given a running action that looks at ctx.cancelled() / When cancelled
+    cooperative = cancel_once_running(home, "test.loop", tmp_path / "loop.txt")
+    # Then it stopped, its own worker compensated it, and the job shows what was cleaned up
+    start, undo = marks(tmp_path / "loop.txt")
+    assert (start["what"], undo["what"], undo["pid"]) == ("start", "undo", start["pid"])
+    assert cooperative["status"] == "cancelled" and cooperative["error"] is None
+    assert cooperative["result"] == {"undone": str(tmp_path / "loop.txt"), "pid": start["pid"]}
+    assert [e["outcome"] for e in cooperative["events"]] == ["cancelled"]
+
+    # Given an action that started an instant ago, its row not yet marked running (the
+    # subscriber marks it after a second): the cancel ends the row at once
+    race_file = tmp_path / "race.txt"
+    raced = submit(home, "test.loop", {"path": str(race_file)})
+    assert sh.wait_until(lambda: marks(race_file), 60, 0.05)
+    assert cli_json(home, "cancel", str(raced))[0][0]["verdict"] in ("cancelled", "stopping")
+    # Then its worker is told all the same: the action stops and is compensated, and the job
+    # shows what was cleaned up, still cancelled, counted once
+    assert sh.wait_until(lambda: job(home, raced)["result"] is not None, 30, 0.2), job(home, raced)
+    assert job(home, raced)["status"] == "cancelled" and [m["what"] for m in marks(race_file)] == ["start", "undo"]
+
+    # Given a running action that ignores the cancel / When cancelled
+    t0 = time.monotonic()
+    stubborn = cancel_once_running(home, "test.stubborn", tmp_path / "stubborn.txt")
+    # Then it was killed after the grace period (not its 60 s), and compensated by another worker
+    start, undo = marks(tmp_path / "stubborn.txt")
+    assert stubborn["status"] == "cancelled" and undo["what"] == "undo" and undo["pid"] != start["pid"]
+    assert stubborn["result"]["pid"] == undo["pid"] and time.monotonic() - t0 < 50
+
+    # Given an action whose compensation raises / When cancelled while it runs
+    bad = cancel_once_running(home, "test.bad_undo", tmp_path / "bad.txt")
+    # Then it still ends cancelled, with the compensation's error recorded
+    assert bad["status"] == "cancelled" and bad["result"] is None
+    assert bad["error"] == "compensation failed: RuntimeError: cannot undo: the backup is gone"
+
+    # When a finished job and an unknown one are cancelled / Then each says so, exit 1
+    r = sh.cli(home, "cancel", str(bad["job_id"]), "999999999")
+    assert r.returncode == 1 and r.stdout.splitlines() == [
+        f"job {bad['job_id']}: not cancelled: it had already finished (cancelled)",
+        "job 999999999: not cancelled: no such job"], r.stdout
+    assert sh.cli(home, "cancel", "0").returncode == 2
+
+    # And the totals count every cancelled job
+    assert cli_json(home, "status", ok=(0, 1))[0]["jobs"]["cancelled"] == 6
+
+    # Given an action that defers its job three times for 1 s, then succeeds
+    runs = tmp_path / "defer.txt"
+    deferred = ended(home, submit(home, "test.defer", {"path": str(runs), "times": 3, "delay": 1}))
+    # Then it succeeded with one attempt, three deferred events, and the deferrals shown
+    assert (deferred["status"], deferred["attempts"], deferred["deferrals"]) == ("succeeded", 1, 3)
+    assert [e["outcome"] for e in deferred["events"]] == ["deferred"] * 3 + ["succeeded"]
+    # and each next run came no sooner than the delay after the one before (the broker held it)
+    times = [float(line.split()[1]) for line in runs.read_text().splitlines()]
+    assert len(times) == 4 and all(b - a >= 0.95 for a, b in zip(times, times[1:])), times
