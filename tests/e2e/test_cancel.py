@@ -30,18 +30,35 @@ def cancel_home(service_home):
     return service_home
 
 
+@pytest.fixture
+def dbs(cancel_home):
+    """The install's databases, read here as the CLI reads them (a CLI process per look would
+    cost the suite a second each)."""
+    from enstratus_workers.config import load_settings
+    from enstratus_workers.db import open_databases
+    from enstratus_workers.layout import Layout
+
+    dbs = open_databases(load_settings(Layout(cancel_home)).worker, Layout(cancel_home))
+    yield dbs
+    dbs.close()
+
+
 def cli_json(home, *args, ok=(0,)):
     r = sh.cli(home, *args, "--json")
     assert r.returncode in ok, r.stdout + r.stderr
     return json.loads(r.stdout), r.returncode
 
 
-def job(home, job_id) -> dict:
-    return cli_json(home, "job", str(job_id))[0]
+def job(dbs, job_id) -> dict:
+    """The job as ``enstratus-workers job ID --json`` shows it: the row and its events."""
+    row = dbs.jobs.get(job_id)
+    return {**row.as_dict(), "events": [e.__dict__ for e in dbs.events.for_job(job_id)]}
 
 
-def submit(home, action, arguments) -> int:
-    return cli_json(home, "submit", action, "--args", json.dumps(arguments))[0]["job_id"]
+def submit(dbs, action, arguments) -> int:
+    from enstratus_workers.db import NewJob
+
+    return dbs.jobs.submit(NewJob(action, json.dumps(arguments), "default", 3))[0].job_id
 
 
 def marks(path) -> list[dict]:
@@ -51,37 +68,37 @@ def marks(path) -> list[dict]:
         return []
 
 
-def ended(home, job_id, timeout=60) -> dict:
-    assert sh.wait_until(lambda: job(home, job_id)["status"] not in ("pending", "queued", "running"),
-                         timeout, 0.2), job(home, job_id)
-    return job(home, job_id)
+def ended(dbs, job_id, timeout=60) -> dict:
+    assert sh.wait_until(lambda: job(dbs, job_id)["status"] not in ("pending", "queued", "running"),
+                         timeout, 0.2), job(dbs, job_id)
+    return job(dbs, job_id)
 
 
-def cancel_once_running(home, action, path) -> dict:
+def cancel_once_running(home, dbs, action, path) -> dict:
     """Submit ``action``, cancel it once its row reads running, and return the job as it ended."""
-    job_id = submit(home, action, {"path": str(path)})
-    assert sh.wait_until(lambda: marks(path) and job(home, job_id)["status"] == "running", 60, 0.1), \
-        job(home, job_id)
+    job_id = submit(dbs, action, {"path": str(path)})
+    assert sh.wait_until(lambda: marks(path) and job(dbs, job_id)["status"] == "running", 60, 0.1), \
+        job(dbs, job_id)
     answer, code = cli_json(home, "cancel", str(job_id))
     assert code == 0 and answer[0]["verdict"] == "stopping"
     assert answer[0]["job"]["cancel_requested_ms"] is not None
-    return ended(home, job_id)
+    return ended(dbs, job_id)
 
 
-def test_cancel_in_each_state_and_a_job_deferred_three_times(cancel_home, tmp_path):
+def test_cancel_in_each_state_and_a_job_deferred_three_times(cancel_home, dbs, tmp_path):
     home = cancel_home
     # Given a pending job (no daemon runs yet) and a queued one (only the publisher runs)
     pending_file, queued_file = tmp_path / "pending.txt", tmp_path / "queued.txt"
-    pending = submit(home, "test.append", {"path": str(pending_file)})
+    pending = submit(dbs, "test.append", {"path": str(pending_file)})
     r = sh.cli(home, "cancel", str(pending))
     # When each is cancelled / Then it ends cancelled at once
     assert r.returncode == 0 and r.stdout.strip() == f"job {pending}: cancelled (it was pending)", r.stdout
-    assert job(home, pending)["status"] == "cancelled"
+    assert job(dbs, pending)["status"] == "cancelled"
     publisher = sh.subprocess.run([str(sh.REPO / "services/worker/bin/publisher"), "start"], env=sh.env_for(home),
                                   capture_output=True, text=True, timeout=60)
     assert publisher.returncode == 0, publisher.stdout + publisher.stderr
-    queued = submit(home, "test.append", {"path": str(queued_file)})
-    assert sh.wait_until(lambda: job(home, queued)["status"] == "queued", 30, 0.1), job(home, queued)
+    queued = submit(dbs, "test.append", {"path": str(queued_file)})
+    assert sh.wait_until(lambda: job(dbs, queued)["status"] == "queued", 30, 0.1), job(dbs, queued)
     assert cli_json(home, "cancel", str(queued))[0][0]["verdict"] == "cancelled"
 
     # When the whole service starts, its subscriber gets the queued job's message
@@ -90,15 +107,15 @@ def test_cancel_in_each_state_and_a_job_deferred_three_times(cancel_home, tmp_pa
 
     # Then the message is acked away as a stale duplicate, and neither action ever ran
     def stale():
-        beats = cli_json(home, "status", ok=(0, 1))[0]["heartbeats"]
+        beats = [b.as_dict() for b in dbs.heartbeats.all()]
         return sum(b["details"]["stats"]["stale"] for b in beats if b["daemon"] == "subscriber")
 
     assert sh.wait_until(lambda: stale() >= 1, 30, 0.2)
     assert not pending_file.exists() and not queued_file.exists()
-    assert job(home, queued)["status"] == "cancelled"
+    assert job(dbs, queued)["status"] == "cancelled"
 
     # Given a running action that looks at ctx.cancelled() / When cancelled
-    cooperative = cancel_once_running(home, "test.loop", tmp_path / "loop.txt")
+    cooperative = cancel_once_running(home, dbs, "test.loop", tmp_path / "loop.txt")
     # Then it stopped, its own worker compensated it, and the job shows what was cleaned up
     start, undo = marks(tmp_path / "loop.txt")
     assert (start["what"], undo["what"], undo["pid"]) == ("start", "undo", start["pid"])
@@ -109,24 +126,24 @@ def test_cancel_in_each_state_and_a_job_deferred_three_times(cancel_home, tmp_pa
     # Given an action that started an instant ago, its row not yet marked running (the
     # subscriber marks it after a second): the cancel ends the row at once
     race_file = tmp_path / "race.txt"
-    raced = submit(home, "test.loop", {"path": str(race_file)})
+    raced = submit(dbs, "test.loop", {"path": str(race_file)})
     assert sh.wait_until(lambda: marks(race_file), 60, 0.05)
     assert cli_json(home, "cancel", str(raced))[0][0]["verdict"] in ("cancelled", "stopping")
     # Then its worker is told all the same: the action stops and is compensated, and the job
     # shows what was cleaned up, still cancelled, counted once
-    assert sh.wait_until(lambda: job(home, raced)["result"] is not None, 30, 0.2), job(home, raced)
-    assert job(home, raced)["status"] == "cancelled" and [m["what"] for m in marks(race_file)] == ["start", "undo"]
+    assert sh.wait_until(lambda: job(dbs, raced)["result"] is not None, 30, 0.2), job(dbs, raced)
+    assert job(dbs, raced)["status"] == "cancelled" and [m["what"] for m in marks(race_file)] == ["start", "undo"]
 
     # Given a running action that ignores the cancel / When cancelled
     t0 = time.monotonic()
-    stubborn = cancel_once_running(home, "test.stubborn", tmp_path / "stubborn.txt")
+    stubborn = cancel_once_running(home, dbs, "test.stubborn", tmp_path / "stubborn.txt")
     # Then it was killed after the grace period (not its 60 s), and compensated by another worker
     start, undo = marks(tmp_path / "stubborn.txt")
     assert stubborn["status"] == "cancelled" and undo["what"] == "undo" and undo["pid"] != start["pid"]
     assert stubborn["result"]["pid"] == undo["pid"] and time.monotonic() - t0 < 50
 
     # Given an action whose compensation raises / When cancelled while it runs
-    bad = cancel_once_running(home, "test.bad_undo", tmp_path / "bad.txt")
+    bad = cancel_once_running(home, dbs, "test.bad_undo", tmp_path / "bad.txt")
     # Then it still ends cancelled, with the compensation's error recorded
     assert bad["status"] == "cancelled" and bad["result"] is None
     assert bad["error"] == "compensation failed: RuntimeError: cannot undo: the backup is gone"
@@ -139,11 +156,11 @@ def test_cancel_in_each_state_and_a_job_deferred_three_times(cancel_home, tmp_pa
     assert sh.cli(home, "cancel", "0").returncode == 2
 
     # And the totals count every cancelled job
-    assert cli_json(home, "status", ok=(0, 1))[0]["jobs"]["cancelled"] == 6
+    assert dbs.jobs.counts()["cancelled"] == 6
 
     # Given an action that defers its job three times for 1 s, then succeeds
     runs = tmp_path / "defer.txt"
-    deferred = ended(home, submit(home, "test.defer", {"path": str(runs), "times": 3, "delay": 1}))
+    deferred = ended(dbs, submit(dbs, "test.defer", {"path": str(runs), "times": 3, "delay": 1}))
     # Then it succeeded with one attempt, three deferred events, and the deferrals shown
     assert (deferred["status"], deferred["attempts"], deferred["deferrals"]) == ("succeeded", 1, 3)
     assert [e["outcome"] for e in deferred["events"]] == ["deferred"] * 3 + ["succeeded"]
