@@ -70,7 +70,8 @@ class Cancels:
         for h in handles:
             for a in h.inflight:
                 key = a.task.key
-                if a.task.job_id in rows and not a.task.compensate and key not in self.told:
+                if a.task.job_id in rows and not a.task.compensate and key not in self.told \
+                        and key not in self.killed:
                     self.seen += 1
                     self._tell(h, a, now)
 
