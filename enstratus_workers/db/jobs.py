@@ -172,12 +172,14 @@ class JobStore:
     """All reads and writes of ``enstratus_job``. Safe to share between threads (pooled engine)."""
 
     def __init__(self, engine: sa.Engine, on_pending: Callable[[], None] | None = None,
-                 on_recorded: Callable[[], None] | None = None):
+                 on_recorded: Callable[[], None] | None = None, on_cancel: Callable[[], None] | None = None):
         self.engine = engine
         # called after every commit that made a job pending (jobs/wakeup.py: wakes the publishers)
         self._on_pending = on_pending or (lambda: None)
         # called after every commit that recorded outcomes (wakes ``submit --wait`` and the like)
         self._on_recorded = on_recorded or (lambda: None)
+        # called after a cancel (wakes this host's subscribers: the owner looks for it at once)
+        self._on_cancel = on_cancel or (lambda: None)
         # a group whose commit was lost may be stored: its jobs are not written again one by one
         self._groups: GroupCommit[NewJob, tuple[int, int]] = GroupCommit(
             self._insert, retry_alone=lambda exc: retry.verdict(exc) is not retry.Verdict.AMBIGUOUS)
@@ -340,6 +342,8 @@ class JobStore:
         answer = cancels.cancel(self.engine, job_id, _add_totals, self.get)
         if answer.verdict == lifecycle.CANCEL_NOW:
             self._on_recorded()      # it finished: wake whoever waits for it
+        if answer.verdict in (lifecycle.CANCEL_NOW, lifecycle.CANCEL_ASK):
+            self._on_cancel()        # a subscriber of this host may hold it (another host's looks in time)
         return answer
 
     def cancels_among(self, job_ids: Iterable[int]) -> dict[int, tuple[str, int]]:

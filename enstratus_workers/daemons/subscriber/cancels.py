@@ -2,7 +2,8 @@
 
 A cancel may come from any host's API or CLI, so the subscriber looks for them in the job table
 itself: about every second while it holds work, one query by primary key over the ids of the
-jobs it holds (``JobStore.cancels_among``). What it does with a cancelled attempt depends on
+jobs it holds (``JobStore.cancels_among``); a cancel made on this host also rings the
+subscribers' bells (``jobs/wakeup.py``), which makes the next look come at once. What it does with a cancelled attempt depends on
 where the attempt is:
 
 - waiting here, never handed to a worker: if the row already reads ``cancelled`` (it was pending
@@ -40,6 +41,10 @@ class Cancels:
         self.told: dict[tuple[int, int], float] = {}   # attempt -> when its worker was told
         self.killed: set[tuple[int, int]] = set()      # attempts whose worker was killed for them
         self.seen = 0                                  # cancelled attempts acted on (heartbeat)
+
+    def look_now(self) -> None:
+        """A cancel was made on this host (its bell rang): look at the next round, not in a second."""
+        self._next_look = 0.0
 
     def look(self, jobs, active, pending, handles, ack) -> None:
         """Act on the cancels of the attempts held here (module docstring); cheap between looks.

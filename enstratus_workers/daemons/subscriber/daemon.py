@@ -46,7 +46,9 @@ from enstratus_workers.daemons.subscriber.recorder import Recorder
 from enstratus_workers.db import Event, Outcome, Started, open_databases
 from enstratus_workers.db.heartbeats import live_owners
 from enstratus_workers.db.instances import desired_types
+from enstratus_workers.jobs import wakeup
 from enstratus_workers.jobs.lifecycle import event_outcome
+from enstratus_workers.jobs.wakeup import Bell
 from enstratus_workers.jobs.messages import MessageDecodeError, decode
 from enstratus_workers.jobs.values import Task
 from enstratus_workers.layout import short_hostname
@@ -81,6 +83,7 @@ class Subscriber(Service):
         self._held_until = 0.0
         self._marked: set = set()             # (job id, attempt) handed to the recorder as started
         self.cancels = Cancels(settings.subscriber.cancel_grace)
+        self._bell = None                     # rung by a cancel made on this host (run() binds it)
         self.owner = _owner_token(name)
         self.started_ms = now_ms()
         self.stats = {"received": 0, "succeeded": 0, "failed": 0, "pending": 0, "dead": 0, "cancelled": 0,
@@ -101,6 +104,7 @@ class Subscriber(Service):
         self.layout.ensure_dirs()
         self.owner = _owner_token(self.name)   # this process's own (the daemon may have forked)
         self.dbs = open_databases(s.worker, self.layout)
+        self._bell = _cancel_bell(self.layout, self.name)
         wake_r, wake_w = os.pipe()
         os.set_blocking(wake_r, False)
         os.set_blocking(wake_w, False)
@@ -124,6 +128,8 @@ class Subscriber(Service):
             self.intake.stop()
             self._remove_heartbeat()
             self.dbs.close()
+            if self._bell is not None:
+                self._bell.close()
             os.close(wake_r)
             os.close(wake_w)
 
@@ -132,7 +138,12 @@ class Subscriber(Service):
             self._round(timeout=0.5)
 
     def _round(self, timeout: float) -> None:
-        ready = wait([self._wake_r, *self.pool.connections()], timeout=timeout)
+        bell = [self._bell] if self._bell is not None else []
+        ready = wait([self._wake_r, *bell, *self.pool.connections()], timeout=timeout)
+        if bell and bell[0] in ready:
+            bell[0].drain()
+            self.cancels.look_now()
+            ready = [r for r in ready if r is not bell[0]]
         if self._wake_r in ready:
             try:
                 os.read(self._wake_r, 65536)
@@ -413,6 +424,18 @@ class Subscriber(Service):
         # outcome that cannot be written by then stays unacked and its message comes back.
         self.recorder.stop(timeout=max(1.0, deadline - time.monotonic()))
         time.sleep(0.2)  # let the intake thread send the last acks before it closes
+
+
+def _cancel_bell(layout, name: str) -> Bell | None:
+    """The bell a cancel on this host rings, so the cancels are looked for at once rather than
+    at the next second's look; None where there are no bells (the look alone then)."""
+    if not wakeup.available():
+        return None
+    try:
+        return Bell(layout.run_dir, name, wakeup.SUBSCRIBER)
+    except OSError as exc:   # another process holds the address: the look alone, then
+        log.warning("no cancel bell for subscriber %s (%s); cancels are looked for every second", name, exc)
+        return None
 
 
 def _owner_token(name: str) -> str:
