@@ -24,6 +24,12 @@ is the same rule for a batch of writes.
 - Anything else is **closed** for attempt *n*: an outcome recorded (terminal), a retry recorded
   (``pending`` at ``attempts = n``: open for *n + 1* only), a later attempt. A closed attempt
   takes no mark and no outcome.
+- A **cancelled** job (``db/cancels.py``) takes no outcome of any attempt, with one exception:
+  a job cancelled while pending or queued whose attempt *n* a subscriber had already handed to
+  a worker takes that attempt's own ``cancelled`` outcome once (what its compensation cleaned
+  up), not counted again; it then reads ``attempts = n`` and is closed to it too.
+- A **deferred** attempt (``errors.Deferred``) leaves the row ``pending`` at ``attempts = n - 1``
+  with ``not_before_ms`` set: the outbox relays attempt *n* again, held back until then.
 
 So two copies of one message (a publisher killed between publish and commit, a broker
 redelivery) cannot both record, and a stale owner that wakes up after a takeover or a recovery
