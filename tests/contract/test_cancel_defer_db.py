@@ -149,3 +149,21 @@ def test_a_lost_attempt_with_a_cancel_requested_goes_back_only_for_its_compensat
     done = Outcome(jid, 2, "cancelled", "w", 1, 2, "null", None, ME)
     assert dbs.jobs.record_outcomes([done]) == [done]
     assert dbs.jobs.get(jid).status == "cancelled" and dbs.jobs.counts()["cancelled"] == 1
+
+
+def test_cancelled_jobs_are_pruned_after_their_period_and_still_counted(dbs):
+    from enstratus_workers.db.retention import Periods, Pruner
+
+    # Given a job cancelled a minute ago and one cancelled now
+    old, new = dbs.jobs.submit(job())[0].job_id, dbs.jobs.submit(job())[0].job_id
+    for job_id in (old, new):
+        dbs.jobs.cancel(job_id)
+    with dbs.provisioning.begin() as conn:
+        conn.exec_driver_sql(f"UPDATE enstratus_job SET end_timestamp = {now_ms() - 60_000} WHERE job_id = {old}")
+    # When retention keeps cancelled jobs 30 s
+    pruner = Pruner(dbs.provisioning, dbs.analytics, Periods(0, 0, 0, 0, cancelled=30), "pinger@t:1:aa")
+    while pruner.step():
+        pass
+    # Then the old one is gone, the new one kept, and both are still counted
+    assert (dbs.jobs.get(old), dbs.jobs.get(new).status) == (None, "cancelled")
+    assert pruner.deleted == {"cancelled": 1} and dbs.jobs.counts()["cancelled"] == 2
