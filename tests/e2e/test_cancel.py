@@ -7,7 +7,8 @@ looks at ``ctx.cancelled()`` stops and is compensated by its own worker; one tha
 cancel is killed after ``action.cancel_grace`` and compensated by another worker; a
 compensation that raises still ends its job cancelled, with the error; a finished or unknown job
 is not cancelled (exit 1). A job deferred three times then succeeding has had one attempt, and
-its messages were held by the broker for the delay.
+its messages were held by the broker for the delay. And on the local cloud, a ``server.launch``
+cancelled while its node boots ends with that node terminated by its compensation.
 """
 
 from __future__ import annotations
@@ -167,3 +168,43 @@ def test_cancel_in_each_state_and_a_job_deferred_three_times(cancel_home, dbs, t
     # and each next run came no sooner than the delay after the one before (the broker held it)
     times = [float(line.split()[1]) for line in runs.read_text().splitlines()]
     assert len(times) == 4 and all(b - a >= 0.95 for a, b in zip(times, times[1:])), times
+
+
+@pytest.fixture
+def cloud_home(tmp_path):
+    """The embedded service with its own KM and a local-cloud credential (as the cloud tests)."""
+    from tests.e2e.test_cloud_pinger import running_home
+
+    yield from running_home(tmp_path, {"schedule.server.sync.interval": 0, "action.cancel_grace": GRACE})
+
+
+def test_a_launch_cancelled_while_its_server_boots_ends_with_that_server_terminated(cloud_home):
+    from enstratus_workers.cloud import process
+    from enstratus_workers.cloud.local_state import LocalCloudState
+    from tests.e2e.test_cloud_pinger import ACCOUNT, STATE_DIR
+
+    home = cloud_home
+    # Given a launch whose node is booting (an image that reads PENDING for 30 s)
+    launch = {"account": ACCOUNT, "image": "local-agent-slow-boot", "size": "small", "name": "doomed"}
+    job_id = cli_json(home, "submit", "server.launch", "--args", json.dumps(launch))[0]["job_id"]
+
+    def nodes():
+        try:
+            return LocalCloudState(home / STATE_DIR).read()["nodes"]
+        except (OSError, ValueError, KeyError):
+            return {}
+
+    assert sh.wait_until(nodes, 60, 0.2), cli_json(home, "job", str(job_id))[0]
+    [booting] = nodes().values()
+    # When the operator cancels it
+    r = sh.cli(home, "cancel", str(job_id))
+    assert r.returncode == 0, r.stdout + r.stderr
+    # Then the job ends cancelled, naming the server its compensation terminated
+    assert sh.wait_until(lambda: cli_json(home, "job", str(job_id))[0]["result"] is not None, 60, 0.3)
+    ended = cli_json(home, "job", str(job_id))[0]
+    assert ended["status"] == "cancelled" and ended["error"] is None, ended
+    [(node_id, node)] = nodes().items()
+    assert ended["result"] == {"terminated": ended["result"]["terminated"], "node": node_id}
+    # and the node is gone at the cloud, its agent dead, the server recorded terminated
+    assert node["state"] == "terminated" and not process.is_alive(booting["pid"], booting["pid_start"])
+    assert sh.stored_server(home, ended["result"]["terminated"])["state"] == "terminated"
