@@ -1,7 +1,8 @@
 """``enstratus-workers``: the operator's command line. Parse, validate, call; nothing more here.
 
-Exit codes: 0 success, 1 the thing asked about failed (a job failed, a check found a problem),
-2 bad usage or input, 6 bad configuration (as the daemons), 124 ``--wait`` timed out.
+Exit codes: 0 success, 1 the thing asked about failed (a job failed, a check found a problem,
+a job to cancel was unknown or finished), 2 bad usage or input, 6 bad configuration (as the
+daemons), 124 ``--wait`` timed out.
 """
 
 from __future__ import annotations
@@ -72,6 +73,11 @@ def _job_text(job) -> str:
         lines.append(f"  error:     {job.error}")
     if job.idempotency_key:
         lines.append(f"  key:       {job.idempotency_key}")
+    if job.cancel_requested_ms:
+        lines.append(f"  cancel:    requested {_ts(job.cancel_requested_ms)}")
+    if job.deferrals:
+        held = f", held until {_ts(job.not_before_ms)}" if job.not_before_ms and job.status == "pending" else ""
+        lines.append(f"  deferred:  {job.deferrals} time(s){held}")
     return "\n".join(lines)
 
 
@@ -117,6 +123,42 @@ def cmd_job(args) -> int:
         return 0
     finally:
         dbs.close()
+
+
+_CANCELLED = {
+    lifecycle.CANCEL_NOW: "cancelled (it was {was})",
+    lifecycle.CANCEL_ASK: "stopping: its action is told to stop; it ends cancelled once its compensation ran",
+    lifecycle.CANCEL_FINISHED: "not cancelled: it had already finished ({status})",
+    "unknown": "not cancelled: no such job",
+}
+
+
+def cmd_cancel(args) -> int:
+    """Each job on its line; exit 0 if every one was cancelled or asked to stop, else 1."""
+    from enstratus_workers.jobs.submit import cancel
+
+    settings = _settings(args)
+    dbs = _dbs(args, settings)
+    try:
+        answers = [(job_id, cancel(dbs, job_id)) for job_id in args.job_ids]
+    finally:
+        dbs.close()
+    lines = [f"job {job_id}: " + _CANCELLED[a.verdict].format(status=getattr(a.job, "status", ""), was=a.was)
+             for job_id, a in answers]
+    _print(args, [{"job_id": job_id, "verdict": a.verdict, "was": a.was, "job": a.job.as_dict() if a.job else None}
+                  for job_id, a in answers], "\n".join(lines))
+    ok = (lifecycle.CANCEL_NOW, lifecycle.CANCEL_ASK)
+    return 0 if all(a.verdict in ok for _, a in answers) else EXIT_FAILED
+
+
+def _job_id(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if not 1 <= value <= 2**63 - 1:
+        raise argparse.ArgumentTypeError(f"not a job id: {text!r}")
+    return value
 
 
 def cmd_jobs(args) -> int:
@@ -363,6 +405,10 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("job", parents=[common], help="show one job")
     s.add_argument("job_id", type=int)
     s.set_defaults(func=cmd_job)
+
+    s = sub.add_parser("cancel", parents=[common], help="cancel jobs (exit 1 if one was unknown or finished)")
+    s.add_argument("job_ids", metavar="JOB", type=_job_id, nargs="+")
+    s.set_defaults(func=cmd_cancel)
 
     s = sub.add_parser("jobs", parents=[common], help="list recent jobs")
     s.add_argument("--status", choices=lifecycle.STATUSES)

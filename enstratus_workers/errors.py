@@ -70,3 +70,30 @@ class ActionError(EnstratusError):
 
 class DaemonError(EnstratusError):
     """A daemon could not be started, stopped or queried."""
+
+
+class Deferred(EnstratusError):
+    """An action saying "not now": try again in ``delay_s`` seconds, and do not count this attempt.
+
+    For a cloud API that throttles: the job goes back to ``pending`` with its attempts as before
+    this one, and the publisher relays it no sooner than ``delay_s`` later (a broker-held delay).
+    A job may be deferred any number of times; each deferral is an analytics event ``deferred``,
+    and the job shows how often it was deferred and the last ``reason``.
+    """
+
+    def __init__(self, delay_s: float, reason: str = ""):
+        if isinstance(delay_s, bool) or not isinstance(delay_s, (int, float)) or not 0 <= delay_s <= MAX_DEFER_S:
+            raise ValueError(f"Deferred: delay_s must be a number of seconds from 0 to {MAX_DEFER_S}, "
+                             f"not {delay_s!r}"[:200])
+        self.delay_s, self.reason = float(delay_s), str(reason)
+        super().__init__(f"deferred {self.delay_s:g}s" + (f": {self.reason}" if self.reason else ""))
+
+
+#: the longest a job can be deferred: the longest delay a broker holds (mq.base.MAX_DELAY_MS)
+MAX_DEFER_S = (2**32 - 1) // 1000
+
+
+class Cancelled(EnstratusError):
+    """Raised by ``ActionContext.stop_if_cancelled()``: the job was cancelled while its action
+    ran. An action may raise it, return, or do anything else once ``ctx.cancelled()`` is true:
+    the attempt ends ``cancelled`` either way, and the action's compensation runs."""

@@ -17,12 +17,18 @@ def echo(arguments: dict, context) -> dict:
     return arguments
 
 
+SLEEP_SLICE_S = 0.1   # how soon a cancelled sleep stops
+
+
 def sleep(arguments: dict, context) -> dict:
-    """Sleep ``seconds`` (a number >= 0): stands in for a long cloud call."""
+    """Sleep ``seconds`` (a number >= 0): stands in for a long cloud call; a cancel ends it early."""
     seconds = arguments.get("seconds", 1)
     if isinstance(seconds, bool) or not isinstance(seconds, (int, float)) or seconds < 0:
         raise ActionError("'seconds' must be a number >= 0")
-    time.sleep(seconds)
+    cancelled = getattr(context, "cancelled", lambda: False)
+    deadline = time.monotonic() + seconds
+    while not cancelled() and (left := deadline - time.monotonic()) > 0:
+        time.sleep(min(left, SLEEP_SLICE_S))
     return {"slept": seconds}
 
 

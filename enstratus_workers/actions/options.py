@@ -1,4 +1,5 @@
-"""What an action declares about itself: its time limit, attempt budget, queue and retry rule.
+"""What an action declares about itself: its time limit, attempt budget, queue, retry rule, and
+the compensation that undoes what it did when its job is cancelled.
 
 Declared once, where the action is written (``@action(time_limit=60)``, or
 ``Registry.register(name, fn, options=...)``), and validated when it registers against the same
@@ -10,6 +11,7 @@ by the submit or the subscriber that reads it later. The older spelling, functio
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Callable
 
 from ..config import limits
 from ..errors import ActionError, EnstratusError
@@ -50,6 +52,12 @@ class ActionOptions:
     Which failures are retried: an exception of a ``fail_on`` type fails the job at once, one of a
     ``retry_on`` type is retried; otherwise the service's rule holds (an ``ActionError`` fails,
     anything else may be transient and is retried).
+
+    ``compensate``: called as ``compensate(arguments, context) -> JSON-able`` in a worker after a
+    cancel stopped the action (in the same worker once the action returned, or in another when
+    the action had to be killed or its subscriber died). It must be idempotent and must not
+    assume how far the action got; what it returns is the cancelled job's result, what it raises
+    its error (the job still ends ``cancelled``).
     """
 
     time_limit: float | None = None
@@ -57,6 +65,7 @@ class ActionOptions:
     queue: str | None = None
     retry_on: tuple = ()
     fail_on: tuple = ()
+    compensate: Callable | None = None
 
     def __post_init__(self):
         if self.time_limit is not None:
@@ -67,6 +76,8 @@ class ActionOptions:
             raise ActionOptionsError(f"queue must be a queue name ({limits.QUEUE_RULE}), not {self.queue!r}"[:200])
         object.__setattr__(self, "retry_on", _exceptions(self.retry_on, "retry_on"))
         object.__setattr__(self, "fail_on", _exceptions(self.fail_on, "fail_on"))
+        if self.compensate is not None and not callable(self.compensate):
+            raise ActionOptionsError(f"compensate must be callable, not {self.compensate!r}"[:200])
         both = set(self.retry_on) & set(self.fail_on)
         if both:
             raise ActionOptionsError(f"{', '.join(sorted(t.__name__ for t in both))} both retried and failed")
@@ -89,7 +100,8 @@ class ActionOptions:
 
 
 def action(fn=None, /, **options):
-    """Declare an action's options where it is written: ``@action(time_limit=60, max_attempts=5)``.
+    """Declare an action's options where it is written: ``@action(time_limit=60, max_attempts=5)``,
+    ``@action(compensate=undo_launch)``.
 
     The options are validated here and again when the action registers; ``@action`` alone
     declares none.

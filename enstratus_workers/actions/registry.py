@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from importlib.metadata import entry_points
 from typing import Any, Callable
 
-from ..errors import ActionError
+from ..errors import ActionError, Cancelled
 from .options import ActionOptions, ActionOptionsError
 
 log = logging.getLogger(__name__)
@@ -28,7 +28,13 @@ ENTRY_POINT_GROUP = "enstratus_workers.actions"
 @dataclass
 class ActionContext:
     """What an action gets besides its arguments. Actions are told the attempt: delivery is at
-    least once, so an action that may run twice checks what its earlier attempt already did."""
+    least once, so an action that may run twice checks what its earlier attempt already did.
+
+    A long action asks ``cancelled()`` now and then (in its loop, between cloud calls) and stops
+    once it is true, by returning or raising: the attempt then ends ``cancelled`` whatever it
+    returns, and the action's compensation (``@action(compensate=...)``) runs. An action that
+    does not stop within ``action.cancel_grace`` is killed with its worker process.
+    """
 
     job_id: int
     attempt: int
@@ -39,6 +45,18 @@ class ActionContext:
     km: Any = None             # KM client (credentials), when the KM service is configured
     persistence: Any = None    # persistence layer (platform objects)
     extras: dict = field(default_factory=dict)
+    # the worker's watch over this attempt's cancel (daemons/worker.py); None: never cancelled
+    cancel_check: Callable[[], bool] | None = field(default=None, repr=False)
+
+    def cancelled(self) -> bool:
+        """Whether this job was cancelled. Cheap enough for every turn of a loop: a flag, and a
+        look at the worker's socket only after its subscriber signalled a cancel."""
+        return self.cancel_check is not None and self.cancel_check()
+
+    def stop_if_cancelled(self) -> None:
+        """Raise ``errors.Cancelled`` if this job was cancelled (a shorthand for the loop)."""
+        if self.cancelled():
+            raise Cancelled(f"job {self.job_id} was cancelled")
 
 
 Action = Callable[[dict, ActionContext], Any]
@@ -71,6 +89,11 @@ class Registry:
     def options(self, name: str) -> ActionOptions:
         self.get(name)
         return self._options[name]
+
+    def compensation(self, name: str) -> Action | None:
+        """The compensation ``name`` declares, or None (none, or no such action)."""
+        options = self._options.get(name)
+        return options.compensate if options is not None else None
 
     def time_limits(self) -> dict[str, float]:
         """The actions that declare their own time limit (over action.time_limit), in seconds."""

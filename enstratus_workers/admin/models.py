@@ -113,6 +113,12 @@ class JobOut(BaseModel):
     worker: Optional[str]
     result: Any
     error: Optional[str]
+    cancel_requested_ms: Optional[int] = Field(
+        default=None, description="when a cancel was requested (ms since the epoch); null: never")
+    not_before_ms: Optional[int] = Field(
+        default=None, description="a deferred job is relayed no sooner than this (ms since the epoch)")
+    deferrals: int = Field(default=0, description="how often its actions deferred it; the last "
+                                                  "reason is its error while it waits")
 
 
 class SubmitOut(BaseModel):

@@ -7,20 +7,24 @@ is written to the persistence layer (``servers.py``) before the action returns.
 Delivery is at least once, so every action can run twice. ``server.launch`` is made idempotent
 by an intent object keyed by the job id, written (create-only) *before* the provider is called:
 it fixes the server id, hence the node's name and tags, so a redelivered launch finds the node
-its first attempt created instead of creating another.
+its first attempt created instead of creating another. It waits while its node boots (reads
+PENDING), looking at ``ctx.cancelled()``; cancelled, it stops, and its compensation
+(``undo_launch``) terminates the server it was building, found by that same intent.
 """
 
 from __future__ import annotations
 
 import hashlib
 import re
+import time
 
+from enstratus_workers.actions.options import action
 from enstratus_workers.clock import now_ms
 from enstratus_workers.cloud import servers as s
 from enstratus_workers.cloud.guest_logs import collect_logs
 from enstratus_workers.errors import ActionError
 from enstratus_workers.guest.protocol import DEFAULT_AGENT_PORT
-from enstratus_workers.persist import ABSENT, StaleWriteError
+from enstratus_workers.persist import ABSENT, NotFound, StaleWriteError
 
 
 # Libcloud (with requests under it) is a third of a worker's memory, so it is imported when a
@@ -41,6 +45,11 @@ _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,62}")
 
 #: how each provider takes tags at create_node; a provider not listed is matched by name only
 TAG_OPTION = {"local": "ex_tags", "ec2": "ex_metadata", "openstack": "ex_metadata"}
+#: longest a launch waits for its node to leave PENDING (booting), then records what it has;
+#: well under action.time_limit's default (300 s)
+BOOT_WAIT_S = 120.0
+BOOT_POLL_S = 0.5
+PENDING = "pending"   # libcloud's NodeState.PENDING
 
 
 def _text(arguments: dict, key: str) -> str:
@@ -101,6 +110,52 @@ def _open_agent_port(driver, node, context) -> list | None:
     return [{"protocol": "tcp", "port": port, "cidrs": cidrs}]
 
 
+def _wait_booted(driver, node, server_id: str, wanted: str, context):
+    """The node once it left PENDING (or after BOOT_WAIT_S, or once the job was cancelled)."""
+    deadline = time.monotonic() + BOOT_WAIT_S
+    while str(node.state) == PENDING and time.monotonic() < deadline and not context.cancelled():
+        time.sleep(BOOT_POLL_S)
+        node = s.find_node(driver.list_nodes(), server_id, wanted, str(node.id)) or node
+    return node
+
+
+def _destroy(context, record: dict) -> str | None:
+    """Destroy the live node of a server record, found by id, tag or name; its id, or None if
+    there was none (never created, or gone already)."""
+    driver, provider = open_driver(context, record["account"])
+    with refused_as_action_error(provider, record["account"]):
+        node = s.find_node(driver.list_nodes(), record["server_id"], record.get("node_name"),
+                           record.get("provider_node_id"))
+        if node is None:
+            return None
+        driver.destroy_node(node)
+    context.logger.info("terminated server %s (node %s)", record["server_id"], node.id)
+    return str(node.id)
+
+
+def undo_launch(arguments: dict, context) -> dict:
+    """The compensation of ``server.launch``: terminate the server this job was building.
+
+    Found the way a redelivered launch finds it: the job's launch intent fixes the server id and
+    the node's name and tags, so a node created by any attempt, even one whose worker was killed
+    before it recorded anything, is found. Nothing to do if no intent was written."""
+    store = s.store_of(context)
+    try:
+        intent = dict(store.get(s.INTENT_BUCKET, f"job-{context.job_id}").data)
+    except NotFound:
+        return {"terminated": None, "reason": "no server was launched"}
+    server_id = intent["server_id"]
+    try:
+        record = s.get_server(store, server_id)
+    except ActionError:   # the intent was written, the server object not yet
+        record = {"server_id": server_id, "account": intent["account"], "provider_node_id": None,
+                  "node_name": s.node_name(intent["name"], server_id)}
+    node_id = _destroy(context, record)
+    s.update_server(store, server_id, lambda cur: cur and dict(cur, state=s.TERMINATED, public_ip=None))
+    return {"terminated": server_id, "node": node_id}
+
+
+@action(compensate=undo_launch)
 def launch_server(arguments: dict, context) -> dict:
     """``server.launch`` {account, image, size, name}: one server per job, however often it runs."""
     account = s.account_of(arguments)
@@ -133,7 +188,9 @@ def launch_server(arguments: dict, context) -> dict:
                                 server_id, node.id, account, provider)
         else:
             context.logger.info("server %s: found node %s of an earlier attempt", server_id, node.id)
-        fields = dict(s.node_fields(node), firewall=_open_agent_port(driver, node, context))
+        node = _wait_booted(driver, node, server_id, wanted, context)
+        cancelled = context.cancelled()   # stop here: the compensation terminates the node
+        fields = dict(s.node_fields(node), firewall=None if cancelled else _open_agent_port(driver, node, context))
     record, _ = s.update_server(store, server_id, lambda cur: {**(cur or initial), **fields})
     return s.summary(record)
 
@@ -144,13 +201,7 @@ def terminate_server(arguments: dict, context) -> dict:
     record = s.get_server(store, arguments.get("server_id"))
     server_id = record["server_id"]
     if record["state"] != s.TERMINATED:
-        driver, provider = open_driver(context, record["account"])
-        with refused_as_action_error(provider, record["account"]):
-            node = s.find_node(driver.list_nodes(), server_id, record.get("node_name"),
-                               record.get("provider_node_id"))
-            if node is not None:
-                driver.destroy_node(node)
-                context.logger.info("terminated server %s (node %s)", server_id, node.id)
+        _destroy(context, record)
     record, _ = s.update_server(store, server_id, lambda cur: cur and dict(cur, state=s.TERMINATED,
                                                                           public_ip=None))
     return s.summary(record)

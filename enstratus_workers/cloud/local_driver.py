@@ -42,7 +42,11 @@ TOMBSTONE_TTL_MS = 3600 * 1000
 IMAGES = {
     "local-agent": ("Guest agent", 30.0),
     "local-agent-chatty": ("Guest agent, alive line every second", 1.0),
+    "local-agent-slow-boot": ("Guest agent that boots for BOOT_S seconds (PENDING meanwhile)", 30.0),
 }
+#: image id -> seconds a new node of it reads PENDING, as a real cloud's node does while it boots
+#: (what a launch cancelled "while building" is cancelled in)
+BOOT_S = {"local-agent-slow-boot": 30.0}
 #: size id -> (name, ram MiB, disk GiB)
 SIZES = {
     "small": ("Small", 512, 10),
@@ -198,6 +202,8 @@ class LocalNodeDriver(NodeDriver):
     def _to_node(self, r: dict) -> Node:
         if r["state"] == "terminated":
             state = NodeState.TERMINATED
+        elif now_ms() < r["created_ms"] + BOOT_S.get(r["image"], 0) * 1000:
+            state = NodeState.PENDING
         else:
             state = NodeState.RUNNING if process.is_alive(r["pid"], r["pid_start"]) else NodeState.STOPPED
         image = NodeImage(r["image"], IMAGES.get(r["image"], (r["image"],))[0], self)

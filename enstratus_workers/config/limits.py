@@ -56,6 +56,7 @@ def valid_daemon_name(name: str) -> bool:
 RANGES: dict[str, tuple[float, float]] = {
     "action.max_attempts": (1, MAX_ATTEMPTS),
     "action.time_limit": (0, 7 * 86400),            # > 0; a week
+    "action.cancel_grace": (0, 86400),              # > 0; a day
     "worker.min": (0, MAX_PROCESSES),
     "worker.max": (1, MAX_PROCESSES),
     "worker.max_tasks_per_child": (0, 1_000_000_000),
@@ -75,5 +76,6 @@ RANGES: dict[str, tuple[float, float]] = {
     "retention.succeeded": (0, 10 * 365 * 86400),
     "retention.failed": (0, 10 * 365 * 86400),
     "retention.dead": (0, 10 * 365 * 86400),
+    "retention.cancelled": (0, 10 * 365 * 86400),
     "retention.events": (0, 10 * 365 * 86400),
 }

@@ -103,6 +103,7 @@ class WorkerSettings:
     default_queue: str = "default"       # queue of a job submitted without --queue
     time_limit: float = 300.0            # seconds an action may run before its worker is killed
     max_attempts: int = 3
+    cancel_grace: float = 10.0           # seconds a cancelled action has to stop before it is killed
     max_tasks_per_child: int = 0         # 0: never recycle on count
     max_memory_mb: int = 0               # 0: never recycle on memory
     grace_period: float = 30.0           # seconds a stop waits for running actions
@@ -119,6 +120,7 @@ class WorkerSettings:
     retention_succeeded: float = 7 * 86400.0
     retention_failed: float = 30 * 86400.0
     retention_dead: float = 90 * 86400.0
+    retention_cancelled: float = 30 * 86400.0
     retention_events: float = 30 * 86400.0
     # publisher: periodic actions per account (server.sync only by default: the built-in sync)
     schedules: tuple[Schedule, ...] = (Schedule("server.sync", 60.0),)
@@ -173,6 +175,7 @@ class SubscriberSettings(_DaemonGroup):
     grace_period: float                  # worker.grace_period
     max_tasks_per_child: int             # worker.max_tasks_per_child
     max_memory_mb: int                   # worker.max_memory_mb
+    cancel_grace: float = WorkerSettings.cancel_grace   # action.cancel_grace
 
     @property
     def all_queues(self) -> tuple[str, ...]:
@@ -193,6 +196,7 @@ class PingerSettings(_DaemonGroup):
     retention_succeeded: float = WorkerSettings.retention_succeeded   # retention.succeeded
     retention_failed: float = WorkerSettings.retention_failed         # retention.failed
     retention_dead: float = WorkerSettings.retention_dead             # retention.dead
+    retention_cancelled: float = WorkerSettings.retention_cancelled   # retention.cancelled
     retention_events: float = WorkerSettings.retention_events         # retention.events
 
 

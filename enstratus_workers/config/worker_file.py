@@ -41,6 +41,7 @@ PROPS = (
     Prop("worker.default_queue", "default_queue", _single_queue),
     _prop("action.time_limit", "time_limit", "number", lo_open=True),
     _prop("action.max_attempts", "max_attempts"),
+    _prop("action.cancel_grace", "cancel_grace", "number", lo_open=True),
     _prop("worker.max_tasks_per_child", "max_tasks_per_child"),
     _prop("worker.max_memory_mb", "max_memory_mb"),
     _prop("worker.grace_period", "grace_period", "number"),
@@ -56,6 +57,7 @@ PROPS = (
     _prop("retention.succeeded", "retention_succeeded", "number"),
     _prop("retention.failed", "retention_failed", "number"),
     _prop("retention.dead", "retention_dead", "number"),
+    _prop("retention.cancelled", "retention_cancelled", "number"),
     _prop("retention.events", "retention_events", "number"),
     Prop(schedule_keys.ACCOUNTS_KEY, "schedule_accounts", schedule_keys.accounts),
 )

@@ -7,13 +7,15 @@ subscriber never leaves orphans working on actions nobody will record.
 
 It is handed ``jobs.values.Task`` frames and answers each with the ``Outcome`` it built; what
 every attempt needs besides its action (the state events' job, the count of tasks run) is a hook
-around it (``actions/hooks.py``), in the one chain ``_hooks`` builds.
+around it (``actions/hooks.py``), in the one chain ``_hooks`` builds. A cancel reaches the
+running action through its context (``worker_inbox.py``: a frame, and SIGUSR1 to look at it).
 """
 
 from __future__ import annotations
 
 import logging
 import os
+import signal
 import threading
 import time
 from multiprocessing.connection import Client
@@ -27,6 +29,7 @@ from ..actions.executor import execute
 from ..actions.hooks import Hook, Hooks
 from ..jobs.values import Task
 from ..layout import short_hostname
+from .worker_inbox import Inbox
 
 log = logging.getLogger(__name__)
 
@@ -94,13 +97,16 @@ class WorkerProcess(Service):
         address = str(worker_socket.socket_path(self.layout, self.subscriber))
         authkey = worker_socket.authkey_path(self.layout, self.subscriber).read_bytes()
         conn = Client(address, family="AF_UNIX", authkey=authkey)
+        inbox = Inbox(conn)
+        # before the hello: the subscriber signals only a worker it knows (SIGUSR1 would kill us)
+        signal.signal(signal.SIGUSR1, inbox.on_signal)
         try:
             conn.send_bytes(worker_socket.pack({"t": "hello", "name": self.name, "type": self.worker_type,
                                            "pid": os.getpid(), "display": self.display_name}))
             ready()
             log.info("worker %s connected to subscriber %s; actions: %s",
                      self.display_name, self.subscriber, ", ".join(registry.names()))
-            self._serve(conn, registry)
+            self._serve(conn, inbox, registry)
         finally:
             conn.close()
             for service in ("persistence", "km"):
@@ -108,14 +114,14 @@ class WorkerProcess(Service):
                     self.services[service].close()
             self._analytics.dispose()
 
-    def _serve(self, conn, registry) -> None:
+    def _serve(self, conn, inbox: Inbox, registry) -> None:
         limits = self.settings.subscriber   # its processes' recycling limits
         hooks = self._hooks()
         while not self._stop.is_set():
             try:
-                if not conn.poll(0.5):
+                frame = inbox.next(0.5)
+                if frame is None:
                     continue
-                frame = worker_socket.unpack(conn.recv_bytes())
             except (EOFError, OSError):
                 log.info("subscriber went away; exiting")
                 return
@@ -128,7 +134,9 @@ class WorkerProcess(Service):
             done, last_send = [], time.monotonic()
             tasks = [Task.from_frame(t) for t in frame["a"]]
             for i, task in enumerate(tasks):
-                done.append(execute(registry, task, self.display_name, self.services, hooks).to_frame())
+                cancelled = _watch(inbox, task.key)
+                done.append(execute(registry, task, self.display_name, self.services, hooks, cancelled).to_frame())
+                inbox.done(task.key)
                 more = i + 1 < len(tasks)
                 if not more or time.monotonic() - last_send >= RESULT_FLUSH_S:
                     conn.send_bytes(worker_socket.pack({"t": "done", "r": done}))
@@ -153,6 +161,11 @@ class WorkerProcess(Service):
             if rss_mb > limits.max_memory_mb:
                 return f"memory {rss_mb:.0f} MiB above worker.max_memory_mb"
         return None
+
+
+def _watch(inbox: Inbox, key: tuple[int, int]):
+    """The action context's ``cancelled()`` for the attempt ``key``."""
+    return lambda: inbox.cancelled(key)
 
 
 def _rss_mb() -> float:

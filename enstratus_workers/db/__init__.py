@@ -68,5 +68,8 @@ def open_databases(worker: WorkerSettings, layout: Layout, *, ensure: bool = Tru
             raise
     ringer = wakeup.ringer_for(layout.run_dir)
     waiters = wakeup.ringer_for(layout.run_dir, wakeup.WAITER)
-    jobs = JobStore(prov, ringer.ring if ringer else None, waiters.ring if waiters else None)
-    return Databases(prov, anal, jobs, EventStore(anal), HeartbeatStore(prov), [r for r in (ringer, waiters) if r])
+    owners = wakeup.ringer_for(layout.run_dir, wakeup.SUBSCRIBER)
+    jobs = JobStore(prov, ringer.ring if ringer else None, waiters.ring if waiters else None,
+                    owners.ring if owners else None)
+    return Databases(prov, anal, jobs, EventStore(anal), HeartbeatStore(prov),
+                     [r for r in (ringer, waiters, owners) if r])

@@ -24,6 +24,12 @@ is the same rule for a batch of writes.
 - Anything else is **closed** for attempt *n*: an outcome recorded (terminal), a retry recorded
   (``pending`` at ``attempts = n``: open for *n + 1* only), a later attempt. A closed attempt
   takes no mark and no outcome.
+- A **cancelled** job (``db/cancels.py``) takes no outcome of any attempt, with one exception:
+  a job cancelled while pending or queued whose attempt *n* a subscriber had already handed to
+  a worker takes that attempt's own ``cancelled`` outcome once (what its compensation cleaned
+  up), not counted again; it then reads ``attempts = n`` and is closed to it too.
+- A **deferred** attempt (``errors.Deferred``) leaves the row ``pending`` at ``attempts = n - 1``
+  with ``not_before_ms`` set: the outbox relays attempt *n* again, held back until then.
 
 So two copies of one message (a publisher killed between publish and commit, a broker
 redelivery) cannot both record, and a stale owner that wakes up after a takeover or a recovery
@@ -53,7 +59,7 @@ from ..clock import now_ms  # also db.now_ms, for the callers of old
 from ..errors import DatabaseError, PublishError
 from ..jobs import lifecycle
 from ..jobs.values import Outcome, Started  # noqa: F401 - the store's own vocabulary
-from . import retry, schema
+from . import cancels, retry, schema
 from .group_commit import GroupCommit
 from .retry import retried
 from .schema import job_pruned as P
@@ -86,6 +92,9 @@ class Job:
     result: str | None        # JSON text
     error: str | None
     owner: str | None = None  # the subscriber process holding the current attempt
+    cancel_requested_ms: int | None = None   # when a cancel was asked for (lifecycle.cancel_verdict)
+    not_before_ms: int | None = None         # a deferred job is relayed no sooner than this
+    deferrals: int = 0                       # how often its actions deferred it (errors.Deferred)
 
     def as_dict(self) -> dict:
         d = dict(self.__dict__)
@@ -110,6 +119,12 @@ class Relayed(NamedTuple):
     queue: str
     attempts: int
     max_attempts: int
+    not_before_ms: int | None = None        # deferred: held by the broker until then
+    cancel_requested_ms: int | None = None  # relayed only to carry its compensation
+
+    def next_attempt(self, now: int) -> lifecycle.NextAttempt:
+        """The attempt it is published as, and the broker-held delay (``lifecycle.next_attempt``)."""
+        return lifecycle.next_attempt(self.attempts, self.not_before_ms, now, self.cancel_requested_ms is not None)
 
 
 @dataclass(frozen=True)
@@ -131,6 +146,7 @@ class DeliveryRow(NamedTuple):
     attempts: int
     max_attempts: int
     owner: str | None
+    cancel_requested_ms: int | None = None   # set: only the compensation of the action may run
 
     def verdict(self, attempt: int, me: str) -> str:
         """``run`` (attempt open, or held by ``me``), ``foreign`` (held by another owner: it
@@ -150,6 +166,7 @@ class StuckAttempt(NamedTuple):
     queue: str
     worker: str | None
     owner: str | None
+    cancel_requested_ms: int | None = None   # a cancel was requested: recovery ends it cancelled
 
 
 _SINCE = {schema.RUNNING: T.c.start_timestamp, schema.QUEUED: T.c.queued_timestamp}
@@ -161,12 +178,14 @@ class JobStore:
     """All reads and writes of ``enstratus_job``. Safe to share between threads (pooled engine)."""
 
     def __init__(self, engine: sa.Engine, on_pending: Callable[[], None] | None = None,
-                 on_recorded: Callable[[], None] | None = None):
+                 on_recorded: Callable[[], None] | None = None, on_cancel: Callable[[], None] | None = None):
         self.engine = engine
         # called after every commit that made a job pending (jobs/wakeup.py: wakes the publishers)
         self._on_pending = on_pending or (lambda: None)
         # called after every commit that recorded outcomes (wakes ``submit --wait`` and the like)
         self._on_recorded = on_recorded or (lambda: None)
+        # called after a cancel (wakes this host's subscribers: the owner looks for it at once)
+        self._on_cancel = on_cancel or (lambda: None)
         # a group whose commit was lost may be stored: its jobs are not written again one by one
         self._groups: GroupCommit[NewJob, tuple[int, int]] = GroupCommit(
             self._insert, retry_alone=lambda exc: retry.verdict(exc) is not retry.Verdict.AMBIGUOUS)
@@ -308,7 +327,7 @@ class JobStore:
         with self.engine.connect() as conn:
             for chunk in _chunks(ids, 1000):
                 rows = conn.exec_driver_sql(
-                    "SELECT job_id, action, arguments, status, attempts, max_attempts, owner "
+                    "SELECT job_id, action, arguments, status, attempts, max_attempts, owner, cancel_requested_ms "
                     f"FROM enstratus_job WHERE job_id IN ({', '.join(map(str, chunk))})").all()
                 found.update((r[0], DeliveryRow(*r)) for r in rows)
         return found
@@ -323,6 +342,20 @@ class JobStore:
                 _owned_by(old_owner)).values(owner=new.owner, worker=new.worker,
                                    start_timestamp=new.start_ms)).rowcount)
 
+    # -- cancel (db/cancels.py) ----------------------------------------------------------------
+    def cancel(self, job_id: int) -> cancels.CancelAnswer:
+        """Cancel a job: at once if it has not started, else ask its owner to stop it."""
+        answer = cancels.cancel(self.engine, job_id, _add_totals, self.get)
+        if answer.verdict == lifecycle.CANCEL_NOW:
+            self._on_recorded()      # it finished: wake whoever waits for it
+        if answer.verdict in (lifecycle.CANCEL_NOW, lifecycle.CANCEL_ASK):
+            self._on_cancel()        # a subscriber of this host may hold it (another host's looks in time)
+        return answer
+
+    def cancels_among(self, job_ids: Iterable[int]) -> dict[int, tuple[str, int]]:
+        """The jobs of ``job_ids`` whose cancel was requested: ``{id: (status, attempts)}``."""
+        return cancels.requested_among(self.engine, job_ids)
+
     # -- stuck-job recovery (publisher) -------------------------------------------------------
     def stuck_running(self, before_ms: int, limit: int = 500) -> list[StuckAttempt]:
         """Up to ``limit`` jobs running since before ``before_ms``, oldest job first."""
@@ -332,11 +365,17 @@ class JobStore:
         """Up to ``limit`` jobs queued since before ``before_ms``, oldest job first."""
         return self._stuck(schema.QUEUED, before_ms, limit)
 
-    def _stuck(self, status: str, before_ms: int, limit: int) -> list[StuckAttempt]:
+    def stuck_cancelling(self, before_ms: int, limit: int = 500) -> list[StuckAttempt]:
+        """Up to ``limit`` running jobs whose cancel was requested before ``before_ms``: those
+        are stuck once their owner had its grace to stop them, long before their time limit."""
+        return self._stuck(schema.RUNNING, None, limit, T.c.cancel_requested_ms < before_ms)
+
+    def _stuck(self, status: str, before_ms: int | None, limit: int, where=None) -> list[StuckAttempt]:
         since = _SINCE[status]
         q = (sa.select(T.c.job_id, T.c.status, since, T.c.attempts, T.c.max_attempts, T.c.queue,
-                       T.c.worker, T.c.owner)
-             .where(T.c.status == status, since < before_ms).order_by(T.c.job_id).limit(limit))
+                       T.c.worker, T.c.owner, T.c.cancel_requested_ms)
+             .where(T.c.status == status, since < before_ms if where is None else where)
+             .order_by(T.c.job_id).limit(limit))
         with self.engine.connect() as conn:
             return [StuckAttempt(*r) for r in conn.execute(q)]
 
@@ -346,7 +385,7 @@ class JobStore:
         with ``why`` as its error and no owner; return the new status, or None if the row no
         longer reads as ``stuck`` (another publisher recovered it, a subscriber recorded or took
         it over: a running attempt is guarded by its owner too)."""
-        after = lifecycle.after_lost(stuck.attempts, stuck.max_attempts)
+        after = lifecycle.after_lost(stuck.attempts, stuck.max_attempts, stuck.cancel_requested_ms is not None)
         guards = [T.c.job_id == stuck.job_id, T.c.status == stuck.status,
                   _SINCE[stuck.status] == stuck.since_ms]
         if stuck.status == schema.RUNNING:
@@ -392,7 +431,8 @@ class JobStore:
         the commit leaves the jobs pending: at worst published again, never lost.
         ``publish`` returns once the broker confirmed, or raises ``PublishError``.
         """
-        q = (sa.select(T.c.job_id, T.c.action, T.c.arguments, T.c.queue, T.c.attempts, T.c.max_attempts)
+        q = (sa.select(T.c.job_id, T.c.action, T.c.arguments, T.c.queue, T.c.attempts, T.c.max_attempts,
+                       T.c.not_before_ms, T.c.cancel_requested_ms)
              .where(T.c.status == schema.PENDING).order_by(T.c.job_id)
              .limit(limit).with_for_update(skip_locked=True))
         with self.engine.begin() as conn:
@@ -457,9 +497,11 @@ class JobStore:
         """One chunk in one transaction; the outcomes that took effect."""
         try:
             with self.engine.begin() as conn:
+                counted = _cancelled_already(conn, chunk)
                 if _write_outcomes(conn, chunk) != len(chunk):
                     raise _Contested()   # undone: written again, read around
-                _add_totals(conn, _finished(chunk))   # every row's guard held
+                _add_totals(conn, _finished(o for o in chunk if o.job_id not in counted))
+                _count_deferrals(conn, chunk)   # every row's guard held
             return list(chunk)
         except _Contested:
             return self._record_contested(chunk)
@@ -471,14 +513,17 @@ class JobStore:
         confirmed (a lost connection): it took effect, but is not counted in the totals twice.
         Rare (another owner's or a duplicate's outcome), so the two reads cost nothing overall."""
         ids = ", ".join(str(int(o.job_id)) for o in chunk)
-        read = f"SELECT job_id, attempts, owner, end_timestamp FROM enstratus_job WHERE job_id IN ({ids})"
+        read = f"SELECT job_id, attempts, owner, end_timestamp, status FROM enstratus_job WHERE job_id IN ({ids})"
         with self.engine.begin() as conn:
             lock = "" if conn.dialect.name == "sqlite" else " FOR UPDATE"  # SQLite: BEGIN IMMEDIATE
             before = {r[0]: tuple(r[1:]) for r in conn.exec_driver_sql(read + lock)}
             _write_outcomes(conn, chunk)
             now = {r[0]: tuple(r[1:]) for r in conn.exec_driver_sql(read)}
-            took = [o for o in chunk if now.get(o.job_id) == (o.attempt, o.owner, o.end_ms)]
-            _add_totals(conn, _finished(o for o in took if before.get(o.job_id) != now[o.job_id]))
+            took = [o for o in chunk if now.get(o.job_id, ())[:3] == (o.attempts, o.owner, o.end_ms)]
+            new = [o for o in took if before.get(o.job_id) != now[o.job_id]]
+            # a cancel's outcome on a row cancelled before it ran was counted by the cancel
+            _add_totals(conn, _finished(o for o in new if before[o.job_id][3] != schema.CANCELLED))
+            _count_deferrals(conn, new)
         return took
 
 
@@ -487,13 +532,38 @@ class _Contested(Exception):
 
 
 def _write_outcomes(conn, chunk: Sequence[Outcome]) -> int:
-    """The outcomes' CASE-UPDATE (``_case_update``); returns the rows whose guard held."""
+    """The outcomes' CASE-UPDATE (``_case_update``); returns the rows whose guard held.
+
+    A deferred outcome leaves the row at the attempts before it, held until ``not_before_ms``
+    (every other outcome clears it); a cancel's outcome may also land on a row that was
+    cancelled while its attempt was open (``_case_update``)."""
     return _case_update(conn, chunk, {
-        "status": lambda o: o.status, "attempts": lambda o: o.attempt,
+        "status": lambda o: o.status, "attempts": lambda o: o.attempts,
         "worker": lambda o: o.worker, "owner": lambda o: o.owner,
         "start_timestamp": lambda o: o.start_ms,
         "end_timestamp": lambda o: o.end_ms, "result": lambda o: o.result,
-        "error": lambda o: o.error})
+        "error": lambda o: o.error, "not_before_ms": lambda o: o.not_before_ms},
+        cancelled=[o.job_id for o in chunk if o.status == schema.CANCELLED])
+
+
+def _cancelled_already(conn, chunk: Sequence[Outcome]) -> set[int]:
+    """The jobs of the chunk's cancel outcomes whose rows read cancelled already (a cancel that
+    landed while the attempt was handed to a worker): counted in the totals by that cancel.
+    One indexed read, only for a chunk that holds a cancel's outcome."""
+    ids = [int(o.job_id) for o in chunk if o.status == schema.CANCELLED]
+    if not ids:
+        return set()
+    return {r[0] for r in conn.exec_driver_sql(
+        f"SELECT job_id FROM enstratus_job WHERE job_id IN ({', '.join(map(str, ids))}) "
+        f"AND status = '{schema.CANCELLED}'")}
+
+
+def _count_deferrals(conn, applied: Iterable[Outcome]) -> None:
+    """One more deferral for each job a deferred outcome took effect on (rare: one UPDATE)."""
+    ids = [int(o.job_id) for o in applied if o.deferred]
+    if ids:
+        conn.exec_driver_sql(f"UPDATE enstratus_job SET deferrals = deferrals + 1 "
+                             f"WHERE job_id IN ({', '.join(map(str, ids))})")
 
 
 def _finished(outcomes: Iterable[Outcome]) -> dict[str, int]:
@@ -532,7 +602,7 @@ def _owned_by(owner: str | None):
     return T.c.owner.is_(None) if owner is None else T.c.owner == owner
 
 
-def _case_update(conn, rows, columns: dict) -> int:
+def _case_update(conn, rows, columns: dict, cancelled: Sequence[int] = ()) -> int:
     """One ``UPDATE ... SET col = CASE job_id WHEN 7 THEN ? ... END`` for many rows.
 
     Raw SQL through the driver with positional parameters, the same statement on SQLite and
@@ -541,7 +611,10 @@ def _case_update(conn, rows, columns: dict) -> int:
     Job ids and attempts are integers from our own rows and messages, inlined with ``%d``; every
     other value is a bound parameter. The WHERE is the ownership rule of the module docstring:
     each row's attempt open (pending/queued one below it) or held by the writer (running at it,
-    same owner). Rows must have distinct job ids.
+    same owner). The jobs in ``cancelled`` (outcomes of a cancel) may also land on a row that a
+    cancel ended while their attempt was open: a worker had been handed it, and ran its
+    compensation once told; that is the one outcome a cancelled row takes, once (it then reads
+    the attempt). Rows must have distinct job ids.
     """
     mark = "?" if conn.dialect.paramstyle == "qmark" else "%s"
     ids = [int(r.job_id) for r in rows]
@@ -554,10 +627,14 @@ def _case_update(conn, rows, columns: dict) -> int:
     attempt = "CASE job_id " + " ".join(f"WHEN {i} THEN {int(r.attempt)}" for i, r in zip(ids, rows)) + " END"
     owner = "CASE job_id " + " ".join(f"WHEN {i} THEN {mark}" for i in ids) + " END"
     params.extend(r.owner for r in rows)
+    late_cancel = ""
+    if cancelled:
+        late_cancel = (f" OR (status = '{schema.CANCELLED}' AND attempts = {attempt} - 1 "
+                       f"AND job_id IN ({', '.join(str(int(i)) for i in cancelled)}))")
     sql = (f"UPDATE enstratus_job SET {', '.join(sets)} "
            f"WHERE job_id IN ({', '.join(map(str, ids))}) AND ("
            f"(status IN ({', '.join(repr(s) for s in lifecycle.OPEN)}) AND attempts = {attempt} - 1) OR "
-           f"(status = '{schema.RUNNING}' AND attempts = {attempt} AND owner = {owner}))")
+           f"(status = '{schema.RUNNING}' AND attempts = {attempt} AND owner = {owner}){late_cancel})")
     # rows matched: SQLite counts them, and SQLAlchemy connects to MySQL with CLIENT_FOUND_ROWS
     return conn.exec_driver_sql(sql, tuple(params)).rowcount
 

@@ -2,10 +2,10 @@
 
 What is deleted, and when (``worker.properties``, seconds; 0 keeps forever):
 
-- jobs ``succeeded``, ``failed`` and ``dead`` finished ``retention.succeeded`` /
-  ``retention.failed`` / ``retention.dead`` ago (finished: the end of the last attempt, or for a
-  job recovery ended, the last time its row knows of); never a pending, queued or running job,
-  nor a cancelled one (nothing cancels jobs yet; the operator's to decide when something does);
+- jobs ``succeeded``, ``failed``, ``dead`` and ``cancelled`` finished ``retention.succeeded`` /
+  ``retention.failed`` / ``retention.dead`` / ``retention.cancelled`` ago (finished: the end of
+  the last attempt or of the cancel, or for a job recovery ended, the last time its row knows
+  of); never a pending, queued or running job;
 - analytics events (per attempt, and of servers) recorded ``retention.events`` ago.
 
 Counts survive it: the job and action totals are kept by the writes that change them
@@ -32,7 +32,7 @@ from dataclasses import dataclass, field
 import sqlalchemy as sa
 
 from ..clock import now_ms
-from ..jobs.lifecycle import DEAD, FAILED, SUCCEEDED
+from ..jobs.lifecycle import CANCELLED, DEAD, FAILED, SUCCEEDED
 from ..layout import short_hostname
 from .instances import InstanceStore
 from .schema import RETENTION_LEASE
@@ -59,16 +59,17 @@ class Periods:
     failed: float
     dead: float
     events: float
+    cancelled: float = 0.0    # 0 here (a value built by hand): kept forever, as before it existed
 
     @classmethod
     def of(cls, settings) -> Periods:
         """From a settings group holding ``retention_*`` (``Settings.pinger``)."""
         return cls(settings.retention_succeeded, settings.retention_failed, settings.retention_dead,
-                   settings.retention_events)
+                   settings.retention_events, settings.retention_cancelled)
 
     def shortest(self) -> float | None:
         """The shortest period that prunes anything, or None if all keep forever."""
-        kept = [p for p in (self.succeeded, self.failed, self.dead, self.events) if p > 0]
+        kept = [p for p in (self.succeeded, self.failed, self.dead, self.events, self.cancelled) if p > 0]
         return min(kept) if kept else None
 
 
@@ -168,7 +169,8 @@ class Pruner:
     def _start(self, now: int) -> Pass:
         todo = [("enstratus_job", status, now - int(period * 1000))
                 for status, period in ((SUCCEEDED, self.periods.succeeded), (FAILED, self.periods.failed),
-                                       (DEAD, self.periods.dead)) if period > 0]
+                                       (DEAD, self.periods.dead), (CANCELLED, self.periods.cancelled))
+                if period > 0]
         if self.periods.events > 0:
             cutoff = now - int(self.periods.events * 1000)
             todo += [("enstratus_job_event", "", cutoff), ("enstratus_server_event", "", cutoff)]

@@ -52,6 +52,12 @@ jobs = sa.Table(
     sa.Column("owner", IdentityString(200), nullable=True),
     sa.Column("result", _LONG_TEXT, nullable=True),
     sa.Column("error", sa.Text, nullable=True),
+    # when an operator asked to cancel it (jobs/lifecycle.py: cancel_verdict); None: never
+    sa.Column("cancel_requested_ms", sa.BigInteger, nullable=True),
+    # a deferred job (errors.Deferred) is relayed no sooner than this; None: as its backoff says
+    sa.Column("not_before_ms", sa.BigInteger, nullable=True),
+    # how often its actions deferred it (its last reason is its error while it waits)
+    sa.Column("deferrals", sa.Integer, nullable=False, server_default="0"),
     sa.Index("ix_enstratus_job_status", "status", "job_id"),
 )
 

@@ -17,6 +17,13 @@ instead of doing the arithmetic themselves (``db/jobs.py`` only turns them into 
   was the last.
 - Re-drive (``redrive_max_attempts``, ``dead retry``): a dead job becomes ``pending`` with more
   attempts.
+- Cancel (``cancel_verdict``): a job that has not started ends ``cancelled`` at once; a running
+  one is asked to stop (its row keeps the time of the request) and ends ``cancelled`` when its
+  attempt does, after its compensation. A job that goes back to ``pending`` while a cancel is
+  requested (its attempt was lost, or ended in a retry) is relayed only to carry that
+  compensation to a worker: at once, never as another try of its action.
+- Deferral (``after_deferral``): an action that says "not now" (``errors.Deferred``) puts its
+  job back to ``pending`` without using the attempt, held until ``not_before_ms``.
 """
 
 from __future__ import annotations
@@ -47,8 +54,15 @@ def job_status_after(attempt_status: str, retryable: bool, attempt: int, max_att
     return PENDING if attempt < max_attempts else DEAD
 
 
-def event_outcome(job_status: str) -> str:
-    """The analytics event's outcome for an attempt: a retried attempt is recorded as 'retry'."""
+#: the analytics event's outcome of an attempt its action deferred (errors.Deferred)
+DEFERRED = "deferred"
+
+
+def event_outcome(job_status: str, deferred: bool = False) -> str:
+    """The analytics event's outcome for an attempt: a retried attempt is recorded as 'retry',
+    a deferred one as 'deferred'."""
+    if deferred:
+        return DEFERRED
     return "retry" if job_status == PENDING else job_status
 
 
@@ -63,10 +77,40 @@ class NextAttempt(NamedTuple):
     delay_ms: int
 
 
-def next_attempt(attempts_done: int) -> NextAttempt:
+def next_attempt(attempts_done: int, not_before_ms: int | None = None, now_ms: int = 0,
+                 cancel_requested: bool = False) -> NextAttempt:
     """The attempt a pending job that has had ``attempts_done`` attempts is relayed as, and the
-    delay the broker holds it for first (a job that has had attempts is a retry)."""
+    delay the broker holds it for first.
+
+    A job that has had attempts is a retry, held for its backoff; a deferred one
+    (``not_before_ms``) is held until then instead (what is left of it at ``now_ms``); one whose
+    cancel was requested is relayed only to run its compensation, which waits for nothing.
+    """
+    if cancel_requested:
+        return NextAttempt(attempts_done + 1, 0)
+    if not_before_ms is not None:
+        return NextAttempt(attempts_done + 1, min(max(0, not_before_ms - now_ms), MAX_DEFER_MS))
     return NextAttempt(attempts_done + 1, backoff_ms(attempts_done))
+
+
+#: the longest an action may defer its job: what a broker-held delay can hold (mq.base.MAX_DELAY_MS)
+MAX_DEFER_MS = 2**32 - 1
+
+
+class Deferral(NamedTuple):
+    attempts: int             # the row's attempts after it: as before the deferred attempt
+    not_before_ms: int        # the job is relayed no sooner than this
+
+
+def after_deferral(attempt: int, delay_ms: int, now_ms: int) -> Deferral:
+    """A deferred attempt does not count: the row goes back to the attempts it had before it, and
+    the next relay of the same attempt is held until ``delay_ms`` from now."""
+    return Deferral(attempt - 1, now_ms + min(max(0, int(delay_ms)), MAX_DEFER_MS))
+
+
+def attempts_after(attempt: int, deferred: bool) -> int:
+    """The row's attempts once ``attempt`` is recorded: itself, or the one before if deferred."""
+    return attempt - 1 if deferred else attempt
 
 
 def attempt_verdict(status: str, attempts: int, owner: str | None, attempt: int, me: str) -> str:
@@ -87,13 +131,34 @@ class AfterLoss(NamedTuple):
     attempts: int
 
 
-def after_lost(attempts: int, max_attempts: int) -> AfterLoss:
+def after_lost(attempts: int, max_attempts: int, cancel_requested: bool = False) -> AfterLoss:
     """A job whose attempt was lost (its subscriber gone, or its message): ``dead`` when it has
     had its last attempt, else ``pending`` for the outbox to relay it again. The row keeps its
     attempts (at least 1: a lost first attempt counts), so the lost attempt is closed and its
-    owner, should it wake, can write nothing."""
+    owner, should it wake, can write nothing.
+
+    With a cancel requested it is never retried nor dead: it goes ``pending`` only for the outbox
+    to carry its compensation to a worker (``next_attempt``), which ends it ``cancelled``."""
+    if cancel_requested:
+        return AfterLoss(PENDING, max(attempts, 1))
     status = DEAD if attempts >= max_attempts else PENDING
     return AfterLoss(status, max(attempts, 1))
+
+
+#: what a cancel request does to a job, by ``cancel_verdict``
+CANCEL_NOW, CANCEL_ASK, CANCEL_FINISHED = "cancelled", "stopping", "finished"
+
+
+def cancel_verdict(status: str, cancel_requested: bool) -> str:
+    """What a cancel does to a row reading ``status``: ``cancelled`` (it has not started: it ends
+    at once, and its message, if any, is a stale duplicate when delivered), ``stopping`` (its
+    attempt is running, or its compensation is on its way: the owner is asked to stop it) or
+    ``finished`` (it ended: a cancel changes nothing)."""
+    if status in TERMINAL:
+        return CANCEL_FINISHED
+    if status in OPEN and not cancel_requested:
+        return CANCEL_NOW
+    return CANCEL_ASK
 
 
 def redrive_max_attempts(attempts: int, extra_attempts: int) -> int:

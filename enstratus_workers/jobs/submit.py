@@ -91,6 +91,17 @@ def submit(settings, dbs: Databases, action: str, arguments: str | None = None, 
     return dbs.jobs.submit(new_job(settings, action, arguments, queue, **kw))
 
 
+def cancel(dbs: Databases, job_id: int):
+    """Cancel job ``job_id``: a ``db.cancels.CancelAnswer`` whose ``verdict`` says what happened.
+
+    ``cancelled``: it had not started, and never will; ``stopping``: it runs, and its action is
+    told through ``ctx.cancelled()`` (killed after ``action.cancel_grace``), its compensation
+    runs, and it ends ``cancelled`` (``wait_for`` it); ``finished``: it had ended, and is left as
+    it is (``answer.job.status`` says how); ``unknown``: there is no such job (``job`` is None).
+    """
+    return dbs.jobs.cancel(job_id)
+
+
 def wait_for(dbs: Databases, job_id: int, timeout: float, run_dir=None) -> Job:
     """Wait until the job is terminal or ``timeout`` passes; return it as last seen.
 

@@ -14,9 +14,10 @@ from __future__ import annotations
 from dataclasses import MISSING, asdict, dataclass, fields
 from typing import Any
 
-from enstratus_workers.jobs.lifecycle import job_status_after
+from enstratus_workers.jobs.lifecycle import CANCELLED, PENDING, after_deferral, attempts_after, job_status_after
 
-_KINDS = {"int": (int,), "str": (str,), "bool": (bool,), "str | None": (str, type(None))}
+_KINDS = {"int": (int,), "str": (str,), "bool": (bool,), "str | None": (str, type(None)),
+          "int | None": (int, type(None))}
 
 
 def _from(cls, frame):
@@ -48,6 +49,7 @@ class Task:
     max_attempts: int
     queue: str
     owner: str = ""           # the subscriber process that holds the attempt (db/jobs.py)
+    compensate: bool = False  # a cancel stopped the action elsewhere: run only its compensation
 
     @property
     def key(self) -> tuple[int, int]:
@@ -62,6 +64,19 @@ class Task:
             error = f"{error} (attempt {self.attempt} of {self.max_attempts}; dead)"
         return Outcome(self.job_id, self.attempt, status, worker, start_ms, end_ms, result, error,
                        self.owner, retryable)
+
+    def cancelled(self, *, worker: str, start_ms: int, end_ms: int, result: str | None = None,
+                  error: str | None = None) -> "Outcome":
+        """The end of this attempt when a cancel stopped it: the job ends ``cancelled``, with what
+        its compensation cleaned up as the result (or the compensation's error)."""
+        return Outcome(self.job_id, self.attempt, CANCELLED, worker, start_ms, end_ms, result, error, self.owner)
+
+    def deferred(self, *, worker: str, start_ms: int, end_ms: int, delay_ms: int, reason: str) -> "Outcome":
+        """The end of this attempt when its action said "not now" (``errors.Deferred``): the job
+        goes back to pending, the attempt not counted, held for ``delay_ms``."""
+        deferral = after_deferral(self.attempt, delay_ms, end_ms)
+        return Outcome(self.job_id, self.attempt, PENDING, worker, start_ms, end_ms, None, reason,
+                       self.owner, False, deferral.not_before_ms)
 
     def to_frame(self) -> dict:
         return asdict(self)
@@ -88,7 +103,7 @@ class Outcome:
 
     job_id: int
     attempt: int
-    status: str               # the job's status after it: succeeded | failed | pending | dead
+    status: str               # the job's status after it: succeeded | failed | pending | dead | cancelled
     worker: str
     start_ms: int
     end_ms: int
@@ -96,6 +111,16 @@ class Outcome:
     error: str | None
     owner: str = ""           # the subscriber process that ran the attempt (db/jobs.py)
     retryable: bool = False   # the attempt failed in a way that may be transient
+    not_before_ms: int | None = None   # set: the action deferred the job until then (not counted)
+
+    @property
+    def deferred(self) -> bool:
+        return self.not_before_ms is not None
+
+    @property
+    def attempts(self) -> int:
+        """The row's attempts once this is recorded (a deferred attempt does not count)."""
+        return attempts_after(self.attempt, self.deferred)
 
     def to_frame(self) -> dict:
         return asdict(self)

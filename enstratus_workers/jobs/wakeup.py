@@ -31,6 +31,9 @@ RESCAN_S = 1.0   # a ringer looks again at least this often, even if the directo
 
 PUBLISHER = "publisher"   # rung when a job is made pending
 WAITER = "waiter"         # rung when outcomes are recorded: ``submit --wait`` and its kind
+SUBSCRIBER = "subscriber"  # rung when a job is cancelled: the owner looks for it at once
+#: the roles whose bells are found through their daemon's pid file, not a ``.bell`` file
+_PID_ROLES = (PUBLISHER, SUBSCRIBER)
 
 
 def bell_address(run_dir: Path, name: str, role: str = PUBLISHER) -> bytes:
@@ -50,7 +53,7 @@ class Bell:
     def __init__(self, run_dir: Path, name: str, role: str = PUBLISHER):
         self.address = bell_address(run_dir, name, role)
         self._marker: Path | None = None
-        if role != PUBLISHER:
+        if role not in _PID_ROLES:
             self._marker = Path(run_dir) / f"{role}@{name}.bell"
         self._sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
         self._sock.bind(self.address)
@@ -77,6 +80,14 @@ class Bell:
             except OSError:
                 return
 
+    def fileno(self) -> int:
+        """For ``select`` and ``multiprocessing.connection.wait``, beside other things to wait on;
+        ``drain()`` it once it is readable."""
+        return self._sock.fileno()
+
+    def drain(self) -> None:
+        self._drain()
+
     def ring(self) -> None:
         """Wake this bell's own waiter (a stop request, or a job its own process made pending)."""
         _send(self._sock, self.address)
@@ -100,7 +111,7 @@ class Ringer:
     def __init__(self, run_dir: Path, role: str = PUBLISHER):
         self.run_dir = Path(run_dir)
         self.role = role
-        self._suffix = ".pid" if role == PUBLISHER else ".bell"
+        self._suffix = ".pid" if role in _PID_ROLES else ".bell"
         self._sock: socket.socket | None = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
         self._sock.setblocking(False)
         # a store opened and dropped without close() (a script, a test) must not leak the socket

@@ -33,8 +33,8 @@ def test_stuck_running_and_queued_are_the_old_ones_of_their_status(dbs):
     (run,) = dbs.jobs.stuck_running(5000)
     (queued,) = dbs.jobs.stuck_queued(5000)
     # Then each carries what recovery decides on
-    assert run == (old_run, "running", 1000, 1, 3, "default", "w@h.1", A)
-    assert queued == (old_queued, "queued", 2000, 0, 3, "slow", "w@h.1", None)
+    assert run == (old_run, "running", 1000, 1, 3, "default", "w@h.1", A, None)   # no cancel requested
+    assert queued == (old_queued, "queued", 2000, 0, 3, "slow", "w@h.1", None, None)
     assert len(dbs.jobs.stuck_running(10_000, limit=1)) == 1
 
 

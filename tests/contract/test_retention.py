@@ -231,6 +231,8 @@ def test_a_version_2_database_gets_its_totals_from_its_rows(tmp_path):
     with dbs.provisioning.begin() as conn:
         for table in ("enstratus_job_total", "enstratus_job_pruned", "enstratus_lease"):
             conn.exec_driver_sql(f"DROP TABLE {table}")
+        for column in ("cancel_requested_ms", "not_before_ms", "deferrals"):   # provisioning_0003's
+            conn.exec_driver_sql(f"ALTER TABLE enstratus_job DROP COLUMN {column}")
         conn.exec_driver_sql("UPDATE enstratus_migration_provisioning SET version_num = 'provisioning_0001'")
     with dbs.analytics.begin() as conn:
         conn.exec_driver_sql("DROP TABLE enstratus_action_total")
@@ -249,7 +251,8 @@ def test_a_version_2_database_gets_its_totals_from_its_rows(tmp_path):
         dbs.close()
 
 
-@pytest.mark.parametrize("key", ["retention.succeeded", "retention.failed", "retention.dead", "retention.events"])
+@pytest.mark.parametrize("key", ["retention.succeeded", "retention.failed", "retention.dead", "retention.cancelled",
+                                 "retention.events"])
 @pytest.mark.parametrize("value, says", [("-1", "out of range"), ("a week", "is not a number")])
 def test_a_bad_retention_value_fails_config_check_naming_the_key(tmp_path, capsys, key, value, says):
     # Given the shipped files but for one retention value
@@ -267,8 +270,8 @@ def test_the_shipped_file_states_the_defaults(tmp_path):
 
     home = sh.make_home(tmp_path)
     s = load_settings(Layout(home)).pinger
-    assert (s.retention_succeeded, s.retention_failed, s.retention_dead, s.retention_events) == (
-        7 * 86400, 30 * 86400, 90 * 86400, 30 * 86400)
+    assert (s.retention_succeeded, s.retention_failed, s.retention_dead, s.retention_cancelled,
+            s.retention_events) == (7 * 86400, 30 * 86400, 90 * 86400, 30 * 86400, 30 * 86400)
     assert (Periods.of(s).shortest(), Periods(0, 0, 0, 0).shortest()) == (7 * 86400, None)
 
 
@@ -290,5 +293,6 @@ def test_the_pingers_round_prunes_a_batch_a_turn_and_paces_itself(dbs, tmp_path)
     assert r.turn() == rr.PAUSE_S and r.turn() == 30.0 and not _ids(dbs)
     # and a pinger whose retention keeps everything never prunes
     off = dataclasses.replace(settings, worker=WorkerSettings(
-        retention_succeeded=0, retention_failed=0, retention_dead=0, retention_events=0))
+        retention_succeeded=0, retention_failed=0, retention_dead=0, retention_cancelled=0,
+        retention_events=0))
     assert rr.RetentionRound(off, dbs, "test").turn() is None

@@ -95,3 +95,37 @@ def test_a_re_driven_job_gets_more_attempts_than_it_has_had(attempts, extra, max
     # and the next attempt it is relayed as is then open and not its last unless extra is 1
     assert L.job_status_after("failed", True, L.next_attempt(attempts).attempt, max_attempts) == (
         "dead" if extra == 1 else "pending")
+
+
+@pytest.mark.parametrize("status, requested, verdict", [
+    ("pending", False, "cancelled"),     # never started: ends now
+    ("queued", False, "cancelled"),      # its message becomes a stale duplicate
+    ("running", False, "stopping"),      # its owner tells the worker
+    ("running", True, "stopping"),       # asked again: the first request stands
+    ("pending", True, "stopping"),       # back in the outbox to carry its compensation
+    ("succeeded", False, "finished"), ("failed", False, "finished"), ("dead", False, "finished"),
+    ("cancelled", True, "finished"),
+])
+def test_what_a_cancel_does_to_each_status(status, requested, verdict):
+    assert L.cancel_verdict(status, requested) == verdict
+
+
+def test_a_lost_attempt_with_a_cancel_requested_is_never_retried_nor_dead():
+    # Given a job at its last attempt whose owner died while a cancel was requested
+    # Then it goes back to the outbox only to carry its compensation, relayed at once
+    assert L.after_lost(3, 3, cancel_requested=True) == ("pending", 3)
+    assert L.next_attempt(3, cancel_requested=True) == (4, 0)
+    assert L.after_lost(3, 3) == ("dead", 3)
+
+
+def test_a_deferral_uses_no_attempt_and_holds_the_relay_until_its_time():
+    # Given attempt 2 deferred for 30 s at t = 1,000,000 ms
+    d = L.after_deferral(2, 30_000, 1_000_000)
+    # Then the row goes back to 1 attempt, and the next relay (attempt 2 again) is held for
+    # what is left of the 30 s, not for the retry backoff
+    assert d == (1, 1_030_000) and L.attempts_after(2, deferred=True) == 1
+    assert L.next_attempt(1, d.not_before_ms, now_ms=1_010_000) == (2, 20_000)
+    assert L.next_attempt(1, d.not_before_ms, now_ms=1_040_000) == (2, 0)      # due already
+    assert L.event_outcome("pending", deferred=True) == "deferred"
+    # and the hold is bounded by what a broker can hold
+    assert L.after_deferral(1, 10**15, 0).not_before_ms == L.MAX_DEFER_MS

@@ -240,6 +240,21 @@ def test_a_retried_job_waits_since_its_last_attempt_ended(dbs):
     assert waiting_for_s(dbs) < 3600
 
 
+def test_a_deferred_job_lags_only_once_its_deferral_is_over(dbs):
+    # Given a job its action deferred an hour ago for two hours, relayed (held by the broker)
+    j, _ = dbs.jobs.submit(NewJob("echo", "{}", "default", 3))
+    now = now_ms()
+    with dbs.provisioning.begin() as conn:
+        conn.execute(schema.jobs.update().where(schema.jobs.c.job_id == j.job_id).values(
+            status=schema.QUEUED, queued_timestamp=now - 3_600_000, not_before_ms=now + 3_600_000))
+    # Then it does not lag: it waits on purpose
+    assert waiting_for_s(dbs) == 0.0
+    # When its deferral ended 10 s ago / Then it lags from then
+    with dbs.provisioning.begin() as conn:
+        conn.execute(schema.jobs.update().values(not_before_ms=now - 10_000))
+    assert 10 <= waiting_for_s(dbs) < 20
+
+
 def test_nothing_waiting_is_no_lag(dbs):
     assert waiting_for_s(dbs) == 0.0
 

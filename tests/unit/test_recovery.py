@@ -108,3 +108,26 @@ def test_host_of_a_worker_name():
     assert _host_of("default@web-3.2") == "web-3"
     assert _host_of("default@web.example.com") == "web.example.com"
     assert _host_of("") is None and _host_of(None) is None
+
+
+def test_a_cancelled_job_whose_owner_died_goes_back_only_for_its_compensation(dbs):
+    # Given two jobs running for a minute, on their last attempt, each cancelled 100 s ago (the
+    # cancel grace and the slack are over): one whose owner is gone, one whose owner beats
+    dbs.heartbeats.beat("subscriber", "me", ttl_s=30, details={"owner": "me@here:1:aa"})
+    gone = _job(dbs, "running", worker="default@ghost.1", age_s=60, attempts=3, max_attempts=3,
+                owner="ghost@there:9:zz")
+    live = _job(dbs, "running", worker="default@me.1", age_s=60, attempts=3, max_attempts=3, owner="me@here:1:aa")
+    for job_id in (gone, live):
+        dbs.jobs.cancel(job_id)
+    with dbs.provisioning.begin() as conn:
+        conn.execute(T.update().values(cancel_requested_ms=now_ms() - 100_000))
+    # When the publisher sweeps (long before the jobs' time limit)
+    assert StuckJobs(_settings(), dbs).sweep() == 1
+    # Then the lost one is neither dead nor retried: pending only for its compensation, relayed at once
+    row = dbs.jobs.get(gone)
+    assert (row.status, row.attempts) == ("pending", 3) and "cancel requested: compensating" in row.error
+    relayed = []
+    dbs.jobs.relay_pending(10, relayed.extend)
+    assert [(j.job_id, j.next_attempt(now_ms())) for j in relayed] == [(gone, (4, 0))]
+    # and the one whose owner beats is left to it
+    assert dbs.jobs.get(live).status == "running"

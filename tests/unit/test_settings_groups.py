@@ -87,10 +87,10 @@ def test_a_daemons_group_holds_nothing_of_another_daemons():
     assert by_group == {
         "publisher": {"publisher_poll_interval", "publisher_batch", "schedules", "schedule_accounts"},
         "subscriber": {"types", "record_batch", "record_interval", "grace_period",
-                       "max_tasks_per_child", "max_memory_mb"},
+                       "max_tasks_per_child", "max_memory_mb", "cancel_grace"},
         "pinger": {"heartbeat_interval", "guest_interval", "guest_misses", "guest_concurrency",
                    "guest_timeout", "retention_succeeded", "retention_failed", "retention_dead",
-                   "retention_events"},
+                   "retention_events", "retention_cancelled"},
     }
     assert {k for k, o in owners.items() if not o} == {
         "provisioning_url", "analytics_url", "default_queue", "time_limit", "max_attempts", "source"}

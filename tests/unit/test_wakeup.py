@@ -151,3 +151,27 @@ def test_a_wait_for_an_outcome_is_woken_by_its_recording_not_by_the_safety_net(t
         assert not list(layout.run_dir.glob("waiter@*.bell"))
     finally:
         dbs.close()
+
+
+def test_a_cancel_rings_this_hosts_subscribers_so_the_owner_looks_at_once(tmp_path):
+    from enstratus_workers.config.settings import WorkerSettings
+    from enstratus_workers.jobs.wakeup import SUBSCRIBER
+
+    # Given a subscriber's bell (found through its pid file) and a running job
+    layout = Layout(tmp_path)
+    layout.ensure_dirs()
+    (layout.run_dir / "subscriber@s1.pid").write_text("1\n")
+    bell = Bell(layout.run_dir, "s1", SUBSCRIBER)
+    dbs = open_databases(WorkerSettings(), layout)
+    try:
+        job, _ = dbs.jobs.submit(NewJob("noop", "{}", "default", 3))
+        assert not bell.wait(0)
+        # When the job is cancelled on this host / Then the bell rings
+        dbs.jobs.cancel(job.job_id)
+        assert bell.wait(2.0)
+        # and a cancel that changes nothing (the job finished) does not
+        dbs.jobs.cancel(job.job_id)
+        assert not bell.wait(0.2)
+    finally:
+        dbs.close()
+        bell.close()

@@ -17,11 +17,13 @@ from pydantic import TypeAdapter, ValidationError
 from enstratus_workers.jobs.submit import SubmitError, new_job
 
 from ... import strictjson
-from ...db.instances import NotFound
+from ...db.instances import Conflict, NotFound
+from ...jobs import lifecycle
+from ...jobs.submit import cancel
 from ...db.schema import STATUSES
 from .. import jobstats
 from ..context import ctx_of
-from ..errors import COMMON, NOT_FOUND, invalid
+from ..errors import COMMON, CONFLICT, NOT_FOUND, invalid
 from ..models import MAX_BULK_JOBS, JobIn, JobOut, JobStats, SubmitOut
 from ..strictbody import printable
 
@@ -131,3 +133,18 @@ def get_job(request: Request, job_id: int = Path(ge=1, le=2**63 - 1)):
     if job is None:
         raise NotFound(f"no job {job_id}")
     return _out(job)
+
+
+@router.post("/{job_id}/cancel", response_model=JobOut, responses={**NOT_FOUND, **CONFLICT},
+             summary="Cancel a job: one not started ends cancelled now; a running one is asked to stop",
+             description="200 with the job: `cancelled` if it had not started, else still `running` "
+                         "with `cancel_requested_ms` set (its action is told, killed after "
+                         "action.cancel_grace, its compensation runs, then it ends `cancelled`). "
+                         "404 if there is no such job; 409 if it had finished (nothing changed).")
+def cancel_job(request: Request, job_id: int = Path(ge=1, le=2**63 - 1)):
+    answer = cancel(ctx_of(request).dbs, job_id)
+    if answer.job is None:
+        raise NotFound(f"no job {job_id}")
+    if answer.verdict == lifecycle.CANCEL_FINISHED:
+        raise Conflict(f"job {job_id} has already finished ({answer.job.status}); nothing was cancelled")
+    return _out(answer.job)

@@ -27,7 +27,6 @@ from enstratus_workers.errors import (
     TransportError,
 )
 from enstratus_workers.jobs import wakeup
-from enstratus_workers.jobs.lifecycle import next_attempt
 from enstratus_workers.jobs.messages import encode_job
 from enstratus_workers.jobs.wakeup import Bell
 from enstratus_workers.mq import open_transport
@@ -138,7 +137,8 @@ class Publisher(Service):
 
     def _publish(self, jobs) -> None:
         self._declare({j.queue for j in jobs})
-        self.transport.publish([self._message(j, next_attempt(j.attempts)) for j in jobs])
+        now = now_ms()
+        self.transport.publish([self._message(j, j.next_attempt(now)) for j in jobs])
 
     @staticmethod
     def _message(j, nxt) -> OutgoingMessage:

@@ -9,6 +9,11 @@ holds nothing ready (so the message is not just waiting behind others). Recovery
 last (``lifecycle.after_lost``). Each change is guarded by the status, timestamp and owner it
 saw (``JobStore.recover``), so with several publishers only one recovers a job, and a job a
 subscriber has taken over meanwhile is left to it.
+
+A running job whose cancel was requested is stuck sooner: once its owner had the cancel's grace
+(``action.cancel_grace``) to stop it and is gone. It is never retried: it goes back to the
+outbox only for a worker to run its compensation, which ends it ``cancelled``
+(``lifecycle.after_lost``).
 """
 
 from __future__ import annotations
@@ -59,14 +64,19 @@ class StuckJobs:
         owners = live_owners(beats)
         running_deadline = now - int((limit + grace + RUNNING_SLACK_S) * 1000)
         running = self.dbs.jobs.stuck_running(running_deadline)
+        cancelling = self.dbs.jobs.stuck_cancelling(
+            now - int((self.settings.worker.cancel_grace + RUNNING_SLACK_S) * 1000))
+        seen = {job.job_id for job in running}
+        running += [job for job in cancelling if job.job_id not in seen]
         queued = self.dbs.jobs.stuck_queued(now - int(QUEUED_AFTER_S * 1000))
         recovered = 0
         for job in running:
             alive = job.owner in owners if job.owner else _host_of(job.worker) in live_hosts
             if not alive:
                 worker = job.worker or "an unknown worker"
+                cancel = "; cancel requested: compensating" if job.cancel_requested_ms is not None else ""
                 recovered += self._recover(
-                    job, f"stuck: running since {job.since_ms} on {worker}, whose subscriber is gone")
+                    job, f"stuck: running since {job.since_ms} on {worker}, whose subscriber is gone{cancel}")
         idle = self._idle_queues({job.queue for job in queued})
         for job in queued:
             if job.queue in idle:

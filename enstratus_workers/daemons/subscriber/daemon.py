@@ -19,6 +19,10 @@ counted. One whose attempt another subscriber holds waits, unacked, until that o
 it (then it is stale) or its heartbeat expires (then this process takes the attempt over). If
 the rows cannot be read, nothing runs blind: the deliveries wait unacked and the check is
 retried with backoff.
+
+Cancels of the jobs held here are looked for in their rows about every second and acted on
+(``cancels.py``): a waiting one is acked away or compensated, a running one's worker is told,
+and killed if its action does not stop within ``action.cancel_grace``.
 """
 
 from __future__ import annotations
@@ -35,13 +39,16 @@ from multiprocessing.connection import wait
 
 from enstratus_workers.backoff import Backoff
 from enstratus_workers.clock import now_ms
+from enstratus_workers.daemons.subscriber.cancels import Cancels
 from enstratus_workers.daemons.subscriber.intake import Intake
 from enstratus_workers.daemons.subscriber.pool import Assignment, WorkerPool
 from enstratus_workers.daemons.subscriber.recorder import Recorder
 from enstratus_workers.db import Event, Outcome, Started, open_databases
 from enstratus_workers.db.heartbeats import live_owners
 from enstratus_workers.db.instances import desired_types
+from enstratus_workers.jobs import wakeup
 from enstratus_workers.jobs.lifecycle import event_outcome
+from enstratus_workers.jobs.wakeup import Bell
 from enstratus_workers.jobs.messages import MessageDecodeError, decode
 from enstratus_workers.jobs.values import Task
 from enstratus_workers.layout import short_hostname
@@ -75,9 +82,11 @@ class Subscriber(Service):
         self._held: list = []                 # (delivery, message) of attempts another owner holds
         self._held_until = 0.0
         self._marked: set = set()             # (job id, attempt) handed to the recorder as started
+        self.cancels = Cancels(settings.subscriber.cancel_grace)
+        self._bell = None                     # rung by a cancel made on this host (run() binds it)
         self.owner = _owner_token(name)
         self.started_ms = now_ms()
-        self.stats = {"received": 0, "succeeded": 0, "failed": 0, "pending": 0, "dead": 0,
+        self.stats = {"received": 0, "succeeded": 0, "failed": 0, "pending": 0, "dead": 0, "cancelled": 0,
                       "dead_lettered": 0, "duplicates": 0, "stale": 0, "strangers": 0, "taken_over": 0}
 
     def request_reload(self) -> None:
@@ -95,6 +104,7 @@ class Subscriber(Service):
         self.layout.ensure_dirs()
         self.owner = _owner_token(self.name)   # this process's own (the daemon may have forked)
         self.dbs = open_databases(s.worker, self.layout)
+        self._bell = _cancel_bell(self.layout, self.name)
         wake_r, wake_w = os.pipe()
         os.set_blocking(wake_r, False)
         os.set_blocking(wake_w, False)
@@ -118,6 +128,8 @@ class Subscriber(Service):
             self.intake.stop()
             self._remove_heartbeat()
             self.dbs.close()
+            if self._bell is not None:
+                self._bell.close()
             os.close(wake_r)
             os.close(wake_w)
 
@@ -126,7 +138,12 @@ class Subscriber(Service):
             self._round(timeout=0.5)
 
     def _round(self, timeout: float) -> None:
-        ready = wait([self._wake_r, *self.pool.connections()], timeout=timeout)
+        bell = [self._bell] if self._bell is not None else []
+        ready = wait([self._wake_r, *bell, *self.pool.connections()], timeout=timeout)
+        if bell and bell[0] in ready:
+            bell[0].drain()
+            self.cancels.look_now()
+            ready = [r for r in ready if r is not bell[0]]
         if self._wake_r in ready:
             try:
                 os.read(self._wake_r, 65536)
@@ -138,6 +155,7 @@ class Subscriber(Service):
             self.pool.pass_on_hup()
         self._take_deliveries()
         self._settle(self.pool.read([c for c in ready if c != self._wake_r]))
+        self.cancels.look(self.dbs.jobs, self.active, self.pending, self.pool.handles, self._ack_stale)
         self._settle(self.pool.supervise())
         if not self.pool.stopping:
             self._reconcile()
@@ -284,8 +302,10 @@ class Subscriber(Service):
             self.stats["duplicates"] += 1
             return
         self.active[key] = [d]
+        # a row whose cancel was requested is here only for its compensation (lifecycle.after_lost)
         task = Task(row.job_id, row.action, _arguments(row.arguments), msg.attempt,
-                    row.max_attempts or self.settings.worker.max_attempts, d.queue, self.owner)
+                    row.max_attempts or self.settings.worker.max_attempts, d.queue, self.owner,
+                    compensate=row.cancel_requested_ms is not None)
         a = Assignment(d, task, self._type_for_queue(d.queue))
         self.pending[a.worker_type].append(a)
 
@@ -305,17 +325,32 @@ class Subscriber(Service):
         for a, outcome in events.finished:
             self._record(a, outcome)
         for a, (reason, start_ms) in events.crashed:
-            # The worker died under this action (crash, OOM kill, time limit): a failed attempt
-            # that may be retried, so an action that kills its worker ends dead, not in a loop.
-            charged = a.task.outcome("failed", retryable=True, worker=self._display_for(a),
-                                     start_ms=start_ms or a.received_ms, end_ms=now_ms(), error=reason)
+            again = self.cancels.after_crash(a)
+            if again is not None:   # killed for a cancel: its compensation runs on another worker
+                self.pending[a.worker_type].appendleft(again)
+                continue
+            started = start_ms or a.received_ms
+            if a.task.compensate:   # the compensation itself died: the job ends cancelled, saying so
+                charged = a.task.cancelled(worker=self._display_for(a), start_ms=started, end_ms=now_ms(),
+                                           error=f"compensation did not finish: {reason}")
+            else:
+                # The worker died under this action (crash, OOM kill, time limit): a failed attempt
+                # that may be retried, so an action that kills its worker ends dead, not in a loop.
+                charged = a.task.outcome("failed", retryable=True, worker=self._display_for(a),
+                                         start_ms=started, end_ms=now_ms(), error=reason)
             self._record(a, charged)
         for a in events.returned:
+            self.cancels.forget(a)
             self.pending[a.worker_type].appendleft(a)
+
+    def _ack_stale(self, deliveries) -> None:
+        """Ack away the deliveries of a job cancelled before it started (a stale duplicate now)."""
+        self.stats["stale"] += len(deliveries)
+        self.intake.ack(deliveries)
 
     def _record(self, a: Assignment, outcome: Outcome) -> None:
         t = a.task
-        event = Event(t.job_id, t.action, t.queue, t.attempt, event_outcome(outcome.status),
+        event = Event(t.job_id, t.action, t.queue, t.attempt, event_outcome(outcome.status, outcome.deferred),
                       outcome.end_ms - outcome.start_ms, outcome.worker, outcome.end_ms)
         # Duplicates of this job delivered meanwhile are settled with it, once it is recorded.
         self._marked.discard(t.key)
@@ -334,7 +369,7 @@ class Subscriber(Service):
                 "inflight": sum(w["inflight"] for w in workers),
                 "recording": self.recorder.waiting, "connected": self.intake.connected.is_set(),
                 "reconnects": self.intake.reconnects, "owner": self.owner,
-                "checking": len(self._unchecked), "held": len(self._held),
+                "checking": len(self._unchecked), "held": len(self._held), "cancels": self.cancels.seen,
                 "write_error": getattr(self.recorder, "write_error", None)}
 
     def _beat(self, force: bool = False) -> None:
@@ -389,6 +424,18 @@ class Subscriber(Service):
         # outcome that cannot be written by then stays unacked and its message comes back.
         self.recorder.stop(timeout=max(1.0, deadline - time.monotonic()))
         time.sleep(0.2)  # let the intake thread send the last acks before it closes
+
+
+def _cancel_bell(layout, name: str) -> Bell | None:
+    """The bell a cancel on this host rings, so the cancels are looked for at once rather than
+    at the next second's look; None where there are no bells (the look alone then)."""
+    if not wakeup.available():
+        return None
+    try:
+        return Bell(layout.run_dir, name, wakeup.SUBSCRIBER)
+    except OSError as exc:   # another process holds the address: the look alone, then
+        log.warning("no cancel bell for subscriber %s (%s); cancels are looked for every second", name, exc)
+        return None
 
 
 def _owner_token(name: str) -> str:

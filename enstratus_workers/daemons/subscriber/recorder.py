@@ -413,7 +413,8 @@ def _as_failure(p: _Pending, error: str, replaced: bool = True) -> _Pending:
     """A failed outcome standing in for one that cannot be recorded: no result, the reason as error."""
     o = p.outcome
     worker = _text(o.worker or "", 200)
-    return _Pending(replace(o, status=FAILED, result=None, error=_text(error, ERROR_CAP), worker=worker),
+    return _Pending(replace(o, status=FAILED, result=None, error=_text(error, ERROR_CAP), worker=worker,
+                            not_before_ms=None),
                     replace(p.event, outcome=event_outcome(FAILED), worker=worker or p.event.worker),
                     p.deliveries, None, replaced)
 
