@@ -71,5 +71,5 @@ def open_databases(worker: WorkerSettings, layout: Layout, *, ensure: bool = Tru
     owners = wakeup.ringer_for(layout.run_dir, wakeup.SUBSCRIBER)
     jobs = JobStore(prov, ringer.ring if ringer else None, waiters.ring if waiters else None,
                     owners.ring if owners else None)
-    return Databases(prov, anal, jobs, EventStore(anal), HeartbeatStore(prov),
+    return Databases(prov, anal, jobs, EventStore(anal), HeartbeatStore(prov, worker.host_name),
                      [r for r in (ringer, waiters, owners) if r])

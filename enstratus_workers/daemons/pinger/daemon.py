@@ -44,7 +44,7 @@ class Pinger(Service):
         and retention's batches (``retention_round``: its own pace; off when all keep forever)."""
         p = self.settings.pinger
         dbs = open_databases(self.settings.worker, self.layout)
-        watchdog = Watchdog(self.layout, enabled=self.watchdog_enabled)
+        watchdog = Watchdog(self.layout, self.settings.worker.host_name, enabled=self.watchdog_enabled)
         guests = GuestWatch(self.settings, self.layout, dbs, self.name)
         retention = RetentionRound(self.settings, dbs, self.name)
         ready()

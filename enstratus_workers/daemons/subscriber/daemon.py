@@ -51,7 +51,6 @@ from enstratus_workers.jobs.lifecycle import event_outcome
 from enstratus_workers.jobs.wakeup import Bell
 from enstratus_workers.jobs.messages import MessageDecodeError, decode
 from enstratus_workers.jobs.values import Task
-from enstratus_workers.layout import short_hostname
 from enstratus_workers.runtime import runner
 from enstratus_workers.runtime.service import Service
 
@@ -84,7 +83,8 @@ class Subscriber(Service):
         self._marked: set = set()             # (job id, attempt) handed to the recorder as started
         self.cancels = Cancels(settings.subscriber.cancel_grace)
         self._bell = None                     # rung by a cancel made on this host (run() binds it)
-        self.owner = _owner_token(name)
+        self.host = settings.worker.host_name
+        self.owner = _owner_token(name, self.host)
         self.started_ms = now_ms()
         self.stats = {"received": 0, "succeeded": 0, "failed": 0, "pending": 0, "dead": 0, "cancelled": 0,
                       "dead_lettered": 0, "duplicates": 0, "stale": 0, "strangers": 0, "taken_over": 0}
@@ -102,7 +102,7 @@ class Subscriber(Service):
     def run(self, ready) -> None:
         s = self.settings
         self.layout.ensure_dirs()
-        self.owner = _owner_token(self.name)   # this process's own (the daemon may have forked)
+        self.owner = _owner_token(self.name, self.host)   # this process's own (the daemon may have forked)
         self.dbs = open_databases(s.worker, self.layout)
         self._bell = _cancel_bell(self.layout, self.name)
         wake_r, wake_w = os.pipe()
@@ -280,7 +280,7 @@ class Subscriber(Service):
 
     def _take_over(self, d, msg, row) -> bool:
         """Take a running attempt whose owner's heartbeat expired; False if the row moved on."""
-        mark = Started(msg.job_id, msg.attempt, f"{self._type_for_queue(d.queue)}@{short_hostname()}",
+        mark = Started(msg.job_id, msg.attempt, f"{self._type_for_queue(d.queue)}@{self.host}",
                        now_ms(), self.owner)
         try:
             taken = self.dbs.jobs.take_over(msg.job_id, msg.attempt, row.owner, mark)
@@ -359,7 +359,7 @@ class Subscriber(Service):
         self.stats[outcome.status if outcome.status in self.stats else "failed"] += 1
 
     def _display_for(self, a: Assignment) -> str:
-        return f"{a.worker_type}@{short_hostname()}"
+        return f"{a.worker_type}@{self.host}"
 
     # -- heartbeat -----------------------------------------------------------------------------
     def snapshot(self) -> dict:
@@ -438,10 +438,10 @@ def _cancel_bell(layout, name: str) -> Bell | None:
         return None
 
 
-def _owner_token(name: str) -> str:
+def _owner_token(name: str, host: str) -> str:
     """This subscriber process as the owner of the attempts it runs: name, host, pid and a
     random part, so a restarted process (or a reused pid) is never mistaken for its predecessor."""
-    return f"{name}@{short_hostname()}:{os.getpid()}:{secrets.token_hex(4)}"[-200:]
+    return f"{name}@{host}:{os.getpid()}:{secrets.token_hex(4)}"[-200:]
 
 
 def _arguments(text: str):

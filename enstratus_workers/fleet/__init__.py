@@ -1,0 +1,8 @@
+"""The service as a fleet of hosts: what a host is, where a worker type runs, what every host shows.
+
+- ``placement``: a worker type's placement (``host:NAME``, ``tag:TAG``): parsing, matching a host,
+  checking it against the hosts the fleet knows.
+- ``hosts``: the per-host view (daemons, worker processes, state, last heartbeat) that ``GET
+  /hosts``, the status page, ``enstratus-workers status`` and ``monitor`` show, and the choice of
+  the least loaded live host for an instance created without a placement.
+"""
