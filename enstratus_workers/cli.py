@@ -218,11 +218,12 @@ def cmd_dead_list(args) -> int:
     dbs = _dbs(args, settings)
     try:
         jobs = dbs.jobs.list(status=lifecycle.DEAD, limit=args.limit)
+        queues = dbs.desired.queues(settings.worker.all_queues)
     finally:
         dbs.close()
     letters = []
     with open_transport(settings.mq, _layout(args), client_name="cli") as t:
-        for q in settings.worker.all_queues:
+        for q in queues:
             letters.extend(t.dead_letters(q, limit=args.limit))
     job_ids = {str(j.job_id) for j in jobs}
     orphans = [d for d in letters if d.message_id not in job_ids]

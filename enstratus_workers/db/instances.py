@@ -4,16 +4,10 @@ subscriber reconciles to.
 ``worker.properties`` says what a fresh install runs; once the admin daemon has started, the rows
 here say it instead (``InstanceStore.ensure_seeded`` copies the file's worker types in once), so
 an operator can add a worker type, move a queue or scale a pool without editing files on every
-host, and every subscriber of a fleet reads the same answer from ``desired_types``.
+host, and every daemon, command and page of a fleet reads the same answer (``db/desired.py``).
 
-Tables (the Alembic chain "admin", ``db/migrate.py``; they live in the provisioning database):
-
-- ``enstratus_worker_instance``: one per worker type: its process bounds and whether it runs;
-- ``enstratus_worker_instance_queue``: which queues each instance consumes, in order;
-- ``enstratus_admin_queue``: the queues the operator declared (listing them needs a registry:
-  the transport contract can declare and count queues but not enumerate them);
-- ``enstratus_admin_state``: small named values (when the job statistics were last reset,
-  whether the seed was done).
+The tables are in ``db/admin_schema.py`` (the Alembic chain "admin"); ``db/desired.py`` answers
+"which worker types and queues exist" from them for every reader.
 
 Every change is one transaction that reads what it checks under the write lock (BEGIN IMMEDIATE
 on SQLite, ``FOR UPDATE`` on MySQL), so two operators cannot both pass a check that only one
@@ -34,10 +28,10 @@ import sqlalchemy as sa
 
 # MAX_PROCESSES: most processes one instance may ask for; from the one table of limits, so
 # worker.properties and the admin API (which imports it from here) agree
-from ..config.limits import MAX_PROCESSES, NAME_MAX
+from ..config.limits import MAX_PROCESSES
 from ..config.settings import WorkerType
 from ..errors import EnstratusError
-from .identity import IdentityString
+from .admin_schema import declared_queues, instance_queues, instances, metadata, state  # noqa: F401
 from .jobs import now_ms
 from .migrate import upgrade
 from .retry import retried
@@ -45,42 +39,6 @@ from .retry import retried
 SINCE_KEY = "jobs.stats.since_ms"
 SEEDED_KEY = "instances.seeded_ms"
 
-metadata = sa.MetaData()
-
-_ID = sa.BigInteger().with_variant(sa.Integer(), "sqlite")
-
-instances = sa.Table(
-    "enstratus_worker_instance", metadata,
-    sa.Column("instance_id", _ID, primary_key=True, autoincrement=True),
-    sa.Column("type", IdentityString(NAME_MAX), nullable=False, unique=True),
-    sa.Column("min_processes", sa.Integer, nullable=False),
-    sa.Column("max_processes", sa.Integer, nullable=False),
-    sa.Column("enabled", sa.Boolean, nullable=False),
-    sa.Column("created_ms", sa.BigInteger, nullable=False),
-    sa.Column("updated_ms", sa.BigInteger, nullable=False),
-)
-
-instance_queues = sa.Table(
-    "enstratus_worker_instance_queue", metadata,
-    sa.Column("instance_id", sa.BigInteger, primary_key=True),
-    sa.Column("queue", IdentityString(NAME_MAX), primary_key=True),
-    sa.Column("position", sa.Integer, nullable=False),
-    sa.Index("ix_enstratus_worker_instance_queue_queue", "queue"),
-)
-
-declared_queues = sa.Table(
-    "enstratus_admin_queue", metadata,
-    sa.Column("name", IdentityString(NAME_MAX), primary_key=True),
-    sa.Column("exchange", sa.String(200), nullable=True),
-    sa.Column("routing_key", sa.String(200), nullable=True),
-    sa.Column("created_ms", sa.BigInteger, nullable=False),
-)
-
-state = sa.Table(
-    "enstratus_admin_state", metadata,
-    sa.Column("name", IdentityString(100), primary_key=True),
-    sa.Column("value", sa.String(200), nullable=False),
-)
 
 class AdminStoreError(EnstratusError):
     """A change to the desired state that cannot be made; nothing of it was written."""

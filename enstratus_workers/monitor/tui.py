@@ -116,7 +116,9 @@ class Fetcher:
             log.debug("reading the provisioning DB failed", exc_info=True)
             snap.errors.append(f"provisioning DB: {_describe(exc)}")
         try:
-            snap.depths = self._depths(self.settings.worker.all_queues)
+            fallback = self.settings.worker.all_queues
+            queues = self._dbs.desired.queues(fallback) if self._dbs is not None else fallback
+            snap.depths = self._depths(queues)
         except Exception as exc:
             log.debug("reading queue depths failed", exc_info=True)
             snap.errors.append(f"queue ({self.settings.mq.transport}): {_describe(exc)}")

@@ -104,7 +104,8 @@ class Publisher(Service):
                 self.transport = open_transport(self.settings.mq, self.layout,
                                                 client_name=f"publisher@{self.name}")
                 self._declared.clear()
-                self._declare(self.settings.worker.all_queues)
+                # every queue of the desired state: made through the admin API on any host too
+                self._declare(self.dbs.desired.queues(self.settings.worker.all_queues))
                 log.info("connected to the %s transport", self.settings.mq.transport)
             n = self.dbs.jobs.relay_pending(self.settings.publisher.batch, self._publish)
             self.published += n
