@@ -9,6 +9,7 @@ from fastapi import Request
 
 from ..db import Databases, open_databases
 from ..db.instances import InstanceStore
+from ..fleet.joining import join_fleet
 from ..layout import Layout
 from .config import AdminSettings
 from .transport import SharedTransport
@@ -33,6 +34,7 @@ class AdminContext:
         try:
             store = InstanceStore(dbs.provisioning)
             store.ensure_seeded(settings)
+            join_fleet(settings, dbs)
         except BaseException:
             dbs.close()
             raise

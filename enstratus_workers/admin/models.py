@@ -15,6 +15,7 @@ from pydantic import BaseModel, ConfigDict, Field, JsonValue, StringConstraints,
 from ..config import limits
 from ..config.limits import ACTION_MAX, MAX_ATTEMPTS, MAX_PROCESSES, NAME_MAX
 from ..db.schema import STATUSES
+from ..fleet import placement
 
 # The names and ranges of config.limits, anchored for pydantic: every door accepts the same.
 TYPE_PATTERN = f"^{limits.TYPE_PATTERN}$"
@@ -41,16 +42,39 @@ class Concurrency(_Strict):
         return self
 
 
+_PLACEMENT_DOC = ("where the type runs: host:NAME and tag:TAG targets (a host whose host.name is NAME, "
+                  "every host whose host.tags hold TAG), each naming a known host, or [\"*\"] for every host")
+Target = Annotated[str, StringConstraints(min_length=1, max_length=5 + limits.HOST_NAME_MAX)]
+
+
+def _placement(items: Optional[list[str]]) -> Optional[list[str]]:
+    return None if items is None else placement.shown(placement.parse(items))
+
+
 class InstanceIn(_Strict):
     type: TypeName = Field(description="the worker type: letters, digits, '_' and '-'; at most 100")
     queues: list[QueueName] = Field(min_length=1, max_length=50, description="queues its processes consume")
-    concurrency: Concurrency = Field(default_factory=lambda: Concurrency(min=1, max=1))
+    concurrency: Concurrency = Field(default_factory=lambda: Concurrency(min=1, max=1),
+                                     description="processes per host it runs on")
     enabled: bool = True
+    placement: Optional[list[Target]] = Field(
+        default=None, min_length=1, max_length=limits.MAX_PLACEMENT,
+        description=_PLACEMENT_DOC + "; left out: on the live host running the fewest worker processes")
 
     @model_validator(mode="after")
     def _queues(self):
         if len(set(self.queues)) != len(self.queues):
             raise ValueError("a queue is listed twice")
+        self.placement = _placement(self.placement)
+        return self
+
+
+class PlacementIn(_Strict):
+    placement: list[Target] = Field(min_length=1, max_length=limits.MAX_PLACEMENT, description=_PLACEMENT_DOC)
+
+    @model_validator(mode="after")
+    def _targets(self):
+        self.placement = _placement(self.placement)
         return self
 
 
@@ -60,6 +84,7 @@ class InstanceOut(BaseModel):
     queues: list[str]
     concurrency: Concurrency
     enabled: bool
+    placement: list[str] = Field(description='its targets, or ["*"] for every host')
     created_ms: int
     updated_ms: int
 

@@ -31,7 +31,15 @@ import sqlalchemy as sa
 from ..config.limits import MAX_PROCESSES
 from ..config.settings import WorkerType
 from ..errors import EnstratusError
-from .admin_schema import declared_queues, instance_queues, instances, metadata, state  # noqa: F401
+from ..fleet import placement
+from .admin_schema import (  # noqa: F401 - metadata: the chain's tables, for the migration tests
+    declared_queues,
+    instance_placement,
+    instance_queues,
+    instances,
+    metadata,
+    state,
+)
 from .jobs import now_ms
 from .migrate import upgrade
 from .retry import retried
@@ -68,13 +76,15 @@ class Instance:
     enabled: bool
     created_ms: int
     updated_ms: int
+    placement: tuple[str, ...] = ()    # fleet/placement.py: () is every host
 
     def worker_type(self) -> WorkerType:
-        return WorkerType(self.type, self.queues, self.min, self.max)
+        return WorkerType(self.type, self.queues, self.min, self.max, self.placement)
 
     def as_dict(self) -> dict:
         return {"id": self.id, "type": self.type, "queues": list(self.queues),
                 "concurrency": {"min": self.min, "max": self.max}, "enabled": self.enabled,
+                "placement": placement.shown(self.placement),
                 "created_ms": self.created_ms, "updated_ms": self.updated_ms}
 
 
@@ -155,9 +165,16 @@ class InstanceStore:
                 .where(instance_queues.c.instance_id.in_(ids))
                 .order_by(instance_queues.c.instance_id, instance_queues.c.position)):
             links[iid].append(queue)
+        targets: dict[int, list[str]] = {i: [] for i in ids}
+        for iid, target in conn.execute(
+                sa.select(instance_placement.c.instance_id, instance_placement.c.target)
+                .where(instance_placement.c.instance_id.in_(ids))
+                .order_by(instance_placement.c.instance_id, instance_placement.c.position)):
+            targets[iid].append(target)
         return [Instance(id=r["instance_id"], type=r["type"], queues=tuple(links[r["instance_id"]]),
                          min=r["min_processes"], max=r["max_processes"], enabled=bool(r["enabled"]),
-                         created_ms=r["created_ms"], updated_ms=r["updated_ms"]) for r in rows]
+                         created_ms=r["created_ms"], updated_ms=r["updated_ms"],
+                         placement=tuple(targets[r["instance_id"]])) for r in rows]
 
     def _one(self, conn, instance_id: int, *, lock: bool = False) -> Instance:
         found = self._instances(conn, where=instances.c.instance_id == instance_id, lock=lock)
@@ -168,8 +185,10 @@ class InstanceStore:
     # -- instances: writing --------------------------------------------------------------------
     @retried()
     def create(self, type_name: str, queue_names: Sequence[str], low: int, high: int,
-               enabled: bool = True) -> Instance:
-        """A new instance of a type not yet present; its queues are registered if they are new."""
+               enabled: bool = True, where: Sequence[str] = ()) -> Instance:
+        """A new instance of a type not yet present, placed on ``where`` (``()``: every host);
+        its queues are registered if they are new. The placement is the caller's to check
+        against the known hosts (``fleet/placement.py``)."""
         check_bounds(low, high)
         names = _unique_queues(queue_names)
         now = now_ms()
@@ -182,6 +201,7 @@ class InstanceStore:
                     type=type_name, min_processes=low, max_processes=high, enabled=enabled,
                     created_ms=now, updated_ms=now)).inserted_primary_key[0]
                 self._link(conn, iid, names, now)
+                _place(conn, iid, where)
                 return self._one(conn, iid)
         except sa.exc.IntegrityError:
             raise Conflict(f"an instance of type '{type_name}' exists already") from None
@@ -198,6 +218,16 @@ class InstanceStore:
             conn.execute(instances.update().where(instances.c.instance_id == instance_id).values(
                 min_processes=new_low, max_processes=new_high,
                 enabled=current.enabled if enabled is None else enabled, updated_ms=now_ms()))
+            return self._one(conn, instance_id)
+
+    @retried()
+    def place(self, instance_id: int, where: Sequence[str]) -> Instance:
+        """Run the instance on ``where`` (``()``: every host) from now on."""
+        with self.engine.begin() as conn:
+            self._one(conn, instance_id, lock=True)
+            _place(conn, instance_id, where)
+            conn.execute(instances.update().where(instances.c.instance_id == instance_id)
+                         .values(updated_ms=now_ms()))
             return self._one(conn, instance_id)
 
     @retried()
@@ -220,6 +250,7 @@ class InstanceStore:
         with self.engine.begin() as conn:
             gone = self._one(conn, instance_id, lock=True)
             conn.execute(instance_queues.delete().where(instance_queues.c.instance_id == instance_id))
+            _place(conn, instance_id, ())
             conn.execute(instances.delete().where(instances.c.instance_id == instance_id))
             return gone
 
@@ -351,6 +382,7 @@ class InstanceStore:
                         type=t.name, min_processes=t.min, max_processes=t.max, enabled=True,
                         created_ms=now, updated_ms=now)).inserted_primary_key[0]
                     self._link(conn, iid, t.queues, now)
+                    _place(conn, iid, t.placement)
         except sa.exc.IntegrityError:
             return False  # another process seeded in between
         return True
@@ -367,23 +399,9 @@ def _unique_queues(names: Sequence[str]) -> list[str]:
     return out
 
 
-def desired_types(engine: sa.Engine, settings=None) -> list[WorkerType]:
-    """The worker types the subscribers should run: every enabled instance, in creation order.
-
-    Pass ``settings`` so that a subscriber started before any admin daemon seeds the table from
-    ``worker.properties`` first (and so runs what the file says, not nothing). A disabled
-    instance is left out: its processes are to stop and its queues to be left alone. Cheap
-    enough to call on every reconcile round: two or three reads, the tables are only created
-    (once) when a read finds them missing.
-    """
-    store = InstanceStore(engine, ensure=False)
-
-    def read() -> list[WorkerType]:
-        if settings is not None:
-            store.ensure_seeded(settings)
-        return [i.worker_type() for i in store.list(enabled_only=True)]
-    try:
-        return read()
-    except (sa.exc.OperationalError, sa.exc.ProgrammingError):
-        upgrade(engine, "admin")  # a database no daemon has prepared yet
-        return read()
+def _place(conn, instance_id: int, where: Sequence[str]) -> None:
+    """Replace the instance's placement rows with the targets of ``where`` (none: every host)."""
+    conn.execute(instance_placement.delete().where(instance_placement.c.instance_id == instance_id))
+    for position, target in enumerate(placement.parse(list(where))):
+        conn.execute(instance_placement.insert().values(instance_id=instance_id, target=target,
+                                                        position=position))

@@ -26,6 +26,7 @@ from enstratus_workers.errors import (
     PublishError,
     TransportError,
 )
+from enstratus_workers.fleet.joining import join_fleet
 from enstratus_workers.jobs import wakeup
 from enstratus_workers.jobs.messages import encode_job
 from enstratus_workers.jobs.wakeup import Bell
@@ -63,6 +64,11 @@ class Publisher(Service):
         p = self.settings.publisher
         self.layout.ensure_dirs()
         self.dbs = open_databases(self.settings.worker, self.layout)
+        try:
+            join_fleet(self.settings, self.dbs)
+        except BaseException:
+            self.dbs.close()
+            raise
         self.stuck = StuckJobs(self.settings, self.dbs, depths=self._depths)
         self.scheduler = Scheduler(self.settings, self.layout, self.dbs)
         # a job committed from now on rings it; one committed before is relayed by the loop's

@@ -46,6 +46,7 @@ from enstratus_workers.daemons.subscriber.pool import Assignment, WorkerPool
 from enstratus_workers.daemons.subscriber.recorder import Recorder
 from enstratus_workers.db import Event, Outcome, Started, open_databases
 from enstratus_workers.db.heartbeats import live_owners
+from enstratus_workers.fleet.joining import join_fleet
 from enstratus_workers.fleet.placement import runs_on
 from enstratus_workers.jobs import wakeup
 from enstratus_workers.jobs.lifecycle import event_outcome
@@ -105,6 +106,11 @@ class Subscriber(Service):
         self.layout.ensure_dirs()
         self.owner = _owner_token(self.name, self.host)   # this process's own (the daemon may have forked)
         self.dbs = open_databases(s.worker, self.layout)
+        try:
+            join_fleet(s, self.dbs)
+        except BaseException:
+            self.dbs.close()
+            raise
         self._bell = _cancel_bell(self.layout, self.name)
         # start with the types placed on this host: no process or consumer of another host's type
         # is started for the moment before the first reconcile
