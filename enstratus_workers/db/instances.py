@@ -159,18 +159,8 @@ class InstanceStore:
         if not rows:
             return []
         ids = [r["instance_id"] for r in rows]
-        links: dict[int, list[str]] = {i: [] for i in ids}
-        for iid, queue in conn.execute(
-                sa.select(instance_queues.c.instance_id, instance_queues.c.queue)
-                .where(instance_queues.c.instance_id.in_(ids))
-                .order_by(instance_queues.c.instance_id, instance_queues.c.position)):
-            links[iid].append(queue)
-        targets: dict[int, list[str]] = {i: [] for i in ids}
-        for iid, target in conn.execute(
-                sa.select(instance_placement.c.instance_id, instance_placement.c.target)
-                .where(instance_placement.c.instance_id.in_(ids))
-                .order_by(instance_placement.c.instance_id, instance_placement.c.position)):
-            targets[iid].append(target)
+        links = _listed(conn, instance_queues.c.queue, ids)
+        targets = _listed(conn, instance_placement.c.target, ids)
         return [Instance(id=r["instance_id"], type=r["type"], queues=tuple(links[r["instance_id"]]),
                          min=r["min_processes"], max=r["max_processes"], enabled=bool(r["enabled"]),
                          created_ms=r["created_ms"], updated_ms=r["updated_ms"],
@@ -396,6 +386,17 @@ def _unique_queues(names: Sequence[str]) -> list[str]:
         out.append(n)
     if not out:
         raise Invalid("an instance consumes at least one queue")
+    return out
+
+
+def _listed(conn, column, ids: list[int]) -> dict[int, list[str]]:
+    """``{instance id: [column values in position order]}`` of a per-instance list table (its
+    queues, its placement's targets) for the instances ``ids``."""
+    table = column.table
+    out: dict[int, list[str]] = {i: [] for i in ids}
+    for iid, value in conn.execute(sa.select(table.c.instance_id, column).where(table.c.instance_id.in_(ids))
+                                   .order_by(table.c.instance_id, table.c.position)):
+        out[iid].append(value)
     return out
 
 

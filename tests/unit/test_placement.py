@@ -15,7 +15,6 @@ from enstratus_workers.config.settings import WorkerSettings, WorkerType
 from enstratus_workers.daemons.subscriber.daemon import Subscriber
 from enstratus_workers.db import open_databases
 from enstratus_workers.db.desired import read_desired
-from enstratus_workers.db.engine import make_engine
 from enstratus_workers.db.hosts import HostRegistry
 from enstratus_workers.db.instances import InstanceStore
 from enstratus_workers.errors import ConfigError
@@ -24,6 +23,7 @@ from enstratus_workers.fleet.joining import join_fleet
 from enstratus_workers.layout import Layout
 from tests import servicehome as sh
 from tests.unit.admin_helpers import Admin, home  # noqa: F401 - the fixture
+from tests.unit.test_desired_state import engine  # noqa: F401 - the fixture, on SQLite and MariaDB
 
 PROPS = "services/worker/classes/worker.properties"
 
@@ -39,15 +39,7 @@ def test_a_placement_matches_hosts_by_name_or_tag_and_none_is_every_host():
         "host:web-9", "tag:linux"]
 
 
-# -- the store, on SQLite and MariaDB ------------------------------------------------------------
-
-@pytest.fixture(params=["sqlite", "mariadb"])
-def engine(request, tmp_path):
-    url = f"sqlite:///{tmp_path / 'prov.db'}" if request.param == "sqlite" else request.getfixturevalue("mysql_url")
-    e = make_engine(url, Layout(tmp_path))
-    yield e
-    e.dispose()
-
+# -- the store, on SQLite and MariaDB (the engine fixture of test_desired_state) -------------------
 
 def test_placements_and_hosts_are_stored_read_changed_and_removed(engine):
     # Given a database seeded from a file whose winxp type runs on tagged hosts only
