@@ -78,6 +78,18 @@ class PlacementIn(_Strict):
         return self
 
 
+class ProcessOut(BaseModel):
+    name: Optional[str] = Field(description="the process's name on its host, e.g. default.1")
+    display: Optional[str] = Field(default=None, description="type@host.n, as jobs record it")
+    pid: Optional[int]
+    state: str = Field(description="starting, idle, working, stopping or stopped")
+
+
+class RunningOn(BaseModel):
+    host: str
+    processes: list[ProcessOut]
+
+
 class InstanceOut(BaseModel):
     id: int
     type: str
@@ -85,8 +97,38 @@ class InstanceOut(BaseModel):
     concurrency: Concurrency
     enabled: bool
     placement: list[str] = Field(description='its targets, or ["*"] for every host')
+    running: list[RunningOn] = Field(default_factory=list,
+                                     description="where its worker processes run now, per host")
     created_ms: int
     updated_ms: int
+
+
+class DaemonOut(BaseModel):
+    daemon: str = Field(description="subscriber, publisher, pinger or admin")
+    name: str
+    pid: int
+    status: str = Field(description="what its last heartbeat said: ok, degraded, ...")
+    state: str = Field(description="alive, or dead once its heartbeat expired")
+    started_ms: int
+    beat_ms: int
+    expires_ms: int
+
+
+class HostWorkerOut(ProcessOut):
+    subscriber: str
+    type: Optional[str]
+
+
+class HostOut(BaseModel):
+    name: str
+    state: str = Field(description="alive (a heartbeat not expired), dead (every heartbeat expired) "
+                                   "or stopped (its daemons stopped cleanly)")
+    last_heartbeat_ms: Optional[int]
+    tags: list[str]
+    first_seen_ms: Optional[int] = Field(description="when a daemon of it first started here")
+    daemons: list[DaemonOut]
+    workers: list[HostWorkerOut]
+    worker_processes: int = Field(description="its worker processes on-line")
 
 
 class QueueIn(_Strict):

@@ -67,6 +67,11 @@ class HeartbeatStore:
             conn.execute(H.delete().where(H.c.daemon == daemon, H.c.name == name,
                                           H.c.host == self.host))
 
+    def forget_host(self, host: str) -> int:
+        """Delete every row of ``host`` (a host gone for good: ``DELETE /hosts/{name}``)."""
+        with self.engine.begin() as conn:
+            return conn.execute(H.delete().where(H.c.host == host)).rowcount
+
     def all(self) -> list[Heartbeat]:
         with self.engine.connect() as conn:
             rows = conn.execute(sa.select(H).order_by(H.c.daemon, H.c.name)).mappings().all()

@@ -16,7 +16,7 @@ from fastapi import APIRouter, Path, Request
 
 from ...db.instances import Conflict, Instance
 from ...fleet import placement
-from ...fleet.hosts import known_hosts
+from ...fleet.hosts import fleet_view, known_hosts, least_loaded, running_by_type
 from ..context import AdminContext, ctx_of
 from ..errors import COMMON, CONFLICT, NOT_FOUND, invalid
 from ..models import QUEUE_PATTERN, Concurrency, InstanceIn, InstanceOut, PlacementIn
@@ -27,8 +27,12 @@ InstanceId = Path(ge=1, le=2**63 - 1, description="the instance's id")
 QueueParam = Path(pattern=QUEUE_PATTERN, max_length=100, description="a queue name")
 
 
-def _out(ctx: AdminContext, instance: Instance) -> InstanceOut:
-    return InstanceOut(**instance.as_dict())
+def _out(ctx: AdminContext, instance: Instance, running: dict | None = None) -> InstanceOut:
+    """The instance with where its processes run now, on every host (``running``:
+    ``running_by_type`` of the fleet, read here when not given)."""
+    if running is None:
+        running = running_by_type(fleet_view(ctx.dbs))
+    return InstanceOut(**instance.as_dict(), running=running.get(instance.type, []))
 
 
 def _checked(ctx: AdminContext, where: list[str]) -> tuple[str, ...]:
@@ -41,19 +45,24 @@ def _checked(ctx: AdminContext, where: list[str]) -> tuple[str, ...]:
     return targets
 
 
-@router.get("", response_model=list[InstanceOut], summary="List the instances")
+@router.get("", response_model=list[InstanceOut],
+            summary="List the instances of every host, with where each runs (hosts and processes)")
 def list_instances(request: Request):
     ctx = ctx_of(request)
-    return [_out(ctx, i) for i in ctx.store.list()]
+    running = running_by_type(fleet_view(ctx.dbs))
+    return [_out(ctx, i, running) for i in ctx.store.list()]
 
 
 @router.post("", response_model=InstanceOut, status_code=201, responses=CONFLICT,
-             summary="Create an instance of a worker type")
+             summary="Create an instance of a worker type (without a placement: on the least loaded live host)")
 def create_instance(body: InstanceIn, request: Request):
     ctx = ctx_of(request)
     if ctx.store.by_type(body.type) is not None:  # answer before touching the queue
         raise Conflict(f"an instance of type '{body.type}' exists already")
-    where = _checked(ctx, body.placement) if body.placement is not None else ()
+    if body.placement is not None:
+        where = _checked(ctx, body.placement)
+    else:   # as the SCS agent placed an instance "on a random agent": here, the least loaded live one
+        where = (f"{placement.HOST}:{least_loaded(fleet_view(ctx.dbs), ctx.settings.worker.host_name)}",)
     ctx.queues.declare(body.queues)
     return _out(ctx, ctx.store.create(body.type, body.queues, body.concurrency.min, body.concurrency.max,
                                       body.enabled, where))

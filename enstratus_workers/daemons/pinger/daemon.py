@@ -19,6 +19,7 @@ from enstratus_workers.daemons.pinger.health import check_health
 from enstratus_workers.daemons.pinger.retention_round import RetentionRound
 from enstratus_workers.daemons.pinger.watchdog import Watchdog
 from enstratus_workers.db import open_databases
+from enstratus_workers.fleet.hosts import forget_expired
 from enstratus_workers.fleet.joining import join_fleet
 from enstratus_workers.errors import CHECK_CRITICAL
 from enstratus_workers.runtime import runner
@@ -95,6 +96,7 @@ class Pinger(Service):
                 self._last_state = health.state
             if self.registry is not None:
                 self.registry.touch(self.settings.worker.host_name)   # the host's last sighting
+            forget_expired(dbs.provisioning)   # hosts dead for a day leave the views
             dbs.heartbeats.beat("pinger", self.name, ttl_s=self.settings.pinger.heartbeat_interval * 3,
                                 started_ms=self.started_ms,
                                 status="ok" if health.code == 0 else health.state.lower(),
