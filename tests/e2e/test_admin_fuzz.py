@@ -65,7 +65,8 @@ OPERATIONS = (
     "GET /queues", "POST /queues", "GET /queues/{name}",
     "POST /jobs", "GET /jobs", "GET /jobs/stats", "POST /jobs/stats/reset", "GET /jobs/{job_id}",
     "GET /status", "GET /metrics",
-    "DELETE /queues/{name}", "DELETE /instances/{instance_id}",
+    "PUT /instances/{instance_id}/placement", "GET /hosts", "GET /hosts/{name}",
+    "DELETE /queues/{name}", "DELETE /instances/{instance_id}", "DELETE /hosts/{name}",
 )
 
 
