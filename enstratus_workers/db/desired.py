@@ -26,6 +26,7 @@ from ..config.settings import WorkerSettings, WorkerType
 from ..errors import DatabaseError
 from .instances import Instance, InstanceStore
 from .migrate import upgrade
+from .retry import retried
 
 log = logging.getLogger(__name__)
 
@@ -83,11 +84,13 @@ class DesiredState:
         return out
 
 
+@retried(idempotent=True)   # a read, and a seed that a marker row makes happen once
 def read_desired(engine: sa.Engine, worker: WorkerSettings | None = None, *, prepare: bool = True) -> DesiredState:
     """The desired state as stored now. With ``worker`` (``worker.properties``), a database no
     daemon has seeded yet is seeded from it first, so the first reader of a new install sees
     what the file says rather than nothing; with ``prepare``, the tables are created (once) when
-    missing (without, a missing table is the ``sqlalchemy`` error it is)."""
+    missing (without, a missing table is the ``sqlalchemy`` error it is). Run again on a lost
+    writer node, as every read of the stores is (``db/retry.py``)."""
     store = InstanceStore(engine, ensure=False)
 
     def read() -> DesiredState:
@@ -96,11 +99,17 @@ def read_desired(engine: sa.Engine, worker: WorkerSettings | None = None, *, pre
         return DesiredState(tuple(store.list()), tuple(q.name for q in store.queues()))
     try:
         return read()
-    except (sa.exc.OperationalError, sa.exc.ProgrammingError):
-        if not prepare:
+    except (sa.exc.OperationalError, sa.exc.ProgrammingError) as exc:
+        if not prepare or not missing_table(exc):
             raise
         upgrade(engine, "admin")  # a database no daemon has prepared yet
         return read()
+
+
+def missing_table(exc: sa.exc.DBAPIError) -> bool:
+    """The error says a table does not exist (MySQL/MariaDB 1146, SQLite "no such table")."""
+    code = getattr(exc.orig, "args", (None,))[0] if exc.orig is not None else None
+    return code == 1146 or "no such table" in str(exc.orig or exc)
 
 
 def desired_types(engine: sa.Engine, settings=None) -> list[WorkerType]:

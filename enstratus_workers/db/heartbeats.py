@@ -67,6 +67,7 @@ class HeartbeatStore:
             conn.execute(H.delete().where(H.c.daemon == daemon, H.c.name == name,
                                           H.c.host == self.host))
 
+    @retried(idempotent=True)
     def forget_host(self, host: str) -> int:
         """Delete every row of ``host`` (a host gone for good: ``DELETE /hosts/{name}``)."""
         with self.engine.begin() as conn:

@@ -16,6 +16,7 @@ import sqlalchemy as sa
 
 from ..clock import now_ms
 from .admin_schema import hosts as H
+from .retry import retried
 
 
 @dataclass(frozen=True)
@@ -36,6 +37,7 @@ class HostRegistry:
     def __init__(self, engine: sa.Engine):
         self.engine = engine
 
+    @retried(idempotent=True)   # an upsert: writing it twice is writing it once
     def join(self, name: str, tags=(), now: int | None = None) -> None:
         """Register (or renew) this host with its current tags."""
         now = now or now_ms()
@@ -50,11 +52,13 @@ class HostRegistry:
                 except sa.exc.IntegrityError:
                     pass
 
+    @retried(idempotent=True)
     def touch(self, name: str, now: int | None = None) -> None:
         """This host was seen now (a pinger round, a clean stop)."""
         with self.engine.begin() as conn:
             conn.execute(H.update().where(H.c.name == name).values(last_seen_ms=now or now_ms()))
 
+    @retried(idempotent=True)
     def all(self) -> list[KnownHost]:
         with self.engine.connect() as conn:
             rows = conn.execute(sa.select(H).order_by(H.c.name)).mappings().all()
@@ -64,6 +68,7 @@ class HostRegistry:
         """``{host name: its tags}``: what a placement may name."""
         return {h.name: h.tags for h in self.all()}
 
+    @retried(idempotent=True)
     def forget(self, name: str) -> bool:
         with self.engine.begin() as conn:
             return bool(conn.execute(H.delete().where(H.c.name == name)).rowcount)

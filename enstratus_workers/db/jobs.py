@@ -377,6 +377,7 @@ class JobStore:
         return self._stuck(schema.RUNNING, None, limit, T.c.owner.is_not(None),
                            *([T.c.owner.not_in(sorted(owners))] if owners else []))
 
+    @retried(idempotent=True)
     def _stuck(self, status: str, before_ms: int | None, limit: int, *where) -> list[StuckAttempt]:
         """Rows of ``status`` (since before ``before_ms``, when given) that also meet ``where``."""
         since = _SINCE[status]

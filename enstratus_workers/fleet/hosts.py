@@ -26,7 +26,9 @@ from dataclasses import dataclass, field
 import sqlalchemy as sa
 
 from ..clock import now_ms
+from ..db.desired import missing_table
 from ..db.hosts import HostRegistry, KnownHost
+from ..db.retry import retried
 from ..db.schema import heartbeats as H
 
 ALIVE, DEAD, STOPPED = "alive", "dead", "stopped"
@@ -67,7 +69,9 @@ class _Host:
 def _registry(dbs) -> list[KnownHost]:
     try:
         return HostRegistry(dbs.provisioning).all()
-    except (sa.exc.OperationalError, sa.exc.ProgrammingError):
+    except (sa.exc.OperationalError, sa.exc.ProgrammingError) as exc:
+        if not missing_table(exc):
+            raise
         return []   # a database no daemon of this release prepared: heartbeats alone
 
 
@@ -144,6 +148,7 @@ def known_hosts(dbs) -> dict[str, tuple[str, ...]]:
     return known
 
 
+@retried(idempotent=True)
 def forget_expired(engine: sa.Engine, now: int | None = None, forget_after_s: float = FORGET_AFTER_S) -> int:
     """Delete heartbeat rows expired more than ``forget_after_s`` ago (the pinger does this each
     round); returns how many went."""

@@ -37,6 +37,7 @@ def placement_problems_offline(settings, layout) -> list[ConfigError]:
     reported, as a daemon would refuse only once it is there to ask."""
     import sqlalchemy as sa
 
+    from ..db.desired import missing_table
     from ..db.targets import Target, open_engine
 
     worker = settings.worker
@@ -47,12 +48,10 @@ def placement_problems_offline(settings, layout) -> list[ConfigError]:
     try:
         try:
             known = dict(HostRegistry(engine).known())
-        except sa.exc.ProgrammingError:
-            known = {}          # MySQL/MariaDB: no such table yet
-        except sa.exc.OperationalError as exc:
-            if "no such table" not in str(exc):
+        except (sa.exc.OperationalError, sa.exc.ProgrammingError) as exc:
+            if not missing_table(exc):
                 return []       # unreachable: cannot say
-            known = {}          # SQLite: no such table yet
+            known = {}          # no daemon prepared the database yet: no host is known
     finally:
         engine.dispose()
     known.setdefault(worker.host_name, worker.host_tags)
