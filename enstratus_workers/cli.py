@@ -177,38 +177,12 @@ def cmd_jobs(args) -> int:
 
 
 def cmd_status(args) -> int:
-    from enstratus_workers.daemons.pinger.health import check_health
-    from enstratus_workers.runtime.procs import daemon_states
+    """This install's daemons (pid files), the fleet's hosts (heartbeats), health and job counts."""
+    from .status_report import status_report
 
-    layout = _layout(args)
-    settings = _settings(args)
-    daemons = [{"daemon": s.daemon, "name": s.name, "pid": s.pid, "state": s.state,
-                "uptime_s": s.uptime_s} for s in daemon_states(layout)]
-    health = check_health(settings, layout)
-    from .monitor import Stat
-
-    data = {"daemons": daemons, "health": health.as_dict()}
-    try:
-        dbs = _dbs(args, settings)
-        try:
-            data["jobs"] = dbs.jobs.counts()
-            data["heartbeats"] = [h.as_dict() for h in dbs.heartbeats.all()]
-            data["clusters"] = [c.as_dict() for c in Stat.get_all(settings, layout, dbs=dbs)]
-        finally:
-            dbs.close()
-    except EnstratusError as exc:
-        data["jobs"] = {"error": str(exc)}
-    lines = [f"{'DAEMON':<34} {'PID':>7}  {'STATE':<8} UPTIME"]
-    for d in daemons:
-        up = f"{d['uptime_s']:.0f}s" if d["uptime_s"] is not None else "-"
-        lines.append(f"{d['daemon'] + '@' + d['name']:<34} {d['pid'] or '-':>7}  {d['state']:<8} {up}")
-    if not daemons:
-        lines.append("(no daemon running)")
-    if isinstance(data["jobs"], dict) and "error" not in data["jobs"]:
-        lines.append("jobs: " + ", ".join(f"{k} {v}" for k, v in data["jobs"].items()))
-    lines.append(health.line())
-    _print(args, data, "\n".join(lines))
-    return 0 if health.code == 0 else EXIT_FAILED
+    data, text, healthy = status_report(_settings(args), _layout(args))
+    _print(args, data, text)
+    return 0 if healthy else EXIT_FAILED
 
 
 def cmd_dead_list(args) -> int:
@@ -218,11 +192,12 @@ def cmd_dead_list(args) -> int:
     dbs = _dbs(args, settings)
     try:
         jobs = dbs.jobs.list(status=lifecycle.DEAD, limit=args.limit)
+        queues = dbs.desired.queues(settings.worker.all_queues)
     finally:
         dbs.close()
     letters = []
     with open_transport(settings.mq, _layout(args), client_name="cli") as t:
-        for q in settings.worker.all_queues:
+        for q in queues:
             letters.extend(t.dead_letters(q, limit=args.limit))
     job_ids = {str(j.job_id) for j in jobs}
     orphans = [d for d in letters if d.message_id not in job_ids]
@@ -263,8 +238,12 @@ def cmd_dead_retry(args) -> int:
 
 
 def cmd_monitor(args) -> int:
-    from .monitor.tui import run_monitor
+    from .monitor.tui import fetch_once, run_monitor
 
+    if args.json:   # one look at the figures the screen shows, for scripts
+        snap = fetch_once(_settings(args), _layout(args))
+        print(json.dumps(snap.as_dict(), indent=2, default=str))
+        return EXIT_FAILED if snap.errors else 0
     return run_monitor(_settings(args), _layout(args), refresh=args.refresh)
 
 
@@ -415,7 +394,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--limit", type=int, default=50)
     s.set_defaults(func=cmd_jobs)
 
-    s = sub.add_parser("status", parents=[common], help="daemons, health, job counts")
+    s = sub.add_parser("status", parents=[common], help="daemons, the fleet's hosts, health, job counts")
     s.set_defaults(func=cmd_status)
 
     s = sub.add_parser("dead", help="dead jobs and dead letters")
@@ -428,7 +407,8 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--all", action="store_true", help="every dead job")
     d.set_defaults(func=cmd_dead_retry)
 
-    s = sub.add_parser("monitor", help="live terminal view of clusters and workers (q quits)")
+    s = sub.add_parser("monitor", parents=[common],
+                       help="live terminal view of hosts, clusters and workers (q quits); --json: one look")
     s.add_argument("--refresh", type=float, default=1.0, help="seconds between updates")
     s.set_defaults(func=cmd_monitor)
 

@@ -135,7 +135,7 @@ class ServiceCollector(Collector):
             if hb.daemon == "publisher":
                 published.add_metric([f"publisher@{hb.name}@{hb.host}"],
                                      float(hb.details.get("published") or 0))
-        queues = self.settings.worker.all_queues
+        queues = dbs.desired.queues(self.settings.worker.all_queues)
         stats = [Stat.from_heartbeat(hb, queues) for hb in beats if hb.daemon == SUBSCRIBER]
         return [jobs, published, *self._clusters(stats)]
 
@@ -186,12 +186,14 @@ class ServiceCollector(Collector):
             duration.add_metric([action], bounds, sum_value=h["sum_s"])
         return [attempts, duration]
 
-    def _queue(self, _dbs) -> list:
+    def _queue(self, dbs) -> list:
         messages = GaugeMetricFamily(f"{PREFIX}_queue_messages", "Messages in each queue: ready to deliver, "
                                      "delivered and unacked, delayed (retries), dead-lettered",
                                      labels=["queue", "state"])
         consumers = GaugeMetricFamily(f"{PREFIX}_queue_consumers", "Consumers of each queue", labels=["queue"])
-        for d in self._depths(self.settings.worker.all_queues):
+        # every queue of the desired state; the file's while the databases cannot be read
+        fallback = self.settings.worker.all_queues
+        for d in self._depths(dbs.desired.queues(fallback) if dbs is not None else fallback):
             messages.add_metric([d.queue, "ready"], d.ready)
             messages.add_metric([d.queue, "dead"], d.dead)
             if d.unacked is not None:

@@ -3,20 +3,17 @@
 
 from __future__ import annotations
 
-import threading
-import time
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass
 
 from fastapi import Request
 
 from ..db import Databases, open_databases
 from ..db.instances import InstanceStore
+from ..fleet.joining import join_fleet
 from ..layout import Layout
 from .config import AdminSettings
 from .transport import SharedTransport
 
-
-SUBMIT_SETTINGS_TTL_S = 1.0
 
 
 @dataclass
@@ -28,10 +25,6 @@ class AdminContext:
     store: InstanceStore
     queues: SharedTransport
     registry: object = None     # actions.Registry: actions that declare their own attempt budget
-    # submit_settings() as last read, and when (monotonic): a submit reads the desired state at
-    # most once a second instead of once per request
-    _submit_cache: tuple | None = field(default=None, repr=False)
-    _submit_lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     @classmethod
     def open(cls, settings, layout: Layout, admin: AdminSettings, *,
@@ -41,6 +34,7 @@ class AdminContext:
         try:
             store = InstanceStore(dbs.provisioning)
             store.ensure_seeded(settings)
+            join_fleet(settings, dbs)
         except BaseException:
             dbs.close()
             raise
@@ -53,26 +47,17 @@ class AdminContext:
         """The settings ``submit`` validates against, with the worker types of the desired state:
         a job may go to any queue an instance consumes (a disabled one's wait for it).
 
-        Read at most once per ``SUBMIT_SETTINGS_TTL_S`` unless ``fresh``: a submit refused
-        against the cached copy is tried again with a fresh one (``submit_job``), so a queue
-        added a moment ago is never refused; one removed a moment ago may take a job for up to
-        that long, which then waits for a consumer as a disabled instance's jobs do.
+        Read through the databases' one reader of the desired state (``db/desired.py``), at
+        most once a second unless ``fresh``: a submit refused against the cached copy is tried
+        again with a fresh one (``submit_job``), so a queue added a moment ago is never refused;
+        one removed a moment ago may take a job for up to that long, which then waits for a
+        consumer as a disabled instance's jobs do.
         """
-        cached = self._submit_cache
-        if not fresh and cached is not None and time.monotonic() - cached[0] < SUBMIT_SETTINGS_TTL_S:
-            return cached[1]
-        with self._submit_lock:
-            types = tuple(i.worker_type() for i in self.store.list())
-            worker = replace(self.settings.worker, types=types or self.settings.worker.types)
-            settings = replace(self.settings, worker=worker)
-            self._submit_cache = (time.monotonic(), settings)
-        return settings
+        return self.dbs.desired.get(fresh=fresh).submit_settings(self.settings)
 
     def watched_queues(self) -> list[str]:
-        """Every queue worth a depth: declared ones, and the configured ones for a fleet whose
-        subscribers still read worker.properties."""
-        names = [q.name for q in self.store.queues()]
-        return names + [q for q in self.settings.worker.all_queues if q not in names]
+        """Every queue worth a depth: every queue of the desired state (declared or consumed)."""
+        return list(self.dbs.desired.queues(self.settings.worker.all_queues))
 
     def close(self) -> None:
         self.queues.close()

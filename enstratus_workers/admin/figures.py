@@ -14,6 +14,7 @@ from enstratus_workers.daemons.pinger.health import check_health
 
 from ..db import now_ms
 from ..errors import EnstratusError
+from ..fleet.hosts import fleet_view
 from ..monitor.stat import DEAD, Stat
 from .context import AdminContext
 
@@ -63,5 +64,6 @@ def overview(ctx: AdminContext) -> dict:
         "queues": queue_rows,
         "depth_error": depth_error,
         "jobs": ctx.dbs.jobs.counts(),
+        "hosts": [h.as_dict() for h in fleet_view(ctx.dbs)],   # every host of the fleet
         "observed_ms": now_ms(),
     }

@@ -15,6 +15,7 @@ from pydantic import BaseModel, ConfigDict, Field, JsonValue, StringConstraints,
 from ..config import limits
 from ..config.limits import ACTION_MAX, MAX_ATTEMPTS, MAX_PROCESSES, NAME_MAX
 from ..db.schema import STATUSES
+from ..fleet import placement
 
 # The names and ranges of config.limits, anchored for pydantic: every door accepts the same.
 TYPE_PATTERN = f"^{limits.TYPE_PATTERN}$"
@@ -41,17 +42,52 @@ class Concurrency(_Strict):
         return self
 
 
+_PLACEMENT_DOC = ("where the type runs: host:NAME and tag:TAG targets (a host whose host.name is NAME, "
+                  "every host whose host.tags hold TAG), each naming a known host, or [\"*\"] for every host")
+Target = Annotated[str, StringConstraints(min_length=1, max_length=5 + limits.HOST_NAME_MAX)]
+
+
+def _placement(items: Optional[list[str]]) -> Optional[list[str]]:
+    return None if items is None else placement.shown(placement.parse(items))
+
+
 class InstanceIn(_Strict):
     type: TypeName = Field(description="the worker type: letters, digits, '_' and '-'; at most 100")
     queues: list[QueueName] = Field(min_length=1, max_length=50, description="queues its processes consume")
-    concurrency: Concurrency = Field(default_factory=lambda: Concurrency(min=1, max=1))
+    concurrency: Concurrency = Field(default_factory=lambda: Concurrency(min=1, max=1),
+                                     description="processes per host it runs on")
     enabled: bool = True
+    placement: Optional[list[Target]] = Field(
+        default=None, min_length=1, max_length=limits.MAX_PLACEMENT,
+        description=_PLACEMENT_DOC + "; left out: on the live host running the fewest worker processes")
 
     @model_validator(mode="after")
     def _queues(self):
         if len(set(self.queues)) != len(self.queues):
             raise ValueError("a queue is listed twice")
+        self.placement = _placement(self.placement)
         return self
+
+
+class PlacementIn(_Strict):
+    placement: list[Target] = Field(min_length=1, max_length=limits.MAX_PLACEMENT, description=_PLACEMENT_DOC)
+
+    @model_validator(mode="after")
+    def _targets(self):
+        self.placement = _placement(self.placement)
+        return self
+
+
+class ProcessOut(BaseModel):
+    name: Optional[str] = Field(description="the process's name on its host, e.g. default.1")
+    display: Optional[str] = Field(default=None, description="type@host.n, as jobs record it")
+    pid: Optional[int]
+    state: str = Field(description="starting, idle, working, stopping or stopped")
+
+
+class RunningOn(BaseModel):
+    host: str
+    processes: list[ProcessOut]
 
 
 class InstanceOut(BaseModel):
@@ -60,8 +96,39 @@ class InstanceOut(BaseModel):
     queues: list[str]
     concurrency: Concurrency
     enabled: bool
+    placement: list[str] = Field(description='its targets, or ["*"] for every host')
+    running: list[RunningOn] = Field(default_factory=list,
+                                     description="where its worker processes run now, per host")
     created_ms: int
     updated_ms: int
+
+
+class DaemonOut(BaseModel):
+    daemon: str = Field(description="subscriber, publisher, pinger or admin")
+    name: str
+    pid: int
+    status: str = Field(description="what its last heartbeat said: ok, degraded, ...")
+    state: str = Field(description="alive, or dead once its heartbeat expired")
+    started_ms: int
+    beat_ms: int
+    expires_ms: int
+
+
+class HostWorkerOut(ProcessOut):
+    subscriber: str
+    type: Optional[str]
+
+
+class HostOut(BaseModel):
+    name: str
+    state: str = Field(description="alive (a heartbeat not expired), dead (every heartbeat expired) "
+                                   "or stopped (its daemons stopped cleanly)")
+    last_heartbeat_ms: Optional[int]
+    tags: list[str]
+    first_seen_ms: Optional[int] = Field(description="when a daemon of it first started here")
+    daemons: list[DaemonOut]
+    workers: list[HostWorkerOut]
+    worker_processes: int = Field(description="its worker processes on-line")
 
 
 class QueueIn(_Strict):

@@ -13,6 +13,7 @@ from datetime import datetime, timezone
 from html import escape
 
 from ..db.schema import STATUSES, TERMINAL
+from .hosts_html import hosts_fragment
 from .strictbody import printable
 
 
@@ -46,13 +47,15 @@ def status_fragment(fig: dict) -> str:
         rows.append(
             f'<tr data-type="{_e(i["type"])}" data-id="{i["id"]}" class="{"" if i["enabled"] else "disabled"}">'
             f'<td>{_e(i["type"])}</td><td>{_e(", ".join(i["queues"]))}</td>'
+            f'<td class="placement">{_e(", ".join(i.get("placement", ["*"])))}</td>'
             f'<td class="enabled">{"yes" if i["enabled"] else "no"}</td>'
             f'<td class="desired">{c["min"]}–{c["max"]}</td><td class="online">{i["online"]}</td>'
             f'<td><button class="start" data-id="{i["id"]}" title="start: one process more, or enable">&#9650;</button> '
             f'<button class="stop" data-id="{i["id"]}" title="stop: disable this worker type">&#10006;</button></td></tr>')
     parts.append('<h2>Worker types</h2><table id="instances"><thead><tr><th>type</th><th>queues</th>'
-                 '<th>enabled</th><th>desired (min–max)</th><th>on-line</th><th></th></tr></thead>'
-                 f'<tbody>{"".join(rows) or "<tr><td colspan=6>no worker types</td></tr>"}</tbody></table>')
+                 '<th>placed on</th><th>enabled</th><th>desired per host (min–max)</th><th>on-line</th>'
+                 '<th></th></tr></thead>'
+                 f'<tbody>{"".join(rows) or "<tr><td colspan=7>no worker types</td></tr>"}</tbody></table>')
     rows = []
     for q in fig["queues"]:
         want = q["workers_desired"]
@@ -75,6 +78,7 @@ def status_fragment(fig: dict) -> str:
             f'<td>{_e(c["pid"])}</td><td>{_e(c["uptime_s"])} s</td><td>{_e(by_state)}</td>'
             f'<td>{_e(c["task_q_size"])}</td><td>{_e(st.get("received", 0))} / {_e(st.get("succeeded", 0))} / '
             f'{_e(st.get("failed", 0))}</td><td>{_e(c["reincarnations"])}</td></tr>')
+    parts.append(hosts_fragment(fig.get("hosts", []), fig["observed_ms"]))
     parts.append('<h2>Subscribers (from their heartbeats)</h2><table id="clusters"><thead><tr><th>cluster</th>'
                  '<th>status</th><th>pid</th><th>up</th><th>workers</th><th>tasks held</th>'
                  '<th>received / succeeded / failed</th><th>restarts</th></tr></thead>'

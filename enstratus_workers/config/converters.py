@@ -107,6 +107,23 @@ def queue_names(text: str) -> tuple[str, ...]:
     return names(text, "queue", QUEUE, limits.QUEUE_RULE)
 
 
+def host_name(text: str) -> str:
+    """``host.name``: a name that can be part of a file, queue and worker name."""
+    word = text.strip()
+    if not limits.valid_host_name(word):
+        raise ValueError(f"{_shown(word)} cannot name a host: use {limits.HOST_NAME_RULE} "
+                         "(it becomes part of pid, log and worker names)")
+    return word
+
+
+def host_tags(text: str) -> tuple[str, ...]:
+    """``host.tags``: comma-separated tags (may be empty), without repeats."""
+    items = comma_list(text)
+    if len(items) > limits.MAX_TAGS:
+        raise ValueError(f"names {len(items)} tags: at most {limits.MAX_TAGS}")
+    return names(text, "tag", limits.TAG_NAME, limits.TAG_RULE) if items else ()
+
+
 def non_empty(text: str) -> str:
     word = text.strip()
     if not word:

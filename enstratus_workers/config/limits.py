@@ -42,6 +42,21 @@ ACTION_RULE = f"letters, digits, '_', '-', '.' and ':', at most {ACTION_MAX}"
 DAEMON_NAME_RULE = (f"letters, digits, '_' and '-', in parts joined by single dots, "
                     f"at most {DAEMON_NAME_MAX}")
 
+#: a host's name (``host.name``) is the default daemon name, so part of pid, log and socket file
+#: names, of worker names (``type@host.n``), owner tokens and heartbeat rows: a daemon name's
+#: characters (which a queue name may hold too), at most a DNS label's 63
+HOST_NAME_MAX = 63
+HOST_NAME_RULE = (f"letters, digits, '_' and '-', in parts joined by single dots, "
+                  f"at most {HOST_NAME_MAX}")
+#: a host tag (``host.tags``, ``tag:T`` in a placement): a worker type's characters, at most 63
+TAG_MAX = 63
+TAG_PATTERN = rf"[A-Za-z0-9_][A-Za-z0-9_-]{{0,{TAG_MAX - 1}}}"
+TAG_NAME = re.compile(TAG_PATTERN)
+TAG_RULE = f"letters, digits, '_' and '-', at most {TAG_MAX}"
+#: most tags one host may carry, and most targets (hosts and tags) one placement may name
+MAX_TAGS = 50
+MAX_PLACEMENT = 50
+
 #: most worker processes one worker type may ask for (worker.<type>.max, the admin API)
 MAX_PROCESSES = 256
 #: most attempts a job may be given (action.max_attempts, submit --max-attempts, the admin API)
@@ -50,6 +65,10 @@ MAX_ATTEMPTS = 100
 
 def valid_daemon_name(name: str) -> bool:
     return len(name) <= DAEMON_NAME_MAX and DAEMON_NAME.fullmatch(name) is not None
+
+
+def valid_host_name(name: str) -> bool:
+    return isinstance(name, str) and len(name) <= HOST_NAME_MAX and DAEMON_NAME.fullmatch(name) is not None
 
 
 #: worker.properties: key -> (lowest, highest) accepted; the converters' messages quote them

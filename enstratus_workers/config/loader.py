@@ -7,7 +7,8 @@ reports every problem in every file, each naming its file, key and line.
 there is one parser per file and ``config check`` cannot pass what a daemon refuses): the five
 files, ``admin.cfg`` (admin daemon), ``services/km/classes/km.cfg`` and the key file it names
 (KM daemon), the admin token file if there is one, and the schedules' actions against the
-registry the workers load (built-ins and plug-ins).
+registry the workers load (built-ins and plug-ins), and the placements against the hosts the
+provisioning database knows (when it can be read).
 """
 
 from __future__ import annotations
@@ -79,6 +80,10 @@ def check_config(layout: Layout, registry=None) -> list[ConfigError]:
 
         registry = default_registry()
     errors.extend(unknown_schedules(layout.classes_dir / worker_file.FILENAME, registry))
+    if settings is not None:   # placements against the fleet's hosts, as a daemon's start checks them
+        from enstratus_workers.fleet.joining import placement_problems_offline
+
+        errors.extend(placement_problems_offline(settings, layout))
     return errors
 
 

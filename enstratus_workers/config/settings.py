@@ -19,6 +19,8 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import ClassVar, Mapping
 
+from enstratus_workers.layout import short_hostname
+
 
 class Secret:
     """A value that must never be logged: ``str()``/``repr()`` show ``'***'``; ``reveal()`` gives it."""
@@ -69,12 +71,14 @@ class MQSettings:
 
 @dataclass(frozen=True)
 class WorkerType:
-    """One worker type: the queues its processes consume and how many processes it runs."""
+    """One worker type: the queues its processes consume, how many processes it runs on each
+    host it runs on, and which hosts those are (``fleet/placement.py``: ``()`` is every host)."""
 
     name: str
     queues: tuple[str, ...]
     min: int = 1
     max: int = 1
+    placement: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -97,6 +101,9 @@ class WorkerSettings:
     and the publisher's, subscriber's and pinger's knobs (which the daemons read from their
     groups, ``PublisherSettings`` and the others, not from here)."""
 
+    # this host as the fleet knows it: default daemon name, heartbeat rows, worker names, placement
+    host_name: str = field(default_factory=short_hostname)
+    host_tags: tuple[str, ...] = ()      # host.tags: what placements may name with tag:TAG
     provisioning_url: Secret = Secret("sqlite:///services/worker/data/provisioning.db")
     analytics_url: Secret = Secret("sqlite:///services/worker/data/analytics.db")
     types: tuple[WorkerType, ...] = (WorkerType("default", ("default",), 2, 2),)

@@ -12,6 +12,8 @@ from enstratus_workers.config import limits, schedule_keys
 from enstratus_workers.config.problems import did_you_mean, raise_all
 from enstratus_workers.config.propfile import Prop, PropFile
 from enstratus_workers.config.settings import WorkerSettings, WorkerType
+from enstratus_workers.errors import ConfigError
+from enstratus_workers.fleet import placement
 
 FILENAME = "worker.properties"
 
@@ -36,6 +38,8 @@ def _prop(key: str, field: str, kind: str = "integer", lo_open: bool = False) ->
 
 
 PROPS = (
+    Prop("host.name", "host_name", conv.host_name),
+    Prop("host.tags", "host_tags", conv.host_tags),
     Prop("provisioning.url", "provisioning_url", conv.db_url, secret=True, url=True),
     Prop("analytics.url", "analytics_url", conv.db_url, secret=True, url=True),
     Prop("worker.default_queue", "default_queue", _single_queue),
@@ -62,7 +66,8 @@ PROPS = (
     Prop(schedule_keys.ACCOUNTS_KEY, "schedule_accounts", schedule_keys.accounts),
 )
 TYPES_KEY = "worker.types"
-_PER_TYPE = re.compile(r"worker\.([^.]+)\.(queues|min|max)")
+TYPE_KEYS = ("queues", "min", "max", "placement")
+_PER_TYPE = re.compile(r"worker\.([^.]+)\.(queues|min|max|placement)")
 
 
 def _type_defaults() -> dict[str, WorkerType]:
@@ -75,16 +80,20 @@ def _read_type(f: PropFile, name: str, defaults: dict[str, WorkerType]) -> Worke
     queues = f.get(f"worker.{name}.queues", conv.queue_names, base.queues)
     low = f.get(f"worker.{name}.min", _ranged("worker.min"), base.min)
     high = f.get(f"worker.{name}.max", _ranged("worker.max"), base.max)
-    return WorkerType(name, queues, low, high)
+    where = f.get(f"worker.{name}.placement", placement.parse, base.placement)
+    return WorkerType(name, queues, low, high, where)
 
 
 def _known_keys(type_names, f: PropFile) -> set[str]:
     return {p.key for p in PROPS} | {TYPES_KEY} | schedule_keys.known_keys(f) | {
-        f"worker.{name}.{part}" for name in type_names for part in ("queues", "min", "max")}
+        f"worker.{name}.{part}" for name in type_names for part in TYPE_KEYS}
 
 
 def validate(f: PropFile, settings: WorkerSettings) -> None:
     """The checks that involve more than one key, recorded on ``f``."""
+    if "host.name" not in f.entries and not limits.valid_host_name(settings.host_name):
+        f.error(f"this system's short host name {settings.host_name!r} cannot name a host here "
+                f"({limits.HOST_NAME_RULE}): set host.name", "host.name")
     for t in settings.types:
         if t.min > t.max:
             low, high = f"worker.{t.name}.min", f"worker.{t.name}.max"
@@ -106,10 +115,29 @@ def validate(f: PropFile, settings: WorkerSettings) -> None:
                 key, f.line(key))
 
 
+def read_host_name(path: Path) -> str:
+    """Only ``host.name`` of the file at ``path`` (the system's short host name if it is not set
+    or there is no file): what the runner names a daemon by default, before (or without: status
+    and stop) reading the whole configuration. ``ConfigError`` with file, key and line if bad."""
+    f = PropFile.read(path)
+    text = None if f is None else f.entries.get("host.name")
+    if text is None:
+        name = WorkerSettings().host_name
+        if not limits.valid_host_name(name):
+            raise ConfigError(f"this system's short host name {name!r} cannot name a host here "
+                              f"({limits.HOST_NAME_RULE}): set host.name", file=path, key="host.name")
+        return name
+    try:
+        return conv.host_name(text.value)
+    except ValueError as exc:
+        raise ConfigError(str(exc), file=path, key="host.name", line=text.line) from None
+
+
 def read_worker(path: Path) -> WorkerSettings:
     """The settings in ``path``, the defaults if there is no such file; ConfigError(s) if it is bad."""
     f = PropFile.read(path)
     if f is None:
+        read_host_name(path)   # the defaults still need a usable host name
         return WorkerSettings()
     f.check_exposure(PROPS)
     defaults = _type_defaults()

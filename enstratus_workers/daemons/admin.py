@@ -22,6 +22,7 @@ import logging
 import os
 import socket
 import sys
+import threading
 from dataclasses import replace
 from pathlib import Path
 
@@ -33,11 +34,43 @@ from enstratus_workers.runtime.service import Service
 from ..admin import AdminContext, create_app, load_admin_settings, load_token
 from ..admin.config import AdminSettings
 from ..admin.slowheaders import header_timeout_protocol
+from ..clock import now_ms
 from ..errors import DaemonError
 
 log = logging.getLogger(__name__)
 
 GRACEFUL_S = 5.0  # a warm stop waits this long for open requests
+HEARTBEAT_EVERY_S = 5.0   # the admin daemon's heartbeat row, so every host's pages list it
+
+
+class _Beat:
+    """The admin daemon's heartbeat (``fleet/hosts.py`` lists it with its host's daemons),
+    written from a thread of its own: uvicorn owns the main thread."""
+
+    def __init__(self, ctx, name: str, url: str):
+        self.ctx, self.name, self.url = ctx, name, url
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="admin-heartbeat", daemon=True)
+        self.started_ms = now_ms()
+
+    def start(self) -> "_Beat":
+        self._thread.start()
+        return self
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            try:
+                self.ctx.dbs.heartbeats.beat("admin", self.name, ttl_s=HEARTBEAT_EVERY_S * 3,
+                                             started_ms=self.started_ms, details={"url": self.url})
+            except Exception as exc:   # the database away: the pages say so; beat again later
+                log.warning("could not write heartbeat: %s", type(exc).__name__)
+            self._stop.wait(HEARTBEAT_EVERY_S)
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=5.0)
+        with contextlib.suppress(Exception):
+            self.ctx.dbs.heartbeats.remove("admin", self.name)
 
 
 class _Server(uvicorn.Server):
@@ -98,6 +131,7 @@ class AdminService(Service):
         host, port = sock.getsockname()[:2]
         self.url = f"http://{'[' + host + ']' if ':' in host else host}:{port}/"
         ctx = AdminContext.open(self.settings, self.layout, self.admin)
+        beat = _Beat(ctx, self.name, self.url).start()
         try:
             app = create_app(ctx, token, address=(self.admin.host, port))
             config = uvicorn.Config(app, log_config=None, access_log=False, lifespan="off", server_header=False,
@@ -118,6 +152,7 @@ class AdminService(Service):
             with contextlib.suppress(OSError):
                 self.url_file.unlink()
             sock.close()
+            beat.stop()
             ctx.close()
 
     def _write_url(self) -> None:

@@ -28,7 +28,6 @@ from ..actions import default_registry
 from ..actions.executor import execute
 from ..actions.hooks import Hook, Hooks
 from ..jobs.values import Task
-from ..layout import short_hostname
 from .worker_inbox import Inbox
 
 log = logging.getLogger(__name__)
@@ -54,7 +53,7 @@ class WorkerProcess(Service):
         self.name = name                       # e.g. "default.1"
         self.worker_type = worker_type
         self.subscriber = subscriber
-        self.display_name = f"{worker_type}@{short_hostname()}.{name.rsplit('.', 1)[-1]}"
+        self.display_name = f"{worker_type}@{settings.worker.host_name}.{name.rsplit('.', 1)[-1]}"
         self._stop = threading.Event()
         self.count = TaskCount()
 
@@ -182,7 +181,7 @@ def add_arguments(parser) -> None:
 
 
 def build(settings, layout, name, options) -> WorkerProcess:
-    subscriber = options.subscriber or short_hostname()
+    subscriber = options.subscriber or settings.worker.host_name
     return WorkerProcess(settings, layout, name, options.worker_type, subscriber)
 
 

@@ -12,13 +12,14 @@ from ..errors import DatabaseError
 from ..jobs import wakeup
 from ..layout import Layout
 from .analytics import Event, EventStore
+from .desired import DesiredState, DesiredStateCache
 from .engine import make_engine
 from .heartbeats import Heartbeat, HeartbeatStore
 from .jobs import DeliveryRow, Job, JobStore, NewJob, Outcome, Started
 from .migrate import upgrade
 
 __all__ = ["Databases", "open_databases", "DeliveryRow", "Job", "JobStore", "NewJob", "Outcome", "Started",
-           "Event", "EventStore", "Heartbeat", "HeartbeatStore", "now_ms"]
+           "Event", "EventStore", "Heartbeat", "HeartbeatStore", "DesiredState", "DesiredStateCache", "now_ms"]
 
 
 @dataclass
@@ -28,6 +29,7 @@ class Databases:
     jobs: JobStore
     events: EventStore
     heartbeats: HeartbeatStore
+    desired: DesiredStateCache    # which worker types and queues exist (db/desired.py)
     ringers: list = field(default_factory=list)   # wakeup.Ringer: publishers (pending), waiters (recorded)
 
     def ping(self) -> dict[str, str | None]:
@@ -71,5 +73,5 @@ def open_databases(worker: WorkerSettings, layout: Layout, *, ensure: bool = Tru
     owners = wakeup.ringer_for(layout.run_dir, wakeup.SUBSCRIBER)
     jobs = JobStore(prov, ringer.ring if ringer else None, waiters.ring if waiters else None,
                     owners.ring if owners else None)
-    return Databases(prov, anal, jobs, EventStore(anal), HeartbeatStore(prov),
-                     [r for r in (ringer, waiters, owners) if r])
+    return Databases(prov, anal, jobs, EventStore(anal), HeartbeatStore(prov, worker.host_name),
+                     DesiredStateCache(prov, worker, prepare=ensure), [r for r in (ringer, waiters, owners) if r])

@@ -12,7 +12,6 @@ from dataclasses import dataclass
 
 import sqlalchemy as sa
 
-from ..layout import short_hostname
 from .jobs import now_ms
 from .retry import retried
 from .schema import heartbeats as H
@@ -41,14 +40,18 @@ class Heartbeat:
 
 
 class HeartbeatStore:
-    def __init__(self, engine: sa.Engine):
+    """The heartbeat rows; ``host`` is this host's name (``host.name``), which the rows written
+    here carry, so the daemons of several hosts (or install roots) on one database stay apart."""
+
+    def __init__(self, engine: sa.Engine, host: str):
         self.engine = engine
+        self.host = host
 
     @retried(idempotent=True)   # the row is set, not added to: writing it twice is writing it once
     def beat(self, daemon: str, name: str, *, ttl_s: float, status: str = "ok",
              details: dict | None = None, started_ms: int | None = None) -> None:
         now = now_ms()
-        key = dict(daemon=daemon, name=name, host=short_hostname())
+        key = dict(daemon=daemon, name=name, host=self.host)
         values = dict(pid=os.getpid(), beat_ms=now, expires_ms=now + int(ttl_s * 1000),
                       status=status, details=json.dumps(details or {}, default=str),
                       started_ms=started_ms or now)
@@ -62,7 +65,13 @@ class HeartbeatStore:
     def remove(self, daemon: str, name: str) -> None:
         with self.engine.begin() as conn:
             conn.execute(H.delete().where(H.c.daemon == daemon, H.c.name == name,
-                                          H.c.host == short_hostname()))
+                                          H.c.host == self.host))
+
+    @retried(idempotent=True)
+    def forget_host(self, host: str) -> int:
+        """Delete every row of ``host`` (a host gone for good: ``DELETE /hosts/{name}``)."""
+        with self.engine.begin() as conn:
+            return conn.execute(H.delete().where(H.c.host == host)).rowcount
 
     def all(self) -> list[Heartbeat]:
         with self.engine.connect() as conn:

@@ -4,16 +4,10 @@ subscriber reconciles to.
 ``worker.properties`` says what a fresh install runs; once the admin daemon has started, the rows
 here say it instead (``InstanceStore.ensure_seeded`` copies the file's worker types in once), so
 an operator can add a worker type, move a queue or scale a pool without editing files on every
-host, and every subscriber of a fleet reads the same answer from ``desired_types``.
+host, and every daemon, command and page of a fleet reads the same answer (``db/desired.py``).
 
-Tables (the Alembic chain "admin", ``db/migrate.py``; they live in the provisioning database):
-
-- ``enstratus_worker_instance``: one per worker type: its process bounds and whether it runs;
-- ``enstratus_worker_instance_queue``: which queues each instance consumes, in order;
-- ``enstratus_admin_queue``: the queues the operator declared (listing them needs a registry:
-  the transport contract can declare and count queues but not enumerate them);
-- ``enstratus_admin_state``: small named values (when the job statistics were last reset,
-  whether the seed was done).
+The tables are in ``db/admin_schema.py`` (the Alembic chain "admin"); ``db/desired.py`` answers
+"which worker types and queues exist" from them for every reader.
 
 Every change is one transaction that reads what it checks under the write lock (BEGIN IMMEDIATE
 on SQLite, ``FOR UPDATE`` on MySQL), so two operators cannot both pass a check that only one
@@ -34,10 +28,18 @@ import sqlalchemy as sa
 
 # MAX_PROCESSES: most processes one instance may ask for; from the one table of limits, so
 # worker.properties and the admin API (which imports it from here) agree
-from ..config.limits import MAX_PROCESSES, NAME_MAX
+from ..config.limits import MAX_PROCESSES
 from ..config.settings import WorkerType
 from ..errors import EnstratusError
-from .identity import IdentityString
+from ..fleet import placement
+from .admin_schema import (  # noqa: F401 - metadata: the chain's tables, for the migration tests
+    declared_queues,
+    instance_placement,
+    instance_queues,
+    instances,
+    metadata,
+    state,
+)
 from .jobs import now_ms
 from .migrate import upgrade
 from .retry import retried
@@ -45,42 +47,6 @@ from .retry import retried
 SINCE_KEY = "jobs.stats.since_ms"
 SEEDED_KEY = "instances.seeded_ms"
 
-metadata = sa.MetaData()
-
-_ID = sa.BigInteger().with_variant(sa.Integer(), "sqlite")
-
-instances = sa.Table(
-    "enstratus_worker_instance", metadata,
-    sa.Column("instance_id", _ID, primary_key=True, autoincrement=True),
-    sa.Column("type", IdentityString(NAME_MAX), nullable=False, unique=True),
-    sa.Column("min_processes", sa.Integer, nullable=False),
-    sa.Column("max_processes", sa.Integer, nullable=False),
-    sa.Column("enabled", sa.Boolean, nullable=False),
-    sa.Column("created_ms", sa.BigInteger, nullable=False),
-    sa.Column("updated_ms", sa.BigInteger, nullable=False),
-)
-
-instance_queues = sa.Table(
-    "enstratus_worker_instance_queue", metadata,
-    sa.Column("instance_id", sa.BigInteger, primary_key=True),
-    sa.Column("queue", IdentityString(NAME_MAX), primary_key=True),
-    sa.Column("position", sa.Integer, nullable=False),
-    sa.Index("ix_enstratus_worker_instance_queue_queue", "queue"),
-)
-
-declared_queues = sa.Table(
-    "enstratus_admin_queue", metadata,
-    sa.Column("name", IdentityString(NAME_MAX), primary_key=True),
-    sa.Column("exchange", sa.String(200), nullable=True),
-    sa.Column("routing_key", sa.String(200), nullable=True),
-    sa.Column("created_ms", sa.BigInteger, nullable=False),
-)
-
-state = sa.Table(
-    "enstratus_admin_state", metadata,
-    sa.Column("name", IdentityString(100), primary_key=True),
-    sa.Column("value", sa.String(200), nullable=False),
-)
 
 class AdminStoreError(EnstratusError):
     """A change to the desired state that cannot be made; nothing of it was written."""
@@ -110,13 +76,15 @@ class Instance:
     enabled: bool
     created_ms: int
     updated_ms: int
+    placement: tuple[str, ...] = ()    # fleet/placement.py: () is every host
 
     def worker_type(self) -> WorkerType:
-        return WorkerType(self.type, self.queues, self.min, self.max)
+        return WorkerType(self.type, self.queues, self.min, self.max, self.placement)
 
     def as_dict(self) -> dict:
         return {"id": self.id, "type": self.type, "queues": list(self.queues),
                 "concurrency": {"min": self.min, "max": self.max}, "enabled": self.enabled,
+                "placement": placement.shown(self.placement),
                 "created_ms": self.created_ms, "updated_ms": self.updated_ms}
 
 
@@ -191,15 +159,12 @@ class InstanceStore:
         if not rows:
             return []
         ids = [r["instance_id"] for r in rows]
-        links: dict[int, list[str]] = {i: [] for i in ids}
-        for iid, queue in conn.execute(
-                sa.select(instance_queues.c.instance_id, instance_queues.c.queue)
-                .where(instance_queues.c.instance_id.in_(ids))
-                .order_by(instance_queues.c.instance_id, instance_queues.c.position)):
-            links[iid].append(queue)
+        links = _listed(conn, instance_queues.c.queue, ids)
+        targets = _listed(conn, instance_placement.c.target, ids)
         return [Instance(id=r["instance_id"], type=r["type"], queues=tuple(links[r["instance_id"]]),
                          min=r["min_processes"], max=r["max_processes"], enabled=bool(r["enabled"]),
-                         created_ms=r["created_ms"], updated_ms=r["updated_ms"]) for r in rows]
+                         created_ms=r["created_ms"], updated_ms=r["updated_ms"],
+                         placement=tuple(targets[r["instance_id"]])) for r in rows]
 
     def _one(self, conn, instance_id: int, *, lock: bool = False) -> Instance:
         found = self._instances(conn, where=instances.c.instance_id == instance_id, lock=lock)
@@ -210,8 +175,10 @@ class InstanceStore:
     # -- instances: writing --------------------------------------------------------------------
     @retried()
     def create(self, type_name: str, queue_names: Sequence[str], low: int, high: int,
-               enabled: bool = True) -> Instance:
-        """A new instance of a type not yet present; its queues are registered if they are new."""
+               enabled: bool = True, where: Sequence[str] = ()) -> Instance:
+        """A new instance of a type not yet present, placed on ``where`` (``()``: every host);
+        its queues are registered if they are new. The placement is the caller's to check
+        against the known hosts (``fleet/placement.py``)."""
         check_bounds(low, high)
         names = _unique_queues(queue_names)
         now = now_ms()
@@ -224,6 +191,7 @@ class InstanceStore:
                     type=type_name, min_processes=low, max_processes=high, enabled=enabled,
                     created_ms=now, updated_ms=now)).inserted_primary_key[0]
                 self._link(conn, iid, names, now)
+                _place(conn, iid, where)
                 return self._one(conn, iid)
         except sa.exc.IntegrityError:
             raise Conflict(f"an instance of type '{type_name}' exists already") from None
@@ -240,6 +208,16 @@ class InstanceStore:
             conn.execute(instances.update().where(instances.c.instance_id == instance_id).values(
                 min_processes=new_low, max_processes=new_high,
                 enabled=current.enabled if enabled is None else enabled, updated_ms=now_ms()))
+            return self._one(conn, instance_id)
+
+    @retried()
+    def place(self, instance_id: int, where: Sequence[str]) -> Instance:
+        """Run the instance on ``where`` (``()``: every host) from now on."""
+        with self.engine.begin() as conn:
+            self._one(conn, instance_id, lock=True)
+            _place(conn, instance_id, where)
+            conn.execute(instances.update().where(instances.c.instance_id == instance_id)
+                         .values(updated_ms=now_ms()))
             return self._one(conn, instance_id)
 
     @retried()
@@ -262,6 +240,7 @@ class InstanceStore:
         with self.engine.begin() as conn:
             gone = self._one(conn, instance_id, lock=True)
             conn.execute(instance_queues.delete().where(instance_queues.c.instance_id == instance_id))
+            _place(conn, instance_id, ())
             conn.execute(instances.delete().where(instances.c.instance_id == instance_id))
             return gone
 
@@ -393,6 +372,7 @@ class InstanceStore:
                         type=t.name, min_processes=t.min, max_processes=t.max, enabled=True,
                         created_ms=now, updated_ms=now)).inserted_primary_key[0]
                     self._link(conn, iid, t.queues, now)
+                    _place(conn, iid, t.placement)
         except sa.exc.IntegrityError:
             return False  # another process seeded in between
         return True
@@ -409,23 +389,20 @@ def _unique_queues(names: Sequence[str]) -> list[str]:
     return out
 
 
-def desired_types(engine: sa.Engine, settings=None) -> list[WorkerType]:
-    """The worker types the subscribers should run: every enabled instance, in creation order.
+def _listed(conn, column, ids: list[int]) -> dict[int, list[str]]:
+    """``{instance id: [column values in position order]}`` of a per-instance list table (its
+    queues, its placement's targets) for the instances ``ids``."""
+    table = column.table
+    out: dict[int, list[str]] = {i: [] for i in ids}
+    for iid, value in conn.execute(sa.select(table.c.instance_id, column).where(table.c.instance_id.in_(ids))
+                                   .order_by(table.c.instance_id, table.c.position)):
+        out[iid].append(value)
+    return out
 
-    Pass ``settings`` so that a subscriber started before any admin daemon seeds the table from
-    ``worker.properties`` first (and so runs what the file says, not nothing). A disabled
-    instance is left out: its processes are to stop and its queues to be left alone. Cheap
-    enough to call on every reconcile round: two or three reads, the tables are only created
-    (once) when a read finds them missing.
-    """
-    store = InstanceStore(engine, ensure=False)
 
-    def read() -> list[WorkerType]:
-        if settings is not None:
-            store.ensure_seeded(settings)
-        return [i.worker_type() for i in store.list(enabled_only=True)]
-    try:
-        return read()
-    except (sa.exc.OperationalError, sa.exc.ProgrammingError):
-        upgrade(engine, "admin")  # a database no daemon has prepared yet
-        return read()
+def _place(conn, instance_id: int, where: Sequence[str]) -> None:
+    """Replace the instance's placement rows with the targets of ``where`` (none: every host)."""
+    conn.execute(instance_placement.delete().where(instance_placement.c.instance_id == instance_id))
+    for position, target in enumerate(placement.parse(list(where))):
+        conn.execute(instance_placement.insert().values(instance_id=instance_id, target=target,
+                                                        position=position))

@@ -370,12 +370,22 @@ class JobStore:
         are stuck once their owner had its grace to stop them, long before their time limit."""
         return self._stuck(schema.RUNNING, None, limit, T.c.cancel_requested_ms < before_ms)
 
-    def _stuck(self, status: str, before_ms: int | None, limit: int, where=None) -> list[StuckAttempt]:
+    def running_not_owned_by(self, owners: Iterable[str], limit: int = 500) -> list[StuckAttempt]:
+        """Up to ``limit`` running jobs, oldest first, whose owner is none of ``owners`` (the
+        live subscribers): their subscriber is gone (a dead host's jobs). Rows without an owner
+        (written by an older release) are left to ``stuck_running``'s time rule."""
+        return self._stuck(schema.RUNNING, None, limit, T.c.owner.is_not(None),
+                           *([T.c.owner.not_in(sorted(owners))] if owners else []))
+
+    @retried(idempotent=True)
+    def _stuck(self, status: str, before_ms: int | None, limit: int, *where) -> list[StuckAttempt]:
+        """Rows of ``status`` (since before ``before_ms``, when given) that also meet ``where``."""
         since = _SINCE[status]
         q = (sa.select(T.c.job_id, T.c.status, since, T.c.attempts, T.c.max_attempts, T.c.queue,
                        T.c.worker, T.c.owner, T.c.cancel_requested_ms)
-             .where(T.c.status == status, since < before_ms if where is None else where)
-             .order_by(T.c.job_id).limit(limit))
+             .where(T.c.status == status, *where).order_by(T.c.job_id).limit(limit))
+        if before_ms is not None:
+            q = q.where(since < before_ms)
         with self.engine.connect() as conn:
             return [StuckAttempt(*r) for r in conn.execute(q)]
 

@@ -33,7 +33,6 @@ import sqlalchemy as sa
 
 from ..clock import now_ms
 from ..jobs.lifecycle import CANCELLED, DEAD, FAILED, SUCCEEDED
-from ..layout import short_hostname
 from .instances import InstanceStore
 from .schema import RETENTION_LEASE
 from .schema import job_pruned as P
@@ -84,9 +83,9 @@ class Pass:
     deleted: dict[str, int] = field(default_factory=dict)
 
 
-def lease_holder(name: str) -> str:
+def lease_holder(name: str, host: str) -> str:
     """A holder token unique to this process (a restarted process is a new holder)."""
-    return f"{name}@{short_hostname()}:{os.getpid()}:{secrets.token_hex(4)}"
+    return f"{name}@{host}:{os.getpid()}:{secrets.token_hex(4)}"
 
 
 class Pruner:

@@ -68,7 +68,8 @@ def new_job(settings, action: str, arguments=None, queue: str | None = None,
     if not isinstance(queue, str) or not limits.QUEUE_NAME.fullmatch(queue):
         raise SubmitError(f"invalid queue name {_shown(str(queue))}: use {limits.QUEUE_RULE}")
     if queue not in settings.worker.all_queues:
-        raise SubmitError(f"unknown queue {_shown(queue)}; configured: {', '.join(settings.worker.all_queues)}")
+        raise SubmitError(f"unknown queue {_shown(queue)}; the worker types consume: "
+                          f"{', '.join(settings.worker.all_queues)}")
     if max_attempts is not None:
         attempts = _attempts(max_attempts, "max attempts")
     elif options is not None and options.max_attempts is not None:
@@ -88,7 +89,13 @@ def new_job(settings, action: str, arguments=None, queue: str | None = None,
 
 def submit(settings, dbs: Databases, action: str, arguments: str | None = None, queue: str | None = None,
            **kw) -> tuple[Job, bool]:
-    return dbs.jobs.submit(new_job(settings, action, arguments, queue, **kw))
+    """Validate and store one job. Its queue is checked against the desired state in the
+    provisioning DB (``db/desired.py``: read at most once a second, and again at once for a
+    queue the cached answer does not know), so a queue an instance was given through the admin
+    API, on any host, takes jobs here too."""
+    wanted = queue or settings.worker.default_queue
+    known = dbs.desired.knowing(wanted if isinstance(wanted, str) else None)
+    return dbs.jobs.submit(new_job(known.submit_settings(settings), action, arguments, queue, **kw))
 
 
 def cancel(dbs: Databases, job_id: int):

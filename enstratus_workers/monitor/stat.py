@@ -112,13 +112,13 @@ class Stat:
             dbs = open_databases(settings.worker, layout, ensure=False)
         try:
             beats = [hb for hb in dbs.heartbeats.all() if hb.daemon == SUBSCRIBER]
+            queues = dbs.desired.queues(settings.worker.all_queues)   # the one source of them
         finally:
             if own:
                 dbs.close()
         if depths is None:
             depths = _one_shot_depths(settings, layout)
         observed = now_ms()
-        queues = settings.worker.all_queues
         stats = [cls.from_heartbeat(hb, queues, depths=depths, observed_ms=observed) for hb in beats]
         return sorted(stats, key=lambda s: (s.host, s.name))
 

@@ -1,4 +1,5 @@
-"""The terminal monitor: a live table of every cluster's worker processes, in curses.
+"""The terminal monitor: the fleet's hosts and a live table of every cluster's worker
+processes, in curses (``enstratus-workers monitor``; ``--json`` prints one ``Snapshot``).
 
 The figures come from ``Stat`` (heartbeat rows), ``JobStore.counts`` and the transport's
 ``depths``, fetched by a background thread every ``refresh`` seconds: a database that hangs (a
@@ -11,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import curses
+import dataclasses
 import logging
 import threading
 import time
@@ -21,6 +23,8 @@ from pathlib import Path
 from ..db import open_databases
 from ..errors import EXIT_NOT_CONFIGURED, ConfigError
 from ..layout import Layout
+from ..fleet.hosts import fleet_view
+from ..fleet.hosts_text import host_line
 from .stat import DEAD, DEGRADED, RUNNING, Stat, TransportDepths
 
 log = logging.getLogger(__name__)
@@ -30,6 +34,7 @@ COLUMNS = (("Host", 0, False), ("Id", 14, False), ("Pid", 8, True), ("State", 9,
            ("Pool", 12, False), ("TQ", 5, True), ("RQ", 5, True), ("RC", 4, True),
            ("Done", 8, True), ("Up", 9, True))
 _KEY_WAIT_MS = 100  # how often the UI looks at the keyboard and for new figures
+_HOST_STYLE = {"alive": RUNNING, "dead": DEAD}   # a host line is drawn as a cluster line of that state
 
 
 @dataclass
@@ -41,6 +46,14 @@ class Snapshot:
     job_counts: dict[str, int] | None = None
     depths: list | None = None
     errors: list[str] = field(default_factory=list)
+    hosts: list = field(default_factory=list)     # fleet.hosts.HostView: every host of the fleet
+
+    def as_dict(self) -> dict:
+        """The figures as ``monitor --json`` prints them."""
+        return {"taken": self.taken, "hosts": [h.as_dict() for h in self.hosts],
+                "clusters": [c.as_dict() for c in self.clusters], "jobs": self.job_counts,
+                "queues": None if self.depths is None else [dataclasses.asdict(d) for d in self.depths],
+                "errors": self.errors}
 
 
 def human_duration(seconds: float) -> str:
@@ -111,12 +124,15 @@ class Fetcher:
             if self._dbs is None:
                 self._dbs = open_databases(self.settings.worker, self.layout, ensure=False)
             snap.clusters = Stat.get_all(self.settings, self.layout, dbs=self._dbs, depths=self._depths)
+            snap.hosts = fleet_view(self._dbs)
             snap.job_counts = self._dbs.jobs.counts()
         except Exception as exc:  # show any failure and keep watching
             log.debug("reading the provisioning DB failed", exc_info=True)
             snap.errors.append(f"provisioning DB: {_describe(exc)}")
         try:
-            snap.depths = self._depths(self.settings.worker.all_queues)
+            fallback = self.settings.worker.all_queues
+            queues = self._dbs.desired.queues(fallback) if self._dbs is not None else fallback
+            snap.depths = self._depths(queues)
         except Exception as exc:
             log.debug("reading queue depths failed", exc_info=True)
             snap.errors.append(f"queue ({self.settings.mq.transport}): {_describe(exc)}")
@@ -190,7 +206,8 @@ def render(snap: Snapshot | None, width: int, height: int, *, refresh: float = 1
     if snap is None:
         body, foot = [("waiting for the first figures...", "row")], []
     else:
-        body = []
+        now = int(snap.taken * 1000)
+        body = [(host_line(h, now), _HOST_STYLE.get(h.state, "stopped")) for h in snap.hosts]
         for stat in snap.clusters:
             body.append(_cluster_line(stat))
             for w in stat.worker_details:
@@ -266,6 +283,15 @@ def _loop(screen, fetcher: Fetcher, refresh: float, title: str) -> int:
         elif key in (ord("r"), 12):  # r or ^L: redraw from scratch
             screen.clear()
             dirty = True
+
+
+def fetch_once(settings, layout) -> Snapshot:
+    """One ``Snapshot``, its databases and transport closed after (``monitor --json``)."""
+    fetcher = Fetcher(settings, layout, 1.0)
+    try:
+        return fetcher.fetch()
+    finally:
+        fetcher.stop()
 
 
 def run_monitor(settings, layout, refresh: float = 1.0, *, dbs=None, depths=None) -> int:

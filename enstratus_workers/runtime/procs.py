@@ -145,12 +145,14 @@ class Identity:
 
     ``module`` is what follows ``python -m`` (or the script's file name); ``home`` and ``name`` are
     compared when the command line states them (the bin wrappers always pass ``--home``; a missing
-    ``--name`` means the default, the short host name).
+    ``--name`` means the default, the install's host name: ``default_name``, read from the install
+    when not given).
     """
 
     module: str
     home: Path
     name: str
+    default_name: str = ""
 
     def matches(self, argv: list[str] | None) -> bool:
         if not argv:
@@ -161,7 +163,7 @@ class Identity:
         # a relative --home was relative to a working directory we cannot know: not evidence
         if home is not None and os.path.isabs(home) and not _same_path(home, self.home):
             return False
-        return (_option(argv, "--name") or short_hostname()) == self.name
+        return (_option(argv, "--name") or self.default_name or install_host_name(self.home)) == self.name
 
     def is_running(self, pid: int, written_at: float | None = None) -> bool:
         """``pid`` is alive and is this daemon (not a foreign process that reused the pid).
@@ -207,6 +209,7 @@ def find_daemon_processes(home: Path, module_prefix: str = DAEMON_MODULE_PREFIX)
     """
     found = []
     me = os.getpid()
+    default = install_host_name(home)
     for proc in psutil.process_iter(["cmdline"]):
         pid, argv = proc.pid, proc.info["cmdline"]
         if not argv or pid == me:
@@ -218,7 +221,7 @@ def find_daemon_processes(home: Path, module_prefix: str = DAEMON_MODULE_PREFIX)
         if not DAEMON_COMMANDS.intersection(argv) or not is_alive(pid):
             continue
         found.append(DaemonProcess(pid, modules[0][len(module_prefix):],
-                                   _option(argv, "--name") or short_hostname()))
+                                   _option(argv, "--name") or default))
     return sorted(found)
 
 
@@ -246,10 +249,23 @@ class DaemonState:
                 "uptime_s": None if self.uptime_s is None else round(self.uptime_s, 1)}
 
 
+def install_host_name(home: Path) -> str:
+    """The default daemon name of the install at ``home``: its ``host.name``, else the system's
+    short host name (also when the file is bad: then no daemon of it can have started unnamed)."""
+    from enstratus_workers.config import worker_file
+    from enstratus_workers.errors import ConfigError
+
+    try:
+        return worker_file.read_host_name(Layout(Path(home)).classes_dir / worker_file.FILENAME)
+    except ConfigError:
+        return short_hostname()
+
+
 def pid_file_for(layout: Layout, daemon: str, name: str,
-                 module_prefix: str = DAEMON_MODULE_PREFIX) -> PidFile:
+                 module_prefix: str = DAEMON_MODULE_PREFIX, default_name: str = "") -> PidFile:
     """The pid file of one instance, checked against that daemon's command line."""
-    return checked_pid_file(layout.pid_file(daemon, name), Identity(module_prefix + daemon, layout.home, name))
+    return checked_pid_file(layout.pid_file(daemon, name),
+                            Identity(module_prefix + daemon, layout.home, name, default_name))
 
 
 def checked_pid_file(path: Path, ident: Identity) -> PidFile:
@@ -272,9 +288,10 @@ def daemon_states(layout: Layout, module_prefix: str = DAEMON_MODULE_PREFIX) -> 
     if not layout.run_dir.is_dir():
         return []
     states = []
+    default = install_host_name(layout.home)
     for path in sorted(layout.run_dir.glob("*@*.pid")):
         daemon, _, name = path.name[: -len(".pid")].partition("@")
-        state, pid = pid_file_for(layout, daemon, name, module_prefix).state()
+        state, pid = pid_file_for(layout, daemon, name, module_prefix, default).state()
         if state == "stopped":  # removed while we looked
             continue
         states.append(DaemonState(daemon, name, pid, state,

@@ -69,12 +69,17 @@ def main(daemon: str, build: Build, argv: list[str] | None = None,
     except SystemExit as exc:  # --help, or a usage error already printed by argparse
         return exc.code if isinstance(exc.code, int) else errors.EXIT_INVALID_ARGUMENT
     layout = Layout(Path(args.home).resolve()) if args.home else Layout.from_env()
-    name = short_hostname() if args.name is None else args.name  # "--name ''" is no name
+    if args.name is None:
+        name = default_name(daemon, layout, args.command)
+        if name is None:
+            return errors.EXIT_NOT_CONFIGURED
+    else:
+        name = args.name  # "--name ''" is no name
     try:
         # the name becomes file names under run/ and log/: checked before anything is written
         check_daemon_name(name)
     except BadName as exc:
-        hint = "" if args.name is not None else " (the default, this host's short name: give one with --name)"
+        hint = "" if args.name is not None else " (the default, this host's name: give one with --name)"
         print(f"{daemon}: --name: {exc}{hint}", file=sys.stderr)
         # LSB: 2 is "invalid argument" for the actions; status has only 4, "unknown"
         return errors.STATUS_UNKNOWN if args.command == "status" else errors.EXIT_INVALID_ARGUMENT
@@ -89,11 +94,30 @@ def main(daemon: str, build: Build, argv: list[str] | None = None,
     return _start(ctx, foreground=args.command == "run")
 
 
+def default_name(daemon: str, layout: Layout, command: str) -> str | None:
+    """A daemon's name when ``--name`` is not given: its host's (``host.name`` of
+    ``worker.properties``, else the system's short host name), so the install roots of several
+    hosts on one machine name their files apart. A bad ``host.name`` stops a start (None: the
+    caller exits 6); ``status`` and ``stop`` warn and go by the system's name, so a broken file
+    never keeps the operator from stopping what runs."""
+    from enstratus_workers.config import worker_file
+
+    try:
+        return worker_file.read_host_name(layout.classes_dir / worker_file.FILENAME)
+    except ConfigError as exc:
+        if command in ("status", "stop"):
+            print(f"{daemon}: {exc}; going by this system's short host name", file=sys.stderr)
+            return short_hostname()
+        print(f"{daemon}: configuration error: {exc}", file=sys.stderr)
+        return None
+
+
 def _parser(daemon: str, add_arguments) -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog=daemon, description=f"Run the {daemon} daemon.")
     p.add_argument("command", choices=COMMANDS,
                    help="start (daemonize), run (foreground), stop, restart, status")
-    p.add_argument("--name", help="instance name (default: the short host name)")
+    p.add_argument("--name", help="instance name (default: host.name of worker.properties, "
+                                  "else the short host name)")
     p.add_argument("--home", help="install root (default: $ENSTRATUS_HOME or the checkout)")
     p.add_argument("--grace", type=float,
                    help="stop: seconds to wait for a warm stop before a cold one "
@@ -138,7 +162,7 @@ class _Context:
         return daemon_files(self.layout, self.daemon, self.name)[1]
 
     def pid_file(self) -> PidFile:
-        ident = procs.Identity(self.module, self.layout.home, self.name)
+        ident = procs.Identity(self.module, self.layout.home, self.name, procs.install_host_name(self.layout.home))
         return PidFile(daemon_files(self.layout, self.daemon, self.name)[0], ident.is_running)
 
     def ensure_dirs(self) -> None:

@@ -64,8 +64,10 @@ OPERATIONS = (
     "PUT /instances/{instance_id}/queues/{queue}", "DELETE /instances/{instance_id}/queues/{queue}",
     "GET /queues", "POST /queues", "GET /queues/{name}",
     "POST /jobs", "GET /jobs", "GET /jobs/stats", "POST /jobs/stats/reset", "GET /jobs/{job_id}",
+    "POST /jobs/{job_id}/cancel",
     "GET /status", "GET /metrics",
-    "DELETE /queues/{name}", "DELETE /instances/{instance_id}",
+    "PUT /instances/{instance_id}/placement", "GET /hosts", "GET /hosts/{name}",
+    "DELETE /queues/{name}", "DELETE /instances/{instance_id}", "DELETE /hosts/{name}",
 )
 
 

@@ -15,7 +15,8 @@ from enstratus_workers.admin.auth import COOKIE
 from enstratus_workers.admin.transport import SharedTransport
 from enstratus_workers.config import load_settings
 from enstratus_workers.db import open_databases
-from enstratus_workers.db.instances import InstanceStore, desired_types
+from enstratus_workers.db.desired import desired_types
+from enstratus_workers.db.instances import InstanceStore
 from enstratus_workers.errors import ConfigError, ConnectionClosed
 from enstratus_workers.layout import Layout
 from enstratus_workers.monitor.stat import Stat

@@ -237,7 +237,7 @@ def test_two_pingers_split_the_servers_and_a_survivor_takes_a_dead_ones_share(
     pa.beat_round()
     pb.beat_round()
     assert sorted(pa.share + pb.share) == ids and not set(pa.share) & set(pb.share)
-    assert pinger_identity("b") in {pinger_identity(h.name, h.host) for h in dbs.heartbeats.all()}
+    assert pinger_identity("b", settings.worker.host_name) in {pinger_identity(h.name, h.host) for h in dbs.heartbeats.all()}
 
     # And when b's row is removed (a clean stop), a takes all at once
     dbs.heartbeats.remove("pinger", "b")

@@ -93,7 +93,8 @@ def test_a_daemons_group_holds_nothing_of_another_daemons():
                    "retention_events", "retention_cancelled"},
     }
     assert {k for k, o in owners.items() if not o} == {
-        "provisioning_url", "analytics_url", "default_queue", "time_limit", "max_attempts", "source"}
+        "provisioning_url", "analytics_url", "default_queue", "time_limit", "max_attempts", "source",
+        "host_name", "host_tags"}
 
 
 def test_a_new_worker_table_makes_new_groups_and_describe_shows_the_file_table_only(layout):

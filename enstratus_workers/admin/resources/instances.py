@@ -3,6 +3,11 @@
 A change is written to the provisioning DB in one transaction; queues an instance is to consume
 are declared on the transport first (idempotent), so a queue that could not be declared never
 appears in the desired state, and a failed database write leaves at most an empty queue behind.
+
+An instance runs on the hosts its placement names (``host:NAME``, ``tag:TAG``, or ``["*"]`` for
+every host; ``fleet/placement.py``), ``min``..``max`` processes on each. A placement naming no
+host the fleet knows (none ever ran a daemon under that name, none carries that tag) is refused
+with a 422 naming it: it would run the type nowhere.
 """
 
 from __future__ import annotations
@@ -10,9 +15,11 @@ from __future__ import annotations
 from fastapi import APIRouter, Path, Request
 
 from ...db.instances import Conflict, Instance
-from ..context import ctx_of
-from ..errors import COMMON, CONFLICT, NOT_FOUND
-from ..models import QUEUE_PATTERN, Concurrency, InstanceIn, InstanceOut
+from ...fleet import placement
+from ...fleet.hosts import fleet_view, known_hosts, least_loaded, running_by_type
+from ..context import AdminContext, ctx_of
+from ..errors import COMMON, CONFLICT, NOT_FOUND, invalid
+from ..models import QUEUE_PATTERN, Concurrency, InstanceIn, InstanceOut, PlacementIn
 
 router = APIRouter(prefix="/instances", tags=["instances"], responses=COMMON)
 
@@ -20,59 +27,94 @@ InstanceId = Path(ge=1, le=2**63 - 1, description="the instance's id")
 QueueParam = Path(pattern=QUEUE_PATTERN, max_length=100, description="a queue name")
 
 
-def _out(instance: Instance) -> InstanceOut:
-    return InstanceOut(**instance.as_dict())
+def _out(ctx: AdminContext, instance: Instance, running: dict | None = None) -> InstanceOut:
+    """The instance with where its processes run now, on every host (``running``:
+    ``running_by_type`` of the fleet, read here when not given)."""
+    if running is None:
+        running = running_by_type(fleet_view(ctx.dbs))
+    return InstanceOut(**instance.as_dict(), running=running.get(instance.type, []))
 
 
-@router.get("", response_model=list[InstanceOut], summary="List the instances")
+def _checked(ctx: AdminContext, where: list[str]) -> tuple[str, ...]:
+    """The placement, refused (422) if a target of it matches no known host."""
+    targets = placement.parse(where)
+    known = known_hosts(ctx.dbs) if targets else {}
+    missing = placement.unknown(targets, known)
+    if missing:
+        raise invalid(placement.describe_unknown(missing, known), "body", "placement")
+    return targets
+
+
+@router.get("", response_model=list[InstanceOut],
+            summary="List the instances of every host, with where each runs (hosts and processes)")
 def list_instances(request: Request):
-    return [_out(i) for i in ctx_of(request).store.list()]
+    ctx = ctx_of(request)
+    running = running_by_type(fleet_view(ctx.dbs))
+    return [_out(ctx, i, running) for i in ctx.store.list()]
 
 
 @router.post("", response_model=InstanceOut, status_code=201, responses=CONFLICT,
-             summary="Create an instance of a worker type")
+             summary="Create an instance of a worker type (without a placement: on the least loaded live host)")
 def create_instance(body: InstanceIn, request: Request):
     ctx = ctx_of(request)
     if ctx.store.by_type(body.type) is not None:  # answer before touching the queue
         raise Conflict(f"an instance of type '{body.type}' exists already")
+    if body.placement is not None:
+        where = _checked(ctx, body.placement)
+    else:   # as the SCS agent placed an instance "on a random agent": here, the least loaded live one
+        where = (f"{placement.HOST}:{least_loaded(fleet_view(ctx.dbs), ctx.settings.worker.host_name)}",)
     ctx.queues.declare(body.queues)
-    return _out(ctx.store.create(body.type, body.queues, body.concurrency.min, body.concurrency.max,
-                                 body.enabled))
+    return _out(ctx, ctx.store.create(body.type, body.queues, body.concurrency.min, body.concurrency.max,
+                                      body.enabled, where))
 
 
 @router.get("/{instance_id}", response_model=InstanceOut, responses=NOT_FOUND, summary="One instance")
 def get_instance(request: Request, instance_id: int = InstanceId):
-    return _out(ctx_of(request).store.get(instance_id))
+    ctx = ctx_of(request)
+    return _out(ctx, ctx.store.get(instance_id))
 
 
 @router.delete("/{instance_id}", response_model=InstanceOut, responses=NOT_FOUND,
                summary="Delete an instance (its queues stay)")
 def delete_instance(request: Request, instance_id: int = InstanceId):
-    return _out(ctx_of(request).store.delete(instance_id))
+    ctx = ctx_of(request)
+    return _out(ctx, ctx.store.delete(instance_id))
 
 
 @router.post("/{instance_id}/enable", response_model=InstanceOut, responses=NOT_FOUND,
              summary="Run the instance's processes")
 def enable_instance(request: Request, instance_id: int = InstanceId):
-    return _out(ctx_of(request).store.update(instance_id, enabled=True))
+    ctx = ctx_of(request)
+    return _out(ctx, ctx.store.update(instance_id, enabled=True))
 
 
 @router.post("/{instance_id}/disable", response_model=InstanceOut, responses=NOT_FOUND,
              summary="Stop the instance's processes (its settings are kept)")
 def disable_instance(request: Request, instance_id: int = InstanceId):
-    return _out(ctx_of(request).store.update(instance_id, enabled=False))
+    ctx = ctx_of(request)
+    return _out(ctx, ctx.store.update(instance_id, enabled=False))
 
 
 @router.post("/{instance_id}/start", response_model=InstanceOut, responses={**NOT_FOUND, **CONFLICT},
              summary="Enable a disabled instance, else run one process more (min and max + 1)")
 def start_instance(request: Request, instance_id: int = InstanceId):
-    return _out(ctx_of(request).store.scale_up(instance_id))
+    ctx = ctx_of(request)
+    return _out(ctx, ctx.store.scale_up(instance_id))
 
 
 @router.put("/{instance_id}/autoscale", response_model=InstanceOut, responses=NOT_FOUND,
             summary="Set how many processes the instance runs")
 def autoscale_instance(body: Concurrency, request: Request, instance_id: int = InstanceId):
-    return _out(ctx_of(request).store.update(instance_id, low=body.min, high=body.max))
+    ctx = ctx_of(request)
+    return _out(ctx, ctx.store.update(instance_id, low=body.min, high=body.max))
+
+
+@router.put("/{instance_id}/placement", response_model=InstanceOut, responses=NOT_FOUND,
+            summary="Set the hosts the instance runs on (host:NAME, tag:TAG, or [\"*\"] for every host)")
+def place_instance(body: PlacementIn, request: Request, instance_id: int = InstanceId):
+    ctx = ctx_of(request)
+    ctx.store.get(instance_id)  # 404 before judging the placement
+    return _out(ctx, ctx.store.place(instance_id, _checked(ctx, body.placement)))
 
 
 @router.put("/{instance_id}/queues/{queue}", response_model=InstanceOut, responses=NOT_FOUND,
@@ -81,11 +123,12 @@ def consume_queue(request: Request, instance_id: int = InstanceId, queue: str = 
     ctx = ctx_of(request)
     ctx.store.get(instance_id)  # 404 before declaring anything
     ctx.queues.declare([queue])
-    return _out(ctx.store.consume(instance_id, queue))
+    return _out(ctx, ctx.store.consume(instance_id, queue))
 
 
 @router.delete("/{instance_id}/queues/{queue}", response_model=InstanceOut,
                responses={**NOT_FOUND, **CONFLICT}, summary="Stop consuming a queue")
 def cancel_queue(request: Request, instance_id: int = InstanceId, queue: str = QueueParam):
-    return _out(ctx_of(request).store.cancel(instance_id, queue))
+    ctx = ctx_of(request)
+    return _out(ctx, ctx.store.cancel(instance_id, queue))
 

@@ -19,6 +19,8 @@ from enstratus_workers.daemons.pinger.health import check_health
 from enstratus_workers.daemons.pinger.retention_round import RetentionRound
 from enstratus_workers.daemons.pinger.watchdog import Watchdog
 from enstratus_workers.db import open_databases
+from enstratus_workers.fleet.hosts import forget_expired
+from enstratus_workers.fleet.joining import join_fleet
 from enstratus_workers.errors import CHECK_CRITICAL
 from enstratus_workers.runtime import runner
 from enstratus_workers.runtime.service import Service
@@ -33,6 +35,7 @@ class Pinger(Service):
         self.settings, self.layout, self.name = settings, layout, name
         self.watchdog_enabled = watchdog
         self._stop = threading.Event()
+        self.registry = None   # db/hosts.py, once run() joined the fleet
         self.started_ms = now_ms()
 
     def request_stop(self, cold: bool = False) -> None:
@@ -44,7 +47,12 @@ class Pinger(Service):
         and retention's batches (``retention_round``: its own pace; off when all keep forever)."""
         p = self.settings.pinger
         dbs = open_databases(self.settings.worker, self.layout)
-        watchdog = Watchdog(self.layout, enabled=self.watchdog_enabled)
+        try:
+            self.registry = join_fleet(self.settings, dbs)
+        except BaseException:
+            dbs.close()
+            raise
+        watchdog = Watchdog(self.layout, self.settings.worker.host_name, enabled=self.watchdog_enabled)
         guests = GuestWatch(self.settings, self.layout, dbs, self.name)
         retention = RetentionRound(self.settings, dbs, self.name)
         ready()
@@ -86,6 +94,9 @@ class Pinger(Service):
             if health.state != self._last_state:
                 (log.info if health.state == "OK" else log.warning)("%s", health.line())
                 self._last_state = health.state
+            if self.registry is not None:
+                self.registry.touch(self.settings.worker.host_name)   # the host's last sighting
+            forget_expired(dbs.provisioning)   # hosts dead for a day leave the views
             dbs.heartbeats.beat("pinger", self.name, ttl_s=self.settings.pinger.heartbeat_interval * 3,
                                 started_ms=self.started_ms,
                                 status="ok" if health.code == 0 else health.state.lower(),

@@ -44,7 +44,6 @@ from enstratus_workers.daemons.pinger.guest_beats import tracker as t
 from enstratus_workers.daemons.pinger.guest_check import SUMMARY_KEY, check
 from enstratus_workers.errors import DatabaseError
 from enstratus_workers.jobs import submit as submitting
-from enstratus_workers.layout import short_hostname
 from enstratus_workers.persist import NotFound, StoreError, open_store
 
 log = logging.getLogger(__name__)
@@ -56,9 +55,9 @@ REFRESH_ROUNDS = 6
 __all__ = ["GuestWatch", "PINGER_DAEMON", "SUMMARY_KEY", "check", "pinger_identity"]
 
 
-def pinger_identity(name: str, host: str | None = None) -> str:
+def pinger_identity(name: str, host: str) -> str:
     """A pinger as the sharding knows it: its name and host, as its heartbeat row is keyed."""
-    return f"{name}@{host or short_hostname()}"
+    return f"{name}@{host}"
 
 
 @dataclass
@@ -80,7 +79,7 @@ class GuestWatch:
     def __init__(self, settings, layout, dbs, pinger_name: str, persistence=None, submit=None):
         p = settings.pinger
         self.settings, self.dbs = settings, dbs
-        self.identity = pinger_identity(pinger_name)
+        self.identity = pinger_identity(pinger_name, settings.worker.host_name)
         self.interval, self.timeout = p.guest_interval, p.guest_timeout
         self.concurrency, self.misses = p.guest_concurrency, p.guest_misses
         self._own_store = persistence is None

@@ -107,13 +107,15 @@ def check_health(settings, layout, dbs: Databases | None = None, *, require_ping
     h = Health()
     own = dbs is None
     try:
-        h.checks["mq"] = _check_mq(settings, layout, h)
         if own:
             try:
                 dbs = open_databases(settings.worker, layout, ensure=False)
             except EnstratusError as exc:
                 h.worsen(CHECK_CRITICAL, f"databases: {exc}")
                 dbs = None
+        # every queue of the desired state (the file's while the database cannot say)
+        queues = dbs.desired.queues(settings.worker.all_queues) if dbs is not None else settings.worker.all_queues
+        h.checks["mq"] = _check_mq(settings, layout, h, queues)
         if dbs is not None:
             for db, error in dbs.ping().items():
                 h.checks[db] = error or "ok"
@@ -173,11 +175,13 @@ def check_db_nodes(settings, h: Health) -> None:
                 h.worsen(CHECK_WARNING, f"{db} DB node {s}")
 
 
-def _check_mq(settings, layout, h: Health) -> str:
+def _check_mq(settings, layout, h: Health, queues=None) -> str:
+    """Ping the queue and take the depths of ``queues`` (default: the configured ones)."""
+    queues = settings.worker.all_queues if queues is None else queues
     try:
         with open_transport(settings.mq, layout, client_name="health-check") as t:
             t.ping()
-            depths = t.depths(settings.worker.all_queues)
+            depths = t.depths(queues)
         for d in depths:
             h.perf[f"queue_{d.queue}_ready"] = d.ready
             if d.dead:

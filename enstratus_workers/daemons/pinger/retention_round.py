@@ -30,7 +30,8 @@ class RetentionRound:
         self.periods = Periods.of(settings.pinger)
         shortest = self.periods.shortest()
         self.every_s = None if shortest is None else max(MIN_PASS_EVERY_S, min(PASS_EVERY_S, shortest / 2))
-        self.pruner = Pruner(dbs.provisioning, dbs.analytics, self.periods, lease_holder(f"pinger@{name}"))
+        self.pruner = Pruner(dbs.provisioning, dbs.analytics, self.periods, lease_holder(f"pinger@{name}",
+                                                                                    settings.worker.host_name))
 
     def turn(self) -> float | None:
         """One batch; the seconds until the next turn, or None when retention keeps everything."""

@@ -17,7 +17,6 @@ import sys
 import time
 from collections import defaultdict, deque
 
-from enstratus_workers.layout import short_hostname
 from enstratus_workers.runtime.procs import daemon_states
 
 log = logging.getLogger(__name__)
@@ -26,8 +25,15 @@ ALWAYS = ("publisher", "subscriber")   # must run whenever the pinger does
 
 
 class Watchdog:
-    def __init__(self, layout, max_restarts: int = 5, window_s: float = 600.0, enabled: bool = True):
-        self.layout, self.enabled = layout, enabled
+    """Restarts the daemons of one install root (``layout``): the pid files under its run
+    directory, started again with ``--home`` of that root. So it only ever restarts its own
+    host's daemons, however many hosts' roots one machine holds; ``host_name`` is the name a
+    publisher or subscriber with no pid file at all is started under (the host's, as the init
+    script starts them)."""
+
+    def __init__(self, layout, host_name: str, max_restarts: int = 5, window_s: float = 600.0,
+                 enabled: bool = True):
+        self.layout, self.enabled, self.host_name = layout, enabled, host_name
         self.max_restarts, self.window_s = max_restarts, window_s
         self._restarts: dict[str, deque] = defaultdict(deque)
         self.restarts_total = 0
@@ -43,7 +49,7 @@ class Watchdog:
         wanted = {(s.daemon, s.name) for s in states if s.state != "running" and s.daemon in ALWAYS}
         for daemon in ALWAYS:
             if not any(d == daemon for d, _ in running | wanted):
-                wanted.add((daemon, short_hostname()))
+                wanted.add((daemon, self.host_name))
         wanted |= self._dead_km()
         for daemon, name in sorted(wanted):
             if (daemon, name) in running:

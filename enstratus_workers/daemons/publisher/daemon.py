@@ -26,6 +26,7 @@ from enstratus_workers.errors import (
     PublishError,
     TransportError,
 )
+from enstratus_workers.fleet.joining import join_fleet
 from enstratus_workers.jobs import wakeup
 from enstratus_workers.jobs.messages import encode_job
 from enstratus_workers.jobs.wakeup import Bell
@@ -63,6 +64,11 @@ class Publisher(Service):
         p = self.settings.publisher
         self.layout.ensure_dirs()
         self.dbs = open_databases(self.settings.worker, self.layout)
+        try:
+            join_fleet(self.settings, self.dbs)
+        except BaseException:
+            self.dbs.close()
+            raise
         self.stuck = StuckJobs(self.settings, self.dbs, depths=self._depths)
         self.scheduler = Scheduler(self.settings, self.layout, self.dbs)
         # a job committed from now on rings it; one committed before is relayed by the loop's
@@ -104,7 +110,8 @@ class Publisher(Service):
                 self.transport = open_transport(self.settings.mq, self.layout,
                                                 client_name=f"publisher@{self.name}")
                 self._declared.clear()
-                self._declare(self.settings.worker.all_queues)
+                # every queue of the desired state: made through the admin API on any host too
+                self._declare(self.dbs.desired.queues(self.settings.worker.all_queues))
                 log.info("connected to the %s transport", self.settings.mq.transport)
             n = self.dbs.jobs.relay_pending(self.settings.publisher.batch, self._publish)
             self.published += n

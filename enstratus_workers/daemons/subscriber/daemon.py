@@ -35,6 +35,7 @@ import secrets
 import threading
 import time
 from collections import defaultdict, deque
+from dataclasses import replace
 from multiprocessing.connection import wait
 
 from enstratus_workers.backoff import Backoff
@@ -45,13 +46,13 @@ from enstratus_workers.daemons.subscriber.pool import Assignment, WorkerPool
 from enstratus_workers.daemons.subscriber.recorder import Recorder
 from enstratus_workers.db import Event, Outcome, Started, open_databases
 from enstratus_workers.db.heartbeats import live_owners
-from enstratus_workers.db.instances import desired_types
+from enstratus_workers.fleet.joining import join_fleet
+from enstratus_workers.fleet.placement import runs_on
 from enstratus_workers.jobs import wakeup
 from enstratus_workers.jobs.lifecycle import event_outcome
 from enstratus_workers.jobs.wakeup import Bell
 from enstratus_workers.jobs.messages import MessageDecodeError, decode
 from enstratus_workers.jobs.values import Task
-from enstratus_workers.layout import short_hostname
 from enstratus_workers.runtime import runner
 from enstratus_workers.runtime.service import Service
 
@@ -84,7 +85,8 @@ class Subscriber(Service):
         self._marked: set = set()             # (job id, attempt) handed to the recorder as started
         self.cancels = Cancels(settings.subscriber.cancel_grace)
         self._bell = None                     # rung by a cancel made on this host (run() binds it)
-        self.owner = _owner_token(name)
+        self.host = settings.worker.host_name
+        self.owner = _owner_token(name, self.host)
         self.started_ms = now_ms()
         self.stats = {"received": 0, "succeeded": 0, "failed": 0, "pending": 0, "dead": 0, "cancelled": 0,
                       "dead_lettered": 0, "duplicates": 0, "stale": 0, "strangers": 0, "taken_over": 0}
@@ -102,9 +104,20 @@ class Subscriber(Service):
     def run(self, ready) -> None:
         s = self.settings
         self.layout.ensure_dirs()
-        self.owner = _owner_token(self.name)   # this process's own (the daemon may have forked)
+        self.owner = _owner_token(self.name, self.host)   # this process's own (the daemon may have forked)
         self.dbs = open_databases(s.worker, self.layout)
+        try:
+            join_fleet(s, self.dbs)
+        except BaseException:
+            self.dbs.close()
+            raise
         self._bell = _cancel_bell(self.layout, self.name)
+        # start with the types placed on this host: no process or consumer of another host's type
+        # is started for the moment before the first reconcile
+        here = self._types_here()
+        if here is None:   # the database cannot say yet: the file's, until the first reconcile
+            here = [t for t in s.worker.types if runs_on(t.placement, self.host, s.worker.host_tags)]
+        s = self.settings = replace(s, worker=replace(s.worker, types=tuple(here)))
         wake_r, wake_w = os.pipe()
         os.set_blocking(wake_r, False)
         os.set_blocking(wake_w, False)
@@ -165,18 +178,17 @@ class Subscriber(Service):
         self._beat()
 
     def _reconcile(self) -> None:
-        """Follow the desired worker types (admin API, or worker.properties) every few seconds
-        and on SIGHUP: the pool scales to them, the intake consumes their queues, and work
-        waiting for a type that is gone is given back to its queue."""
+        """Follow the desired worker types placed on this host (admin API, or worker.properties)
+        every few seconds and on SIGHUP: the pool scales to them, the intake consumes their
+        queues, and work waiting for a type that is gone (or placed elsewhere now) is given back
+        to its queue."""
         if not self._reload.is_set() and time.monotonic() < self._next_reconcile:
             return
         reload = self._reload.is_set()
         self._reload.clear()
         self._next_reconcile = time.monotonic() + RECONCILE_EVERY_S
-        try:
-            types = desired_types(self.dbs.provisioning, self.settings)
-        except Exception as exc:
-            log.warning("could not read the desired worker types (%s); keeping the current ones", exc)
+        types = self._types_here()
+        if types is None:
             return
         if not reload and {t.name: t for t in types} == self.pool.types:
             return
@@ -187,6 +199,16 @@ class Subscriber(Service):
         self.intake.set_queues(queues)
         for wtype in [w for w in self.pending if w not in self.pool.types]:
             self._give_back(self.pending.pop(wtype))
+
+    def _types_here(self):
+        """The enabled worker types placed on this host (``worker.<type>.placement``, the admin
+        API's ``placement``), read fresh from the one source of desired state (seeded from
+        ``worker.properties`` on a new database); None if it cannot be read now."""
+        try:
+            return list(self.dbs.desired.get(fresh=True).types_on(self.host, self.settings.worker.host_tags))
+        except Exception as exc:
+            log.warning("could not read the desired worker types (%s); keeping the current ones", exc)
+            return None
 
     def _give_back(self, assignments) -> None:
         """Return unstarted work to its queue (with any duplicates of it held here)."""
@@ -280,7 +302,7 @@ class Subscriber(Service):
 
     def _take_over(self, d, msg, row) -> bool:
         """Take a running attempt whose owner's heartbeat expired; False if the row moved on."""
-        mark = Started(msg.job_id, msg.attempt, f"{self._type_for_queue(d.queue)}@{short_hostname()}",
+        mark = Started(msg.job_id, msg.attempt, f"{self._type_for_queue(d.queue)}@{self.host}",
                        now_ms(), self.owner)
         try:
             taken = self.dbs.jobs.take_over(msg.job_id, msg.attempt, row.owner, mark)
@@ -359,7 +381,7 @@ class Subscriber(Service):
         self.stats[outcome.status if outcome.status in self.stats else "failed"] += 1
 
     def _display_for(self, a: Assignment) -> str:
-        return f"{a.worker_type}@{short_hostname()}"
+        return f"{a.worker_type}@{self.host}"
 
     # -- heartbeat -----------------------------------------------------------------------------
     def snapshot(self) -> dict:
@@ -438,10 +460,10 @@ def _cancel_bell(layout, name: str) -> Bell | None:
         return None
 
 
-def _owner_token(name: str) -> str:
+def _owner_token(name: str, host: str) -> str:
     """This subscriber process as the owner of the attempts it runs: name, host, pid and a
     random part, so a restarted process (or a reused pid) is never mistaken for its predecessor."""
-    return f"{name}@{short_hostname()}:{os.getpid()}:{secrets.token_hex(4)}"[-200:]
+    return f"{name}@{host}:{os.getpid()}:{secrets.token_hex(4)}"[-200:]
 
 
 def _arguments(text: str):

@@ -26,7 +26,6 @@ from enstratus_workers.backoff import Backoff
 from enstratus_workers.clock import now_ms
 from enstratus_workers.daemons.subscriber import scaling, worker_socket
 from enstratus_workers.jobs.values import Task
-from enstratus_workers.layout import short_hostname
 from enstratus_workers.mq.base import Delivery
 from enstratus_workers.runtime import logtarget
 
@@ -180,7 +179,7 @@ class WorkerPool:
         handle.hup_pending = False   # it opens its log after any rename that came before
         handle.pid, handle.conn, handle.retiring, handle.kill_reason = handle.proc.pid, None, False, None
         handle.spawned_at, handle.idle_since = time.time(), time.monotonic()
-        handle.display = f"{handle.worker_type}@{short_hostname()}.{handle.index}"
+        handle.display = f"{handle.worker_type}@{self.settings.worker.host_name}.{handle.index}"
         log.info("started worker %s (pid %d)", handle.name, handle.pid)
 
     # -- the main loop's share -----------------------------------------------------------------
