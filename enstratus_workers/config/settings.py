@@ -19,6 +19,8 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import ClassVar, Mapping
 
+from enstratus_workers.config.broker_hosts import BrokerNode, parse_hosts
+
 
 class Secret:
     """A value that must never be logged: ``str()``/``repr()`` show ``'***'``; ``reveal()`` gives it."""
@@ -51,8 +53,8 @@ class MQSettings:
     """mq.cfg: which transport carries actions, and how to reach RabbitMQ."""
 
     transport: str = "embedded"          # "embedded" (SQLite file queue) | "amqp"
-    host: str = "127.0.0.1"
-    port: int = 5672
+    host: str = "127.0.0.1"              # one node, or a cluster's: "a, b:5673, [::1]" (see ``nodes``)
+    port: int = 5672                     # the port of a ``host`` entry that names none
     user: str = "guest"
     password: Secret = Secret("guest")
     vhost: str = "/"
@@ -65,6 +67,11 @@ class MQSettings:
     queue_type: str = "classic"          # "classic" | "quorum"
     embedded_path: Path = Path("services/worker/data/queue.sqlite")  # resolved against the home
     source: Path | None = None           # the file these came from
+
+    @cached_property
+    def nodes(self) -> tuple[BrokerNode, ...]:
+        """The broker nodes ``host`` names, in its order (``config/broker_hosts.py``)."""
+        return parse_hosts(self.host, self.port)
 
 
 @dataclass(frozen=True)
