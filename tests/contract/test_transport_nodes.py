@@ -8,7 +8,9 @@ The cluster itself (nodes dying under a flow of messages) is ``tests/fleet/test_
 from __future__ import annotations
 
 import logging
+import re
 import socket
+import subprocess
 import urllib.parse
 from dataclasses import replace
 from types import SimpleNamespace
@@ -17,13 +19,13 @@ import pika
 import pytest
 
 from enstratus_workers.daemons.pinger.health import Health, _check_mq
-from enstratus_workers.errors import CHECK_CRITICAL, CHECK_WARNING
+from enstratus_workers.errors import CHECK_CRITICAL, CHECK_WARNING, PublishError
 from enstratus_workers.layout import Layout
 from enstratus_workers.mq.amqp import AmqpTransport
 from enstratus_workers.mq.amqp_declare import AT_LEAST_ONCE, work_queue_arguments
 from enstratus_workers.mq.amqp_nodes import ranked
 from enstratus_workers.mq.base import NodeState
-from tests.contract.test_transport import amqp_settings, drain, messages
+from tests.contract.test_transport import _broker_connections, amqp_settings, drain, messages, rabbitmqctl  # noqa: F401
 
 pytestmark = pytest.mark.rabbitmq
 
@@ -140,3 +142,28 @@ def test_a_quorum_work_queue_of_an_earlier_version_is_kept_with_a_warning(rabbit
         assert [d.message_id for d in drain(t.consumer(["work"], prefetch=10), 1)] == ["job-0"]
     assert f"queue {name} was declared by an earlier version" in caplog.text
     assert "delete it" in caplog.text
+
+
+def test_a_batch_refused_on_a_live_connection_is_followed_by_a_new_channel(rabbitmq_url, amqp_names,
+                                                                          rabbitmqctl, tmp_path):
+    # Given a queue the broker keeps at one message, refusing (nacking) publishes beyond that
+    mq = amqp_settings(rabbitmq_url, amqp_names)
+    policy = f"{amqp_names['exchange']}.full"
+    with AmqpTransport(mq, client_name=f"ewtest refused {amqp_names['exchange']}") as t:
+        t.declare(["work", "other"])
+        subprocess.run(["rabbitmqctl", "set_policy", "--apply-to", "queues", policy,
+                        "^" + re.escape(t.queue_name("work")) + "$", '{"max-length": 1, "overflow": "reject-publish"}'],
+                       capture_output=True, timeout=60, check=True)
+        try:
+            t.publish(messages("other", 1))
+            before = _broker_connections(f"{t.client_name} publisher")
+            # When a batch is refused in part
+            with pytest.raises(PublishError):
+                t.publish(messages("work", 2))
+            # Then the next publish goes out on a new connection (a channel in a bad state on the
+            # broker, as a quorum queue's during a leader election, is not used again), and works
+            t.publish(messages("other", 1, start=1))
+            after = _broker_connections(f"{t.client_name} publisher")
+            assert len(before) == 1 and len(after) == 1 and after != before
+        finally:
+            subprocess.run(["rabbitmqctl", "clear_policy", policy], capture_output=True, timeout=60)
