@@ -29,9 +29,9 @@ from typing import Callable, Sequence
 import pika
 import pika.exceptions
 
+from enstratus_workers.config.broker_hosts import BrokerNode
 from enstratus_workers.config.settings import MQSettings
 from enstratus_workers.errors import ConnectionClosed, PublishError, TransportError
-from enstratus_workers.config.broker_hosts import BrokerNode
 from enstratus_workers.mq.amqp_common import CONNECT_TIMEOUT_S, NOT_FOUND, PIKA_ERRORS, connection_parameters, why
 from enstratus_workers.mq.amqp_consumer import AmqpConsumer, AmqpTag
 from enstratus_workers.mq.amqp_dead import AmqpDeadLetters

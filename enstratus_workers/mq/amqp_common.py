@@ -7,6 +7,7 @@ runner and publish call. The helpers import only this module and ``base.py``, ne
 
 from __future__ import annotations
 
+import re
 import ssl
 
 import pika
@@ -22,6 +23,9 @@ PIKA_ERRORS = (pika.exceptions.AMQPError, OSError)
 NOT_FOUND = 404            # reply code of a passive declare or get of a queue that does not exist
 PRECONDITION_FAILED = 406  # reply code of a declare whose arguments differ from the queue's
 CONNECT_TIMEOUT_S = 10.0   # TCP connect plus AMQP handshake
+
+#: The reply code and text a broker closed a connection with, inside pika's messages about it.
+_BROKER_SAID = re.compile(r"\((\d{3})\) ['\"]([^'\"]*)['\"]")
 
 #: Our record of why and when a message was dead-lettered (set by ``Consumer.dead_letter``).
 ERROR_HEADER = "x-error"
@@ -70,10 +74,12 @@ def why(exc: BaseException) -> str:
     tried = getattr(exc, "exceptions", None)         # its workflow errors list every attempt's
     if tried and isinstance(tried[-1], BaseException):
         return why(tried[-1])
-    if isinstance(exc, pika.exceptions.ProbableAuthenticationError):
-        return "login refused (check user and password)"
-    if isinstance(exc, pika.exceptions.ProbableAccessDeniedError):
-        return "access refused (check vhost and the user's permissions)"
+    if isinstance(exc, (pika.exceptions.ProbableAuthenticationError, pika.exceptions.ProbableAccessDeniedError)):
+        hint = ("login refused (check user and password)"
+                if isinstance(exc, pika.exceptions.ProbableAuthenticationError)
+                else "access refused (check vhost and the user's permissions)")
+        said = _BROKER_SAID.search(str(exc))    # the broker's own words, e.g. "403 ACCESS_REFUSED - ..."
+        return f"{hint}: {said.group(1)} {said.group(2)}" if said else hint
     if isinstance(exc, (pika.exceptions.ConnectionClosedByBroker, pika.exceptions.ChannelClosedByBroker)):
         return f"closed by the broker: {exc.reply_code} {exc.reply_text}"
     if isinstance(exc, pika.exceptions.AMQPConnectionError) and exc.args and isinstance(exc.args[0], BaseException):

@@ -48,7 +48,8 @@ class AmqpConsumer(Consumer):
     message both dead and redelivered: at least once). A ``basic.reject`` would lose custom
     headers, so it is only the fallback when the copy cannot be published.
 
-    ``connection`` is this consumer's own (it closes it); ``queues`` pairs each logical queue with
+    ``connection`` is this consumer's own (it closes it); ``prefetch`` is at least 1 (the
+    transport checks it before connecting); ``queues`` pairs each logical queue with
     its broker queue name, in consuming order; ``dead_exchange`` is where dead-letter copies go,
     routed by the logical queue; ``on_lost(reason)`` is called once if the connection is lost
     while polling (the transport then starts its next connection on another node). When the node
@@ -67,9 +68,6 @@ class AmqpConsumer(Consumer):
         self._owner = threading.get_ident()       # the polling thread, once poll runs
         self._dead_exchange = dead_exchange
         self._confirming = None                   # channel for dead-letter copies, opened on first use
-        if prefetch < 1:
-            self._close_quietly()
-            raise ValueError("prefetch must be at least 1")
         try:
             self._channel = self._conn.channel()
             # per-consumer prefetch (global QoS is unsupported by quorum queues): split the bound

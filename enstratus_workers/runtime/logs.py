@@ -106,10 +106,6 @@ class ReopeningFileHandler(logging.FileHandler):
         reopen.reopen_handler(self, self.follow_fds)
 
 
-PIKA_CONNECTION_NARRATORS = ("pika.adapters.utils.connection_workflow", "pika.adapters.utils.io_services_utils",
-                             "pika.adapters.base_connection", "pika.adapters.blocking_connection")
-
-
 class DaemonLog:
     """The handlers one daemon added to the root logger, so they can be reopened and removed.
 
@@ -132,10 +128,6 @@ class DaemonLog:
         root.setLevel(level)
         # pika narrates every connection step at INFO; its warnings and errors are what matter
         logging.getLogger("pika").setLevel(max(root.getEffectiveLevel(), logging.WARNING))
-        # ...except a failed or lost connection, which it tells in half a dozen ERRORs with
-        # tracebacks: the transport says it once, naming the broker node and why (mq/amqp_nodes.py)
-        for narrator in PIKA_CONNECTION_NARRATORS:
-            logging.getLogger(narrator).setLevel(logging.CRITICAL)
         for h in self.handlers:
             h.setFormatter(formatter)
             root.addHandler(h)

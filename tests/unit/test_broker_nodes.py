@@ -129,5 +129,10 @@ def test_why_says_a_connection_failure_in_a_few_words():
     assert why(AMQPConnectionWorkflowFailed([refused])) == "connection refused"
     assert why(pika.exceptions.ConnectionClosedByBroker(320, "CONNECTION_FORCED - shutdown")) == \
         "closed by the broker: 320 CONNECTION_FORCED - shutdown"
-    assert why(pika.exceptions.ProbableAuthenticationError("ACCESS_REFUSED")).startswith("login refused")
+    refused = pika.exceptions.ProbableAuthenticationError(
+        "Client was disconnected at a connection stage indicating a probable authentication error: "
+        "(\"ConnectionClosedByBroker: (403) 'ACCESS_REFUSED - Login was refused using authentication "
+        "mechanism PLAIN.'\",)")
+    assert why(refused) == ("login refused (check user and password): 403 ACCESS_REFUSED - Login was refused "
+                            "using authentication mechanism PLAIN.")
     assert why(pika.exceptions.StreamLostError("Transport indicated EOF")) == "StreamLostError: Transport indicated EOF"
