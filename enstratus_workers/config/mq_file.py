@@ -1,6 +1,6 @@
 """``mq.cfg``: which transport carries actions (the embedded SQLite queue or RabbitMQ) and how.
 
-``host`` is one broker node or a cluster's nodes, comma-separated (``config/broker_hosts.py``);
+``host`` is one broker node or a cluster's nodes, comma-separated (``config/hostlist.py``);
 it is checked here against ``port`` (an entry without a port takes it), so that a bad entry stops
 the start and ``config check`` with the file, the key and the line.
 """
@@ -10,9 +10,9 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from enstratus_workers.config.broker_hosts import parse_hosts
 from enstratus_workers.config.cfgfile import CfgKey, read_cfg
 from enstratus_workers.config.files import read_text
+from enstratus_workers.config.hostlist import parse_nodes
 from enstratus_workers.config.settings import MQSettings, Secret
 from enstratus_workers.errors import ConfigError
 
@@ -59,7 +59,7 @@ def _host_list(path: Path, entries: list[str], port: int, line: int | None) -> s
     try:
         if line is not None and _TRAILING_COMMA.match(_line_text(path, line)):
             entries = [*entries, ""]
-        parse_hosts(entries, port)
+        parse_nodes(entries, port)
     except ValueError as exc:
         raise ConfigError(str(exc), file=path, key="host", line=line) from None
     return ",".join(entries)

@@ -19,7 +19,7 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import ClassVar, Mapping
 
-from enstratus_workers.config.broker_hosts import BrokerNode, parse_hosts
+from enstratus_workers.config.hostlist import Node, parse_nodes
 
 
 class Secret:
@@ -53,7 +53,7 @@ class MQSettings:
     """mq.cfg: which transport carries actions, and how to reach RabbitMQ."""
 
     transport: str = "embedded"          # "embedded" (SQLite file queue) | "amqp"
-    host: str = "127.0.0.1"              # one node, or a cluster's: "a, b:5673, [::1]" (see ``nodes``)
+    host: str = "127.0.0.1"              # one node, or a cluster's: "a,b:5673,[::1]" (see ``nodes``)
     port: int = 5672                     # the port of a ``host`` entry that names none
     user: str = "guest"
     password: Secret = Secret("guest")
@@ -69,9 +69,9 @@ class MQSettings:
     source: Path | None = None           # the file these came from
 
     @cached_property
-    def nodes(self) -> tuple[BrokerNode, ...]:
-        """The broker nodes ``host`` names, in its order (``config/broker_hosts.py``)."""
-        return parse_hosts(self.host, self.port)
+    def nodes(self) -> tuple[Node, ...]:
+        """The broker nodes ``host`` names, in its order (``config/hostlist.py``)."""
+        return parse_nodes([entry.strip() for entry in self.host.split(",")], self.port)
 
 
 @dataclass(frozen=True)

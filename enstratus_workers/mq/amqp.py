@@ -29,7 +29,7 @@ from typing import Callable, Sequence
 import pika
 import pika.exceptions
 
-from enstratus_workers.config.broker_hosts import BrokerNode
+from enstratus_workers.config.hostlist import Node
 from enstratus_workers.config.settings import MQSettings
 from enstratus_workers.errors import ConnectionClosed, PublishError, TransportError
 from enstratus_workers.mq.amqp_common import CONNECT_TIMEOUT_S, NOT_FOUND, PIKA_ERRORS, connection_parameters, why
@@ -61,9 +61,9 @@ class AmqpTransport(Transport):
         self.dead_exchange = mq.exchange + ".dead"
         self.nodes = NodeRanking(mq.nodes, process_seed() if seed is None else seed, self.client_name)
         self._publisher: ConfirmingPublisher | None = None
-        self._publisher_node: BrokerNode | None = None
+        self._publisher_node: Node | None = None
         self._admin: pika.BlockingConnection | None = None
-        self._admin_node: BrokerNode | None = None
+        self._admin_node: Node | None = None
         self._channel = None
         self._consumers: list[AmqpConsumer] = []
         self._layout = QueueLayout(mq.exchange, mq.queue_type, self.queue_name, self.dead_queue_name,
@@ -77,10 +77,10 @@ class AmqpTransport(Transport):
     def dead_queue_name(self, queue: str) -> str:
         return self.mq.queue_prefix + queue + ".dead"
 
-    def _params(self, node: BrokerNode, role: str, timeout: float = CONNECT_TIMEOUT_S) -> pika.ConnectionParameters:
+    def _params(self, node: Node, role: str, timeout: float = CONNECT_TIMEOUT_S) -> pika.ConnectionParameters:
         return connection_parameters(self.mq, node, f"{self.client_name} {role}", timeout=timeout)
 
-    def _blocking(self, node: BrokerNode, role: str, timeout: float = CONNECT_TIMEOUT_S) -> pika.BlockingConnection:
+    def _blocking(self, node: Node, role: str, timeout: float = CONNECT_TIMEOUT_S) -> pika.BlockingConnection:
         """A blocking connection to ``node``, or ``ConnectionClosed`` saying why not."""
         try:
             return pika.BlockingConnection(self._params(node, role, timeout))
@@ -180,9 +180,9 @@ class AmqpTransport(Transport):
         The probes run in daemon threads (a pool's threads would hold the process at exit): a
         check that gave up waiting (``pinger check -t``) is not kept alive by a silent node.
         """
-        found: dict[BrokerNode, NodeState] = {}
+        found: dict[Node, NodeState] = {}
 
-        def probe(node: BrokerNode) -> None:
+        def probe(node: Node) -> None:
             try:
                 self._blocking(node, "probe", PROBE_TIMEOUT_S).close()
             except ConnectionClosed as exc:
@@ -248,7 +248,7 @@ class AmqpTransport(Transport):
         finally:
             self._left_dead_publisher()   # the unconfirmed are the caller's to publish again
 
-    def _open_publisher(self, node: BrokerNode) -> ConfirmingPublisher:
+    def _open_publisher(self, node: Node) -> ConfirmingPublisher:
         publisher = ConfirmingPublisher(self._params(node, "publisher"), [self.mq.exchange, self.dead_exchange],
                                         window=self.mq.confirm_window)
         try:

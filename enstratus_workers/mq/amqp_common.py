@@ -13,7 +13,7 @@ import ssl
 import pika
 import pika.exceptions
 
-from enstratus_workers.config.broker_hosts import BrokerNode
+from enstratus_workers.config.hostlist import Node
 from enstratus_workers.config.settings import MQSettings
 
 #: What a broken connection or channel raises in pika: caught at the module edge, re-raised as
@@ -48,7 +48,7 @@ def own_headers(headers: dict | None) -> dict:
     return {k: v for k, v in delivered_headers(headers).items() if k != "x-delivery-count"}
 
 
-def connection_parameters(mq: MQSettings, node: BrokerNode, name: str, *,
+def connection_parameters(mq: MQSettings, node: Node, name: str, *,
                           timeout: float = CONNECT_TIMEOUT_S) -> pika.ConnectionParameters:
     """pika parameters from mq.cfg for one broker ``node``; ``name`` shows in the broker's
     connection list. ``timeout`` bounds the TCP connect and the AMQP handshake, each."""

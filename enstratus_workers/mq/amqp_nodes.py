@@ -30,7 +30,7 @@ import socket
 import threading
 from typing import Callable, Sequence, TypeVar
 
-from enstratus_workers.config.broker_hosts import BrokerNode
+from enstratus_workers.config.hostlist import Node
 from enstratus_workers.errors import ConnectionClosed
 
 log = logging.getLogger(__name__)
@@ -43,9 +43,9 @@ def process_seed() -> str:
     return f"{socket.gethostname()}/{os.getpid()}"
 
 
-def ranked(nodes: Sequence[BrokerNode], seed: str) -> tuple[BrokerNode, ...]:
+def ranked(nodes: Sequence[Node], seed: str) -> tuple[Node, ...]:
     """``nodes`` in this seed's order of preference (rendezvous hashing; stable across runs)."""
-    def weight(node: BrokerNode) -> int:
+    def weight(node: Node) -> int:
         digest = hashlib.blake2b(f"{seed}|{node}".encode(), digest_size=8).digest()
         return int.from_bytes(digest, "big")
     return tuple(sorted(nodes, key=weight, reverse=True))
@@ -54,21 +54,21 @@ def ranked(nodes: Sequence[BrokerNode], seed: str) -> tuple[BrokerNode, ...]:
 class NodeRanking:
     """The nodes of one transport in its process's order, and those it left; thread-safe."""
 
-    def __init__(self, nodes: Sequence[BrokerNode], seed: str, client: str):
+    def __init__(self, nodes: Sequence[Node], seed: str, client: str):
         if not nodes:
             raise ValueError("a broker needs at least one node")
         self.order = ranked(nodes, seed)
         self.client = client
         self._lock = threading.Lock()
-        self._left: dict[BrokerNode, str] = {}    # node -> why this ranking left it (or never got on)
+        self._left: dict[Node, str] = {}    # node -> why this ranking left it (or never got on)
 
-    def candidates(self) -> list[BrokerNode]:
+    def candidates(self) -> list[Node]:
         """The order ``connect`` tries: the nodes not left first, then the left ones."""
         with self._lock:
             return ([n for n in self.order if n not in self._left]
                     + [n for n in self.order if n in self._left])
 
-    def connect(self, role: str, open_node: Callable[[BrokerNode], T]) -> tuple[BrokerNode, T]:
+    def connect(self, role: str, open_node: Callable[[Node], T]) -> tuple[Node, T]:
         """``(node, open_node(node))`` for the first node that answers; ``open_node`` raises
         ``ConnectionClosed`` for one that does not. ``ConnectionClosed`` naming them all if none does."""
         failures = []
@@ -89,12 +89,12 @@ class NodeRanking:
             return node, opened
         raise ConnectionClosed(f"no broker node answers: {', '.join(failures)}")
 
-    def seen_down(self, node: BrokerNode, reason: str) -> None:
+    def seen_down(self, node: Node, reason: str) -> None:
         """A probe found ``node`` down: try it last (nothing to log: the prober reports it)."""
         with self._lock:
             self._left[node] = reason
 
-    def lost(self, node: BrokerNode, role: str, reason: str) -> None:
+    def lost(self, node: Node, role: str, reason: str) -> None:
         """A connection to ``node`` went away: say why, and start elsewhere next time."""
         with self._lock:
             self._left[node] = reason

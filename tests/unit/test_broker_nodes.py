@@ -8,12 +8,12 @@ from collections import Counter
 
 import pytest
 
-from enstratus_workers.config.broker_hosts import parse_hosts
+from enstratus_workers.config.settings import MQSettings
 from enstratus_workers.errors import ConnectionClosed
 from enstratus_workers.mq.amqp_common import why
 from enstratus_workers.mq.amqp_nodes import NodeRanking, process_seed, ranked
 
-NODES = parse_hosts("rabbit1, rabbit2, rabbit3", 5672)
+NODES = MQSettings(transport="amqp", host="rabbit1, rabbit2, rabbit3").nodes
 FLEET = [f"host{h}/{pid}" for h in range(30) for pid in (1201, 1202, 1203, 1877, 2301)]   # 150 processes
 
 
