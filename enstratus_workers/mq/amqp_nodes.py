@@ -23,7 +23,6 @@ timeout) before it moves on.
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import os
 import socket
@@ -32,6 +31,7 @@ from typing import Callable, Sequence, TypeVar
 
 from enstratus_workers.config.hostlist import Node
 from enstratus_workers.errors import ConnectionClosed
+from enstratus_workers.rendezvous import weight
 
 log = logging.getLogger(__name__)
 
@@ -44,11 +44,8 @@ def process_seed() -> str:
 
 
 def ranked(nodes: Sequence[Node], seed: str) -> tuple[Node, ...]:
-    """``nodes`` in this seed's order of preference (rendezvous hashing; stable across runs)."""
-    def weight(node: Node) -> int:
-        digest = hashlib.blake2b(f"{seed}|{node}".encode(), digest_size=8).digest()
-        return int.from_bytes(digest, "big")
-    return tuple(sorted(nodes, key=weight, reverse=True))
+    """``nodes`` in this seed's order of preference (``rendezvous.py``; stable across runs)."""
+    return tuple(sorted(nodes, key=lambda node: weight(seed, str(node)), reverse=True))
 
 
 class NodeRanking:
