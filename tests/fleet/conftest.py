@@ -7,8 +7,9 @@ same cluster and, after the test, starts whatever it left down and waits until e
 synced, so the next test finds three nodes again.
 
 ``rabbit_cluster`` is one 3-node RabbitMQ cluster for the session (``rabbit_cluster.py``, about
-17 s to start here). ``rabbit`` is the same with every node running: it starts, before the test,
-whatever node a test before it left stopped.
+17 s to start here). A test that stops or kills nodes takes ``rabbit``: the same cluster, healed
+(every node running) after the test, and before it too, should a test that used
+``rabbit_cluster`` directly have left one down.
 """
 
 from __future__ import annotations
@@ -41,17 +42,18 @@ def galera(galera_cluster):
 
 
 @pytest.fixture(scope="session")
-def rabbit_cluster(tmp_path_factory):
-    """A running 3-node RabbitMQ cluster, stopped (by pid) and removed at the end."""
+def rabbit_cluster():
+    """A running 3-node RabbitMQ cluster (``tests/fleet/rabbit_cluster.py``), removed at the end."""
     reason = rabbit_harness.available()
     if reason:
         unavailable(f"no RabbitMQ cluster can be started here: {reason}")
-    with rabbit_harness.RabbitCluster.started(tmp_path_factory.mktemp("rabbit-cluster")) as cluster:
+    with rabbit_harness.RabbitCluster.start(size=3) as cluster:
         yield cluster
 
 
 @pytest.fixture
 def rabbit(rabbit_cluster):
-    """The session's RabbitMQ cluster with every node running."""
-    rabbit_cluster.ensure_running()
-    return rabbit_cluster
+    """The session's RabbitMQ cluster, every node running before the test and healed after it."""
+    rabbit_cluster.heal()
+    yield rabbit_cluster
+    rabbit_cluster.heal()
