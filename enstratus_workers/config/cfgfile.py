@@ -74,6 +74,12 @@ def _string(value, min="0"):
     return text
 
 
+def _string_list(value):
+    """A comma-separated list, as configobj split it or as one quoted string: its items, stripped
+    (empty ones kept, for the reader to report)."""
+    return [item.strip() for item in (value if isinstance(value, list) else value.split(","))]
+
+
 def _integer(value, min=None, max=None):
     return converters.integer(_one(value), _bound(min), _bound(max))
 
@@ -95,6 +101,7 @@ def _adapt(convert):
 
 _CHECKS = {
     "string": _adapt(_string),
+    "string_list": _adapt(_string_list),
     "integer": _adapt(_integer),
     "float": _adapt(_float),
     "boolean": _adapt(lambda value: converters.boolean(_one(value))),
@@ -137,7 +144,7 @@ def _parse_problem(err, file) -> ConfigError:
     elif isinstance(err, NestingError):
         reason = "bad [section] nesting"
     elif str(err).startswith("Parse error in value"):
-        reason = "cannot parse the value (unbalanced quotes?)"
+        reason = "cannot parse the value (unbalanced quotes, or an empty item in a comma-separated list?)"
     else:
         reason, key = "cannot parse this line: expected 'key = value'", None
     return ConfigError(reason, file=file, key=key, line=number)

@@ -16,12 +16,15 @@ Messages never repeat the URL, only the offending node: the URL holds a password
 
 from __future__ import annotations
 
-import ipaddress
 import re
 from dataclasses import dataclass
 
 from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import ArgumentError
+
+from enstratus_workers.config.hostlist import Node, parse_nodes
+
+__all__ = ["DEFAULT_PORT", "DbUrl", "Node", "parse"]
 
 DEFAULT_PORT = 3306
 
@@ -30,20 +33,6 @@ DEFAULT_PORT = 3306
 _SPLIT = re.compile(r"""(?P<head>[\w+]+://(?:[^:/]*(?::[^@]*)?@)?)
                         (?P<hosts>[^/?]*)
                         (?P<tail>.*)""", re.X | re.S)
-_LABEL = re.compile(r"(?!-)[A-Za-z0-9-]{1,63}(?<!-)")
-_PORT = re.compile(r"[0-9]{1,5}")
-
-
-@dataclass(frozen=True)
-class Node:
-    """One server of the list, as ``host:port`` (an IPv6 host in brackets)."""
-
-    host: str
-    port: int = DEFAULT_PORT
-
-    def __str__(self) -> str:
-        host = f"[{self.host}]" if ":" in self.host else self.host
-        return f"{host}:{self.port}"
 
 
 @dataclass(frozen=True)
@@ -98,61 +87,9 @@ def _sqlalchemy(text: str) -> URL:
 
 
 def _nodes(hosts: str) -> tuple[Node, ...]:
-    nodes: list[Node] = []
-    for n, entry in enumerate(hosts.split(","), 1):
-        node = _node(entry, n)
-        if node in nodes:
-            raise ValueError(f"node {n} of the host list ({node}) is listed twice")
-        nodes.append(node)
-    return tuple(nodes)
-
-
-def _node(entry: str, n: int) -> Node:
-    """One ``host[:port]`` entry of the list (the ``n``-th, for the message)."""
-    if not entry.strip():
-        raise ValueError(f"node {n} of the host list is empty (write host1:3306,host2:3306,...)")
-    if entry != entry.strip():
-        raise ValueError(f"node {n} of the host list has blanks around it")
-    if entry.startswith("["):
-        host, _, rest = entry[1:].partition("]")
-        try:
-            ipaddress.IPv6Address(host)
-        except ValueError:
-            raise ValueError(f"node {n} of the host list ({_shown(entry)}) is not a bracketed IPv6 address") from None
-        if rest and not rest.startswith(":"):
-            raise ValueError(f"node {n} of the host list ({_shown(entry)}) has text after its address")
-        port_text = rest[1:] if rest else None
-    else:
-        host, colon, port_text = entry.partition(":")
-        port_text = port_text if colon else None
-        if not _is_host_name(host):
-            raise ValueError(f"node {n} of the host list ({_shown(host)}) is not a host name or address")
-    return Node(host.lower(), _port(port_text, n))
-
-
-def _port(text: str | None, n: int) -> int:
-    if text is None:
-        return DEFAULT_PORT
-    if not _PORT.fullmatch(text) or not 1 <= int(text) <= 65535:
-        raise ValueError(f"node {n} of the host list has a bad port {_shown(text)}: "
-                         f"must be a number between 1 and 65535")
-    return int(text)
-
-
-def _is_host_name(host: str) -> bool:
-    """An RFC 1123 host name or a dotted IPv4 address."""
-    if not host or len(host) > 253:
-        return False
-    labels = host[:-1].split(".") if host.endswith(".") else host.split(".")
-    if all(label.isdigit() for label in labels):
-        try:
-            ipaddress.IPv4Address(host)
-            return True
-        except ValueError:
-            return False
-    return all(_LABEL.fullmatch(label) for label in labels)
-
-
-def _shown(text: str) -> str:
-    """A node as quoted in a message: a host name, cut short, on one line."""
-    return ascii(text if len(text) <= 60 else text[:57] + "...")
+    """The authority's ``host[:port]`` list (``config/hostlist.py``); a URL has no blanks in it."""
+    entries = hosts.split(",")
+    for n, entry in enumerate(entries, 1):
+        if entry.strip() and entry != entry.strip():
+            raise ValueError(f"node {n} of the host list has blanks around it")
+    return parse_nodes(entries, DEFAULT_PORT)

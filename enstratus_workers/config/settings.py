@@ -19,6 +19,7 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import ClassVar, Mapping
 
+from enstratus_workers.config.hostlist import Node, parse_nodes
 from enstratus_workers.layout import short_hostname
 
 
@@ -53,8 +54,8 @@ class MQSettings:
     """mq.cfg: which transport carries actions, and how to reach RabbitMQ."""
 
     transport: str = "embedded"          # "embedded" (SQLite file queue) | "amqp"
-    host: str = "127.0.0.1"
-    port: int = 5672
+    host: str = "127.0.0.1"              # one node, or a cluster's: "a,b:5673,[::1]" (see ``nodes``)
+    port: int = 5672                     # the port of a ``host`` entry that names none
     user: str = "guest"
     password: Secret = Secret("guest")
     vhost: str = "/"
@@ -67,6 +68,11 @@ class MQSettings:
     queue_type: str = "classic"          # "classic" | "quorum"
     embedded_path: Path = Path("services/worker/data/queue.sqlite")  # resolved against the home
     source: Path | None = None           # the file these came from
+
+    @cached_property
+    def nodes(self) -> tuple[Node, ...]:
+        """The broker nodes ``host`` names, in its order (``config/hostlist.py``)."""
+        return parse_nodes([entry.strip() for entry in self.host.split(",")], self.port)
 
 
 @dataclass(frozen=True)

@@ -8,9 +8,9 @@ from __future__ import annotations
 from enstratus_workers.config.settings import MQSettings
 from enstratus_workers.errors import ConfigError
 from enstratus_workers.layout import Layout
-from enstratus_workers.mq.base import Consumer, Delivery, OutgoingMessage, QueueDepth, Transport
+from enstratus_workers.mq.base import Consumer, Delivery, NodeState, OutgoingMessage, QueueDepth, Transport
 
-__all__ = ["Consumer", "Delivery", "OutgoingMessage", "QueueDepth", "Transport", "open_transport",
+__all__ = ["Consumer", "Delivery", "NodeState", "OutgoingMessage", "QueueDepth", "Transport", "open_transport",
            "embedded_lease"]
 
 

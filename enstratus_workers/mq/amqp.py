@@ -2,17 +2,18 @@
 its ``amqp_*.py`` helpers, and pika's exceptions stop there, turned into ``ConnectionClosed``.
 
 Broker layout, all durable: actions go to the direct exchange ``mq.exchange``; logical queue ``q``
-is the queue ``mq.queue_prefix + q`` bound with routing key ``q`` and declared with
-``x-dead-letter-exchange = mq.exchange + ".dead"``, so a rejected message is routed (by the broker,
-with its original routing key) to ``mq.queue_prefix + q + ".dead"``. Delayed messages wait in
-per-delay queues that expire them into ``q`` (``amqp_delay.py``); dead letters are listed and
-re-driven by ``amqp_dead.py``.
+is the queue ``mq.queue_prefix + q`` bound with routing key ``q``, which dead-letters to
+``mq.queue_prefix + q + ".dead"`` (``amqp_declare.py``). Delayed messages wait in per-delay
+queues that expire them into ``q`` (``amqp_delay.py``); dead letters are listed and re-driven by
+``amqp_dead.py``.
 
 Connections: publishing uses a confirm-mode ``SelectConnection`` in its own thread
 (``amqp_publisher``); declare / depths / ping / delay-queue declares share one
 ``BlockingConnection``, on which each dead-letter operation opens a channel of its own; each
-consumer (``amqp_consumer``) has its own ``BlockingConnection``. After ``ConnectionClosed`` the transport reconnects lazily on the
-next call; a consumer does not (its deliveries are void once its connection is gone): open a new one.
+consumer (``amqp_consumer``) has its own ``BlockingConnection``. Each goes to a node of
+``mq.cfg``'s ``host`` list in this process's order, and after losing one to the next
+(``amqp_nodes.py``). After ``ConnectionClosed`` the transport reconnects lazily on the next call;
+a consumer does not (its deliveries are void once its connection is gone): open a new one.
 
 Imports go one way: this module imports its helpers and hands each what it needs (parameters,
 queue names, a channel runner); the helpers share ``amqp_common`` and never import this module.
@@ -21,36 +22,52 @@ queue names, a channel runner); the helpers share ``amqp_common`` and never impo
 from __future__ import annotations
 
 import logging
+import threading
+import time
 from typing import Callable, Sequence
 
 import pika
 import pika.exceptions
 
+from enstratus_workers.config.hostlist import Node
 from enstratus_workers.config.settings import MQSettings
 from enstratus_workers.errors import ConnectionClosed, PublishError, TransportError
-from enstratus_workers.mq.amqp_common import CONNECT_TIMEOUT_S, NOT_FOUND, PIKA_ERRORS, connection_parameters
+from enstratus_workers.mq.amqp_common import CONNECT_TIMEOUT_S, NOT_FOUND, PIKA_ERRORS, connection_parameters, why
 from enstratus_workers.mq.amqp_consumer import AmqpConsumer, AmqpTag
 from enstratus_workers.mq.amqp_dead import AmqpDeadLetters
+from enstratus_workers.mq.amqp_declare import QueueLayout
 from enstratus_workers.mq.amqp_delay import DelayQueues, delay_bucket
+from enstratus_workers.mq.amqp_nodes import NodeRanking, process_seed
 from enstratus_workers.mq.amqp_publisher import ConfirmingPublisher
-from enstratus_workers.mq.base import DeadLetter, OutgoingMessage, QueueDepth, Transport
+from enstratus_workers.mq.base import DeadLetter, NodeState, OutgoingMessage, QueueDepth, Transport
 
 __all__ = ["AmqpConsumer", "AmqpTag", "AmqpTransport", "connection_parameters"]
 
 log = logging.getLogger(__name__)
 
+PROBE_TIMEOUT_S = 5.0   # a node that does not let a health probe in within this long counts as down
+
 
 class AmqpTransport(Transport):
-    """RabbitMQ behind the ``Transport`` contract. Opening it does no I/O; the first call connects."""
+    """RabbitMQ behind the ``Transport`` contract. Opening it does no I/O; the first call connects.
 
-    def __init__(self, mq: MQSettings, *, client_name: str = ""):
+    ``seed`` orders the nodes of ``mq.host`` for this transport (``amqp_nodes.py``); it defaults to
+    the process's, so all transports of a process prefer the same node.
+    """
+
+    def __init__(self, mq: MQSettings, *, client_name: str = "", seed: str | None = None):
         self.mq = mq
         self.client_name = client_name or "enstratus-workers"
         self.dead_exchange = mq.exchange + ".dead"
+        self.nodes = NodeRanking(mq.nodes, process_seed() if seed is None else seed, self.client_name)
         self._publisher: ConfirmingPublisher | None = None
+        self._publisher_node: Node | None = None
         self._admin: pika.BlockingConnection | None = None
+        self._admin_node: Node | None = None
         self._channel = None
         self._consumers: list[AmqpConsumer] = []
+        self._layout = QueueLayout(mq.exchange, mq.queue_type, self.queue_name, self.dead_queue_name,
+                                   self._reopen_channel)
         self._delays = DelayQueues(mq.queue_prefix, mq.exchange, mq.queue_type, self._manage, self._reopen_channel)
         self._dead = AmqpDeadLetters(self.dead_queue_name, self._with_channel, self.publish)
 
@@ -60,19 +77,27 @@ class AmqpTransport(Transport):
     def dead_queue_name(self, queue: str) -> str:
         return self.mq.queue_prefix + queue + ".dead"
 
-    def _params(self, role: str) -> pika.ConnectionParameters:
-        return connection_parameters(self.mq, f"{self.client_name} {role}")
+    def _params(self, node: Node, role: str, timeout: float = CONNECT_TIMEOUT_S) -> pika.ConnectionParameters:
+        return connection_parameters(self.mq, node, f"{self.client_name} {role}", timeout=timeout)
+
+    def _blocking(self, node: Node, role: str, timeout: float = CONNECT_TIMEOUT_S) -> pika.BlockingConnection:
+        """A blocking connection to ``node``, or ``ConnectionClosed`` saying why not."""
+        try:
+            return pika.BlockingConnection(self._params(node, role, timeout))
+        except PIKA_ERRORS as exc:
+            raise ConnectionClosed(why(exc)) from exc
 
     # -- management: one blocking connection, reopened once if it went stale -----------------
 
     def _manage(self, what: str, fn: Callable):
         """Run ``fn(channel)`` on the management connection, reconnecting once if it went stale
-        (a blocking connection left idle misses heartbeats and is dropped by the broker)."""
+        (a blocking connection left idle misses heartbeats and is dropped by the broker) or its
+        node went (the reconnect goes to the next node)."""
         for attempt in (1, 2):
             fresh = self._admin is None
+            if fresh:
+                self._admin_node, self._admin = self.nodes.connect("admin", lambda n: self._blocking(n, "admin"))
             try:
-                if self._admin is None:
-                    self._admin = pika.BlockingConnection(self._params("admin"))
                 if self._channel is None or not self._channel.is_open:
                     self._channel = self._admin.channel()
                 return fn(self._channel)
@@ -80,10 +105,14 @@ class AmqpTransport(Transport):
                 self._channel = None
                 raise TransportError(f"AMQP {what} refused by the broker: {exc.reply_code} {exc.reply_text}") from exc
             except PIKA_ERRORS as exc:
+                node = self._admin_node
                 self._drop_admin()
                 if fresh or attempt == 2:
-                    raise ConnectionClosed(f"AMQP {what} failed ({self.mq.host}:{self.mq.port}): {exc!r}") from exc
-                log.info("AMQP management connection went stale (%r); reconnecting", exc)
+                    self.nodes.lost(node, "admin", why(exc))
+                    raise ConnectionClosed(f"AMQP {what} failed on broker node {node}: {why(exc)}") from exc
+                # most often an idle connection the broker dropped for missed heartbeats: its
+                # node is likely fine (if not, the reconnect finds out and moves on)
+                log.info("AMQP management connection to %s went stale (%s); reconnecting", node, why(exc))
 
     def _reopen_channel(self):
         """A fresh management channel, after the broker closed the last one (e.g. a 404)."""
@@ -118,17 +147,7 @@ class AmqpTransport(Transport):
                 pass
 
     def declare(self, queues: Sequence[str]) -> None:
-        def run(ch):
-            ch.exchange_declare(self.mq.exchange, "direct", durable=True)
-            ch.exchange_declare(self.dead_exchange, "direct", durable=True)
-            kind = {"x-queue-type": self.mq.queue_type}
-            for q in queues:
-                ch.queue_declare(self.dead_queue_name(q), durable=True, arguments=kind)
-                ch.queue_bind(self.dead_queue_name(q), self.dead_exchange, routing_key=q)
-                ch.queue_declare(self.queue_name(q), durable=True,
-                                 arguments={**kind, "x-dead-letter-exchange": self.dead_exchange})
-                ch.queue_bind(self.queue_name(q), self.mq.exchange, routing_key=q)
-        self._manage("declare", run)
+        self._manage("declare", lambda ch: self._layout.declare(ch, queues))
 
     def depths(self, queues: Sequence[str]) -> list[QueueDepth]:
         def count(ch, name):
@@ -154,6 +173,35 @@ class AmqpTransport(Transport):
         # a passive declare of a built-in exchange: a round trip that cannot fail on a live broker
         self._manage("ping", lambda ch: ch.exchange_declare("amq.direct", passive=True))
 
+    def node_states(self) -> list[NodeState]:
+        """Each node of ``mq.host``, probed at once on a connection of its own (opened, closed).
+        The nodes found down are tried last by this transport's next connections.
+
+        The probes run in daemon threads (a pool's threads would hold the process at exit): a
+        check that gave up waiting (``pinger check -t``) is not kept alive by a silent node.
+        """
+        found: dict[Node, NodeState] = {}
+
+        def probe(node: Node) -> None:
+            try:
+                self._blocking(node, "probe", PROBE_TIMEOUT_S).close()
+            except ConnectionClosed as exc:
+                self.nodes.seen_down(node, str(exc))
+                found[node] = NodeState(str(node), str(exc))
+                return
+            except PIKA_ERRORS as exc:   # let in and out at once: the close failed, not the node
+                log.debug("probe of %s: close failed: %s", node, why(exc))
+            found[node] = NodeState(str(node), None)
+
+        probes = [threading.Thread(target=probe, args=(n,), name="amqp-probe", daemon=True) for n in self.mq.nodes]
+        deadline = time.monotonic() + 2 * PROBE_TIMEOUT_S + 1   # a TCP connect, then the handshake
+        for thread in probes:
+            thread.start()
+        for thread in probes:
+            thread.join(max(0.0, deadline - time.monotonic()))
+        return [found.get(n) or NodeState(str(n), f"no answer within {2 * PROBE_TIMEOUT_S + 1:.0f} s")
+                for n in self.mq.nodes]
+
     # -- publishing --------------------------------------------------------------------------
 
     def publish(self, messages: Sequence[OutgoingMessage]) -> None:
@@ -176,19 +224,44 @@ class AmqpTransport(Transport):
                                refused)
 
     def _publish(self, messages: Sequence[OutgoingMessage], buckets: dict[int, int]) -> None:
-        if self._publisher is None or not self._publisher.alive:
-            self._close_publisher()
-            publisher = ConfirmingPublisher(self._params("publisher"), [self.mq.exchange, self.dead_exchange],
-                                            window=self.mq.confirm_window)
-            publisher.start(CONNECT_TIMEOUT_S)
-            self._publisher = publisher
+        self._left_dead_publisher()
+        if self._publisher is None:
+            self._publisher_node, self._publisher = self.nodes.connect("publisher", self._open_publisher)
         props = pika.BasicProperties
-        self._publisher.publish([
-            (*self._route(m, buckets), m.body,
-             props(delivery_mode=2, content_type="application/json", message_id=m.message_id,
-                   headers=m.headers or None),
-             m.message_id)
-            for m in messages])
+        try:
+            self._publisher.publish([
+                (*self._route(m, buckets), m.body,
+                 props(delivery_mode=2, content_type="application/json", message_id=m.message_id,
+                       headers=m.headers or None),
+                 m.message_id)
+                for m in messages])
+        except PublishError as exc:
+            if self._publisher.alive:
+                # Refused on a live connection (nacked or returned). A channel that first published
+                # to a quorum queue while its leader was being elected (its node had just died) can
+                # have every later publish nacked (seen on RabbitMQ 3.10): the next one gets a new
+                # channel, whose first publish finds the new leader.
+                log.warning("the broker refused %d message(s) on node %s; the next publish opens a new "
+                            "channel", len(exc.unconfirmed), self._publisher_node)
+                self._close_publisher()
+            raise
+        finally:
+            self._left_dead_publisher()   # the unconfirmed are the caller's to publish again
+
+    def _open_publisher(self, node: Node) -> ConfirmingPublisher:
+        publisher = ConfirmingPublisher(self._params(node, "publisher"), [self.mq.exchange, self.dead_exchange],
+                                        window=self.mq.confirm_window)
+        try:
+            publisher.start(CONNECT_TIMEOUT_S)
+        except ConnectionClosed:
+            raise ConnectionClosed(publisher.why_closed) from None
+        return publisher
+
+    def _left_dead_publisher(self) -> None:
+        """If the publisher's connection went (its node died, say), say so and let it go."""
+        if self._publisher is not None and not self._publisher.alive:
+            self.nodes.lost(self._publisher_node, "publisher", self._publisher.why_closed)
+            self._close_publisher()
 
     def _route(self, m: OutgoingMessage, buckets: dict[int, int]) -> tuple[str, str]:
         """(exchange, routing key): the delay queue, by name through the default exchange, or the queue."""
@@ -221,8 +294,12 @@ class AmqpTransport(Transport):
     # -- consuming ---------------------------------------------------------------------------
 
     def consumer(self, queues: Sequence[str], prefetch: int) -> AmqpConsumer:
-        consumer = AmqpConsumer(self._params("consumer"), [(q, self.queue_name(q)) for q in queues], prefetch,
-                                dead_exchange=self.dead_exchange)
+        if prefetch < 1:
+            raise ValueError("prefetch must be at least 1")
+        node, conn = self.nodes.connect("consumer", lambda n: self._blocking(n, "consumer"))
+        consumer = AmqpConsumer(conn, [(q, self.queue_name(q)) for q in queues], prefetch,
+                                dead_exchange=self.dead_exchange,
+                                on_lost=lambda reason: self.nodes.lost(node, "consumer", reason))
         self._consumers = [c for c in self._consumers if not c.closed] + [consumer]
         return consumer
 

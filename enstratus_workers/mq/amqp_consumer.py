@@ -2,7 +2,8 @@
 
 Split from ``amqp.py`` (which re-exports it) to keep each module about one thing; like that
 module, it turns pika's exceptions into ``ConnectionClosed``. The transport hands it what it needs
-(connection parameters, broker queue names, the dead exchange): it does not import ``amqp.py``.
+(its connection, opened on a node of the transport's ranking, broker queue names, the dead
+exchange, and whom to tell when the connection is lost): it does not import ``amqp.py``.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ import pika.exceptions
 
 from enstratus_workers.clock import now_ms
 from enstratus_workers.errors import ConnectionClosed
-from enstratus_workers.mq.amqp_common import DEAD_AT_HEADER, ERROR_HEADER, PIKA_ERRORS, delivered_headers
+from enstratus_workers.mq.amqp_common import DEAD_AT_HEADER, ERROR_HEADER, PIKA_ERRORS, delivered_headers, why
 from enstratus_workers.mq.base import MAX_REASON_CHARS, Consumer, Delivery
 
 log = logging.getLogger(__name__)
@@ -47,14 +48,19 @@ class AmqpConsumer(Consumer):
     message both dead and redelivered: at least once). A ``basic.reject`` would lose custom
     headers, so it is only the fallback when the copy cannot be published.
 
-    ``queues`` pairs each logical queue with its broker queue name, in consuming order;
-    ``dead_exchange`` is where dead-letter copies go, routed by the logical queue.
+    ``connection`` is this consumer's own (it closes it); ``prefetch`` is at least 1 (the
+    transport checks it before connecting); ``queues`` pairs each logical queue with
+    its broker queue name, in consuming order; ``dead_exchange`` is where dead-letter copies go,
+    routed by the logical queue; ``on_lost(reason)`` is called once if the connection is lost
+    while polling (the transport then starts its next connection on another node). When the node
+    dies, the broker gives the unsettled deliveries back to the queue (a quorum queue's leader, on
+    another node, sees the consumer's channel go): open a new consumer to get them again.
     """
 
-    def __init__(self, parameters: pika.ConnectionParameters, queues: Sequence[tuple[str, str]], prefetch: int, *,
-                 dead_exchange: str):
-        if prefetch < 1:
-            raise ValueError("prefetch must be at least 1")
+    def __init__(self, connection: pika.BlockingConnection, queues: Sequence[tuple[str, str]], prefetch: int, *,
+                 dead_exchange: str, on_lost: Callable[[str], None] = lambda _reason: None):
+        self._conn = connection
+        self._on_lost = on_lost
         self.closed = False
         self._session = object()
         self._buffer: list[Delivery] = []
@@ -62,10 +68,6 @@ class AmqpConsumer(Consumer):
         self._owner = threading.get_ident()       # the polling thread, once poll runs
         self._dead_exchange = dead_exchange
         self._confirming = None                   # channel for dead-letter copies, opened on first use
-        try:
-            self._conn = pika.BlockingConnection(parameters)
-        except PIKA_ERRORS as exc:
-            raise ConnectionClosed(f"AMQP consumer cannot connect: {exc!r}") from exc
         try:
             self._channel = self._conn.channel()
             # per-consumer prefetch (global QoS is unsupported by quorum queues): split the bound
@@ -100,7 +102,8 @@ class AmqpConsumer(Consumer):
                     break
         except PIKA_ERRORS as exc:
             self._close_quietly()
-            raise ConnectionClosed(f"AMQP consumer connection lost: {exc!r}") from exc
+            self._on_lost(why(exc))
+            raise ConnectionClosed(f"AMQP consumer connection lost: {why(exc)}") from exc
         out, self._buffer[:limit] = self._buffer[:limit], []
         return out
 

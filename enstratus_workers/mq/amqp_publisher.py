@@ -24,6 +24,7 @@ import pika.exceptions
 from pika import spec
 
 from enstratus_workers.errors import ConnectionClosed, PublishError
+from enstratus_workers.mq.amqp_common import why
 
 log = logging.getLogger(__name__)
 
@@ -76,15 +77,20 @@ class ConfirmingPublisher:
         self._thread.start()
         if not self._ready.wait(timeout):
             self.close()
-            raise ConnectionClosed(f"AMQP publisher: no connection after {timeout:.0f} s")
+            raise ConnectionClosed(f"cannot connect: no connection after {timeout:.0f} s")
         if self._error is not None or not self.alive:
             self._thread.join()
-            raise ConnectionClosed(f"AMQP publisher: cannot connect: {self._error!r}") from self._error
+            raise ConnectionClosed(f"cannot connect: {self.why_closed}") from self._error
 
     @property
     def alive(self) -> bool:
         with self._lock:
             return not self._stopped
+
+    @property
+    def why_closed(self) -> str:
+        """Why the connection went, in a few words (once ``alive`` is False)."""
+        return why(self._error) if self._error is not None else "closed"
 
     def publish(self, items: list) -> None:
         """Publish ``(exchange, routing_key, body, properties, message_id)`` tuples; wait for confirms."""

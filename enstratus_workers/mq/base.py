@@ -69,6 +69,14 @@ class QueueDepth:
 
 
 @dataclass(frozen=True)
+class NodeState:
+    """One node of a clustered backend as a probe found it: ``error`` None if it answered."""
+
+    node: str                     # as configured: "host:port"
+    error: str | None = None
+
+
+@dataclass(frozen=True)
 class DeadLetter:
     """A message in a dead-letter queue, as ``Transport.dead_letters`` lists it.
 
@@ -176,6 +184,12 @@ class Transport(abc.ABC):
     @abc.abstractmethod
     def ping(self) -> None:
         """Raise ``ConnectionClosed`` unless the backend answers."""
+
+    def node_states(self) -> list[NodeState]:
+        """Each node of a clustered backend, probed one by one (a connection of its own each, at
+        most a few seconds): which answer and why the others do not. ``[]`` for a backend that is
+        not made of nodes (the embedded file): ``ping`` says all there is."""
+        return []
 
     @abc.abstractmethod
     def close(self) -> None:

@@ -31,6 +31,10 @@ WORKER = "services/worker/classes"
 BAD = {
     "admin.cfg bad port": (f"{WORKER}/admin.cfg", "port", "70000", "between 0 and 65535"),
     "admin.cfg bad max_body": (f"{WORKER}/admin.cfg", "max_body", "10", "between 1024 and 67108864"),
+    "mq.cfg host list with a bad entry": (f"{WORKER}/mq.cfg", "host", "rabbit1:5672, rabbit2:x, rabbit3",
+                                          "node 2 of the host list has a bad port 'x'"),
+    "mq.cfg host list with a duplicate": (f"{WORKER}/mq.cfg", "host", "rabbit1, rabbit1:5672",
+                                          "node 2 of the host list (rabbit1:5672) is listed twice"),
     "km.cfg bad port": ("services/km/classes/km.cfg", "port", "70000", "between 0 and 65535"),
     "km.cfg bad frame_timeout": ("services/km/classes/km.cfg", "frame_timeout", "0", "between 0.1 and 600"),
     "KM client ca_file missing": (f"{WORKER}/enstratus-km-client.cfg", "ca_file", "", "must not be empty"),

@@ -15,7 +15,7 @@ from enstratus_workers.db.nodes import NodeState, Prober, first_healthy, judge
 from enstratus_workers.db.writer import Writer
 from tests.servicehome import free_port
 
-A, B, C = Node("db1"), Node("db2"), Node("db3")
+A, B, C = Node("db1", 3306), Node("db2", 3306), Node("db3", 3306)
 
 
 class Cluster:

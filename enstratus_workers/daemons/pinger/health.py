@@ -180,6 +180,9 @@ def _check_mq(settings, layout, h: Health, queues=None) -> str:
     queues = settings.worker.all_queues if queues is None else queues
     try:
         with open_transport(settings.mq, layout, client_name="health-check") as t:
+            nobody = _check_nodes(t, h)
+            if nobody:
+                return nobody
             t.ping()
             depths = t.depths(queues)
         for d in depths:
@@ -190,6 +193,27 @@ def _check_mq(settings, layout, h: Health, queues=None) -> str:
     except EnstratusError as exc:
         h.worsen(CHECK_CRITICAL, f"queue ({settings.mq.transport}): {exc}")
         return str(exc)
+
+
+def _check_nodes(transport, h: Health) -> str | None:
+    """Which broker nodes answer (a cluster's, or the one node of ``host``): every one down is
+    CRITICAL naming them, some down a WARNING naming those; the perfdata has how many answer,
+    out of how many. Returns the problem when none answers (then there is nothing more to ask)."""
+    states = transport.node_states()
+    if not states:           # the embedded queue is no cluster: ping tells
+        return None
+    down = [s for s in states if s.error]
+    h.checks["mq_nodes"] = {s.node: s.error or "ok" for s in states}
+    h.perf["mq_nodes_up"] = len(states) - len(down)
+    h.perf_specs["mq_nodes_up"] = PerfSpec(min="0", max=str(len(states)))
+    said = ", ".join(f"{s.node} ({s.error})" for s in down)
+    if len(down) == len(states):
+        problem = f"no broker node answers: {said}"
+        h.worsen(CHECK_CRITICAL, f"queue (amqp): {problem}")
+        return problem
+    if down:
+        h.worsen(CHECK_WARNING, f"broker node(s) down, {len(states) - len(down)} of {len(states)} answer: {said}")
+    return None
 
 
 def waiting_for_s(dbs: Databases) -> float:

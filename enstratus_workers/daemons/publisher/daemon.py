@@ -52,8 +52,9 @@ class Publisher(Service):
         self.published = 0
         self.started_ms = now_ms()
         self._last_beat = 0.0
-        # waits after a failed relay (broker or database away): 0.5 s doubling to 30 s, as before
-        self._retrying = Retrying(Backoff(first=0.5, cap=30.0, jitter=None))
+        # waits after a failed relay (broker or database away): 0.5 s doubling to 30 s, jittered so
+        # that a fleet of publishers which lost the same broker node does not come back in step
+        self._retrying = Retrying(Backoff(first=0.5, cap=30.0))
 
     def request_stop(self, cold: bool = False) -> None:
         self._stop.set()

@@ -3,19 +3,14 @@
 Every pinger computes, for each server, a weight per live pinger and takes the servers for which
 its own weight is the highest. No coordination beyond agreeing on the live list (the pingers'
 expiring heartbeats): when a pinger disappears from it, exactly its servers move, spread evenly
-over the survivors, and nobody else's share changes. A stable hash (BLAKE2b), not ``hash()``,
-because every process must compute the same weights.
+over the survivors, and nobody else's share changes. The weights are ``rendezvous.weight``'s.
 """
 
 from __future__ import annotations
 
-import hashlib
 from typing import Iterable
 
-
-def weight(pinger: str, server_id: str) -> int:
-    digest = hashlib.blake2b(f"{pinger}\x00{server_id}".encode("utf-8"), digest_size=8).digest()
-    return int.from_bytes(digest, "big")
+from enstratus_workers.rendezvous import weight
 
 
 def owner(server_id: str, pingers: Iterable[str]) -> str:
