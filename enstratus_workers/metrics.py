@@ -26,8 +26,6 @@ from prometheus_client import CollectorRegistry, make_wsgi_app, start_http_serve
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
 from prometheus_client.registry import Collector
 
-from .clock import now_us
-from .cloud import rate_policy
 from .db import Databases, open_databases
 from .db.analytics import ActionTotal
 from .db.cloud_rates import CloudRateStore
@@ -156,15 +154,12 @@ class ServiceCollector(Collector):
             ("requests", "Cloud API calls let through, per key, fleet-wide"),
             ("throttles", "Throttling answers (HTTP 429, Retry-After) from the provider, per key"),
             ("deferrals", "Jobs put back because their key's next turn was beyond cloud.max_wait"))}
-        cloud, now = self.settings.cloud, now_us()
-        for row in CloudRateStore(dbs.provisioning).all():
-            policy = rate_policy.Policy(cloud.rate_for(row.provider, row.account), cloud.max_wait,
-                                        cloud.recover_after)
-            key = [row.provider, row.account]
-            rate.add_metric(key, policy.effective(policy.recovered(row.state, now)))
-            configured.add_metric(key, policy.rate)
-            for name, value in (("requests", row.turns), ("throttles", row.throttles), ("deferrals", row.deferrals)):
-                counts[name].add_metric(key, value)
+        for k in CloudRateStore(dbs.provisioning).rates(self.settings.cloud):
+            key = [k.provider, k.account]
+            rate.add_metric(key, k.rate)
+            configured.add_metric(key, k.configured)
+            for name in counts:
+                counts[name].add_metric(key, getattr(k, name))
         return [rate, configured, *counts.values()]
 
     def _clusters(self, stats: list[Stat]) -> list:

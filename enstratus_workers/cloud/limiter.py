@@ -63,10 +63,6 @@ class CloudLimiter:
                 self._store = self._open_store()
             return self._store
 
-    def policy(self, provider: str, account: str, patient: bool = False) -> rp.Policy:
-        max_wait = float(MAX_DEFER_S) if patient else self.settings.max_wait
-        return rp.Policy(self.settings.rate_for(provider, account), max_wait, self.settings.recover_after)
-
     def limit(self, driver, provider: str, account: str, context, patient: bool = False) -> "LimitedDriver":
         """``driver`` with every call made in turn on (provider, account)."""
         return LimitedDriver(driver, KeyTurns(self, provider, str(account), context, patient))
@@ -98,7 +94,7 @@ class KeyTurns:
     def __init__(self, limiter: CloudLimiter, provider: str, account: str, context, patient: bool):
         self.limiter, self.provider, self.account = limiter, provider, account
         self.context, self.patient = context, patient
-        self.policy = limiter.policy(provider, account, patient)
+        self.policy = rp.Policy.of(limiter.settings, provider, account, patient)
 
     @property
     def key(self) -> str:

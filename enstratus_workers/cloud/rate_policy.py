@@ -22,6 +22,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, replace
 
+from ..errors import MAX_DEFER_S
+
 US = 1_000_000
 DECREASE = 0.5     # a throttle halves the rate
 STEP = 0.1         # each quiet period gives back this share of the configured rate
@@ -69,6 +71,13 @@ class Policy:
     rate: float              # requests per second, as configured
     max_wait_s: float        # longest wait a call takes; beyond it, its job is deferred
     recover_after_s: float   # quiet seconds before each step back up
+
+    @classmethod
+    def of(cls, limits, provider: str, account: str, patient: bool = False) -> "Policy":
+        """The policy of (provider, account) under ``limits`` (``CloudLimitSettings``); a
+        ``patient`` one (a compensation's) waits for its turn however long."""
+        max_wait = float(MAX_DEFER_S) if patient else limits.max_wait
+        return cls(limits.rate_for(provider, account), max_wait, limits.recover_after)
 
     @property
     def floor(self) -> float:

@@ -46,6 +46,24 @@ class KeyRow:
     deferrals: int
 
 
+@dataclass(frozen=True)
+class KeyRate:
+    """A key as an operator sees it: the rate it may make now beside its configured rate, and
+    its calls, throttles and deferrals since it was first used."""
+
+    provider: str
+    account: str
+    rate: float
+    configured: float
+    requests: int
+    throttles: int
+    deferrals: int
+
+    @property
+    def slowed(self) -> bool:
+        return self.rate < self.configured
+
+
 class CloudRateStore:
     """Turns and throttles of the fleet's cloud keys. Safe to share between threads."""
 
@@ -90,8 +108,19 @@ class CloudRateStore:
                 continue
         raise AssertionError("the row was created and is gone again")   # pragma: no cover
 
+    def rates(self, limits) -> list[KeyRate]:
+        """Every key ever used, with its rate now under ``limits`` (``CloudLimitSettings``):
+        recovery is counted up to now, so an idle key reads recovered without a write."""
+        now = now_us()
+        out = []
+        for row in self.all():
+            policy = rp.Policy.of(limits, row.provider, row.account)
+            out.append(KeyRate(row.provider, row.account, policy.effective(policy.recovered(row.state, now)),
+                               policy.rate, row.turns, row.throttles, row.deferrals))
+        return out
+
     def all(self) -> list[KeyRow]:
-        """Every key ever used, for the metrics."""
+        """Every key ever used, as its row holds it."""
         with self.engine.connect() as conn:
             rows = conn.execute(sa.select(R).order_by(R.c.provider, R.c.account)).mappings().all()
         return [KeyRow(r["provider"], r["account"], rp.KeyState(**{k: r[k] for k in _STATE}),

@@ -64,7 +64,8 @@ def scrape_cloud_metrics(home, dbs) -> dict:
             for s in f.samples if s.name.startswith("enstratus_workers_cloud_") and s.labels.get("account") == ACCOUNT}
 
 
-def test_a_burst_of_launches_slows_to_the_clouds_limit_and_every_job_succeeds_first_time(limited_home, dbs):
+def test_a_burst_of_launches_slows_to_the_clouds_limit_and_every_job_succeeds_first_time(limited_home, dbs, capsys):
+    from enstratus_workers import cli
     from enstratus_workers.cloud.local_throttle import read_log
     from enstratus_workers.db import NewJob
 
@@ -95,12 +96,17 @@ def test_a_burst_of_launches_slows_to_the_clouds_limit_and_every_job_succeeds_fi
     assert len(window) <= LIMIT * span + BURST, (len(window), span)
     refused = sum(1 for _, _, ok in log if not ok)
     before = [t for t, _, _ in log if t <= first_refusal]
-    print(f"\n{LAUNCHES} launches in {took:.1f} s, {len(log)} calls to the cloud ({refused} refused with 429); "
-          f"before the first throttle {(len(before) - 1) / max(1e-3, first_refusal - log[0][0]):.1f} calls/s; after it "
-          f"(from 1 s on, {span:.1f} s) {len(window) / span:.2f} calls/s = {len(window) / span / LIMIT:.2f} x the "
-          f"limit of {LIMIT}/s (configured {RATE}/s); deferrals {sum(j.deferrals for j in jobs)}")
-    # and the key's slowdown is on the metrics, for the operator
+    summary = (f"\n{LAUNCHES} launches in {took:.1f} s, {len(log)} calls to the cloud ({refused} refused with 429); "
+               f"before the first throttle {(len(before) - 1) / max(1e-3, first_refusal - log[0][0]):.1f} calls/s; "
+               f"after it (from 1 s on, {span:.1f} s) {len(window) / span:.2f} calls/s = "
+               f"{len(window) / span / LIMIT:.2f} x the limit of {LIMIT}/s (configured {RATE}/s); "
+               f"deferrals {sum(j.deferrals for j in jobs)}")
+    # and the key's slowdown is on the metrics and in the status, for the operator
+    cli.main(["--home", str(home), "status"])
+    assert f"cloud API key local account {ACCOUNT}: slowed to " in capsys.readouterr().out
     m = scrape_cloud_metrics(home, dbs)
     assert m["enstratus_workers_cloud_rate_configured"] == RATE
     assert m["enstratus_workers_cloud_rate"] <= LIMIT and m["enstratus_workers_cloud_throttles_total"] >= 1
     assert m["enstratus_workers_cloud_requests_total"] >= LAUNCHES * 5
+    with capsys.disabled():
+        print(summary)
