@@ -8,7 +8,6 @@ import json
 import statistics
 import subprocess
 import sys
-import time
 
 from enstratus_workers.cloud.rate_policy import US, Policy
 from enstratus_workers.db.cloud_rates import CloudRateStore
@@ -42,7 +41,7 @@ def test_turns_throttles_and_counts_are_kept_per_key(dbs):
     assert k.state.rate == 0.05 and k.state.next_us == slow.resume_us
 
 
-# One process of the fleet: take N turns as fast as it may, from a common start, and report them.
+# One process of the fleet: connect, say "ready", and on "go" take N turns as fast as it may.
 _TAKER = """
 import json, sys, time
 from pathlib import Path
@@ -50,11 +49,12 @@ from enstratus_workers.cloud.rate_policy import Policy
 from enstratus_workers.db.cloud_rates import CloudRateStore
 from enstratus_workers.db.engine import make_engine
 from enstratus_workers.layout import Layout
-url, home, n, start = sys.argv[1], Path(sys.argv[2]), int(sys.argv[3]), float(sys.argv[4])
+url, home, n = sys.argv[1], Path(sys.argv[2]), int(sys.argv[3])
 store = CloudRateStore(make_engine(url, Layout(home), create_database=False))
 policy = Policy(rate=20.0, max_wait_s=10.0, recover_after_s=60.0)
-store.take_turn("warm", "up", policy)   # connect before the start
-time.sleep(max(0.0, start - time.time()))
+store.take_turn("warm", "up", policy)
+print("ready", flush=True)
+sys.stdin.readline()
 turns, costs = [], []
 for _ in range(n):
     t0 = time.perf_counter()
@@ -68,12 +68,15 @@ print(json.dumps({"turns": turns, "costs": costs}))
 
 def test_two_processes_sharing_only_the_database_draw_from_one_budget(dbs, tmp_path):
     url = dbs.provisioning.url.render_as_string(hide_password=False)
-    # Given two processes (two hosts, as far as the database can tell) that start together
-    start = time.time() + 2.5   # after both have started Python and connected
-    procs = [subprocess.Popen([sys.executable, "-c", _TAKER, url, str(tmp_path), "15", str(start)],
-                              cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    # Given two processes (two hosts, as far as the database can tell), started and connected
+    procs = [subprocess.Popen([sys.executable, "-c", _TAKER, url, str(tmp_path), "15"], cwd=REPO,
+                              stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
              for _ in range(2)]
     try:
+        assert [p.stdout.readline().strip() for p in procs] == ["ready", "ready"], [p.stderr.read() for p in procs]
+        for p in procs:   # go, together
+            p.stdin.write("go\n")
+            p.stdin.flush()
         outs = [p.communicate(timeout=60) for p in procs]
     finally:
         for p in procs:
