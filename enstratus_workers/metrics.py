@@ -9,6 +9,10 @@ keeps per (action, outcome) (``enstratus_action_total``, a row each), jobs by st
 job totals plus the unfinished rows (``JobStore.counts``); no query groups the events, and
 pruning old rows (``db/retention.py``) leaves every figure as it was.
 
+The cloud API limits (``cloud/limiter.py``) are one row per (provider, account) key: each key's
+current rate beside its configured one (a key slowed by throttles reads below it), and its calls,
+throttles and deferrals since it was first used, fleet-wide.
+
 Each source that cannot be read is reported as ``enstratus_workers_up{source=...} 0`` and its
 metrics are left out of that scrape, rather than failing the whole scrape.
 """
@@ -24,6 +28,7 @@ from prometheus_client.registry import Collector
 
 from .db import Databases, open_databases
 from .db.analytics import ActionTotal
+from .db.cloud_rates import CloudRateStore
 from .db.schema import DURATION_BUCKETS
 from .monitor.stat import DEAD, DEGRADED, RUNNING, STOPPED, WORKER_STATES, SUBSCRIBER, Stat, TransportDepths
 
@@ -137,7 +142,25 @@ class ServiceCollector(Collector):
                                      float(hb.details.get("published") or 0))
         queues = dbs.desired.queues(self.settings.worker.all_queues)
         stats = [Stat.from_heartbeat(hb, queues) for hb in beats if hb.daemon == SUBSCRIBER]
-        return [jobs, published, *self._clusters(stats)]
+        return [jobs, published, *self._clusters(stats), *self._cloud_limits(dbs)]
+
+    def _cloud_limits(self, dbs: Databases) -> list:
+        labels = ["provider", "account"]
+        rate = GaugeMetricFamily(f"{PREFIX}_cloud_rate", "Requests per second a cloud API key may make "
+                                 "now (below its configured rate while throttles slow it)", labels=labels)
+        configured = GaugeMetricFamily(f"{PREFIX}_cloud_rate_configured", "Requests per second "
+                                       "configured for a cloud API key (cloud.rate*)", labels=labels)
+        counts = {name: CounterMetricFamily(f"{PREFIX}_cloud_{name}", help_text, labels=labels) for name, help_text in (
+            ("requests", "Cloud API calls let through, per key, fleet-wide"),
+            ("throttles", "Throttling answers (HTTP 429, Retry-After) from the provider, per key"),
+            ("deferrals", "Jobs put back because their key's next turn was beyond cloud.max_wait"))}
+        for k in CloudRateStore(dbs.provisioning).rates(self.settings.cloud):
+            key = [k.provider, k.account]
+            rate.add_metric(key, k.rate)
+            configured.add_metric(key, k.configured)
+            for name in counts:
+                counts[name].add_metric(key, getattr(k, name))
+        return [rate, configured, *counts.values()]
 
     def _clusters(self, stats: list[Stat]) -> list:
         labels = ["cluster"]

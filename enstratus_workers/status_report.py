@@ -1,11 +1,15 @@
 """``enstratus-workers status``: this install's daemons (its pid files), every host of the fleet
-(heartbeats, ``fleet/hosts.py``), the health check and the job counts, as data and as text."""
+(heartbeats, ``fleet/hosts.py``), the health check, the job counts and the cloud API keys slowed
+by throttles (``db/cloud_rates.py``), as data and as text."""
 
 from __future__ import annotations
+
+from dataclasses import asdict
 
 from .clock import now_ms
 from .daemons.pinger.health import check_health
 from .db import open_databases
+from .db.cloud_rates import CloudRateStore
 from .errors import EnstratusError
 from .fleet.hosts import fleet_view
 from .fleet.hosts_text import host_lines
@@ -29,6 +33,8 @@ def status_report(settings, layout) -> tuple[dict, str, bool]:
             data["clusters"] = [c.as_dict() for c in Stat.get_all(settings, layout, dbs=dbs)]
             hosts = fleet_view(dbs)
             data["hosts"] = [h.as_dict() for h in hosts]   # every host of the fleet
+            data["cloud_limits"] = [{**asdict(k), "slowed": k.slowed}
+                                    for k in CloudRateStore(dbs.provisioning).rates(settings.cloud)]
         finally:
             dbs.close()
     except EnstratusError as exc:
@@ -43,5 +49,8 @@ def status_report(settings, layout) -> tuple[dict, str, bool]:
         lines.extend(host_lines(hosts, now_ms()))
     if isinstance(data["jobs"], dict) and "error" not in data["jobs"]:
         lines.append("jobs: " + ", ".join(f"{k} {v}" for k, v in data["jobs"].items()))
+    lines.extend(f"cloud API key {k['provider']} account {k['account']}: slowed to {k['rate']:.3g}/s of "
+                 f"{k['configured']:g}/s ({k['throttles']} throttles)"
+                 for k in data.get("cloud_limits", ()) if k["slowed"])
     lines.append(health.line())
     return data, "\n".join(lines), health.code == 0

@@ -44,6 +44,7 @@ class ActionContext:
     settings: Any = None
     km: Any = None             # KM client (credentials), when the KM service is configured
     persistence: Any = None    # persistence layer (platform objects)
+    cloud_limits: Any = None   # the cloud API limits (cloud/limiter.py); None: cloud calls unlimited
     extras: dict = field(default_factory=dict)
     # the worker's watch over this attempt's cancel (daemons/worker.py); None: never cancelled
     cancel_check: Callable[[], bool] | None = field(default=None, repr=False)

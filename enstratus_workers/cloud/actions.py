@@ -10,6 +10,10 @@ it fixes the server id, hence the node's name and tags, so a redelivered launch 
 its first attempt created instead of creating another. It waits while its node boots (reads
 PENDING), looking at ``ctx.cancelled()``; cancelled, it stops, and its compensation
 (``undo_launch``) terminates the server it was building, found by that same intent.
+
+Every provider call waits for its turn of the account's cloud API budget (``limiter.py``); a turn
+too far off, or a throttling answer, puts the job back (``errors.Deferred``) from wherever it is.
+That is safe for the same reason a redelivery is: a deferred launch comes back to its intent.
 """
 
 from __future__ import annotations
@@ -30,10 +34,10 @@ from enstratus_workers.persist import ABSENT, NotFound, StaleWriteError
 # Libcloud (with requests under it) is a third of a worker's memory, so it is imported when a
 # cloud action first runs, not when the worker registers the actions: a worker that only runs
 # other actions never loads it.
-def open_driver(context, account):
+def open_driver(context, account, patient=False):
     from enstratus_workers.cloud.drivers import open_driver as _open
 
-    return _open(context, account)
+    return _open(context, account, patient)
 
 
 def refused_as_action_error(provider, account):
@@ -119,10 +123,11 @@ def _wait_booted(driver, node, server_id: str, wanted: str, context):
     return node
 
 
-def _destroy(context, record: dict) -> str | None:
+def _destroy(context, record: dict, patient: bool = False) -> str | None:
     """Destroy the live node of a server record, found by id, tag or name; its id, or None if
-    there was none (never created, or gone already)."""
-    driver, provider = open_driver(context, record["account"])
+    there was none (never created, or gone already). ``patient``: a compensation's, whose calls
+    wait out the cloud API limits rather than defer (``limiter.py``)."""
+    driver, provider = open_driver(context, record["account"], patient)
     with refused_as_action_error(provider, record["account"]):
         node = s.find_node(driver.list_nodes(), record["server_id"], record.get("node_name"),
                            record.get("provider_node_id"))
@@ -150,7 +155,7 @@ def undo_launch(arguments: dict, context) -> dict:
     except ActionError:   # the intent was written, the server object not yet
         record = {"server_id": server_id, "account": intent["account"], "provider_node_id": None,
                   "node_name": s.node_name(intent["name"], server_id)}
-    node_id = _destroy(context, record)
+    node_id = _destroy(context, record, patient=True)
     s.update_server(store, server_id, lambda cur: cur and dict(cur, state=s.TERMINATED, public_ip=None))
     return {"terminated": server_id, "node": node_id}
 

@@ -5,7 +5,9 @@ with nothing but Python: ``create_node`` starts a detached agent on a free loopb
 ``list_nodes`` reports RUNNING or STOPPED from whether that process lives, ``reboot_node``
 restarts it on the same port, ``destroy_node`` kills it. The cloud's state (owner credentials,
 nodes, firewall rules) lives in a directory given as ``ex_state_dir``, e.g.
-``services/worker/data/local-cloud``; see ``local_state.py``.
+``services/worker/data/local-cloud``; see ``local_state.py``. Given ``ex_rate_limit`` (requests
+per second), it throttles as a provider does: beyond the limit a call raises libcloud's
+``RateLimitReachedError`` with a ``Retry-After`` (``local_throttle.py``).
 
 Use it as any libcloud driver once registered::
 
@@ -30,6 +32,7 @@ from libcloud.compute.types import NodeState
 
 from enstratus_workers.cloud import local_agents, process
 from enstratus_workers.cloud.local_state import LocalCloudState, now_ms
+from enstratus_workers.cloud.local_throttle import LocalThrottle
 
 log = logging.getLogger(__name__)
 
@@ -72,9 +75,11 @@ class LocalNodeDriver(NodeDriver):
     features = {"create_node": []}
 
     def __init__(self, key, secret=None, secure=False, host=None, port=None, api_version=None,
-                 region=None, ex_state_dir=None, **kwargs):
+                 region=None, ex_state_dir=None, ex_rate_limit=None, ex_rate_burst=None, **kwargs):
         if ex_state_dir is None:
             raise ValueError("the local driver needs ex_state_dir: the directory of the cloud's state")
+        self._throttle = (LocalThrottle(Path(ex_state_dir), ex_rate_limit, ex_rate_burst)
+                          if ex_rate_limit is not None else None)
         self._state = LocalCloudState(Path(ex_state_dir))
         self._state.authenticate(key, secret)
         super().__init__(key, secret, secure=False, host=host, port=port, api_version=api_version,
@@ -83,18 +88,22 @@ class LocalNodeDriver(NodeDriver):
     # -- catalogue ---------------------------------------------------------------------------------
 
     def list_images(self, location=None):
+        self._admit("list_images")
         return [NodeImage(i, name, self, extra={"alive_interval": alive})
                 for i, (name, alive) in IMAGES.items()]
 
     def list_sizes(self, location=None):
+        self._admit("list_sizes")
         return [NodeSize(i, name, ram, disk, None, 0.0, self) for i, (name, ram, disk) in SIZES.items()]
 
     def list_locations(self):
+        self._admit("list_locations")
         return [NodeLocation("loopback", "This host's loopback", "local", self)]
 
     # -- nodes -------------------------------------------------------------------------------------
 
     def list_nodes(self, ex_node_ids=None):
+        self._admit("list_nodes")
         state = self._state.read()
         if self._expired(state):
             with self._state.transaction() as state:
@@ -106,6 +115,7 @@ class LocalNodeDriver(NodeDriver):
 
     def create_node(self, name, size, image, location=None, auth=None, ex_tags=None):
         """Start an agent on a free port. ``ex_tags`` (str -> str) are kept and shown in ``extra``."""
+        self._admit("create_node")
         image_id, size_id = _id_of(image), _id_of(size)
         if image_id not in IMAGES:
             raise LibcloudError(f"unknown image {image_id!r} (images: {', '.join(IMAGES)})", driver=self)
@@ -136,6 +146,7 @@ class LocalNodeDriver(NodeDriver):
 
     def reboot_node(self, node):
         """Stop the agent and start it again on the same port; also revives a stopped node."""
+        self._admit("reboot_node")
         with self._state.transaction() as state:
             record = self._record(state, node)
             process.terminate(record["pid"], record["pid_start"])
@@ -148,6 +159,7 @@ class LocalNodeDriver(NodeDriver):
 
     def destroy_node(self, node):
         """Kill the agent and delete its disk (log); the node stays listed as TERMINATED a while."""
+        self._admit("destroy_node")
         with self._state.transaction() as state:
             record = self._record(state, node, allow_terminated=True)
             if record["state"] == "terminated":
@@ -167,6 +179,7 @@ class LocalNodeDriver(NodeDriver):
 
         The rule is recorded, not enforced: loopback has no firewall to program.
         """
+        self._admit("ex_authorize_ingress")
         if not isinstance(port, int) or not 0 < port < 65536:
             raise ValueError(f"port must be 1..65535, not {port!r}")
         nets = sorted({str(ipaddress.ip_network(str(c), strict=False)) for c in cidrs})
@@ -180,10 +193,16 @@ class LocalNodeDriver(NodeDriver):
             return [dict(r) for r in record["ingress"]]
 
     def ex_list_ingress_rules(self, node):
+        self._admit("ex_list_ingress_rules")
         state = self._state.read()
         return [dict(r) for r in self._record(state, node, allow_terminated=True)["ingress"]]
 
     # -- helpers -----------------------------------------------------------------------------------
+
+    def _admit(self, call: str) -> None:
+        """Every API call passes the cloud's own request limit first, when it has one."""
+        if self._throttle is not None:
+            self._throttle.admit(call)
 
     def _record(self, state: dict, node, allow_terminated: bool = False) -> dict:
         node_id = node.id if isinstance(node, Node) else str(node)

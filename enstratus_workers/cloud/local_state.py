@@ -30,6 +30,18 @@ KDF_ITERATIONS = 50_000
 FORMAT = 1
 
 
+@contextlib.contextmanager
+def locked(root: Path, lock_file: str) -> Iterator[None]:
+    """An exclusive ``flock`` on ``root/lock_file`` (made with ``root`` if missing) while the block runs."""
+    root.mkdir(parents=True, exist_ok=True, mode=0o700)
+    fd = os.open(root / lock_file, os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)  # closing releases the lock
+
+
 def _hash_secret(secret: str, salt: bytes, iterations: int) -> str:
     return hashlib.pbkdf2_hmac("sha256", secret.encode("utf-8"), salt, iterations).hex()
 
@@ -43,15 +55,8 @@ class LocalCloudState:
     def node_dir(self, node_id: str) -> Path:
         return self.root / "nodes" / node_id
 
-    @contextlib.contextmanager
-    def _locked(self) -> Iterator[None]:
-        self.root.mkdir(parents=True, exist_ok=True, mode=0o700)
-        fd = os.open(self.root / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o600)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX)
-            yield
-        finally:
-            os.close(fd)  # closing releases the lock
+    def _locked(self):
+        return locked(self.root, LOCK_FILE)
 
     def _load(self) -> dict | None:
         try:

@@ -5,7 +5,8 @@
 
 ``WorkerSettings`` is the typed table of ``worker.properties`` (what ``config check`` validates
 and ``describe`` shows). Its knobs are grouped per daemon, derived from it in one place
-(``Settings.publisher``, ``.subscriber``, ``.pinger``); each daemon reads its own group, and
+(``Settings.publisher``, ``.subscriber``, ``.pinger``, and ``.cloud`` for the worker processes'
+cloud API limits); each daemon reads its own group, and
 ``Settings.worker`` for what they all share: the databases, the worker types' queues and the
 limits put on every action.
 """
@@ -102,6 +103,17 @@ class Schedule:
 
 
 @dataclass(frozen=True)
+class CloudRate:
+    """A configured request rate of the cloud API limits: for every account of ``provider``
+    (``account`` None: ``cloud.rate.<provider>``) or for one account of it
+    (``cloud.rate.<provider>.<account>``). Requests per second; fractions allowed."""
+
+    provider: str
+    account: str | None
+    rate: float
+
+
+@dataclass(frozen=True)
 class WorkerSettings:
     """worker.properties, as the file has it: databases, worker types, the limits put on actions,
     and the publisher's, subscriber's and pinger's knobs (which the daemons read from their
@@ -138,6 +150,11 @@ class WorkerSettings:
     # publisher: periodic actions per account (server.sync only by default: the built-in sync)
     schedules: tuple[Schedule, ...] = (Schedule("server.sync", 60.0),)
     schedule_accounts: tuple[str, ...] = ()  # accounts scheduled besides those owning servers
+    # cloud API limits, per (provider, account), shared by the fleet (cloud/limiter.py)
+    cloud_rate: float = 10.0             # requests/s of a key no cloud.rate.* names
+    cloud_rates: tuple[CloudRate, ...] = ()   # cloud.rate.<provider>[.<account>]
+    cloud_max_wait: float = 5.0          # longest a call waits for its turn; beyond: the job is deferred
+    cloud_recover_after: float = 10.0    # seconds without a throttle between steps back up
     source: Path | None = None
 
     def type_for_queue(self, queue: str) -> WorkerType | None:
@@ -214,6 +231,31 @@ class PingerSettings(_DaemonGroup):
 
 
 @dataclass(frozen=True)
+class CloudLimitSettings(_DaemonGroup):
+    """The cloud API limits of worker.properties (``cloud.*``), read by the worker processes
+    (``cloud/limiter.py``) and by the metrics (the configured rate beside the current one)."""
+
+    _FROM = MappingProxyType({"rate": "cloud_rate", "rates": "cloud_rates", "max_wait": "cloud_max_wait",
+                              "recover_after": "cloud_recover_after"})
+
+    rate: float = WorkerSettings.cloud_rate                     # cloud.rate
+    rates: tuple[CloudRate, ...] = ()                           # cloud.rate.<provider>[.<account>]
+    max_wait: float = WorkerSettings.cloud_max_wait             # cloud.max_wait
+    recover_after: float = WorkerSettings.cloud_recover_after   # cloud.recover_after
+
+    def rate_for(self, provider: str, account: str) -> float:
+        """The configured rate of (provider, account): its own key, else its provider's, else
+        ``cloud.rate``."""
+        per_provider = self.rate
+        for r in self.rates:
+            if r.provider == provider and r.account == account:
+                return r.rate
+            if r.provider == provider and r.account is None:
+                per_provider = r.rate
+        return per_provider
+
+
+@dataclass(frozen=True)
 class PersistenceSettings:
     """dasein-persistence.properties: which store backs each bucket of platform objects."""
 
@@ -278,3 +320,7 @@ class Settings:
     @cached_property
     def pinger(self) -> PingerSettings:
         return PingerSettings.of(self.worker)
+
+    @cached_property
+    def cloud(self) -> CloudLimitSettings:
+        return CloudLimitSettings.of(self.worker)

@@ -1,5 +1,5 @@
 """``worker.properties``: the databases, the worker types, the limits put on actions, the pinger's
-guest heartbeats and the publisher's schedules."""
+guest heartbeats, the publisher's schedules and the cloud API limits."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from functools import partial
 from pathlib import Path
 
 from enstratus_workers.config import converters as conv
-from enstratus_workers.config import limits, schedule_keys
+from enstratus_workers.config import cloud_keys, limits, schedule_keys
 from enstratus_workers.config.problems import did_you_mean, raise_all
 from enstratus_workers.config.propfile import Prop, PropFile
 from enstratus_workers.config.settings import WorkerSettings, WorkerType
@@ -64,6 +64,9 @@ PROPS = (
     _prop("retention.cancelled", "retention_cancelled", "number"),
     _prop("retention.events", "retention_events", "number"),
     Prop(schedule_keys.ACCOUNTS_KEY, "schedule_accounts", schedule_keys.accounts),
+    _prop(cloud_keys.DEFAULT_KEY, "cloud_rate", "number", lo_open=True),
+    _prop("cloud.max_wait", "cloud_max_wait", "number"),
+    _prop("cloud.recover_after", "cloud_recover_after", "number", lo_open=True),
 )
 TYPES_KEY = "worker.types"
 TYPE_KEYS = ("queues", "min", "max", "placement")
@@ -85,7 +88,7 @@ def _read_type(f: PropFile, name: str, defaults: dict[str, WorkerType]) -> Worke
 
 
 def _known_keys(type_names, f: PropFile) -> set[str]:
-    return {p.key for p in PROPS} | {TYPES_KEY} | schedule_keys.known_keys(f) | {
+    return {p.key for p in PROPS} | {TYPES_KEY} | schedule_keys.known_keys(f) | cloud_keys.known_keys(f) | {
         f"worker.{name}.{part}" for name in type_names for part in TYPE_KEYS}
 
 
@@ -113,6 +116,10 @@ def validate(f: PropFile, settings: WorkerSettings) -> None:
         f.error(f"pinger.guest_timeout ({settings.guest_timeout:g}) must be less than "
                 f"pinger.guest_interval ({settings.guest_interval:g}): a ping would outlast its round",
                 key, f.line(key))
+    if settings.cloud_max_wait >= settings.time_limit:
+        key = "cloud.max_wait" if "cloud.max_wait" in f.entries else "action.time_limit"
+        f.error(f"cloud.max_wait ({settings.cloud_max_wait:g}) must be less than action.time_limit "
+                f"({settings.time_limit:g}): a wait for a turn would outlast the action", key, f.line(key))
 
 
 def read_host_name(path: Path) -> str:
@@ -146,7 +153,8 @@ def read_worker(path: Path) -> WorkerSettings:
     types_ok = len(f.errors) == before
     types = tuple(_read_type(f, name, defaults) for name in names)
     schedules = schedule_keys.read_schedules(f)
-    settings = WorkerSettings(**f.convert(PROPS), types=types, schedules=schedules, source=path)
+    settings = WorkerSettings(**f.convert(PROPS), types=types, schedules=schedules,
+                              cloud_rates=cloud_keys.read_rates(f), source=path)
     strays = {key: f"worker type {m.group(1)!r} is not listed in {TYPES_KEY} ({', '.join(names)})"
                    f"{did_you_mean(m.group(1), names)}"
               for key in f.entries if (m := _PER_TYPE.fullmatch(key)) and m.group(1) not in names}

@@ -71,21 +71,28 @@ class WorkerProcess(Service):
         return Hooks([self.count, StateEventHook(self.services["persistence"])])
 
     def _services(self) -> dict:
-        """What actions get in their context: settings, the KM client, the persistence layer.
+        """What actions get in their context: settings, the KM client, the persistence layer,
+        the cloud API limits.
 
         The KM client opens a connection per request, so building it costs nothing and a KM
-        that is down only fails the actions that need a credential.
+        that is down only fails the actions that need a credential; the limits connect to the
+        provisioning DB on the first cloud call.
         """
+        from ..cloud.limiter import CloudLimiter
         from ..cloud.state_events import StateEventStore
         from ..db.analytics import EventStore
+        from ..db.cloud_rates import CloudRateStore
         from ..db.engine import make_engine
         from ..km.client import KMClient
         from ..persist import open_store
 
         self._analytics = make_engine(self.settings.worker.analytics_url.reveal(), self.layout)
+        provisioning_url = self.settings.worker.provisioning_url.reveal()
         services = {"settings": self.settings,
                     "persistence": StateEventStore(open_store(self.settings.persistence, self.layout),
-                                                   EventStore(self._analytics))}
+                                                   EventStore(self._analytics)),
+                    "cloud_limits": CloudLimiter(self.settings.cloud, lambda: CloudRateStore(
+                        make_engine(provisioning_url, self.layout, create_database=False)))}
         if self.settings.provisioning.encryption_key:
             services["km"] = KMClient(self.settings.km_client, self.settings.provisioning.encryption_key)
         return services
@@ -108,7 +115,7 @@ class WorkerProcess(Service):
             self._serve(conn, inbox, registry)
         finally:
             conn.close()
-            for service in ("persistence", "km"):
+            for service in ("persistence", "km", "cloud_limits"):
                 if service in self.services:
                     self.services[service].close()
             self._analytics.dispose()

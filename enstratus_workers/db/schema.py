@@ -74,6 +74,22 @@ heartbeats = sa.Table(
     sa.Column("details", sa.Text, nullable=True),
 )
 
+cloud_rates = sa.Table(
+    # the cloud API limits' budget, one row per (provider, account), shared by every worker
+    # process of the fleet (db/cloud_rates.py; the policy in cloud/rate_policy.py). Times in
+    # microseconds since the epoch: a turn of a fast key is a fraction of a millisecond.
+    "enstratus_cloud_rate", provisioning,
+    sa.Column("provider", IdentityString(100), primary_key=True),
+    sa.Column("account", IdentityString(200), primary_key=True),
+    sa.Column("next_us", sa.BigInteger, nullable=False),       # the next free turn
+    sa.Column("rate", sa.Double, nullable=True),               # slowed rate, req/s; None: as configured
+    sa.Column("slowed_us", sa.BigInteger, nullable=False),     # when a throttle last slowed it (0: never)
+    sa.Column("eased_us", sa.BigInteger, nullable=False),      # when it last stepped back up (0: never)
+    sa.Column("turns", sa.BigInteger, nullable=False),         # calls let through, ever
+    sa.Column("throttles", sa.BigInteger, nullable=False),     # throttling answers seen, ever
+    sa.Column("deferrals", sa.BigInteger, nullable=False),     # jobs put back for a turn or a throttle
+)
+
 events = sa.Table(
     "enstratus_job_event", analytics,
     sa.Column("event_id", _ID, primary_key=True, autoincrement=True),

@@ -229,7 +229,8 @@ def test_a_version_2_database_gets_its_totals_from_its_rows(tmp_path):
         with dbs.analytics.begin() as conn:
             conn.exec_driver_sql(f"UPDATE enstratus_job_event SET duration_ms = {ms} WHERE job_id = {jid}")
     with dbs.provisioning.begin() as conn:
-        for table in ("enstratus_job_total", "enstratus_job_pruned", "enstratus_lease"):
+        for table in ("enstratus_job_total", "enstratus_job_pruned", "enstratus_lease",
+                      "enstratus_cloud_rate"):   # provisioning_0005's
             conn.exec_driver_sql(f"DROP TABLE {table}")
         for column in ("cancel_requested_ms", "not_before_ms", "deferrals"):   # provisioning_0003's
             conn.exec_driver_sql(f"ALTER TABLE enstratus_job DROP COLUMN {column}")

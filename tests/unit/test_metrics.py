@@ -227,3 +227,33 @@ def test_serve_metrics_answers_over_http(env):
 def test_serve_metrics_needs_a_registry_or_settings():
     with pytest.raises(ValueError):
         serve_metrics(0)
+
+
+def test_each_cloud_key_shows_its_current_rate_beside_the_configured_one_and_its_counts(env):
+    import dataclasses
+
+    from enstratus_workers.cloud.rate_policy import Policy
+    from enstratus_workers.config.settings import CloudRate
+    from enstratus_workers.db.cloud_rates import CloudRateStore
+
+    settings, layout, dbs = env
+    settings = dataclasses.replace(settings, worker=WorkerSettings(
+        cloud_rate=10.0, cloud_rates=(CloudRate("ec2", "42", 4.0),)))
+    store = CloudRateStore(dbs.provisioning)
+    # Given a key throttled once after three calls, and another key called twice
+    policy = Policy(4.0, max_wait_s=5.0, recover_after_s=600.0)
+    turns = [store.take_turn("ec2", "42", policy) for _ in range(3)]
+    store.throttled("ec2", "42", policy, turns[-1].asked_us, retry_after_s=1)
+    for _ in range(2):
+        store.take_turn("local", "7", Policy(10.0, 5.0, 10.0))
+    # When the metrics are scraped
+    samples = scrape(make_registry(settings, layout, dbs=dbs, depths=FakeDepths({})))
+    # Then the throttled key reads at half its configured rate, the other at its own
+    p = "enstratus_workers_cloud_"
+    assert (sample(samples, p + "rate", provider="ec2", account="42"),
+            sample(samples, p + "rate_configured", provider="ec2", account="42")) == (2.0, 4.0)
+    assert sample(samples, p + "rate", provider="local", account="7") == 10.0
+    # and the calls, throttles and deferrals of each are counted
+    assert [sample(samples, p + name + "_total", provider="ec2", account="42")
+            for name in ("requests", "throttles", "deferrals")] == [3, 1, 0]
+    assert sample(samples, p + "requests_total", provider="local", account="7") == 2

@@ -8,12 +8,12 @@ import dataclasses
 import pytest
 
 from enstratus_workers.config import describe, load_settings
-from enstratus_workers.config.settings import (PingerSettings, PublisherSettings, Schedule, SubscriberSettings,
-                                               WorkerSettings, WorkerType)
+from enstratus_workers.config.settings import (CloudLimitSettings, PingerSettings, PublisherSettings, Schedule,
+                                               SubscriberSettings, WorkerSettings, WorkerType)
 from enstratus_workers.layout import Layout
 
 KEY = base64.b64encode(bytes(range(32))).decode()
-GROUPS = ("publisher", "subscriber", "pinger")
+GROUPS = ("publisher", "subscriber", "pinger", "cloud")
 
 
 @pytest.fixture
@@ -74,7 +74,8 @@ def test_a_daemons_group_holds_nothing_of_another_daemons():
     # Given the groups of the default table
     base = WorkerSettings()
     groups = {name: cls.of(base) for name, cls in
-              (("publisher", PublisherSettings), ("subscriber", SubscriberSettings), ("pinger", PingerSettings))}
+              (("publisher", PublisherSettings), ("subscriber", SubscriberSettings), ("pinger", PingerSettings),
+               ("cloud", CloudLimitSettings))}
     owners: dict[str, list[str]] = {}
     for f in dataclasses.fields(WorkerSettings):
         # When one field of worker.properties changes
@@ -91,6 +92,7 @@ def test_a_daemons_group_holds_nothing_of_another_daemons():
         "pinger": {"heartbeat_interval", "guest_interval", "guest_misses", "guest_concurrency",
                    "guest_timeout", "retention_succeeded", "retention_failed", "retention_dead",
                    "retention_events", "retention_cancelled"},
+        "cloud": {"cloud_rate", "cloud_rates", "cloud_max_wait", "cloud_recover_after"},
     }
     assert {k for k, o in owners.items() if not o} == {
         "provisioning_url", "analytics_url", "default_queue", "time_limit", "max_attempts", "source",
