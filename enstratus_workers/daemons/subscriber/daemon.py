@@ -298,10 +298,13 @@ class Subscriber(Service):
             elif verdict == "stale":
                 stale.append(d)
             elif self.pauses.holds(d.queue, row.account):
-                paused.append((d, msg.job_id, msg.attempt))
+                paused.append((d, msg, row))
             else:
                 self._accept(d, msg, row)
-        self._to_outbox(paused)
+        paused, released = self.pauses.confirmed(paused, lambda item: (item[0].queue, item[2].account))
+        for d, msg, row in released:
+            self._accept(d, msg, row)
+        self._to_outbox([(d, msg.job_id, msg.attempt) for d, msg, _ in paused])
         if stale:
             self.stats["stale"] += len(stale)
             self.intake.ack(stale)

@@ -9,7 +9,10 @@ and still waiting here for a worker process goes back the same way (``sweep``); 
 has started finishes.
 
 The pauses are read at most every ``PAUSES_TTL_S`` (one small query), so a pause takes effect
-here within about that long on every host. If they cannot be read, the last ones read stand.
+here within about that long on every host. What the last read says is paused is read again
+before anything is given back (``confirmed``): the publisher reads the pauses with every pass,
+and work it relays the moment an account is resumed must run, not bounce between the two until
+this copy expires. If the pauses cannot be read, the last ones read stand.
 """
 
 from __future__ import annotations
@@ -37,9 +40,10 @@ class PauseGate:
         self._swept: Paused | None = None
         self.given_back = 0
 
-    def current(self) -> Paused:
+    def current(self, fresh: bool = False) -> Paused:
+        """The pauses as last read, read again if older than ``ttl`` (or if ``fresh``)."""
         now = time.monotonic()
-        if now - self._read_at >= self.ttl:
+        if fresh or now - self._read_at >= self.ttl:
             self._read_at = now
             try:
                 paused = self._read()
@@ -56,6 +60,15 @@ class PauseGate:
 
     def holds(self, queue: str, account: str | None) -> bool:
         return self.current().holds(queue, account)
+
+    def confirmed(self, items: list, where) -> tuple[list, list]:
+        """``items`` the last read holds, split by a fresh read into those still held and those
+        released since (``where(item)`` is its (queue, account))."""
+        if not items:
+            return [], []
+        paused = self.current(fresh=True)
+        held = [i for i in items if paused.holds(*where(i))]
+        return held, [i for i in items if not paused.holds(*where(i))]
 
     def give_back(self, items: list) -> list:
         """``items``: (delivery, job id, attempt) of paused jobs. Their rows are made pending,
