@@ -15,7 +15,8 @@ came; when the worker died under it, the Outcome is built here from the same Tas
 
 A delivery of a job without a row is a stranger (dead-lettered with the reason); one of a
 finished job or of an attempt the row is not at is a stale duplicate (acked away). Both are
-counted. One of a paused queue or account goes back to the outbox unrun (``pauses.py``). One whose attempt another subscriber holds waits, unacked, until that owner records
+counted. One of a paused queue or account goes back to the outbox unrun (``pauses.py``). One
+whose attempt another subscriber holds waits, unacked, until that owner records
 it (then it is stale) or its heartbeat expires (then this process takes the attempt over). If
 the rows cannot be read, nothing runs blind: the deliveries wait unacked and the check is
 retried with backoff.
@@ -91,8 +92,7 @@ class Subscriber(Service):
         self.owner = _owner_token(name, self.host)
         self.started_ms = now_ms()
         self.stats = {"received": 0, "succeeded": 0, "failed": 0, "pending": 0, "dead": 0, "cancelled": 0,
-                      "dead_lettered": 0, "duplicates": 0, "stale": 0, "strangers": 0, "taken_over": 0,
-                      "given_back": 0}
+                      "dead_lettered": 0, "duplicates": 0, "stale": 0, "strangers": 0, "taken_over": 0}
 
     def request_reload(self) -> None:
         self._reload.set()
@@ -176,7 +176,7 @@ class Subscriber(Service):
         self._settle(self.pool.supervise())
         if not self.pool.stopping:
             self._reconcile()
-            self._give_back_paused()
+            self.pauses.tick(self.pending, self.active)
             self.pool.scale({t: len(q) for t, q in self.pending.items()})
             self.pool.dispatch(self.pending)
             self._mark_dispatched()
@@ -301,10 +301,8 @@ class Subscriber(Service):
                 paused.append((d, msg, row))
             else:
                 self._accept(d, msg, row)
-        paused, released = self.pauses.confirmed(paused, lambda item: (item[0].queue, item[2].account))
-        for d, msg, row in released:
+        for d, msg, row in self.pauses.settle(paused):   # resumed since the pauses were last read
             self._accept(d, msg, row)
-        self._to_outbox([(d, msg.job_id, msg.attempt) for d, msg, _ in paused])
         if stale:
             self.stats["stale"] += len(stale)
             self.intake.ack(stale)
@@ -315,18 +313,6 @@ class Subscriber(Service):
         """The pauses as this process obeys them, over its databases and intake (``pauses.py``)."""
         return PauseGate(PauseStore(self.dbs.provisioning, known_queue=lambda _name: True).current,
                          self.dbs.jobs.give_back, self.intake.ack)
-
-    def _to_outbox(self, items: list) -> None:
-        """Give (delivery, job id, attempt) of paused jobs back to the outbox (``pauses.py``);
-        what cannot be written now is held, unacked, and checked again later."""
-        failed = self.pauses.give_back(items)
-        self.stats["given_back"] += len(items) - len(failed)
-        self._held.extend((d, decode(d.body)) for d, _, _ in failed)
-
-    def _give_back_paused(self) -> None:
-        """Work waiting here for a worker when its queue or account was paused goes back too."""
-        self._to_outbox([(d, a.task.job_id, a.task.attempt) for a in self.pauses.sweep(self.pending)
-                         for d in self.active.pop(a.task.key, [a.delivery])])
 
     def _take_over(self, d, msg, row) -> bool:
         """Take a running attempt whose owner's heartbeat expired; False if the row moved on."""
@@ -414,7 +400,7 @@ class Subscriber(Service):
     # -- heartbeat -----------------------------------------------------------------------------
     def snapshot(self) -> dict:
         workers = self.pool.snapshot()
-        return {"workers": workers, "stats": dict(self.stats),
+        return {"workers": workers, "stats": {**self.stats, "given_back": self.pauses.given_back},
                 "pending": {t: len(q) for t, q in self.pending.items()},
                 "inflight": sum(w["inflight"] for w in workers),
                 "recording": self.recorder.waiting, "connected": self.intake.connected.is_set(),
