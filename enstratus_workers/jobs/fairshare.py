@@ -27,8 +27,8 @@ from __future__ import annotations
 
 import heapq
 from collections import Counter
-from itertools import zip_longest
 from dataclasses import dataclass
+from itertools import zip_longest
 from typing import Mapping, NamedTuple, Sequence
 
 
