@@ -69,6 +69,31 @@ def test_the_window_holds_the_backlog_in_the_outbox_until_jobs_start_or_end(dbs)
     assert relay(dbs, fair) == []
 
 
+def test_the_probe_finds_every_account_waiting_on_every_queue_and_the_queued_counts(dbs):
+    # Given pending jobs of accounts that differ in case and accent, and of none, on two
+    # queues, beside queued, running and finished ones
+    from enstratus_workers.db.outbox import probe
+
+    for account, queue in [("A", "default"), ("a", "default"), ("á", "default"), (None, "default"),
+                           ("A", "other"), ("Zürich AG", "other"), ("gone", "default")]:
+        submit(dbs, account, 2, queue=queue)
+    relay(dbs, FairShare(window=None), batch=1000)            # everything queued...
+    submit(dbs, "A", 1)                                       # ...then pending again, but "gone"
+    submit(dbs, "a", 1)
+    submit(dbs, "á", 1)
+    submit(dbs, None, 1)
+    submit(dbs, "A", 1, queue="other")
+    submit(dbs, "Zürich AG", 1, queue="other")
+    # When a relay pass reads the outbox
+    with dbs.provisioning.connect() as conn:
+        outlook = probe(conn)
+    # Then it finds each (queue, account) with pending jobs once, exactly as spelled, and the
+    # first attempts queued per queue
+    assert {q: sorted(a, key=str) for q, a in outlook.waiting.items()} == {
+        "default": sorted(["A", "a", "á", None], key=str), "other": ["A", "Zürich AG"]}
+    assert dict(outlook.queued) == {"default": 10, "other": 4}
+
+
 def test_an_account_that_comes_later_is_relayed_in_turn_not_after_the_backlog(dbs):
     # Given a backlog of 200 jobs of A, then 5 of B, and a window of 10
     submit(dbs, "A", 200)
