@@ -136,7 +136,7 @@ class WorkerSettings:
     publisher_batch: int = 500           # pending jobs relayed per outbox transaction
     # first attempts relayed and not yet started, at most, per broker queue: the backlog waits
     # in the outbox, where the relay takes turns by account (jobs/fairshare.py)
-    publisher_window: int = 200
+    publisher_window: int = 300
     account_weights: tuple[tuple[str, int], ...] = ()   # account.<name>.weight (others: 1)
     record_batch: int = 500              # outcomes written per database transaction
     record_interval: float = 0.0         # longest an outcome waits for its batch, seconds (0: at once)

@@ -18,6 +18,10 @@ Two rules decide a relay pass (``db/outbox.py`` reads the outbox and takes the r
   behind the others' history nor ahead of it. An account that stops waiting is forgotten.
   Jobs without an account take turns as one account of weight 1.
 
+A queue whose window is partly filled is refilled once a quarter of it is free: the workers
+empty a window an outcome batch at a time, and a pass per batch would spend the publisher in
+passes of a few jobs each (a pass costs about the same for 5 jobs as for 50).
+
 Paused queues and accounts (``db/pauses.py``) get no room at all. Only what was really relayed
 advances an account's pass (``settle``): an account dealt more turns than it had jobs is not
 charged for them, and the pass is run again at once for the room it left.
@@ -30,6 +34,10 @@ from collections import Counter
 from dataclasses import dataclass
 from itertools import zip_longest
 from typing import Mapping, NamedTuple, Sequence
+
+
+#: a queue with jobs queued is refilled once this part of its window is free (``_refill_at``)
+REFILL_PART = 4
 
 
 class Paused(NamedTuple):
@@ -115,6 +123,14 @@ class FairShare:
         self._turns: dict[str, Turns] = {}
         self._first_queue = 0                    # queues take turns at a batch too small for all
 
+    def _refill_at(self, queued: int) -> int:
+        """The room a queue must have to be relayed to: any, when nothing of it is queued (a lone
+        job goes at once); else a quarter of the window, so that a window emptied one outcome
+        batch at a time is refilled in passes of a fair size, not in as many passes as batches."""
+        if self.window is None or queued == 0:
+            return 1
+        return max(1, self.window // REFILL_PART)
+
     def weight(self, account: str | None) -> int:
         return self.weights.get(account, 1) if account is not None else 1
 
@@ -135,7 +151,7 @@ class FairShare:
                 continue
             accounts = [a for a in outlook.waiting[queue] if not outlook.paused.holds(queue, a)]
             free = batch if self.window is None else min(batch, self.window - outlook.queued.get(queue, 0))
-            if not accounts or free <= 0:
+            if not accounts or free < self._refill_at(outlook.queued.get(queue, 0)):
                 continue
             dealt = self._turns.setdefault(queue, Turns()).deal(accounts, self.weight, free)
             turns_of = Counter(dealt)
