@@ -10,13 +10,10 @@ from __future__ import annotations
 from .cli import EXIT_USAGE, _dbs, _error, _print, _settings, _ts
 
 
-def _store(args, settings, dbs):
-    from .db.instances import InstanceStore
+def _store(dbs):
     from .db.pauses import fleet_pauses
 
-    instances = InstanceStore(dbs.provisioning)
-    instances.ensure_seeded(settings)   # a fleet no admin daemon has started yet knows its queues
-    return fleet_pauses(dbs, instances)
+    return fleet_pauses(dbs)   # its desired state seeds a database no daemon has touched yet
 
 
 def _target(args) -> tuple[str, str]:
@@ -36,7 +33,7 @@ def cmd_pause_or_resume(args) -> int:
     settings = _settings(args)
     dbs = _dbs(args, settings)
     try:
-        store = _store(args, settings, dbs)
+        store = _store(dbs)
         kind, name = _target(args)
         try:
             done = store.pause(kind, name) if args.command == "pause" else store.resume(kind, name)
@@ -53,7 +50,7 @@ def cmd_pauses(args) -> int:
     settings = _settings(args)
     dbs = _dbs(args, settings)
     try:
-        found = _store(args, settings, dbs).list()
+        found = _store(dbs).list()
     finally:
         dbs.close()
     _print(args, [p.as_dict() for p in found], "\n".join(_text(p) for p in found) or "nothing is paused")

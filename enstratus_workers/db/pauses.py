@@ -9,9 +9,9 @@ nothing is lost and no attempt is counted. Resuming deletes the row; the publish
 jobs at its next pass (resume rings this host's publishers; others find it within their poll).
 
 Names are checked here, at the one door every caller comes through: an account must be a valid
-account name (``limits.ACCOUNT_RULE``: ``Invalid``), a queue must be one the fleet knows (its
-declared queues, ``InstanceStore``: ``NotFound``). A queue that was paused and then forgotten
-can still be resumed.
+account name (``limits.ACCOUNT_RULE``: ``Invalid``), a queue must be one the fleet has (the
+desired state's queues, declared or consumed: ``db/desired.py``; else ``NotFound``). A queue
+that was paused and then forgotten can still be resumed.
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ import sqlalchemy as sa
 from ..clock import now_ms
 from ..config import limits
 from ..jobs.fairshare import Paused
-from .instances import InstanceStore, Invalid, NotFound
+from .instances import Invalid, NotFound
 from .schema import pauses as T
 
 QUEUE, ACCOUNT = "queue", "account"
@@ -124,8 +124,10 @@ class PauseStore:
         return conn.execute(sa.select(T.c.since_ms).where(T.c.kind == kind, T.c.name == name)).scalar()
 
 
-def fleet_pauses(dbs, instances: InstanceStore) -> PauseStore:
-    """The pauses of the fleet whose databases are ``dbs``: queues known by the desired state
-    ``instances`` holds (its declared queues); a resume wakes this host's publishers."""
-    return PauseStore(dbs.provisioning, known_queue=lambda name: instances.queue(name) is not None,
-                      on_resume=dbs.jobs.wake_publishers)
+def fleet_pauses(dbs) -> PauseStore:
+    """The pauses of the fleet whose databases are ``dbs``: a queue is known if the desired
+    state has it (read again at once when the cached answer does not: it may be a moment
+    old); a resume wakes this host's publishers."""
+    def known(name: str) -> bool:
+        return name in dbs.desired.get().queues or name in dbs.desired.get(fresh=True).queues
+    return PauseStore(dbs.provisioning, known_queue=known, on_resume=dbs.jobs.wake_publishers)

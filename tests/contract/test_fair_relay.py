@@ -117,8 +117,8 @@ def test_paused_queues_and_accounts_wait_in_the_outbox_until_resumed(dbs):
     # Given jobs of A and B on the default queue and of C on another, and A and that queue paused
     instances = InstanceStore(dbs.provisioning)
     instances.ensure_seeded(dbs.settings)
-    instances.add_queue("other")
-    pauses = fleet_pauses(dbs, instances)
+    instances.add_queue("other")   # a queue declared a moment ago is known at once
+    pauses = fleet_pauses(dbs)
     a, b, c = submit(dbs, "A", 3), submit(dbs, "B", 3), submit(dbs, "C", 3, queue="other")
     pauses.pause(ACCOUNT, "A")
     pauses.pause(QUEUE, "other")
@@ -136,7 +136,7 @@ def test_paused_queues_and_accounts_wait_in_the_outbox_until_resumed(dbs):
 def test_pausing_an_unknown_queue_is_refused_and_a_forgotten_one_can_be_resumed(dbs):
     instances = InstanceStore(dbs.provisioning)
     instances.ensure_seeded(dbs.settings)
-    pauses = fleet_pauses(dbs, instances)
+    pauses = fleet_pauses(dbs)
     with pytest.raises(NotFound, match="no queue 'nope'"):
         pauses.pause(QUEUE, "nope")
     instances.add_queue("gone")

@@ -26,8 +26,7 @@ INVALID = {422: {"description": "not a valid name"}}
 
 
 def _pauses(request: Request):
-    ctx = ctx_of(request)
-    return fleet_pauses(ctx.dbs, ctx.store)
+    return fleet_pauses(ctx_of(request).dbs)
 
 
 def _change(request: Request, verb: str, kind: str, name: str) -> PauseOut:
