@@ -150,9 +150,11 @@ class FairShare:
             if queue in outlook.paused.queues:
                 continue
             accounts = [a for a in outlook.waiting[queue] if not outlook.paused.holds(queue, a)]
-            free = batch if self.window is None else min(batch, self.window - outlook.queued.get(queue, 0))
-            if not accounts or free < self._refill_at(outlook.queued.get(queue, 0)):
+            queued = outlook.queued.get(queue, 0)
+            room = batch if self.window is None else self.window - queued
+            if not accounts or room < self._refill_at(queued):
                 continue
+            free = min(batch, room)
             dealt = self._turns.setdefault(queue, Turns()).deal(accounts, self.weight, free)
             turns_of = Counter(dealt)
             index: dict[str | None, int] = {}

@@ -36,6 +36,8 @@ def test_the_room_is_the_window_less_what_is_queued_and_a_full_window_deals_noth
     assert fair.plan(Outlook({"default": 9}, {"default": ["A"]}), 500).groups == ()
     # Given none queued / Then even a window of 1 takes its job at once
     assert len(FairShare(window=1).plan(Outlook({}, {"default": ["A"]}), 500).order) == 1
+    # Given a batch smaller than a quarter of the window / Then the room, not the batch, decides
+    assert len(FairShare(window=300).plan(Outlook({"default": 2}, {"default": ["A"]}), 2).order) == 2
     # Given a full (or overfull: two publishers filled it at once) window / Then none
     assert fair.plan(Outlook({"default": 10}, {"default": ["A"]}), 500).groups == ()
     assert fair.plan(Outlook({"default": 12}, {"default": ["A"]}), 500).groups == ()
