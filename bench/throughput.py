@@ -54,8 +54,9 @@ ADMIN_GETS = 200
 
 
 # -- bulk -------------------------------------------------------------------------------------
-def run_bulk(n: int, embedded: bool) -> float:
-    with started_service(embedded=embedded) as service:
+def run_bulk(n: int, embedded: bool, window: int | None = None) -> float:
+    props = {"publisher.window": window} if window else None
+    with started_service(embedded=embedded, worker_props=props) as service:
         base = service.dbs.jobs.counts()["succeeded"]
         queue = service.settings.worker.default_queue
         t0 = time.perf_counter()
@@ -71,6 +72,10 @@ def bulk(args) -> None:
     print(f"enstratus-workers (amqp+mariadb) n={args.n} end_to_end_s={elapsed:.2f} rate={ours:.0f}/s")
     print(f"ceiling (raw pika, same run)        rate={ceil:.0f}/s")
     print(f"ratio to ceiling: {ours / ceil:.1%}")
+    for window in args.window:
+        w = args.n / run_bulk(args.n, embedded=False, window=window)
+        print(f"enstratus-workers publisher.window={window} rate={w:.0f}/s ({w / ceil:.1%} of ceiling, "
+              f"{w / ours:.2f}x the shipped window's)")
     if args.embedded:
         e = run_bulk(args.n, embedded=True)
         print(f"enstratus-workers (embedded sqlite) n={args.n} rate={args.n / e:.0f}/s ({args.n / e / ceil:.1%} of ceiling)")
@@ -219,6 +224,8 @@ def main(argv=None) -> int:
     ap.add_argument("--peers", action="store_true", help="also Celery (and Dramatiq in bulk), from the anchors")
     ap.add_argument("--anchors", type=Path, default=peers.DEFAULT_ANCHORS, help="the shared anchors' directory")
     ap.add_argument("--embedded", action="store_true", help="bulk: also measure the embedded default")
+    ap.add_argument("--window", type=int, action="append", default=[],
+                    help="bulk: also measure with this publisher.window (repeatable)")
     args = ap.parse_args(argv)
     if not all(1 <= v <= 1_000_000 for v in (args.n, args.python_jobs, args.admin_jobs)):
         ap.error("N, --python-jobs and --admin-jobs must be 1..1000000")

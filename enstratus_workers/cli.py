@@ -58,6 +58,7 @@ def _ts(ms) -> str:
 
 def _job_text(job) -> str:
     lines = [f"job {job.job_id}: {job.action} on {job.queue} — {job.status}",
+             f"  account:   {job.account if job.account is not None else '-'}",
              f"  arguments: {job.arguments}",
              f"  attempts:  {job.attempts}/{job.max_attempts}",
              f"  created:   {_ts(job.created_timestamp)}",
@@ -92,7 +93,7 @@ def cmd_submit(args) -> int:
             from .actions import default_registry
             job, created = submit(settings, dbs, args.action, args.args, args.queue,
                                   idempotency_key=args.idempotency_key, max_attempts=args.max_attempts,
-                                  registry=default_registry())
+                                  account=args.account, registry=default_registry())
         except SubmitError as exc:
             _error(exc)
             return EXIT_USAGE
@@ -166,10 +167,12 @@ def cmd_jobs(args) -> int:
     dbs = _dbs(args, settings)
     try:
         jobs = dbs.jobs.list(status=args.status, limit=args.limit)
-        rows = [f"{'ID':>8}  {'STATUS':<10} {'ACTION':<20} {'QUEUE':<12} {'ATT':>3}  {'ENDED':<24} ERROR"]
+        rows = [f"{'ID':>8}  {'STATUS':<10} {'ACTION':<20} {'QUEUE':<12} {'ACCOUNT':<12} {'ATT':>3}  "
+                f"{'ENDED':<24} ERROR"]
         for j in jobs:
             rows.append(f"{j.job_id:>8}  {j.status:<10} {j.action[:20]:<20} {j.queue[:12]:<12} "
-                        f"{j.attempts:>3}  {_ts(j.end_timestamp):<24} {(j.error or '')[:60]}")
+                        f"{(j.account or '-')[:12]:<12} {j.attempts:>3}  {_ts(j.end_timestamp):<24} "
+                        f"{(j.error or '')[:60]}")
         _print(args, [j.as_dict() for j in jobs], "\n".join(rows))
         return 0
     finally:
@@ -377,6 +380,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--queue", help="queue (default: worker.default_queue)")
     s.add_argument("--idempotency-key", help="a second submit with the same key returns the first job")
     s.add_argument("--max-attempts", type=int, help="override action.max_attempts")
+    s.add_argument("--account", help="the account the job is for (default: its arguments' 'account', if any)")
     s.add_argument("--wait", action="store_true", help="wait for the outcome; exit 1 if it failed")
     s.add_argument("--timeout", type=float, default=60.0, help="seconds --wait waits (exit 124 after)")
     s.set_defaults(func=cmd_submit)
@@ -406,6 +410,10 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("job_ids", type=int, nargs="*")
     d.add_argument("--all", action="store_true", help="every dead job")
     d.set_defaults(func=cmd_dead_retry)
+
+    from .cli_pauses import add_parsers as add_pause_parsers
+
+    add_pause_parsers(sub, common)
 
     s = sub.add_parser("monitor", parents=[common],
                        help="live terminal view of hosts, clusters and workers (q quits); --json: one look")

@@ -13,7 +13,7 @@ from typing import Annotated, Any, Optional
 from pydantic import BaseModel, ConfigDict, Field, JsonValue, StringConstraints, model_validator
 
 from ..config import limits
-from ..config.limits import ACTION_MAX, MAX_ATTEMPTS, MAX_PROCESSES, NAME_MAX
+from ..config.limits import ACCOUNT_MAX, ACTION_MAX, MAX_ATTEMPTS, MAX_PROCESSES, NAME_MAX
 from ..db.schema import STATUSES
 from ..fleet import placement
 
@@ -162,6 +162,9 @@ class JobIn(_Strict):
     queue: Optional[QueueName] = Field(default=None, description="default: worker.default_queue")
     idempotency_key: Optional[str] = Field(default=None, min_length=1, max_length=200)
     max_attempts: Optional[int] = Field(default=None, ge=1, le=MAX_ATTEMPTS)
+    # checked by submit (limits.valid_account), whose 422 names the account and the rule
+    account: Optional[str] = Field(default=None, max_length=4 * ACCOUNT_MAX, description=(
+        f"the account the job is for: {limits.ACCOUNT_RULE}; default: the arguments' 'account', if any"))
 
 
 class JobOut(BaseModel):
@@ -186,6 +189,7 @@ class JobOut(BaseModel):
         default=None, description="a deferred job is relayed no sooner than this (ms since the epoch)")
     deferrals: int = Field(default=0, description="how often its actions deferred it; the last "
                                                   "reason is its error while it waits")
+    account: Optional[str] = Field(default=None, description="the account the job is for (null: none)")
 
 
 class SubmitOut(BaseModel):
@@ -197,6 +201,13 @@ class JobStats(BaseModel):
     since_ms: int = Field(description="jobs created before this are not counted (0: since ever)")
     counts: dict[str, int] = Field(description="jobs by status: " + ", ".join(STATUSES))
     total: int
+
+
+class PauseOut(BaseModel):
+    kind: str = Field(description="queue or account")
+    name: str
+    paused: bool
+    since_ms: Optional[int] = Field(description="when it was paused (null: it is not)")
 
 
 class Message(BaseModel):

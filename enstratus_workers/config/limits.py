@@ -18,6 +18,9 @@ NAME_MAX = 100
 ACTION_MAX = 200
 #: a daemon instance's name is part of its pid, log and socket file names, and of its heartbeat
 DAEMON_NAME_MAX = 200
+#: width of the account column of the job table and of the pauses (a KM account may be longer:
+#: such an account cannot own jobs)
+ACCOUNT_MAX = 100
 #: the largest value a 32-bit signed INTEGER column holds
 INT32_MAX = 2**31 - 1
 
@@ -31,14 +34,25 @@ ACTION_PATTERN = rf"[A-Za-z0-9_][A-Za-z0-9_.:-]{{0,{ACTION_MAX - 1}}}"
 #: "myhost"); no '/', and no part starts with '.', so a name can never climb out of run/ or log/
 DAEMON_NAME_PATTERN = r"[A-Za-z0-9_][A-Za-z0-9_-]*(?:\.[A-Za-z0-9_][A-Za-z0-9_-]*)*"
 
+#: account: what the platform names its tenants by ("42", "acme-corp", "Zürich AG"): any printable
+#: characters, none a control character, ',' (lists of accounts: schedule.accounts, Riak's index
+#: headers) or '/' (the admin API's /accounts/{account}/... paths), no blank at either end (Riak's
+#: index values cannot carry one, and MariaDB's PAD SPACE collations would take "a " for "a").
+#: Accounts are identities: "acme", "ACME" and "acmé" are three (db/identity.py).
+ACCOUNT_PATTERN = (rf"[^\x00-\x1f\x7f,/\s](?:[^\x00-\x1f\x7f,/]{{0,{ACCOUNT_MAX - 2}}}"
+                   rf"[^\x00-\x1f\x7f,/\s])?")
+
 TYPE_NAME = re.compile(TYPE_PATTERN)
 QUEUE_NAME = re.compile(QUEUE_PATTERN)
 ACTION_NAME = re.compile(ACTION_PATTERN)
 DAEMON_NAME = re.compile(DAEMON_NAME_PATTERN)
+ACCOUNT_NAME = re.compile(ACCOUNT_PATTERN)
 
 TYPE_RULE = f"letters, digits, '_' and '-', at most {NAME_MAX}"
 QUEUE_RULE = f"letters, digits, '_', '-', '.' and ':', at most {NAME_MAX}"
 ACTION_RULE = f"letters, digits, '_', '-', '.' and ':', at most {ACTION_MAX}"
+ACCOUNT_RULE = (f"1 to {ACCOUNT_MAX} characters, none a control character, ',' or '/', "
+                "no blank at either end")
 DAEMON_NAME_RULE = (f"letters, digits, '_' and '-', in parts joined by single dots, "
                     f"at most {DAEMON_NAME_MAX}")
 
@@ -71,6 +85,17 @@ def valid_host_name(name: str) -> bool:
     return isinstance(name, str) and len(name) <= HOST_NAME_MAX and DAEMON_NAME.fullmatch(name) is not None
 
 
+def valid_account(name) -> bool:
+    """An account name every door accepts (``ACCOUNT_RULE``), storable as UTF-8."""
+    if not isinstance(name, str) or ACCOUNT_NAME.fullmatch(name) is None:
+        return False
+    try:
+        name.encode("utf-8")
+    except UnicodeEncodeError:   # a lone surrogate (undecodable bytes on a command line)
+        return False
+    return True
+
+
 #: worker.properties: key -> (lowest, highest) accepted; the converters' messages quote them
 RANGES: dict[str, tuple[float, float]] = {
     "action.max_attempts": (1, MAX_ATTEMPTS),
@@ -83,6 +108,8 @@ RANGES: dict[str, tuple[float, float]] = {
     "worker.grace_period": (0, 86400),
     "publisher.poll_interval": (0, 3600),           # > 0
     "publisher.batch": (1, 100_000),
+    "publisher.window": (1, 100_000),               # first attempts relayed, not yet started, per queue
+    "account.weight": (1, 1000),                    # turns of an account per turn of a weight-1 one
     "subscriber.record_batch": (1, 100_000),
     "subscriber.record_interval": (0, 60),
     "pinger.heartbeat_interval": (0, 86400),        # > 0

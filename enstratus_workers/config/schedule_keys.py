@@ -25,17 +25,15 @@ from enstratus_workers.config.settings import Schedule, WorkerSettings
 ACCOUNTS_KEY = "schedule.accounts"
 PER_SCHEDULE = re.compile(r"schedule\.(.+)\.(interval|queue|arguments)")
 PARTS = ("interval", "queue", "arguments")
-# what the servers' account_bin index can hold, short enough for a job's idempotency key
-_ACCOUNT = re.compile(r"[^\x00-\x1f\x7f\s](?:[^\x00-\x1f\x7f]{0,98}[^\x00-\x1f\x7f\s])?")
 
 
 def accounts(text: str) -> tuple[str, ...]:
-    """``schedule.accounts``: account ids as the servers' ``account_bin`` index holds them."""
+    """``schedule.accounts``: account names as every door takes them (``limits.ACCOUNT_RULE``:
+    the servers' ``account_bin`` index can hold them, and a job's account column too)."""
     found: list[str] = []
     for item in conv.comma_list(text):
-        if not _ACCOUNT.fullmatch(item):
-            raise ValueError(f"{item!r} is not a usable account id (at most 100 characters, "
-                             "no control characters)")
+        if not limits.valid_account(item):
+            raise ValueError(f"{item!r} is not a usable account id ({limits.ACCOUNT_RULE})")
         if item not in found:
             found.append(item)
     return tuple(found)

@@ -134,6 +134,10 @@ class WorkerSettings:
     grace_period: float = 30.0           # seconds a stop waits for running actions
     publisher_poll_interval: float = 1.0   # safety net: seconds between outbox polls without a wake-up
     publisher_batch: int = 500           # pending jobs relayed per outbox transaction
+    # first attempts relayed and not yet started, at most, per broker queue: the backlog waits
+    # in the outbox, where the relay takes turns by account (jobs/fairshare.py)
+    publisher_window: int = 300
+    account_weights: tuple[tuple[str, int], ...] = ()   # account.<name>.weight (others: 1)
     record_batch: int = 500              # outcomes written per database transaction
     record_interval: float = 0.0         # longest an outcome waits for its batch, seconds (0: at once)
     heartbeat_interval: float = 10.0     # pinger: seconds between checks; heartbeats expire at 3x
@@ -184,14 +188,19 @@ class _DaemonGroup:
 
 @dataclass(frozen=True)
 class PublisherSettings(_DaemonGroup):
-    """The publisher's part of worker.properties: the outbox relay and the schedules."""
+    """The publisher's part of worker.properties: the outbox relay (its batch, window and the
+    accounts' weights) and the schedules."""
 
-    _FROM = MappingProxyType({"poll_interval": "publisher_poll_interval", "batch": "publisher_batch"})
+    _FROM = MappingProxyType({"poll_interval": "publisher_poll_interval", "batch": "publisher_batch",
+                              "window": "publisher_window"})
 
     poll_interval: float                 # publisher.poll_interval
     batch: int                           # publisher.batch
     schedules: tuple[Schedule, ...]      # schedule.<action>.*
     schedule_accounts: tuple[str, ...]   # schedule.accounts
+    # the relay's window and turns (jobs/fairshare.py); defaulted so the group can be built by position
+    window: int = WorkerSettings.publisher_window                                # publisher.window
+    account_weights: tuple[tuple[str, int], ...] = WorkerSettings.account_weights   # account.<name>.weight
 
 
 @dataclass(frozen=True)

@@ -8,7 +8,7 @@ from functools import partial
 from pathlib import Path
 
 from enstratus_workers.config import converters as conv
-from enstratus_workers.config import cloud_keys, limits, schedule_keys
+from enstratus_workers.config import account_keys, cloud_keys, limits, schedule_keys
 from enstratus_workers.config.problems import did_you_mean, raise_all
 from enstratus_workers.config.propfile import Prop, PropFile
 from enstratus_workers.config.settings import WorkerSettings, WorkerType
@@ -51,6 +51,7 @@ PROPS = (
     _prop("worker.grace_period", "grace_period", "number"),
     _prop("publisher.poll_interval", "publisher_poll_interval", "number", lo_open=True),
     _prop("publisher.batch", "publisher_batch"),
+    _prop("publisher.window", "publisher_window"),
     _prop("subscriber.record_batch", "record_batch"),
     _prop("subscriber.record_interval", "record_interval", "number"),
     _prop("pinger.heartbeat_interval", "heartbeat_interval", "number", lo_open=True),
@@ -88,8 +89,8 @@ def _read_type(f: PropFile, name: str, defaults: dict[str, WorkerType]) -> Worke
 
 
 def _known_keys(type_names, f: PropFile) -> set[str]:
-    return {p.key for p in PROPS} | {TYPES_KEY} | schedule_keys.known_keys(f) | cloud_keys.known_keys(f) | {
-        f"worker.{name}.{part}" for name in type_names for part in TYPE_KEYS}
+    return {p.key for p in PROPS} | {TYPES_KEY} | schedule_keys.known_keys(f) | cloud_keys.known_keys(f) \
+        | account_keys.known_keys(f) | {f"worker.{name}.{part}" for name in type_names for part in TYPE_KEYS}
 
 
 def validate(f: PropFile, settings: WorkerSettings) -> None:
@@ -154,7 +155,8 @@ def read_worker(path: Path) -> WorkerSettings:
     types = tuple(_read_type(f, name, defaults) for name in names)
     schedules = schedule_keys.read_schedules(f)
     settings = WorkerSettings(**f.convert(PROPS), types=types, schedules=schedules,
-                              cloud_rates=cloud_keys.read_rates(f), source=path)
+                              cloud_rates=cloud_keys.read_rates(f),
+                              account_weights=account_keys.read_weights(f), source=path)
     strays = {key: f"worker type {m.group(1)!r} is not listed in {TYPES_KEY} ({', '.join(names)})"
                    f"{did_you_mean(m.group(1), names)}"
               for key in f.entries if (m := _PER_TYPE.fullmatch(key)) and m.group(1) not in names}

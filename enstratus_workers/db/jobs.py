@@ -56,18 +56,20 @@ from typing import Callable, Iterable, NamedTuple, Sequence
 import sqlalchemy as sa
 
 from ..clock import now_ms  # also db.now_ms, for the callers of old
-from ..errors import DatabaseError, PublishError
+from ..errors import DatabaseError
 from ..jobs import lifecycle
+from ..jobs.fairshare import FairShare
 from ..jobs.values import Outcome, Started  # noqa: F401 - the store's own vocabulary
-from . import cancels, retry, schema
+from . import cancels, outbox, retry, schema
 from .group_commit import GroupCommit
+from .outbox import Relayed, RelayPass  # noqa: F401 - Relayed: the relay's vocabulary, imported from here of old
 from .retry import retried
 from .schema import job_pruned as P
 from .schema import job_totals as TOTALS
 from .schema import jobs as T
 
 _INSERT_COLUMNS = ("action", "arguments", "queue", "status", "attempts", "max_attempts",
-                   "idempotency_key", "created_timestamp")
+                   "idempotency_key", "created_timestamp", "account")
 # attempts is always 0 for a new job: inlined, the rest bound ({True: SQLite's ?, False: %s})
 _INSERT_SQL = {qmark: (f"INSERT INTO enstratus_job ({', '.join(_INSERT_COLUMNS)}) VALUES "
                        f"({', '.join('0' if c == 'attempts' else ('?' if qmark else '%s') for c in _INSERT_COLUMNS)})")
@@ -95,6 +97,7 @@ class Job:
     cancel_requested_ms: int | None = None   # when a cancel was asked for (lifecycle.cancel_verdict)
     not_before_ms: int | None = None         # a deferred job is relayed no sooner than this
     deferrals: int = 0                       # how often its actions deferred it (errors.Deferred)
+    account: str | None = None  # the tenant the job is for; None: no account
 
     def as_dict(self) -> dict:
         d = dict(self.__dict__)
@@ -110,23 +113,6 @@ def _loads_or_text(text):
         return text
 
 
-class Relayed(NamedTuple):
-    """What the publisher needs of a pending job to publish it."""
-
-    job_id: int
-    action: str
-    arguments: str
-    queue: str
-    attempts: int
-    max_attempts: int
-    not_before_ms: int | None = None        # deferred: held by the broker until then
-    cancel_requested_ms: int | None = None  # relayed only to carry its compensation
-
-    def next_attempt(self, now: int) -> lifecycle.NextAttempt:
-        """The attempt it is published as, and the broker-held delay (``lifecycle.next_attempt``)."""
-        return lifecycle.next_attempt(self.attempts, self.not_before_ms, now, self.cancel_requested_ms is not None)
-
-
 @dataclass(frozen=True)
 class NewJob:
     action: str
@@ -134,6 +120,7 @@ class NewJob:
     queue: str
     max_attempts: int
     idempotency_key: str | None = None
+    account: str | None = None    # validated by jobs/submit.py (limits.ACCOUNT_RULE)
 
 
 class DeliveryRow(NamedTuple):
@@ -147,6 +134,7 @@ class DeliveryRow(NamedTuple):
     max_attempts: int
     owner: str | None
     cancel_requested_ms: int | None = None   # set: only the compensation of the action may run
+    account: str | None = None               # the tenant the job is for (pauses)
 
     def verdict(self, attempt: int, me: str) -> str:
         """``run`` (attempt open, or held by ``me``), ``foreign`` (held by another owner: it
@@ -180,7 +168,9 @@ class JobStore:
     def __init__(self, engine: sa.Engine, on_pending: Callable[[], None] | None = None,
                  on_recorded: Callable[[], None] | None = None, on_cancel: Callable[[], None] | None = None):
         self.engine = engine
-        # called after every commit that made a job pending (jobs/wakeup.py: wakes the publishers)
+        # called after every commit that made a job pending, and after every commit that made
+        # room in a queue's window (a job marked running or finished): wakes the publishers
+        # (jobs/wakeup.py)
         self._on_pending = on_pending or (lambda: None)
         # called after every commit that recorded outcomes (wakes ``submit --wait`` and the like)
         self._on_recorded = on_recorded or (lambda: None)
@@ -189,6 +179,10 @@ class JobStore:
         # a group whose commit was lost may be stored: its jobs are not written again one by one
         self._groups: GroupCommit[NewJob, tuple[int, int]] = GroupCommit(
             self._insert, retry_alone=lambda exc: retry.verdict(exc) is not retry.Verdict.AMBIGUOUS)
+
+    def wake_publishers(self) -> None:
+        """Ring this host's publishers (after a commit that gave them work, e.g. a resume)."""
+        self._on_pending()
 
     # -- submitting ----------------------------------------------------------------------------
     def submit(self, job: NewJob) -> tuple[Job, bool]:
@@ -252,7 +246,7 @@ class JobStore:
             for j in new_jobs:
                 created = now_ms()
                 cur = conn.exec_driver_sql(sql, (j.action, j.arguments, j.queue, schema.PENDING,
-                                                 j.max_attempts, j.idempotency_key, created))
+                                                 j.max_attempts, j.idempotency_key, created, j.account))
                 out.append((int(cur.lastrowid), created))
         self._on_pending()
         return out
@@ -261,7 +255,7 @@ class JobStore:
     def _row(job: NewJob) -> dict:
         return dict(action=job.action, arguments=job.arguments, queue=job.queue,
                     status=schema.PENDING, attempts=0, max_attempts=job.max_attempts,
-                    idempotency_key=job.idempotency_key, created_timestamp=now_ms())
+                    idempotency_key=job.idempotency_key, created_timestamp=now_ms(), account=job.account)
 
     # -- reading (run again on a lost writer node, as a read may always be) ---------------------
     @retried(idempotent=True)
@@ -327,7 +321,7 @@ class JobStore:
         with self.engine.connect() as conn:
             for chunk in _chunks(ids, 1000):
                 rows = conn.exec_driver_sql(
-                    "SELECT job_id, action, arguments, status, attempts, max_attempts, owner, cancel_requested_ms "
+                    "SELECT job_id, action, arguments, status, attempts, max_attempts, owner, cancel_requested_ms, account "
                     f"FROM enstratus_job WHERE job_id IN ({', '.join(map(str, chunk))})").all()
                 found.update((r[0], DeliveryRow(*r)) for r in rows)
         return found
@@ -433,36 +427,32 @@ class JobStore:
         return dead
 
     # -- the outbox relay (publisher) ----------------------------------------------------------
-    def relay_pending(self, limit: int, publish: Callable[[list[Relayed]], None]) -> int:
-        """Hand up to ``limit`` pending jobs to ``publish`` and mark the confirmed ones queued.
+    def relay(self, planner: FairShare, batch: int, publish: Callable[[list[Relayed]], None]) -> RelayPass:
+        """One relay pass (``db/outbox.py``): up to ``batch`` pending jobs, dealt by ``planner``
+        (the windows, the accounts' turns, the pauses), published, the confirmed marked queued."""
+        return outbox.relay(self.engine, planner, batch, publish)
 
-        The rows stay locked (FOR UPDATE SKIP LOCKED on MySQL; the write lock on SQLite) from the
-        read until the commit, so two publishers never relay one job twice, and a crash before
-        the commit leaves the jobs pending: at worst published again, never lost.
-        ``publish`` returns once the broker confirmed, or raises ``PublishError``.
-        """
-        q = (sa.select(T.c.job_id, T.c.action, T.c.arguments, T.c.queue, T.c.attempts, T.c.max_attempts,
-                       T.c.not_before_ms, T.c.cancel_requested_ms)
-             .where(T.c.status == schema.PENDING).order_by(T.c.job_id)
-             .limit(limit).with_for_update(skip_locked=True))
+    def relay_pending(self, limit: int, publish: Callable[[list[Relayed]], None]) -> int:
+        """A relay pass of up to ``limit`` jobs with no window, the accounts taking turns within
+        it (none carried over: the publisher keeps its own ``FairShare``); how many were relayed.
+        ``publish`` returns once the broker confirmed, or raises ``PublishError``."""
+        return self.relay(FairShare(), limit, publish).relayed
+
+    @retried(idempotent=True)   # guarded: a row given back reads pending, and is not given twice
+    def give_back(self, attempts: Sequence[tuple[int, int]]) -> int:
+        """Put jobs delivered while paused back in the outbox: each (job id, attempt) whose
+        attempt is still open (pending or queued one below it) is made pending at the same
+        attempt count, so no attempt is counted; returns how many. Their messages may then be
+        acked: the outbox relays the jobs again once they are resumed."""
+        given = 0
         with self.engine.begin() as conn:
-            batch = [Relayed(*r) for r in conn.execute(q)]
-            if not batch:
-                return 0
-            failure = None
-            try:
-                publish(batch)
-                confirmed = [j.job_id for j in batch]
-            except PublishError as exc:
-                failure = exc
-                unconfirmed = {str(i) for i in exc.unconfirmed}
-                confirmed = [j.job_id for j in batch if str(j.job_id) not in unconfirmed]
-            if confirmed:
-                conn.execute(T.update().where(T.c.job_id.in_(confirmed), T.c.status == schema.PENDING)
-                             .values(status=schema.QUEUED, queued_timestamp=now_ms()))
-        if failure is not None:
-            raise failure
-        return len(batch)
+            for job_id, attempt in attempts:
+                given += conn.execute(T.update().where(
+                    T.c.job_id == job_id, T.c.status.in_(lifecycle.OPEN), T.c.attempts == attempt - 1,
+                ).values(status=schema.PENDING, queued_timestamp=None)).rowcount
+        if given:
+            self._on_pending()
+        return given
 
     # -- recording (subscriber) ----------------------------------------------------------------
     def mark_started(self, started: Sequence[Started]) -> None:
@@ -470,6 +460,8 @@ class JobStore:
         open or already this owner's (module docstring); any other row is left alone."""
         for chunk in _unique_chunks(started, _RECORD_CHUNK):
             self._mark_chunk(chunk)
+        if started:   # a started job leaves its queue's window: the publishers may refill it
+            self._on_pending()
 
     @retried(idempotent=True)   # guarded: a mark that took effect does not apply twice
     def _mark_chunk(self, chunk: Sequence[Started]) -> None:
@@ -496,9 +488,10 @@ class JobStore:
                 applied.extend(self._record_chunk(chunk))
         except sa.exc.SQLAlchemyError as exc:
             raise DatabaseError(f"could not record {len(outcomes)} outcomes: {type(exc).__name__}") from exc
-        if any(o.status == schema.PENDING for o in applied):   # retries: relayed with their delay
-            self._on_pending()
         if applied:
+            # retries are pending again, and a finished job left its queue's window: either
+            # way the publishers have work
+            self._on_pending()
             self._on_recorded()
         return applied
 
@@ -604,7 +597,7 @@ def _pending_job(job: NewJob, job_id: int, created_ms: int) -> Job:
                status=schema.PENDING, attempts=0, max_attempts=job.max_attempts,
                idempotency_key=job.idempotency_key, created_timestamp=created_ms,
                queued_timestamp=None, start_timestamp=None, end_timestamp=None, worker=None,
-               result=None, error=None, owner=None)
+               result=None, error=None, owner=None, account=job.account)
 
 
 def _owned_by(owner: str | None):

@@ -23,6 +23,7 @@ from enstratus_workers.jobs.lifecycle import (  # noqa: F401
     SUCCEEDED,
     TERMINAL,
 )
+from enstratus_workers.config.limits import ACCOUNT_MAX, NAME_MAX
 from enstratus_workers.jobs.messages import MAX_ACTION_CHARS
 
 from .identity import IdentityString
@@ -58,7 +59,12 @@ jobs = sa.Table(
     sa.Column("not_before_ms", sa.BigInteger, nullable=True),
     # how often its actions deferred it (its last reason is its error while it waits)
     sa.Column("deferrals", sa.Integer, nullable=False, server_default="0"),
+    # the tenant the job is for (None: no account); the relay takes turns by it (provisioning_0004)
+    sa.Column("account", IdentityString(ACCOUNT_MAX), nullable=True),
     sa.Index("ix_enstratus_job_status", "status", "job_id"),
+    # the relay's reads (db/outbox.py): the accounts waiting per queue, each one's oldest jobs,
+    # the first attempts queued per queue: all ranges of this one index
+    sa.Index("ix_enstratus_job_relay", "status", "queue", "account", "job_id"),
 )
 
 heartbeats = sa.Table(
@@ -103,6 +109,16 @@ events = sa.Table(
     sa.Column("event_timestamp", sa.BigInteger, nullable=False),
     sa.Index("ix_enstratus_job_event_job", "job_id"),
     sa.Index("ix_enstratus_job_event_time", "event_timestamp"),
+)
+
+
+pauses = sa.Table(
+    # queues and accounts the operator paused, fleet-wide: their jobs wait in the outbox
+    # (db/pauses.py; provisioning_0004)
+    "enstratus_pause", provisioning,
+    sa.Column("kind", sa.String(16), primary_key=True),          # "queue" or "account"
+    sa.Column("name", IdentityString(max(NAME_MAX, ACCOUNT_MAX)), primary_key=True),
+    sa.Column("since_ms", sa.BigInteger, nullable=False),
 )
 
 

@@ -19,9 +19,9 @@ WAIT_SAFETY_NET_S = 0.25   # a wait re-reads the job this often even if no ring 
 
 
 class SubmitError(EnstratusError, ValueError):
-    """The job cannot be stored at all: its arguments are not strict JSON, its queue or action
-    name is not a valid name or not configured, its attempts are out of range. A ValueError,
-    so Python callers can treat it as the bad input it is."""
+    """The job cannot be stored at all: its arguments are not strict JSON, its queue, action or
+    account name is not a valid name, its queue is not configured, its attempts are out of
+    range. A ValueError, so Python callers can treat it as the bad input it is."""
 
 
 def _shown(text: str) -> str:
@@ -29,18 +29,41 @@ def _shown(text: str) -> str:
     return ascii(text if len(text) <= 60 else text[:57] + "...")
 
 
-def _arguments_text(arguments) -> str:
-    """The arguments as strict JSON text: no NaN/Infinity, no lone surrogates, nothing that a
-    reader of the row (another language, the admin API) could not read back."""
+def _arguments(arguments) -> tuple[str, object]:
+    """The arguments as strict JSON text (no NaN/Infinity, no lone surrogates, nothing that a
+    reader of the row, another language or the admin API, could not read back), and as a value."""
     if arguments is None:
-        return "{}"
+        return "{}", {}
     try:
         if isinstance(arguments, str):
-            strictjson.loads(arguments)
-            return arguments  # kept as written: the caller's spelling is what the job shows
-        return strictjson.dumps(arguments)
+            # kept as written: the caller's spelling is what the job shows
+            return arguments, strictjson.loads(arguments)
+        return strictjson.dumps(arguments), arguments
     except strictjson.NotStrictJSON as exc:
         raise SubmitError(f"the arguments are not strict JSON: {exc}") from None
+
+
+def _account(account, arguments) -> str | None:
+    """The job's account: ``account`` if given, else the ``account`` argument (a string or an
+    integer, as the cloud actions take it), else none. Either must be a valid account name
+    (``limits.ACCOUNT_RULE``), and the two must agree: a job run for one tenant and counted
+    against another would dodge that tenant's share and pauses."""
+    argued = arguments.get("account") if isinstance(arguments, dict) else None
+    if isinstance(argued, bool) or not isinstance(argued, (str, int)):
+        argued = None   # not an account the cloud actions would take: the action judges it
+    elif isinstance(argued, int):
+        argued = str(argued)
+    if account is not None:
+        if not limits.valid_account(account):
+            raise SubmitError(f"invalid account name {_shown(str(account))}: use {limits.ACCOUNT_RULE}")
+        if argued is not None and argued != account:
+            raise SubmitError(f"the account {_shown(account)} differs from the arguments' account "
+                              f"{_shown(argued)}: give one, or the same")
+        return account
+    if argued is not None and not limits.valid_account(argued):
+        raise SubmitError(f"invalid account name {_shown(argued)} in the arguments' 'account': "
+                          f"use {limits.ACCOUNT_RULE}")
+    return argued
 
 
 def _attempts(value, where: str) -> int:
@@ -52,16 +75,18 @@ def _attempts(value, where: str) -> int:
 
 def new_job(settings, action: str, arguments=None, queue: str | None = None,
             *, idempotency_key: str | None = None, max_attempts: int | None = None,
-            registry=None) -> NewJob:
+            account: str | None = None, registry=None) -> NewJob:
     """Validate and build a job; ``SubmitError`` (a ValueError) says what is wrong.
 
     ``arguments`` is JSON text (kept as written) or a JSON-able value; either way it must be
     strict JSON. Whether it is an *object* is the worker's to judge (a job with other JSON is
-    stored and fails with the reason, visibly).
+    stored and fails with the reason, visibly). ``account`` is the tenant the job is for; a job
+    without one whose arguments name an ``account`` is that account's (``_account``).
     """
     if not isinstance(action, str) or not limits.ACTION_NAME.fullmatch(action):
         raise SubmitError(f"invalid action name {_shown(str(action))}: use {limits.ACTION_RULE}")
-    text = _arguments_text(arguments)
+    text, value = _arguments(arguments)
+    account = _account(account, value)
     # what the action declares (validated when it registered: actions/options.py)
     options = registry.options(action) if registry is not None and action in registry else None
     queue = queue or (options and options.queue) or settings.worker.default_queue
@@ -84,7 +109,7 @@ def new_job(settings, action: str, arguments=None, queue: str | None = None,
         except strictjson.NotStrictJSON as exc:
             raise SubmitError(str(exc)) from None
     return NewJob(action=action, arguments=text, queue=queue, max_attempts=attempts,
-                  idempotency_key=idempotency_key)
+                  idempotency_key=idempotency_key, account=account)
 
 
 def submit(settings, dbs: Databases, action: str, arguments: str | None = None, queue: str | None = None,

@@ -50,6 +50,7 @@ class Task:
     queue: str
     owner: str = ""           # the subscriber process that holds the attempt (db/jobs.py)
     compensate: bool = False  # a cancel stopped the action elsewhere: run only its compensation
+    account: str | None = None   # the tenant the job is for (pauses, fair shares)
 
     @property
     def key(self) -> tuple[int, int]:

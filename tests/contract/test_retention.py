@@ -232,6 +232,10 @@ def test_a_version_2_database_gets_its_totals_from_its_rows(tmp_path):
         for table in ("enstratus_job_total", "enstratus_job_pruned", "enstratus_lease",
                       "enstratus_cloud_rate"):   # provisioning_0005's
             conn.exec_driver_sql(f"DROP TABLE {table}")
+        # and what provisioning_0004 added (the job's account, the relay's index, the pauses)
+        conn.exec_driver_sql("DROP TABLE enstratus_pause")
+        conn.exec_driver_sql("DROP INDEX ix_enstratus_job_relay")
+        conn.exec_driver_sql("ALTER TABLE enstratus_job DROP COLUMN account")
         for column in ("cancel_requested_ms", "not_before_ms", "deferrals"):   # provisioning_0003's
             conn.exec_driver_sql(f"ALTER TABLE enstratus_job DROP COLUMN {column}")
         conn.exec_driver_sql("UPDATE enstratus_migration_provisioning SET version_num = 'provisioning_0001'")

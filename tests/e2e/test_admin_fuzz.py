@@ -63,6 +63,8 @@ OPERATIONS = (
     "POST /instances/{instance_id}/start", "PUT /instances/{instance_id}/autoscale",
     "PUT /instances/{instance_id}/queues/{queue}", "DELETE /instances/{instance_id}/queues/{queue}",
     "GET /queues", "POST /queues", "GET /queues/{name}",
+    "POST /queues/{name}/pause", "POST /queues/{name}/resume", "POST /accounts/{account}/pause",
+    "POST /accounts/{account}/resume", "GET /pauses",
     "POST /jobs", "GET /jobs", "GET /jobs/stats", "POST /jobs/stats/reset", "GET /jobs/{job_id}",
     "POST /jobs/{job_id}/cancel",
     "GET /status", "GET /metrics",
@@ -72,7 +74,7 @@ OPERATIONS = (
 
 
 #: path parameters that name things the fuzzed home has (the seeded instance, its queue, a job)
-KNOWN_IDS = {"instance_id": 1, "queue": "default", "name": "default", "job_id": 1}
+KNOWN_IDS = {"instance_id": 1, "queue": "default", "name": "default", "job_id": 1, "account": "42"}
 
 
 def operations(schema) -> dict:

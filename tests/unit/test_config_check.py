@@ -46,6 +46,14 @@ BAD = {
                                 "at most 604800"),
     "schedule of an unknown action": (f"{WORKER}/worker.properties", "schedule.nosuch.interval", "60",
                                       "no action 'nosuch' is registered"),
+    "a window of 0": (f"{WORKER}/worker.properties", "publisher.window", "0", "between 1 and 100000"),
+    "a negative window": (f"{WORKER}/worker.properties", "publisher.window", "-5", "between 1 and 100000"),
+    "a window that is no number": (f"{WORKER}/worker.properties", "publisher.window", "ten", "'ten' is not an integer"),
+    "a weight of 0": (f"{WORKER}/worker.properties", "account.42.weight", "0", "between 1 and 1000"),
+    "a negative weight": (f"{WORKER}/worker.properties", "account.acme-corp.weight", "-1", "between 1 and 1000"),
+    "a weight that is no number": (f"{WORKER}/worker.properties", "account.42.weight", "heavy",
+                                   "'heavy' is not an integer"),
+    "a weight of no account": (f"{WORKER}/worker.properties", "account.a,b.weight", "2", "'a,b' is not an account name"),
 }
 
 

@@ -346,6 +346,16 @@ def test_guest_heartbeat_and_schedule_keys_set_their_fields(layout):
     assert w.schedule_accounts == ("42", "43")
 
 
+def test_the_window_and_the_accounts_weights_reach_the_publisher(layout):
+    # Given a window and weights, one account's name escaped as .properties keys are
+    write(layout, "worker.properties", "publisher.window = 50\naccount.42.weight = 3\n"
+                                       "account.acme\\ corp.weight: 2\naccount.a.b.weight = 1\n")
+    publisher = load_settings(layout).publisher
+    # Then the publisher's group has them, by the accounts' exact names
+    assert publisher.window == 50
+    assert dict(publisher.account_weights) == {"42": 3, "acme corp": 2, "a.b": 1}
+
+
 def test_a_default_schedule_keeps_what_the_file_does_not_change(layout):
     from enstratus_workers.config.settings import Schedule
 

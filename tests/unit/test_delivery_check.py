@@ -50,6 +50,7 @@ def sub(tmp_path):
     s.dbs = open_databases(settings.worker, Layout(tmp_path))
     s.intake = RecordingIntake()
     s.pool = SimpleNamespace(types={}, handles=[])
+    s.pauses = s.pause_gate()
     yield s
     s.dbs.close()
 
@@ -238,3 +239,74 @@ def test_the_workers_outcome_reaches_the_recorder_unchanged_and_a_crash_is_charg
     assert (o2.job_id, o2.status, o2.owner, o2.start_ms) == (last, "dead", sub.owner, 30)
     assert o2.error == dead2 == "worker process died (attempt 1 of 1; dead)" and e2.outcome == "dead"
     assert sub.stats["succeeded"] == 1 and sub.stats["dead"] == 1
+
+
+def pause(sub, kind, name):
+    from enstratus_workers.db.pauses import PauseStore
+
+    PauseStore(sub.dbs.provisioning, known_queue=lambda _q: True).pause(kind, name)
+    sub.pauses.ttl = 0   # read the pauses again at the next look
+
+
+def test_a_delivery_of_a_paused_account_goes_back_to_the_outbox_unrun_and_uncounted(sub):
+    # Given a queued job of account acme, a queued one of account other, and acme paused
+    paused = sub.dbs.jobs.submit(NewJob("echo", "{}", "default", 5, account="acme"))[0].job_id
+    running = sub.dbs.jobs.submit(NewJob("echo", "{}", "default", 5, account="other"))[0].job_id
+    sub.dbs.jobs.relay_pending(100, lambda batch: None)
+    pause(sub, "account", "acme")
+    # When both are delivered
+    back, _ = deliver(sub, (paused, 1), (running, 1))
+    # Then the paused one is pending again at attempt count 0, and its message acked
+    assert (sub.dbs.jobs.get(paused).status, sub.dbs.jobs.get(paused).attempts) == ("pending", 0)
+    assert sub.intake.acked == [back] and sub.pauses.given_back == 1
+    # And only the other one waits for a worker, with its account
+    assert [(t.job_id, t.account) for t in queued_for_workers(sub)] == [(running, "other")]
+
+
+def test_work_waiting_for_a_worker_when_its_queue_is_paused_goes_back_too(sub):
+    # Given two jobs checked and waiting here for a worker
+    first, second = new_job(sub), new_job(sub)
+    deliveries = deliver(sub, (first, 1), (second, 1))
+    assert len(queued_for_workers(sub)) == 2
+    # When their queue is paused and the subscriber looks at its waiting work
+    pause(sub, "queue", "default")
+    sub.pauses.tick(sub.pending, sub.active)
+    # Then both are back in the outbox at their attempt counts, acked, and nothing waits here
+    assert [sub.dbs.jobs.get(i).status for i in (first, second)] == ["pending", "pending"]
+    assert sub.intake.acked == deliveries and queued_for_workers(sub) == [] and sub.active == {}
+
+
+def test_with_the_database_down_a_paused_delivery_waits_unacked_until_it_is_written(sub, monkeypatch):
+    # Given a paused queue and a database that refuses the give-back
+    jid = new_job(sub)
+    pause(sub, "queue", "default")
+    give_back = sub.pauses._give_back
+
+    def refuse(_attempts):
+        raise sa.exc.OperationalError("UPDATE", {}, Exception("database is down"))
+    monkeypatch.setattr(sub.pauses, "_give_back", refuse)
+    # When its delivery arrives / Then it is neither run nor acked
+    (d,) = deliver(sub, (jid, 1))
+    assert sub.intake.acked == [] and queued_for_workers(sub) == []
+    assert sub.dbs.jobs.get(jid).status == "queued"
+    # When the database is back and the retry is due / Then it is given back, and acked
+    monkeypatch.setattr(sub.pauses, "_give_back", give_back)
+    monkeypatch.setattr(sub.pauses, "_retry_at", 0.0)
+    sub.pauses.tick(sub.pending, sub.active)
+    assert sub.intake.acked == [d] and sub.dbs.jobs.get(jid).status == "pending"
+
+
+def test_a_delivery_relayed_at_the_resume_runs_though_this_process_read_the_pause_before(sub):
+    # Given this subscriber read account acme as paused, and acme resumed since (the publisher,
+    # which reads the pauses every pass, relayed its job at once)
+    from enstratus_workers.db.pauses import PauseStore
+
+    jid = sub.dbs.jobs.submit(NewJob("echo", "{}", "default", 5, account="acme"))[0].job_id
+    sub.dbs.jobs.relay_pending(100, lambda batch: None)
+    pause(sub, "account", "acme")
+    assert sub.pauses.holds("default", "acme")
+    sub.pauses.ttl = 60
+    PauseStore(sub.dbs.provisioning, known_queue=lambda _q: True).resume("account", "acme")
+    # When its delivery arrives / Then it runs: not given back to bounce between the two
+    deliver(sub, (jid, 1))
+    assert [t.job_id for t in queued_for_workers(sub)] == [jid] and sub.pauses.given_back == 0

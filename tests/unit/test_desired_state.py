@@ -109,7 +109,7 @@ def test_the_publisher_declares_every_queue_of_the_desired_state(made, monkeypat
     pub.dbs = open_databases(settings.worker, layout)
     try:
         # When it connects, it declares the API's queue with the file's
-        assert pub._relay_once() == 0
+        assert pub._relay_once().relayed == 0
         assert transport.declared == ["default", "tasks"]
     finally:
         pub.dbs.close()

@@ -100,9 +100,10 @@ def test_pending_jobs_are_published_once_and_marked_queued(broker, make_publishe
     pub = make_publisher()
     ids = submit(pub, 2) + submit(pub, 1, queue="other")
     # When the publisher relays once
-    assert pub._relay_once() == 3
+    assert pub._relay_once().relayed == 3
     # Then each was published once, as its first attempt, under its job id, and is queued
-    assert [m.message_id for m in broker.published] == ids
+    # (each queue's jobs oldest first, the queues taking turns)
+    assert [m.message_id for m in broker.published] == [ids[0], ids[2], ids[1]]
     first = json.loads(broker.published[0].body)
     assert (first["attempt"], first["action"], first["arguments"]) == (1, "demo.echo", {"i": 0})
     assert all(m.delay_ms == 0 for m in broker.published)
@@ -110,7 +111,7 @@ def test_pending_jobs_are_published_once_and_marked_queued(broker, make_publishe
     # and the configured queues were declared on connecting, the extra one when first used
     assert broker.connections[0].declared == [["default"], ["other"]]
     # When it relays again, there is nothing left to publish
-    assert pub._relay_once() == 0 and len(broker.published) == 3
+    assert pub._relay_once().relayed == 0 and len(broker.published) == 3
 
 
 def test_a_job_the_broker_did_not_confirm_stays_pending_and_is_published_again(broker, make_publisher):
@@ -124,7 +125,7 @@ def test_a_job_the_broker_did_not_confirm_stays_pending_and_is_published_again(b
     assert statuses(pub, ids) == ["queued", "pending", "queued"]
     assert len(broker.connections) == 1 and not broker.connections[0].closed
     # When it relays again, only that one is published, and now it is queued
-    assert pub._relay_once() == 1
+    assert pub._relay_once().relayed == 1
     assert [m.message_id for m in broker.published] == [ids[0], ids[2], ids[1]]
     assert statuses(pub, ids) == ["queued"] * 3
 
@@ -139,7 +140,7 @@ def test_a_lost_connection_leaves_the_batch_pending_and_is_replaced_next_round(b
     assert statuses(pub, ids) == ["pending", "pending"]
     assert broker.connections[0].closed and pub.transport is None
     # When it relays again, it connects anew (declaring the queues again) and relays both
-    assert pub._relay_once() == 2
+    assert pub._relay_once().relayed == 2
     assert len(broker.connections) == 2 and broker.connections[1].declared == [["default"]]
     assert statuses(pub, ids) == ["queued", "queued"]
 
@@ -149,7 +150,7 @@ def test_pending_jobs_are_relayed_in_batches_of_the_configured_size(broker, make
     pub = make_publisher(batch=2)
     ids = submit(pub, 5)
     # Then they are relayed two, two and one, in job order
-    assert [pub._relay_once() for _ in range(4)] == [2, 2, 1, 0]
+    assert [pub._relay_once().relayed for _ in range(4)] == [2, 2, 1, 0]
     assert [m.message_id for m in broker.published] == ids
     assert pub.published == 5
 

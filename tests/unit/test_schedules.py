@@ -96,7 +96,7 @@ def put_server(store, server_id, account, state="running"):
 
 def scheduled(dbs) -> list[dict]:
     with dbs.provisioning.connect() as conn:
-        rows = conn.execute(sa.text("SELECT action, arguments, queue, status, idempotency_key "
+        rows = conn.execute(sa.text("SELECT action, arguments, queue, status, idempotency_key, account "
                                     "FROM enstratus_job ORDER BY job_id")).mappings().all()
     return [dict(r, arguments=json.loads(r["arguments"])) for r in rows]
 

@@ -86,7 +86,8 @@ def test_a_daemons_group_holds_nothing_of_another_daemons():
     # and each group follows exactly its daemon's knobs; the shared ones are in none
     by_group = {name: {k for k, o in owners.items() if o == [name]} for name in GROUPS}
     assert by_group == {
-        "publisher": {"publisher_poll_interval", "publisher_batch", "schedules", "schedule_accounts"},
+        "publisher": {"publisher_poll_interval", "publisher_batch", "publisher_window", "account_weights",
+                      "schedules", "schedule_accounts"},
         "subscriber": {"types", "record_batch", "record_interval", "grace_period",
                        "max_tasks_per_child", "max_memory_mb", "cancel_grace"},
         "pinger": {"heartbeat_interval", "guest_interval", "guest_misses", "guest_concurrency",

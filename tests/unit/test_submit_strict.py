@@ -48,6 +48,13 @@ REFUSED = {
     "action with a newline": (dict(action="echo\n2030 INFO forged"), "invalid action name 'echo\\n2030"),
     "action with ESC": (dict(action="echo\x1b[31m"), "invalid action name 'echo\\x1b[31m'"),
     "surrogate idempotency key": (dict(idempotency_key="k\udcff"), "lone surrogate"),
+    "account with a blank at its end": (dict(account="acme "), "invalid account name 'acme '"),
+    "account with a newline": (dict(account="ac\nme"), "invalid account name 'ac\\nme'"),
+    "account too long": (dict(account="x" * 101), "invalid account name"),
+    "account with a lone surrogate": (dict(account="k\udcff"), "invalid account name"),
+    "account not a string": (dict(account=42), "invalid account name '42'"),
+    "arguments' account with a comma": (dict(arguments={"account": "a,b"}), "'a,b' in the arguments' 'account'"),
+    "two accounts": (dict(account="42", arguments={"account": 43}), "differs from the arguments' account '43'"),
 }
 
 
@@ -107,6 +114,13 @@ def test_valid_submissions_still_pass_and_keep_the_callers_text(settings, home):
         # And a JSON-able value is accepted as well
         again, _ = submit(settings, dbs, "server.sync", {"account": "42"})
         assert (again.action, again.arguments) == ("server.sync", '{"account":"42"}')
+        # And the account is the arguments' (an integer one as the cloud actions read it), or
+        # the caller's, or none; an 'account' argument that is no account id is the action's
+        assert again.account == "42" and job.account is None
+        assert submit(settings, dbs, "server.sync", {"account": 42})[0].account == "42"
+        assert submit(settings, dbs, "echo", {"account": 42}, account="42")[0].account == "42"
+        assert submit(settings, dbs, "echo", {"account": ["x"]})[0].account is None
+        assert dbs.jobs.get(again.job_id).account == "42"
     finally:
         dbs.close()
 
@@ -116,6 +130,7 @@ CLI_REFUSED = {
     "lone surrogate": (["--args", '"\\ud800"'], "lone surrogate"),
     "huge max_attempts": (["--max-attempts", str(10**29)], f"between 1 and {limits.MAX_ATTEMPTS}"),
     "bad queue": (["--queue", "de fault"], "invalid queue name 'de fault'"),
+    "bad account": (["--account", "a/b"], "invalid account name 'a/b'"),
 }
 
 

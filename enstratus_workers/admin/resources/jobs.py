@@ -78,7 +78,7 @@ def _new_job(settings, ctx, body: JobIn, where: str = ""):
         raise invalid(f"{where}{exc}", "body", "arguments") from None
     try:
         return new_job(settings, body.action, arguments, body.queue, idempotency_key=body.idempotency_key,
-                       max_attempts=body.max_attempts, registry=ctx.registry)
+                       max_attempts=body.max_attempts, account=body.account, registry=ctx.registry)
     except SubmitError as exc:
         raise SubmitError(f"{where}{exc}") from None
 

@@ -2,9 +2,16 @@
 
 It relays jobs that are ``pending`` in the provisioning DB (a transactional outbox: the row
 exists before any message does) as soon as their commit rings its bell (``jobs/wakeup.py``;
-``publisher.poll_interval`` is only the safety net for a ring that never came), in batches, with pipelined publisher confirms, and marks them
-``queued`` only once the broker has confirmed them. Several publishers can run at once: the
-rows of a batch stay locked (SKIP LOCKED) until it is marked, so no job is relayed twice.
+``publisher.poll_interval`` is only the safety net for a ring that never came), in batches,
+with pipelined publisher confirms, and marks them ``queued`` only once the broker has confirmed
+them. Several publishers can run at once: the rows of a batch stay locked (SKIP LOCKED) until
+it is marked, so no job is relayed twice.
+
+Fair shares (``jobs/fairshare.py``): each queue gets at most ``publisher.window`` first attempts
+relayed and not yet started, dealt to the accounts waiting in turns (``account.<name>.weight``);
+the rest wait in the outbox, and paused queues and accounts (``db/pauses.py``) wait there
+whole. A job that starts or finishes rings the bell too (its subscriber's recorder), so the
+window refills as the workers empty it.
 """
 
 from __future__ import annotations
@@ -20,6 +27,7 @@ from enstratus_workers.clock import now_ms
 from enstratus_workers.daemons.publisher.recovery import StuckJobs
 from enstratus_workers.daemons.publisher.schedules import Scheduler
 from enstratus_workers.db import open_databases
+from enstratus_workers.db.outbox import RelayPass
 from enstratus_workers.errors import (
     ConnectionClosed,
     DatabaseError,
@@ -28,6 +36,7 @@ from enstratus_workers.errors import (
 )
 from enstratus_workers.fleet.joining import join_fleet
 from enstratus_workers.jobs import wakeup
+from enstratus_workers.jobs.fairshare import FairShare
 from enstratus_workers.jobs.messages import encode_job
 from enstratus_workers.jobs.wakeup import Bell
 from enstratus_workers.mq import open_transport
@@ -50,6 +59,7 @@ class Publisher(Service):
         self.transport = None
         self._declared: set[str] = set()
         self.published = 0
+        self.fair = FairShare(settings.publisher.window, dict(settings.publisher.account_weights))
         self.started_ms = now_ms()
         self._last_beat = 0.0
         # waits after a failed relay (broker or database away): 0.5 s doubling to 30 s, jittered so
@@ -78,15 +88,15 @@ class Publisher(Service):
         ready()
         try:
             while not self._stop.is_set():
-                relayed = self._relay_once()
+                done = self._relay_once()
                 self.stuck.tick()
                 self.scheduler.tick()
                 self._beat()
-                if relayed is None:          # something failed: back off
+                if done is None:             # something failed: back off
                     self._stop.wait(self._retrying.failed())
                     continue
                 self._retrying.succeeded()
-                if relayed < p.batch and not self._stop.is_set():
+                if not done.more and not self._stop.is_set():   # nothing waits, or the windows are full
                     if self._bell is not None:
                         self._bell.wait(p.poll_interval)   # a commit's ring, or the safety net
                     else:
@@ -105,7 +115,9 @@ class Publisher(Service):
             if self._bell is not None:
                 self._bell.close()
 
-    def _relay_once(self) -> int | None:
+    def _relay_once(self) -> RelayPass | None:
+        """One relay pass: how many jobs it relayed and whether another should follow at once
+        (``FairShare.settle``: else wait for a ring or the poll); None after a failure."""
         try:
             if self.transport is None:
                 self.transport = open_transport(self.settings.mq, self.layout,
@@ -114,9 +126,9 @@ class Publisher(Service):
                 # every queue of the desired state: made through the admin API on any host too
                 self._declare(self.dbs.desired.queues(self.settings.worker.all_queues))
                 log.info("connected to the %s transport", self.settings.mq.transport)
-            n = self.dbs.jobs.relay_pending(self.settings.publisher.batch, self._publish)
-            self.published += n
-            return n
+            done = self.dbs.jobs.relay(self.fair, self.settings.publisher.batch, self._publish)
+            self.published += done.relayed
+            return done
         except ConnectionClosed as exc:
             log.warning("queue connection lost (%s); jobs stay pending until it is back", exc)
             self._close_transport()

@@ -15,7 +15,8 @@ came; when the worker died under it, the Outcome is built here from the same Tas
 
 A delivery of a job without a row is a stranger (dead-lettered with the reason); one of a
 finished job or of an attempt the row is not at is a stale duplicate (acked away). Both are
-counted. One whose attempt another subscriber holds waits, unacked, until that owner records
+counted. One of a paused queue or account goes back to the outbox unrun (``pauses.py``). One
+whose attempt another subscriber holds waits, unacked, until that owner records
 it (then it is stale) or its heartbeat expires (then this process takes the attempt over). If
 the rows cannot be read, nothing runs blind: the deliveries wait unacked and the check is
 retried with backoff.
@@ -42,6 +43,7 @@ from enstratus_workers.backoff import Backoff
 from enstratus_workers.clock import now_ms
 from enstratus_workers.daemons.subscriber.cancels import Cancels
 from enstratus_workers.daemons.subscriber.intake import Intake
+from enstratus_workers.daemons.subscriber.pauses import PauseGate
 from enstratus_workers.daemons.subscriber.pool import Assignment, WorkerPool
 from enstratus_workers.daemons.subscriber.recorder import Recorder
 from enstratus_workers.db import Event, Outcome, Started, open_databases
@@ -49,6 +51,7 @@ from enstratus_workers.db.heartbeats import live_owners
 from enstratus_workers.fleet.joining import join_fleet
 from enstratus_workers.fleet.placement import runs_on
 from enstratus_workers.jobs import wakeup
+from enstratus_workers.db.pauses import PauseStore
 from enstratus_workers.jobs.lifecycle import event_outcome
 from enstratus_workers.jobs.wakeup import Bell
 from enstratus_workers.jobs.messages import MessageDecodeError, decode
@@ -127,6 +130,7 @@ class Subscriber(Service):
                              client_name=f"subscriber@{self.name}")
         self.recorder = Recorder(self.dbs, s.subscriber.record_batch, s.subscriber.record_interval,
                                  on_recorded=self.intake.ack, on_dead=self.intake.dead_letter)
+        self.pauses = self.pause_gate()
         try:
             self.recorder.start()
             self.pool.start()
@@ -172,6 +176,7 @@ class Subscriber(Service):
         self._settle(self.pool.supervise())
         if not self.pool.stopping:
             self._reconcile()
+            self.pauses.tick(self.pending, self.active)
             self.pool.scale({t: len(q) for t, q in self.pending.items()})
             self.pool.dispatch(self.pending)
             self._mark_dispatched()
@@ -276,7 +281,7 @@ class Subscriber(Service):
         if self._check_failures:
             log.info("job rows readable again after %d failed checks", self._check_failures)
             self._check_failures, self._check_at = 0, 0.0
-        stale = []
+        stale, paused = [], []
         for d, msg in waiting:
             row = rows.get(msg.job_id)
             if row is None:
@@ -292,13 +297,22 @@ class Subscriber(Service):
                 self._held.append((d, msg))
             elif verdict == "stale":
                 stale.append(d)
+            elif self.pauses.holds(d.queue, row.account):
+                paused.append((d, msg, row))
             else:
                 self._accept(d, msg, row)
+        for d, msg, row in self.pauses.settle(paused):   # resumed since the pauses were last read
+            self._accept(d, msg, row)
         if stale:
             self.stats["stale"] += len(stale)
             self.intake.ack(stale)
         if self._held and self._held_until <= now:
             self._held_until = now + HEARTBEAT_EVERY_S
+
+    def pause_gate(self) -> PauseGate:
+        """The pauses as this process obeys them, over its databases and intake (``pauses.py``)."""
+        return PauseGate(PauseStore(self.dbs.provisioning, known_queue=lambda _name: True).current,
+                         self.dbs.jobs.give_back, self.intake.ack)
 
     def _take_over(self, d, msg, row) -> bool:
         """Take a running attempt whose owner's heartbeat expired; False if the row moved on."""
@@ -327,7 +341,7 @@ class Subscriber(Service):
         # a row whose cancel was requested is here only for its compensation (lifecycle.after_lost)
         task = Task(row.job_id, row.action, _arguments(row.arguments), msg.attempt,
                     row.max_attempts or self.settings.worker.max_attempts, d.queue, self.owner,
-                    compensate=row.cancel_requested_ms is not None)
+                    compensate=row.cancel_requested_ms is not None, account=row.account)
         a = Assignment(d, task, self._type_for_queue(d.queue))
         self.pending[a.worker_type].append(a)
 
@@ -386,7 +400,7 @@ class Subscriber(Service):
     # -- heartbeat -----------------------------------------------------------------------------
     def snapshot(self) -> dict:
         workers = self.pool.snapshot()
-        return {"workers": workers, "stats": dict(self.stats),
+        return {"workers": workers, "stats": {**self.stats, "given_back": self.pauses.given_back},
                 "pending": {t: len(q) for t, q in self.pending.items()},
                 "inflight": sum(w["inflight"] for w in workers),
                 "recording": self.recorder.waiting, "connected": self.intake.connected.is_set(),

@@ -1,0 +1,155 @@
+"""The outbox relay: the publisher's pass over the pending jobs, in one transaction.
+
+A pass reads the outbox once (``probe``: the first attempts queued per queue, the accounts with
+jobs pending on each queue, the pauses), lets the planner (``jobs/fairshare.py``) deal the room
+of each queue's window to the accounts, reads each account's oldest pending jobs as dealt,
+hands them to ``publish`` interleaved by turn, and marks the confirmed ones queued.
+
+The rows stay locked (``FOR UPDATE SKIP LOCKED`` on MySQL; the write lock on SQLite, taken by
+``BEGIN IMMEDIATE``) from the read until the commit, so two publishers never relay one job
+twice, and a crash before the commit leaves the jobs pending: at worst published again, never
+lost.
+
+What it costs. Every read is a range of the index ``ix_enstratus_job_relay`` (status, queue,
+account, job_id): the probe's accounts are a ``GROUP BY`` that MariaDB and MySQL answer by
+skipping from group to group in the index (a loose index scan: one step per (queue, account),
+whatever the backlog), and the queued count reads at most a window of rows per queue. With one
+account waiting, a pass is the probe and the one locking ``SELECT`` the relay always had; each
+further account dealt a turn adds one indexed ``SELECT ... LIMIT n``.
+"""
+
+from __future__ import annotations
+
+from typing import Callable, NamedTuple
+
+import sqlalchemy as sa
+
+from ..clock import now_ms
+from ..errors import PublishError
+from ..jobs.fairshare import FairShare, Group, Outlook, Paused
+from ..jobs import lifecycle
+from ..jobs.lifecycle import PENDING, QUEUED
+
+
+class Relayed(NamedTuple):
+    """What the publisher needs of a pending job to publish it."""
+
+    job_id: int
+    action: str
+    arguments: str
+    queue: str
+    attempts: int
+    max_attempts: int
+    not_before_ms: int | None = None        # deferred: held by the broker until then
+    cancel_requested_ms: int | None = None  # relayed only to carry its compensation
+
+    def next_attempt(self, now: int) -> lifecycle.NextAttempt:
+        """The attempt it is published as, and the broker-held delay (``lifecycle.next_attempt``)."""
+        return lifecycle.next_attempt(self.attempts, self.not_before_ms, now, self.cancel_requested_ms is not None)
+
+
+class RelayPass(NamedTuple):
+    relayed: int     # jobs published and marked queued
+    more: bool       # room is left that another pass at once could fill (``FairShare.settle``)
+
+
+# The accounts with jobs pending on each queue, one step per (queue, account) whatever the
+# backlog. MariaDB and MySQL skip through the index from group to group for a GROUP BY (a loose
+# index scan), but only for a range of the index's first column, not for one value: hence two
+# statuses, the queued groups being read and ignored. SQLite has no loose scan: it is spelled
+# out, a recursive MIN(...) > previous per queue and per account (and one probe for the jobs
+# without an account, which MIN skips).
+_WAITING = {
+    "mysql": (f"SELECT status, queue, account, 0 FROM enstratus_job WHERE status IN ('{PENDING}', '{QUEUED}') "
+              f"GROUP BY status, queue, account"),
+    "sqlite": (
+        f"WITH RECURSIVE "
+        f"qs(queue) AS (SELECT MIN(queue) FROM enstratus_job WHERE status = '{PENDING}' "
+        f"UNION ALL SELECT (SELECT MIN(queue) FROM enstratus_job WHERE status = '{PENDING}' "
+        f"AND queue > qs.queue) FROM qs WHERE qs.queue IS NOT NULL), "
+        f"accts(queue, account) AS (SELECT queue, (SELECT MIN(account) FROM enstratus_job "
+        f"WHERE status = '{PENDING}' AND queue = qs.queue) FROM qs WHERE queue IS NOT NULL "
+        f"UNION ALL SELECT queue, (SELECT MIN(account) FROM enstratus_job WHERE status = '{PENDING}' "
+        f"AND queue = accts.queue AND account > accts.account) FROM accts WHERE account IS NOT NULL) "
+        f"SELECT '{PENDING}', queue, account, 0 FROM accts WHERE account IS NOT NULL "
+        f"UNION ALL SELECT '{PENDING}', queue, NULL, 0 FROM qs WHERE queue IS NOT NULL AND EXISTS ("
+        f"SELECT 1 FROM enstratus_job WHERE status = '{PENDING}' AND queue = qs.queue AND account IS NULL)"),
+}
+# ... then the first attempts queued per queue (at most a window of rows each), not counting a
+# deferred one whose time has not come (the broker holds it, as it holds a retry), and the pauses
+_REST = (" UNION ALL SELECT 'window', queue, NULL, COUNT(*) FROM enstratus_job "
+         f"WHERE status = '{QUEUED}' AND attempts = 0 AND (not_before_ms IS NULL OR not_before_ms <= {{now}}) "
+         "GROUP BY queue UNION ALL SELECT kind, name, NULL, since_ms FROM enstratus_pause")
+_COLUMNS = "job_id, action, arguments, queue, attempts, max_attempts, not_before_ms, cancel_requested_ms"
+
+
+def probe(conn) -> Outlook:
+    """The outbox's outlook in one statement (module docstring)."""
+    queued: dict[str, int] = {}
+    waiting: dict[str, list[str | None]] = {}
+    paused: dict[str, set[str]] = {"queue": set(), "account": set()}
+    sql = _WAITING["sqlite" if conn.dialect.name == "sqlite" else "mysql"] + _REST.format(now=int(now_ms()))
+    for kind, name, account, n in conn.exec_driver_sql(sql):
+        if kind == "window":
+            queued[name] = int(n)
+        elif kind == PENDING:
+            waiting.setdefault(name, []).append(account)
+        elif kind in paused:
+            paused[kind].add(name)
+    return Outlook(queued, waiting, Paused(frozenset(paused["queue"]), frozenset(paused["account"])))
+
+
+def _take(conn, group: Group) -> list[Relayed]:
+    """The group's oldest pending jobs, locked (skipping rows another publisher holds)."""
+    mark = "?" if conn.dialect.paramstyle == "qmark" else "%s"
+    lock = "" if conn.dialect.name == "sqlite" else " FOR UPDATE SKIP LOCKED"
+    account, params = ("account IS NULL", (group.queue,)) if group.account is None else \
+        (f"account = {mark}", (group.queue, group.account))
+    sql = (f"SELECT {_COLUMNS} FROM enstratus_job WHERE status = '{PENDING}' AND queue = {mark} "
+           f"AND {account} ORDER BY job_id LIMIT {int(group.limit)}{lock}")
+    return [Relayed(*r) for r in conn.exec_driver_sql(sql, params)]
+
+
+def _interleaved(taken: list[list[Relayed]], order, batch: int) -> tuple[list[Relayed], list[int]]:
+    """At most ``batch`` of the groups' jobs, in the order their turns were dealt (a group short
+    of jobs skips its turn), and how many of each group that is. Rows read beyond the batch
+    stay pending, unchanged."""
+    cursors = [iter(rows) for rows in taken]
+    used = [0] * len(taken)
+    out: list[Relayed] = []
+    for i in order:
+        if len(out) >= batch:
+            break
+        row = next(cursors[i], None)
+        if row is not None:
+            out.append(row)
+            used[i] += 1
+    return out, used
+
+
+def relay(engine: sa.Engine, planner: FairShare, batch: int,
+          publish: Callable[[list[Relayed]], None]) -> RelayPass:
+    """One pass (module docstring). ``publish`` returns once the broker confirmed, or raises
+    ``PublishError`` naming the unconfirmed: those stay pending, the rest are marked queued."""
+    with engine.begin() as conn:
+        plan = planner.plan(probe(conn), batch)
+        if not plan.groups:
+            return RelayPass(0, False)
+        taken = [_take(conn, g) for g in plan.groups]
+        jobs, used = _interleaved(taken, plan.order, plan.batch)
+        failure = None
+        if jobs:
+            try:
+                publish(jobs)
+                confirmed = [j.job_id for j in jobs]
+            except PublishError as exc:
+                failure = exc
+                unconfirmed = {str(i) for i in exc.unconfirmed}
+                confirmed = [j.job_id for j in jobs if str(j.job_id) not in unconfirmed]
+            if confirmed:
+                conn.exec_driver_sql(
+                    f"UPDATE enstratus_job SET status = '{QUEUED}', queued_timestamp = {int(now_ms())} "
+                    f"WHERE job_id IN ({', '.join(str(int(i)) for i in confirmed)}) AND status = '{PENDING}'")
+    if failure is not None:
+        raise failure
+    return RelayPass(len(jobs), planner.settle(plan, [len(t) for t in taken], used))
