@@ -8,7 +8,7 @@
 ``enstratus_job``.
 
 Revision ID: provisioning_0004
-Revises: provisioning_0005 (after main's head when rebased: 0003 cancel and deferral, 0005 cloud rates)
+Revises: provisioning_0003
 """
 
 import sqlalchemy as sa
@@ -17,7 +17,7 @@ from alembic import op
 from enstratus_workers.db.identity import IdentityString
 
 revision = "provisioning_0004"
-down_revision = "provisioning_0005"
+down_revision = "provisioning_0003"
 branch_labels = None
 depends_on = None
 

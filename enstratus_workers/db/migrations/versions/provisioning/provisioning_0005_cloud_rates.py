@@ -4,7 +4,7 @@
 slowed by a throttle, and its counts (``db/cloud_rates.py``). A new table: nothing is rewritten.
 
 Revision ID: provisioning_0005
-Revises: provisioning_0003
+Revises: provisioning_0004
 """
 
 import sqlalchemy as sa
@@ -13,7 +13,7 @@ from alembic import op
 from enstratus_workers.db.identity import IdentityString
 
 revision = "provisioning_0005"
-down_revision = "provisioning_0003"
+down_revision = "provisioning_0004"
 branch_labels = None
 depends_on = None
 
