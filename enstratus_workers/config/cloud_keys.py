@@ -27,10 +27,6 @@ DEFAULT_KEY = "cloud.rate"
 PER_KEY = re.compile(r"cloud\.rate\.(.+)")
 PROVIDER = re.compile(r"[a-z0-9][a-z0-9_-]{0,99}")
 PROVIDER_RULE = "lowercase letters, digits, '_' and '-', as libcloud names providers"
-#: an account as the KM holds it (km/protocol.py MAX_ACCOUNT): no control character, no blank at
-#: either end (a .properties value or key loses those anyway)
-ACCOUNT = re.compile(r"[^\x00-\x1f\x7f\s](?:[^\x00-\x1f\x7f]{0,126}[^\x00-\x1f\x7f\s])?")
-ACCOUNT_RULE = "1 to 128 characters, none a control character, no blank at either end"
 
 
 def rate(text: str) -> float:
@@ -47,8 +43,8 @@ def _split(key: str, rest: str) -> tuple[str, str | None]:
         raise ValueError(f"{provider!r} is not a provider name ({PROVIDER_RULE}){hint}")
     if not dot:
         return provider, None
-    if not ACCOUNT.fullmatch(account):
-        raise ValueError(f"{account!r} is not an account ({ACCOUNT_RULE})")
+    if not limits.valid_account(account):   # the one rule of job accounts: a rate is for them
+        raise ValueError(f"{account!r} is not an account ({limits.ACCOUNT_RULE})")
     return provider, account
 
 

@@ -167,3 +167,12 @@ def test_with_no_queue_wanted_it_connects_to_nothing_until_one_is(broker, make_i
     # When a queue is wanted again, it connects and consumes it
     it.set_queues(["other"])
     assert [d.message_id for d in taken(it, 1)] == ["a"]
+
+
+def test_stopping_an_intake_that_never_started_raises_nothing(broker, make_intake):
+    # Given an intake whose subscriber failed before starting it (a worker pool that could not
+    # bind its socket, say), When the subscriber's cleanup stops it, Then that raises nothing:
+    # the start's own error is the one the operator must see, not "cannot join thread"
+    it, _ = make_intake()
+    it.stop()
+    assert not it.thread.is_alive()

@@ -255,6 +255,25 @@ def test_a_deferred_job_lags_only_once_its_deferral_is_over(dbs):
     assert 10 <= waiting_for_s(dbs) < 20
 
 
+def test_a_paused_queue_or_account_does_not_lag_it_waits_for_the_operator(dbs):
+    # Given jobs pending for an hour, in a queue and of an account that are both paused
+    now = now_ms()
+    for queue, account in (("default", None), ("other", "acme")):
+        j, _ = dbs.jobs.submit(NewJob("echo", "{}", queue, 3, account=account))
+        with dbs.provisioning.begin() as conn:
+            conn.execute(schema.jobs.update().where(schema.jobs.c.job_id == j.job_id)
+                         .values(created_timestamp=now - 3_600_000))
+    with dbs.provisioning.begin() as conn:
+        conn.execute(schema.pauses.insert(), [{"kind": "queue", "name": "default", "since_ms": now},
+                                              {"kind": "account", "name": "acme", "since_ms": now}])
+    # Then there is no lag: neither waits for a worker
+    assert waiting_for_s(dbs) == 0.0
+    # When the account is resumed / Then its job lags again, from its submit
+    with dbs.provisioning.begin() as conn:
+        conn.execute(schema.pauses.delete().where(schema.pauses.c.kind == "account"))
+    assert 3600 <= waiting_for_s(dbs) < 3700
+
+
 def test_nothing_waiting_is_no_lag(dbs):
     assert waiting_for_s(dbs) == 0.0
 

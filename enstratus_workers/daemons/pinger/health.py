@@ -221,18 +221,23 @@ def waiting_for_s(dbs: Databases) -> float:
 
     A pending job waits since it was submitted, or since its last attempt ended (a retry); a
     queued one since the publisher relayed it. A job its action deferred (``errors.Deferred``)
-    waits on purpose until its ``not_before_ms``, and only from then on for a worker. Each reads
-    the rows of its status (found by the (status, job_id) index): about 55 ms for 100,000
-    pending jobs on SQLite here, 13 ms for counts.
+    waits on purpose until its ``not_before_ms``, and only from then on for a worker. A job of a
+    paused queue or account waits for the operator, not for a worker: it is left out, so a pause
+    does not set off the lag thresholds (a queue left paused by mistake shows in the pauses,
+    ``enstratus-workers pauses``). Each reads the rows of its status (found by the (status,
+    job_id) index): about 55 ms for 100,000 pending jobs on SQLite here, 13 ms for counts.
     """
-    T = schema.jobs
+    T, P = schema.jobs, schema.pauses
+    not_paused = sa.and_(
+        T.c.queue.not_in(sa.select(P.c.name).where(P.c.kind == "queue")),
+        sa.or_(T.c.account.is_(None), T.c.account.not_in(sa.select(P.c.name).where(P.c.kind == "account"))))
 
     def held(since):   # the later of ``since`` and a deferral's end
         return sa.case((T.c.not_before_ms > since, T.c.not_before_ms), else_=since)
 
     pending_since = sa.select(sa.func.min(held(sa.func.coalesce(T.c.end_timestamp, T.c.created_timestamp)))
-                              ).where(T.c.status == schema.PENDING)
-    queued_since = sa.select(sa.func.min(held(T.c.queued_timestamp))).where(T.c.status == schema.QUEUED)
+                              ).where(T.c.status == schema.PENDING, not_paused)
+    queued_since = sa.select(sa.func.min(held(T.c.queued_timestamp))).where(T.c.status == schema.QUEUED, not_paused)
     with dbs.provisioning.connect() as conn:
         since = [ms for ms in (conn.execute(pending_since).scalar(), conn.execute(queued_since).scalar())
                  if ms is not None]

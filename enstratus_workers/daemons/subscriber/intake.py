@@ -54,7 +54,8 @@ class Intake:
 
     def stop(self) -> None:
         self._stop.set()
-        self.thread.join(timeout=10)
+        if self.thread.is_alive():   # never started when the subscriber failed before it: the
+            self.thread.join(timeout=10)   # start's own error is the one to report, not join's
 
     # settling, from the main loop
     # The intake thread may drop the consumer (reconnect) at any moment: read it once.
