@@ -17,6 +17,7 @@ from enstratus_workers.clock import now_ms
 from enstratus_workers.config import settings as cs
 from enstratus_workers.config.settings import Secret, WorkerSettings
 from enstratus_workers.db import Event, Outcome, Started, open_databases
+from enstratus_workers.db import schema
 from enstratus_workers.db.analytics import ServerEvent
 from enstratus_workers.db.instances import SINCE_KEY, InstanceStore
 from enstratus_workers.db.retention import Periods, Pruner
@@ -158,8 +159,10 @@ def test_a_pruner_that_outlives_its_lease_stops_and_another_takes_over(dbs):
     # Given a pruner whose lease expired mid-pass (it stalled) and another that took it
     for _ in range(4):
         _finished(dbs, "failed", ended_s_ago=60)
-    a = _pruner(dbs, holder="pinger@a:1:aaaa", batch=1, lease_s=0.001)
+    a = _pruner(dbs, holder="pinger@a:1:aaaa", batch=1)
     assert a.step() is True
+    with dbs.provisioning.begin() as conn:   # a stalls past its lease (expired now, not in 1 ms:
+        conn.execute(schema.leases.update().values(expires_ms=0))   # a loaded machine takes longer)
     b = _pruner(dbs, holder="pinger@b:2:bbbb", batch=1)
     assert b.step() is True
     # When the first wakes up / Then it stops, leaving the pass to the second
