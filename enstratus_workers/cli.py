@@ -218,26 +218,33 @@ def cmd_dead_list(args) -> int:
 
 
 def cmd_dead_retry(args) -> int:
+    from .db.audit import record_cli
+    from .jobs.redrive import redrive
     from .mq import open_transport
 
     if not args.all and not args.job_ids:
         _error("name the jobs to retry, or --all")
         return EXIT_USAGE
-    settings = _settings(args)
+    settings, layout = _settings(args), _layout(args)
+
+    def purge(queue, message_ids):   # opened only once the jobs are pending again
+        with open_transport(settings.mq, layout, client_name="cli") as t:
+            return t.purge_dead(queue, message_ids)
+
     dbs = _dbs(args, settings)
     try:
-        # each gets another round: lifecycle.redrive_max_attempts, inside requeue_dead
-        retried = dbs.jobs.requeue_dead(None if args.all else args.job_ids, settings.worker.max_attempts)
+        done = redrive(dbs.jobs, purge, settings.worker.max_attempts, None if args.all else args.job_ids)
+        code = 0 if done.jobs or args.all else EXIT_FAILED
+        record_cli(dbs.provisioning, "jobs.retry_dead" if args.all else "job.retry",
+                   "every dead job" if args.all else "jobs " + ", ".join(map(str, args.job_ids)), code,
+                   after={"redriven": done.job_ids}, detail=done.purge_error)
     finally:
         dbs.close()
-    # The publisher relays them anew; their old dead letters would only confuse a later list.
-    with open_transport(settings.mq, _layout(args), client_name="cli") as t:
-        for q in {j.queue for j in retried}:
-            t.purge_dead(q, [str(j.job_id) for j in retried if j.queue == q])
-    _print(args, [j.job_id for j in retried],
-           f"re-driven {len(retried)} job(s): " + ", ".join(str(j.job_id) for j in retried)
-           if retried else "no dead job matched")
-    return 0 if retried or args.all else EXIT_FAILED
+    if done.purge_error:
+        _error(f"the dead letters of these jobs stay in their queues: {done.purge_error}")
+    _print(args, done.job_ids, f"re-driven {len(done.jobs)} job(s): " + ", ".join(map(str, done.job_ids))
+           if done.jobs else "no dead job matched")
+    return code
 
 
 def cmd_monitor(args) -> int:

@@ -22,7 +22,8 @@ from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
 
 from enstratus_workers.config.settings import Secret, WorkerSettings
-from enstratus_workers.db import instances, migrate, open_databases, schema
+# audit declares enstratus_audit on instances.metadata: imported, the admin chain's tables are all there
+from enstratus_workers.db import audit, instances, migrate, open_databases, schema  # noqa: F401
 from enstratus_workers.db.migrations import legacy as legacy_chain
 from enstratus_workers.errors import DatabaseError
 from enstratus_workers.km import schema as km_schema
@@ -131,7 +132,8 @@ def test_a_database_of_the_hand_versioned_release_is_stamped_without_ddl(engine,
     state = migrate.upgrade(engine, chain)
     # Then it is stamped (and brought to head by the revisions after the hand versions: the
     # totals of retention, the job's cancel and deferral columns, its account, the relay's index
-    # and the pauses), what its tables had untouched (later revisions only add) and its row kept
+    # and the pauses, the history of the pages), what its tables had untouched (later revisions
+    # only add) and its row kept
     assert state.at_head and state.legacy is None
     assert _kept(before, _layout_of(engine, old))
     with engine.connect() as conn:
