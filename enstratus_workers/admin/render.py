@@ -9,30 +9,14 @@ that users typed or clouds returned.
 from __future__ import annotations
 
 import json
-from datetime import datetime, timezone
-from html import escape
 
 from ..db.schema import STATUSES, TERMINAL
 from .hosts_html import hosts_fragment
-from .strictbody import printable
-
-
-def _e(value) -> str:
-    return "" if value is None else escape(printable(str(value)))
-
-
-def _num(value) -> str:
-    return "–" if value is None else _e(value)
-
-
-def _time(ms: int | None) -> str:
-    if not ms:
-        return "–"
-    return datetime.fromtimestamp(ms / 1000, timezone.utc).strftime("%Y-%m-%d %H:%M:%S")
-
-
-def _cut(text: str, n: int = 120) -> str:
-    return text if len(text) <= n else text[:n - 1] + "…"
+from .text import cut as _cut
+from .text import e as _e
+from .text import num as _num
+from .text import pretty, took
+from .text import when as _time
 
 
 def status_fragment(fig: dict) -> str:
@@ -102,13 +86,18 @@ def job_fragment(job: dict) -> str:
             f'data-status="{_e(job["status"])}" data-done="{"yes" if done else "no"}">'
             f'<p>Job <strong>{job["job_id"]}</strong> ({_e(job["action"])} on {_e(job["queue"])}): '
             f'<strong class="status">{_e(job["status"])}</strong>, attempt {job["attempts"]} of {job["max_attempts"]}</p>'
-            + (f'<pre class="result">{_e(json.dumps(job["result"], indent=2, sort_keys=True))}</pre>'
+            + (f'<pre class="result">{pretty(job["result"])}</pre>'
                if job["result"] is not None else "")
             + (f'<pre class="error">{_e(job["error"])}</pre>' if job["error"] else "") + "</div>")
 
 
-def jobs_fragment(stats: dict, jobs: list[dict]) -> str:
-    """Counts since the last reset and the latest jobs with their outcome."""
+def job_link(job_id: int) -> str:
+    return f'<a href="/ui/jobs/{int(job_id)}" class="job-link">{int(job_id)}</a>'
+
+
+def jobs_fragment(stats: dict, jobs: list[dict], filtered: bool = False) -> str:
+    """Counts since the last reset and the latest jobs (those the filters match) with their
+    outcome, each linked to its page."""
     cells = "".join(f'<td class="count-{s}">{stats["counts"].get(s, 0)}</td>' for s in STATUSES)
     since = f"since {_time(stats['since_ms'])} UTC" if stats["since_ms"] else "since ever"
     parts = [f'<h2>Jobs by status <small id="since">{_e(since)}</small></h2>'
@@ -116,15 +105,15 @@ def jobs_fragment(stats: dict, jobs: list[dict]) -> str:
              f'<tbody><tr>{cells}<td class="count-total">{stats["total"]}</td></tr></tbody></table>']
     rows = []
     for j in jobs:
-        took = (f'{(j["end_timestamp"] - j["start_timestamp"]) / 1000:.3f} s'
-                if j["end_timestamp"] and j["start_timestamp"] else "–")
         rows.append(
-            f'<tr data-job="{j["job_id"]}"><td>{j["job_id"]}</td><td>{_e(j["action"])}</td><td>{_e(j["queue"])}</td>'
+            f'<tr data-job="{j["job_id"]}"><td>{job_link(j["job_id"])}</td><td>{_e(j["action"])}</td>'
+            f'<td>{_e(j["queue"])}</td><td class="account">{_e(j.get("account")) or "–"}</td>'
             f'<td class="status st-{_e(j["status"])}">{_e(j["status"])}</td><td>{j["attempts"]}/{j["max_attempts"]}</td>'
-            f'<td>{_time(j["created_timestamp"])}</td><td>{took}</td><td>{_e(j["worker"]) or "–"}</td>'
-            f'<td class="outcome">{_e(outcome(j))}</td></tr>')
-    parts.append('<h2>Latest jobs</h2><table id="jobs"><thead><tr><th>id</th><th>action</th><th>queue</th>'
-                 '<th>status</th><th>attempts</th><th>created (UTC)</th><th>took</th><th>worker</th>'
-                 f'<th>outcome</th></tr></thead><tbody>{"".join(rows) or "<tr><td colspan=9>no jobs</td></tr>"}'
-                 '</tbody></table>')
+            f'<td>{_time(j["created_timestamp"])}</td><td>{took(j["start_timestamp"], j["end_timestamp"])}</td>'
+            f'<td>{_e(j["worker"]) or "–"}</td><td class="outcome">{_e(outcome(j))}</td></tr>')
+    none = "no job matches the filters" if filtered else "no jobs"
+    parts.append(f'<h2>{"Jobs matching the filters" if filtered else "Latest jobs"}</h2><table id="jobs"><thead>'
+                 '<tr><th>id</th><th>action</th><th>queue</th><th>account</th><th>status</th><th>attempts</th>'
+                 '<th>created (UTC)</th><th>took</th><th>worker</th><th>outcome</th></tr></thead>'
+                 f'<tbody>{"".join(rows) or f"<tr><td colspan=10>{none}</td></tr>"}</tbody></table>')
     return "\n".join(parts)
