@@ -27,7 +27,8 @@ _X_LABELS = {0: "−60 min", 15: "−45", 30: "−30", 45: "−15", MINUTES - 1:
 
 @dataclass
 class Latency:
-    """One action's attempts in the hour: count, p50/p99 over it and per minute (None: none)."""
+    """One action's attempts in the hour: count, p50/p99 over it and, for the actions charted,
+    per minute (None: none)."""
 
     action: str
     attempts: int = 0
@@ -76,13 +77,14 @@ def last_hour(events: EventStore, now_ms: int) -> Hour:
     for action, rows in by_action.items():
         latency = Latency(action, sum(r.attempts for r in rows))
         latency.p50, latency.p99 = _quantiles(rows)
+        hour.actions.append(latency)
+    hour.actions.sort(key=lambda a: (-a.attempts, a.action))
+    for latency in hour.actions[:MAX_CHARTED_ACTIONS]:   # the others are in the table only
         per_minute: dict[int, list[MinuteTotal]] = defaultdict(list)
-        for r in rows:
+        for r in by_action[latency.action]:
             per_minute[(r.minute_ms - first) // MINUTE_MS].append(r)
         for i, minute_rows in per_minute.items():
             latency.p50_by_minute[i], latency.p99_by_minute[i] = _quantiles(minute_rows)
-        hour.actions.append(latency)
-    hour.actions.sort(key=lambda a: (-a.attempts, a.action))
     return hour
 
 

@@ -54,8 +54,8 @@ def job_page_fragment(job: dict, events: list[Event], server_events: list[Server
               ("created", when(job["created_timestamp"], True)), ("relayed", when(job["queued_timestamp"], True)),
               ("started", when(job["start_timestamp"], True)), ("ended", when(job["end_timestamp"], True)),
               ("worker", e(job["worker"]) or "–")]
-    parts = [f'<div id="job" class="job st-{e(job["status"])}" data-job="{jid}" data-status="{e(job["status"])}">'
-             f'<p>Job <strong>{jid}</strong>: <strong class="status">{e(job["status"])}</strong></p>'
+    parts = [f'<div id="job" class="job-page" data-job="{jid}" data-status="{e(job["status"])}">'
+             f'<p>Job <strong>{jid}</strong>: <strong class="status st-{e(job["status"])}">{e(job["status"])}</strong></p>'
              + _buttons(job, actions)
              + '<dl class="facts">' + "".join(f"<dt>{k}</dt><dd>{v}</dd>" for k, v in facts) + "</dl>",
              f'<h2>Arguments</h2><pre id="arguments">{pretty(job["arguments"])}</pre>']

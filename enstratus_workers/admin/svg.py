@@ -118,24 +118,25 @@ def _runs(values: Sequence[float | None]) -> list[list[tuple[int, float]]]:
     return [r for r in runs if r]
 
 
-def timeline(chart_id: str, title: str, bars: Sequence[Bar], *, row_h: int = 22) -> str:
-    """An SVG timeline: a row per bar, on one time axis from the first start to the last end."""
+def timeline(chart_id: str, title: str, bars: Sequence[Bar], *, row_h: int = 22, left: int = 84) -> str:
+    """An SVG timeline: a row per bar (labelled in the ``left`` margin), on one time axis from
+    the first start to the last end."""
     start = min((b.start_ms for b in bars), default=0)
     end = max((b.end_ms for b in bars), default=start)
     span = max(end - start, 1)
-    plot_w = WIDTH - LEFT - RIGHT
+    plot_w = WIDTH - left - RIGHT
     height = TOP + row_h * len(bars) + BOTTOM
     parts = [f'<svg id="{escape(chart_id)}" class="chart timeline" viewBox="0 0 {WIDTH} {height}" role="img" '
              f'xmlns="http://www.w3.org/2000/svg"><title>{escape(title)}</title>']
     for row, b in enumerate(bars):
         top = TOP + row * row_h
-        x0 = LEFT + plot_w * (b.start_ms - start) / span
+        x0 = left + plot_w * (b.start_ms - start) / span
         w = max(plot_w * (b.end_ms - b.start_ms) / span, 2.0)   # an instant still shows
-        parts.append(f'<text class="tick" x="{LEFT - 6}" y="{top + row_h - 8}" text-anchor="end">{escape(b.label)}</text>'
+        parts.append(f'<text class="tick" x="{left - 6}" y="{top + row_h - 8}" text-anchor="end">{escape(b.label)}</text>'
                      f'<rect class="bar {escape(b.css)}" x="{_f(x0)}" y="{top + 3}" width="{_f(w)}" '
                      f'height="{row_h - 6}" data-start="{b.start_ms}" data-end="{b.end_ms}">'
                      f'<title>{escape(b.title)}</title></rect>')
-    parts.append(f'<text class="tick" x="{LEFT}" y="{height - 6}">0</text>'
+    parts.append(f'<text class="tick" x="{left}" y="{height - 6}">0</text>'
                  f'<text class="tick" x="{WIDTH - RIGHT}" y="{height - 6}" text-anchor="end">'
                  f'{escape(f"+{span / 1000:.3f} s")}</text></svg>')
     return "".join(parts)
