@@ -36,6 +36,7 @@ import sqlalchemy as sa
 from ..clock import now_ms
 from ..layout import short_hostname
 from .instances import metadata
+from .retry import retried
 
 #: characters kept of a before/after state or a refusal's detail
 STATE_MAX = 4000
@@ -110,6 +111,7 @@ class AuditStore:
     def __init__(self, engine: sa.Engine):
         self.engine = engine
 
+    @retried()
     def record(self, entry: AuditEntry) -> AuditEntry:
         values = {f.name: getattr(entry, f.name) for f in fields(entry) if f.name != "audit_id"}
         values.update(actor=_cut(entry.actor, 200), client=_cut(entry.client, 200),
@@ -118,6 +120,7 @@ class AuditStore:
             key = conn.execute(audit_log.insert().values(**values)).inserted_primary_key[0]
         return AuditEntry(**{**values, "audit_id": int(key)})
 
+    @retried(idempotent=True)
     def page(self, *, action: str | None = None, before_id: int | None = None,
              limit: int = 50) -> list[AuditEntry]:
         """Newest first: at most ``limit`` rows older than ``before_id`` (the paging cursor),

@@ -13,6 +13,7 @@ from dataclasses import dataclass, fields
 import sqlalchemy as sa
 
 from .jobs import Job
+from .retry import retried
 from .schema import jobs as T
 
 
@@ -42,6 +43,7 @@ def _matching(q, where: JobFilter):
     return q
 
 
+@retried(idempotent=True)
 def find_jobs(engine: sa.Engine, where: JobFilter, limit: int = 50) -> list[Job]:
     """The newest jobs matching ``where``."""
     q = _matching(sa.select(T).order_by(T.c.job_id.desc()).limit(limit), where)
@@ -49,6 +51,7 @@ def find_jobs(engine: sa.Engine, where: JobFilter, limit: int = 50) -> list[Job]
         return [Job(**r) for r in conn.execute(q).mappings()]
 
 
+@retried(idempotent=True)
 def count_jobs(engine: sa.Engine, where: JobFilter) -> int:
     """How many jobs match ``where`` (the rows there are: pruned jobs are not counted)."""
     q = _matching(sa.select(sa.func.count()).select_from(T), where)
