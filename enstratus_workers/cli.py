@@ -138,17 +138,23 @@ def cmd_cancel(args) -> int:
     """Each job on its line; exit 0 if every one was cancelled or asked to stop, else 1."""
     from enstratus_workers.jobs.submit import cancel
 
+    from .db.audit import record_cli
+
     settings = _settings(args)
     dbs = _dbs(args, settings)
+    ok = (lifecycle.CANCEL_NOW, lifecycle.CANCEL_ASK)
+    said = lambda a: _CANCELLED[a.verdict].format(status=getattr(a.job, "status", ""), was=a.was)  # noqa: E731
     try:
         answers = [(job_id, cancel(dbs, job_id)) for job_id in args.job_ids]
+        for job_id, a in answers:   # each in the audit log, as the API's are
+            record_cli(dbs.provisioning, "job.cancel", f"job {job_id}", 0 if a.verdict in ok else EXIT_FAILED,
+                       before={"status": a.was} if a.was else None,
+                       after={"status": a.job.status} if a.job else None,
+                       detail=None if a.verdict in ok else said(a))
     finally:
         dbs.close()
-    lines = [f"job {job_id}: " + _CANCELLED[a.verdict].format(status=getattr(a.job, "status", ""), was=a.was)
-             for job_id, a in answers]
     _print(args, [{"job_id": job_id, "verdict": a.verdict, "was": a.was, "job": a.job.as_dict() if a.job else None}
-                  for job_id, a in answers], "\n".join(lines))
-    ok = (lifecycle.CANCEL_NOW, lifecycle.CANCEL_ASK)
+                  for job_id, a in answers], "\n".join(f"job {job_id}: {said(a)}" for job_id, a in answers))
     return 0 if all(a.verdict in ok for _, a in answers) else EXIT_FAILED
 
 

@@ -1,5 +1,6 @@
 """The status page's charts of the last hour: attempts ended per minute (succeeded, failed or
-dead, retried), and per action the p50 and p99 duration, per minute and over the hour.
+dead, retried, cancelled; a deferred one, put back without using an attempt, is in none), and
+per action the p50 and p99 duration, per minute and over the hour.
 
 They read the per-minute totals (``enstratus_action_minute``, kept by the recorder with the
 events), never the events: 60 minutes times the (action, outcome) pairs seen, so a chart costs
@@ -46,6 +47,7 @@ class Hour:
     succeeded: list = field(default_factory=lambda: [0] * MINUTES)
     failed: list = field(default_factory=lambda: [0] * MINUTES)
     retried: list = field(default_factory=lambda: [0] * MINUTES)
+    cancelled: list = field(default_factory=lambda: [0] * MINUTES)
     actions: list[Latency] = field(default_factory=list)
 
 
@@ -69,8 +71,8 @@ def last_hour(events: EventStore, now_ms: int) -> Hour:
         i = (row.minute_ms - first) // MINUTE_MS
         if not 0 <= i < MINUTES:        # a clock ahead of this host's: not in this hour
             continue
-        series = (hour.succeeded if row.outcome == "succeeded" else hour.failed if row.outcome in _FAILED
-                  else hour.retried if row.outcome == "retry" else None)
+        series = {"succeeded": hour.succeeded, "retry": hour.retried, "cancelled": hour.cancelled,
+                  **dict.fromkeys(_FAILED, hour.failed)}.get(row.outcome)
         if series is not None:
             series[i] += row.attempts
         by_action[row.action].append(row)
@@ -102,11 +104,13 @@ def charts_fragment(hour: Hour) -> str:
     jobs = svg.line_chart("chart-jobs", "Attempts ended per minute, last hour", [
         svg.Series("succeeded", "s-succeeded", hour.succeeded),
         svg.Series("failed or dead", "s-failed", hour.failed),
-        svg.Series("retried", "s-retried", hour.retried)], _X_LABELS)
+        svg.Series("retried", "s-retried", hour.retried),
+        svg.Series("cancelled", "s-cancelled", hour.cancelled)], _X_LABELS)
     parts = ['<h2>The last hour</h2>',
              '<figure class="chart-box"><figcaption>Attempts ended per minute: '
              '<span class="key s-succeeded">succeeded</span> <span class="key s-failed">failed or dead</span> '
-             f'<span class="key s-retried">retried</span></figcaption>{jobs}</figure>',
+             '<span class="key s-retried">retried</span> <span class="key s-cancelled">cancelled</span>'
+             f'</figcaption>{jobs}</figure>',
              '<h3>Duration per action: <span class="key s-p50">p50</span> and <span class="key s-p99">p99</span></h3>',
              '<p class="hint">Estimated from each action\'s duration histogram (buckets of 5 ms to 300 s) as '
              'Prometheus\' <code>histogram_quantile</code> does: linear within a bucket, so exact only at the '

@@ -33,7 +33,7 @@ router = APIRouter(prefix="/ui/fragments", include_in_schema=False, dependencies
 
 _NO_STORE = {"Cache-Control": "no-store"}   # figures must never come from a cache
 #: the buttons a job's page offers: the calls ``pageapi`` mounts for them
-JOB_BUTTONS = frozenset({"retry"})
+JOB_BUTTONS = frozenset({"cancel", "retry"})
 #: rows of the Jobs and Dead tabs
 LISTED = 50
 #: actions the log may hold besides the audited routes': the login form's, and the CLI's own

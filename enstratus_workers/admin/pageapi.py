@@ -1,7 +1,7 @@
 """The API calls the pages make, under ``/ui/api`` where the session cookie is sent.
 
 These are the JSON API's own route functions (start and stop a worker type, submit a job, reset
-the counts, re-drive dead jobs), mounted a second time: same checks, same answers, but authorized by the page
+the counts, cancel a job, re-drive dead jobs), mounted a second time: same checks, same answers, but authorized by the page
 session (or the token) instead of the token alone. Nothing else of the API takes the cookie, so
 a stolen or ridden session can do what the buttons do and no more. They are left out of the
 OpenAPI spec: scripts use the real routes with the token.
@@ -24,6 +24,7 @@ CALLS = (
     ("POST", "/jobs/stats/reset", jobs.reset_job_stats),
     ("POST", "/jobs/dead/retry", redrive.retry_dead_jobs),
     ("POST", "/jobs/{job_id}/retry", redrive.retry_job),
+    ("POST", "/jobs/{job_id}/cancel", jobs.cancel_job),
 )
 
 

@@ -15,7 +15,7 @@ from . import svg
 from .text import cut, e, pretty, took, when
 
 _OUTCOME_CSS = {"succeeded": "s-succeeded", "failed": "s-failed", "dead": "s-failed", "retry": "s-retried",
-                "running": "s-running"}
+                "running": "s-running", "cancelled": "s-cancelled"}
 
 
 def _attempts(job: dict, events: list[Event], now_ms: int) -> list[dict]:
@@ -54,6 +54,8 @@ def job_page_fragment(job: dict, events: list[Event], server_events: list[Server
               ("created", when(job["created_timestamp"], True)), ("relayed", when(job["queued_timestamp"], True)),
               ("started", when(job["start_timestamp"], True)), ("ended", when(job["end_timestamp"], True)),
               ("worker", e(job["worker"]) or "–")]
+    if job.get("cancel_requested_ms"):
+        facts.append(("cancel requested", when(job["cancel_requested_ms"], True)))
     parts = [f'<div id="job" class="job-page" data-job="{jid}" data-status="{e(job["status"])}">'
              f'<p>Job <strong>{jid}</strong>: <strong class="status st-{e(job["status"])}">{e(job["status"])}</strong></p>'
              + _buttons(job, actions)

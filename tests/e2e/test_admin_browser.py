@@ -2,7 +2,7 @@
 started by the init script in a scratch home: log in with the token, start one more process of
 the default worker type and see the desired count rise, launch a job and see it succeed, find
 it on the Jobs page (filtered), re-drive a dead job from the Dead tab and follow it on its own
-page to success, see the charts of the last hour, read the operator's actions on the Audit
+page to success, cancel a running job from its page, see the charts of the last hour, read the operator's actions on the Audit
 page, reset the counts, stop the type. Saves one screenshot per page under docs/.
 """
 
@@ -224,6 +224,17 @@ def test_operator_logs_in_starts_a_worker_launches_a_job_and_sees_it(service, br
     assert cell(browser, '#attempts tr[data-attempt="2"] td.outcome') == "succeeded"
     screenshot(browser, "job.png")
 
+    # When a long job is running, and Cancel is clicked on its page, its action is told to stop
+    # (sleep ends early when cancelled) and the job ends cancelled
+    sleeper = submit(url, token, {"action": "sleep", "arguments": {"seconds": 120}})
+    browser.get(url + f"ui/jobs/{sleeper}")
+    wait_for(browser, lambda d: d.find_element(By.ID, "job").get_attribute("data-status") == "running",
+             "the long job running")
+    browser.find_element(By.ID, "cancel").click()
+    wait_for(browser, lambda d: d.find_element(By.ID, "job").get_attribute("data-status") == "cancelled",
+             "the long job cancelled")
+    assert not browser.find_elements(By.ID, "cancel")
+
     # When the status page's charts are looked at, the attempts of the last minutes are drawn
     browser.find_element(By.ID, "nav-status").click()
     wait_for(browser, lambda d: d.find_elements(By.CSS_SELECTOR, '#chart-jobs g[data-series="succeeded"]')
@@ -238,7 +249,7 @@ def test_operator_logs_in_starts_a_worker_launches_a_job_and_sees_it(service, br
     browser.find_element(By.ID, "nav-audit").click()
     wait_for(browser, lambda d: d.find_elements(By.CSS_SELECTOR, '#audit tr[data-action="job.retry"]'), "the audit log")
     actions = [e.get_attribute("data-action") for e in browser.find_elements(By.CSS_SELECTOR, "#audit tbody tr")]
-    assert actions[:4] == ["job.retry", "jobs.stats_reset", "instance.start", "session.login"], actions
+    assert actions[:5] == ["job.cancel", "job.retry", "jobs.stats_reset", "instance.start", "session.login"], actions
     retry = '#audit tr[data-action="job.retry"]'
     assert cell(browser, f"{retry} td.actor").startswith("session:") and cell(browser, f"{retry} td.target") == f"job {dying}"
     assert '"status": "dead"' in browser.find_elements(By.CSS_SELECTOR, f"{retry} td.state")[0].text

@@ -14,7 +14,7 @@ from enstratus_workers.admin.auth import COOKIE
 from enstratus_workers.admin.resources import audited_routes
 from enstratus_workers.clock import now_ms
 from enstratus_workers.db.audit import AuditEntry, state_text
-from tests.unit.admin_helpers import TOKEN, api, home  # noqa: F401 (fixtures)
+from tests.unit.admin_helpers import TOKEN, api, home, stored_job  # noqa: F401 (fixtures)
 from tests.unit.test_admin_history import finished_job
 
 TOKEN_ACTOR = "token:" + hashlib.sha256(TOKEN.encode()).hexdigest()[:8]
@@ -142,3 +142,23 @@ def test_the_clis_re_drive_is_recorded_as_its_unix_user(api, capsys):
     assert (row["actor"], row["via"], row["action"], row["target"], row["status"]) == (
         f"cli:{getpass.getuser()}", "cli", "job.retry", f"jobs {job_id}", 0)
     assert row["after_state"] == {"redriven": [job_id]}
+
+
+def test_a_cancel_from_the_page_and_from_the_cli_are_recorded(api, capsys):
+    # Given two pending jobs
+    first, second = (stored_job(api) for _ in range(2))
+    # When one is cancelled by the button of its page, and both from the CLI
+    browser = api.logged_in_browser()
+    assert 'id="cancel"' in api.call("GET", f"/ui/jobs/{first}").text
+    assert browser.post(f"/ui/api/jobs/{first}/cancel").json()["status"] == "cancelled"
+    assert cli.main(["--home", str(api.home), "cancel", str(first), str(second)]) == cli.EXIT_FAILED
+    capsys.readouterr()
+    # Then the log holds the page's cancel and both of the CLI's: the first refused (finished)
+    rows = {(r["via"], r["target"]): r for r in entries(api, action="job.cancel")}
+    page = rows[("page", f"job {first}")]
+    assert (page["status"], page["before_state"]["status"], page["after_state"]["status"]) == (200, "pending", "cancelled")
+    refused, done = rows[("cli", f"job {first}")], rows[("cli", f"job {second}")]
+    assert refused["status"] == cli.EXIT_FAILED and "already finished (cancelled)" in refused["detail"]
+    assert (done["status"], done["before_state"], done["after_state"]) == (0, {"status": "pending"}, {"status": "cancelled"})
+    # and a cancelled job's page offers no cancel any more
+    assert 'id="cancel"' not in api.call("GET", f"/ui/jobs/{first}").text

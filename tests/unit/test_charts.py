@@ -77,8 +77,8 @@ def test_the_last_hour_is_drawn_from_the_per_minute_totals_not_the_events(api):
     # And the fragment draws them: a line per outcome with its total, the table, a chart per action
     html = charts.charts_fragment(hour)
     totals = dict(re.findall(r'data-series="([^"]+)" data-total="([^"]+)"', html))
-    assert totals == {"succeeded": "3", "failed or dead": "2", "retried": "2", "p50": totals["p50"],
-                      "p99": totals["p99"]}
+    assert totals == {"succeeded": "3", "failed or dead": "2", "retried": "2", "cancelled": "0",
+                      "p50": totals["p50"], "p99": totals["p99"]}
     assert '<tr data-action="server.launch"><td>server.launch</td><td class="attempts">7</td>' in html
     assert "histogram_quantile" in html and 'id="chart-latency-0"' in html
 

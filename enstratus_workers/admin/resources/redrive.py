@@ -17,6 +17,7 @@ from ..context import AdminContext, ctx_of
 from ..errors import COMMON, CONFLICT, NOT_FOUND
 from ..models import JobOut
 from ..strictbody import printable
+from .jobs import job_state
 
 router = APIRouter(prefix="/jobs", tags=["jobs"], responses=COMMON)
 
@@ -29,12 +30,6 @@ class RedriveOut(BaseModel):
 
 def _redrive(ctx: AdminContext, job_ids: list[int] | None):
     return redrive(ctx.dbs.jobs, ctx.queues.purge_dead, ctx.settings.worker.max_attempts, job_ids)
-
-
-def _job_state(ctx: AdminContext, arguments: dict) -> dict | None:
-    job = ctx.dbs.jobs.get(arguments["job_id"])
-    return None if job is None else {"status": job.status, "attempts": job.attempts,
-                                     "max_attempts": job.max_attempts}
 
 
 def _dead_count(ctx: AdminContext, _arguments: dict) -> dict:
@@ -51,7 +46,7 @@ def retry_dead_jobs(request: Request):
 
 @router.post("/{job_id}/retry", response_model=JobOut, responses={**NOT_FOUND, **CONFLICT},
              summary="Re-drive a dead job: another round of attempts")
-@audited("job.retry", lambda a: f"job {a['job_id']}", _job_state)
+@audited("job.retry", lambda a: f"job {a['job_id']}", job_state)
 def retry_job(request: Request, job_id: int = Path(ge=1, le=2**63 - 1)):
     ctx = ctx_of(request)
     job = ctx.dbs.jobs.get(job_id)
