@@ -147,7 +147,8 @@ def cmd_cancel(args) -> int:
     try:
         answers = [(job_id, cancel(dbs, job_id)) for job_id in args.job_ids]
         for job_id, a in answers:   # each in the audit log, as the API's are
-            record_cli(dbs.provisioning, "job.cancel", f"job {job_id}", 0 if a.verdict in ok else EXIT_FAILED,
+            record_cli(dbs.provisioning, settings.worker.host_name, "job.cancel", f"job {job_id}",
+                       0 if a.verdict in ok else EXIT_FAILED,
                        before={"status": a.was} if a.was else None,
                        after={"status": a.job.status} if a.job else None,
                        detail=None if a.verdict in ok else said(a))
@@ -241,7 +242,7 @@ def cmd_dead_retry(args) -> int:
     try:
         done = redrive(dbs.jobs, purge, settings.worker.max_attempts, None if args.all else args.job_ids)
         code = 0 if done.jobs or args.all else EXIT_FAILED
-        record_cli(dbs.provisioning, "jobs.retry_dead" if args.all else "job.retry",
+        record_cli(dbs.provisioning, settings.worker.host_name, "jobs.retry_dead" if args.all else "job.retry",
                    "every dead job" if args.all else "jobs " + ", ".join(map(str, args.job_ids)), code,
                    after={"redriven": done.job_ids}, detail=done.purge_error)
     finally:

@@ -3,7 +3,7 @@
 One row per action taken through the admin API, the pages or the CLI (table ``enstratus_audit``
 in the provisioning database, Alembic chain "admin", revision ``admin_0003``): when
 (``at_ms``), who (``actor``), through what (``via``: ``api``, ``page`` or ``cli``), from which
-address (``client``; the host name for the CLI), the action (``instance.start``,
+address (``client``; for the CLI, its ``host.name``), the action (``instance.start``,
 ``job.retry`` ...), its target, the answer (``status``: the HTTP status, or the CLI's exit
 code; ``detail``: why it was refused) and the target's state before and after, as JSON, where
 reading it is cheap.
@@ -34,31 +34,11 @@ from typing import Any
 import sqlalchemy as sa
 
 from ..clock import now_ms
-from ..layout import short_hostname
-from .instances import metadata
+from .admin_schema import audit_log
 from .retry import retried
 
 #: characters kept of a before/after state or a refusal's detail
 STATE_MAX = 4000
-
-_ID = sa.BigInteger().with_variant(sa.Integer(), "sqlite")
-
-audit_log = sa.Table(
-    "enstratus_audit", metadata,
-    sa.Column("audit_id", _ID, primary_key=True, autoincrement=True),
-    sa.Column("at_ms", sa.BigInteger, nullable=False),
-    sa.Column("actor", sa.String(200), nullable=False),
-    sa.Column("via", sa.String(8), nullable=False),
-    sa.Column("client", sa.String(200), nullable=True),
-    sa.Column("action", sa.String(64), nullable=False),
-    sa.Column("target", sa.String(300), nullable=True),
-    sa.Column("status", sa.Integer, nullable=False),
-    sa.Column("detail", sa.Text, nullable=True),
-    sa.Column("before_state", sa.Text, nullable=True),
-    sa.Column("after_state", sa.Text, nullable=True),
-    sa.Index("ix_enstratus_audit_time", "at_ms"),
-    sa.Index("ix_enstratus_audit_action", "action", "audit_id"),
-)
 
 
 @dataclass(frozen=True)
@@ -143,9 +123,8 @@ def cli_actor() -> str:
         return f"cli:{uid}"
 
 
-def record_cli(engine: sa.Engine, action: str, target: str | None, status: int, *,
+def record_cli(engine: sa.Engine, host: str, action: str, target: str | None, status: int, *,
                before: Any = None, after: Any = None, detail: str | None = None) -> AuditEntry:
-    """Record an action the CLI took (as ``cli_actor()`` on this host)."""
+    """Record an action the CLI took, as ``cli_actor()`` on ``host`` (``host.name``)."""
     return AuditStore(engine).record(AuditEntry(
-        now_ms(), cli_actor(), "cli", short_hostname(), action, target, status, detail,
-        state_text(before), state_text(after)))
+        now_ms(), cli_actor(), "cli", host, action, target, status, detail, state_text(before), state_text(after)))

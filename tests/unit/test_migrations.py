@@ -22,8 +22,7 @@ from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
 
 from enstratus_workers.config.settings import Secret, WorkerSettings
-# audit declares enstratus_audit on instances.metadata: imported, the admin chain's tables are all there
-from enstratus_workers.db import audit, instances, migrate, open_databases, schema  # noqa: F401
+from enstratus_workers.db import instances, migrate, open_databases, schema
 from enstratus_workers.db.migrations import legacy as legacy_chain
 from enstratus_workers.errors import DatabaseError
 from enstratus_workers.km import schema as km_schema

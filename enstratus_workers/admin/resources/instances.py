@@ -138,6 +138,7 @@ def autoscale_instance(body: Concurrency, request: Request, instance_id: int = I
 
 @router.put("/{instance_id}/placement", response_model=InstanceOut, responses=NOT_FOUND,
             summary="Set the hosts the instance runs on (host:NAME, tag:TAG, or [\"*\"] for every host)")
+@_audited("instance.placement")
 def place_instance(body: PlacementIn, request: Request, instance_id: int = InstanceId):
     ctx = ctx_of(request)
     ctx.store.get(instance_id)  # 404 before judging the placement

@@ -1,14 +1,14 @@
 """Admin 0003: the audit log of operator actions (``db/audit.py``).
 
 Revision ID: admin_0003
-Revises: admin_0001
+Revises: admin_0002
 """
 
 import sqlalchemy as sa
 from alembic import op
 
 revision = "admin_0003"
-down_revision = "admin_0001"
+down_revision = "admin_0002"
 branch_labels = None
 depends_on = None
 
