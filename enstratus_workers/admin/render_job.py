@@ -59,13 +59,14 @@ def job_page_fragment(job: dict, events: list[Event], server_events: list[Server
     parts = [f'<div id="job" class="job-page" data-job="{jid}" data-status="{e(job["status"])}">'
              f'<p>Job <strong>{jid}</strong>: <strong class="status st-{e(job["status"])}">{e(job["status"])}</strong></p>'
              + _buttons(job, actions)
-             + '<dl class="facts">' + "".join(f"<dt>{k}</dt><dd>{v}</dd>" for k, v in facts) + "</dl>",
-             f'<h2>Arguments</h2><pre id="arguments">{pretty(job["arguments"])}</pre>']
-    if job["result"] is not None:
-        parts.append(f'<h2>Result</h2><pre id="result" class="result">{pretty(job["result"])}</pre>')
+             + '<dl class="facts">' + "".join(f"<dt>{k}</dt><dd>{v}</dd>" for k, v in facts) + "</dl>"]
+    # what went wrong and how the attempts went first: that is what the page is opened for
     if job["error"]:
         parts.append(f'<h2>Error</h2><pre id="error" class="error">{e(job["error"])}</pre>')
     parts.append(_timeline(job, _attempts(job, events, now_ms)))
+    parts.append(f'<h2>Arguments</h2><pre id="arguments">{pretty(job["arguments"])}</pre>')
+    if job["result"] is not None:
+        parts.append(f'<h2>Result</h2><pre id="result" class="result">{pretty(job["result"])}</pre>')
     parts.append(_server_events(server_events))
     return "\n".join(parts) + "</div>"
 
