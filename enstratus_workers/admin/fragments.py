@@ -16,6 +16,7 @@ from fastapi.responses import HTMLResponse
 
 from ..clock import now_ms
 from ..db.job_search import JobFilter, count_jobs, find_jobs
+from ..db.pauses import fleet_pauses
 from ..jobs import lifecycle
 from . import charts, jobstats, render
 from .auth import require_page_session
@@ -76,9 +77,13 @@ def audit_actions() -> list[str]:
 
 
 # -- the fragments ---------------------------------------------------------------------------------
+def status_html(ctx: AdminContext) -> str:
+    return render.status_fragment(overview(ctx), fleet_pauses(ctx.dbs).list())
+
+
 @router.get("/status")
 def status_fragment(request: Request):
-    return _html(render.status_fragment(overview(ctx_of(request))))
+    return _html(status_html(ctx_of(request)))
 
 
 @router.get("/charts")

@@ -26,11 +26,10 @@ from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 
 from ..db.schema import STATUSES
-from . import fragments, render
+from . import fragments
 from .auditing import record
 from .auth import COOKIE, COOKIE_PATH, check_token, page_session_ok, session_actor
 from .context import ctx_of
-from .figures import overview
 
 router = APIRouter(include_in_schema=False)
 
@@ -130,7 +129,7 @@ def status_page(request: Request):
         return _login_page("/ui/status")
     ctx = ctx_of(request)
     return _page(request, "status", _template("status.html").substitute(
-        live=render.status_fragment(overview(ctx)), charts=fragments.charts_html(ctx)))
+        live=fragments.status_html(ctx), charts=fragments.charts_html(ctx)))
 
 
 @router.get("/ui/launch")

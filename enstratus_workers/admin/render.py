@@ -12,6 +12,7 @@ import json
 
 from ..db.schema import STATUSES, TERMINAL
 from .hosts_html import hosts_fragment
+from .render_pauses import accounts_fragment, queue_relay_cell
 from .text import cut as _cut
 from .text import e as _e
 from .text import num as _num
@@ -19,8 +20,10 @@ from .text import pretty, took
 from .text import when as _time
 
 
-def status_fragment(fig: dict) -> str:
-    """Health, worker types (desired vs on-line, start/stop), queues and clusters."""
+def status_fragment(fig: dict, pauses: list = ()) -> str:
+    """Health, worker types (desired vs on-line, start/stop), queues (paused or relayed) and the
+    paused accounts, hosts and clusters. ``pauses``: ``db/pauses.Pause`` values."""
+    paused_queues = {p.name: p.since_ms for p in pauses if p.kind == "queue"}
     health = fig["health"]
     problems = "".join(f"<li>{_e(p)}</li>" for p in health["problems"])
     parts = [f'<p class="health {_e(health["state"].lower())}" id="health">Health: '
@@ -47,12 +50,14 @@ def status_fragment(fig: dict) -> str:
             f'<tr data-queue="{_e(q["name"])}"><td>{_e(q["name"])}</td><td>{_e(", ".join(q["consumed_by"])) or "–"}</td>'
             f'<td class="online">{q["workers_online"]}</td><td>{want["min"]}–{want["max"]}</td>'
             f'<td class="consumers">{_num(q["consumers"])}</td><td class="ready">{_num(q["ready"])}</td>'
-            f'<td class="unacked">{_num(q["unacked"])}</td><td>{_num(q["delayed"])}</td><td>{_num(q["dead"])}</td></tr>')
+            f'<td class="unacked">{_num(q["unacked"])}</td><td>{_num(q["delayed"])}</td><td>{_num(q["dead"])}</td>'
+            + queue_relay_cell(q["name"], paused_queues.get(q["name"])) + '</tr>')
     error = f'<p class="error">queue depths unavailable: {_e(fig["depth_error"])}</p>' if fig["depth_error"] else ""
     parts.append('<h2>Queues</h2>' + error + '<table id="queues"><thead><tr><th>queue</th><th>consumed by</th>'
                  '<th>managed workers on-line</th><th>desired</th><th>consumers running</th><th>ready</th>'
-                 '<th>unacked</th><th>delayed</th><th>dead</th></tr></thead>'
-                 f'<tbody>{"".join(rows) or "<tr><td colspan=9>no queues</td></tr>"}</tbody></table>')
+                 '<th>unacked</th><th>delayed</th><th>dead</th><th>relay</th></tr></thead>'
+                 f'<tbody>{"".join(rows) or "<tr><td colspan=10>no queues</td></tr>"}</tbody></table>')
+    parts.append(accounts_fragment([p for p in pauses if p.kind == "account"]))
     rows = []
     for c in fig["clusters"]:
         by_state = ", ".join(f"{n} {s}" for s, n in c["workers_by_state"].items() if n) or "none"

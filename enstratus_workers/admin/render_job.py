@@ -9,6 +9,8 @@ attempts than it had: the page says so.
 
 from __future__ import annotations
 
+from urllib.parse import urlencode
+
 from ..db.analytics import Event, ServerEvent
 from ..jobs.lifecycle import ACTIVE, DEAD, RUNNING
 from . import svg
@@ -47,8 +49,9 @@ def job_page_fragment(job: dict, events: list[Event], server_events: list[Server
     """The live part of a job's page. ``actions``: the buttons to offer ("cancel", "retry")."""
     jid = int(job["job_id"])
     facts = [("action", e(job["action"])), ("queue", e(job["queue"]))]
-    if "account" in job:
-        facts.append(("account", e(job["account"]) or "–"))
+    if job.get("account") is not None:   # its jobs, a click away
+        facts.append(("account", f'<a href="/ui/jobs?{e(urlencode({"account": job["account"]}))}">'
+                                 f'{e(job["account"])}</a>'))
     facts += [("attempts", f'{job["attempts"]} of {job["max_attempts"]}'),
               ("idempotency key", e(job["idempotency_key"]) or "–"),
               ("created", when(job["created_timestamp"], True)), ("relayed", when(job["queued_timestamp"], True)),

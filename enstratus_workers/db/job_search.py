@@ -32,11 +32,6 @@ class JobFilter:
         return {f.name: getattr(self, f.name) for f in fields(self) if getattr(self, f.name) is not None}
 
 
-def has_accounts() -> bool:
-    """Whether the job table has an ``account`` column (the accounts' work adds it)."""
-    return "account" in T.c
-
-
 def _matching(q, where: JobFilter):
     for name, value in where.as_query().items():
         q = q.where(T.c[name] == value)

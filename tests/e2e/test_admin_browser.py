@@ -2,7 +2,8 @@
 started by the init script in a scratch home: log in with the token, start one more process of
 the default worker type and see the desired count rise, launch a job and see it succeed, find
 it on the Jobs page (filtered), re-drive a dead job from the Dead tab and follow it on its own
-page to success, cancel a running job from its page, see the charts of the last hour, read the operator's actions on the Audit
+page to success, cancel a running job from its page, pause and resume a queue, see the charts
+of the last hour, read the operator's actions on the Audit
 page, reset the counts, stop the type. Saves one screenshot per page under docs/.
 """
 
@@ -58,7 +59,8 @@ def chromium():
 def service(tmp_path):
     """The whole service (publisher, subscriber, pinger, admin) of a scratch home; admin on a free port."""
     home = sh.make_home(tmp_path)
-    sh.set_keys(home / "services" / "worker" / "classes" / "admin.cfg", {"port": 0})
+    # the pages refresh every second (3 by default): the test waits on what they show
+    sh.set_keys(home / "services" / "worker" / "classes" / "admin.cfg", {"port": 0, "refresh": 1})
     try:
         r = sh.init(home, "start")
         assert r.returncode == 0, r.stdout + r.stderr
@@ -235,8 +237,18 @@ def test_operator_logs_in_starts_a_worker_launches_a_job_and_sees_it(service, br
              "the long job cancelled")
     assert not browser.find_elements(By.ID, "cancel")
 
-    # When the status page's charts are looked at, the attempts of the last minutes are drawn
+    # When the default queue is paused from its row on the status page, the row says so, and
+    # when it is resumed, its jobs are relayed again
     browser.find_element(By.ID, "nav-status").click()
+    relay = 'tr[data-queue="default"] td.relay'
+    wait_for(browser, lambda d: cell(d, relay).startswith("relayed"), "the default queue relayed")
+    browser.find_element(By.CSS_SELECTOR, f"{relay} button.pause").click()
+    wait_for(browser, lambda d: cell(d, relay).startswith("paused since"), "the default queue paused")
+    assert "queue default: paused" in cell(browser, "#message")
+    browser.find_element(By.CSS_SELECTOR, f"{relay} button.resume").click()
+    wait_for(browser, lambda d: cell(d, relay).startswith("relayed"), "the default queue relayed again")
+
+    # When the status page's charts are looked at, the attempts of the last minutes are drawn
     wait_for(browser, lambda d: d.find_elements(By.CSS_SELECTOR, '#chart-jobs g[data-series="succeeded"]')
              and float(d.find_element(By.CSS_SELECTOR, '#chart-jobs g[data-series="succeeded"]')
                        .get_attribute("data-total")) >= 2, "the charts of the last hour")
@@ -249,7 +261,8 @@ def test_operator_logs_in_starts_a_worker_launches_a_job_and_sees_it(service, br
     browser.find_element(By.ID, "nav-audit").click()
     wait_for(browser, lambda d: d.find_elements(By.CSS_SELECTOR, '#audit tr[data-action="job.retry"]'), "the audit log")
     actions = [e.get_attribute("data-action") for e in browser.find_elements(By.CSS_SELECTOR, "#audit tbody tr")]
-    assert actions[:5] == ["job.cancel", "job.retry", "jobs.stats_reset", "instance.start", "session.login"], actions
+    assert actions[:7] == ["queue.resume", "queue.pause", "job.cancel", "job.retry", "jobs.stats_reset",
+                           "instance.start", "session.login"], actions
     retry = '#audit tr[data-action="job.retry"]'
     assert cell(browser, f"{retry} td.actor").startswith("session:") and cell(browser, f"{retry} td.target") == f"job {dying}"
     assert '"status": "dead"' in browser.find_elements(By.CSS_SELECTOR, f"{retry} td.state")[0].text

@@ -18,11 +18,11 @@ OWNER = "subscriber@t:1:aaaa"
 
 
 def finished_job(api, status: str, *, action="fail", arguments='{"n": 1}', error="boom", queue="default",
-                 attempts=1) -> int:
+                 attempts=1, account=None) -> int:
     """A job whose last attempt (of ``attempts``) ended ``status``, written as the recorder writes
     it (so the totals agree), with an event per attempt."""
     dbs, end = api.ctx.dbs, now_ms()
-    job, _ = dbs.jobs.submit(NewJob(action, arguments, queue, attempts))
+    job, _ = dbs.jobs.submit(NewJob(action, arguments, queue, attempts, account=account))
     for attempt in range(1, attempts + 1):
         last = attempt == attempts
         after = status if last else lifecycle.PENDING
@@ -53,7 +53,7 @@ def dead_letters(api, queue="default") -> list[str]:
 
 def test_a_jobs_page_shows_its_attempts_as_a_timeline_and_its_server_events(api):
     # Given a job dead after three attempts, each with its event, and a server event it caused
-    job_id = finished_job(api, "dead", attempts=3, error="quota exceeded")
+    job_id = finished_job(api, "dead", attempts=3, error="quota exceeded", account="acme corp")
     api.ctx.dbs.events.record_server_event(ServerEvent("srv-1", "acct-9", "launching", "running", job_id,
                                                        "fail", now_ms()))
     # When the operator opens its page
@@ -71,6 +71,8 @@ def test_a_jobs_page_shows_its_attempts_as_a_timeline_and_its_server_events(api)
     # and the server event, and a button to re-drive it (it is dead)
     assert "srv-1" in page.text and "launching → running" in page.text
     assert 'id="retry"' in page.text
+    # and its account, linked to the account's jobs
+    assert '<a href="/ui/jobs?account=acme+corp">acme corp</a>' in page.text
     # And its live part is the same, for the page's refresh
     assert api.call("GET", f"/ui/fragments/jobpage/{job_id}").text.count('<rect class="bar ') == 3
 
@@ -148,11 +150,11 @@ def test_re_driving_refuses_an_unknown_or_living_job_and_all_takes_every_dead_on
 
 # --- filters -------------------------------------------------------------------------------------
 
-def test_the_jobs_list_filters_by_status_action_queue_and_id(api):
-    # Given jobs of two actions on two queues, some dead
-    a = finished_job(api, "dead", action="server.launch")
-    b = finished_job(api, "succeeded", action="server.launch")
-    c = finished_job(api, "dead", action="echo")
+def test_the_jobs_list_filters_by_status_action_queue_account_and_id(api):
+    # Given jobs of two actions on two queues, some dead, two of them an account's
+    a = finished_job(api, "dead", action="server.launch", account="Zürich AG")
+    b = finished_job(api, "succeeded", action="server.launch", account="42")
+    c = finished_job(api, "dead", action="echo", account="Zürich AG")
     api.ctx.store.add_queue("billing", None, None)
     d = finished_job(api, "succeeded", action="echo", queue="billing")
 
@@ -167,14 +169,18 @@ def test_the_jobs_list_filters_by_status_action_queue_and_id(api):
     assert ids(queue="billing") == [d]
     assert ids(status="dead", action="echo") == [c]
     assert ids(job_id=b) == [b] and ids(job_id=b, status="dead") == []
+    assert ids(account="Zürich AG") == [c, a] and ids(account="zürich ag") == []   # accounts are exact
+    assert ids(account="Zürich AG", action="server.launch") == [a]
     # And the Jobs page's list takes the same filters, saying when nothing matches
     fragment = api.call("GET", "/ui/fragments/jobs", params={"action": "echo", "status": "dead"}).text
     assert re.findall(r'<tr data-job="(\d+)">', fragment) == [str(c)] and "Jobs matching the filters" in fragment
+    assert '<td class="account">Zürich AG</td>' in fragment
     assert "no job matches the filters" in api.call("GET", "/ui/fragments/jobs", params={"job_id": 999}).text
 
 
 BAD_FILTERS = [("status", "zombie"), ("action", "a b"), ("queue", "no/such"), ("job_id", "0"), ("job_id", "x"),
-               ("job_id", str(2**63)), ("action", "x" * 201), ("account", ""), ("limit", "501")]
+               ("job_id", str(2**63)), ("action", "x" * 201), ("account", ""), ("account", "a/b"),
+               ("account", " padded"), ("account", "x" * 101), ("account", "line\nbreak"), ("limit", "501")]
 
 
 def test_a_bad_filter_is_refused_with_422_naming_it(api):

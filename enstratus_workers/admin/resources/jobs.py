@@ -19,7 +19,7 @@ from enstratus_workers.jobs.submit import SubmitError, new_job
 
 from ... import strictjson
 from ...db.instances import Conflict, NotFound
-from ...db.job_search import JobFilter, find_jobs, has_accounts
+from ...db.job_search import JobFilter, find_jobs
 from ...jobs import lifecycle
 from ...jobs.submit import cancel
 from ...db.schema import STATUSES
@@ -27,7 +27,8 @@ from .. import jobstats
 from ..auditing import audited
 from ..context import ctx_of
 from ..errors import COMMON, CONFLICT, NOT_FOUND, invalid
-from ..models import ACCOUNT_MAX, ACTION_PATTERN, MAX_BULK_JOBS, QUEUE_PATTERN, JobIn, JobOut, JobStats, SubmitOut
+from ..models import (ACCOUNT_MAX, ACCOUNT_PATTERN, ACTION_PATTERN, MAX_BULK_JOBS, QUEUE_PATTERN, JobIn, JobOut,
+                      JobStats, SubmitOut)
 from ..strictbody import printable
 
 router = APIRouter(prefix="/jobs", tags=["jobs"], responses=COMMON)
@@ -116,13 +117,11 @@ def job_filter(status: Optional[Status] = Query(default=None, description="only 
                                              description="only jobs of this action"),
                queue: Optional[str] = Query(default=None, pattern=QUEUE_PATTERN, max_length=100,
                                             description="only jobs on this queue"),
-               account: Optional[str] = Query(default=None, min_length=1, max_length=ACCOUNT_MAX,
+               account: Optional[str] = Query(default=None, pattern=ACCOUNT_PATTERN, max_length=ACCOUNT_MAX,
                                               description="only jobs of this account"),
                job_id: Optional[int] = Query(default=None, ge=1, le=2**63 - 1,
                                              description="search by id: this job only")) -> JobFilter:
     """The filters of a jobs list (the API's and the Jobs page's), each checked: 422 naming it."""
-    if account is not None and not has_accounts():
-        raise invalid("jobs carry no account in this release", "query", "account")
     return JobFilter(status, action, queue, account, job_id)
 
 

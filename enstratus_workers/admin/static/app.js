@@ -105,7 +105,27 @@
       (answer.dead_letters_kept ? " (their dead letters stay: " + answer.dead_letters_kept + ")" : "");
   }
 
+  function paused(p) {
+    return p.kind + " " + p.name + ": " + (p.paused ? "paused: its jobs wait in the outbox" : "relayed again");
+  }
+
+  function pauseCall(verb, kind, name) {
+    return "/ui/api/" + (kind === "queue" ? "queues/" : "accounts/") + encodeURIComponent(name) + "/" + verb;
+  }
+
   if (page === "status") {
+    // pause and resume: a queue's row, a paused account's row, and the form that pauses an account
+    live.addEventListener("click", function (event) {
+      const button = event.target.closest("button.pause, button.resume");
+      if (!button) return;
+      act(button, "POST", pauseCall(button.classList.contains("pause") ? "pause" : "resume",
+                                    button.dataset.kind, button.dataset.name), paused);
+    });
+    document.getElementById("pause-account").addEventListener("submit", function (event) {
+      event.preventDefault();
+      const name = document.getElementById("account-to-pause").value.trim();
+      if (name) act(event.target.querySelector("button"), "POST", pauseCall("pause", "account", name), paused);
+    });
     live.addEventListener("click", async function (event) {
       const button = event.target.closest("button.start, button.stop");
       if (!button) return;
