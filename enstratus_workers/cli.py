@@ -138,17 +138,24 @@ def cmd_cancel(args) -> int:
     """Each job on its line; exit 0 if every one was cancelled or asked to stop, else 1."""
     from enstratus_workers.jobs.submit import cancel
 
+    from .db.audit import record_cli
+
     settings = _settings(args)
     dbs = _dbs(args, settings)
+    ok = (lifecycle.CANCEL_NOW, lifecycle.CANCEL_ASK)
+    said = lambda a: _CANCELLED[a.verdict].format(status=getattr(a.job, "status", ""), was=a.was)  # noqa: E731
     try:
         answers = [(job_id, cancel(dbs, job_id)) for job_id in args.job_ids]
+        for job_id, a in answers:   # each in the audit log, as the API's are
+            record_cli(dbs.provisioning, settings.worker.host_name, "job.cancel", f"job {job_id}",
+                       0 if a.verdict in ok else EXIT_FAILED,
+                       before={"status": a.was} if a.was else None,
+                       after={"status": a.job.status} if a.job else None,
+                       detail=None if a.verdict in ok else said(a))
     finally:
         dbs.close()
-    lines = [f"job {job_id}: " + _CANCELLED[a.verdict].format(status=getattr(a.job, "status", ""), was=a.was)
-             for job_id, a in answers]
     _print(args, [{"job_id": job_id, "verdict": a.verdict, "was": a.was, "job": a.job.as_dict() if a.job else None}
-                  for job_id, a in answers], "\n".join(lines))
-    ok = (lifecycle.CANCEL_NOW, lifecycle.CANCEL_ASK)
+                  for job_id, a in answers], "\n".join(f"job {job_id}: {said(a)}" for job_id, a in answers))
     return 0 if all(a.verdict in ok for _, a in answers) else EXIT_FAILED
 
 
@@ -186,58 +193,6 @@ def cmd_status(args) -> int:
     data, text, healthy = status_report(_settings(args), _layout(args))
     _print(args, data, text)
     return 0 if healthy else EXIT_FAILED
-
-
-def cmd_dead_list(args) -> int:
-    from .mq import open_transport
-
-    settings = _settings(args)
-    dbs = _dbs(args, settings)
-    try:
-        jobs = dbs.jobs.list(status=lifecycle.DEAD, limit=args.limit)
-        queues = dbs.desired.queues(settings.worker.all_queues)
-    finally:
-        dbs.close()
-    letters = []
-    with open_transport(settings.mq, _layout(args), client_name="cli") as t:
-        for q in queues:
-            letters.extend(t.dead_letters(q, limit=args.limit))
-    job_ids = {str(j.job_id) for j in jobs}
-    orphans = [d for d in letters if d.message_id not in job_ids]
-    rows = [f"{'ID':>8}  {'ACTION':<20} {'QUEUE':<12} {'ATT':>3}  ERROR"]
-    rows += [f"{j.job_id:>8}  {j.action[:20]:<20} {j.queue[:12]:<12} {j.attempts:>3}  {(j.error or '')[:70]}"
-             for j in jobs]
-    if orphans:
-        rows.append(f"{len(orphans)} dead letter(s) belong to no job (undecodable messages):")
-        rows += [f"  {d.queue}: {d.message_id} {d.reason or ''} {d.body[:60]!r}" for d in orphans]
-    data = {"jobs": [j.as_dict() for j in jobs],
-            "dead_letters": [{"queue": d.queue, "message_id": d.message_id, "reason": d.reason,
-                              "dead_at_ms": d.dead_at_ms, "job": d.message_id in job_ids} for d in letters]}
-    _print(args, data, "\n".join(rows) if jobs or orphans else "no dead jobs")
-    return 0
-
-
-def cmd_dead_retry(args) -> int:
-    from .mq import open_transport
-
-    if not args.all and not args.job_ids:
-        _error("name the jobs to retry, or --all")
-        return EXIT_USAGE
-    settings = _settings(args)
-    dbs = _dbs(args, settings)
-    try:
-        # each gets another round: lifecycle.redrive_max_attempts, inside requeue_dead
-        retried = dbs.jobs.requeue_dead(None if args.all else args.job_ids, settings.worker.max_attempts)
-    finally:
-        dbs.close()
-    # The publisher relays them anew; their old dead letters would only confuse a later list.
-    with open_transport(settings.mq, _layout(args), client_name="cli") as t:
-        for q in {j.queue for j in retried}:
-            t.purge_dead(q, [str(j.job_id) for j in retried if j.queue == q])
-    _print(args, [j.job_id for j in retried],
-           f"re-driven {len(retried)} job(s): " + ", ".join(str(j.job_id) for j in retried)
-           if retried else "no dead job matched")
-    return 0 if retried or args.all else EXIT_FAILED
 
 
 def cmd_monitor(args) -> int:
@@ -401,18 +356,10 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("status", parents=[common], help="daemons, the fleet's hosts, health, job counts")
     s.set_defaults(func=cmd_status)
 
-    s = sub.add_parser("dead", help="dead jobs and dead letters")
-    dsub = s.add_subparsers(dest="dead_command", required=True)
-    d = dsub.add_parser("list", parents=[common], help="dead jobs, and dead letters that belong to none")
-    d.add_argument("--limit", type=int, default=100)
-    d.set_defaults(func=cmd_dead_list)
-    d = dsub.add_parser("retry", parents=[common], help="give dead jobs another round of attempts")
-    d.add_argument("job_ids", type=int, nargs="*")
-    d.add_argument("--all", action="store_true", help="every dead job")
-    d.set_defaults(func=cmd_dead_retry)
-
+    from .cli_dead import add_parsers as add_dead_parsers
     from .cli_pauses import add_parsers as add_pause_parsers
 
+    add_dead_parsers(sub, common)
     add_pause_parsers(sub, common)
 
     s = sub.add_parser("monitor", parents=[common],

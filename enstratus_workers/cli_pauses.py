@@ -28,6 +28,7 @@ def _text(p) -> str:
 
 
 def cmd_pause_or_resume(args) -> int:
+    from .db.audit import record_cli
     from .db.instances import Invalid, NotFound
 
     settings = _settings(args)
@@ -35,11 +36,18 @@ def cmd_pause_or_resume(args) -> int:
     try:
         store = _store(dbs)
         kind, name = _target(args)
+        before = store.get(kind, name)
+
+        def audit(status: int, after=None, detail: str | None = None) -> None:   # as the API's are
+            record_cli(dbs.provisioning, settings.worker.host_name, f"{kind}.{args.command}", f"{kind} {name}",
+                       status, before=before.as_dict(), after=after, detail=detail)
         try:
             done = store.pause(kind, name) if args.command == "pause" else store.resume(kind, name)
         except (Invalid, NotFound) as exc:
+            audit(EXIT_USAGE, detail=str(exc))
             _error(exc)
             return EXIT_USAGE
+        audit(0, done.as_dict())
         _print(args, done.as_dict(), _text(done))
         return 0
     finally:

@@ -1,4 +1,5 @@
-"""``make run``: start the service on its embedded default, submit a demo job, show its outcome.
+"""``make run``: start the service on its embedded default, submit a demo job, show its outcome,
+and say where the status pages are and how to log in to them.
 
 Everything it does is what an operator would do by hand: generate the provisioning key on first
 use, check the configuration, ``etc/init.d/enstratus-km start``, ``etc/init.d/enstratus-workers
@@ -13,6 +14,7 @@ import sys
 
 from enstratus_workers.jobs.submit import submit, wait_for
 
+from .admin.config import load_admin_settings
 from .config import ensure_provisioning_file, load_settings
 from .db import open_databases
 from .errors import EXIT_NOT_CONFIGURED, ConfigError
@@ -66,8 +68,35 @@ The service is running ({settings.mq.transport} queue, databases under {layout.d
                                                  like a VM, outlives the service: terminate it
   services/worker/bin/pinger check               monitoring-plugin health line
   logs: {layout.log_dir.relative_to(layout.home)}/
-To stop it:  etc/init.d/enstratus-workers stop; etc/init.d/enstratus-km stop   (or: make stop)""")
+To stop it:  etc/init.d/enstratus-workers stop; etc/init.d/enstratus-km stop   (or: make stop)
+{pages_hint(layout)}""")
     return 0 if job.status == "succeeded" else 1
+
+
+def pages_hint(layout: Layout) -> str:
+    """Where the status page is (the address the admin daemon wrote when it began to serve) and
+    how to log in: the token's place, never the token itself (it would stay in the scrollback)."""
+    admin = load_admin_settings(layout)
+    served = sorted(layout.run_dir.glob("admin@*.url"))
+    if served:
+        url = served[0].read_text().strip().rstrip("/") + "/ui/status"
+    elif admin.port:   # started --without-http, or it could not start: the address it would serve
+        url = f"http://{admin.host}:{admin.port}/ui/status (the admin daemon is not running)"
+    else:
+        url = (f"none: the admin daemon is not running (with port 0 it writes the address it takes "
+               f"to {_shown(layout, layout.run_dir)}/admin@<name>.url)")
+    if admin.token:
+        where = f"the token set in {_shown(layout, admin.source)}"
+    else:
+        where = f"the token in {_shown(layout, admin.token_file)}:  cat {_shown(layout, admin.token_file)}"
+    return f"Status page: {url}\n  log in with {where}"
+
+
+def _shown(layout: Layout, path) -> str:
+    try:
+        return str(path.relative_to(layout.home))
+    except ValueError:
+        return str(path)
 
 
 def _show(job) -> None:

@@ -16,7 +16,7 @@ from fastapi.responses import JSONResponse
 
 from ..config.settings import Secret
 from ..metrics import make_registry
-from . import errors, pages
+from . import errors, fragments, pages
 from .auth import Tokens, require_token
 from .context import AdminContext
 from .gate import Gate, allowed_hosts
@@ -56,6 +56,7 @@ def create_app(ctx: AdminContext, token: Secret, address: tuple[str, int] | None
     app.include_router(api_router())
     app.include_router(page_api_router())
     app.include_router(pages.router)
+    app.include_router(fragments.router)
 
     @app.get("/openapi.json", include_in_schema=False, dependencies=[Depends(require_token)])
     def openapi_spec():

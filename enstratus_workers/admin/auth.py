@@ -11,11 +11,13 @@ Two credentials, for two kinds of client:
   never good for a request that carries neither ``Origin`` nor ``Sec-Fetch-Site`` (see ``gate``):
   a change comes either from our own page or from a holder of the token.
 
-Token comparisons are constant-time.
+Token comparisons are constant-time. Whoever passes is named for the audit log
+(``request.state.actor``, see ``auditing``): ``token:<fingerprint>`` or ``session:<short id>``.
 """
 
 from __future__ import annotations
 
+import hashlib
 import hmac
 from typing import Optional
 
@@ -24,6 +26,7 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from ..config.settings import Secret
 from .gate import is_scripted
+from .sessions import session_digest
 
 COOKIE = "enstratus_admin"
 COOKIE_PATH = "/ui"
@@ -39,6 +42,9 @@ class Tokens:
 
     def __init__(self, token: Secret):
         self._token = token.reveal().encode("utf-8")
+        # who bore it, in the audit log: 32 bits of its digest tell tokens apart, and give
+        # nothing a reader could use
+        self.actor = "token:" + hashlib.sha256(self._token).hexdigest()[:8]
 
     def token_ok(self, candidate: str | None) -> bool:
         return candidate is not None and hmac.compare_digest(
@@ -74,10 +80,25 @@ def page_session_ok(request: Request) -> bool:
     """For everything under ``/ui``: the token, else (from a browser page) an open session."""
     token = _bearer(request)
     if token is not None:
-        return check_token(request, token)
+        return _as_token_bearer(request, check_token(request, token))
     if is_scripted(request.scope):
         return False
-    return request.app.state.sessions.use(request.cookies.get(COOKIE))
+    session = request.cookies.get(COOKIE)
+    if not request.app.state.sessions.use(session):
+        return False
+    request.state.actor = session_actor(session)
+    return True
+
+
+def session_actor(session_id: str) -> str:
+    """The audit log's name of a session: the start of the digest it is kept under."""
+    return "session:" + session_digest(session_id)[:8]
+
+
+def _as_token_bearer(request: Request, ok: bool) -> bool:
+    if ok:
+        request.state.actor = request.app.state.tokens.actor
+    return ok
 
 
 def unauthorized(detail: str = _NO_TOKEN) -> HTTPException:
@@ -87,7 +108,7 @@ def unauthorized(detail: str = _NO_TOKEN) -> HTTPException:
 def require_token(request: Request,
                   creds: Optional[HTTPAuthorizationCredentials] = Depends(bearer_scheme)) -> None:
     """The dependency of every JSON API route: 401 unless the bearer token is presented."""
-    if creds is None or not check_token(request, creds.credentials):
+    if creds is None or not _as_token_bearer(request, check_token(request, creds.credentials)):
         raise unauthorized()
 
 

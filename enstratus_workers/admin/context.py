@@ -1,5 +1,6 @@
 """What every request of the admin daemon works with, built once per app and passed explicitly
-(``app.state.ctx``): the settings, the open databases, the desired-state store, the queue."""
+(``app.state.ctx``): the settings, the open databases, the desired-state store, the audit log,
+the queue."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ from dataclasses import dataclass
 from fastapi import Request
 
 from ..db import Databases, open_databases
+from ..db.audit import AuditStore
 from ..db.instances import InstanceStore
 from ..fleet.joining import join_fleet
 from ..layout import Layout
@@ -25,6 +27,7 @@ class AdminContext:
     store: InstanceStore
     queues: SharedTransport
     registry: object = None     # actions.Registry: actions that declare their own attempt budget
+    audit: AuditStore | None = None   # the operators' actions (admin/auditing.py writes them)
 
     @classmethod
     def open(cls, settings, layout: Layout, admin: AdminSettings, *,
@@ -41,7 +44,7 @@ class AdminContext:
         from ..actions import default_registry
 
         return cls(settings, layout, admin, dbs, store, queues or SharedTransport(settings, layout),
-                   default_registry())
+                   default_registry(), AuditStore(dbs.provisioning))
 
     def submit_settings(self, fresh: bool = False):
         """The settings ``submit`` validates against, with the worker types of the desired state:

@@ -33,6 +33,21 @@ NOT_FOUND = {404: {"model": Message, "description": "no such instance, queue or 
 CONFLICT = {409: {"model": Message, "description": "contradicts the stored state; nothing changed"}}
 
 
+#: the status each of the service's own refusals is answered with (by the handlers below); the
+#: audit log records it for an action refused so
+_STATUS_OF = ((NotFound, 404), (Conflict, 409), (Invalid, 422), (SubmitError, 422), (TransportError, 503),
+              (DatabaseError, 503), (sa.exc.OperationalError, 503), (sa.exc.InterfaceError, 503))
+
+
+def status_of(exc: BaseException) -> int:
+    """The HTTP status the app answers ``exc`` with."""
+    if isinstance(exc, HTTPException):
+        return exc.status_code
+    if isinstance(exc, RequestValidationError):
+        return 422
+    return next((status for kind, status in _STATUS_OF if isinstance(exc, kind)), 500)
+
+
 def invalid(message: str, *loc: str) -> HTTPException:
     """A 422 in the shape of FastAPI's validation errors."""
     return HTTPException(status_code=422, detail=[{"loc": list(loc) or ["body"], "msg": message,

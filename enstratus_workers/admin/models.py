@@ -21,6 +21,7 @@ from ..fleet import placement
 TYPE_PATTERN = f"^{limits.TYPE_PATTERN}$"
 QUEUE_PATTERN = f"^{limits.QUEUE_PATTERN}$"
 ACTION_PATTERN = f"^{limits.ACTION_PATTERN}$"
+ACCOUNT_PATTERN = f"^{limits.ACCOUNT_PATTERN}$"
 TypeName = Annotated[str, StringConstraints(pattern=TYPE_PATTERN, max_length=NAME_MAX)]
 QueueName = Annotated[str, StringConstraints(pattern=QUEUE_PATTERN, max_length=NAME_MAX)]
 

@@ -9,34 +9,21 @@ that users typed or clouds returned.
 from __future__ import annotations
 
 import json
-from datetime import datetime, timezone
-from html import escape
 
 from ..db.schema import STATUSES, TERMINAL
 from .hosts_html import hosts_fragment
-from .strictbody import printable
+from .render_pauses import accounts_fragment, queue_relay_cell
+from .text import cut as _cut
+from .text import e as _e
+from .text import num as _num
+from .text import pretty, took
+from .text import when as _time
 
 
-def _e(value) -> str:
-    return "" if value is None else escape(printable(str(value)))
-
-
-def _num(value) -> str:
-    return "–" if value is None else _e(value)
-
-
-def _time(ms: int | None) -> str:
-    if not ms:
-        return "–"
-    return datetime.fromtimestamp(ms / 1000, timezone.utc).strftime("%Y-%m-%d %H:%M:%S")
-
-
-def _cut(text: str, n: int = 120) -> str:
-    return text if len(text) <= n else text[:n - 1] + "…"
-
-
-def status_fragment(fig: dict) -> str:
-    """Health, worker types (desired vs on-line, start/stop), queues and clusters."""
+def status_fragment(fig: dict, pauses: list = ()) -> str:
+    """Health, worker types (desired vs on-line, start/stop), queues (paused or relayed) and the
+    paused accounts, hosts and clusters. ``pauses``: ``db/pauses.Pause`` values."""
+    paused_queues = {p.name: p.since_ms for p in pauses if p.kind == "queue"}
     health = fig["health"]
     problems = "".join(f"<li>{_e(p)}</li>" for p in health["problems"])
     parts = [f'<p class="health {_e(health["state"].lower())}" id="health">Health: '
@@ -63,12 +50,14 @@ def status_fragment(fig: dict) -> str:
             f'<tr data-queue="{_e(q["name"])}"><td>{_e(q["name"])}</td><td>{_e(", ".join(q["consumed_by"])) or "–"}</td>'
             f'<td class="online">{q["workers_online"]}</td><td>{want["min"]}–{want["max"]}</td>'
             f'<td class="consumers">{_num(q["consumers"])}</td><td class="ready">{_num(q["ready"])}</td>'
-            f'<td class="unacked">{_num(q["unacked"])}</td><td>{_num(q["delayed"])}</td><td>{_num(q["dead"])}</td></tr>')
+            f'<td class="unacked">{_num(q["unacked"])}</td><td>{_num(q["delayed"])}</td><td>{_num(q["dead"])}</td>'
+            + queue_relay_cell(q["name"], paused_queues.get(q["name"])) + '</tr>')
     error = f'<p class="error">queue depths unavailable: {_e(fig["depth_error"])}</p>' if fig["depth_error"] else ""
     parts.append('<h2>Queues</h2>' + error + '<table id="queues"><thead><tr><th>queue</th><th>consumed by</th>'
                  '<th>managed workers on-line</th><th>desired</th><th>consumers running</th><th>ready</th>'
-                 '<th>unacked</th><th>delayed</th><th>dead</th></tr></thead>'
-                 f'<tbody>{"".join(rows) or "<tr><td colspan=9>no queues</td></tr>"}</tbody></table>')
+                 '<th>unacked</th><th>delayed</th><th>dead</th><th>relay</th></tr></thead>'
+                 f'<tbody>{"".join(rows) or "<tr><td colspan=10>no queues</td></tr>"}</tbody></table>')
+    parts.append(accounts_fragment([p for p in pauses if p.kind == "account"]))
     rows = []
     for c in fig["clusters"]:
         by_state = ", ".join(f"{n} {s}" for s, n in c["workers_by_state"].items() if n) or "none"
@@ -102,13 +91,18 @@ def job_fragment(job: dict) -> str:
             f'data-status="{_e(job["status"])}" data-done="{"yes" if done else "no"}">'
             f'<p>Job <strong>{job["job_id"]}</strong> ({_e(job["action"])} on {_e(job["queue"])}): '
             f'<strong class="status">{_e(job["status"])}</strong>, attempt {job["attempts"]} of {job["max_attempts"]}</p>'
-            + (f'<pre class="result">{_e(json.dumps(job["result"], indent=2, sort_keys=True))}</pre>'
+            + (f'<pre class="result">{pretty(job["result"])}</pre>'
                if job["result"] is not None else "")
             + (f'<pre class="error">{_e(job["error"])}</pre>' if job["error"] else "") + "</div>")
 
 
-def jobs_fragment(stats: dict, jobs: list[dict]) -> str:
-    """Counts since the last reset and the latest jobs with their outcome."""
+def job_link(job_id: int) -> str:
+    return f'<a href="/ui/jobs/{int(job_id)}" class="job-link">{int(job_id)}</a>'
+
+
+def jobs_fragment(stats: dict, jobs: list[dict], filtered: bool = False) -> str:
+    """Counts since the last reset and the latest jobs (those the filters match) with their
+    outcome, each linked to its page."""
     cells = "".join(f'<td class="count-{s}">{stats["counts"].get(s, 0)}</td>' for s in STATUSES)
     since = f"since {_time(stats['since_ms'])} UTC" if stats["since_ms"] else "since ever"
     parts = [f'<h2>Jobs by status <small id="since">{_e(since)}</small></h2>'
@@ -116,15 +110,15 @@ def jobs_fragment(stats: dict, jobs: list[dict]) -> str:
              f'<tbody><tr>{cells}<td class="count-total">{stats["total"]}</td></tr></tbody></table>']
     rows = []
     for j in jobs:
-        took = (f'{(j["end_timestamp"] - j["start_timestamp"]) / 1000:.3f} s'
-                if j["end_timestamp"] and j["start_timestamp"] else "–")
         rows.append(
-            f'<tr data-job="{j["job_id"]}"><td>{j["job_id"]}</td><td>{_e(j["action"])}</td><td>{_e(j["queue"])}</td>'
+            f'<tr data-job="{j["job_id"]}"><td>{job_link(j["job_id"])}</td><td>{_e(j["action"])}</td>'
+            f'<td>{_e(j["queue"])}</td><td class="account">{_e(j.get("account")) or "–"}</td>'
             f'<td class="status st-{_e(j["status"])}">{_e(j["status"])}</td><td>{j["attempts"]}/{j["max_attempts"]}</td>'
-            f'<td>{_time(j["created_timestamp"])}</td><td>{took}</td><td>{_e(j["worker"]) or "–"}</td>'
-            f'<td class="outcome">{_e(outcome(j))}</td></tr>')
-    parts.append('<h2>Latest jobs</h2><table id="jobs"><thead><tr><th>id</th><th>action</th><th>queue</th>'
-                 '<th>status</th><th>attempts</th><th>created (UTC)</th><th>took</th><th>worker</th>'
-                 f'<th>outcome</th></tr></thead><tbody>{"".join(rows) or "<tr><td colspan=9>no jobs</td></tr>"}'
-                 '</tbody></table>')
+            f'<td>{_time(j["created_timestamp"])}</td><td>{took(j["start_timestamp"], j["end_timestamp"])}</td>'
+            f'<td>{_e(j["worker"]) or "–"}</td><td class="outcome">{_e(outcome(j))}</td></tr>')
+    none = "no job matches the filters" if filtered else "no jobs"
+    parts.append(f'<h2>{"Jobs matching the filters" if filtered else "Latest jobs"}</h2><table id="jobs"><thead>'
+                 '<tr><th>id</th><th>action</th><th>queue</th><th>account</th><th>status</th><th>attempts</th>'
+                 '<th>created (UTC)</th><th>took</th><th>worker</th><th>outcome</th></tr></thead>'
+                 f'<tbody>{"".join(rows) or f"<tr><td colspan=10>{none}</td></tr>"}</tbody></table>')
     return "\n".join(parts)

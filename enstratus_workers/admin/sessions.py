@@ -34,6 +34,11 @@ def _key(session_id: str) -> bytes:
     return hashlib.sha256(session_id.encode("utf-8", "replace")).digest()
 
 
+def session_digest(session_id: str) -> str:
+    """The hex of what the store keeps a session under: safe to show (it cannot be replayed)."""
+    return _key(session_id).hex()
+
+
 class SessionStore:
     """Open, check, and end sessions; thread-safe (requests are answered from a thread pool)."""
 

@@ -18,7 +18,7 @@ log = logging.getLogger(__name__)
 
 
 class SharedTransport:
-    """``declare`` and ``depths`` over one lazily opened, lock-guarded transport.
+    """``declare``, ``depths`` and ``purge_dead`` over one lazily opened, lock-guarded transport.
 
     ``opener`` returns a new ``Transport`` (default: the configured one). Calls raise the
     transport's ``TransportError``s; the caller turns them into 503 answers.
@@ -49,6 +49,10 @@ class SharedTransport:
         return self._call(lambda t: t.depths(list(queues)))
 
     __call__ = depths
+
+    def purge_dead(self, queue: str, message_ids: Sequence[str]) -> int:
+        """Drop these dead letters of ``queue`` (re-driven jobs': ``jobs/redrive.py``)."""
+        return self._call(lambda t: t.purge_dead(queue, list(message_ids)))
 
     def ping(self) -> None:
         self._call(lambda t: t.ping())

@@ -124,6 +124,7 @@ RANGES: dict[str, tuple[float, float]] = {
     "retention.dead": (0, 10 * 365 * 86400),
     "retention.cancelled": (0, 10 * 365 * 86400),
     "retention.events": (0, 10 * 365 * 86400),
+    "retention.audit": (0, 10 * 365 * 86400),
     # cloud API limits (config/cloud_keys.py): requests per second, > 0 (fractions allowed)
     "cloud.rate": (0, 100_000),
     "cloud.max_wait": (0, 600),                     # 0: never wait, defer at once

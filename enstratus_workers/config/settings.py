@@ -145,12 +145,13 @@ class WorkerSettings:
     guest_misses: int = 3                # missed beats in a row before a guest is unreachable
     guest_concurrency: int = 500         # guest agents pinged at once
     guest_timeout: float = 2.0           # seconds a guest agent has to answer a ping
-    # pinger: seconds finished jobs and events are kept (0: forever); see db/retention.py
+    # pinger: seconds finished jobs, events and audit rows are kept (0: forever); db/retention.py
     retention_succeeded: float = 7 * 86400.0
     retention_failed: float = 30 * 86400.0
     retention_dead: float = 90 * 86400.0
     retention_cancelled: float = 30 * 86400.0
     retention_events: float = 30 * 86400.0
+    retention_audit: float = 365 * 86400.0   # the operators' actions (db/audit.py)
     # publisher: periodic actions per account (server.sync only by default: the built-in sync)
     schedules: tuple[Schedule, ...] = (Schedule("server.sync", 60.0),)
     schedule_accounts: tuple[str, ...] = ()  # accounts scheduled besides those owning servers
@@ -237,6 +238,7 @@ class PingerSettings(_DaemonGroup):
     retention_dead: float = WorkerSettings.retention_dead             # retention.dead
     retention_cancelled: float = WorkerSettings.retention_cancelled   # retention.cancelled
     retention_events: float = WorkerSettings.retention_events         # retention.events
+    retention_audit: float = WorkerSettings.retention_audit           # retention.audit
 
 
 @dataclass(frozen=True)

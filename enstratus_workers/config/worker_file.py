@@ -64,6 +64,7 @@ PROPS = (
     _prop("retention.dead", "retention_dead", "number"),
     _prop("retention.cancelled", "retention_cancelled", "number"),
     _prop("retention.events", "retention_events", "number"),
+    _prop("retention.audit", "retention_audit", "number"),
     Prop(schedule_keys.ACCOUNTS_KEY, "schedule_accounts", schedule_keys.accounts),
     _prop(cloud_keys.DEFAULT_KEY, "cloud_rate", "number", lo_open=True),
     _prop("cloud.max_wait", "cloud_max_wait", "number"),

@@ -11,7 +11,8 @@
 - ``enstratus_admin_state``: small named values (when the job statistics were last reset,
   whether the seed was done);
 - ``enstratus_host``: every host that ever ran a daemon against this database, with its tags
-  (``db/hosts.py``): what a placement may name, long after the host's heartbeats are gone.
+  (``db/hosts.py``): what a placement may name, long after the host's heartbeats are gone;
+- ``enstratus_audit``: the operators' actions (``db/audit.py``).
 
 A change here needs a revision in ``db/migrations/versions/admin/``; ``tests/unit/
 test_migrations.py`` checks that the two agree.
@@ -76,4 +77,21 @@ hosts = sa.Table(   # admin_0002
     sa.Column("tags", sa.Text, nullable=False),          # comma-joined, in host.tags' order
     sa.Column("first_seen_ms", sa.BigInteger, nullable=False),
     sa.Column("last_seen_ms", sa.BigInteger, nullable=False),
+)
+
+audit_log = sa.Table(   # admin_0003
+    "enstratus_audit", metadata,
+    sa.Column("audit_id", _ID, primary_key=True, autoincrement=True),
+    sa.Column("at_ms", sa.BigInteger, nullable=False),
+    sa.Column("actor", sa.String(200), nullable=False),
+    sa.Column("via", sa.String(8), nullable=False),
+    sa.Column("client", sa.String(200), nullable=True),
+    sa.Column("action", sa.String(64), nullable=False),
+    sa.Column("target", sa.String(300), nullable=True),
+    sa.Column("status", sa.Integer, nullable=False),
+    sa.Column("detail", sa.Text, nullable=True),
+    sa.Column("before_state", sa.Text, nullable=True),
+    sa.Column("after_state", sa.Text, nullable=True),
+    sa.Index("ix_enstratus_audit_time", "at_ms"),
+    sa.Index("ix_enstratus_audit_action", "action", "audit_id"),
 )

@@ -1,23 +1,26 @@
-"""The analytics database: one event per attempt (job, action, outcome, duration, worker, time).
+"""The analytics database: one event per attempt (job, action, outcome, duration, worker, host,
+error, time).
 
 Events are pruned once old (``db/retention.py``); what the metrics count of them is kept as
-totals per (action, outcome) with a duration histogram (``enstratus_action_total``), added to
-by ``record`` in the events' own transaction: one upsert per chunk of events, so the totals
-agree with the events ever written, and a scrape reads a row per (action, outcome) whatever
-the number of events.
+totals per (action, outcome) with a duration histogram (``enstratus_action_total``), and the
+same per minute for the status page's charts (``enstratus_action_minute``), both added to by
+``record`` in the events' own transaction: one upsert each per chunk of events, so the totals
+agree with the events ever written, and a scrape (or a chart of the last hour) reads a row per
+(action, outcome) (per minute) whatever the number of events.
 """
 
 from __future__ import annotations
 
 from bisect import bisect_left
 from dataclasses import astuple, dataclass, fields
-from typing import Sequence
+from typing import Callable, Sequence
 
 import sqlalchemy as sa
 
 from ..errors import DatabaseError
 from .retry import retried
-from .schema import BUCKET_COLUMNS, DURATION_BUCKETS
+from .schema import BUCKET_COLUMNS, DURATION_BUCKETS, MINUTE_MS
+from .schema import action_minutes as AM
 from .schema import action_totals as AT
 from .schema import events as E
 from .schema import server_events as SE
@@ -33,6 +36,8 @@ class Event:
     duration_ms: int
     worker: str | None
     event_timestamp: int
+    error: str | None = None     # the attempt's error, cut to schema.EVENT_ERROR_MAX
+    host: str | None = None      # where the subscriber that recorded it runs
 
 
 @dataclass(frozen=True)
@@ -50,7 +55,6 @@ class ServerEvent:
 
 _COLUMNS = [f.name for f in fields(Event)]
 _BOUNDS_MS = tuple(b * 1000 for b in DURATION_BUCKETS)
-_TOTAL_COLUMNS = ("action", "outcome", "attempts", "duration_ms") + BUCKET_COLUMNS
 _ADDED = ("attempts", "duration_ms") + BUCKET_COLUMNS
 
 
@@ -65,32 +69,52 @@ class ActionTotal:
     buckets: tuple[int, ...]   # per bound of DURATION_BUCKETS, not cumulative
 
 
-def _totals_of(events: Sequence[Event]) -> list[tuple]:
-    """Rows of ``enstratus_action_total`` to add for ``events``, in key order (the order every
-    writer locks them in, so two subscribers' upserts wait for each other, not deadlock)."""
-    per: dict[tuple[str, str], list[int]] = {}
+@dataclass(frozen=True)
+class MinuteTotal(ActionTotal):
+    """The same, for the attempts that ended in one minute."""
+
+    minute_ms: int             # the minute's start, ms since the epoch
+
+
+def _sums_of(events: Sequence[Event], key: Callable[[Event], tuple]) -> list[tuple]:
+    """Rows to add for ``events``, one per ``key``: (*key, attempts, duration_ms, *buckets), in
+    key order (the order every writer locks them in, so two subscribers' upserts wait for each
+    other, not deadlock)."""
+    per: dict[tuple, list[int]] = {}
     width = len(BUCKET_COLUMNS)
     for e in events:
-        row = per.setdefault((e.action, e.outcome), [0] * (2 + width))
+        row = per.setdefault(key(e), [0] * (2 + width))
         row[0] += 1
         row[1] += e.duration_ms
         i = bisect_left(_BOUNDS_MS, e.duration_ms)   # first bound >= duration; past all: +Inf only
         if i < width:
             row[2 + i] += 1
-    return [(*key, *row) for key, row in sorted(per.items())]
+    return [(*k, *row) for k, row in sorted(per.items())]
 
 
-def _upsert_totals(conn, rows: list[tuple]) -> None:
+def _totals_of(events: Sequence[Event]) -> list[tuple]:
+    """Rows of ``enstratus_action_total`` to add for ``events``."""
+    return _sums_of(events, lambda e: (e.action, e.outcome))
+
+
+def _minutes_of(events: Sequence[Event]) -> list[tuple]:
+    """Rows of ``enstratus_action_minute`` to add for ``events`` (by the minute they ended in)."""
+    return _sums_of(events, lambda e: (e.event_timestamp - e.event_timestamp % MINUTE_MS, e.action, e.outcome))
+
+
+def _upsert_sums(conn, table: str, keys: tuple[str, ...], rows: list[tuple]) -> None:
+    """Add ``rows`` (keys then the summed columns) to ``table``, one statement."""
+    columns = keys + _ADDED
     mark = "?" if conn.dialect.paramstyle == "qmark" else "%s"
-    values = ", ".join(["(" + ", ".join([mark] * len(_TOTAL_COLUMNS)) + ")"] * len(rows))
+    values = ", ".join(["(" + ", ".join([mark] * len(columns)) + ")"] * len(rows))
     if conn.dialect.name == "mysql":
         add = ", ".join(f"{c} = {c} + VALUES({c})" for c in _ADDED)
         tail = f"ON DUPLICATE KEY UPDATE {add}"
     else:
         add = ", ".join(f"{c} = {c} + excluded.{c}" for c in _ADDED)
-        tail = f"ON CONFLICT (action, outcome) DO UPDATE SET {add}"
-    conn.exec_driver_sql(f"INSERT INTO enstratus_action_total ({', '.join(_TOTAL_COLUMNS)}) "
-                         f"VALUES {values} {tail}", tuple(v for r in rows for v in r))
+        tail = f"ON CONFLICT ({', '.join(keys)}) DO UPDATE SET {add}"
+    conn.exec_driver_sql(f"INSERT INTO {table} ({', '.join(columns)}) VALUES {values} {tail}",
+                         tuple(v for r in rows for v in r))
 
 
 class EventStore:
@@ -119,7 +143,9 @@ class EventStore:
                     f"INSERT INTO enstratus_job_event ({', '.join(_COLUMNS)}) VALUES "
                     + ", ".join([row] * len(chunk)),
                     tuple(v for e in chunk for v in astuple(e)))
-                _upsert_totals(conn, _totals_of(chunk))
+                _upsert_sums(conn, "enstratus_action_total", ("action", "outcome"), _totals_of(chunk))
+                _upsert_sums(conn, "enstratus_action_minute", ("minute_ms", "action", "outcome"),
+                             _minutes_of(chunk))
 
     def totals(self) -> list[ActionTotal]:
         """Every (action, outcome)'s totals, by action then outcome: one row each."""
@@ -129,21 +155,38 @@ class EventStore:
                                 tuple(int(getattr(r, c)) for c in BUCKET_COLUMNS))
                     for r in conn.execute(q)]
 
+    def minutes(self, since_ms: int) -> list[MinuteTotal]:
+        """The per-minute totals of the minutes from the one holding ``since_ms`` on, oldest
+        first: a row per minute and (action, outcome), however many events they count."""
+        q = (sa.select(AM.c.minute_ms, AM.c.action, AM.c.outcome, AM.c.attempts, AM.c.duration_ms,
+                       *(AM.c[c] for c in BUCKET_COLUMNS))
+             .where(AM.c.minute_ms >= since_ms - since_ms % MINUTE_MS)
+             .order_by(AM.c.minute_ms, AM.c.action, AM.c.outcome))
+        with self.engine.connect() as conn:   # by position: a few thousand rows for a page
+            return [MinuteTotal(r[1], r[2], int(r[3]), int(r[4]), tuple(map(int, r[5:])), int(r[0]))
+                    for r in conn.execute(q).all()]
+
     @retried()
     def record_server_event(self, event: ServerEvent) -> None:
         with self.engine.begin() as conn:
             conn.execute(SE.insert().values(**event.__dict__))
 
     def server_events(self, server_id: str) -> list[ServerEvent]:
-        q = sa.select(SE).where(SE.c.server_id == server_id).order_by(SE.c.event_id)
+        return self._server_events(sa.select(SE).where(SE.c.server_id == server_id))
+
+    def _server_events(self, q) -> list[ServerEvent]:
         with self.engine.connect() as conn:
             return [ServerEvent(**{k: v for k, v in r.items() if k != "event_id"})
-                    for r in conn.execute(q).mappings()]
+                    for r in conn.execute(q.order_by(SE.c.event_id)).mappings()]
 
     def for_job(self, job_id: int) -> list[Event]:
         q = sa.select(E).where(E.c.job_id == job_id).order_by(E.c.event_id)
         with self.engine.connect() as conn:
             return [Event(**{k: v for k, v in r.items() if k != "event_id"}) for r in conn.execute(q).mappings()]
+
+    def server_events_for_job(self, job_id: int, limit: int = 200) -> list[ServerEvent]:
+        """The server state changes a job made, oldest first (at most ``limit``)."""
+        return self._server_events(sa.select(SE).where(SE.c.job_id == job_id).limit(limit))
 
     def summary(self, since_ms: int = 0) -> dict[str, dict]:
         """Per action: count of attempts by outcome and mean duration since ``since_ms``."""

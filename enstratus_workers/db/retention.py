@@ -6,7 +6,10 @@ What is deleted, and when (``worker.properties``, seconds; 0 keeps forever):
   ``retention.failed`` / ``retention.dead`` / ``retention.cancelled`` ago (finished: the end of
   the last attempt or of the cancel, or for a job recovery ended, the last time its row knows
   of); never a pending, queued or running job;
-- analytics events (per attempt, and of servers) recorded ``retention.events`` ago.
+- analytics events (per attempt, and of servers) recorded ``retention.events`` ago, and the
+  per-minute figures of the charts (``enstratus_action_minute``) of minutes that long ago, but
+  never those of the last two hours (the charts show the last one);
+- rows of the audit log of operator actions (``db/audit.py``) written ``retention.audit`` ago.
 
 Counts survive it: the job and action totals are kept by the writes that change them
 (``db/jobs.py``, ``db/analytics.py``) and are not touched here. The one figure that is a count
@@ -34,7 +37,7 @@ import sqlalchemy as sa
 from ..clock import now_ms
 from ..jobs.lifecycle import CANCELLED, DEAD, FAILED, SUCCEEDED
 from .instances import InstanceStore
-from .schema import RETENTION_LEASE
+from .schema import MINUTE_MS, RETENTION_LEASE
 from .schema import job_pruned as P
 from .schema import leases as L
 
@@ -44,6 +47,8 @@ log = logging.getLogger(__name__)
 BATCH = 500
 #: how long a pruner's lease lasts past its last renewal: far longer than one batch takes
 LEASE_S = 60.0
+#: per-minute figures are kept at least this long (the status page's charts show an hour)
+MINUTES_KEPT_S = 2 * 3600.0
 
 # When a finished row finished: the end of its last attempt; a job that recovery ended dead has
 # no end time, and the latest time its row knows of is when it started (or was queued).
@@ -59,16 +64,17 @@ class Periods:
     dead: float
     events: float
     cancelled: float = 0.0    # 0 here (a value built by hand): kept forever, as before it existed
+    audit: float = 0.0        # the same
 
     @classmethod
     def of(cls, settings) -> Periods:
         """From a settings group holding ``retention_*`` (``Settings.pinger``)."""
         return cls(settings.retention_succeeded, settings.retention_failed, settings.retention_dead,
-                   settings.retention_events, settings.retention_cancelled)
+                   settings.retention_events, settings.retention_cancelled, settings.retention_audit)
 
     def shortest(self) -> float | None:
         """The shortest period that prunes anything, or None if all keep forever."""
-        kept = [p for p in (self.succeeded, self.failed, self.dead, self.events, self.cancelled) if p > 0]
+        kept = [p for p in (self.succeeded, self.failed, self.dead, self.events, self.cancelled, self.audit) if p > 0]
         return min(kept) if kept else None
 
 
@@ -91,8 +97,8 @@ def lease_holder(name: str, host: str) -> str:
 class Pruner:
     """Deletes what retention no longer keeps, ``BATCH`` rows per ``step``, under the lease.
 
-    ``provisioning`` holds the jobs and the lease, ``analytics`` the events (the same engine
-    when both live in one database). Not thread-safe: one caller drives it.
+    ``provisioning`` holds the jobs, the audit log and the lease, ``analytics`` the events (the
+    same engine when both live in one database). Not thread-safe: one caller drives it.
     """
 
     def __init__(self, provisioning: sa.Engine, analytics: sa.Engine, periods: Periods, holder: str,
@@ -135,6 +141,7 @@ class Pruner:
         while p.todo:
             table, status, cutoff = p.todo[0]
             found, more = (self._jobs_batch(p, status, cutoff) if table == "enstratus_job"
+                           else self._minutes_batch(p, cutoff) if table == "enstratus_action_minute"
                            else self._events_batch(p, table, cutoff))
             if found:
                 key = status or table
@@ -173,6 +180,10 @@ class Pruner:
         if self.periods.events > 0:
             cutoff = now - int(self.periods.events * 1000)
             todo += [("enstratus_job_event", "", cutoff), ("enstratus_server_event", "", cutoff)]
+            # the charts draw the last hour of these, however short the events' period
+            todo.append(("enstratus_action_minute", "", now - int(max(self.periods.events, MINUTES_KEPT_S) * 1000)))
+        if self.periods.audit > 0:
+            todo.append(("enstratus_audit", "", now - int(self.periods.audit * 1000)))
         return Pass(now=now, since=self._since(), todo=todo)
 
     def _finish(self, p: Pass) -> None:
@@ -228,21 +239,45 @@ class Pruner:
         return len(rows), more
 
     def _events_batch(self, p: Pass, table: str, cutoff: int) -> tuple[int, bool]:
-        """Delete the expired events among the next ``batch`` by id: (deleted, more). Events
-        are written in time order, so the first window with none expired ends the table."""
-        with self.analytics.connect() as conn:
+        """Delete the expired events (or audit rows) among the next ``batch`` by id: (deleted,
+        more). They are written in time order, so the first window with none expired ends the
+        table."""
+        engine, key, when = _LOGS[table]
+        engine = self.provisioning if engine == "provisioning" else self.analytics
+        with engine.connect() as conn:
             window = conn.exec_driver_sql(
-                f"SELECT event_id, event_timestamp FROM {table} WHERE event_id > {int(p.after)} "
-                f"ORDER BY event_id LIMIT {int(self.batch)}").all()
+                f"SELECT {key}, {when} FROM {table} WHERE {key} > {int(p.after)} "
+                f"ORDER BY {key} LIMIT {int(self.batch)}").all()
         expired = [r[0] for r in window if r[1] < cutoff]
         if not expired:
             return 0, False
         p.after = window[-1][0]
+        with engine.begin() as conn:
+            deleted = conn.exec_driver_sql(
+                f"DELETE FROM {table} WHERE {key} IN ({', '.join(str(int(i)) for i in expired)}) "
+                f"AND {when} < {int(cutoff)}").rowcount
+        return deleted, len(window) == self.batch
+
+    def _minutes_batch(self, p: Pass, cutoff: int) -> tuple[int, bool]:
+        """Delete the per-minute figures of the oldest ``batch`` rows' minutes that ended before
+        the cutoff: (deleted, more). A minute holds a row per (action, outcome), so a batch may
+        take a few rows more than ``batch`` to end on a whole minute."""
+        with self.analytics.connect() as conn:
+            minutes = conn.exec_driver_sql(
+                f"SELECT minute_ms FROM enstratus_action_minute WHERE minute_ms < {int(cutoff) - MINUTE_MS} "
+                f"ORDER BY minute_ms LIMIT {int(self.batch)}").scalars().all()
+        if not minutes:
+            return 0, False
         with self.analytics.begin() as conn:
             deleted = conn.exec_driver_sql(
-                f"DELETE FROM {table} WHERE event_id IN ({', '.join(str(int(i)) for i in expired)}) "
-                f"AND event_timestamp < {int(cutoff)}").rowcount
-        return deleted, len(window) == self.batch
+                f"DELETE FROM enstratus_action_minute WHERE minute_ms <= {int(minutes[-1])}").rowcount
+        return deleted, len(minutes) == self.batch
+
+
+#: the time-ordered logs pruned by age: table -> (database, primary key, time column)
+_LOGS = {"enstratus_job_event": ("analytics", "event_id", "event_timestamp"),
+         "enstratus_server_event": ("analytics", "event_id", "event_timestamp"),
+         "enstratus_audit": ("provisioning", "audit_id", "at_ms")}
 
 
 def _add_pruned(conn, status: str, since: int, n: int) -> None:

@@ -107,6 +107,10 @@ events = sa.Table(
     sa.Column("duration_ms", sa.BigInteger, nullable=False),
     sa.Column("worker", sa.String(200), nullable=True),
     sa.Column("event_timestamp", sa.BigInteger, nullable=False),
+    # the attempt's error (cut to EVENT_ERROR_MAX: the job row keeps the last one whole) and the
+    # host of the subscriber that recorded it: the job page's timeline (analytics_0003)
+    sa.Column("error", sa.Text, nullable=True),
+    sa.Column("host", sa.String(200), nullable=True),
     sa.Index("ix_enstratus_job_event_job", "job_id"),
     sa.Index("ix_enstratus_job_event_time", "event_timestamp"),
 )
@@ -133,7 +137,11 @@ server_events = sa.Table(
     sa.Column("action", sa.String(200), nullable=True),
     sa.Column("event_timestamp", sa.BigInteger, nullable=False),
     sa.Index("ix_enstratus_server_event_server", "server_id"),
+    sa.Index("ix_enstratus_server_event_job", "job_id"),   # a job's page lists its server's events
 )
+
+#: characters of an attempt's error kept in its event
+EVENT_ERROR_MAX = 2000
 
 
 # -- retention: the totals that survive pruning ------------------------------------------------
@@ -199,8 +207,9 @@ def seed_provisioning_totals() -> list:
     return out
 
 
-def seed_analytics_totals() -> list:
-    """The statement giving the action totals of the events a database holds (none when new)."""
+def _event_sums() -> list:
+    """The columns summing a group of events as the totals hold them: count, duration, and one
+    count per histogram bucket (not cumulative)."""
     per_bucket, low = [], None
     for bound in DURATION_BUCKETS:
         ms = bound * 1000
@@ -208,7 +217,37 @@ def seed_analytics_totals() -> list:
                                                                           events.c.duration_ms <= ms)
         per_bucket.append(sa.func.coalesce(sa.func.sum(sa.case((within, 1), else_=0)), 0))
         low = ms
-    q = (sa.select(events.c.action, events.c.outcome, sa.func.count(),
-                   sa.func.coalesce(sa.func.sum(events.c.duration_ms), 0), *per_bucket)
-         .group_by(events.c.action, events.c.outcome))
+    return [sa.func.count(), sa.func.coalesce(sa.func.sum(events.c.duration_ms), 0), *per_bucket]
+
+
+def seed_analytics_totals() -> list:
+    """The statement giving the action totals of the events a database holds (none when new)."""
+    q = sa.select(events.c.action, events.c.outcome, *_event_sums()).group_by(events.c.action, events.c.outcome)
     return [action_totals.insert().from_select(["action", "outcome", "attempts", "duration_ms", *BUCKET_COLUMNS], q)]
+
+
+action_minutes = sa.Table(
+    # the same figures as enstratus_action_total, per minute (minute_ms: the minute's start, ms
+    # since the epoch): what the status page's charts of the last hour read, 60 minutes times
+    # (action, outcome) rows whatever the rate. Kept by EventStore.record in the events' own
+    # transaction, pruned with the events (retention.events).
+    "enstratus_action_minute", analytics,
+    sa.Column("minute_ms", sa.BigInteger, primary_key=True, autoincrement=False),
+    sa.Column("action", IdentityString(200), primary_key=True),
+    sa.Column("outcome", sa.String(16), primary_key=True),
+    sa.Column("attempts", sa.BigInteger, nullable=False),
+    sa.Column("duration_ms", sa.BigInteger, nullable=False),
+    *(sa.Column(c, sa.BigInteger, nullable=False) for c in BUCKET_COLUMNS),
+)
+
+MINUTE_MS = 60_000
+
+
+def seed_action_minutes() -> list:
+    """The statement giving the per-minute figures of the events a database holds (none when
+    new): the sums of ``seed_analytics_totals``, grouped by minute too."""
+    minute = (events.c.event_timestamp - events.c.event_timestamp % MINUTE_MS).label("minute_ms")
+    q = (sa.select(minute, events.c.action, events.c.outcome, *_event_sums())
+         .group_by(minute, events.c.action, events.c.outcome))
+    return [action_minutes.insert().from_select(
+        ["minute_ms", "action", "outcome", "attempts", "duration_ms", *BUCKET_COLUMNS], q)]

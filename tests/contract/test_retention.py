@@ -243,7 +243,10 @@ def test_a_version_2_database_gets_its_totals_from_its_rows(tmp_path):
             conn.exec_driver_sql(f"ALTER TABLE enstratus_job DROP COLUMN {column}")
         conn.exec_driver_sql("UPDATE enstratus_migration_provisioning SET version_num = 'provisioning_0001'")
     with dbs.analytics.begin() as conn:
-        conn.exec_driver_sql("DROP TABLE enstratus_action_total")
+        for ddl in ("DROP TABLE enstratus_action_total", "DROP TABLE enstratus_action_minute",
+                    "DROP INDEX ix_enstratus_server_event_job", "ALTER TABLE enstratus_job_event DROP COLUMN error",
+                    "ALTER TABLE enstratus_job_event DROP COLUMN host"):
+            conn.exec_driver_sql(ddl)
         conn.exec_driver_sql("UPDATE enstratus_migration_analytics SET version_num = 'analytics_0001'")
     dbs.close()
     # When this release opens them
@@ -254,13 +257,18 @@ def test_a_version_2_database_gets_its_totals_from_its_rows(tmp_path):
         totals = {(t.action, t.outcome): (t.attempts, t.duration_ms, t.buckets[0], t.buckets[7])
                   for t in dbs.events.totals()}
         assert totals == {("noop", "succeeded"): (2, 703, 1, 1), ("noop", "failed"): (1, 20_000, 0, 0)}
+        # and so are the per-minute figures of the charts
+        with dbs.analytics.connect() as conn:
+            minutes = conn.exec_driver_sql("SELECT outcome, SUM(attempts), SUM(duration_ms) "
+                                           "FROM enstratus_action_minute GROUP BY outcome").all()
+        assert sorted(minutes) == [("failed", 1, 20_000), ("succeeded", 2, 703)]
         assert _pruner(dbs).acquire()
     finally:
         dbs.close()
 
 
 @pytest.mark.parametrize("key", ["retention.succeeded", "retention.failed", "retention.dead", "retention.cancelled",
-                                 "retention.events"])
+                                 "retention.events", "retention.audit"])
 @pytest.mark.parametrize("value, says", [("-1", "out of range"), ("a week", "is not a number")])
 def test_a_bad_retention_value_fails_config_check_naming_the_key(tmp_path, capsys, key, value, says):
     # Given the shipped files but for one retention value
@@ -279,7 +287,8 @@ def test_the_shipped_file_states_the_defaults(tmp_path):
     home = sh.make_home(tmp_path)
     s = load_settings(Layout(home)).pinger
     assert (s.retention_succeeded, s.retention_failed, s.retention_dead, s.retention_cancelled,
-            s.retention_events) == (7 * 86400, 30 * 86400, 90 * 86400, 30 * 86400, 30 * 86400)
+            s.retention_events, s.retention_audit) == (7 * 86400, 30 * 86400, 90 * 86400, 30 * 86400,
+                                                       30 * 86400, 365 * 86400)
     assert (Periods.of(s).shortest(), Periods(0, 0, 0, 0).shortest()) == (7 * 86400, None)
 
 
@@ -302,5 +311,26 @@ def test_the_pingers_round_prunes_a_batch_a_turn_and_paces_itself(dbs, tmp_path)
     # and a pinger whose retention keeps everything never prunes
     off = dataclasses.replace(settings, worker=WorkerSettings(
         retention_succeeded=0, retention_failed=0, retention_dead=0, retention_cancelled=0,
-        retention_events=0))
+        retention_events=0, retention_audit=0))
     assert rr.RetentionRound(off, dbs, "test").turn() is None
+
+
+def test_old_audit_rows_and_per_minute_figures_go_the_charts_hour_stays(dbs):
+    from enstratus_workers.db.audit import AuditEntry, AuditStore, audit_log
+    from enstratus_workers.db.schema import MINUTE_MS
+
+    # Given audit rows written 20 s and 1 s ago, and attempts ended 3 hours and 30 min ago
+    audit = AuditStore(dbs.provisioning)
+    for ago in (20, 1):
+        audit.record(AuditEntry(now_ms() - ago * 1000, "cli:op", "cli", "h", "job.retry", "jobs 1", 0))
+    for ago_min in (180, 30):
+        dbs.events.record([Event(1, "noop", "default", 1, "succeeded", 40, "w", now_ms() - ago_min * MINUTE_MS)])
+    # When a pass runs that keeps events 5 s and audit rows 10 s
+    deleted = _pruner(dbs, Periods(0, 0, 0, events=5, audit=10)).run_pass()
+    # Then the audit row older than 10 s is gone, and the per-minute figures of 3 hours ago,
+    # while those of the last hour stay for the charts (the events themselves are gone)
+    assert deleted == {"enstratus_audit": 1, "enstratus_action_minute": 1, "enstratus_job_event": 2}
+    with dbs.provisioning.connect() as conn:
+        assert conn.execute(sa.select(sa.func.count()).select_from(audit_log)).scalar() == 1
+    assert [m.minute_ms for m in dbs.events.minutes(0)] == [
+        (now_ms() - 30 * MINUTE_MS) // MINUTE_MS * MINUTE_MS]

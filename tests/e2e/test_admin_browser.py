@@ -1,19 +1,26 @@
 """The admin pages in a real browser (headless Chromium through selenium), against the real service
 started by the init script in a scratch home: log in with the token, start one more process of
 the default worker type and see the desired count rise, launch a job and see it succeed, find
-it on the Jobs page, reset the counts, stop the type. Saves one screenshot per page under docs/.
+it on the Jobs page (filtered), re-drive a dead job from the Dead tab and follow it on its own
+page to success, cancel a running job from its page, pause and resume a queue, see the charts
+of the last hour, read the operator's actions on the Audit
+page, reset the counts, stop the type. Saves one screenshot per page under docs/.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
 import time
+import urllib.request
 from pathlib import Path
 
 import pytest
 
+from enstratus_workers.demo import pages_hint
+from enstratus_workers.layout import Layout
 from tests import servicehome as sh
 from tests.conftest import CI
 
@@ -52,7 +59,8 @@ def chromium():
 def service(tmp_path):
     """The whole service (publisher, subscriber, pinger, admin) of a scratch home; admin on a free port."""
     home = sh.make_home(tmp_path)
-    sh.set_keys(home / "services" / "worker" / "classes" / "admin.cfg", {"port": 0})
+    # the pages refresh every second (3 by default): the test waits on what they show
+    sh.set_keys(home / "services" / "worker" / "classes" / "admin.cfg", {"port": 0, "refresh": 1})
     try:
         r = sh.init(home, "start")
         assert r.returncode == 0, r.stdout + r.stderr
@@ -60,7 +68,7 @@ def service(tmp_path):
         url = next(run.glob("admin@*.url")).read_text().strip()
         token = (run / "admin.token").read_text().strip()
         assert url.startswith("http://127.0.0.1:")
-        yield url, token
+        yield url, token, home
     finally:
         r = sh.init(home, "stop")
         leftovers = sh.our_processes(home)
@@ -109,6 +117,15 @@ def cell(driver, css: str) -> str:
     return driver.find_element(By.CSS_SELECTOR, css).text.strip()
 
 
+def submit(url: str, token: str, job: dict) -> int:
+    """A job submitted by a script, with the token (not through the pages); its id."""
+    request = urllib.request.Request(url + "jobs", data=json.dumps(job).encode(), method="POST",
+                                     headers={"Authorization": f"Bearer {token}",
+                                              "Content-Type": "application/json"})
+    with urllib.request.urlopen(request, timeout=WAIT_S) as answer:
+        return json.load(answer)["job"]["job_id"]
+
+
 def screenshot(driver, name: str) -> Path:
     DOCS.mkdir(exist_ok=True)
     path = DOCS / name
@@ -118,11 +135,20 @@ def screenshot(driver, name: str) -> Path:
     return path
 
 
+SCREENSHOTS = ("status.png", "launch.png", "jobs.png", "dead.png", "job.png", "charts.png", "audit.png")
+
+
 def test_operator_logs_in_starts_a_worker_launches_a_job_and_sees_it(service, browser):
     from selenium.webdriver.common.by import By
 
-    url, token = service
+    url, token, home = service
     row = 'tr[data-type="default"]'
+    # What make run prints at its end leads here: this status page, and the token's file
+    assert pages_hint(Layout(home)).startswith(f"Status page: {url}ui/status\n  log in with the token in "
+                                               "services/worker/run/admin.token")
+    # A job a script submitted that dies at its only attempt (test.flaky fails before attempt 2):
+    # it is dead by the time the operator opens the Dead tab
+    dying = submit(url, token, {"action": "test.flaky", "arguments": {"succeed_on": 2}, "max_attempts": 1})
 
     # Given the status page asked for without a session, the login form comes instead
     browser.get(url + "ui/status")
@@ -168,11 +194,79 @@ def test_operator_logs_in_starts_a_worker_launches_a_job_and_sees_it(service, br
     wait_for(browser, lambda d: cell(d, f"{job_row} td.status") == "succeeded", "the job on the Jobs page")
     assert "from the browser" in cell(browser, f"{job_row} td.outcome")
     assert int(cell(browser, "td.count-succeeded")) >= 1
+    # and filtering by its action keeps it, and only jobs of that action
+    browser.find_element(By.ID, "action-filter").send_keys("echo")
+    browser.find_element(By.ID, "apply-filter").click()
+    wait_for(browser, lambda d: "action=echo" in d.current_url and "Jobs matching the filters" in cell(d, "#live")
+             and cell(d, f"{job_row} td.status") == "succeeded", "the Jobs page filtered by action")
+    assert not browser.find_elements(By.CSS_SELECTOR, f'tr[data-job="{dying}"]')
     screenshot(browser, "jobs.png")
     # And resetting the counts starts them from nothing, the job staying listed
     browser.find_element(By.ID, "reset-stats").click()
     wait_for(browser, lambda d: cell(d, "td.count-total") == "0", "counts reset")
     assert cell(browser, f"{job_row} td.status") == "succeeded"
+
+    # When the Dead tab is opened, the job that died is there with its error
+    browser.find_element(By.ID, "nav-dead").click()
+    dead_row = f'#dead tr[data-job="{dying}"]'
+    wait_for(browser, lambda d: d.find_elements(By.CSS_SELECTOR, dead_row), "the dead job on the Dead tab")
+    assert "transient failure on attempt 1" in cell(browser, f"{dead_row} td.outcome")
+    screenshot(browser, "dead.png")
+    # and its Re-drive is clicked: it leaves the tab, pending again
+    browser.find_element(By.CSS_SELECTOR, f"{dead_row} button.retry").click()
+    wait_for(browser, lambda d: f"job {dying} re-driven" in cell(d, "#message"), "the re-drive answered")
+    wait_for(browser, lambda d: not d.find_elements(By.CSS_SELECTOR, dead_row), "the job gone from the Dead tab")
+    # Then on its own page it succeeds at its second attempt: two bars on its timeline, the
+    # first with the error that killed it, both with their worker's host
+    browser.get(url + f"ui/jobs/{dying}")
+    wait_for(browser, lambda d: d.find_element(By.ID, "job").get_attribute("data-status") == "succeeded"
+             and len(d.find_elements(By.CSS_SELECTOR, "#attempts tbody tr")) == 2, "the re-driven job succeeding")
+    assert len(browser.find_elements(By.CSS_SELECTOR, "#attempts-timeline rect.bar")) == 2
+    assert "transient failure on attempt 1" in cell(browser, '#attempts tr[data-attempt="1"] td.error')
+    assert cell(browser, '#attempts tr[data-attempt="2"] td.outcome') == "succeeded"
+    screenshot(browser, "job.png")
+
+    # When a long job is running, and Cancel is clicked on its page, its action is told to stop
+    # (sleep ends early when cancelled) and the job ends cancelled
+    sleeper = submit(url, token, {"action": "sleep", "arguments": {"seconds": 120}})
+    browser.get(url + f"ui/jobs/{sleeper}")
+    wait_for(browser, lambda d: d.find_element(By.ID, "job").get_attribute("data-status") == "running",
+             "the long job running")
+    browser.find_element(By.ID, "cancel").click()
+    wait_for(browser, lambda d: d.find_element(By.ID, "job").get_attribute("data-status") == "cancelled",
+             "the long job cancelled")
+    assert not browser.find_elements(By.ID, "cancel")
+
+    # When the default queue is paused from its row on the status page, the row says so, and
+    # when it is resumed, its jobs are relayed again
+    browser.find_element(By.ID, "nav-status").click()
+    relay = 'tr[data-queue="default"] td.relay'
+    wait_for(browser, lambda d: cell(d, relay).startswith("relayed"), "the default queue relayed")
+    browser.find_element(By.CSS_SELECTOR, f"{relay} button.pause").click()
+    wait_for(browser, lambda d: cell(d, relay).startswith("paused since"), "the default queue paused")
+    assert "queue default: paused" in cell(browser, "#message")
+    browser.find_element(By.CSS_SELECTOR, f"{relay} button.resume").click()
+    wait_for(browser, lambda d: cell(d, relay).startswith("relayed"), "the default queue relayed again")
+
+    # When the status page's charts are looked at, the attempts of the last minutes are drawn
+    wait_for(browser, lambda d: d.find_elements(By.CSS_SELECTOR, '#chart-jobs g[data-series="succeeded"]')
+             and float(d.find_element(By.CSS_SELECTOR, '#chart-jobs g[data-series="succeeded"]')
+                       .get_attribute("data-total")) >= 2, "the charts of the last hour")
+    assert browser.find_element(By.CSS_SELECTOR, 'tr[data-action="test.flaky"] td.attempts').text == "2"
+    browser.execute_script("document.getElementById('charts').scrollIntoView()")
+    screenshot(browser, "charts.png")
+    browser.execute_script("window.scrollTo(0, 0)")
+
+    # When the Audit page is read, the operator's actions are there, by their session
+    browser.find_element(By.ID, "nav-audit").click()
+    wait_for(browser, lambda d: d.find_elements(By.CSS_SELECTOR, '#audit tr[data-action="job.retry"]'), "the audit log")
+    actions = [e.get_attribute("data-action") for e in browser.find_elements(By.CSS_SELECTOR, "#audit tbody tr")]
+    assert actions[:7] == ["queue.resume", "queue.pause", "job.cancel", "job.retry", "jobs.stats_reset",
+                           "instance.start", "session.login"], actions
+    retry = '#audit tr[data-action="job.retry"]'
+    assert cell(browser, f"{retry} td.actor").startswith("session:") and cell(browser, f"{retry} td.target") == f"job {dying}"
+    assert '"status": "dead"' in browser.find_elements(By.CSS_SELECTOR, f"{retry} td.state")[0].text
+    screenshot(browser, "audit.png")
 
     # When stop (the red X) is clicked on the status page, the type is disabled
     browser.find_element(By.ID, "nav-status").click()
@@ -181,5 +275,5 @@ def test_operator_logs_in_starts_a_worker_launches_a_job_and_sees_it(service, br
     wait_for(browser, lambda d: cell(d, f"{row} td.enabled") == "no", "the default type disabled")
     # and its workers are retired
     wait_for(browser, lambda d: cell(d, f"{row} td.online") == "0", "no default worker on-line")
-    for name in ("status.png", "launch.png", "jobs.png"):
+    for name in SCREENSHOTS:
         assert (DOCS / name).stat().st_size > 10_000 and time.time() - (DOCS / name).stat().st_mtime < 300

@@ -66,7 +66,7 @@ OPERATIONS = (
     "POST /queues/{name}/pause", "POST /queues/{name}/resume", "POST /accounts/{account}/pause",
     "POST /accounts/{account}/resume", "GET /pauses",
     "POST /jobs", "GET /jobs", "GET /jobs/stats", "POST /jobs/stats/reset", "GET /jobs/{job_id}",
-    "POST /jobs/{job_id}/cancel",
+    "POST /jobs/{job_id}/cancel", "POST /jobs/{job_id}/retry", "POST /jobs/dead/retry", "GET /audit",
     "GET /status", "GET /metrics",
     "PUT /instances/{instance_id}/placement", "GET /hosts", "GET /hosts/{name}",
     "DELETE /queues/{name}", "DELETE /instances/{instance_id}", "DELETE /hosts/{name}",

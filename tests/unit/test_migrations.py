@@ -131,7 +131,8 @@ def test_a_database_of_the_hand_versioned_release_is_stamped_without_ddl(engine,
     state = migrate.upgrade(engine, chain)
     # Then it is stamped (and brought to head by the revisions after the hand versions: the
     # totals of retention, the job's cancel and deferral columns, its account, the relay's index
-    # and the pauses), what its tables had untouched (later revisions only add) and its row kept
+    # and the pauses, the history of the pages), what its tables had untouched (later revisions
+    # only add) and its row kept
     assert state.at_head and state.legacy is None
     assert _kept(before, _layout_of(engine, old))
     with engine.connect() as conn:

@@ -92,7 +92,7 @@ def test_a_daemons_group_holds_nothing_of_another_daemons():
                        "max_tasks_per_child", "max_memory_mb", "cancel_grace"},
         "pinger": {"heartbeat_interval", "guest_interval", "guest_misses", "guest_concurrency",
                    "guest_timeout", "retention_succeeded", "retention_failed", "retention_dead",
-                   "retention_events", "retention_cancelled"},
+                   "retention_events", "retention_cancelled", "retention_audit"},
         "cloud": {"cloud_rate", "cloud_rates", "cloud_max_wait", "cloud_recover_after"},
     }
     assert {k for k, o in owners.items() if not o} == {

@@ -13,6 +13,7 @@ from ...db.hosts import HostRegistry
 from ...db.instances import Conflict, NotFound
 from ...config import limits
 from ...fleet.hosts import ALIVE, HostView, fleet_view
+from ..auditing import audited
 from ..context import ctx_of
 from ..errors import COMMON, CONFLICT, NOT_FOUND
 from ..models import HostOut
@@ -42,6 +43,7 @@ def get_host(request: Request, name: str = HostParam):
 
 @router.delete("/{name}", response_model=HostOut, responses={**NOT_FOUND, **CONFLICT},
                summary="Forget a host that is gone for good (not while it is alive)")
+@audited("host.forget", lambda a: f"host {a['name']}")
 def forget_host(request: Request, name: str = HostParam):
     host = _one(request, name)
     if host.state == ALIVE:

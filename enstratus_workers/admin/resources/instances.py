@@ -7,7 +7,8 @@ appears in the desired state, and a failed database write leaves at most an empt
 An instance runs on the hosts its placement names (``host:NAME``, ``tag:TAG``, or ``["*"]`` for
 every host; ``fleet/placement.py``), ``min``..``max`` processes on each. A placement naming no
 host the fleet knows (none ever ran a daemon under that name, none carries that tag) is refused
-with a 422 naming it: it would run the type nowhere.
+with a 422 naming it: it would run the type nowhere. Every change is recorded in the audit log
+with the instance before and after (``auditing``).
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from fastapi import APIRouter, Path, Request
 from ...db.instances import Conflict, Instance
 from ...fleet import placement
 from ...fleet.hosts import fleet_view, known_hosts, least_loaded, running_by_type
+from ..auditing import audited
 from ..context import AdminContext, ctx_of
 from ..errors import COMMON, CONFLICT, NOT_FOUND, invalid
 from ..models import QUEUE_PATTERN, Concurrency, InstanceIn, InstanceOut, PlacementIn
@@ -45,6 +47,25 @@ def _checked(ctx: AdminContext, where: list[str]) -> tuple[str, ...]:
     return targets
 
 
+def _target(arguments: dict) -> str:
+    queue = arguments.get("queue")
+    return f"instance {arguments['instance_id']}" + (f", queue {queue}" if queue else "")
+
+
+def _state(ctx, arguments: dict) -> dict:
+    return ctx.store.get(arguments["instance_id"]).as_dict()
+
+
+def _state_by_type(ctx, arguments: dict) -> dict | None:
+    found = ctx.store.by_type(arguments["body"].type)
+    return found.as_dict() if found else None
+
+
+def _audited(action: str):
+    """Audited as ``action`` on the instance of the path, with its state before and after."""
+    return audited(action, _target, _state)
+
+
 @router.get("", response_model=list[InstanceOut],
             summary="List the instances of every host, with where each runs (hosts and processes)")
 def list_instances(request: Request):
@@ -55,6 +76,7 @@ def list_instances(request: Request):
 
 @router.post("", response_model=InstanceOut, status_code=201, responses=CONFLICT,
              summary="Create an instance of a worker type (without a placement: on the least loaded live host)")
+@audited("instance.create", lambda a: f"instance of type {a['body'].type}", _state_by_type)
 def create_instance(body: InstanceIn, request: Request):
     ctx = ctx_of(request)
     if ctx.store.by_type(body.type) is not None:  # answer before touching the queue
@@ -76,6 +98,7 @@ def get_instance(request: Request, instance_id: int = InstanceId):
 
 @router.delete("/{instance_id}", response_model=InstanceOut, responses=NOT_FOUND,
                summary="Delete an instance (its queues stay)")
+@_audited("instance.delete")
 def delete_instance(request: Request, instance_id: int = InstanceId):
     ctx = ctx_of(request)
     return _out(ctx, ctx.store.delete(instance_id))
@@ -83,6 +106,7 @@ def delete_instance(request: Request, instance_id: int = InstanceId):
 
 @router.post("/{instance_id}/enable", response_model=InstanceOut, responses=NOT_FOUND,
              summary="Run the instance's processes")
+@_audited("instance.enable")
 def enable_instance(request: Request, instance_id: int = InstanceId):
     ctx = ctx_of(request)
     return _out(ctx, ctx.store.update(instance_id, enabled=True))
@@ -90,6 +114,7 @@ def enable_instance(request: Request, instance_id: int = InstanceId):
 
 @router.post("/{instance_id}/disable", response_model=InstanceOut, responses=NOT_FOUND,
              summary="Stop the instance's processes (its settings are kept)")
+@_audited("instance.disable")
 def disable_instance(request: Request, instance_id: int = InstanceId):
     ctx = ctx_of(request)
     return _out(ctx, ctx.store.update(instance_id, enabled=False))
@@ -97,6 +122,7 @@ def disable_instance(request: Request, instance_id: int = InstanceId):
 
 @router.post("/{instance_id}/start", response_model=InstanceOut, responses={**NOT_FOUND, **CONFLICT},
              summary="Enable a disabled instance, else run one process more (min and max + 1)")
+@_audited("instance.start")
 def start_instance(request: Request, instance_id: int = InstanceId):
     ctx = ctx_of(request)
     return _out(ctx, ctx.store.scale_up(instance_id))
@@ -104,6 +130,7 @@ def start_instance(request: Request, instance_id: int = InstanceId):
 
 @router.put("/{instance_id}/autoscale", response_model=InstanceOut, responses=NOT_FOUND,
             summary="Set how many processes the instance runs")
+@_audited("instance.autoscale")
 def autoscale_instance(body: Concurrency, request: Request, instance_id: int = InstanceId):
     ctx = ctx_of(request)
     return _out(ctx, ctx.store.update(instance_id, low=body.min, high=body.max))
@@ -111,6 +138,7 @@ def autoscale_instance(body: Concurrency, request: Request, instance_id: int = I
 
 @router.put("/{instance_id}/placement", response_model=InstanceOut, responses=NOT_FOUND,
             summary="Set the hosts the instance runs on (host:NAME, tag:TAG, or [\"*\"] for every host)")
+@_audited("instance.placement")
 def place_instance(body: PlacementIn, request: Request, instance_id: int = InstanceId):
     ctx = ctx_of(request)
     ctx.store.get(instance_id)  # 404 before judging the placement
@@ -119,6 +147,7 @@ def place_instance(body: PlacementIn, request: Request, instance_id: int = Insta
 
 @router.put("/{instance_id}/queues/{queue}", response_model=InstanceOut, responses=NOT_FOUND,
             summary="Consume a queue (declared if new)")
+@_audited("instance.consume")
 def consume_queue(request: Request, instance_id: int = InstanceId, queue: str = QueueParam):
     ctx = ctx_of(request)
     ctx.store.get(instance_id)  # 404 before declaring anything
@@ -128,6 +157,7 @@ def consume_queue(request: Request, instance_id: int = InstanceId, queue: str = 
 
 @router.delete("/{instance_id}/queues/{queue}", response_model=InstanceOut,
                responses={**NOT_FOUND, **CONFLICT}, summary="Stop consuming a queue")
+@_audited("instance.cancel_queue")
 def cancel_queue(request: Request, instance_id: int = InstanceId, queue: str = QueueParam):
     ctx = ctx_of(request)
     return _out(ctx, ctx.store.cancel(instance_id, queue))

@@ -1,5 +1,6 @@
-"""``/jobs``: submit a job (through ``enstratus_workers.jobs.submit``, the one way in), list and read
-jobs, and the counts by status with their reset.
+"""``/jobs``: submit a job (through ``enstratus_workers.jobs.submit``, the one way in), list jobs
+(filtered by status, action, queue, account or id) and read them, and the counts by status with
+their reset.
 
 The arguments are stored as strict JSON (``StrictBody`` refused anything else before this runs);
 jobs are answered through ``printable``, so a row stored with bad text by anything else is still
@@ -10,7 +11,7 @@ from __future__ import annotations
 
 from typing import Any, Literal, Optional, Union
 
-from fastapi import APIRouter, Body, Path, Query, Request, Response
+from fastapi import APIRouter, Body, Depends, Path, Query, Request, Response
 from fastapi.exceptions import RequestValidationError
 from pydantic import TypeAdapter, ValidationError
 
@@ -18,13 +19,16 @@ from enstratus_workers.jobs.submit import SubmitError, new_job
 
 from ... import strictjson
 from ...db.instances import Conflict, NotFound
+from ...db.job_search import JobFilter, find_jobs
 from ...jobs import lifecycle
 from ...jobs.submit import cancel
 from ...db.schema import STATUSES
 from .. import jobstats
+from ..auditing import audited
 from ..context import ctx_of
 from ..errors import COMMON, CONFLICT, NOT_FOUND, invalid
-from ..models import MAX_BULK_JOBS, JobIn, JobOut, JobStats, SubmitOut
+from ..models import (ACCOUNT_MAX, ACCOUNT_PATTERN, ACTION_PATTERN, MAX_BULK_JOBS, QUEUE_PATTERN, JobIn, JobOut,
+                      JobStats, SubmitOut)
 from ..strictbody import printable
 
 router = APIRouter(prefix="/jobs", tags=["jobs"], responses=COMMON)
@@ -108,10 +112,23 @@ def _submit_list(ctx, bodies: list[JobIn]) -> list[SubmitOut]:
     return out
 
 
-@router.get("", response_model=list[JobOut], summary="The latest jobs, newest first")
-def list_jobs(request: Request, status: Optional[Status] = Query(default=None),
+def job_filter(status: Optional[Status] = Query(default=None, description="only jobs in this status"),
+               action: Optional[str] = Query(default=None, pattern=ACTION_PATTERN, max_length=200,
+                                             description="only jobs of this action"),
+               queue: Optional[str] = Query(default=None, pattern=QUEUE_PATTERN, max_length=100,
+                                            description="only jobs on this queue"),
+               account: Optional[str] = Query(default=None, pattern=ACCOUNT_PATTERN, max_length=ACCOUNT_MAX,
+                                              description="only jobs of this account"),
+               job_id: Optional[int] = Query(default=None, ge=1, le=2**63 - 1,
+                                             description="search by id: this job only")) -> JobFilter:
+    """The filters of a jobs list (the API's and the Jobs page's), each checked: 422 naming it."""
+    return JobFilter(status, action, queue, account, job_id)
+
+
+@router.get("", response_model=list[JobOut], summary="The latest jobs, newest first, filtered")
+def list_jobs(request: Request, where: JobFilter = Depends(job_filter),
               limit: int = Query(default=50, ge=1, le=500)):
-    return [_out(j) for j in ctx_of(request).dbs.jobs.list(status=status, limit=limit)]
+    return [_out(j) for j in find_jobs(ctx_of(request).dbs.provisioning, where, limit)]
 
 
 @router.get("/stats", response_model=JobStats, summary="Jobs by status, created since the last reset")
@@ -121,6 +138,7 @@ def job_stats(request: Request):
 
 
 @router.post("/stats/reset", response_model=JobStats, summary="Count only jobs created from now on")
+@audited("jobs.stats_reset", lambda a: "the Jobs page's counts", lambda ctx, a: {"since_ms": ctx.store.stats_since()})
 def reset_job_stats(request: Request):
     ctx = ctx_of(request)
     ctx.store.reset_stats()
@@ -135,12 +153,23 @@ def get_job(request: Request, job_id: int = Path(ge=1, le=2**63 - 1)):
     return _out(job)
 
 
+def job_state(ctx, arguments: dict) -> dict | None:
+    """A job's state as the audit log keeps it before and after a change (not its arguments or
+    result: they may be large, and the job's own row has them)."""
+    job = ctx.dbs.jobs.get(arguments["job_id"])
+    if job is None:
+        return None
+    return {k: getattr(job, k, None) for k in ("status", "attempts", "max_attempts", "cancel_requested_ms")
+            if getattr(job, k, None) is not None}
+
+
 @router.post("/{job_id}/cancel", response_model=JobOut, responses={**NOT_FOUND, **CONFLICT},
              summary="Cancel a job: one not started ends cancelled now; a running one is asked to stop",
              description="200 with the job: `cancelled` if it had not started, else still `running` "
                          "with `cancel_requested_ms` set (its action is told, killed after "
                          "action.cancel_grace, its compensation runs, then it ends `cancelled`). "
                          "404 if there is no such job; 409 if it had finished (nothing changed).")
+@audited("job.cancel", lambda a: f"job {a['job_id']}", job_state)
 def cancel_job(request: Request, job_id: int = Path(ge=1, le=2**63 - 1)):
     answer = cancel(ctx_of(request).dbs, job_id)
     if answer.job is None:

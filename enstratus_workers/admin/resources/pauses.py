@@ -13,6 +13,7 @@ from fastapi import APIRouter, Path, Request
 
 from ...db.instances import Invalid
 from ...db.pauses import ACCOUNT, QUEUE, fleet_pauses
+from ..auditing import audited
 from ..context import ctx_of
 from ..errors import COMMON, NOT_FOUND, invalid
 from ..models import QUEUE_PATTERN, PauseOut
@@ -29,6 +30,13 @@ def _pauses(request: Request):
     return fleet_pauses(ctx_of(request).dbs)
 
 
+def _audited(verb: str, kind: str, key: str):
+    """Audited as ``<kind>.<verb>`` (``queue.pause`` ...) of the name in path parameter ``key``,
+    with its pause before and after."""
+    return audited(f"{kind}.{verb}", lambda a: f"{kind} {a[key]}",
+                   lambda ctx, a: fleet_pauses(ctx.dbs).get(kind, a[key]).as_dict())
+
+
 def _change(request: Request, verb: str, kind: str, name: str) -> PauseOut:
     store = _pauses(request)
     try:
@@ -40,24 +48,28 @@ def _change(request: Request, verb: str, kind: str, name: str) -> PauseOut:
 
 @router.post("/queues/{name}/pause", response_model=PauseOut, responses=NOT_FOUND,
              summary="Pause a queue: its jobs wait in the outbox, on every host")
+@_audited("pause", QUEUE, "name")
 def pause_queue(request: Request, name: str = QueueParam):
     return _change(request, "pause", QUEUE, name)
 
 
 @router.post("/queues/{name}/resume", response_model=PauseOut, responses=NOT_FOUND,
              summary="Resume a queue: its jobs are relayed again")
+@_audited("resume", QUEUE, "name")
 def resume_queue(request: Request, name: str = QueueParam):
     return _change(request, "resume", QUEUE, name)
 
 
 @router.post("/accounts/{account}/pause", response_model=PauseOut, responses=INVALID,
              summary="Pause an account: its jobs wait in the outbox, on every host")
+@_audited("pause", ACCOUNT, "account")
 def pause_account(request: Request, account: str = AccountParam):
     return _change(request, "pause", ACCOUNT, account)
 
 
 @router.post("/accounts/{account}/resume", response_model=PauseOut, responses=INVALID,
              summary="Resume an account: its jobs are relayed again")
+@_audited("resume", ACCOUNT, "account")
 def resume_account(request: Request, account: str = AccountParam):
     return _change(request, "resume", ACCOUNT, account)
 

@@ -15,6 +15,7 @@ from fastapi import APIRouter, Path, Request, Response
 
 from ...db.instances import Conflict, NotFound, QueueEntry
 from ...errors import EnstratusError
+from ..auditing import audited
 from ..context import AdminContext, ctx_of
 from ..errors import COMMON, CONFLICT, NOT_FOUND, invalid
 from ..models import QUEUE_PATTERN, QueueIn, QueueOut
@@ -22,6 +23,12 @@ from ..models import QUEUE_PATTERN, QueueIn, QueueOut
 router = APIRouter(prefix="/queues", tags=["queues"], responses=COMMON)
 
 QueueParam = Path(pattern=QUEUE_PATTERN, max_length=100, description="a queue name")
+
+
+def _entry(ctx: AdminContext, name: str) -> dict | None:
+    """A declared queue's row, for the audit log (its depths are not asked: that may be slow)."""
+    entry = ctx.store.queue(name)
+    return None if entry is None else dict(entry.__dict__)
 
 
 def describe(ctx: AdminContext, entries: list[QueueEntry]) -> list[QueueOut]:
@@ -53,6 +60,7 @@ def list_queues(request: Request):
 @router.post("", response_model=QueueOut, status_code=201,
              responses={200: {"model": QueueOut, "description": "the queue was declared already"}},
              summary="Declare a queue")
+@audited("queue.create", lambda a: f"queue {a['body'].name}", lambda ctx, a: _entry(ctx, a["body"].name))
 def declare_queue(body: QueueIn, request: Request, response: Response):
     ctx = ctx_of(request)
     exchange = ctx.settings.mq.exchange
@@ -80,6 +88,7 @@ def get_queue(request: Request, name: str = QueueParam):
 
 @router.delete("/{name}", response_model=QueueOut, responses={**NOT_FOUND, **CONFLICT},
                summary="Forget a queue no instance consumes and that holds no messages")
+@audited("queue.delete", lambda a: f"queue {a['name']}", lambda ctx, a: _entry(ctx, a["name"]))
 def delete_queue(request: Request, name: str = QueueParam):
     ctx = ctx_of(request)
     entry = ctx.store.queue(name)

@@ -12,7 +12,9 @@
   const live = document.getElementById("live");
   const message = document.getElementById("message");
   let busy = false;
-  let query = "";
+  // the filters of the Jobs and Audit pages: from the address (a bookmark, the "older" link),
+  // then from their forms; the fragment checks them (a bad one: 422, shown as the message)
+  let query = (page === "jobs" || page === "audit") ? window.location.search : "";
 
   function say(text, isError) {
     if (!message) return;
@@ -46,16 +48,28 @@
     return data;
   }
 
+  // Fetch the fragment of `element` and swap it in; false if it could not be had.
+  async function swap(element, url) {
+    const response = await fetch(url, {credentials: "same-origin"});
+    if (response.status === 401) { loginAgain(); return false; }
+    if (!response.ok) {
+      let data = null;
+      try { data = await response.json(); } catch (e) { data = null; }
+      say("refresh failed: " + detailOf(data, response), true);
+      return false;
+    }
+    element.innerHTML = await response.text();
+    return true;
+  }
+
   async function refresh() {
     const url = live && live.dataset.fragment;
     if (!url || busy) return;
     busy = true;
     try {
-      const response = await fetch(url + query, {credentials: "same-origin"});
-      if (response.status === 401) { loginAgain(); return; }
-      if (!response.ok) { say("refresh failed: " + response.status + " " + response.statusText, true); return; }
-      live.innerHTML = await response.text();
-      document.getElementById("updated").textContent = "updated " + new Date().toLocaleTimeString();
+      if (await swap(live, url + query)) {
+        document.getElementById("updated").textContent = "updated " + new Date().toLocaleTimeString();
+      }
       const outcome = document.getElementById("outcome");
       if (outcome && outcome.dataset.done === "yes") live.dataset.fragment = "";  // a finished job stays as it is
     } catch (e) {
@@ -65,7 +79,53 @@
     }
   }
 
+  // Parts that change slowly (the status page's charts) refresh on their own clock.
+  document.querySelectorAll(".live-extra[data-fragment]").forEach(function (element) {
+    window.setInterval(function () {
+      swap(element, element.dataset.fragment).catch(function (e) { say("refresh failed: " + e.message, true); });
+    }, Number(element.dataset.everyMs) || 15000);
+  });
+
+  // Click on a button that calls the API, say what came of it, and show the change at once.
+  async function act(button, method, path, done) {
+    button.disabled = true;
+    try {
+      say(done(await api(method, path)));
+      await refresh();
+    } catch (e) {
+      say(e.message, true);
+    } finally {
+      button.disabled = false;
+    }
+  }
+
+  function redriven(answer) {
+    if (answer.redriven === undefined) return "job " + answer.job_id + " re-driven: " + answer.status;
+    return "re-driven " + answer.redriven.length + " job(s)" +
+      (answer.dead_letters_kept ? " (their dead letters stay: " + answer.dead_letters_kept + ")" : "");
+  }
+
+  function paused(p) {
+    return p.kind + " " + p.name + ": " + (p.paused ? "paused: its jobs wait in the outbox" : "relayed again");
+  }
+
+  function pauseCall(verb, kind, name) {
+    return "/ui/api/" + (kind === "queue" ? "queues/" : "accounts/") + encodeURIComponent(name) + "/" + verb;
+  }
+
   if (page === "status") {
+    // pause and resume: a queue's row, a paused account's row, and the form that pauses an account
+    live.addEventListener("click", function (event) {
+      const button = event.target.closest("button.pause, button.resume");
+      if (!button) return;
+      act(button, "POST", pauseCall(button.classList.contains("pause") ? "pause" : "resume",
+                                    button.dataset.kind, button.dataset.name), paused);
+    });
+    document.getElementById("pause-account").addEventListener("submit", function (event) {
+      event.preventDefault();
+      const name = document.getElementById("account-to-pause").value.trim();
+      if (name) act(event.target.querySelector("button"), "POST", pauseCall("pause", "account", name), paused);
+    });
     live.addEventListener("click", async function (event) {
       const button = event.target.closest("button.start, button.stop");
       if (!button) return;
@@ -111,12 +171,54 @@
     });
   }
 
-  if (page === "jobs") {
-    const filter = document.getElementById("status-filter");
-    filter.addEventListener("change", function () {
-      query = filter.value ? "?status=" + encodeURIComponent(filter.value) : "";
-      refresh();
+  // The filter forms: filled from the address, and on a change they become the fragment's query
+  // and the address (so the filtered view can be bookmarked).
+  function filterForm(form) {
+    const params = new URLSearchParams(window.location.search);
+    Array.prototype.forEach.call(form.elements, function (field) {
+      if (field.name && params.has(field.name)) field.value = params.get(field.name);
     });
+    function apply(event) {
+      if (event) event.preventDefault();
+      const chosen = new URLSearchParams();
+      Array.prototype.forEach.call(form.elements, function (field) {
+        if (field.name && field.value.trim()) chosen.set(field.name, field.value.trim());
+      });
+      query = chosen.toString() ? "?" + chosen.toString() : "";
+      window.history.replaceState(null, "", window.location.pathname + query);
+      say("");
+      refresh();
+    }
+    form.addEventListener("submit", apply);
+    form.addEventListener("change", function (event) { if (event.target.tagName === "SELECT") apply(); });
+  }
+
+  if (page === "jobs" || page === "audit") {
+    filterForm(document.getElementById("filter"));
+    if (query) refresh();
+  }
+
+  if (page === "dead") {
+    live.addEventListener("click", function (event) {
+      const one = event.target.closest("button.retry");
+      const all = event.target.closest("#retry-all");
+      if (one) act(one, "POST", "/ui/api/jobs/" + encodeURIComponent(one.dataset.job) + "/retry", redriven);
+      if (all && window.confirm("Re-drive every dead job?")) act(all, "POST", "/ui/api/jobs/dead/retry", redriven);
+    });
+  }
+
+  if (page === "job") {
+    live.addEventListener("click", function (event) {
+      const button = event.target.closest("#cancel, #retry");
+      if (!button) return;
+      const path = "/ui/api/jobs/" + encodeURIComponent(button.dataset.job) + "/" + button.id;
+      act(button, "POST", path, button.id === "retry" ? redriven : function (job) {
+        return "job " + job.job_id + ": " + job.status;
+      });
+    });
+  }
+
+  if (page === "jobs") {
     document.getElementById("reset-stats").addEventListener("click", async function () {
       try {
         await api("POST", "/ui/api/jobs/stats/reset");

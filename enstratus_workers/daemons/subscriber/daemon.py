@@ -48,6 +48,7 @@ from enstratus_workers.daemons.subscriber.pool import Assignment, WorkerPool
 from enstratus_workers.daemons.subscriber.recorder import Recorder
 from enstratus_workers.db import Event, Outcome, Started, open_databases
 from enstratus_workers.db.heartbeats import live_owners
+from enstratus_workers.db.schema import EVENT_ERROR_MAX
 from enstratus_workers.fleet.joining import join_fleet
 from enstratus_workers.fleet.placement import runs_on
 from enstratus_workers.jobs import wakeup
@@ -387,7 +388,8 @@ class Subscriber(Service):
     def _record(self, a: Assignment, outcome: Outcome) -> None:
         t = a.task
         event = Event(t.job_id, t.action, t.queue, t.attempt, event_outcome(outcome.status, outcome.deferred),
-                      outcome.end_ms - outcome.start_ms, outcome.worker, outcome.end_ms)
+                      outcome.end_ms - outcome.start_ms, outcome.worker, outcome.end_ms,
+                      error=outcome.error[:EVENT_ERROR_MAX] if outcome.error else None, host=self.host)
         # Duplicates of this job delivered meanwhile are settled with it, once it is recorded.
         self._marked.discard(t.key)
         self.recorder.finished(outcome, event, self.active.pop(t.key, [a.delivery]),

@@ -106,10 +106,13 @@ def _admin_1_to_2(conn: sa.Connection) -> None:
 
 
 def _analytics_1_to_2(conn: sa.Connection) -> None:
-    """Version 2 added ``enstratus_server_event``."""
+    """Version 2 added ``enstratus_server_event``, as it was then: the revisions after it (an
+    index, analytics_0003) must find it as that release left it."""
     from ..schema import server_events
 
-    server_events.create(conn, checkfirst=True)
+    v2 = server_events.to_metadata(sa.MetaData())
+    v2.indexes = {i for i in v2.indexes if i.name == "ix_enstratus_server_event_server"}
+    v2.create(conn, checkfirst=True)
 
 
 def _km_1_to_2(conn: sa.Connection) -> None:
