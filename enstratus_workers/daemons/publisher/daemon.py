@@ -35,7 +35,7 @@ from enstratus_workers.errors import (
     TransportError,
 )
 from enstratus_workers.fleet.joining import join_fleet
-from enstratus_workers.jobs import wakeup
+from enstratus_workers.jobs import pathtrace, wakeup
 from enstratus_workers.jobs.fairshare import FairShare
 from enstratus_workers.jobs.messages import encode_job
 from enstratus_workers.jobs.wakeup import Bell
@@ -74,6 +74,7 @@ class Publisher(Service):
     def run(self, ready) -> None:
         p = self.settings.publisher
         self.layout.ensure_dirs()
+        pathtrace.from_environment("publisher")
         self.dbs = open_databases(self.settings.worker, self.layout)
         try:
             join_fleet(self.settings, self.dbs)
@@ -99,6 +100,7 @@ class Publisher(Service):
                 if not done.more and not self._stop.is_set():   # nothing waits, or the windows are full
                     if self._bell is not None:
                         self._bell.wait(p.poll_interval)   # a commit's ring, or the safety net
+                        pathtrace.stamp("publisher.woken", (0,))
                     else:
                         self._stop.wait(p.poll_interval)
         finally:

@@ -51,7 +51,7 @@ from enstratus_workers.db.heartbeats import live_owners
 from enstratus_workers.db.schema import EVENT_ERROR_MAX
 from enstratus_workers.fleet.joining import join_fleet
 from enstratus_workers.fleet.placement import runs_on
-from enstratus_workers.jobs import wakeup
+from enstratus_workers.jobs import pathtrace, wakeup
 from enstratus_workers.db.pauses import PauseStore
 from enstratus_workers.jobs.lifecycle import event_outcome
 from enstratus_workers.jobs.wakeup import Bell
@@ -108,6 +108,7 @@ class Subscriber(Service):
     def run(self, ready) -> None:
         s = self.settings
         self.layout.ensure_dirs()
+        pathtrace.from_environment("subscriber")
         self.owner = _owner_token(self.name, self.host)   # this process's own (the daemon may have forked)
         self.dbs = open_databases(s.worker, self.layout)
         try:
@@ -250,6 +251,8 @@ class Subscriber(Service):
                 log.error("dead-lettering undecodable message %s from %s: %s", d.message_id, d.queue, exc)
                 self.intake.dead_letter(d, str(exc))
                 self.stats["dead_lettered"] += 1
+        if batch and pathtrace.on():
+            pathtrace.stamp("subscriber.taken", (m.job_id for _, m in self._unchecked))
         self._check_deliveries()
 
     def _check_deliveries(self) -> None:
@@ -339,6 +342,7 @@ class Subscriber(Service):
             self.stats["duplicates"] += 1
             return
         self.active[key] = [d]
+        pathtrace.stamp("subscriber.checked", (msg.job_id,))
         # a row whose cancel was requested is here only for its compensation (lifecycle.after_lost)
         task = Task(row.job_id, row.action, _arguments(row.arguments), msg.attempt,
                     row.max_attempts or self.settings.worker.max_attempts, d.queue, self.owner,
@@ -359,6 +363,8 @@ class Subscriber(Service):
                                                   self.owner))
 
     def _settle(self, events) -> None:
+        if events.finished and pathtrace.on():
+            pathtrace.stamp("subscriber.outcome", (a.task.job_id for a, _ in events.finished))
         for a, outcome in events.finished:
             self._record(a, outcome)
         for a, (reason, start_ms) in events.crashed:

@@ -25,6 +25,7 @@ from multiprocessing.connection import Listener
 from enstratus_workers.backoff import Backoff
 from enstratus_workers.clock import now_ms
 from enstratus_workers.daemons.subscriber import scaling, worker_socket
+from enstratus_workers.jobs import pathtrace
 from enstratus_workers.jobs.values import Task
 from enstratus_workers.mq.base import Delivery
 from enstratus_workers.runtime import logtarget
@@ -294,6 +295,7 @@ class WorkerPool:
                     h.conn.send_bytes(worker_socket.pack({"t": "run", "a": [a.task.to_frame() for a in batch]}))
                 except OSError:
                     pass  # the disconnect is noticed on the next read; its tasks go back then
+                pathtrace.stamp("subscriber.sent", (a.task.job_id for a in batch))
 
     def supervise(self) -> PoolEvents:
         """Reap dead workers, kill those past the time limit, respawn; call every round."""

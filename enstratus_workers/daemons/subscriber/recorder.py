@@ -35,6 +35,7 @@ import sqlalchemy as sa
 from enstratus_workers.backoff import Backoff
 from enstratus_workers.db import Databases, Event, Outcome, Started, retry
 from enstratus_workers.db.schema import FAILED
+from enstratus_workers.jobs import pathtrace
 from enstratus_workers.jobs.lifecycle import event_outcome
 from enstratus_workers.mq.base import Delivery
 
@@ -188,6 +189,8 @@ class Recorder:
                 self._failed(done.error)
                 return []
         applied, settled, held, outage = self._write_outcomes([_fit(p) for p in outcomes])
+        if applied and pathtrace.on():
+            pathtrace.stamp("recorder.written", (p.outcome.job_id for p in applied))
         done = _narrow(self._write_events, [events + applied]) if events or applied else _Narrowed()
         for p, why in done.bad:
             self.events_lost += 1
@@ -200,6 +203,8 @@ class Recorder:
             log.info("database writes recovered after %d failed attempts", self.failures)
             self.failures, self.retry_at, self._write_error = 0, 0.0, None
         written = done.ok + [p for p, _ in done.bad]
+        if done.ok and pathtrace.on():
+            pathtrace.stamp("recorder.event", (p.outcome.job_id for p in done.ok))
         self.recorded += len(written)
         return self._settle(written + settled)
 
@@ -258,6 +263,8 @@ class Recorder:
                     self.on_dead(d, p.dead_reason)
         if acks and self.on_recorded is not None:
             self.on_recorded(acks)
+            if pathtrace.on():
+                pathtrace.stamp("recorder.acked", (p.outcome.job_id for p in written))
         return acks
 
     def _failed(self, reason: str) -> None:
