@@ -56,6 +56,7 @@ class Publisher(Service):
         self.settings, self.layout, self.name = settings, layout, name
         self._stop = threading.Event()
         self._bell: Bell | None = None
+        self._ear = None                      # the broker's rings from other hosts
         self.transport = None
         self._declared: set[str] = set()
         self.published = 0
@@ -86,6 +87,7 @@ class Publisher(Service):
         # a job committed from now on rings it; one committed before is relayed by the loop's
         # first pass, which reads the outbox before it ever waits
         self._bell = Bell(self.layout.run_dir, self.name) if wakeup.available() else None
+        self._ear = self._listen_to_other_hosts()
         ready()
         try:
             while not self._stop.is_set():
@@ -113,9 +115,20 @@ class Publisher(Service):
                 self.dbs.heartbeats.remove("publisher", self.name)
             except Exception:
                 pass
+            if self._ear is not None:
+                self._ear.close()
             self.dbs.close()
             if self._bell is not None:
                 self._bell.close()
+
+    def _listen_to_other_hosts(self):
+        """On RabbitMQ, the other hosts' rings (``mq/amqp_wake.py``) ring this bell too."""
+        if self._bell is None or self.settings.mq.transport != "amqp":
+            return None
+        from enstratus_workers.mq.amqp_wake import WakeListener
+
+        return WakeListener(self.settings.mq, self.settings.worker.host_name,
+                            f"publisher@{self.name}", self._bell.ring).start()
 
     def _relay_once(self) -> RelayPass | None:
         """One relay pass: how many jobs it relayed and whether another should follow at once

@@ -89,6 +89,7 @@ class Subscriber(Service):
         self._marked: set = set()             # (job id, attempt) handed to the recorder as started
         self.cancels = Cancels(settings.subscriber.cancel_grace)
         self._bell = None                     # rung by a cancel made on this host (run() binds it)
+        self._wake_out = None                 # rings other hosts' publishers through the broker
         self.host = settings.worker.host_name
         self.owner = _owner_token(name, self.host)
         self.started_ms = now_ms()
@@ -117,6 +118,8 @@ class Subscriber(Service):
             self.dbs.close()
             raise
         self._bell = _cancel_bell(self.layout, self.name)
+        # the room its outcomes make in the queues' windows wakes the publishers of other hosts too
+        self._wake_out = _ring_other_hosts(s, self.dbs, self.name)
         # start with the types placed on this host: no process or consumer of another host's type
         # is started for the moment before the first reconcile
         here = self._types_here()
@@ -146,6 +149,8 @@ class Subscriber(Service):
             self.recorder.stop(timeout=0 if self._stop.is_set() else 5)   # _shutdown waited already
             self.intake.stop()
             self._remove_heartbeat()
+            if self._wake_out is not None:
+                self._wake_out.close()
             self.dbs.close()
             if self._bell is not None:
                 self._bell.close()
@@ -480,6 +485,16 @@ def _cancel_bell(layout, name: str) -> Bell | None:
     except OSError as exc:   # another process holds the address: the look alone, then
         log.warning("no cancel bell for subscriber %s (%s); cancels are looked for every second", name, exc)
         return None
+
+
+def _ring_other_hosts(settings, dbs, name: str):
+    """On RabbitMQ, the broker's ring of every host's publishers (``mq/amqp_wake.py``), rung
+    with this host's bell; None on the embedded transport."""
+    if settings.mq.transport != "amqp":
+        return None
+    from enstratus_workers.mq.amqp_wake import ring_through_broker
+
+    return ring_through_broker(settings, dbs.ringers, f"subscriber@{name}")
 
 
 def _owner_token(name: str, host: str) -> str:

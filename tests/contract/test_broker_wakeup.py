@@ -1,0 +1,96 @@
+"""On RabbitMQ: a ring on one host wakes the publishers of the others through the broker, a
+burst of rings sends a few messages, and a host does not hear its own rings."""
+
+from __future__ import annotations
+
+import threading
+import time
+import urllib.parse
+
+import pytest
+
+from enstratus_workers.config.settings import MQSettings, Secret
+from enstratus_workers.jobs.wakeup import PUBLISHER, Ringer
+from enstratus_workers.mq.amqp_wake import WakeListener, WakeRinger
+
+
+def _mq(url: str, names: dict) -> MQSettings:
+    u = urllib.parse.urlsplit(url)
+    return MQSettings(transport="amqp", host=u.hostname, port=u.port or 5672,
+                      user=urllib.parse.unquote(u.username or "guest"),
+                      password=Secret(urllib.parse.unquote(u.password or "guest")),
+                      vhost=urllib.parse.unquote(u.path[1:]) or "/",
+                      exchange=names["exchange"], queue_prefix=names["queue_prefix"])
+
+
+@pytest.fixture
+def links():
+    made = []
+    yield made
+    for link in made:
+        link.close()
+
+
+def _started(links, link):
+    links.append(link.start())
+    assert link.connected.wait(15), "no broker connection"
+    return link
+
+
+def _heard_within(event: threading.Event, seconds: float = 10) -> bool:
+    return event.wait(seconds)
+
+
+def test_a_ring_on_host_a_wakes_the_publisher_on_host_b(rabbitmq_url, amqp_names, links):
+    # Given a publisher's listener on host B and a ringer on host A
+    mq = _mq(rabbitmq_url, amqp_names)
+    woken = threading.Event()
+    ear = _started(links, WakeListener(mq, "host-b", "ewtest publisher", woken.set))
+    mouth = _started(links, WakeRinger(mq, "host-a", "ewtest subscriber"))
+    time.sleep(0.2)   # the listener's queue is bound once connected; let it settle
+    # When host A rings
+    mouth.ring()
+    # Then host B's publisher is woken
+    assert _heard_within(woken)
+    assert ear.heard >= 1 and mouth.sent >= 1
+
+
+def test_a_host_does_not_hear_its_own_rings(rabbitmq_url, amqp_names, links):
+    # Given a listener and a ringer on the same host (its local bell rang already)
+    mq = _mq(rabbitmq_url, amqp_names)
+    woken = threading.Event()
+    ear = _started(links, WakeListener(mq, "host-a", "ewtest publisher", woken.set))
+    other = threading.Event()
+    _started(links, WakeListener(mq, "host-c", "ewtest publisher", other.set))
+    mouth = _started(links, WakeRinger(mq, "host-a", "ewtest subscriber"))
+    time.sleep(0.2)
+    # When it rings
+    mouth.ring()
+    # Then the other host hears it and the ringer's own host does not
+    assert _heard_within(other)
+    time.sleep(0.3)
+    assert not woken.is_set() and ear.heard == 0
+
+
+def test_a_burst_of_ten_thousand_rings_sends_a_few_messages(rabbitmq_url, amqp_names, links):
+    # Given host B listening and host A's store ringer with the broker ring attached (no local
+    # publisher: the run directory is empty)
+    mq = _mq(rabbitmq_url, amqp_names)
+    woken = threading.Event()
+    ear = _started(links, WakeListener(mq, "host-b", "ewtest publisher", woken.set))
+    mouth = _started(links, WakeRinger(mq, "host-a", "ewtest subscriber"))
+    time.sleep(0.2)
+    import tempfile
+    from pathlib import Path
+
+    with tempfile.TemporaryDirectory() as run_dir:
+        store_ringer = Ringer(Path(run_dir), PUBLISHER)
+        store_ringer.also(mouth.ring)
+        # When 10,000 commits ring in a burst
+        for _ in range(10_000):
+            store_ringer.ring()
+        store_ringer.close()
+    # Then host B is woken, by far fewer messages than rings (each wakes at most one outbox read)
+    assert _heard_within(woken)
+    time.sleep(0.3)
+    assert 1 <= mouth.sent < 1_000 and ear.heard <= mouth.sent
