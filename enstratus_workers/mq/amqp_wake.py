@@ -7,8 +7,9 @@ host without one, would otherwise wait for another host's safety-net poll. So, o
 - ``WakeRinger`` (in whoever makes jobs pending or records outcomes: attached to the store's
   ringer by ``ring_through_broker``) publishes a ring, a tiny transient message whose body is
   its host's name, to the fanout exchange ``<mq.exchange>.wake``. ``ring()`` only raises a flag;
-  a thread sends, at most one message per ``MIN_GAP_S``, so a burst of 10,000 commits sends a
-  handful of rings, not 10,000.
+  a thread sends the first ring at once, then at most one message per ``MIN_GAP_S`` (20 ms)
+  for all the rings meanwhile: a burst of 10,000 commits over a second sends about 50, each
+  waking each other host's publisher for at most one outbox read.
 - ``WakeListener`` (in each publisher) binds an exclusive, auto-deleted queue of its own to that
   exchange and rings its publisher's local bell for every ring from another host (its own host's
   rang the bell directly already). The bell drains every ring waiting before the publisher reads
@@ -35,7 +36,7 @@ from enstratus_workers.mq.amqp_nodes import NodeRanking, process_seed
 
 log = logging.getLogger(__name__)
 
-MIN_GAP_S = 0.002          # at most one ring message per this interval and process
+MIN_GAP_S = 0.02           # at most one ring message per this interval and process (50/s)
 RECONNECT = Backoff(first=0.5, cap=30.0, jitter="equal")
 
 
