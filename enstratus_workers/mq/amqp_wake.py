@@ -79,9 +79,8 @@ class _Link:
             conn = None
             try:
                 conn = self._connect()
-                self.connected.set()
                 retrying.succeeded()
-                self._serve(conn)
+                self._serve(conn)   # sets ``connected`` once it can ring or hear
             except (ConnectionClosed, *PIKA_ERRORS) as exc:
                 delay = retrying.failed()
                 log.warning("%s %s: no broker connection (%s); rings lost until it is back "
@@ -128,6 +127,7 @@ class WakeRinger(_Link):
         channel = conn.channel()
         props = pika.BasicProperties(delivery_mode=1, expiration="10000")   # a hint: transient
         body = self.host.encode()
+        self.connected.set()
         while not self._stop.is_set():
             # answer the broker's heartbeats while no ring comes
             if not self._flag.wait(min(5.0, max(0.5, (self.mq.heartbeat or 60) / 4))):
@@ -163,6 +163,7 @@ class WakeListener(_Link):
                 self.on_wake()
 
         channel.basic_consume(queue, heard, auto_ack=True)
+        self.connected.set()   # bound: from now on no ring of another host is missed
         while not self._stop.is_set():
             conn.process_data_events(time_limit=0.25)
 
