@@ -17,6 +17,7 @@ window refills as the workers empty it.
 from __future__ import annotations
 
 import logging
+import sys
 import threading
 import time
 
@@ -47,6 +48,7 @@ from enstratus_workers.runtime.service import Service
 log = logging.getLogger(__name__)
 
 HEARTBEAT_EVERY_S = 2.0
+SWITCH_INTERVAL_S = 0.0005   # the GIL's hand-over interval in the publisher (run())
 
 
 class Publisher(Service):
@@ -76,6 +78,9 @@ class Publisher(Service):
         p = self.settings.publisher
         self.layout.ensure_dirs()
         pathtrace.from_environment("publisher")
+        # its ioloop thread answers confirms while this one waits on the database: as in the
+        # subscriber (SWITCH_INTERVAL_S there), a thread whose answer came gets the GIL sooner
+        sys.setswitchinterval(SWITCH_INTERVAL_S)
         self.dbs = open_databases(self.settings.worker, self.layout)
         try:
             join_fleet(self.settings, self.dbs)
