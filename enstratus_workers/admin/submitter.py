@@ -75,6 +75,7 @@ class Submitter:
         self._cv = threading.Condition()
         self._queue: list[_Pending] = []
         self._running = False
+        self._thread: threading.Thread | None = None
         self.batches = 0      # transactions written (for tests and the curious)
 
     async def submit(self, body):
@@ -86,7 +87,8 @@ class Submitter:
                 self._cv.notify()
             else:
                 self._running = True
-                threading.Thread(target=self._run, name="admin-submitter", daemon=True).start()
+                self._thread = threading.Thread(target=self._run, name="admin-submitter", daemon=True)
+                self._thread.start()
         return await pending.future
 
     def _run(self) -> None:
