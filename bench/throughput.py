@@ -15,10 +15,11 @@ too (``../shared/bench``: ``drive.py`` into an idle worker, as ``anchors.sh`` ru
 each end to end (first submit to last recorded outcome); then the latency of one admin API
 request (``GET /jobs/{id}``) on a reused keep-alive connection: the first (with the connect)
 and p50/p99 over 200. Beside the ceiling (``--admin-jobs`` messages) and, with ``--peers``,
-Celery's one-by-one ``.delay()`` rate (``drive.py``) for as many tasks.
+Celery's one-by-one ``.delay()`` rate (``drive.py``) for as many tasks, both measured right
+before ours in each of ``--rounds`` rounds (the service started once, idle meanwhile).
 
 usage: .venv/bin/python bench/throughput.py [N] [--peers] [--anchors DIR] [--embedded]
-       .venv/bin/python bench/throughput.py --single [--python-jobs 2000] [--admin-jobs 3000] [--peers]
+       .venv/bin/python bench/throughput.py --single [--python-jobs 2000] [--admin-jobs 3000] [--rounds R] [--peers]
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from __future__ import annotations
 import argparse
 import http.client
 import json
+import os
 import sys
 import threading
 import time
@@ -187,32 +189,42 @@ def admin_request_latency(service, n: int = ADMIN_GETS) -> tuple[float, list[flo
 
 
 def single(args) -> None:
-    with started_service() as service:
-        py_s, py_calls = python_one_by_one(service, args.python_jobs)
-        admin_s, admin_calls = admin_one_by_one(service, args.admin_jobs)
-        first_ms, gets_ms = admin_request_latency(service)
-    ceil = ceiling.throughput(args.admin_jobs)["rate"]
-    ref = {"ceiling": ceil}
-    celery = None
-    if args.peers and peers.available(args.anchors):
-        with peers.Anchors(args.anchors) as anchors:
-            celery = ref["celery"] = anchors.rate("celery", args.admin_jobs)
-    figure("ceiling (raw pika, same run)", f"rate={ceil:.0f}/s n={args.admin_jobs}")
-    if celery:
-        figure("peer celery: one .delay() per task", f"rate={celery:.0f}/s n={args.admin_jobs}",
-               celery, {"ceiling": ceil}, who="celery")
-    elif args.peers:
-        print(peers.absent_line(args.anchors))
-    py_rate, admin_rate = args.python_jobs / py_s, args.admin_jobs / admin_s
-    figure(f"one submit() per job, {PYTHON_THREADS} threads",
-           f"rate={py_rate:.0f}/s n={args.python_jobs} end_to_end_s={py_s:.2f}", py_rate, ref)
-    figure(f"  each submit() call, {PYTHON_THREADS} threads", latency_text(py_calls))
-    figure(f"one POST /jobs per job, {ADMIN_CLIENTS} keep-alive clients",
-           f"rate={admin_rate:.0f}/s n={args.admin_jobs} end_to_end_s={admin_s:.2f}", admin_rate, ref)
-    figure(f"  each POST /jobs, {ADMIN_CLIENTS} clients", latency_text(admin_calls))
-    figure("admin GET /jobs/{id}, first on a new connection", f"{first_ms:.2f}ms")
-    figure("admin GET /jobs/{id}, reused keep-alive connection",
-           latency_text(gets_ms))
+    """Each round: the ceiling and Celery's one-by-one rate (with ``--peers``), then ours, back to
+    back while our service idles, so a ratio compares runs a minute apart, not the start and the
+    end of the invocation (on a shared machine the load moves more than the figures do)."""
+    anchors = None
+    if args.peers:
+        if peers.available(args.anchors):
+            anchors = peers.Anchors(args.anchors)
+        else:
+            print(peers.absent_line(args.anchors))
+    try:
+        with started_service() as service:
+            for r in range(1, args.rounds + 1):
+                tag = f"round {r}: " if args.rounds > 1 else ""
+                ceil = ceiling.throughput(args.admin_jobs)["rate"]
+                ref = {"ceiling": ceil}
+                figure(f"{tag}ceiling (raw pika)", f"rate={ceil:.0f}/s n={args.admin_jobs}")
+                if anchors is not None:
+                    celery = ref["celery"] = anchors.rate("celery", args.admin_jobs)
+                    figure(f"{tag}peer celery: one .delay() per task", f"rate={celery:.0f}/s n={args.admin_jobs}",
+                           celery, {"ceiling": ceil}, who="celery")
+                py_s, py_calls = python_one_by_one(service, args.python_jobs)
+                admin_s, admin_calls = admin_one_by_one(service, args.admin_jobs)
+                py_rate, admin_rate = args.python_jobs / py_s, args.admin_jobs / admin_s
+                figure(f"{tag}one submit() per job, {PYTHON_THREADS} threads",
+                       f"rate={py_rate:.0f}/s n={args.python_jobs} end_to_end_s={py_s:.2f}", py_rate, ref)
+                figure(f"  each submit() call, {PYTHON_THREADS} threads", latency_text(py_calls))
+                figure(f"{tag}one POST /jobs per job, {ADMIN_CLIENTS} keep-alive clients",
+                       f"rate={admin_rate:.0f}/s n={args.admin_jobs} end_to_end_s={admin_s:.2f}", admin_rate, ref)
+                figure(f"  each POST /jobs, {ADMIN_CLIENTS} clients", latency_text(admin_calls))
+                print(f"  load: {' '.join(f'{v:.1f}' for v in os.getloadavg())}", flush=True)
+            first_ms, gets_ms = admin_request_latency(service)
+        figure("admin GET /jobs/{id}, first on a new connection", f"{first_ms:.2f}ms")
+        figure("admin GET /jobs/{id}, reused keep-alive connection", latency_text(gets_ms))
+    finally:
+        if anchors is not None:
+            anchors.close()
 
 
 def main(argv=None) -> int:
@@ -221,13 +233,14 @@ def main(argv=None) -> int:
     ap.add_argument("--single", action="store_true", help="the one-at-a-time path instead of bulk")
     ap.add_argument("--python-jobs", type=int, default=2000, help="--single: jobs through submit()")
     ap.add_argument("--admin-jobs", type=int, default=3000, help="--single: jobs through POST /jobs")
+    ap.add_argument("--rounds", type=int, default=1, help="--single: rounds of Celery then ours, back to back")
     ap.add_argument("--peers", action="store_true", help="also Celery (and Dramatiq in bulk), from the anchors")
     ap.add_argument("--anchors", type=Path, default=peers.DEFAULT_ANCHORS, help="the shared anchors' directory")
     ap.add_argument("--embedded", action="store_true", help="bulk: also measure the embedded default")
     ap.add_argument("--window", type=int, action="append", default=[],
                     help="bulk: also measure with this publisher.window (repeatable)")
     args = ap.parse_args(argv)
-    if not all(1 <= v <= 1_000_000 for v in (args.n, args.python_jobs, args.admin_jobs)):
+    if not all(1 <= v <= 1_000_000 for v in (args.n, args.python_jobs, args.admin_jobs, args.rounds)):
         ap.error("N, --python-jobs and --admin-jobs must be 1..1000000")
     single(args) if args.single else bulk(args)
     return 0
