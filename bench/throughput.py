@@ -10,7 +10,8 @@ too (``../shared/bench``: ``drive.py`` into an idle worker, as ``anchors.sh`` ru
 
 - ``--python-jobs`` (2,000) jobs through the Python ``submit()`` API from 4 threads;
 - ``--admin-jobs`` (3,000) jobs through the admin API, one ``POST /jobs`` each, from 8 concurrent
-  clients, each on its own keep-alive connection;
+  clients, each on its own keep-alive connection (with the admin daemon's CPU per request);
+- as many again as ``POST /jobs`` lists of 100 from one client (what a client with many jobs does);
 
 each end to end (first submit to last recorded outcome); then the latency of one admin API
 request (``GET /jobs/{id}``) on a reused keep-alive connection: the first (with the connect)
@@ -34,6 +35,8 @@ import time
 from pathlib import Path
 from urllib.parse import urlsplit
 
+import psutil
+
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import ceiling
@@ -53,6 +56,7 @@ BULK_BATCH = 500
 PYTHON_THREADS = 4
 ADMIN_CLIENTS = 8
 ADMIN_GETS = 200
+ADMIN_LIST = 100
 
 
 # -- bulk -------------------------------------------------------------------------------------
@@ -136,7 +140,7 @@ class AdminClient:
         self.conn = http.client.HTTPConnection(url.hostname, url.port, timeout=30)
         self.headers = {"Authorization": f"Bearer {service.admin_token()}", "Accept": "application/json"}
 
-    def request(self, method: str, path: str, body: dict | None = None, expect: int = 200) -> dict:
+    def request(self, method: str, path: str, body: dict | list | None = None, expect: int = 200):
         headers = dict(self.headers)
         data = None
         if body is not None:
@@ -155,21 +159,46 @@ class AdminClient:
         self.conn.close()
 
 
-def admin_one_by_one(service, n: int, clients: int = ADMIN_CLIENTS) -> tuple[float, list[float]]:
+def admin_cpu_s(service) -> float:
+    """CPU seconds the admin daemon has used so far: its cost per request, which the machine's
+    load does not stretch as it stretches the wall clock."""
+    pid = int(next(service.run_dir.glob("admin@*.pid")).read_text().split()[0])
+    times = psutil.Process(pid).cpu_times()
+    return times.user + times.system
+
+
+def admin_one_by_one(service, n: int, clients: int = ADMIN_CLIENTS) -> tuple[float, list[float], float]:
     """N ``POST /jobs`` from ``clients`` concurrent keep-alive connections: seconds end to end,
-    and each request's ms."""
+    each request's ms, and the admin daemon's CPU ms per request (until the last answer)."""
     base = service.dbs.jobs.counts()["succeeded"]
     connections = [AdminClient(service) for _ in range(clients)]
     try:
         for c in connections:  # connect (and check the token) outside the clock
             c.request("GET", "/jobs/stats")
         body = {"action": "noop", "arguments": {}}
+        cpu0 = admin_cpu_s(service)
         t0 = time.perf_counter()
         calls = _calls_in_threads(clients, n, lambda k: connections[k].request("POST", "/jobs", body, expect=201))
-        return wait_succeeded(service.dbs, base + n) - t0, calls
+        cpu_ms = (admin_cpu_s(service) - cpu0) / n * 1000
+        return wait_succeeded(service.dbs, base + n) - t0, calls, cpu_ms
     finally:
         for c in connections:
             c.close()
+
+
+def admin_lists(service, n: int, per: int = ADMIN_LIST) -> float:
+    """N jobs through ``POST /jobs`` as lists of ``per`` from one keep-alive client (what a
+    client with many jobs should do): seconds end to end."""
+    base = service.dbs.jobs.counts()["succeeded"]
+    client = AdminClient(service)
+    try:
+        client.request("GET", "/jobs/stats")
+        t0 = time.perf_counter()
+        for i in range(0, n, per):
+            client.request("POST", "/jobs", [{"action": "noop", "arguments": {}}] * min(per, n - i), expect=201)
+        return wait_succeeded(service.dbs, base + n) - t0
+    finally:
+        client.close()
 
 
 def admin_request_latency(service, n: int = ADMIN_GETS) -> tuple[float, list[float]]:
@@ -210,7 +239,7 @@ def single(args) -> None:
                     figure(f"{tag}peer celery: one .delay() per task", f"rate={celery:.0f}/s n={args.admin_jobs}",
                            celery, {"ceiling": ceil}, who="celery")
                 py_s, py_calls = python_one_by_one(service, args.python_jobs)
-                admin_s, admin_calls = admin_one_by_one(service, args.admin_jobs)
+                admin_s, admin_calls, admin_cpu_ms = admin_one_by_one(service, args.admin_jobs)
                 py_rate, admin_rate = args.python_jobs / py_s, args.admin_jobs / admin_s
                 figure(f"{tag}one submit() per job, {PYTHON_THREADS} threads",
                        f"rate={py_rate:.0f}/s n={args.python_jobs} end_to_end_s={py_s:.2f}", py_rate, ref)
@@ -218,6 +247,10 @@ def single(args) -> None:
                 figure(f"{tag}one POST /jobs per job, {ADMIN_CLIENTS} keep-alive clients",
                        f"rate={admin_rate:.0f}/s n={args.admin_jobs} end_to_end_s={admin_s:.2f}", admin_rate, ref)
                 figure(f"  each POST /jobs, {ADMIN_CLIENTS} clients", latency_text(admin_calls))
+                figure("  the admin daemon's CPU per POST /jobs", f"{admin_cpu_ms:.2f}ms")
+                lists_rate = args.admin_jobs / admin_lists(service, args.admin_jobs)
+                figure(f"{tag}POST /jobs with lists of {ADMIN_LIST}, one client",
+                       f"rate={lists_rate:.0f}/s n={args.admin_jobs}", lists_rate, ref)
                 print(f"  load: {' '.join(f'{v:.1f}' for v in os.getloadavg())}", flush=True)
             first_ms, gets_ms = admin_request_latency(service)
         figure("admin GET /jobs/{id}, first on a new connection", f"{first_ms:.2f}ms")
