@@ -154,7 +154,7 @@ def test_concurrent_api_submits_share_transactions_and_every_job_is_stored(api):
     assert 1 <= api.app.state.submitter.batches <= n
 
 
-def test_a_bad_job_among_concurrent_ones_gets_its_own_422(api):  # noqa: F811
+def test_a_single_job_the_desired_state_refuses_is_answered_422_and_the_next_is_stored(api):  # noqa: F811
     r = api.call("POST", "/jobs", json={"action": "noop", "queue": "no-such-queue"})
     assert r.status_code == 422 and "unknown queue" in r.text
     assert api.call("POST", "/jobs", json={"action": "noop"}).status_code == 201
