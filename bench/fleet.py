@@ -8,7 +8,9 @@ Each fleet size gets fresh databases, exchange and queues on the same clusters, 
 each, the 3-node lists in ``mq.cfg`` and the URLs). After a warm-up of 50 noop jobs per host,
 N ``noop`` jobs are submitted in transactions of 500 through the provisioning URL; the clock runs
 from the first submit to the last outcome recorded, and CPU is read from ``/proc/<pid>/stat``
-(user + system) of every process at both ends. Every process of a host and both clusters are
+(user + system) of every process at both ends, less what the fleet uses at rest (read over
+5 s before the jobs, and printed too: the pingers' checks, the brokers' and databases' own
+ticking) for as long as the run took. Every process of a host and both clusters are
 removed at the end, also on failure.
 
 On one machine (two cores here) the rate cannot grow with hosts: the hosts share the cores
@@ -43,6 +45,7 @@ from tests.fleet.fleet_hosts import cpu_seconds, fleet_names, make_fleet, open_f
 
 BATCH = 500
 WARM_UP = 50
+IDLE_S = 5.0          # the fleet's CPU at rest is read over this long before the jobs
 PARTS = ("publisher", "subscriber", "pinger", "admin", "worker", "brokers", "databases")
 
 
@@ -56,10 +59,24 @@ def processes(hosts, rabbit, galera) -> dict[int, str]:
     return out
 
 
+def cpu_read(pids: dict[int, str]) -> dict[int, float]:
+    return {p: s for p, s in ((p, cpu_seconds(p)) for p in pids) if s is not None}
+
+
+def _by_part(start: dict[int, float], end: dict[int, float], pids: dict[int, str]) -> Counter:
+    """CPU seconds each part used between two readings (processes present at both)."""
+    used: Counter = Counter()
+    for pid, seconds in end.items():
+        if pid in start:
+            used[pids[pid]] += seconds - start[pid]
+    return used
+
+
 def run_fleet(count: int, jobs: int, rabbit, galera) -> dict:
     """Start ``count`` hosts, warm them up, run ``jobs`` noop jobs; the figures of the run."""
     root = Path(tempfile.mkdtemp(prefix="ewbf-"))   # short: worker sockets live under it
-    hosts = make_fleet(root, rabbit, galera, count, fleet_names())
+    # the shipped heartbeat interval (the fault test's 1 s would make the pinger's share 10x)
+    hosts = make_fleet(root, rabbit, galera, count, fleet_names(), worker_props={"pinger.heartbeat_interval": 10})
     dbs = open_fleet_databases(hosts[0])
     try:
         with ThreadPoolExecutor(max_workers=count) as pool:
@@ -74,20 +91,22 @@ def run_fleet(count: int, jobs: int, rabbit, galera) -> dict:
                                          for h in hosts), 60, 0.2):
             raise BenchFailed("worker processes missing")
         pids = processes(hosts, rabbit, galera)
-        before = {p: s for p, s in ((p, cpu_seconds(p)) for p in pids) if s is not None}
+        rest = cpu_read(pids)
+        time.sleep(IDLE_S)
+        before = cpu_read(pids)
+        idle = _by_part(rest, before, pids)
         began = time.monotonic()
         for first in range(0, jobs, BATCH):
             dbs.jobs.submit_jobs([NewJob("noop", "{}", "default", 3)] * min(BATCH, jobs - first))
         if not sh.wait_until(lambda: dbs.jobs.counts()["succeeded"] == warm + jobs, 600, 0.05):
             raise BenchFailed(f"{jobs} jobs not done on {count} host(s): {dbs.jobs.counts()}")
         seconds = time.monotonic() - began
-        cpu: Counter = Counter()
-        for pid, role in pids.items():
-            after = cpu_seconds(pid)
-            if after is not None and pid in before:
-                cpu[role] += after - before[pid]
+        busy = _by_part(before, cpu_read(pids), pids)
+        # per job: what the run cost beyond the fleet at rest for as long
         return {"hosts": count, "seconds": seconds, "rate": jobs / seconds,
-                "per_1000": {part: cpu[part] / jobs * 1000 for part in PARTS}}
+                "idle_per_s": {part: idle[part] / IDLE_S for part in PARTS},
+                "per_1000": {part: max(0.0, busy[part] - idle[part] / IDLE_S * seconds) / jobs * 1000
+                             for part in PARTS}}
     finally:
         dbs.close()
         for host in hosts:
@@ -109,11 +128,14 @@ def report(results: list[dict]) -> None:
             figure(f"{n} host(s): CPU s per 1,000 jobs, {part}",
                    f"{value:.3f} s  share={value / total:.1%}" if total else f"{value:.3f} s",
                    value, {f"{base['hosts']}host": base["per_1000"][part]}, who=f"{n}host")
+        at_rest = r["idle_per_s"]
+        figure(f"{n} host(s): CPU at rest, % of a core", " ".join(
+            f"{part}={at_rest[part]:.1%}" for part in PARTS))
 
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("jobs", nargs="?", type=int, default=3000)
+    parser.add_argument("jobs", nargs="?", type=int, default=10000)
     parser.add_argument("--hosts", nargs="+", type=int, default=[1, 2, 3])
     args = parser.parse_args(argv)
     for why in (galera_cluster.missing(), rabbit_cluster.available()):

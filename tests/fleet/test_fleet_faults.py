@@ -24,11 +24,15 @@ Each fault waits until every job in flight when it struck has succeeded before t
   last attempt, and no (job, attempt) has two events;
 - every execution is of a recorded attempt (attempt <= the row's ``attempts``), and the last
   recorded attempt was executed;
-- a **duplicate** is an execution of a (job, attempt) already executed: a run nobody recorded
-  (its worker was killed or frozen, or its subscriber lost its broker node, after the action
-  started but before the running mark was written, so the message was redelivered as the same
-  attempt). Duplicates may only be of jobs that were in flight when a fault struck; the tally
-  counts them.
+- a **duplicate** is an execution of a (job, attempt) already executed. The service is
+  at-least-once, and an attempt shorter than ``mark_running_after`` (1 s: all of these) is never
+  marked running, so it stays open to any delivery until its outcome is recorded. Two copies of
+  its message then both run: a redelivery (a host killed or a broker node lost after the action
+  started), or two publishers relaying the same pending job while they write through different
+  Galera nodes (row locks do not cross nodes: ``db/writer.py``), which lasts until every process
+  has re-probed the nodes after one went or came back, a few seconds after it is used again.
+  So a duplicate may only be of a job that was in flight during a fault or in the
+  ``SETTLE_S`` after its repair; the tally counts them, by fault and by the hosts that ran them.
 
 The tally (jobs, executions, re-runs of lost attempts, duplicates, each fault with its recovery
 times) is printed at the end, also when an assertion failed.
@@ -63,6 +67,7 @@ BURST = 200              # submitted at once right before each of the 4 faults: 
 TRICKLE = JOBS - 4 * BURST
 FEED_OVER_S = 150.0      # the trickle is submitted at a steady pace over this long (the faults' span)
 FREEZE_S = 30.0
+SETTLE_S = 10.0          # after a repair, until every process writes through the same node again
 
 
 def job(ledger: Path, n: int):
@@ -215,10 +220,15 @@ def test_the_fleet_loses_nothing_through_a_host_kill_a_broker_node_a_database_no
     watch, tally = Watch(dbs), Tally()
     feeder = Feeder(dbs, ledger)
     windows: list[tuple[int, int]] = []    # each fault from its strike to its repair, epoch ms
+    owners: dict[int, str] = {}            # pid -> host, of every process seen (workers die with host 2)
+
+    def look() -> None:
+        owners.update({pid: h.name for h in (host1, host2, host3) for pid in h.pids()})
 
     def strike(name: str) -> tuple[dict, set[int], float]:
         """A burst, then the fault's record, the jobs in flight, its moment."""
         inflight = burst(dbs, ledger, watch) | watch.unfinished()
+        look()
         moments = tally.fault(name)
         windows.append((now_ms(), 0))
         return moments, inflight, time.monotonic()
@@ -248,6 +258,7 @@ def test_the_fleet_loses_nothing_through_a_host_kill_a_broker_node_a_database_no
         # When host 2 is started again, it shows alive again
         assert host2.start().returncode == 0
         repaired()
+        look()
         moments["restarted after"] = since(t0)
         wait(lambda: host1.state_of("host2") == "alive", 30, "host 2 alive again in host 1's view")
         moments["alive in host 1's view after"] = since(t0)
@@ -311,7 +322,7 @@ def test_the_fleet_loses_nothing_through_a_host_kill_a_broker_node_a_database_no
                 tally.counts[f"{hb.daemon}@{hb.host}"] = ",".join(
                     f"{k}={v}" for k, v in stats.items() if isinstance(v, int) and k in (
                         "published", "recovered", "succeeded", "duplicates", "stale", "taken_over"))
-        owners = {pid: h.name for h in (host1, host2, host3) for pid in h.pids()}
+        look()
         check_each_attempt_recorded_once(dbs, ledger, windows, tally, owners)
     finally:
         feeder.stop.set()
@@ -325,7 +336,8 @@ def check_each_attempt_recorded_once(dbs, ledger: Path, windows: list[tuple[int,
         rows = conn.execute(sa.text("SELECT job_id, attempts, created_timestamp, end_timestamp "
                                     "FROM enstratus_job")).all()
     attempts = {j: a for j, a, _, _ in rows}
-    # a job a fault touched: submitted before the fault was repaired, and ended after it struck
+    # a job a fault touched: submitted before the fault was repaired (and settled), ended after it struck
+    windows = [(a, b + int(SETTLE_S * 1000)) for a, b in windows]
     struck = {j for j, _, created, ended in rows if any(created <= b and ended >= a for a, b in windows)}
     with dbs.analytics.connect() as conn:
         events = conn.execute(sa.text("SELECT job_id, attempt, outcome FROM enstratus_job_event")).all()
@@ -344,6 +356,12 @@ def check_each_attempt_recorded_once(dbs, ledger: Path, windows: list[tuple[int,
         "most attempts": max(attempts.values()),
         "attempts recorded per host": "/".join(str(by_host.get(f"host{i}", 0)) for i in (1, 2, 3)),
     })
+    # where the duplicates came from: the fault whose window the job overlaps, the hosts that ran it
+    for (j, a) in duplicates:
+        _, _, created, ended = next(r for r in rows if r[0] == j)
+        fault = next((tally.faults[i][0] for i, (s, e) in enumerate(windows) if created <= e and ended >= s), "none")
+        ran = "+".join(str(owners.get(pid, "?")) for jj, aa, pid in lines if (jj, aa) == (j, a))
+        tally.counts[f"duplicates in '{fault}' ({ran})"] = tally.counts.get(f"duplicates in '{fault}' ({ran})", 0) + 1
     assert len(attempts) == JOBS
     assert [k for k, n in per_attempt.items() if n > 1] == [], "an attempt with two analytics events"
     assert succeeded == attempts, "each job's one succeeded event is of its last attempt"
