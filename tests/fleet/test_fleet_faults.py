@@ -101,7 +101,8 @@ class Feeder(threading.Thread):
     def run(self) -> None:
         began = time.monotonic()
         while self.submitted < TRICKLE and not self.stop.is_set():
-            due = TRICKLE if self.released.is_set() else int(TRICKLE * min(1.0, (time.monotonic() - began) / FEED_OVER_S))
+            paced = int(TRICKLE * min(1.0, (time.monotonic() - began) / FEED_OVER_S))
+            due = TRICKLE if self.released.is_set() else paced
             while self.submitted < due and not self.stop.is_set():
                 n = self.submitted
                 try:
@@ -341,7 +342,8 @@ def check_each_attempt_recorded_once(dbs, ledger: Path, windows: list[tuple[int,
     struck = {j for j, _, created, ended in rows if any(created <= b and ended >= a for a, b in windows)}
     with dbs.analytics.connect() as conn:
         events = conn.execute(sa.text("SELECT job_id, attempt, outcome FROM enstratus_job_event")).all()
-        by_host = dict(conn.execute(sa.text("SELECT host, COUNT(*) FROM enstratus_job_event GROUP BY host")).all())
+        by_host = dict(conn.execute(sa.text(
+            "SELECT host, COUNT(*) FROM enstratus_job_event GROUP BY host")).all())
     lines = [tuple(map(int, line.split())) for line in ledger.read_text().splitlines() if line.strip()]
     executions = [(j, a) for j, a, _ in lines]
     seen: Counter = Counter(executions)
@@ -357,16 +359,21 @@ def check_each_attempt_recorded_once(dbs, ledger: Path, windows: list[tuple[int,
         "attempts recorded per host": "/".join(str(by_host.get(f"host{i}", 0)) for i in (1, 2, 3)),
     })
     # where the duplicates came from: the fault whose window the job overlaps, the hosts that ran it
-    for (j, a) in duplicates:
-        _, _, created, ended = next(r for r in rows if r[0] == j)
+    ran_by: dict[tuple[int, int], list[str]] = {}
+    for j, a, pid in lines:
+        ran_by.setdefault((j, a), []).append(str(owners.get(pid, f"pid {pid}")))
+    ends = {j: (created, ended) for j, _, created, ended in rows}
+    blamed: Counter = Counter()
+    for j, a in duplicates:
+        created, ended = ends[j]
         fault = next((tally.faults[i][0] for i, (s, e) in enumerate(windows) if created <= e and ended >= s), "none")
-        ran = "+".join(str(owners.get(pid, "?")) for jj, aa, pid in lines if (jj, aa) == (j, a))
-        tally.counts[f"duplicates in '{fault}' ({ran})"] = tally.counts.get(f"duplicates in '{fault}' ({ran})", 0) + 1
+        blamed[f"{fault} ({'+'.join(ran_by[j, a])})"] += duplicates[j, a]
+    tally.counts.update({f"duplicates in {k}": n for k, n in blamed.items()})
     assert len(attempts) == JOBS
     assert [k for k, n in per_attempt.items() if n > 1] == [], "an attempt with two analytics events"
     assert succeeded == attempts, "each job's one succeeded event is of its last attempt"
     assert sum(1 for _, _, outcome in events if outcome == "succeeded") == JOBS
     assert [(j, a) for j, a in seen if a > attempts.get(j, 0)] == [], "an execution of no recorded attempt"
     assert all((j, a) in seen for j, a in attempts.items()), "a job's last attempt never ran"
-    untouched = {(j, a): [owners.get(pid, pid) for jj, aa, pid in lines if (jj, aa) == (j, a)] for j, a in duplicates if j not in struck}
-    assert not untouched, f"duplicates of jobs no fault touched (by pid): {dict(list(untouched.items())[:20])}"
+    untouched = {key: ran_by[key] for key in duplicates if key[0] not in struck}
+    assert not untouched, f"duplicates of jobs no fault touched, with the hosts that ran them: {untouched}"
