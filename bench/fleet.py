@@ -1,7 +1,8 @@
 """The same N jobs on a fleet of 1, 2 and 3 hosts of this machine, against a 3-node RabbitMQ
 cluster and a 3-node Galera cluster of the bench's own (the fleet tests' harnesses,
 ``tests/fleet/``): actions/s, and CPU seconds per 1,000 jobs of each daemon, the worker
-processes, the brokers (the nodes' ``beam.smp``) and the databases (the nodes' ``mariadbd``).
+processes, the brokers (the nodes' ``beam.smp``) and the databases (the nodes' ``mariadbd``:
+the writer node, and the two others that apply its write sets).
 
 Each fleet size gets fresh databases, exchange and queues on the same clusters, and its hosts
 (``tests/fleet/fleet_hosts.py``: publisher, subscriber, pinger, admin and 2 worker processes
@@ -46,7 +47,7 @@ from tests.fleet.fleet_hosts import cpu_seconds, fleet_names, make_fleet, open_f
 BATCH = 500
 WARM_UP = 50
 IDLE_S = 5.0          # the fleet's CPU at rest is read over this long before the jobs
-PARTS = ("publisher", "subscriber", "pinger", "admin", "worker", "brokers", "databases")
+PARTS = ("publisher", "subscriber", "pinger", "admin", "worker", "brokers", "db writer", "db others")
 
 
 def processes(hosts, rabbit, galera) -> dict[int, str]:
@@ -55,7 +56,9 @@ def processes(hosts, rabbit, galera) -> dict[int, str]:
     for host in hosts:
         out.update({pid: role for pid, role in host.roles().items() if role in PARTS})
     out.update({n.pid: "brokers" for n in rabbit.nodes if n.pid})
-    out.update({n.proc.pid: "databases" for n in galera.nodes if n.proc is not None})
+    # every process writes through the first node of the URL (the writer) while it is healthy
+    out.update({n.proc.pid: "db writer" if n.index == 0 else "db others" for n in galera.nodes
+                if n.proc is not None})
     return out
 
 
