@@ -10,15 +10,17 @@ too (``../shared/bench``: ``drive.py`` into an idle worker, as ``anchors.sh`` ru
 
 - ``--python-jobs`` (2,000) jobs through the Python ``submit()`` API from 4 threads;
 - ``--admin-jobs`` (3,000) jobs through the admin API, one ``POST /jobs`` each, from 8 concurrent
-  clients, each on its own keep-alive connection;
+  clients, each on its own keep-alive connection (with the admin daemon's CPU per request);
+- as many again as ``POST /jobs`` lists of 100 from one client (what a client with many jobs does);
 
 each end to end (first submit to last recorded outcome); then the latency of one admin API
 request (``GET /jobs/{id}``) on a reused keep-alive connection: the first (with the connect)
 and p50/p99 over 200. Beside the ceiling (``--admin-jobs`` messages) and, with ``--peers``,
-Celery's one-by-one ``.delay()`` rate (``drive.py``) for as many tasks.
+Celery's one-by-one ``.delay()`` rate (``drive.py``) for as many tasks, both measured right
+before ours in each of ``--rounds`` rounds (the service started once, idle meanwhile).
 
 usage: .venv/bin/python bench/throughput.py [N] [--peers] [--anchors DIR] [--embedded]
-       .venv/bin/python bench/throughput.py --single [--python-jobs 2000] [--admin-jobs 3000] [--peers]
+       .venv/bin/python bench/throughput.py --single [--python-jobs 2000] [--admin-jobs 3000] [--rounds R] [--peers]
 """
 
 from __future__ import annotations
@@ -26,11 +28,15 @@ from __future__ import annotations
 import argparse
 import http.client
 import json
+import os
+import socket
 import sys
 import threading
 import time
 from pathlib import Path
 from urllib.parse import urlsplit
+
+import psutil
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
@@ -51,6 +57,7 @@ BULK_BATCH = 500
 PYTHON_THREADS = 4
 ADMIN_CLIENTS = 8
 ADMIN_GETS = 200
+ADMIN_LIST = 100
 
 
 # -- bulk -------------------------------------------------------------------------------------
@@ -126,15 +133,26 @@ def python_one_by_one(service, n: int, threads: int = PYTHON_THREADS) -> tuple[f
     return wait_succeeded(service.dbs, base + n) - t0, calls
 
 
+class _NoDelayConnection(http.client.HTTPConnection):
+    """``http.client`` sends a request's headers and its body in two writes, and keeps Nagle's
+    algorithm on: the body can wait for the server's delayed ACK (40 ms on Linux) before it
+    leaves. curl and urllib3 (so ``requests``) turn Nagle off on every connection; so does this
+    client, to measure the daemon rather than that interaction."""
+
+    def connect(self):
+        super().connect()
+        self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+
+
 class AdminClient:
     """One keep-alive connection to the admin API, with the daemon's own token."""
 
     def __init__(self, service):
         url = urlsplit(service.admin_url())
-        self.conn = http.client.HTTPConnection(url.hostname, url.port, timeout=30)
+        self.conn = _NoDelayConnection(url.hostname, url.port, timeout=30)
         self.headers = {"Authorization": f"Bearer {service.admin_token()}", "Accept": "application/json"}
 
-    def request(self, method: str, path: str, body: dict | None = None, expect: int = 200) -> dict:
+    def request(self, method: str, path: str, body: dict | list | None = None, expect: int = 200):
         headers = dict(self.headers)
         data = None
         if body is not None:
@@ -153,21 +171,46 @@ class AdminClient:
         self.conn.close()
 
 
-def admin_one_by_one(service, n: int, clients: int = ADMIN_CLIENTS) -> tuple[float, list[float]]:
+def admin_cpu_s(service) -> float:
+    """CPU seconds the admin daemon has used so far: its cost per request, which the machine's
+    load does not stretch as it stretches the wall clock."""
+    pid = int(next(service.run_dir.glob("admin@*.pid")).read_text().split()[0])
+    times = psutil.Process(pid).cpu_times()
+    return times.user + times.system
+
+
+def admin_one_by_one(service, n: int, clients: int = ADMIN_CLIENTS) -> tuple[float, list[float], float]:
     """N ``POST /jobs`` from ``clients`` concurrent keep-alive connections: seconds end to end,
-    and each request's ms."""
+    each request's ms, and the admin daemon's CPU ms per request (until the last answer)."""
     base = service.dbs.jobs.counts()["succeeded"]
     connections = [AdminClient(service) for _ in range(clients)]
     try:
         for c in connections:  # connect (and check the token) outside the clock
             c.request("GET", "/jobs/stats")
         body = {"action": "noop", "arguments": {}}
+        cpu0 = admin_cpu_s(service)
         t0 = time.perf_counter()
         calls = _calls_in_threads(clients, n, lambda k: connections[k].request("POST", "/jobs", body, expect=201))
-        return wait_succeeded(service.dbs, base + n) - t0, calls
+        cpu_ms = (admin_cpu_s(service) - cpu0) / n * 1000
+        return wait_succeeded(service.dbs, base + n) - t0, calls, cpu_ms
     finally:
         for c in connections:
             c.close()
+
+
+def admin_lists(service, n: int, per: int = ADMIN_LIST) -> float:
+    """N jobs through ``POST /jobs`` as lists of ``per`` from one keep-alive client (what a
+    client with many jobs should do): seconds end to end."""
+    base = service.dbs.jobs.counts()["succeeded"]
+    client = AdminClient(service)
+    try:
+        client.request("GET", "/jobs/stats")
+        t0 = time.perf_counter()
+        for i in range(0, n, per):
+            client.request("POST", "/jobs", [{"action": "noop", "arguments": {}}] * min(per, n - i), expect=201)
+        return wait_succeeded(service.dbs, base + n) - t0
+    finally:
+        client.close()
 
 
 def admin_request_latency(service, n: int = ADMIN_GETS) -> tuple[float, list[float]]:
@@ -187,32 +230,46 @@ def admin_request_latency(service, n: int = ADMIN_GETS) -> tuple[float, list[flo
 
 
 def single(args) -> None:
-    with started_service() as service:
-        py_s, py_calls = python_one_by_one(service, args.python_jobs)
-        admin_s, admin_calls = admin_one_by_one(service, args.admin_jobs)
-        first_ms, gets_ms = admin_request_latency(service)
-    ceil = ceiling.throughput(args.admin_jobs)["rate"]
-    ref = {"ceiling": ceil}
-    celery = None
-    if args.peers and peers.available(args.anchors):
-        with peers.Anchors(args.anchors) as anchors:
-            celery = ref["celery"] = anchors.rate("celery", args.admin_jobs)
-    figure("ceiling (raw pika, same run)", f"rate={ceil:.0f}/s n={args.admin_jobs}")
-    if celery:
-        figure("peer celery: one .delay() per task", f"rate={celery:.0f}/s n={args.admin_jobs}",
-               celery, {"ceiling": ceil}, who="celery")
-    elif args.peers:
-        print(peers.absent_line(args.anchors))
-    py_rate, admin_rate = args.python_jobs / py_s, args.admin_jobs / admin_s
-    figure(f"one submit() per job, {PYTHON_THREADS} threads",
-           f"rate={py_rate:.0f}/s n={args.python_jobs} end_to_end_s={py_s:.2f}", py_rate, ref)
-    figure(f"  each submit() call, {PYTHON_THREADS} threads", latency_text(py_calls))
-    figure(f"one POST /jobs per job, {ADMIN_CLIENTS} keep-alive clients",
-           f"rate={admin_rate:.0f}/s n={args.admin_jobs} end_to_end_s={admin_s:.2f}", admin_rate, ref)
-    figure(f"  each POST /jobs, {ADMIN_CLIENTS} clients", latency_text(admin_calls))
-    figure("admin GET /jobs/{id}, first on a new connection", f"{first_ms:.2f}ms")
-    figure("admin GET /jobs/{id}, reused keep-alive connection",
-           latency_text(gets_ms))
+    """Each round: the ceiling and Celery's one-by-one rate (with ``--peers``), then ours, back to
+    back while our service idles, so a ratio compares runs a minute apart, not the start and the
+    end of the invocation (on a shared machine the load moves more than the figures do)."""
+    anchors = None
+    if args.peers:
+        if peers.available(args.anchors):
+            anchors = peers.Anchors(args.anchors)
+        else:
+            print(peers.absent_line(args.anchors))
+    try:
+        with started_service() as service:
+            for r in range(1, args.rounds + 1):
+                tag = f"round {r}: " if args.rounds > 1 else ""
+                ceil = ceiling.throughput(args.admin_jobs)["rate"]
+                ref = {"ceiling": ceil}
+                figure(f"{tag}ceiling (raw pika)", f"rate={ceil:.0f}/s n={args.admin_jobs}")
+                if anchors is not None:
+                    celery = ref["celery"] = anchors.rate("celery", args.admin_jobs)
+                    figure(f"{tag}peer celery: one .delay() per task", f"rate={celery:.0f}/s n={args.admin_jobs}",
+                           celery, {"ceiling": ceil}, who="celery")
+                py_s, py_calls = python_one_by_one(service, args.python_jobs)
+                admin_s, admin_calls, admin_cpu_ms = admin_one_by_one(service, args.admin_jobs)
+                py_rate, admin_rate = args.python_jobs / py_s, args.admin_jobs / admin_s
+                figure(f"{tag}one submit() per job, {PYTHON_THREADS} threads",
+                       f"rate={py_rate:.0f}/s n={args.python_jobs} end_to_end_s={py_s:.2f}", py_rate, ref)
+                figure(f"  each submit() call, {PYTHON_THREADS} threads", latency_text(py_calls))
+                figure(f"{tag}one POST /jobs per job, {ADMIN_CLIENTS} keep-alive clients",
+                       f"rate={admin_rate:.0f}/s n={args.admin_jobs} end_to_end_s={admin_s:.2f}", admin_rate, ref)
+                figure(f"  each POST /jobs, {ADMIN_CLIENTS} clients", latency_text(admin_calls))
+                figure("  the admin daemon's CPU per POST /jobs", f"{admin_cpu_ms:.2f}ms")
+                lists_rate = args.admin_jobs / admin_lists(service, args.admin_jobs)
+                figure(f"{tag}POST /jobs with lists of {ADMIN_LIST}, one client",
+                       f"rate={lists_rate:.0f}/s n={args.admin_jobs}", lists_rate, ref)
+                print(f"  load: {' '.join(f'{v:.1f}' for v in os.getloadavg())}", flush=True)
+            first_ms, gets_ms = admin_request_latency(service)
+        figure("admin GET /jobs/{id}, first on a new connection", f"{first_ms:.2f}ms")
+        figure("admin GET /jobs/{id}, reused keep-alive connection", latency_text(gets_ms))
+    finally:
+        if anchors is not None:
+            anchors.close()
 
 
 def main(argv=None) -> int:
@@ -221,13 +278,14 @@ def main(argv=None) -> int:
     ap.add_argument("--single", action="store_true", help="the one-at-a-time path instead of bulk")
     ap.add_argument("--python-jobs", type=int, default=2000, help="--single: jobs through submit()")
     ap.add_argument("--admin-jobs", type=int, default=3000, help="--single: jobs through POST /jobs")
+    ap.add_argument("--rounds", type=int, default=1, help="--single: rounds of Celery then ours, back to back")
     ap.add_argument("--peers", action="store_true", help="also Celery (and Dramatiq in bulk), from the anchors")
     ap.add_argument("--anchors", type=Path, default=peers.DEFAULT_ANCHORS, help="the shared anchors' directory")
     ap.add_argument("--embedded", action="store_true", help="bulk: also measure the embedded default")
     ap.add_argument("--window", type=int, action="append", default=[],
                     help="bulk: also measure with this publisher.window (repeatable)")
     args = ap.parse_args(argv)
-    if not all(1 <= v <= 1_000_000 for v in (args.n, args.python_jobs, args.admin_jobs)):
+    if not all(1 <= v <= 1_000_000 for v in (args.n, args.python_jobs, args.admin_jobs, args.rounds)):
         ap.error("N, --python-jobs and --admin-jobs must be 1..1000000")
     single(args) if args.single else bulk(args)
     return 0

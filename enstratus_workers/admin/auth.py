@@ -105,14 +105,18 @@ def unauthorized(detail: str = _NO_TOKEN) -> HTTPException:
     return HTTPException(status_code=401, detail=detail, headers={"WWW-Authenticate": "Bearer"})
 
 
-def require_token(request: Request,
-                  creds: Optional[HTTPAuthorizationCredentials] = Depends(bearer_scheme)) -> None:
-    """The dependency of every JSON API route: 401 unless the bearer token is presented."""
+async def require_token(request: Request,
+                        creds: Optional[HTTPAuthorizationCredentials] = Depends(bearer_scheme)) -> None:
+    """The dependency of every JSON API route: 401 unless the bearer token is presented.
+
+    Async, as ``require_page_session``: both only compare in memory (under locks held for a
+    lookup), and FastAPI runs a sync dependency in a pool thread, a round trip between the event
+    loop and a thread on every request for no I/O at all."""
     if creds is None or not _as_token_bearer(request, check_token(request, creds.credentials)):
         raise unauthorized()
 
 
-def require_page_session(request: Request) -> None:
+async def require_page_session(request: Request) -> None:
     """The dependency of the API calls the pages make (``/ui/api/...``)."""
     if not page_session_ok(request):
         raise unauthorized("log in again")

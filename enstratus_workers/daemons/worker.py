@@ -102,7 +102,7 @@ class WorkerProcess(Service):
         registry = default_registry()
         pathtrace.from_environment("worker")
         self.services = self._services()
-        address = str(worker_socket.socket_path(self.layout, self.subscriber))
+        address = worker_socket.address(self.layout, self.subscriber)
         authkey = worker_socket.authkey_path(self.layout, self.subscriber).read_bytes()
         conn = Client(address, family="AF_UNIX", authkey=authkey)
         inbox = Inbox(conn)

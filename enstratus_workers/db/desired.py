@@ -130,14 +130,22 @@ class DesiredStateCache:
         self._seeded = False
 
     def get(self, fresh: bool = False) -> DesiredState:
+        asked = time.monotonic()
         cached = self._cached
-        if not fresh and cached is not None and time.monotonic() - cached[0] < self.ttl_s:
+        if not fresh and cached is not None and asked - cached[0] < self.ttl_s:
             return cached[1]
         with self._lock:
+            # Another thread may have read while this one waited for the lock: a burst of
+            # threads at the expiry then makes one read, not one each. A fresh read is taken
+            # only from a read that began after it was asked for (it saw every earlier change).
+            cached = self._cached
+            if cached is not None and (cached[0] >= asked if fresh else time.monotonic() - cached[0] < self.ttl_s):
+                return cached[1]
             # seeding is looked at until it has been seen done once: after that, plain reads
+            started = time.monotonic()   # the stamp is when the read began: it saw no later change
             state = read_desired(self.engine, None if self._seeded else self.worker, prepare=self.prepare)
             self._seeded = True
-            self._cached = (time.monotonic(), state)
+            self._cached = (started, state)
         return state
 
     def knowing(self, queue: str | None) -> DesiredState:

@@ -76,23 +76,30 @@ class GroupCommit(Generic[T, R]):
     def _write_group(self, group: list[_Slot]) -> None:
         self.groups += 1
         self.items += len(group)
-        try:
-            results = self._write([s.item for s in group])
-        except BaseException as exc:  # noqa: BLE001 - handed to the callers, one by one
-            if len(group) == 1 or not self._retry_alone(exc):
-                for s in group:
-                    s.error = exc
-                return
-            for s in group:           # find the bad one: each alone
-                try:
-                    s.result = self._write([s.item])[0]
-                except BaseException as alone:  # noqa: BLE001 - this caller's own failure
-                    s.error = alone
-            return
-        if len(results) != len(group):
-            error = RuntimeError(f"a group write of {len(group)} items returned {len(results)} results")
-            for s in group:
-                s.error = error
-            return
-        for s, r in zip(group, results):
-            s.result = r
+        for s, (result, error) in zip(group, write_each(self._write, [s.item for s in group], self._retry_alone)):
+            s.result, s.error = result, error
+
+
+def write_each(write: Callable[[Sequence[T]], Sequence[R]], items: Sequence[T],
+               retry_alone: Callable[[BaseException], bool] = lambda exc: True
+               ) -> list[tuple[R | None, BaseException | None]]:
+    """``write(items)`` in one call, and for each item its (result, None) or (None, error).
+
+    When the group's write raises, each item is written again alone (unless ``retry_alone``
+    says the group may have been stored), so one bad item fails only itself.
+    """
+    try:
+        results = write(items)
+    except BaseException as exc:  # noqa: BLE001 - handed to the callers, one by one
+        if len(items) == 1 or not retry_alone(exc):
+            return [(None, exc)] * len(items)
+        out: list[tuple[R | None, BaseException | None]] = []
+        for item in items:           # find the bad one: each alone
+            try:
+                out.append((write([item])[0], None))
+            except BaseException as alone:  # noqa: BLE001 - this caller's own failure
+                out.append((None, alone))
+        return out
+    if len(results) != len(items):
+        return [(None, RuntimeError(f"a group write of {len(items)} items returned {len(results)} results"))] * len(items)
+    return [(r, None) for r in results]

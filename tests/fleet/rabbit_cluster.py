@@ -253,8 +253,11 @@ class RabbitCluster:
         out = self.ctl(index, "list_connections", "-q", "--formatter", "json", "client_properties").stdout
         names = []
         for connection in json.loads(out or "[]"):
-            # client_properties: [[key, type, value], ...]
-            named = [value for key, _type, value in connection.get("client_properties", []) if key == "connection_name"]
+            # client_properties: [[key, type, value], ...]; a connection still opening has none
+            # yet (rabbitmqctl then prints a string in its place)
+            props = connection.get("client_properties")
+            named = [p[2] for p in props if isinstance(p, list) and len(p) == 3 and p[0] == "connection_name"] \
+                if isinstance(props, list) else []
             names.append(str(named[0]) if named else "")
         return names
 

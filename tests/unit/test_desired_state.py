@@ -5,6 +5,8 @@ every reader, not only for the API: the CLI's and Python's submit, the publisher
 from __future__ import annotations
 
 import json
+import threading
+import time
 from types import SimpleNamespace
 
 import pytest
@@ -188,3 +190,31 @@ def test_the_cache_reads_at_most_once_per_ttl_and_again_on_a_miss(engine):
     store.update(store.by_type("winxp").id, enabled=False)
     settings = Settings(home=None, mq=None, worker=FILE, persistence=None, km_client=None, provisioning=None)
     assert cache.get(fresh=True).submit_settings(settings).worker.all_queues == ("default", "extra", "scan")
+
+
+def test_threads_that_find_the_cache_expired_together_make_one_read(engine, monkeypatch):
+    from enstratus_workers.db import desired as desired_mod
+
+    cache = DesiredStateCache(engine, FILE, ttl_s=3600)
+    cache.get()
+    reads, real_read = [], desired_mod.read_desired
+    gate = threading.Event()
+
+    def slow_read(*args, **kwargs):
+        reads.append(1)
+        gate.wait(5)               # every other thread queues on the lock meanwhile
+        return real_read(*args, **kwargs)
+
+    monkeypatch.setattr(desired_mod, "read_desired", slow_read)
+    cache._cached = (0.0, cache._cached[1])          # expired
+    threads = [threading.Thread(target=cache.get) for _ in range(8)]
+    for t in threads:
+        t.start()
+    time.sleep(0.3)
+    gate.set()
+    for t in threads:
+        t.join(10)
+    assert len(reads) == 1
+    # a fresh read asked for after that one began is not answered by it
+    cache.get(fresh=True)
+    assert len(reads) == 2

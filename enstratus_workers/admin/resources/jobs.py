@@ -12,6 +12,7 @@ from __future__ import annotations
 from typing import Any, Literal, Optional, Union
 
 from fastapi import APIRouter, Body, Depends, Path, Query, Request, Response
+from fastapi.concurrency import run_in_threadpool
 from fastapi.exceptions import RequestValidationError
 from pydantic import TypeAdapter, ValidationError
 
@@ -30,6 +31,7 @@ from ..errors import COMMON, CONFLICT, NOT_FOUND, invalid
 from ..models import (ACCOUNT_MAX, ACCOUNT_PATTERN, ACTION_PATTERN, MAX_BULK_JOBS, QUEUE_PATTERN, JobIn, JobOut,
                       JobStats, SubmitOut)
 from ..strictbody import printable
+from ..submitter import Submitter
 
 router = APIRouter(prefix="/jobs", tags=["jobs"], responses=COMMON)
 
@@ -54,18 +56,45 @@ _BODY_DOC = (f"One job, or a list of up to {MAX_BULK_JOBS}: a list's jobs withou
                      {"$ref": "#/components/schemas/JobIn"},
                      {"type": "array", "items": {"$ref": "#/components/schemas/JobIn"},
                       "minItems": 1, "maxItems": MAX_BULK_JOBS}]}}}}})
-def submit_job(request: Request, response: Response, body: Any = Body(default=None)):
+async def submit_job(request: Request, response: Response, body: Any = Body(default=None)):
     # Validated here rather than by declaring Union[JobIn, list[JobIn]]: a single job's errors
     # keep the shape they always had (loc ["body", "max_attempts"], not ["body", "JobIn", ...]).
+    # An async route: the body is parsed on the event loop, and a plain single job is stored by
+    # the app's submitter thread with the others that came meanwhile (admin/submitter.py);
+    # lists and keyed jobs, rarer, take a thread of the pool as the other routes do.
     ctx = ctx_of(request)
     if isinstance(body, list):
         if not 1 <= len(body) <= MAX_BULK_JOBS:
             raise invalid(f"a list of 1 to {MAX_BULK_JOBS} jobs, not {len(body)}", "body")
-        return _submit_list(ctx, _parsed(_JOB_LIST.validate_python, body))
-    job, created = ctx.dbs.jobs.submit(_validated(ctx, [_parsed(JobIn.model_validate, body)])[0])
+        return await run_in_threadpool(_submit_list, ctx, _parsed(_JOB_LIST.validate_python, body))
+    one = _parsed(JobIn.model_validate, body)
+    if one.idempotency_key is None:
+        return SubmitOut(created=True, job=_out(await submitter_of(request).submit(one)))
+    job, created = await run_in_threadpool(lambda: ctx.dbs.jobs.submit(_validated(ctx, [one])[0]))
     if not created:
         response.status_code = 200
     return SubmitOut(created=created, job=_out(job))
+
+
+def submitter_of(request: Request) -> Submitter:
+    """The app's submitter (made on first use, so every app built has its own)."""
+    state = request.app.state
+    found = getattr(state, "submitter", None)
+    if found is None:
+        ctx = ctx_of(request)
+        found = state.submitter = Submitter(lambda bodies: _validated_each(ctx, bodies), ctx.dbs.jobs.submit_jobs)
+    return found
+
+
+def _validated_each(ctx, bodies: list[JobIn]) -> list:
+    """Each body's ``NewJob``, or the exception that refused it (the submitter's ``validate``)."""
+    out = []
+    for b in bodies:
+        try:
+            out.append(_validated(ctx, [b])[0])
+        except Exception as exc:  # noqa: BLE001 - this job's own answer (422, or 503 from a read)
+            out.append(exc)
+    return out
 
 
 def _parsed(validate, body):

@@ -130,15 +130,16 @@ class WorkerPool:
 
     # -- start ---------------------------------------------------------------------------------
     def start(self) -> None:
-        sock = worker_socket.socket_path(self.layout, self.subscriber_name)
+        sock = worker_socket.address(self.layout, self.subscriber_name)
         key_file = worker_socket.authkey_path(self.layout, self.subscriber_name)
-        sock.unlink(missing_ok=True)
+        worker_socket.socket_path(self.layout, self.subscriber_name).unlink(missing_ok=True)
         authkey = secrets.token_bytes(32)
         fd = os.open(key_file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         with os.fdopen(fd, "wb") as f:
             f.write(authkey)
-        self._listener = Listener(str(sock), family="AF_UNIX", authkey=authkey)
-        os.chmod(sock, 0o600)
+        self._listener = Listener(sock, family="AF_UNIX", authkey=authkey)
+        if not worker_socket.is_abstract(sock):
+            os.chmod(sock, 0o600)
         self._accepting = True
         threading.Thread(target=self._accept_loop, name="worker-accept", daemon=True).start()
         self.scale({}, force=True)       # the minimum of every type

@@ -17,9 +17,17 @@ connection, charging the task it was running, and carries on.
 
 from __future__ import annotations
 
+import hashlib
 import json
+import os
+import sys
+from pathlib import Path
 
 from enstratus_workers.jobs.values import Outcome
+
+# sockaddr_un holds 108 bytes with the closing NUL: a longer path cannot be bound at all
+# ("AF_UNIX path too long"), and an install root nested a few folders deep reaches it.
+_SUN_PATH_MAX = 107
 
 
 def pack(frame: dict) -> bytes:
@@ -40,8 +48,29 @@ def outcomes(frame: dict) -> list[Outcome]:
     return [Outcome.from_frame(r) for r in frame["r"]]
 
 
-def socket_path(layout, subscriber_name: str):
+def socket_path(layout, subscriber_name: str) -> Path:
+    """Where the socket file lies when the path is short enough to bind (see ``address``)."""
     return layout.run_dir / f"subscriber@{subscriber_name}.sock"
+
+
+def address(layout, subscriber_name: str) -> str:
+    """The address the subscriber listens on and its workers connect to.
+
+    The socket file in the run directory (mode 0600) when its path fits ``sockaddr_un``; on a
+    deeper install root, on Linux, an abstract socket named after a digest of that path, so two
+    installs never meet. An abstract socket has no file mode: the worker's authkey (its 0600
+    key file, checked by ``multiprocessing``'s HMAC handshake) is what keeps others out, as it
+    already is for the file.
+    """
+    path = socket_path(layout, subscriber_name)
+    if len(os.fsencode(path)) <= _SUN_PATH_MAX or not sys.platform.startswith("linux"):
+        return str(path)
+    digest = hashlib.sha256(os.fsencode(path.resolve())).hexdigest()[:24]
+    return f"\0enstratus-workers/{digest}/subscriber@{subscriber_name}"
+
+
+def is_abstract(addr: str) -> bool:
+    return addr.startswith("\0")
 
 
 def authkey_path(layout, subscriber_name: str):

@@ -70,8 +70,10 @@ def defer(arguments, context):
 
 
 def append(arguments, context):
-    """Append "<job_id> <attempt>" to ``arguments["path"]``: one line per execution."""
-    line = f"{context.job_id} {context.attempt}\n".encode()
+    """Append "<job_id> <attempt>" to ``arguments["path"]``: one line per execution (with
+    ``"pid": true``, "<job_id> <attempt> <pid>": which worker process ran it)."""
+    pid = f" {os.getpid()}" if arguments.get("pid") else ""
+    line = f"{context.job_id} {context.attempt}{pid}\n".encode()
     fd = os.open(arguments["path"], os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
     try:
         os.write(fd, line)
