@@ -27,6 +27,7 @@ from enstratus_workers.runtime.service import Service
 from ..actions import default_registry
 from ..actions.executor import execute
 from ..actions.hooks import Hook, Hooks
+from ..jobs import pathtrace
 from ..jobs.values import Task
 from .worker_inbox import Inbox
 
@@ -99,6 +100,7 @@ class WorkerProcess(Service):
 
     def run(self, ready) -> None:
         registry = default_registry()
+        pathtrace.from_environment("worker")
         self.services = self._services()
         address = worker_socket.address(self.layout, self.subscriber)
         authkey = worker_socket.authkey_path(self.layout, self.subscriber).read_bytes()
@@ -141,7 +143,9 @@ class WorkerProcess(Service):
             tasks = [Task.from_frame(t) for t in frame["a"]]
             for i, task in enumerate(tasks):
                 cancelled = _watch(inbox, task.key)
+                pathtrace.stamp("worker.start", (task.job_id,))
                 done.append(execute(registry, task, self.display_name, self.services, hooks, cancelled).to_frame())
+                pathtrace.stamp("worker.end", (task.job_id,))
                 inbox.done(task.key)
                 more = i + 1 < len(tasks)
                 if not more or time.monotonic() - last_send >= RESULT_FLUSH_S:

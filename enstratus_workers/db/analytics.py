@@ -134,18 +134,7 @@ class EventStore:
     @retried()
     def _insert(self, events: Sequence[Event]) -> None:
         with self.engine.begin() as conn:
-            # One multi-row INSERT through the driver: on the subscriber's hot path, building
-            # a dict per row for SQLAlchemy's executemany costs more than the insert itself.
-            mark = "?" if conn.dialect.paramstyle == "qmark" else "%s"
-            row = "(" + ", ".join([mark] * len(_COLUMNS)) + ")"
-            for chunk in (events[i:i + 500] for i in range(0, len(events), 500)):
-                conn.exec_driver_sql(
-                    f"INSERT INTO enstratus_job_event ({', '.join(_COLUMNS)}) VALUES "
-                    + ", ".join([row] * len(chunk)),
-                    tuple(v for e in chunk for v in astuple(e)))
-                _upsert_sums(conn, "enstratus_action_total", ("action", "outcome"), _totals_of(chunk))
-                _upsert_sums(conn, "enstratus_action_minute", ("minute_ms", "action", "outcome"),
-                             _minutes_of(chunk))
+            insert_events(conn, events)
 
     def totals(self) -> list[ActionTotal]:
         """Every (action, outcome)'s totals, by action then outcome: one row each."""
@@ -199,3 +188,20 @@ class EventStore:
                 a["outcomes"][outcome] = int(n)
                 a["mean_ms"][outcome] = float(avg or 0)
         return out
+
+
+def insert_events(conn, events: Sequence[Event]) -> None:
+    """The events and their totals, on ``conn`` (``EventStore.record``'s transaction, or the
+    recorder's outcome transaction when both databases are one: ``db/job_outcomes.py``)."""
+    # One multi-row INSERT through the driver: on the subscriber's hot path, building
+    # a dict per row for SQLAlchemy's executemany costs more than the insert itself.
+    mark = "?" if conn.dialect.paramstyle == "qmark" else "%s"
+    row = "(" + ", ".join([mark] * len(_COLUMNS)) + ")"
+    for chunk in (events[i:i + 500] for i in range(0, len(events), 500)):
+        conn.exec_driver_sql(
+            f"INSERT INTO enstratus_job_event ({', '.join(_COLUMNS)}) VALUES "
+            + ", ".join([row] * len(chunk)),
+            tuple(v for e in chunk for v in astuple(e)))
+        _upsert_sums(conn, "enstratus_action_total", ("action", "outcome"), _totals_of(chunk))
+        _upsert_sums(conn, "enstratus_action_minute", ("minute_ms", "action", "outcome"),
+                     _minutes_of(chunk))

@@ -60,8 +60,9 @@ from ..errors import DatabaseError
 from ..jobs import lifecycle
 from ..jobs.fairshare import FairShare
 from ..jobs.values import Outcome, Started  # noqa: F401 - the store's own vocabulary
-from . import cancels, outbox, retry, schema
+from . import cancels, job_outcomes, outbox, retry, schema
 from .group_commit import GroupCommit
+from .job_outcomes import _add_totals, _chunks
 from .outbox import Relayed, RelayPass  # noqa: F401 - Relayed: the relay's vocabulary, imported from here of old
 from .retry import retried
 from .schema import job_pruned as P
@@ -159,7 +160,6 @@ class StuckAttempt(NamedTuple):
 
 _SINCE = {schema.RUNNING: T.c.start_timestamp, schema.QUEUED: T.c.queued_timestamp}
 
-_RECORD_CHUNK = 200  # rows per CASE-UPDATE: stays well under SQLite's bound-parameter limit
 
 
 class JobStore:
@@ -454,22 +454,13 @@ class JobStore:
             self._on_pending()
         return given
 
-    # -- recording (subscriber) ----------------------------------------------------------------
+    # -- recording (subscriber; db/job_outcomes.py) --------------------------------------------
     def mark_started(self, started: Sequence[Started]) -> None:
         """Mark jobs running, with attempt, worker, owner and start time, where the attempt is
         open or already this owner's (module docstring); any other row is left alone."""
-        for chunk in _unique_chunks(started, _RECORD_CHUNK):
-            self._mark_chunk(chunk)
+        job_outcomes.mark_chunks(self.engine, started)
         if started:   # a started job leaves its queue's window: the publishers may refill it
             self._on_pending()
-
-    @retried(idempotent=True)   # guarded: a mark that took effect does not apply twice
-    def _mark_chunk(self, chunk: Sequence[Started]) -> None:
-        with self.engine.begin() as conn:
-            _case_update(conn, chunk, {
-                "status": lambda s: schema.RUNNING, "attempts": lambda s: s.attempt,
-                "worker": lambda s: s.worker, "owner": lambda s: s.owner,
-                "start_timestamp": lambda s: s.start_ms})
 
     def record_outcomes(self, outcomes: Sequence[Outcome]) -> list[Outcome]:
         """Write the outcomes, one statement per chunk; return those that took effect.
@@ -482,10 +473,15 @@ class JobStore:
         (``db/retry.py``); raises ``DatabaseError`` if the database cannot be written: the caller
         must then keep the outcomes (and not ack their messages) and try again.
         """
-        applied: list[Outcome] = []
+        return self.record_outcomes_with(outcomes)[0]
+
+    def record_outcomes_with(self, outcomes: Sequence[Outcome], also: job_outcomes.Also | None = None
+                             ) -> tuple[list[Outcome], set[int]]:
+        """``record_outcomes``, running ``also(conn, chunk)`` in each chunk's transaction when
+        all its rows took their outcome (``job_outcomes``): the outcomes that took effect, and
+        the ``id()`` of those whose chunk committed with ``also``."""
         try:
-            for chunk in _unique_chunks(outcomes, _RECORD_CHUNK):
-                applied.extend(self._record_chunk(chunk))
+            applied, joined = job_outcomes.record_chunks(self.engine, outcomes, also)
         except sa.exc.SQLAlchemyError as exc:
             raise DatabaseError(f"could not record {len(outcomes)} outcomes: {type(exc).__name__}") from exc
         if applied:
@@ -493,102 +489,7 @@ class JobStore:
             # way the publishers have work
             self._on_pending()
             self._on_recorded()
-        return applied
-
-    @retried(idempotent=True)   # an outcome that took effect reads back as such: counted once
-    def _record_chunk(self, chunk: Sequence[Outcome]) -> list[Outcome]:
-        """One chunk in one transaction; the outcomes that took effect."""
-        try:
-            with self.engine.begin() as conn:
-                counted = _cancelled_already(conn, chunk)
-                if _write_outcomes(conn, chunk) != len(chunk):
-                    raise _Contested()   # undone: written again, read around
-                _add_totals(conn, _finished(o for o in chunk if o.job_id not in counted))
-                _count_deferrals(conn, chunk)   # every row's guard held
-            return list(chunk)
-        except _Contested:
-            return self._record_contested(chunk)
-
-    def _record_contested(self, chunk: Sequence[Outcome]) -> list[Outcome]:
-        """A chunk some of whose rows refused their outcome, written again with a read before
-        and after: what took effect reads back as the outcome's attempt, owner and end time,
-        and what already read so before was written by an earlier try whose commit was not
-        confirmed (a lost connection): it took effect, but is not counted in the totals twice.
-        Rare (another owner's or a duplicate's outcome), so the two reads cost nothing overall."""
-        ids = ", ".join(str(int(o.job_id)) for o in chunk)
-        read = f"SELECT job_id, attempts, owner, end_timestamp, status FROM enstratus_job WHERE job_id IN ({ids})"
-        with self.engine.begin() as conn:
-            lock = "" if conn.dialect.name == "sqlite" else " FOR UPDATE"  # SQLite: BEGIN IMMEDIATE
-            before = {r[0]: tuple(r[1:]) for r in conn.exec_driver_sql(read + lock)}
-            _write_outcomes(conn, chunk)
-            now = {r[0]: tuple(r[1:]) for r in conn.exec_driver_sql(read)}
-            took = [o for o in chunk if now.get(o.job_id, ())[:3] == (o.attempts, o.owner, o.end_ms)]
-            new = [o for o in took if before.get(o.job_id) != now[o.job_id]]
-            # a cancel's outcome on a row cancelled before it ran was counted by the cancel
-            _add_totals(conn, _finished(o for o in new if before[o.job_id][3] != schema.CANCELLED))
-            _count_deferrals(conn, new)
-        return took
-
-
-class _Contested(Exception):
-    """Some row of an outcome chunk refused its outcome: its transaction is rolled back."""
-
-
-def _write_outcomes(conn, chunk: Sequence[Outcome]) -> int:
-    """The outcomes' CASE-UPDATE (``_case_update``); returns the rows whose guard held.
-
-    A deferred outcome leaves the row at the attempts before it, held until ``not_before_ms``
-    (every other outcome clears it); a cancel's outcome may also land on a row that was
-    cancelled while its attempt was open (``_case_update``)."""
-    return _case_update(conn, chunk, {
-        "status": lambda o: o.status, "attempts": lambda o: o.attempts,
-        "worker": lambda o: o.worker, "owner": lambda o: o.owner,
-        "start_timestamp": lambda o: o.start_ms,
-        "end_timestamp": lambda o: o.end_ms, "result": lambda o: o.result,
-        "error": lambda o: o.error, "not_before_ms": lambda o: o.not_before_ms},
-        cancelled=[o.job_id for o in chunk if o.status == schema.CANCELLED])
-
-
-def _cancelled_already(conn, chunk: Sequence[Outcome]) -> set[int]:
-    """The jobs of the chunk's cancel outcomes whose rows read cancelled already (a cancel that
-    landed while the attempt was handed to a worker): counted in the totals by that cancel.
-    One indexed read, only for a chunk that holds a cancel's outcome."""
-    ids = [int(o.job_id) for o in chunk if o.status == schema.CANCELLED]
-    if not ids:
-        return set()
-    return {r[0] for r in conn.exec_driver_sql(
-        f"SELECT job_id FROM enstratus_job WHERE job_id IN ({', '.join(map(str, ids))}) "
-        f"AND status = '{schema.CANCELLED}'")}
-
-
-def _count_deferrals(conn, applied: Iterable[Outcome]) -> None:
-    """One more deferral for each job a deferred outcome took effect on (rare: one UPDATE)."""
-    ids = [int(o.job_id) for o in applied if o.deferred]
-    if ids:
-        conn.exec_driver_sql(f"UPDATE enstratus_job SET deferrals = deferrals + 1 "
-                             f"WHERE job_id IN ({', '.join(map(str, ids))})")
-
-
-def _finished(outcomes: Iterable[Outcome]) -> dict[str, int]:
-    """``{finished status: outcomes}`` (a retry leaves its job pending: not a total's business)."""
-    out: dict[str, int] = {}
-    for o in outcomes:
-        if o.status in schema.TERMINAL:
-            out[o.status] = out.get(o.status, 0) + 1
-    return out
-
-
-def _add_totals(conn, deltas: dict[str, int]) -> None:
-    """Add ``deltas`` to the finished statuses' totals: one UPDATE, none if there is nothing to
-    add. The rows exist from the schema's seed on, so no upsert, and every writer locks them in
-    the same (status) order within its transaction, after its job rows."""
-    deltas = {s: n for s, n in sorted(deltas.items()) if n and s in schema.TERMINAL}
-    if not deltas:
-        return
-    whens = " ".join(f"WHEN '{s}' THEN {int(n)}" for s, n in deltas.items())
-    conn.exec_driver_sql(
-        f"UPDATE enstratus_job_total SET jobs = jobs + CASE status {whens} ELSE 0 END "
-        f"WHERE status IN ({', '.join(repr(s) for s in deltas)})")
+        return applied, joined
 
 
 def _pending_job(job: NewJob, job_id: int, created_ms: int) -> Job:
@@ -603,58 +504,3 @@ def _pending_job(job: NewJob, job_id: int, created_ms: int) -> Job:
 def _owned_by(owner: str | None):
     """The row's owner is ``owner`` (None: a row without one, written by an older release)."""
     return T.c.owner.is_(None) if owner is None else T.c.owner == owner
-
-
-def _case_update(conn, rows, columns: dict, cancelled: Sequence[int] = ()) -> int:
-    """One ``UPDATE ... SET col = CASE job_id WHEN 7 THEN ? ... END`` for many rows.
-
-    Raw SQL through the driver with positional parameters, the same statement on SQLite and
-    MySQL (only the placeholder differs): the subscriber writes one of these every few ms, and
-    SQLAlchemy's expression or text() construction costs more per row than the database does.
-    Job ids and attempts are integers from our own rows and messages, inlined with ``%d``; every
-    other value is a bound parameter. The WHERE is the ownership rule of the module docstring:
-    each row's attempt open (pending/queued one below it) or held by the writer (running at it,
-    same owner). The jobs in ``cancelled`` (outcomes of a cancel) may also land on a row that a
-    cancel ended while their attempt was open: a worker had been handed it, and ran its
-    compensation once told; that is the one outcome a cancelled row takes, once (it then reads
-    the attempt). Rows must have distinct job ids.
-    """
-    mark = "?" if conn.dialect.paramstyle == "qmark" else "%s"
-    ids = [int(r.job_id) for r in rows]
-    params: list = []
-    sets = []
-    for column, value_of in columns.items():
-        params.extend(value_of(r) for r in rows)
-        whens = " ".join(f"WHEN {i} THEN {mark}" for i in ids)
-        sets.append(f"{column} = CASE job_id {whens} END")
-    attempt = "CASE job_id " + " ".join(f"WHEN {i} THEN {int(r.attempt)}" for i, r in zip(ids, rows)) + " END"
-    owner = "CASE job_id " + " ".join(f"WHEN {i} THEN {mark}" for i in ids) + " END"
-    params.extend(r.owner for r in rows)
-    late_cancel = ""
-    if cancelled:
-        late_cancel = (f" OR (status = '{schema.CANCELLED}' AND attempts = {attempt} - 1 "
-                       f"AND job_id IN ({', '.join(str(int(i)) for i in cancelled)}))")
-    sql = (f"UPDATE enstratus_job SET {', '.join(sets)} "
-           f"WHERE job_id IN ({', '.join(map(str, ids))}) AND ("
-           f"(status IN ({', '.join(repr(s) for s in lifecycle.OPEN)}) AND attempts = {attempt} - 1) OR "
-           f"(status = '{schema.RUNNING}' AND attempts = {attempt} AND owner = {owner}){late_cancel})")
-    # rows matched: SQLite counts them, and SQLAlchemy connects to MySQL with CLIENT_FOUND_ROWS
-    return conn.exec_driver_sql(sql, tuple(params)).rowcount
-
-
-def _unique_chunks(items: Sequence, size: int):
-    """Chunks of at most ``size`` with no job id twice (a CASE takes one value per id): a
-    second item for a job goes to a later chunk, where the guard sees the first one's write."""
-    rest = list(items)
-    while rest:
-        seen, now, later = set(), [], []
-        for item in rest:
-            (later if item.job_id in seen else now).append(item)
-            seen.add(item.job_id)
-        yield from _chunks(now, size)
-        rest = later
-
-
-def _chunks(items: Sequence, size: int):
-    for i in range(0, len(items), size):
-        yield items[i:i + size]

@@ -27,7 +27,7 @@ import sqlalchemy as sa
 from ..clock import now_ms
 from ..errors import PublishError
 from ..jobs.fairshare import FairShare, Group, Outlook, Paused
-from ..jobs import lifecycle
+from ..jobs import lifecycle, pathtrace
 from ..jobs.lifecycle import PENDING, QUEUED
 
 
@@ -138,7 +138,9 @@ def relay(engine: sa.Engine, planner: FairShare, batch: int,
         taken = [_take(conn, g) for g in plan.groups]
         jobs, used = _interleaved(taken, plan.order, plan.batch)
         failure = None
+        confirmed = []
         if jobs:
+            pathtrace.stamp("publisher.read", (j.job_id for j in jobs))
             try:
                 publish(jobs)
                 confirmed = [j.job_id for j in jobs]
@@ -146,10 +148,12 @@ def relay(engine: sa.Engine, planner: FairShare, batch: int,
                 failure = exc
                 unconfirmed = {str(i) for i in exc.unconfirmed}
                 confirmed = [j.job_id for j in jobs if str(j.job_id) not in unconfirmed]
+            pathtrace.stamp("publisher.confirmed", confirmed)
             if confirmed:
                 conn.exec_driver_sql(
                     f"UPDATE enstratus_job SET status = '{QUEUED}', queued_timestamp = {int(now_ms())} "
                     f"WHERE job_id IN ({', '.join(str(int(i)) for i in confirmed)}) AND status = '{PENDING}'")
+    pathtrace.stamp("publisher.marked", confirmed)
     if failure is not None:
         raise failure
     return RelayPass(len(jobs), planner.settle(plan, [len(t) for t in taken], used))

@@ -5,7 +5,8 @@ every job (half the poll interval on average) and a query every interval when id
 whoever makes a job pending (``JobStore``: a submit, a retry, a recovery, a re-drive) rings
 after the commit, and the publisher waits on its bell. The poll stays, with a long interval, as
 the safety net: a ring is a hint, never the truth, so a lost one (a publisher restarting, a
-submit from another host, a full socket buffer) costs that interval and nothing else.
+full socket buffer) costs that interval and nothing else. Publishers on other hosts are rung
+through the broker (``mq/amqp_wake.py``, attached with ``Ringer.also``).
 
 A bell is a Unix datagram socket in the abstract namespace (no file to clean up, no path-length
 limit), one per publisher, named after the install's run directory and the publisher's name;
@@ -120,6 +121,12 @@ class Ringer:
         self._addresses: list[bytes] = []
         self._scanned = float("-inf")
         self._mtime = -1
+        self._also: list = []
+
+    def also(self, ring) -> None:
+        """Call ``ring()`` too on every ring: the broker's ring of other hosts' publishers
+        (``mq/amqp_wake.py``); it must not block."""
+        self._also.append(ring)
 
     def ring(self) -> None:
         now = time.monotonic()
@@ -135,6 +142,8 @@ class Ringer:
             return
         for address in self._addresses:
             _send(sock, address)
+        for ring in self._also:
+            ring()
 
     def _rescan(self, now: float) -> None:
         self._scanned = now

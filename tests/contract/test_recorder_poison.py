@@ -99,9 +99,9 @@ def test_many_large_results_are_written_in_several_statements_under_the_packet_l
     ids = _queued(dbs, 20)
     result = '"' + "y" * (RESULT_CAP - 100_000) + '"'
     writes = []
-    real = dbs.jobs.record_outcomes
-    monkeypatch.setattr(dbs.jobs, "record_outcomes",
-                        lambda os_: (writes.append(sum(len(o.result or "") for o in os_)), real(os_))[1])
+    real = dbs.jobs.record_outcomes_with   # record_outcomes too; with their events on one database
+    monkeypatch.setattr(dbs.jobs, "record_outcomes_with", lambda os_, also=None: (
+        writes.append(sum(len(o.result or "") for o in os_)), real(os_, also))[1])
     rec = Recorder(dbs, batch=100, interval=0)
     for i in ids:
         _finish(rec, i, result=result)

@@ -19,6 +19,7 @@ from enstratus_workers.daemons.subscriber.pool import (
     RESPAWN_BACKOFF_MAX,
     RESTART_CAP,
     WORKER_INFLIGHT,
+    WORKER_INFLIGHT_TINY,
     Assignment,
     WorkerPool,
 )
@@ -164,7 +165,7 @@ def test_before_any_duration_is_known_a_worker_holds_two_and_the_rest_waits(rig)
     assert ids(pending) == [5]
 
 
-@pytest.mark.parametrize("took_ms, cap", [(5, WORKER_INFLIGHT), (50, 4), (500, 2)])
+@pytest.mark.parametrize("took_ms, cap", [(0, WORKER_INFLIGHT_TINY), (5, WORKER_INFLIGHT), (50, 4), (500, 2)])
 def test_a_worker_holds_many_short_actions_but_few_long_ones(rig, took_ms, cap):
     # Given one connected worker whose actions have taken ``took_ms`` each
     rig.pool.scale({}, force=True)
@@ -175,12 +176,12 @@ def test_a_worker_holds_many_short_actions_but_few_long_ones(rig, took_ms, cap):
         rig.answer("default.1", *rig.received("default.1"), took_ms=took_ms)
         rig.pool.dispatch({"default": rig.work(1)})
     rig.answer("default.1", *rig.received("default.1"), took_ms=took_ms)
-    # When a burst of 40 arrives
-    pending = rig.work(40)
+    # When a burst of 100 arrives
+    pending = rig.work(100)
     rig.pool.dispatch({"default": pending})
     # Then it is sent as many as its cap allows, and the rest wait for the other worker
     assert len(rig.received("default.1")) == cap
-    assert len(pending) == 40 - cap
+    assert len(pending) == 100 - cap
 
 
 def test_a_burst_is_spread_over_every_free_worker(rig):

@@ -17,6 +17,7 @@ window refills as the workers empty it.
 from __future__ import annotations
 
 import logging
+import sys
 import threading
 import time
 
@@ -35,7 +36,7 @@ from enstratus_workers.errors import (
     TransportError,
 )
 from enstratus_workers.fleet.joining import join_fleet
-from enstratus_workers.jobs import wakeup
+from enstratus_workers.jobs import pathtrace, wakeup
 from enstratus_workers.jobs.fairshare import FairShare
 from enstratus_workers.jobs.messages import encode_job
 from enstratus_workers.jobs.wakeup import Bell
@@ -47,6 +48,7 @@ from enstratus_workers.runtime.service import Service
 log = logging.getLogger(__name__)
 
 HEARTBEAT_EVERY_S = 2.0
+SWITCH_INTERVAL_S = 0.0005   # the GIL's hand-over interval in the publisher (run())
 
 
 class Publisher(Service):
@@ -56,6 +58,7 @@ class Publisher(Service):
         self.settings, self.layout, self.name = settings, layout, name
         self._stop = threading.Event()
         self._bell: Bell | None = None
+        self._ear = None                      # the broker's rings from other hosts
         self.transport = None
         self._declared: set[str] = set()
         self.published = 0
@@ -74,6 +77,10 @@ class Publisher(Service):
     def run(self, ready) -> None:
         p = self.settings.publisher
         self.layout.ensure_dirs()
+        pathtrace.from_environment("publisher")
+        # its ioloop thread answers confirms while this one waits on the database: as in the
+        # subscriber (SWITCH_INTERVAL_S there), a thread whose answer came gets the GIL sooner
+        sys.setswitchinterval(SWITCH_INTERVAL_S)
         self.dbs = open_databases(self.settings.worker, self.layout)
         try:
             join_fleet(self.settings, self.dbs)
@@ -85,6 +92,7 @@ class Publisher(Service):
         # a job committed from now on rings it; one committed before is relayed by the loop's
         # first pass, which reads the outbox before it ever waits
         self._bell = Bell(self.layout.run_dir, self.name) if wakeup.available() else None
+        self._ear = self._listen_to_other_hosts()
         ready()
         try:
             while not self._stop.is_set():
@@ -99,6 +107,7 @@ class Publisher(Service):
                 if not done.more and not self._stop.is_set():   # nothing waits, or the windows are full
                     if self._bell is not None:
                         self._bell.wait(p.poll_interval)   # a commit's ring, or the safety net
+                        pathtrace.stamp("publisher.woken", (0,))
                     else:
                         self._stop.wait(p.poll_interval)
         finally:
@@ -111,9 +120,20 @@ class Publisher(Service):
                 self.dbs.heartbeats.remove("publisher", self.name)
             except Exception:
                 pass
+            if self._ear is not None:
+                self._ear.close()
             self.dbs.close()
             if self._bell is not None:
                 self._bell.close()
+
+    def _listen_to_other_hosts(self):
+        """On RabbitMQ, the other hosts' rings (``mq/amqp_wake.py``) ring this bell too."""
+        if self._bell is None or self.settings.mq.transport != "amqp":
+            return None
+        from enstratus_workers.mq.amqp_wake import WakeListener
+
+        return WakeListener(self.settings.mq, self.settings.worker.host_name,
+                            f"publisher@{self.name}", self._bell.ring).start()
 
     def _relay_once(self) -> RelayPass | None:
         """One relay pass: how many jobs it relayed and whether another should follow at once

@@ -33,6 +33,7 @@ import logging
 import os
 import queue
 import secrets
+import sys
 import threading
 import time
 from collections import defaultdict, deque
@@ -51,7 +52,7 @@ from enstratus_workers.db.heartbeats import live_owners
 from enstratus_workers.db.schema import EVENT_ERROR_MAX
 from enstratus_workers.fleet.joining import join_fleet
 from enstratus_workers.fleet.placement import runs_on
-from enstratus_workers.jobs import wakeup
+from enstratus_workers.jobs import pathtrace, wakeup
 from enstratus_workers.db.pauses import PauseStore
 from enstratus_workers.jobs.lifecycle import event_outcome
 from enstratus_workers.jobs.wakeup import Bell
@@ -65,6 +66,7 @@ log = logging.getLogger(__name__)
 HEARTBEAT_EVERY_S = 2.0
 RECONCILE_EVERY_S = 5.0
 CHECK_RETRY_MAX_S = 10.0    # longest wait between tries to read the job rows of deliveries
+SWITCH_INTERVAL_S = 0.0005   # the GIL's hand-over interval in the subscriber (run())
 CHECK_RETRY = Backoff(first=1.0, cap=CHECK_RETRY_MAX_S)   # the fleet's subscribers retry apart
 
 
@@ -89,6 +91,7 @@ class Subscriber(Service):
         self._marked: set = set()             # (job id, attempt) handed to the recorder as started
         self.cancels = Cancels(settings.subscriber.cancel_grace)
         self._bell = None                     # rung by a cancel made on this host (run() binds it)
+        self._wake_out = None                 # rings other hosts' publishers through the broker
         self.host = settings.worker.host_name
         self.owner = _owner_token(name, self.host)
         self.started_ms = now_ms()
@@ -108,6 +111,11 @@ class Subscriber(Service):
     def run(self, ready) -> None:
         s = self.settings
         self.layout.ensure_dirs()
+        pathtrace.from_environment("subscriber")
+        # Its threads mostly wait on sockets (broker, database, workers); with the default 5 ms
+        # switch interval a thread whose answer came waits up to that long for the GIL behind
+        # a busy one, at every round trip (a recorder write is six): hand it over sooner.
+        sys.setswitchinterval(SWITCH_INTERVAL_S)
         self.owner = _owner_token(self.name, self.host)   # this process's own (the daemon may have forked)
         self.dbs = open_databases(s.worker, self.layout)
         try:
@@ -116,6 +124,8 @@ class Subscriber(Service):
             self.dbs.close()
             raise
         self._bell = _cancel_bell(self.layout, self.name)
+        # the room its outcomes make in the queues' windows wakes the publishers of other hosts too
+        self._wake_out = _ring_other_hosts(s, self.dbs, self.name)
         # start with the types placed on this host: no process or consumer of another host's type
         # is started for the moment before the first reconcile
         here = self._types_here()
@@ -145,6 +155,8 @@ class Subscriber(Service):
             self.recorder.stop(timeout=0 if self._stop.is_set() else 5)   # _shutdown waited already
             self.intake.stop()
             self._remove_heartbeat()
+            if self._wake_out is not None:
+                self._wake_out.close()
             self.dbs.close()
             if self._bell is not None:
                 self._bell.close()
@@ -250,6 +262,8 @@ class Subscriber(Service):
                 log.error("dead-lettering undecodable message %s from %s: %s", d.message_id, d.queue, exc)
                 self.intake.dead_letter(d, str(exc))
                 self.stats["dead_lettered"] += 1
+        if batch and pathtrace.on():
+            pathtrace.stamp("subscriber.taken", (m.job_id for _, m in self._unchecked))
         self._check_deliveries()
 
     def _check_deliveries(self) -> None:
@@ -339,6 +353,7 @@ class Subscriber(Service):
             self.stats["duplicates"] += 1
             return
         self.active[key] = [d]
+        pathtrace.stamp("subscriber.checked", (msg.job_id,))
         # a row whose cancel was requested is here only for its compensation (lifecycle.after_lost)
         task = Task(row.job_id, row.action, _arguments(row.arguments), msg.attempt,
                     row.max_attempts or self.settings.worker.max_attempts, d.queue, self.owner,
@@ -359,6 +374,8 @@ class Subscriber(Service):
                                                   self.owner))
 
     def _settle(self, events) -> None:
+        if events.finished and pathtrace.on():
+            pathtrace.stamp("subscriber.outcome", (a.task.job_id for a, _ in events.finished))
         for a, outcome in events.finished:
             self._record(a, outcome)
         for a, (reason, start_ms) in events.crashed:
@@ -474,6 +491,16 @@ def _cancel_bell(layout, name: str) -> Bell | None:
     except OSError as exc:   # another process holds the address: the look alone, then
         log.warning("no cancel bell for subscriber %s (%s); cancels are looked for every second", name, exc)
         return None
+
+
+def _ring_other_hosts(settings, dbs, name: str):
+    """On RabbitMQ, the broker's ring of every host's publishers (``mq/amqp_wake.py``), rung
+    with this host's bell; None on the embedded transport."""
+    if settings.mq.transport != "amqp":
+        return None
+    from enstratus_workers.mq.amqp_wake import ring_through_broker
+
+    return ring_through_broker(settings, dbs.ringers, f"subscriber@{name}")
 
 
 def _owner_token(name: str, host: str) -> str:

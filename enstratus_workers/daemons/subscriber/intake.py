@@ -15,6 +15,7 @@ import threading
 
 from enstratus_workers.backoff import Backoff, Retrying
 from enstratus_workers.errors import ConnectionClosed
+from enstratus_workers.jobs import pathtrace
 from enstratus_workers.mq import open_transport
 
 log = logging.getLogger(__name__)
@@ -125,6 +126,8 @@ class Intake:
             if self._paused.is_set():
                 self.held += len(got)   # unsettled: back to the queue when the consumer closes
                 continue
+            if pathtrace.on():
+                pathtrace.stamp("intake.received", (_job_id(d) for d in got))
             self.deliveries.put(got)
             try:
                 os.write(self._wake_fd, b"d")
@@ -139,3 +142,11 @@ class Intake:
                 except Exception:
                     log.debug("error while closing", exc_info=True)
         self._consumer = self._transport = None
+
+
+def _job_id(delivery) -> int:
+    """The job a delivery points at (its message id), 0 if it names none (for the trace only)."""
+    try:
+        return int(delivery.message_id)
+    except (TypeError, ValueError):
+        return 0

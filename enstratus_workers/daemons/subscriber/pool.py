@@ -25,6 +25,7 @@ from multiprocessing.connection import Listener
 from enstratus_workers.backoff import Backoff
 from enstratus_workers.clock import now_ms
 from enstratus_workers.daemons.subscriber import scaling, worker_socket
+from enstratus_workers.jobs import pathtrace
 from enstratus_workers.jobs.values import Task
 from enstratus_workers.mq.base import Delivery
 from enstratus_workers.runtime import logtarget
@@ -32,6 +33,11 @@ from enstratus_workers.runtime import logtarget
 log = logging.getLogger(__name__)
 
 WORKER_INFLIGHT = 16        # most tasks sent to one worker ahead of its answers (short actions)
+# ... and of actions that take under TINY_MS (whole ms: most read 0): one frame of these is a
+# few ms of work, and a worker that runs dry waits for the subscriber's next round (which reads
+# the next deliveries' rows first), so under a backlog the frames must be larger to keep it busy
+WORKER_INFLIGHT_TINY = 64
+TINY_MS = 2.0
 RESPAWN_BACKOFF_MAX = 30.0  # seconds between restarts of a worker that keeps dying at start
 # 1, 2, 4 ... 30 s; no jitter: one pool's own workers do not stampede a shared server
 RESPAWN_BACKOFF = Backoff(first=1.0, cap=RESPAWN_BACKOFF_MAX, jitter=None)
@@ -268,6 +274,8 @@ class WorkerPool:
         mean = self._mean_ms.get(wtype)
         if mean is None:
             return 2
+        if mean < TINY_MS:
+            return WORKER_INFLIGHT_TINY
         return WORKER_INFLIGHT if mean < 20 else 4 if mean < 200 else 2
 
     def backlog(self, wtype: str, pending: int) -> int:
@@ -295,6 +303,7 @@ class WorkerPool:
                     h.conn.send_bytes(worker_socket.pack({"t": "run", "a": [a.task.to_frame() for a in batch]}))
                 except OSError:
                     pass  # the disconnect is noticed on the next read; its tasks go back then
+                pathtrace.stamp("subscriber.sent", (a.task.job_id for a in batch))
 
     def supervise(self) -> PoolEvents:
         """Reap dead workers, kill those past the time limit, respawn; call every round."""

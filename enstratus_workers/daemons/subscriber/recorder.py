@@ -18,6 +18,11 @@ Each outcome chunk also adds to the job totals, and each event chunk to the acti
 the same transaction (``JobStore.record_outcomes``, ``EventStore.record``: one statement per
 chunk): the counts the pages and the metrics read survive retention's pruning.
 
+When both databases are one (``provisioning.url`` = ``analytics.url``, as a single MariaDB
+usually is), an outcome chunk and its events are one transaction (``db/job_outcomes.py``): one
+commit per batch instead of two. Should that transaction fail, the chunk is written again the
+two-step way, so an event the database refuses still only drops that event (above).
+
 Jobs are marked ``running`` only once they have run for ``mark_running_after`` seconds: a job
 that ends sooner gets one write (its outcome, with its start time), not two.
 """
@@ -34,7 +39,9 @@ import sqlalchemy as sa
 
 from enstratus_workers.backoff import Backoff
 from enstratus_workers.db import Databases, Event, Outcome, Started, retry
+from enstratus_workers.db.analytics import insert_events
 from enstratus_workers.db.schema import FAILED
+from enstratus_workers.jobs import pathtrace
 from enstratus_workers.jobs.lifecycle import event_outcome
 from enstratus_workers.mq.base import Delivery
 
@@ -77,6 +84,7 @@ class _Pending:
     deliveries: list[Delivery]
     dead_reason: str | None = None   # set: the job is dead; its message goes to the dead-letter queue
     replaced: bool = False           # the outcome is already the failure standing in for a refused one
+    evented: bool = False            # its event was committed with the outcome (one database)
 
 
 @dataclass
@@ -113,6 +121,8 @@ class Recorder:
         self.stale = 0          # outcomes of attempts already recorded (duplicates), not rewritten
         self._write_error: str | None = None
         self._thread: threading.Thread | None = None
+        self.one_database = _one_database(dbs)   # outcomes and their events in one transaction
+        self.joined = 0         # outcomes whose event was written in their own transaction
         self._stopping = False
         self._deadline = float("inf")
 
@@ -188,7 +198,13 @@ class Recorder:
                 self._failed(done.error)
                 return []
         applied, settled, held, outage = self._write_outcomes([_fit(p) for p in outcomes])
-        done = _narrow(self._write_events, [events + applied]) if events or applied else _Narrowed()
+        if applied and pathtrace.on():
+            pathtrace.stamp("recorder.written", (p.outcome.job_id for p in applied))
+        joined = [p for p in applied if p.evented]
+        self.joined += len(joined)
+        unevented = events + [p for p in applied if not p.evented]
+        done = _narrow(self._write_events, [unevented]) if unevented else _Narrowed()
+        done.ok[:0] = joined
         for p, why in done.bad:
             self.events_lost += 1
             log.error("dropped the event of job %d attempt %d (%s); its outcome is recorded",
@@ -200,6 +216,8 @@ class Recorder:
             log.info("database writes recovered after %d failed attempts", self.failures)
             self.failures, self.retry_at, self._write_error = 0, 0.0, None
         written = done.ok + [p for p, _ in done.bad]
+        if done.ok and pathtrace.on():
+            pathtrace.stamp("recorder.event", (p.outcome.job_id for p in done.ok))
         self.recorded += len(written)
         return self._settle(written + settled)
 
@@ -236,11 +254,32 @@ class Recorder:
     def _record(self, group: list[_Pending]) -> list[_Pending]:
         # JobStore.record_outcomes returns the outcomes that took effect (None: all of them);
         # an attempt someone else recorded first does not, and gets no second event.
+        if self.one_database and len({p.outcome.job_id for p in group}) == len(group):
+            # (a job twice in a group spans two chunks: one could commit before the other
+            # fails, and the two-step rewrite would then write its events twice)
+            try:
+                return self._record_with_events(group)
+            except Exception:   # written again the two-step way: that one narrows what fails
+                log.debug("outcomes with their events failed; writing them apart", exc_info=True)
         took = self.dbs.jobs.record_outcomes([p.outcome for p in group])
         if took is None:
             return group
         took = set(took)
         return [p for p in group if p.outcome in took]
+
+    def _record_with_events(self, group: list[_Pending]) -> list[_Pending]:
+        """The group's outcomes with their events, each chunk in one transaction; a chunk whose
+        rows did not all take their outcome is written alone (its events follow apart)."""
+        by_outcome = {id(p.outcome): p for p in group}
+        took, joined = self.dbs.jobs.record_outcomes_with(
+            [p.outcome for p in group],
+            lambda conn, chunk: insert_events(conn, [by_outcome[id(o)].event for o in chunk]))
+        out = []
+        for o in took:
+            p = by_outcome[id(o)]
+            p.evented = id(o) in joined
+            out.append(p)
+        return out
 
     def _write_marks(self, marks: list[Started]) -> list[Started]:
         self.dbs.jobs.mark_started(marks)
@@ -258,6 +297,8 @@ class Recorder:
                     self.on_dead(d, p.dead_reason)
         if acks and self.on_recorded is not None:
             self.on_recorded(acks)
+            if pathtrace.on():
+                pathtrace.stamp("recorder.acked", (p.outcome.job_id for p in written))
         return acks
 
     def _failed(self, reason: str) -> None:
@@ -431,3 +472,11 @@ def _groups(items: Sequence[_Pending]) -> list[list[_Pending]]:
         groups[-1].append(p)
         size += n
     return groups
+
+
+def _one_database(dbs) -> bool:
+    """Whether the provisioning and analytics engines point at one database (same URL)."""
+    try:
+        return dbs.provisioning.url == dbs.analytics.url
+    except AttributeError:   # a stand-in without engines (tests)
+        return False

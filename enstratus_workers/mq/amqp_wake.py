@@ -1,0 +1,183 @@
+"""Wake-ups across hosts, through the broker: a commit on one host wakes the publishers on all.
+
+The local bell (``jobs/wakeup.py``) reaches only the publishers of its own host. A job made
+pending on a host whose publisher is down, or room made in a queue's window by a subscriber on a
+host without one, would otherwise wait for another host's safety-net poll. So, on RabbitMQ:
+
+- ``WakeRinger`` (in whoever makes jobs pending or records outcomes: attached to the store's
+  ringer by ``ring_through_broker``) publishes a ring, a tiny transient message whose body is
+  its host's name, to the fanout exchange ``<mq.exchange>.wake``. ``ring()`` only raises a flag;
+  a thread sends the first ring at once, then at most one message per ``MIN_GAP_S`` (20 ms)
+  for all the rings meanwhile: a burst of 10,000 commits over a second sends about 50, each
+  waking each other host's publisher for at most one outbox read.
+- ``WakeListener`` (in each publisher) binds an exclusive, auto-deleted queue of its own to that
+  exchange and rings its publisher's local bell for every ring from another host (its own host's
+  rang the bell directly already). The bell drains every ring waiting before the publisher reads
+  the outbox, so a flood of rings costs a few reads.
+
+A ring is a hint, never the truth: while either side has no connection, rings are lost and the
+publisher's ``publisher.poll_interval`` (the safety net) covers them; each side reconnects on
+its own thread with backoff, never blocking the caller.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from typing import Callable
+
+import pika
+
+from enstratus_workers.backoff import Backoff, Retrying
+from enstratus_workers.errors import ConnectionClosed
+from enstratus_workers.mq.amqp_common import PIKA_ERRORS, connection_parameters, why
+from enstratus_workers.mq.amqp_nodes import NodeRanking, process_seed
+
+log = logging.getLogger(__name__)
+
+MIN_GAP_S = 0.02           # at most one ring message per this interval and process (50/s)
+RECONNECT = Backoff(first=0.5, cap=30.0, jitter="equal")
+
+
+def wake_exchange(mq) -> str:
+    return mq.exchange + ".wake"
+
+
+class _Link:
+    """One blocking connection on a thread of its own, to the first broker node that answers."""
+
+    role = "wake"
+
+    def __init__(self, mq, host: str, client_name: str):
+        self.mq, self.host = mq, host
+        self.nodes = NodeRanking(mq.nodes, process_seed(), client_name)
+        self.client_name = client_name
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name=f"amqp-{self.role}", daemon=True)
+        self.connected = threading.Event()
+
+    def start(self) -> "_Link":
+        self._thread.start()
+        return self
+
+    def _connect(self) -> pika.BlockingConnection:
+        def open_node(node):
+            try:
+                return pika.BlockingConnection(
+                    connection_parameters(self.mq, node, f"{self.client_name} {self.role}"))
+            except PIKA_ERRORS as exc:
+                raise ConnectionClosed(why(exc)) from exc
+
+        _node, conn = self.nodes.connect(self.role, open_node)
+        conn.channel().exchange_declare(wake_exchange(self.mq), "fanout", durable=True)
+        return conn
+
+    def _run(self) -> None:
+        retrying = Retrying(RECONNECT)
+        while not self._stop.is_set():
+            conn = None
+            try:
+                conn = self._connect()
+                retrying.succeeded()
+                self._serve(conn)   # sets ``connected`` once it can ring or hear
+            except (ConnectionClosed, *PIKA_ERRORS) as exc:
+                delay = retrying.failed()
+                log.warning("%s %s: no broker connection (%s); rings lost until it is back "
+                            "(retrying in %.1fs)", self.client_name, self.role, why(exc), delay)
+                self._stop.wait(delay)
+            finally:
+                self.connected.clear()
+                if conn is not None:
+                    try:
+                        conn.close()
+                    except PIKA_ERRORS:
+                        pass
+
+    def _serve(self, conn: pika.BlockingConnection) -> None:
+        raise NotImplementedError
+
+    def close(self, timeout: float = 5.0) -> None:
+        self._stop.set()
+        self._poke()
+        if self._thread.is_alive():
+            self._thread.join(timeout)
+
+    def _poke(self) -> None:
+        """Wake the thread so it sees the stop."""
+
+
+class WakeRinger(_Link):
+    """Rings every host's publishers through the broker; ``ring()`` never blocks."""
+
+    role = "wake-ringer"
+
+    def __init__(self, mq, host: str, client_name: str):
+        super().__init__(mq, host, client_name)
+        self._flag = threading.Event()
+        self.sent = 0
+
+    def ring(self) -> None:
+        self._flag.set()
+
+    def _poke(self) -> None:
+        self._flag.set()
+
+    def _serve(self, conn: pika.BlockingConnection) -> None:
+        channel = conn.channel()
+        props = pika.BasicProperties(delivery_mode=1, expiration="10000")   # a hint: transient
+        body = self.host.encode()
+        self.connected.set()
+        while not self._stop.is_set():
+            # answer the broker's heartbeats while no ring comes
+            if not self._flag.wait(min(5.0, max(0.5, (self.mq.heartbeat or 60) / 4))):
+                conn.process_data_events(time_limit=0)
+                continue
+            if self._stop.is_set():
+                return
+            self._flag.clear()
+            channel.basic_publish(wake_exchange(self.mq), "", body, props)
+            self.sent += 1
+            time.sleep(MIN_GAP_S)   # rings meanwhile raise the flag once: one message for them all
+
+
+class WakeListener(_Link):
+    """A publisher's ear on the broker: ``on_wake()`` for every ring from another host."""
+
+    role = "wake-listener"
+
+    def __init__(self, mq, host: str, client_name: str, on_wake: Callable[[], None]):
+        super().__init__(mq, host, client_name)
+        self.on_wake = on_wake
+        self.heard = 0
+
+    def _serve(self, conn: pika.BlockingConnection) -> None:
+        channel = conn.channel()
+        queue = channel.queue_declare("", exclusive=True, auto_delete=True).method.queue
+        channel.queue_bind(queue, wake_exchange(self.mq))
+        mine = self.host.encode()
+
+        def heard(_ch, _method, _props, body) -> None:
+            if body != mine:
+                self.heard += 1
+                self.on_wake()
+
+        channel.basic_consume(queue, heard, auto_ack=True)
+        self.connected.set()   # bound: from now on no ring of another host is missed
+        while not self._stop.is_set():
+            conn.process_data_events(time_limit=0.25)
+
+
+def ring_through_broker(settings, ringers, client_name: str) -> WakeRinger | None:
+    """On RabbitMQ, a ``WakeRinger`` that the publishers' ringers among ``ringers`` (a
+    ``Databases.ringers``) also ring after each commit; None on the embedded transport (one host).
+    The caller closes it."""
+    from enstratus_workers.jobs import wakeup
+
+    if settings.mq.transport != "amqp":
+        return None
+    ringer = WakeRinger(settings.mq, settings.worker.host_name, client_name).start()
+    for r in ringers:
+        if getattr(r, "role", None) == wakeup.PUBLISHER:
+            r.also(ringer.ring)
+    return ringer

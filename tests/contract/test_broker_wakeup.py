@@ -1,0 +1,133 @@
+"""On RabbitMQ: a ring on one host wakes the publishers of the others through the broker, a
+burst of rings sends a few messages, and a host does not hear its own rings."""
+
+from __future__ import annotations
+
+import tempfile
+import threading
+import time
+import urllib.parse
+from pathlib import Path
+
+import pytest
+
+from enstratus_workers.config import load_settings
+from enstratus_workers.config.settings import MQSettings, Secret
+from enstratus_workers.daemons.publisher.daemon import Publisher
+from enstratus_workers.db import NewJob, open_databases
+from enstratus_workers.jobs.wakeup import PUBLISHER, Ringer
+from enstratus_workers.layout import Layout
+from enstratus_workers.mq.amqp_wake import WakeListener, WakeRinger
+from tests import servicehome
+
+
+def _mq(url: str, names: dict) -> MQSettings:
+    u = urllib.parse.urlsplit(url)
+    return MQSettings(transport="amqp", host=u.hostname, port=u.port or 5672,
+                      user=urllib.parse.unquote(u.username or "guest"),
+                      password=Secret(urllib.parse.unquote(u.password or "guest")),
+                      vhost=urllib.parse.unquote(u.path[1:]) or "/",
+                      exchange=names["exchange"], queue_prefix=names["queue_prefix"])
+
+
+@pytest.fixture
+def links():
+    made = []
+    yield made
+    for link in made:
+        link.close()
+
+
+def _started(links, link):
+    links.append(link.start())
+    assert link.connected.wait(15), "no broker connection"   # a listener's queue is bound by then
+    return link
+
+
+def _heard_within(event: threading.Event, seconds: float = 10) -> bool:
+    return event.wait(seconds)
+
+
+def test_a_ring_on_host_a_wakes_the_publisher_on_host_b(rabbitmq_url, amqp_names, links):
+    # Given a publisher's listener on host B and a ringer on host A
+    mq = _mq(rabbitmq_url, amqp_names)
+    woken = threading.Event()
+    ear = _started(links, WakeListener(mq, "host-b", "ewtest publisher", woken.set))
+    mouth = _started(links, WakeRinger(mq, "host-a", "ewtest subscriber"))
+    # When host A rings
+    mouth.ring()
+    # Then host B's publisher is woken
+    assert _heard_within(woken)
+    assert ear.heard >= 1 and mouth.sent >= 1
+
+
+def test_a_host_does_not_hear_its_own_rings(rabbitmq_url, amqp_names, links):
+    # Given a listener and a ringer on the same host (its local bell rang already)
+    mq = _mq(rabbitmq_url, amqp_names)
+    woken = threading.Event()
+    ear = _started(links, WakeListener(mq, "host-a", "ewtest publisher", woken.set))
+    other = threading.Event()
+    _started(links, WakeListener(mq, "host-c", "ewtest publisher", other.set))
+    mouth = _started(links, WakeRinger(mq, "host-a", "ewtest subscriber"))
+    # When it rings
+    mouth.ring()
+    # Then the other host hears it and the ringer's own host does not
+    assert _heard_within(other)
+    time.sleep(0.3)
+    assert not woken.is_set() and ear.heard == 0
+
+
+def test_a_burst_of_ten_thousand_rings_sends_a_few_messages(rabbitmq_url, amqp_names, links):
+    # Given host B listening and host A's store ringer with the broker ring attached (no local
+    # publisher: the run directory is empty)
+    mq = _mq(rabbitmq_url, amqp_names)
+    woken = threading.Event()
+    ear = _started(links, WakeListener(mq, "host-b", "ewtest publisher", woken.set))
+    mouth = _started(links, WakeRinger(mq, "host-a", "ewtest subscriber"))
+    with tempfile.TemporaryDirectory() as run_dir:
+        store_ringer = Ringer(Path(run_dir), PUBLISHER)
+        store_ringer.also(mouth.ring)
+        # When 10,000 commits ring in a burst
+        for _ in range(10_000):
+            store_ringer.ring()
+        store_ringer.close()
+    # Then host B is woken, by far fewer messages than rings (each wakes at most one outbox read)
+    assert _heard_within(woken)
+    time.sleep(0.3)
+    assert 1 <= mouth.sent < 1_000 and ear.heard <= mouth.sent
+
+
+def test_a_publisher_relays_a_job_committed_on_another_host_at_its_ring(rabbitmq_url, amqp_names, tmp_path):
+    # Given a publisher on host B whose safety-net poll is a minute away, on RabbitMQ
+    home = servicehome.make_home(tmp_path, amqp=amqp_names,
+                                 worker_props={"publisher.poll_interval": 60, "host.name": "host-b"})
+    layout = Layout(home)
+    settings = load_settings(layout)
+    publisher = Publisher(settings, layout, "b")
+    ready = threading.Event()
+    runner = threading.Thread(target=publisher.run, args=(ready.set,), daemon=True)
+    runner.start()
+    assert ready.wait(30)
+    assert publisher._ear.connected.wait(15)
+    dbs = open_databases(settings.worker, layout)
+    mouth = WakeRinger(settings.mq, "host-a", "ewtest submitter").start()
+    try:
+        time.sleep(1.0)   # the first pass is over and the publisher waits on its bell
+        # When host A commits a job and rings through the broker (its store's local ringer is
+        # closed: on one machine it would find host B's bell, which another host cannot)
+        for r in dbs.ringers:
+            r.close()
+        (created,) = dbs.jobs.submit_jobs([NewJob("noop", "{}", settings.worker.default_queue, 1)])
+        assert mouth.connected.wait(15)
+        mouth.ring()
+        # Then host B's publisher relays it long before its poll would have
+        deadline = time.monotonic() + 15
+        while dbs.jobs.get(created.job_id).status == "pending" and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert dbs.jobs.get(created.job_id).status == "queued"
+        assert publisher._ear.heard >= 1
+    finally:
+        mouth.close()
+        publisher.request_stop()
+        runner.join(30)
+        dbs.close()
