@@ -36,6 +36,7 @@ from ..admin.config import AdminSettings
 from ..admin.slowheaders import header_timeout_protocol
 from ..clock import now_ms
 from ..errors import DaemonError
+from ..mq.amqp_wake import ring_through_broker
 
 log = logging.getLogger(__name__)
 
@@ -132,6 +133,9 @@ class AdminService(Service):
         self.url = f"http://{'[' + host + ']' if ':' in host else host}:{port}/"
         ctx = AdminContext.open(self.settings, self.layout, self.admin)
         beat = _Beat(ctx, self.name, self.url).start()
+        # On RabbitMQ a job submitted here also wakes the publishers of the other hosts (those of
+        # this host hear the local bell); None on the embedded transport, a fleet of one.
+        wake_out = ring_through_broker(self.settings, ctx.dbs.ringers, f"admin@{self.name}")
         try:
             app = create_app(ctx, token, address=(self.admin.host, port))
             config = uvicorn.Config(app, log_config=None, access_log=False, lifespan="off", server_header=False,
@@ -153,6 +157,8 @@ class AdminService(Service):
                 self.url_file.unlink()
             sock.close()
             beat.stop()
+            if wake_out is not None:
+                wake_out.close()
             ctx.close()
 
     def _write_url(self) -> None:

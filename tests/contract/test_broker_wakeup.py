@@ -131,3 +131,52 @@ def test_a_publisher_relays_a_job_committed_on_another_host_at_its_ring(rabbitmq
         publisher.request_stop()
         runner.join(30)
         dbs.close()
+
+
+@pytest.mark.mysql
+def test_a_job_posted_to_the_admin_api_wakes_the_publishers_of_other_hosts(
+        tmp_path, rabbitmq_url, amqp_names, mysql_url, links):
+    """The admin daemon rings through the broker too: a job POSTed on host A does not wait for
+    host B's publisher to poll."""
+    import json
+    import urllib.request
+    from dataclasses import replace
+
+    from enstratus_workers.admin import load_admin_settings
+    from enstratus_workers.daemons.admin import AdminService
+    from tests.unit.admin_helpers import TOKEN, set_token
+
+    home = servicehome.make_home(tmp_path, amqp=amqp_names, mysql_url=mysql_url,
+                                 worker_props={"host.name": "host-a"})
+    set_token(home)
+    layout = Layout(home)
+    settings = load_settings(layout)
+    woken = threading.Event()
+    _started(links, WakeListener(settings.mq, "host-b", "ewtest publisher", woken.set))
+    service = AdminService(settings, layout, "a", replace(load_admin_settings(layout), port=0))
+    ready, failure = threading.Event(), []
+
+    def run():
+        try:
+            service.run(ready.set)
+        except BaseException as exc:  # noqa: BLE001 - reported by the assertions below
+            failure.append(exc)
+
+    layout.ensure_dirs()
+    thread = threading.Thread(target=run, name="admin-under-test")
+    thread.start()
+    try:
+        assert ready.wait(30), failure
+        # the admin's ringer connects in the background; a ring before that is the poll's to cover
+        time.sleep(1.0)
+        req = urllib.request.Request(service.url + "jobs", method="POST",
+                                     data=json.dumps({"action": "noop", "arguments": {}}).encode(),
+                                     headers={"Authorization": f"Bearer {TOKEN}",
+                                              "Content-Type": "application/json"})
+        with urllib.request.urlopen(req, timeout=10) as r:
+            assert r.status in (200, 201, 202)
+        assert _heard_within(woken), "host B's publisher was not rung"
+    finally:
+        service.request_stop()
+        thread.join(20)
+    assert not thread.is_alive() and failure == []
