@@ -144,7 +144,7 @@ def test_a_job_posted_to_the_admin_api_wakes_the_publishers_of_other_hosts(
 
     from enstratus_workers.admin import load_admin_settings
     from enstratus_workers.daemons.admin import AdminService
-    from tests.unit.admin_helpers import TOKEN, set_token
+    from tests.unit.admin_helpers import TOKEN, serving, set_token
 
     home = servicehome.make_home(tmp_path, amqp=amqp_names, mysql_url=mysql_url,
                                  worker_props={"host.name": "host-a"})
@@ -154,19 +154,7 @@ def test_a_job_posted_to_the_admin_api_wakes_the_publishers_of_other_hosts(
     woken = threading.Event()
     _started(links, WakeListener(settings.mq, "host-b", "ewtest publisher", woken.set))
     service = AdminService(settings, layout, "a", replace(load_admin_settings(layout), port=0))
-    ready, failure = threading.Event(), []
-
-    def run():
-        try:
-            service.run(ready.set)
-        except BaseException as exc:  # noqa: BLE001 - reported by the assertions below
-            failure.append(exc)
-
-    layout.ensure_dirs()
-    thread = threading.Thread(target=run, name="admin-under-test")
-    thread.start()
-    try:
-        assert ready.wait(30), failure
+    with serving(service):
         # the admin's ringer connects in the background; a ring before that is the poll's to cover
         time.sleep(1.0)
         req = urllib.request.Request(service.url + "jobs", method="POST",
@@ -176,7 +164,3 @@ def test_a_job_posted_to_the_admin_api_wakes_the_publishers_of_other_hosts(
         with urllib.request.urlopen(req, timeout=10) as r:
             assert r.status in (200, 201, 202)
         assert _heard_within(woken), "host B's publisher was not rung"
-    finally:
-        service.request_stop()
-        thread.join(20)
-    assert not thread.is_alive() and failure == []

@@ -3,6 +3,8 @@ as a script (the bearer token) or as our own pages in a browser (Origin, Sec-Fet
 
 from __future__ import annotations
 
+import contextlib
+import threading
 from dataclasses import replace
 
 import pytest
@@ -92,3 +94,27 @@ def api(home):
     admin = Admin(home)
     yield admin
     admin.close()
+
+
+@contextlib.contextmanager
+def serving(service, ready_timeout: float = 30.0):
+    """The admin daemon ``service`` (an ``AdminService``) running its ``run`` on a thread of its
+    own, ready to serve inside the block, stopped after it; a failure of ``run`` fails the test."""
+    service.layout.ensure_dirs()
+    ready, failure = threading.Event(), []
+
+    def run():
+        try:
+            service.run(ready.set)
+        except BaseException as exc:  # noqa: BLE001 - reported by the assertions below
+            failure.append(exc)
+
+    thread = threading.Thread(target=run, name=f"admin-under-test-{service.name}")
+    thread.start()
+    try:
+        assert ready.wait(ready_timeout), failure
+        yield service
+    finally:
+        service.request_stop()
+        thread.join(20)
+    assert not thread.is_alive() and failure == []

@@ -4,7 +4,6 @@ every refusal, the token, the pages' login, and that the desired state survives 
 from __future__ import annotations
 
 import json
-import threading
 import urllib.request
 from dataclasses import replace
 
@@ -22,7 +21,7 @@ from enstratus_workers.layout import Layout
 from enstratus_workers.monitor.stat import Stat
 from enstratus_workers.mq import OutgoingMessage, open_transport
 from tests import servicehome as sh
-from tests.unit.admin_helpers import TOKEN, Admin, api, home, set_token, stored_job  # noqa: F401 (fixtures)
+from tests.unit.admin_helpers import TOKEN, Admin, api, home, serving, set_token, stored_job  # noqa: F401 (fixtures)
 
 
 def default_instance(api) -> dict:
@@ -495,27 +494,11 @@ def test_the_service_serves_until_asked_to_stop(home):
     layout = Layout(home)
     admin = load_admin_settings(layout)
     service = AdminService(load_settings(layout), layout, "t1", replace(admin, port=0))
-    ready = threading.Event()
-    failure = []
-
-    def run():
-        try:
-            service.run(ready.set)
-        except BaseException as exc:  # noqa: BLE001 - reported by the assertion below
-            failure.append(exc)
-    layout.ensure_dirs()
-    thread = threading.Thread(target=run, name="admin-under-test")
-    thread.start()
-    try:
-        assert ready.wait(20), failure
+    with serving(service):
         assert service.url_file.read_text().strip() == service.url.rstrip("/") + "/"
         req = urllib.request.Request(service.url + "instances", headers={"Authorization": f"Bearer {TOKEN}"})
         with urllib.request.urlopen(req, timeout=10) as r:
             assert json.load(r)[0]["type"] == "default"
-    finally:
-        service.request_stop()
-        thread.join(20)
-    assert not thread.is_alive() and failure == []
     assert not service.url_file.exists()
 
 

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 import socket
-import threading
 import time
 from dataclasses import replace
 
@@ -18,7 +17,7 @@ from enstratus_workers.admin.sessions import SessionStore
 from enstratus_workers.config import load_settings
 from enstratus_workers.layout import Layout
 from tests import servicehome as sh
-from tests.unit.admin_helpers import (BASE, PORT, SAME_ORIGIN, TOKEN, api, home,  # noqa: F401 (fixtures)
+from tests.unit.admin_helpers import (BASE, PORT, SAME_ORIGIN, TOKEN, api, home, serving,  # noqa: F401 (fixtures)
                                       stored_job)
 
 
@@ -355,20 +354,9 @@ def test_a_client_that_trickles_its_headers_is_disconnected_within_the_timeout(h
 
     # Given the daemon serving on 127.0.0.1 with a 1 s header timeout
     layout = Layout(home)
-    layout.ensure_dirs()
     admin = replace(load_admin_settings(layout), port=0, header_timeout=1.0)
     service = AdminService(load_settings(layout), layout, "slow", admin)
-    ready, failure = threading.Event(), []
-
-    def run():
-        try:
-            service.run(ready.set)
-        except BaseException as exc:  # noqa: BLE001 - reported by the assertion below
-            failure.append(exc)
-    thread = threading.Thread(target=run, name="admin-slow-headers")
-    thread.start()
-    try:
-        assert ready.wait(20), failure
+    with serving(service):
         host, port = service.url.split("//")[1].rstrip("/").rsplit(":", 1)
         # When a client sends half a request line and then a byte now and then
         started = time.monotonic()
@@ -403,7 +391,3 @@ def test_a_client_that_trickles_its_headers_is_disconnected_within_the_timeout(h
             # wait for this client's delayed ACK (40 ms per keep-alive request otherwise)
             server_side = _server_socket_of(fast)
             assert server_side.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY) != 0
-    finally:
-        service.request_stop()
-        thread.join(20)
-    assert not thread.is_alive() and failure == []
