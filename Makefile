@@ -31,8 +31,16 @@ $(TEST_STAMP): $(STAMP) tests/plugin/pyproject.toml
 	$(PY) -m pip install -q -c constraints.txt -e tests/plugin
 	touch $(TEST_STAMP)
 
+# Two passes: most of the suite on two pytest-xdist workers (one test file per worker at a time;
+# the end-to-end tests mostly wait on daemons, so two share the two cores well), then, alone,
+# the tests that stop this machine's own servers (marker serial) or start clusters and fleets of
+# their own (marker fleet). Both passes always run; make fails if either failed.
+PYTEST := $(PY) -m pytest -q -p no:cacheprovider
 test: $(TEST_STAMP)
-	$(PY) -m pytest -q -p no:cacheprovider
+	@rc=0; \
+	$(PYTEST) -n 2 --dist loadfile -m "not serial and not fleet" || rc=$$?; \
+	$(PYTEST) -m "serial or fleet" || rc=$$?; \
+	exit $$rc
 
 bench: $(STAMP)
 	$(PY) bench/throughput.py

@@ -2,8 +2,9 @@
 while 2,000 actions run. Every job must end succeeded, each executed at least once, each attempt
 recorded once. Bounded (one run, a few minutes at most) and loopback only.
 
-It stops and starts this machine's RabbitMQ app and MariaDB server, so it runs alone: CI runs
-the suite serially. Both are started again in a ``finally``, whatever happens.
+It stops and starts this machine's RabbitMQ app and MariaDB server, so it runs alone: marker
+``serial``, which ``make test`` runs after the rest, on its own. Both are started again in a
+``finally``, whatever happens.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ import pytest
 
 from tests import servicehome as sh
 
-pytestmark = [pytest.mark.slow, pytest.mark.timeout(600)]
+pytestmark = [pytest.mark.slow, pytest.mark.serial, pytest.mark.timeout(600)]
 
 JOBS = 2000
 MARIADB = "/usr/sbin/mariadbd"

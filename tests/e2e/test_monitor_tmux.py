@@ -126,12 +126,19 @@ def test_the_monitor_shows_the_workers_follows_a_resize_and_quits_on_q(home, tmp
         # Given the monitor running in a 160x40 terminal
         tmux.start([sys.executable, "-m", "enstratus_workers.monitor", "--home", str(home), "--refresh", "0.3"],
                    160, 40, env, status_file)
-        # Then it shows the column header, the cluster line and a row per worker
-        screen = sh.wait_until(lambda: tmux.screen_with("default.2", "q quit"), timeout=30)
-        assert screen, f"the monitor never showed the workers; the screen was:\n{tmux.screen()}"
+        # Then it shows the column header, the cluster line and a row per worker (waited for as a
+        # whole: a capture may catch the screen mid-redraw, the rows there and the header not yet)
+        header = ["Host", "Id", "Pid", "State", "Pool", "TQ", "RQ", "RC", "Done", "Up"]
+
+        def drawn():
+            screen = tmux.screen_with("default.2", "q quit")
+            if screen and any(line.split()[:10] == header for line in screen.splitlines()):
+                return screen
+            return None
+
+        screen = sh.wait_until(drawn, timeout=30)
+        assert screen, f"the monitor never showed the workers under its header; the screen was:\n{tmux.screen()}"
         lines = screen.splitlines()
-        assert any(line.split()[:10] == ["Host", "Id", "Pid", "State", "Pool", "TQ", "RQ", "RC", "Done", "Up"]
-                   for line in lines if line.strip())
         cluster = next(line for line in lines if "subscriber@main@" in line)
         assert "RUNNING" in cluster and "TQ 6" in cluster and "RQ 1" in cluster and "RC 1" in cluster
         row = next(line for line in lines if "default.1" in line).split()

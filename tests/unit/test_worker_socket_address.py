@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import os
 import sys
+import tempfile
 import threading
+from pathlib import Path
 from multiprocessing.connection import AuthenticationError, Client, Listener
 
 import pytest
@@ -40,11 +42,13 @@ def _round_trip(addr: str, key: bytes, client_key: bytes) -> object:
     return got
 
 
-def test_a_short_run_dir_keeps_the_socket_file(tmp_path):
-    layout = Layout(tmp_path / "home")
-    addr = worker_socket.address(layout, "a")
-    assert addr == str(layout.run_dir / "subscriber@a.sock")
-    assert not worker_socket.is_abstract(addr)
+def test_a_short_run_dir_keeps_the_socket_file():
+    # a root of its own: pytest's tmp_path may itself be too deep (under xdist it is)
+    with tempfile.TemporaryDirectory(prefix="ew") as short:
+        layout = Layout(Path(short) / "home")
+        addr = worker_socket.address(layout, "a")
+        assert addr == str(layout.run_dir / "subscriber@a.sock")
+        assert not worker_socket.is_abstract(addr)
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="abstract sockets are Linux's")
