@@ -14,6 +14,7 @@ import argparse
 import curses
 import dataclasses
 import logging
+import os
 import threading
 import time
 from dataclasses import dataclass, field
@@ -302,6 +303,12 @@ def run_monitor(settings, layout, refresh: float = 1.0, *, dbs=None, depths=None
     """
     fetcher = Fetcher(settings, layout, max(0.1, refresh), dbs=dbs, depths=depths)
     fetcher.start()
+    # The terminal's own size, never LINES/COLUMNS from the environment: ncurses takes those
+    # over the window's size, so an exported or stale COLUMNS (pytest-xdist sets 80x24) would
+    # pin the table to it through every resize. (use_env(False) is no cure: it takes
+    # terminfo's fixed 80 columns instead.)
+    for name in ("LINES", "COLUMNS"):
+        os.environ.pop(name, None)
     try:
         return curses.wrapper(_loop, fetcher, max(0.1, refresh), f"enstratus-workers monitor  {layout.home}")
     except KeyboardInterrupt:

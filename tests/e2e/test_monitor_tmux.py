@@ -121,7 +121,9 @@ def home(tmp_path):
 def test_the_monitor_shows_the_workers_follows_a_resize_and_quits_on_q(home, tmp_path):
     tmux = Tmux(_need_tmux())
     status_file = tmp_path / "monitor.status"
-    env = {k: v for k, v in os.environ.items() if k not in ("TMUX", "TMUX_PANE")}
+    # a stale size in the environment (a shell's exported COLUMNS; pytest-xdist sets 80x24) must
+    # not pin the monitor: it takes the terminal's own size
+    env = {**{k: v for k, v in os.environ.items() if k not in ("TMUX", "TMUX_PANE")}, "COLUMNS": "80", "LINES": "24"}
     try:
         # Given the monitor running in a 160x40 terminal
         tmux.start([sys.executable, "-m", "enstratus_workers.monitor", "--home", str(home), "--refresh", "0.3"],

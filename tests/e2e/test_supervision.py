@@ -57,11 +57,17 @@ def test_killed_workers_are_reincarnated_and_the_pool_follows_the_backlog(home):
                          and worker_pids(home) and first not in worker_pids(home), 20), cluster(home)
 
     # When work piles up with every worker busy, the pool grows to its max (3), no further.
-    # (Each action outlasts a CLI submit, about 1 s, so the backlog grows however slow the
-    # machine is; with 1 s actions a busy machine could run them as fast as they arrive.)
-    for _ in range(12):
-        r = sh.cli(home, "submit", "sleep", "--args", '{"seconds": 2}')
-        assert r.returncode == 0, r.stderr
+    # The twelve go in at once, in one transaction: one CLI submit each took up to 3 s on a busy
+    # machine, as long as an action, and a backlog that never piles up never grows the pool.
+    from enstratus_workers.config import load_settings
+    from enstratus_workers.db import NewJob, open_databases
+    from enstratus_workers.layout import Layout
+
+    dbs = open_databases(load_settings(Layout(home)).worker, Layout(home))
+    try:
+        dbs.jobs.submit_many([NewJob("sleep", json.dumps({"seconds": 2}), "default", 3)] * 12)
+    finally:
+        dbs.close()
     assert sh.wait_until(lambda: len(worker_pids(home)) == 3, 30), cluster(home)
     assert sh.wait_until(lambda: json.loads(sh.cli(home, "jobs", "--json", "--status", "succeeded").stdout)
                          and len(json.loads(sh.cli(home, "jobs", "--json", "--status", "succeeded").stdout)) == 12,
