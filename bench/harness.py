@@ -210,7 +210,8 @@ def started_service(*, embedded: bool = False, km: bool = False, worker_props: d
             dbs.close()
         if not embedded:
             _drop_database(database)
-            delete_amqp([amqp["exchange"], amqp["exchange"] + ".dead"], _service_queues(settings))
+            delete_amqp([amqp["exchange"], amqp["exchange"] + ".dead", amqp["exchange"] + ".wake"],
+                        _service_queues(settings))
         shutil.rmtree(scratch, ignore_errors=True)
 
 

@@ -95,7 +95,7 @@ def delete_amqp(names: dict) -> None:
         for name, _u, _r in rabbitmqctl_queues():
             if name.startswith(names["queue_prefix"]):
                 ch.queue_delete(name)
-        for ex in (names["exchange"], names["exchange"] + ".dead"):
+        for ex in (names["exchange"], names["exchange"] + ".dead", names["exchange"] + ".wake"):
             ch.exchange_delete(ex)
         conn.close()
 
