@@ -32,6 +32,7 @@ if str(REPO) not in sys.path:
 from enstratus_workers.config import load_settings
 from enstratus_workers.db import NewJob, open_databases
 from enstratus_workers.layout import Layout
+from enstratus_workers.mq.amqp_declare import service_exchanges
 from tests import servicehome
 
 MYSQL = {"host": "127.0.0.1", "port": 3306, "user": "root"}
@@ -210,8 +211,7 @@ def started_service(*, embedded: bool = False, km: bool = False, worker_props: d
             dbs.close()
         if not embedded:
             _drop_database(database)
-            delete_amqp([amqp["exchange"], amqp["exchange"] + ".dead", amqp["exchange"] + ".wake"],
-                        _service_queues(settings))
+            delete_amqp(list(service_exchanges(amqp["exchange"])), _service_queues(settings))
         shutil.rmtree(scratch, ignore_errors=True)
 
 

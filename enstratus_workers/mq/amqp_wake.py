@@ -32,6 +32,7 @@ import pika
 from enstratus_workers.backoff import Backoff, Retrying
 from enstratus_workers.errors import ConnectionClosed
 from enstratus_workers.mq.amqp_common import PIKA_ERRORS, connection_parameters, why
+from enstratus_workers.mq.amqp_declare import service_exchanges
 from enstratus_workers.mq.amqp_nodes import NodeRanking, process_seed
 
 log = logging.getLogger(__name__)
@@ -41,7 +42,7 @@ RECONNECT = Backoff(first=0.5, cap=30.0, jitter="equal")
 
 
 def wake_exchange(mq) -> str:
-    return mq.exchange + ".wake"
+    return service_exchanges(mq.exchange)[2]
 
 
 class _Link:

@@ -23,6 +23,7 @@ import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from enstratus_workers.mq.amqp_declare import service_exchanges
 from tests import servicehome as sh
 
 REPO = sh.REPO
@@ -95,7 +96,7 @@ def delete_amqp(names: dict) -> None:
         for name, _u, _r in rabbitmqctl_queues():
             if name.startswith(names["queue_prefix"]):
                 ch.queue_delete(name)
-        for ex in (names["exchange"], names["exchange"] + ".dead", names["exchange"] + ".wake"):
+        for ex in service_exchanges(names["exchange"]):
             ch.exchange_delete(ex)
         conn.close()
 
