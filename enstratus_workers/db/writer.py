@@ -28,7 +28,10 @@ its owner, a lease's holder, a version), so the second try of a refused write ap
 the row still reads as it expects. What a row lock would have prevented across nodes, two
 publishers relaying the same pending job, can then happen in that moment: both publish it and
 one commit is refused; the job is published twice, which the outbox and the subscriber's
-delivery check already tolerate (the second delivery is stale and acked away unrun).
+delivery check already tolerate (the second delivery is stale and acked away unrun). And a
+read on one node waits until that node has applied what the others committed before it
+(``wsrep_sync_wait``, set on every connection to a cluster: ``_read_after_commits``), so a
+delivery checked there never misses the row of a job committed through the other.
 """
 
 from __future__ import annotations
@@ -46,6 +49,7 @@ from .retry import LOST_CODES, NODE_NOT_READY, error_code
 
 log = logging.getLogger(__name__)
 
+UNKNOWN_VARIABLE = 1193   # ER_UNKNOWN_SYSTEM_VARIABLE: a server without Galera's variables
 RECHECK_S = 5.0   # how often a busy process looks for an earlier healthy node
 FRESH_S = 1.0     # a probe round younger than this that saw a node down needs no second round
 
@@ -173,16 +177,18 @@ def attach(engine: sa.Engine, parsed: DbUrl, writer: Writer | None = None) -> Wr
         writer = Writer(parsed.nodes, Prober(parsed.url).probe_all, label=f"database {parsed.url.database!r}")
     engine.enstratus_writer = writer   # for tests and the curious: which node, how many moves
 
+    causal = len(writer.nodes) > 1
+
     @sa.event.listens_for(engine, "do_connect")
     def _connect(dialect, conn_rec, cargs, cparams):
         node = writer.current
         try:
-            return _connect_to(dialect, conn_rec, cargs, cparams, node)
+            return _connect_to(dialect, conn_rec, cargs, cparams, node, causal)
         except dialect.loaded_dbapi.Error as exc:
             now = writer.lost(node, _why(exc))
             if now == node:
                 raise
-            return _connect_to(dialect, conn_rec, cargs, cparams, now)   # once, to the new writer
+            return _connect_to(dialect, conn_rec, cargs, cparams, now, causal)   # once, to the new writer
 
     @sa.event.listens_for(engine, "checkout")
     def _lend(_dbapi_conn, record, _proxy):
@@ -207,11 +213,34 @@ def attach(engine: sa.Engine, parsed: DbUrl, writer: Writer | None = None) -> Wr
     return writer
 
 
-def _connect_to(dialect, conn_rec, cargs, cparams, node: Node):
+def _connect_to(dialect, conn_rec, cargs, cparams, node: Node, causal: bool = False):
     conn = dialect.connect(*cargs, **{**cparams, "host": node.host, "port": node.port})
+    if causal:
+        _read_after_commits(conn)
     if conn_rec is not None:
         conn_rec.info["node"] = node
     return conn
+
+
+def _read_after_commits(conn) -> None:
+    """On a cluster, make a read see every commit the cluster made before it began.
+
+    A Galera node applies the others' commits asynchronously after certifying them, so while two
+    processes disagree about the writer (one moved back to a rejoined node, one not yet), a job
+    committed on one node can be relayed and delivered before the other node, where its
+    subscriber reads, has applied it: the row check finds no row and dead-letters the job as a
+    stranger (the writer-move fleet test lost a job that way). ``wsrep_sync_wait = 1`` makes
+    every read (``SELECT``, ``BEGIN``) wait until the node has applied what the cluster committed
+    before it, a round of the group's messages; a server outside a cluster (``wsrep_on`` off)
+    ignores it, and one that does not know the variable (MySQL) answers 1193, which leaves it
+    as it was."""
+    try:
+        with conn.cursor() as cur:
+            cur.execute("SET SESSION wsrep_sync_wait = 1")
+    except Exception as exc:  # noqa: BLE001 - only "unknown variable" is expected; say any other
+        if error_code(exc) != UNKNOWN_VARIABLE:
+            log.warning("cannot ask for causal reads on this connection (%s); reads on a node "
+                        "that has not applied a commit yet may miss it", _why(exc))
 
 
 def _why(exc: BaseException) -> str:

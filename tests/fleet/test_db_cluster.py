@@ -58,6 +58,11 @@ def test_the_job_store_runs_through_a_three_node_url(galera_cluster, tmp_path):
         # Then both engines write to the first node, the first healthy one in order
         assert dbs.provisioning.enstratus_writer.current == node(galera_cluster, 0)
         assert dbs.analytics.enstratus_writer.current == node(galera_cluster, 0)
+        # And every connection's reads wait for the cluster's earlier commits (a node that has
+        # not applied a job's commit yet must not answer that the job does not exist)
+        for engine in (dbs.provisioning, dbs.analytics):
+            with engine.connect() as conn:
+                assert conn.exec_driver_sql("SELECT @@session.wsrep_sync_wait").scalar() == 1
         # When jobs are submitted, relayed and recorded as submit(), the publisher and the recorder do
         jobs = [dbs.jobs.submit(NewJob("noop", "{}", "default", 3))[0] for _ in range(20)]
         relayed = []

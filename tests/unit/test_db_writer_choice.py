@@ -234,3 +234,63 @@ def test_a_probe_of_a_plain_mariadb_and_of_a_closed_port(mysql_server):
     assert plain.healthy and plain.state == "answers (no Galera)"
     assert not gone.healthy and gone.state == "unreachable (Connection refused)"
 
+
+
+class _Cursor:
+    def __init__(self, conn):
+        self.conn = conn
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return False
+
+    def execute(self, sql):
+        self.conn.statements.append(sql)
+        if self.conn.refuse is not None:
+            raise self.conn.refuse
+
+
+class _Connection:
+    """Stands in for a driver connection: the statements sent, and an error to answer with."""
+
+    def __init__(self, refuse=None):
+        self.statements: list[str] = []
+        self.refuse = refuse
+
+    def cursor(self):
+        return _Cursor(self)
+
+
+class _Dialect:
+    def __init__(self, conn):
+        self.conn = conn
+
+    def connect(self, *_args, **_kwargs):
+        return self.conn
+
+
+def test_a_cluster_connection_asks_for_causal_reads_and_a_single_server_is_left_alone():
+    from enstratus_workers.db.writer import _connect_to
+    # Given a connection made to a node of a cluster, and one to a lone server
+    clustered, lone = _Connection(), _Connection()
+    _connect_to(_Dialect(clustered), None, (), {}, A, causal=True)
+    _connect_to(_Dialect(lone), None, (), {}, A, causal=False)
+    # Then the cluster's reads wait for its earlier commits; the lone server is sent nothing
+    assert clustered.statements == ["SET SESSION wsrep_sync_wait = 1"]
+    assert lone.statements == []
+
+
+def test_a_server_without_the_variable_still_connects_and_only_other_errors_are_logged(caplog):
+    from enstratus_workers.db.writer import _connect_to
+    # Given servers that refuse the variable: one does not know it (MySQL), one for another reason
+    unknown = _Connection(refuse=Exception(1193, "Unknown system variable 'wsrep_sync_wait'"))
+    other = _Connection(refuse=Exception(1227, "Access denied; you need the SUPER privilege"))
+    # When connections are made to them
+    with caplog.at_level("WARNING", logger="enstratus_workers.db.writer"):
+        assert _connect_to(_Dialect(unknown), None, (), {}, A, causal=True) is unknown
+        assert not caplog.records
+        assert _connect_to(_Dialect(other), None, (), {}, B, causal=True) is other
+    # Then both connect; only the unexpected refusal is said, with the server's words
+    assert len(caplog.records) == 1 and "1227" in caplog.records[0].getMessage()
