@@ -217,8 +217,22 @@ def jobs_by_key(home, keys):
 
 
 def all_done(home, keys) -> bool:
+    return not unfinished(home, keys)
+
+
+def unfinished(home, keys) -> dict:
+    """The jobs not finished yet, by key: (status, attempts), or None for a key with no job."""
     found, _ = jobs_by_key(home, keys)
-    return all(j is not None and j.status in ("succeeded", "failed", "dead") for j in found.values())
+    return {k: (j and (j.status, j.attempts)) for k, j in found.items()
+            if j is None or j.status not in ("succeeded", "failed", "dead")}
+
+
+def refusals(home) -> list[str]:
+    """The daemons' log lines about deliveries not run (strangers, dead letters): what a job
+    that never finished most likely met."""
+    return [line for f in sorted((home / "services/worker/log").glob("*.log"))
+            for line in f.read_text(errors="replace").splitlines()
+            if "dead-letter" in line or "stranger" in line]
 
 
 @pytest.mark.timeout(240)
@@ -252,7 +266,8 @@ def test_the_writer_node_goes_every_process_moves_to_the_next_and_back(galera, f
     # Then no submit failed, and every job ran once and succeeded: nothing lost, none failed
     assert submitter.errors == []
     assert len(submitter.keys) > 50
-    assert sh.wait_until(lambda: all_done(home, submitter.keys), 60, 0.5)
+    assert sh.wait_until(lambda: all_done(home, submitter.keys), 60, 0.5), \
+        (unfinished(home, submitter.keys), refusals(home)[-20:])
     found, _ = jobs_by_key(home, submitter.keys)
     statuses = {j.status for j in found.values()}
     assert statuses == {"succeeded"}, {k: (j.status, j.error) for k, j in found.items() if j.status != "succeeded"}
@@ -299,7 +314,7 @@ def test_every_node_down_the_daemons_wait_and_pinger_check_names_the_nodes(galer
     # When the cluster is back
     galera.heal()
     # Then the jobs that were in flight all end succeeded, and new work runs
-    assert sh.wait_until(lambda: all_done(home, keys), 90, 0.5)
+    assert sh.wait_until(lambda: all_done(home, keys), 90, 0.5), (unfinished(home, keys), refusals(home)[-20:])
     found, _ = jobs_by_key(home, keys)
     assert {j.status for j in found.values()} == {"succeeded"}, {k: (j.status, j.error) for k, j in found.items()}
     assert sh.submit_wait(home, "echo", {"back": True}, "--timeout", "60")["status"] == "succeeded"
