@@ -206,7 +206,9 @@ def test_threads_that_find_the_cache_expired_together_make_one_read(engine, monk
         return real_read(*args, **kwargs)
 
     monkeypatch.setattr(desired_mod, "read_desired", slow_read)
-    cache._cached = (0.0, cache._cached[1])          # expired
+    # expired: read longer ago than the TTL (not at monotonic 0.0, which is less than a TTL ago
+    # on a machine up for less than an hour)
+    cache._cached = (time.monotonic() - 2 * 3600, cache._cached[1])
     threads = [threading.Thread(target=cache.get) for _ in range(8)]
     for t in threads:
         t.start()
