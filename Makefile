@@ -35,7 +35,7 @@ $(TEST_STAMP): $(STAMP) tests/plugin/pyproject.toml
 # the end-to-end tests mostly wait on daemons, so two share the two cores well), then, alone,
 # the tests that stop this machine's own servers (marker serial) or start clusters and fleets of
 # their own (marker fleet). Both passes always run; make fails if either failed.
-PYTEST := $(PY) -m pytest -q -p no:cacheprovider
+PYTEST := $(PY) -m pytest -q -p no:cacheprovider --durations=15
 test: $(TEST_STAMP)
 	@rc=0; \
 	$(PYTEST) -n 2 --dist loadfile -m "not serial and not fleet" || rc=$$?; \
