@@ -46,6 +46,21 @@ def test_idempotency_key_returns_the_first_job(dbs):
     assert new1 and not new2 and second.job_id == first.job_id and second.action == "noop"
 
 
+def test_jobs_stored_together_each_get_their_own_row_in_order(dbs):
+    # Given more distinct jobs than one multi-row INSERT holds (db/jobs.py: RETURNING_ROWS)
+    from enstratus_workers.db.jobs import RETURNING_ROWS
+    n = RETURNING_ROWS + 7
+    new = [job("echo", json.dumps({"i": i}), queue=f"q{i % 3}") for i in range(n)]
+    # When they are stored in one call
+    stored = dbs.jobs.submit_jobs(new)
+    # Then each job's id names the row holding its own arguments, and the ids rise in order
+    assert [j.job_id for j in stored] == sorted({j.job_id for j in stored})
+    for i, j in enumerate(stored):
+        row = dbs.jobs.get(j.job_id)
+        assert (json.loads(row.arguments), row.queue, row.status) == ({"i": i}, f"q{i % 3}", "pending")
+    assert dbs.jobs.counts()["pending"] == n
+
+
 def test_relay_marks_confirmed_jobs_queued(dbs):
     ids = [dbs.jobs.submit(job())[0].job_id for _ in range(5)]
     seen = []
