@@ -1,10 +1,8 @@
-"""On a real MariaDB: no outcome the database refuses, no result too large for it, and (under a
-backlog) no row another transaction holds locked, holds up the rest of its batch; a database
-that is not there holds everything and fails nothing."""
+"""On a real MariaDB: no outcome the database refuses, and no result too large for it, holds up
+the rest of its batch; a database that is not there holds everything and fails nothing."""
 
 from __future__ import annotations
 
-import threading
 import time
 
 import pytest
@@ -13,7 +11,6 @@ from enstratus_workers.config.settings import Secret, WorkerSettings
 from enstratus_workers.daemons.subscriber.recorder import (
     GROUP_CHARS,
     RESULT_CAP,
-    SKIP_LOCKED_FROM,
     Recorder,
 )
 from enstratus_workers.db import Event, NewJob, Outcome, open_databases
@@ -103,8 +100,8 @@ def test_many_large_results_are_written_in_several_statements_under_the_packet_l
     result = '"' + "y" * (RESULT_CAP - 100_000) + '"'
     writes = []
     real = dbs.jobs.record_outcomes_with   # record_outcomes too; with their events on one database
-    monkeypatch.setattr(dbs.jobs, "record_outcomes_with", lambda os_, also=None, **kw: (
-        writes.append(sum(len(o.result or "") for o in os_)), real(os_, also, **kw))[1])
+    monkeypatch.setattr(dbs.jobs, "record_outcomes_with", lambda os_, also=None: (
+        writes.append(sum(len(o.result or "") for o in os_)), real(os_, also))[1])
     rec = Recorder(dbs, batch=100, interval=0)
     for i in ids:
         _finish(rec, i, result=result)
@@ -139,58 +136,3 @@ def test_a_mariadb_that_is_not_there_holds_everything_and_fails_nothing(mysql_se
         assert "Connection refused" in rec.write_error
     finally:
         dbs.close()
-
-
-def _holding_rows(dbs, ids):
-    """Another transaction with these rows locked, as a publisher's open pass holds its rows."""
-    conn = dbs.provisioning.connect()
-    tx = conn.begin()
-    conn.exec_driver_sql(f"SELECT job_id FROM enstratus_job WHERE job_id IN ({', '.join(map(str, ids))}) FOR UPDATE")
-    return conn, tx
-
-
-def test_a_backlog_writes_around_rows_locked_elsewhere_and_writes_them_once_free(dbs):
-    # Given a backlog of finished jobs, two of whose rows another transaction holds locked
-    ids = _queued(dbs, SKIP_LOCKED_FROM + 8)
-    locked = [ids[3], ids[-1]]
-    conn, tx = _holding_rows(dbs, locked)
-    acked = []
-    rec = Recorder(dbs, batch=500, interval=0, on_recorded=acked.extend)
-    try:
-        for i in ids:
-            _finish(rec, i)
-        # When the recorder writes them (the lock wait timeout is far longer than this write)
-        first = rec.flush()
-        # Then every other outcome is recorded with its event and acked, the two are neither,
-        # and they are due again shortly
-        assert sorted(first) == sorted(f"d{i}" for i in ids if i not in locked)
-        assert all(dbs.jobs.get(i).status == "succeeded" for i in ids if i not in locked)
-        assert [dbs.jobs.get(i).status for i in locked] == ["queued", "queued"]
-        assert [dbs.events.for_job(i) for i in locked] == [[], []]
-        assert rec.waiting == 2 and rec.due_in() is not None and rec.due_in() < 1
-    finally:
-        tx.rollback()
-        conn.close()
-    # And once the rows are free, the next write records and acks them, each once
-    assert sorted(rec.flush()) == sorted(f"d{i}" for i in locked)
-    assert [dbs.jobs.get(i).status for i in locked] == ["succeeded", "succeeded"]
-    assert all(len(dbs.events.for_job(i)) == 1 for i in ids)
-    assert rec.waiting == 0 and dbs.jobs.counts()["succeeded"] == len(ids)
-    assert sorted(acked) == sorted(f"d{i}" for i in ids)
-
-
-def test_a_few_outcomes_wait_for_a_locked_row_as_before(dbs):
-    # Given fewer finished jobs than a backlog, one of whose rows is locked for a moment
-    ids = _queued(dbs, 3)
-    conn, tx = _holding_rows(dbs, [ids[0]])
-    rec = Recorder(dbs, batch=500, interval=0)
-    for i in ids:
-        _finish(rec, i)
-    release = threading.Timer(0.3, lambda: (tx.rollback(), conn.close()))
-    release.start()
-    try:
-        # When they are written: the write waits for the lock, then takes all three
-        acks = rec.flush()
-    finally:
-        release.join()
-    assert sorted(acks) == sorted(f"d{i}" for i in ids) and rec.waiting == 0
