@@ -10,12 +10,6 @@ analytics events there when both databases are one (``Recorder``), so an outcome
 cost one commit, not two. A chunk some of whose rows refuse their outcome is rolled back, ``also``
 with it, and written again without it (``_record_contested``): the caller writes those events
 its usual way.
-
-A caller with a backlog may pass ``busy`` (a list): then a row another transaction holds locked
-is not waited for but skipped, its outcome appended to ``busy`` for the caller to write again
-shortly (``_locked_elsewhere``). Under a backlog that is mostly the publisher's pass that relayed
-the job, still waiting for its confirms: the delivery outran the pass's commit, and an UPDATE
-would wait for it with every other outcome of the chunk behind it.
 """
 
 from __future__ import annotations
@@ -49,38 +43,27 @@ def _mark_chunk(engine: sa.Engine, chunk: Sequence[Started]) -> None:
             "start_timestamp": lambda s: s.start_ms})
 
 
-def record_chunks(engine: sa.Engine, outcomes: Sequence[Outcome], also: Also | None = None,
-                  busy: list[Outcome] | None = None) -> tuple[list[Outcome], set[int]]:
+def record_chunks(engine: sa.Engine, outcomes: Sequence[Outcome], also: Also | None = None
+                  ) -> tuple[list[Outcome], set[int]]:
     """Write the outcomes chunk by chunk (``JobStore.record_outcomes``): those that took effect,
-    and the ``id()`` of each outcome whose chunk ran ``also`` in its own transaction. With
-    ``busy``, outcomes whose rows another transaction holds are appended there, not written."""
+    and the ``id()`` of each outcome whose chunk ran ``also`` in its own transaction."""
     applied: list[Outcome] = []
     joined: set[int] = set()
     for chunk in _unique_chunks(outcomes, RECORD_CHUNK):
-        took, with_also, held = _record_chunk(engine, chunk, also, busy is not None)
+        took, with_also = _record_chunk(engine, chunk, also)
         applied.extend(took)
         if with_also:
             joined.update(id(o) for o in took)
-        if held:
-            busy.extend(held)
     return applied, joined
 
 
 @retried(idempotent=True)   # an outcome that took effect reads back as such: counted once
-def _record_chunk(engine: sa.Engine, chunk: Sequence[Outcome], also: Also | None, skip_locked: bool = False
-                  ) -> tuple[list[Outcome], bool, list[Outcome]]:
-    """One chunk in one transaction; the outcomes that took effect, whether ``also`` ran (and
-    committed) with them, and (``skip_locked``) those skipped as their rows were locked."""
-    held: list[Outcome] = []
+def _record_chunk(engine: sa.Engine, chunk: Sequence[Outcome], also: Also | None
+                  ) -> tuple[list[Outcome], bool]:
+    """One chunk in one transaction; the outcomes that took effect, and whether ``also`` ran
+    (and committed) with them."""
     try:
         with engine.begin() as conn:
-            if skip_locked:
-                locked = _locked_elsewhere(conn, chunk)
-                if locked:
-                    held = [o for o in chunk if o.job_id in locked]
-                    chunk = [o for o in chunk if o.job_id not in locked]
-                    if not chunk:
-                        return [], False, held
             counted = _cancelled_already(conn, chunk)
             if _write_outcomes(conn, chunk) != len(chunk):
                 raise _Contested()   # undone: written again, read around
@@ -88,28 +71,9 @@ def _record_chunk(engine: sa.Engine, chunk: Sequence[Outcome], also: Also | None
             _count_deferrals(conn, chunk)   # every row's guard held
             if also is not None:
                 also(conn, chunk)
-        return list(chunk), also is not None, held
+        return list(chunk), also is not None
     except _Contested:
-        return _record_contested(engine, chunk), False, held
-
-
-def _locked_elsewhere(conn, chunk: Sequence[Outcome]) -> set[int]:
-    """The chunk's job ids whose rows another transaction holds locked; the others are locked
-    here (``FOR UPDATE SKIP LOCKED`` waits for none), so the UPDATE that follows waits for none
-    either. A job id with no row is not locked: it goes to the guard, which refuses it as
-    before. SQLite's writer holds the whole database (``BEGIN IMMEDIATE``): nothing to skip."""
-    if conn.dialect.name != "mysql":
-        return set()
-    ids = [int(o.job_id) for o in chunk]
-    free = {r[0] for r in conn.exec_driver_sql(
-        f"SELECT job_id FROM enstratus_job WHERE job_id IN ({', '.join(map(str, ids))}) "
-        f"FOR UPDATE SKIP LOCKED")}
-    if len(free) == len(ids):
-        return set()
-    rest = [i for i in ids if i not in free]
-    # a consistent read waits for no lock: the rows that are there are the locked ones
-    return {r[0] for r in conn.exec_driver_sql(
-        f"SELECT job_id FROM enstratus_job WHERE job_id IN ({', '.join(map(str, rest))})")}
+        return _record_contested(engine, chunk), False
 
 
 def _record_contested(engine: sa.Engine, chunk: Sequence[Outcome]) -> list[Outcome]:

@@ -513,14 +513,13 @@ class JobStore:
         """
         return self.record_outcomes_with(outcomes)[0]
 
-    def record_outcomes_with(self, outcomes: Sequence[Outcome], also: job_outcomes.Also | None = None,
-                             busy: list[Outcome] | None = None) -> tuple[list[Outcome], set[int]]:
+    def record_outcomes_with(self, outcomes: Sequence[Outcome], also: job_outcomes.Also | None = None
+                             ) -> tuple[list[Outcome], set[int]]:
         """``record_outcomes``, running ``also(conn, chunk)`` in each chunk's transaction when
         all its rows took their outcome (``job_outcomes``): the outcomes that took effect, and
-        the ``id()`` of those whose chunk committed with ``also``. With ``busy`` (a list), an
-        outcome whose row another transaction holds is appended there instead of waited for."""
+        the ``id()`` of those whose chunk committed with ``also``."""
         try:
-            applied, joined = job_outcomes.record_chunks(self.engine, outcomes, also, busy)
+            applied, joined = job_outcomes.record_chunks(self.engine, outcomes, also)
         except sa.exc.SQLAlchemyError as exc:
             raise DatabaseError(f"could not record {len(outcomes)} outcomes: {type(exc).__name__}") from exc
         if applied:

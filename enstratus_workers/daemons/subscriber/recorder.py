@@ -25,12 +25,6 @@ two-step way, so an event the database refuses still only drops that event (abov
 
 Jobs are marked ``running`` only once they have run for ``mark_running_after`` seconds: a job
 that ends sooner gets one write (its outcome, with its start time), not two.
-
-Under a backlog (``SKIP_LOCKED_FROM`` outcomes or more in the group written and the jobs still
-running here, together) an outcome whose row another transaction holds is not waited for: most often it is the publisher's pass that relayed the job,
-still waiting for its confirms, and the whole group (and every outcome queued behind it, each
-holding a place in its queue's relay window) would wait with it. Such outcomes stay buffered
-and unacked, and are written ``BUSY_RETRY_S`` later or with the next write, whichever is first.
 """
 
 from __future__ import annotations
@@ -76,13 +70,6 @@ PROBES = 3
 WRITE_BACKOFF = Backoff(first=1.0, cap=30.0, jitter="equal")
 #: Retry delay while stopping: the grace period is short, so retry often within it.
 STOP_RETRY_S = 0.5
-#: Outcomes in one group plus jobs running here from which rows locked elsewhere are skipped
-#: rather than waited for (module docstring). Skipping costs a locking read per group; with fewer
-#: the jobs come one or a few at a time, behind a short publisher's pass, and wait for it as before.
-SKIP_LOCKED_FROM = 32
-#: How soon an outcome skipped for a locked row is written again (a publisher's pass under a
-#: backlog holds its rows tens of milliseconds).
-BUSY_RETRY_S = 0.005
 
 # MySQL/MariaDB errors that say nothing about the values written (a conflict, a Galera
 # certification failure or a node that is not ready, a lost connection: db/retry.py): waited
@@ -125,8 +112,6 @@ class Recorder:
         self._started: dict[int, tuple[float, Started]] = {}
         self._outcomes: list[_Pending] = []     # not yet in the provisioning DB
         self._events: list[_Pending] = []       # in the provisioning DB, event not yet written
-        self._busy: list[_Pending] = []         # skipped: their rows were locked elsewhere
-        self._busy_at = 0.0                     # when to write those again
         self._oldest: float | None = None       # when the oldest unwritten outcome arrived
         self.retry_at = 0.0
         self.failures = 0
@@ -140,7 +125,6 @@ class Recorder:
         self.joined = 0         # outcomes whose event was written in their own transaction
         self._stopping = False
         self._deadline = float("inf")
-        self._skipped: list[_Pending] = []   # this write's outcomes skipped for locked rows
 
     # -- feeding (any thread) ------------------------------------------------------------------
     def started(self, s: Started) -> None:
@@ -164,7 +148,7 @@ class Recorder:
     def waiting(self) -> int:
         """Outcomes not yet acked: waiting to be written, or written with the event pending (RQ)."""
         with self._lock:
-            return len(self._outcomes) + len(self._events) + len(self._busy)
+            return len(self._outcomes) + len(self._events)
 
     @property
     def write_error(self) -> str | None:
@@ -186,8 +170,6 @@ class Recorder:
         if self._outcomes or self._events:
             full = len(self._outcomes) >= self.batch
             candidates.append(0.0 if full or self._oldest is None else self._oldest + self.interval - now)
-        if self._busy:
-            candidates.append(self._busy_at - now)
         if self._started:
             first = min(t for t, _ in self._started.values())
             candidates.append(first + self.mark_running_after - now)
@@ -204,9 +186,8 @@ class Recorder:
             marks = [s for t, s in self._started.values() if t <= cutoff]
             for s in marks:
                 del self._started[s.job_id]
-            outcomes, self._outcomes = self._busy + self._outcomes, []
+            outcomes, self._outcomes = self._outcomes, []
             events, self._events = self._events, []
-            self._busy = []
             self._oldest = None
         if marks:
             done = _narrow(self._write_marks, [marks])
@@ -216,7 +197,7 @@ class Recorder:
                 self._put_back(done.held, outcomes, events)
                 self._failed(done.error)
                 return []
-        applied, settled, held, busy, outage = self._write_outcomes([_fit(p) for p in outcomes])
+        applied, settled, held, outage = self._write_outcomes([_fit(p) for p in outcomes])
         if applied and pathtrace.on():
             pathtrace.stamp("recorder.written", (p.outcome.job_id for p in applied))
         joined = [p for p in applied if p.evented]
@@ -229,10 +210,6 @@ class Recorder:
             log.error("dropped the event of job %d attempt %d (%s); its outcome is recorded",
                       p.outcome.job_id, p.outcome.attempt, why)
         self._put_back([], held, done.held)
-        if busy:
-            with self._lock:
-                self._busy[:0] = busy
-                self._busy_at = time.monotonic() + BUSY_RETRY_S
         if outage or done.error:
             self._failed(outage or done.error)
         elif self.failures:
@@ -245,19 +222,16 @@ class Recorder:
         return self._settle(written + settled)
 
     def _write_outcomes(self, outcomes: list[_Pending]):
-        """Write outcomes, a refused one as a failure with the reason: (applied, settled, held,
-        busy, outage).
+        """Write outcomes, a refused one as a failure with the reason: (applied, settled, held, outage).
 
         ``settled`` were written without an event to follow: stale duplicates (their attempt was
         recorded before), and outcomes refused even as failures (their messages are dead-lettered).
-        ``busy`` were not written: their rows were locked elsewhere (module docstring).
         """
         applied, settled, held, outage = [], [], [], None
-        self._skipped = []
         todo = outcomes
         while todo:
             done = _narrow(self._record, _groups(todo))
-            ids = {id(p) for p in done.applied} | {id(p) for p in self._skipped}
+            ids = {id(p) for p in done.applied}
             stale = [p for p in done.ok if id(p) not in ids]
             self.stale += len(stale)
             applied += done.applied
@@ -275,8 +249,7 @@ class Recorder:
                     todo.append(_as_failure(p, f"could not record the outcome: {why}"))
             if done.error:
                 held, outage, todo = done.held + todo, done.error, []
-        busy, self._skipped = self._skipped, []
-        return applied, settled, held, busy, outage
+        return applied, settled, held, outage
 
     def _record(self, group: list[_Pending]) -> list[_Pending]:
         # JobStore.record_outcomes returns the outcomes that took effect (None: all of them);
@@ -298,13 +271,9 @@ class Recorder:
         """The group's outcomes with their events, each chunk in one transaction; a chunk whose
         rows did not all take their outcome is written alone (its events follow apart)."""
         by_outcome = {id(p.outcome): p for p in group}
-        write = {}
-        if len(group) + len(self._started) >= SKIP_LOCKED_FROM:   # (read without the lock: a hint)
-            write["busy"] = busy = []
         took, joined = self.dbs.jobs.record_outcomes_with(
             [p.outcome for p in group],
-            lambda conn, chunk: insert_events(conn, [by_outcome[id(o)].event for o in chunk]), **write)
-        self._skipped += [by_outcome[id(o)] for o in write.get("busy", ())]
+            lambda conn, chunk: insert_events(conn, [by_outcome[id(o)].event for o in chunk]))
         out = []
         for o in took:
             p = by_outcome[id(o)]
@@ -361,7 +330,7 @@ class Recorder:
         while True:
             with self._lock:
                 now = time.monotonic()
-                left = len(self._outcomes) + len(self._events) + len(self._busy)
+                left = len(self._outcomes) + len(self._events)
                 if self._stopping and (not left or now >= self._deadline):
                     if left:
                         log.warning("stopping with %d outcomes unrecorded (%s); their messages are "
