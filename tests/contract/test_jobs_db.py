@@ -46,6 +46,21 @@ def test_idempotency_key_returns_the_first_job(dbs):
     assert new1 and not new2 and second.job_id == first.job_id and second.action == "noop"
 
 
+def test_jobs_stored_together_each_get_their_own_row_in_order(dbs):
+    # Given more distinct jobs than one multi-row INSERT holds (db/jobs.py: RETURNING_ROWS)
+    from enstratus_workers.db.jobs import RETURNING_ROWS
+    n = RETURNING_ROWS + 7
+    new = [job("echo", json.dumps({"i": i}), queue=f"q{i % 3}") for i in range(n)]
+    # When they are stored in one call
+    stored = dbs.jobs.submit_jobs(new)
+    # Then each job's id names the row holding its own arguments, and the ids rise in order
+    assert [j.job_id for j in stored] == sorted({j.job_id for j in stored})
+    for i, j in enumerate(stored):
+        row = dbs.jobs.get(j.job_id)
+        assert (json.loads(row.arguments), row.queue, row.status) == ({"i": i}, f"q{i % 3}", "pending")
+    assert dbs.jobs.counts()["pending"] == n
+
+
 def test_relay_marks_confirmed_jobs_queued(dbs):
     ids = [dbs.jobs.submit(job())[0].job_id for _ in range(5)]
     seen = []
@@ -126,6 +141,33 @@ def test_many_outcomes_span_several_chunks(dbs):
     ids = [j.job_id for j in dbs.jobs.list(limit=1000)]
     dbs.jobs.record_outcomes([Outcome(i, 1, "succeeded", "w", 1, 2, "null", None) for i in ids])
     assert dbs.jobs.counts()["succeeded"] == 450
+
+
+def test_one_chunk_gives_each_row_its_own_values_shared_or_not(dbs):
+    # Given 12 jobs: 8 on their first attempt, 4 running as attempt 2 of two owners
+    ids = [dbs.jobs.submit(job())[0].job_id for _ in range(12)]
+    dbs.jobs.relay_pending(100, lambda b: None)
+    first, second = ids[:8], ids[8:]
+    dbs.jobs.record_outcomes([Outcome(i, 1, "pending", "w", 1, 2, None, "retry", owner="s@a")
+                              for i in second])
+    dbs.jobs.mark_started([Started(i, 2, f"w{k % 2}", 50 + k, owner=f"s@{'ab'[k % 2]}")
+                           for k, i in enumerate(second)])
+    # When one write holds outcomes whose columns repeat a value (status, result) on most rows,
+    # differ on every row (end time) or come in a few groups (worker, owner, attempt)
+    outcomes = [Outcome(i, 1, "succeeded" if k % 3 else "failed", f"w{k % 3}", 100, 200 + k,
+                        None if k % 3 == 0 else '{"k": %d}' % k, "boom" if k % 3 == 0 else None,
+                        owner="s@c") for k, i in enumerate(first)]
+    outcomes += [Outcome(i, 2, "succeeded", f"w{k % 2}", 50 + k, 300 + k, "null", None,
+                         owner=f"s@{'ab'[k % 2]}") for k, i in enumerate(second)]
+    outcomes.append(Outcome(second[0], 2, "failed", "w9", 1, 1, None, "not its owner", owner="s@z"))
+    took = dbs.jobs.record_outcomes(outcomes)
+    # Then every row reads its own outcome, and the stranger's outcome took no row
+    assert sorted(o.job_id for o in took) == sorted(ids)
+    for o in outcomes[:-1]:
+        row = dbs.jobs.get(o.job_id)
+        assert (row.status, row.attempts, row.worker, row.owner, row.start_timestamp, row.end_timestamp,
+                row.result, row.error) == (o.status, o.attempt, o.worker, o.owner, o.start_ms, o.end_ms,
+                                           o.result, o.error)
 
 
 def test_events_and_heartbeats(dbs):
