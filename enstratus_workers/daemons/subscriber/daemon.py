@@ -43,6 +43,7 @@ from multiprocessing.connection import wait
 from enstratus_workers.backoff import Backoff
 from enstratus_workers.clock import now_ms
 from enstratus_workers.daemons.subscriber.cancels import Cancels
+from enstratus_workers.daemons.subscriber.held_connection import HeldConnection
 from enstratus_workers.daemons.subscriber.intake import Intake
 from enstratus_workers.daemons.subscriber.pauses import PauseGate
 from enstratus_workers.daemons.subscriber.pool import Assignment, WorkerPool
@@ -89,6 +90,7 @@ class Subscriber(Service):
         self._held: list = []                 # (delivery, message) of attempts another owner holds
         self._held_until = 0.0
         self._marked: set = set()             # (job id, attempt) handed to the recorder as started
+        self._rows_conn: HeldConnection | None = None   # the delivery check's own (made at the first)
         self.cancels = Cancels(settings.subscriber.cancel_grace)
         self._bell = None                     # rung by a cancel made on this host (run() binds it)
         self._wake_out = None                 # rings other hosts' publishers through the broker
@@ -155,6 +157,8 @@ class Subscriber(Service):
             self.recorder.stop(timeout=0 if self._stop.is_set() else 5)   # _shutdown waited already
             self.intake.stop()
             self._remove_heartbeat()
+            if self._rows_conn is not None:
+                self._rows_conn.close()
             if self._wake_out is not None:
                 self._wake_out.close()
             self.dbs.close()
@@ -278,7 +282,10 @@ class Subscriber(Service):
         if not waiting:
             return
         try:
-            rows = self.dbs.jobs.delivery_rows(m.job_id for _, m in waiting)
+            if self._rows_conn is None:
+                self._rows_conn = HeldConnection(self.dbs.provisioning)
+            ids = [m.job_id for _, m in waiting]
+            rows = self._rows_conn.run(lambda conn: self.dbs.jobs.delivery_rows(ids, conn))
             if any(r.verdict(m.attempt, self.owner) == "foreign"
                    for r, m in ((rows.get(m.job_id), m) for _, m in waiting) if r is not None):
                 live = live_owners(self.dbs.heartbeats.all())
