@@ -174,7 +174,8 @@ class Subscriber(Service):
     def _round(self, timeout: float) -> None:
         bell = [self._bell] if self._bell is not None else []
         ready = wait([self._wake_r, *bell, *self.pool.connections()], timeout=timeout)
-        if bell and bell[0] in ready:
+        cancel_rung = bool(bell) and bell[0] in ready
+        if cancel_rung:
             bell[0].drain()
             self.cancels.look_now()
             ready = [r for r in ready if r is not bell[0]]
@@ -189,15 +190,28 @@ class Subscriber(Service):
             self.pool.pass_on_hup()
         self._take_deliveries()
         self._settle(self.pool.read([c for c in ready if c != self._wake_r]))
-        self.cancels.look(self.dbs.jobs, self.active, self.pending, self.pool.handles, self._ack_stale)
+        if cancel_rung:   # a cancel made on this host: its job, if waiting here, never starts
+            self._look_for_cancels()
         self._settle(self.pool.supervise())
+        if not self.pool.stopping:
+            # the work checked this round goes to the workers before the round's periodic
+            # reads (cancels, desired types, pauses), so that none of them is on its path
+            self.pool.scale({t: len(q) for t, q in self.pending.items()})
+            self._dispatch()
+        if not cancel_rung:
+            self._look_for_cancels()
         if not self.pool.stopping:
             self._reconcile()
             self.pauses.tick(self.pending, self.active)
-            self.pool.scale({t: len(q) for t, q in self.pending.items()})
-            self.pool.dispatch(self.pending)
-            self._mark_dispatched()
+            self._dispatch()     # what those put back in line (a compensation, work of a new type)
         self._beat()
+
+    def _look_for_cancels(self) -> None:
+        self.cancels.look(self.dbs.jobs, self.active, self.pending, self.pool.handles, self._ack_stale)
+
+    def _dispatch(self) -> None:
+        self.pool.dispatch(self.pending)
+        self._mark_dispatched()
 
     def _reconcile(self) -> None:
         """Follow the desired worker types placed on this host (admin API, or worker.properties)
