@@ -7,11 +7,12 @@ to workers, collect outcomes, write them in batches (``recorder.py``), ack what 
 supervise the workers.
 
 The job row is the truth; a message only points at it. Each batch of deliveries is checked
-against the rows of its jobs in one query (``JobStore.delivery_rows``), and a delivery runs only
-if its attempt is open or held by this process (db/jobs.py's ownership rule), as the
-``jobs.values.Task`` the row makes of it (its action, arguments and max_attempts, this process as
-the owner). The worker answers with the attempt's ``Outcome``, which goes to the recorder as it
-came; when the worker died under it, the Outcome is built here from the same Task.
+against the rows of its jobs in one query (``JobStore.delivery_rows``, on a connection the loop
+holds: ``held_connection.py``), and a delivery runs only if its attempt is open or held by this
+process (db/jobs.py's ownership rule), as the ``jobs.values.Task`` the row makes of it (its
+action, arguments and max_attempts, this process as the owner). The worker answers with the
+attempt's ``Outcome``, which goes to the recorder as it came; when the worker died under it, the
+Outcome is built here from the same Task.
 
 A delivery of a job without a row is a stranger (dead-lettered with the reason); one of a
 finished job or of an attempt the row is not at is a stale duplicate (acked away). Both are
