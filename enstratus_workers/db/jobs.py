@@ -351,18 +351,16 @@ class JobStore:
             keys = conn.execute(q).scalars().all()
         return [k for k in keys if k.startswith(key_prefix)]
 
-    def delivery_rows(self, job_ids: Iterable[int]) -> dict[int, DeliveryRow]:
+    def delivery_rows(self, job_ids: Iterable[int], conn: sa.Connection | None = None) -> dict[int, DeliveryRow]:
         """The rows of these jobs, by id, in one query (the subscriber's check of a delivery
-        batch); a job without a row is absent. Ids must be ints (they are inlined)."""
+        batch); a job without a row is absent. Ids must be ints (they are inlined). ``conn``: a
+        connection to read on (the subscriber's held one, ``daemons/subscriber/held_connection.py``),
+        else one from the pool for this read."""
         ids = sorted({int(i) for i in job_ids})
-        found: dict[int, DeliveryRow] = {}
-        with self.engine.connect() as conn:
-            for chunk in _chunks(ids, 1000):
-                rows = conn.exec_driver_sql(
-                    "SELECT job_id, action, arguments, status, attempts, max_attempts, owner, cancel_requested_ms, account "
-                    f"FROM enstratus_job WHERE job_id IN ({', '.join(map(str, chunk))})").all()
-                found.update((r[0], DeliveryRow(*r)) for r in rows)
-        return found
+        if conn is None:
+            with self.engine.connect() as pooled:
+                return _delivery_rows(pooled, ids)
+        return _delivery_rows(conn, ids)
 
     @retried()
     def take_over(self, job_id: int, attempt: int, old_owner: str | None, new: Started) -> bool:
@@ -542,3 +540,14 @@ def _pending_job(job: NewJob, job_id: int, created_ms: int) -> Job:
 def _owned_by(owner: str | None):
     """The row's owner is ``owner`` (None: a row without one, written by an older release)."""
     return T.c.owner.is_(None) if owner is None else T.c.owner == owner
+
+
+def _delivery_rows(conn: sa.Connection, ids: list[int]) -> dict[int, DeliveryRow]:
+    """``JobStore.delivery_rows`` on ``conn``: at most 1,000 ids a statement."""
+    found: dict[int, DeliveryRow] = {}
+    for chunk in _chunks(ids, 1000):
+        rows = conn.exec_driver_sql(
+            "SELECT job_id, action, arguments, status, attempts, max_attempts, owner, cancel_requested_ms, account "
+            f"FROM enstratus_job WHERE job_id IN ({', '.join(map(str, chunk))})").all()
+        found.update((r[0], DeliveryRow(*r)) for r in rows)
+    return found

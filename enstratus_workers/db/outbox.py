@@ -16,6 +16,14 @@ skipping from group to group in the index (a loose index scan: one step per (que
 whatever the backlog), and the queued count reads at most a window of rows per queue. With one
 account waiting, a pass is the probe and the one locking ``SELECT`` the relay always had; each
 further account dealt a turn adds one indexed ``SELECT ... LIMIT n``.
+
+At idle a pass is one statement. When the pass before left nothing pending that it could see
+(``FairShare.outbox_emptied``), the next one first reads the oldest two pending jobs, locked,
+each with its queue's window count and its queue's and account's pauses (``_lone``): if there
+is only one, that row is the whole outlook, planned as the probe's would be (a paused queue or
+account, or a full window, still gets no room), and the probe and the take are skipped. Two
+rows mean a backlog is building: the pass reads the outbox as above, in the same transaction
+(the two rows it holds are its own, and the take reads them again).
 """
 
 from __future__ import annotations
@@ -26,7 +34,7 @@ import sqlalchemy as sa
 
 from ..clock import now_ms
 from ..errors import PublishError
-from ..jobs.fairshare import FairShare, Group, Outlook, Paused
+from ..jobs.fairshare import FairShare, Group, Outlook, Paused, Plan
 from ..jobs import lifecycle, pathtrace
 from ..jobs.lifecycle import PENDING, QUEUED
 
@@ -81,6 +89,11 @@ _REST = (" UNION ALL SELECT 'window', queue, NULL, COUNT(*) FROM enstratus_job "
          f"WHERE status = '{QUEUED}' AND attempts = 0 AND (not_before_ms IS NULL OR not_before_ms <= {{now}}) "
          "GROUP BY queue UNION ALL SELECT kind, name, NULL, since_ms FROM enstratus_pause")
 _COLUMNS = "job_id, action, arguments, queue, attempts, max_attempts, not_before_ms, cancel_requested_ms"
+# the first attempts queued on the queue of the job read (``j``), as the probe counts them
+_QUEUED_OF_J = (f"SELECT COUNT(*) FROM enstratus_job w WHERE w.status = '{QUEUED}' AND w.attempts = 0 "
+                "AND (w.not_before_ms IS NULL OR w.not_before_ms <= {now}) AND w.queue = j.queue")
+#: rows ``_lone`` reads: one more than a lone job, to know that it is alone
+_LONE_READ = 2
 
 
 def probe(conn) -> Outlook:
@@ -97,6 +110,51 @@ def probe(conn) -> Outlook:
         elif kind in paused:
             paused[kind].add(name)
     return Outlook(queued, waiting, Paused(frozenset(paused["queue"]), frozenset(paused["account"])))
+
+
+def _lone(conn) -> tuple[Outlook, list[Relayed]] | None:
+    """The outlook and the row of the only pending job (none: an empty outlook), in one locking
+    statement; None if more than one is pending (the probe's turn). The subqueries' rows are not
+    locked (only the outer table's are: MariaDB's and MySQL's rule for a locking read)."""
+    lock = "" if conn.dialect.name == "sqlite" else " FOR UPDATE SKIP LOCKED"
+    columns = ", ".join(f"j.{c.strip()}" for c in _COLUMNS.split(","))
+    sql = (f"SELECT {columns}, j.account, ({_QUEUED_OF_J.format(now=int(now_ms()))}), "
+           "EXISTS (SELECT 1 FROM enstratus_pause p WHERE p.kind = 'queue' AND p.name = j.queue), "
+           "EXISTS (SELECT 1 FROM enstratus_pause p WHERE p.kind = 'account' AND p.name = j.account) "
+           f"FROM enstratus_job j WHERE j.status = '{PENDING}' ORDER BY j.job_id LIMIT {_LONE_READ}{lock}")
+    rows = conn.exec_driver_sql(sql).all()
+    if len(rows) >= _LONE_READ:
+        return None
+    if not rows:
+        return Outlook({}, {}), []
+    *job, account, queued, queue_paused, account_paused = rows[0]
+    relayed = Relayed(*job)
+    paused = Paused(frozenset([relayed.queue] if queue_paused else []),
+                    frozenset([account] if account_paused else []))
+    return Outlook({relayed.queue: int(queued)}, {relayed.queue: [account]}, paused), [relayed]
+
+
+def _read(conn, planner: FairShare, batch: int, lone_first: bool) -> tuple[Outlook, Plan, list[list[Relayed]]]:
+    """The pass's outlook, its plan, and the rows of each of the plan's groups, locked: from the
+    lone job's read if ``lone_first`` (the pass before emptied the outbox) and one job is
+    pending, else from the probe and a take per group (module docstring)."""
+    if lone_first:
+        lone = _lone(conn)
+        if lone is not None:
+            outlook, rows = lone
+            plan = planner.plan(outlook, batch)
+            return outlook, plan, [rows for _ in plan.groups]   # at most one group: the job's
+    outlook = probe(conn)
+    plan = planner.plan(outlook, batch)
+    return outlook, plan, [_take(conn, g) for g in plan.groups]
+
+
+def _emptied(outlook: Outlook, plan: Plan, taken: list[list[Relayed]], used: list[int]) -> bool:
+    """Whether a pass left nothing pending that it saw: every (queue, account) waiting was
+    dealt a group, each group had fewer jobs than turns, and every job read was published."""
+    waiting = sum(len(accounts) for accounts in outlook.waiting.values())
+    return (len(plan.groups) == waiting
+            and all(len(rows) < g.limit and len(rows) == n for g, rows, n in zip(plan.groups, taken, used)))
 
 
 def _take(conn, group: Group) -> list[Relayed]:
@@ -131,11 +189,12 @@ def relay(engine: sa.Engine, planner: FairShare, batch: int,
           publish: Callable[[list[Relayed]], None]) -> RelayPass:
     """One pass (module docstring). ``publish`` returns once the broker confirmed, or raises
     ``PublishError`` naming the unconfirmed: those stay pending, the rest are marked queued."""
+    lone_first, planner.outbox_emptied = planner.outbox_emptied, False   # until this pass shows it
     with engine.begin() as conn:
-        plan = planner.plan(probe(conn), batch)
+        outlook, plan, taken = _read(conn, planner, batch, lone_first)
         if not plan.groups:
+            planner.outbox_emptied = not outlook.waiting
             return RelayPass(0, False)
-        taken = [_take(conn, g) for g in plan.groups]
         jobs, used = _interleaved(taken, plan.order, plan.batch)
         failure = None
         confirmed = []
@@ -156,4 +215,5 @@ def relay(engine: sa.Engine, planner: FairShare, batch: int,
     pathtrace.stamp("publisher.marked", confirmed)
     if failure is not None:
         raise failure
+    planner.outbox_emptied = _emptied(outlook, plan, taken, used)
     return RelayPass(len(jobs), planner.settle(plan, [len(t) for t in taken], used))

@@ -122,6 +122,9 @@ class FairShare:
         self.weights = dict(weights or {})
         self._turns: dict[str, Turns] = {}
         self._first_queue = 0                    # queues take turns at a batch too small for all
+        # the last pass left nothing pending that it saw: the next may read the outbox as one
+        # lone job, in one statement (``db/outbox.py``); set by the pass, False until one shows it
+        self.outbox_emptied = False
 
     def _refill_at(self, queued: int) -> int:
         """The room a queue must have to be relayed to: any, when nothing of it is queued (a lone

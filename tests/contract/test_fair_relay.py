@@ -8,6 +8,7 @@ import threading
 from collections import Counter
 
 import pytest
+from sqlalchemy import event as sa_event
 
 from enstratus_workers.config.settings import Secret, WorkerSettings
 from enstratus_workers.db import NewJob, Outcome, Started, open_databases
@@ -159,6 +160,69 @@ def test_a_delivery_of_a_paused_job_is_given_back_at_the_same_attempt_count(dbs)
     assert given == 2
     rows = {i: dbs.jobs.get(i) for i in (queued, running, retried)}
     assert [(r.status, r.attempts) for r in rows.values()] == [("pending", 0), ("running", 1), ("pending", 1)]
+
+
+def statements_of(dbs):
+    """The SQL the provisioning engine runs from now on (a list that grows)."""
+    seen = []
+    sa_event.listen(dbs.provisioning, "before_cursor_execute",
+                    lambda _c, _cur, statement, *_a: seen.append(statement))
+    return seen
+
+
+def test_a_lone_job_after_the_outbox_was_emptied_is_relayed_without_the_probe(dbs):
+    # Given a publisher whose last pass found the outbox empty
+    fair = FairShare(window=10)
+    assert relay(dbs, fair) == [] and fair.outbox_emptied
+    # When one job is submitted and it relays
+    [job] = submit(dbs, "A", 1)
+    statements = statements_of(dbs)
+    # Then the job goes out, read in one statement: no probe, no take per group
+    assert [j.job_id for j in relay(dbs, fair)] == [job]
+    reads = [s for s in statements if s.lstrip().upper().startswith(("SELECT", "WITH"))]
+    assert len(reads) == 1 and "enstratus_pause" in reads[0]
+    assert dbs.jobs.get(job).status == "queued" and fair.outbox_emptied
+
+
+def test_the_lone_read_keeps_pauses_and_the_window(dbs):
+    # Given a window of 1 and a publisher whose last pass emptied the outbox
+    instances = InstanceStore(dbs.provisioning)
+    instances.ensure_seeded(dbs.settings)
+    pauses = fleet_pauses(dbs)
+    fair = FairShare(window=1)
+    relay(dbs, fair)
+    # When a job of a paused account is the only one pending, Then it waits in the outbox
+    pauses.pause(ACCOUNT, "A")
+    [held] = submit(dbs, "A", 1)
+    assert relay(dbs, fair) == [] and not fair.outbox_emptied
+    pauses.resume(ACCOUNT, "A")
+    assert [j.job_id for j in relay(dbs, fair)] == [held]
+    # When the queue is paused, likewise
+    relay(dbs, fair)
+    pauses.pause(QUEUE, "default")
+    [other] = submit(dbs, "B", 1)
+    assert fair.outbox_emptied and relay(dbs, fair) == []
+    pauses.resume(QUEUE, "default")
+    # When the window is full (a job relayed, not started), Then a lone job waits for room ...
+    dbs.jobs.mark_started([Started(held, 1, "w", 1, "me")])
+    assert [j.job_id for j in relay(dbs, fair)] == [other]
+    assert relay(dbs, fair) == [] and fair.outbox_emptied
+    [third] = submit(dbs, "B", 1)
+    assert relay(dbs, fair) == [] and dbs.jobs.get(third).status == "pending"
+    # ... until the queued one starts
+    dbs.jobs.mark_started([Started(other, 1, "w", 1, "me")])
+    assert [j.job_id for j in relay(dbs, fair)] == [third]
+
+
+def test_two_jobs_after_the_outbox_was_emptied_are_dealt_by_the_probe_in_turns(dbs):
+    # Given a publisher whose last pass emptied the outbox, then 3 jobs of A and 3 of B
+    fair = FairShare(window=4)
+    relay(dbs, fair)
+    a, b = submit(dbs, "A", 3), submit(dbs, "B", 3)
+    # When it relays, Then the accounts share the window in turns, as without the lone read
+    first = relay(dbs, fair)
+    assert Counter(j.job_id in b for j in first) == {True: 2, False: 2}
+    assert not fair.outbox_emptied
 
 
 @pytest.mark.timeout(60)

@@ -7,11 +7,12 @@ to workers, collect outcomes, write them in batches (``recorder.py``), ack what 
 supervise the workers.
 
 The job row is the truth; a message only points at it. Each batch of deliveries is checked
-against the rows of its jobs in one query (``JobStore.delivery_rows``), and a delivery runs only
-if its attempt is open or held by this process (db/jobs.py's ownership rule), as the
-``jobs.values.Task`` the row makes of it (its action, arguments and max_attempts, this process as
-the owner). The worker answers with the attempt's ``Outcome``, which goes to the recorder as it
-came; when the worker died under it, the Outcome is built here from the same Task.
+against the rows of its jobs in one query (``JobStore.delivery_rows``, on a connection the loop
+holds: ``held_connection.py``), and a delivery runs only if its attempt is open or held by this
+process (db/jobs.py's ownership rule), as the ``jobs.values.Task`` the row makes of it (its
+action, arguments and max_attempts, this process as the owner). The worker answers with the
+attempt's ``Outcome``, which goes to the recorder as it came; when the worker died under it, the
+Outcome is built here from the same Task.
 
 A delivery of a job without a row is a stranger (dead-lettered with the reason); one of a
 finished job or of an attempt the row is not at is a stale duplicate (acked away). Both are
@@ -43,6 +44,7 @@ from multiprocessing.connection import wait
 from enstratus_workers.backoff import Backoff
 from enstratus_workers.clock import now_ms
 from enstratus_workers.daemons.subscriber.cancels import Cancels
+from enstratus_workers.daemons.subscriber.held_connection import HeldConnection
 from enstratus_workers.daemons.subscriber.intake import Intake
 from enstratus_workers.daemons.subscriber.pauses import PauseGate
 from enstratus_workers.daemons.subscriber.pool import Assignment, WorkerPool
@@ -89,6 +91,7 @@ class Subscriber(Service):
         self._held: list = []                 # (delivery, message) of attempts another owner holds
         self._held_until = 0.0
         self._marked: set = set()             # (job id, attempt) handed to the recorder as started
+        self._rows_conn: HeldConnection | None = None   # the delivery check's own (made at the first)
         self.cancels = Cancels(settings.subscriber.cancel_grace)
         self._bell = None                     # rung by a cancel made on this host (run() binds it)
         self._wake_out = None                 # rings other hosts' publishers through the broker
@@ -155,6 +158,8 @@ class Subscriber(Service):
             self.recorder.stop(timeout=0 if self._stop.is_set() else 5)   # _shutdown waited already
             self.intake.stop()
             self._remove_heartbeat()
+            if self._rows_conn is not None:
+                self._rows_conn.close()
             if self._wake_out is not None:
                 self._wake_out.close()
             self.dbs.close()
@@ -170,7 +175,8 @@ class Subscriber(Service):
     def _round(self, timeout: float) -> None:
         bell = [self._bell] if self._bell is not None else []
         ready = wait([self._wake_r, *bell, *self.pool.connections()], timeout=timeout)
-        if bell and bell[0] in ready:
+        cancel_rung = bool(bell) and bell[0] in ready
+        if cancel_rung:
             bell[0].drain()
             self.cancels.look_now()
             ready = [r for r in ready if r is not bell[0]]
@@ -185,15 +191,28 @@ class Subscriber(Service):
             self.pool.pass_on_hup()
         self._take_deliveries()
         self._settle(self.pool.read([c for c in ready if c != self._wake_r]))
-        self.cancels.look(self.dbs.jobs, self.active, self.pending, self.pool.handles, self._ack_stale)
+        if cancel_rung:   # a cancel made on this host: its job, if waiting here, never starts
+            self._look_for_cancels()
         self._settle(self.pool.supervise())
+        if not self.pool.stopping:
+            # the work checked this round goes to the workers before the round's periodic
+            # reads (cancels, desired types, pauses), so that none of them is on its path
+            self.pool.scale({t: len(q) for t, q in self.pending.items()})
+            self._dispatch()
+        if not cancel_rung:
+            self._look_for_cancels()
         if not self.pool.stopping:
             self._reconcile()
             self.pauses.tick(self.pending, self.active)
-            self.pool.scale({t: len(q) for t, q in self.pending.items()})
-            self.pool.dispatch(self.pending)
-            self._mark_dispatched()
+            self._dispatch()     # what those put back in line (a compensation, work of a new type)
         self._beat()
+
+    def _look_for_cancels(self) -> None:
+        self.cancels.look(self.dbs.jobs, self.active, self.pending, self.pool.handles, self._ack_stale)
+
+    def _dispatch(self) -> None:
+        self.pool.dispatch(self.pending)
+        self._mark_dispatched()
 
     def _reconcile(self) -> None:
         """Follow the desired worker types placed on this host (admin API, or worker.properties)
@@ -278,7 +297,10 @@ class Subscriber(Service):
         if not waiting:
             return
         try:
-            rows = self.dbs.jobs.delivery_rows(m.job_id for _, m in waiting)
+            if self._rows_conn is None:
+                self._rows_conn = HeldConnection(self.dbs.provisioning)
+            ids = [m.job_id for _, m in waiting]
+            rows = self._rows_conn.run(lambda conn: self.dbs.jobs.delivery_rows(ids, conn))
             if any(r.verdict(m.attempt, self.owner) == "foreign"
                    for r, m in ((rows.get(m.job_id), m) for _, m in waiting) if r is not None):
                 live = live_owners(self.dbs.heartbeats.all())
