@@ -75,8 +75,8 @@ _INSERT_COLUMNS = ("action", "arguments", "queue", "status", "attempts", "max_at
 # attempts is always 0 for a new job: inlined, the rest bound ({True: SQLite's ?, False: %s})
 _INSERT_ROW = {qmark: f"({', '.join('0' if c == 'attempts' else ('?' if qmark else '%s') for c in _INSERT_COLUMNS)})"
                for qmark in (True, False)}
-_INSERT_SQL = {qmark: f"INSERT INTO enstratus_job ({', '.join(_INSERT_COLUMNS)}) VALUES {_INSERT_ROW[qmark]}"
-               for qmark in (True, False)}
+_INSERT_HEAD = f"INSERT INTO enstratus_job ({', '.join(_INSERT_COLUMNS)}) VALUES "
+_INSERT_SQL = {qmark: _INSERT_HEAD + _INSERT_ROW[qmark] for qmark in (True, False)}
 #: Jobs per multi-row ``INSERT ... RETURNING`` (``JobStore._insert``): 8 bound values each, well
 #: under an older SQLite's 999 bound parameters per statement.
 RETURNING_ROWS = 100
@@ -89,8 +89,7 @@ def _insert_values(job: NewJob, created_ms: int) -> tuple:
 
 
 def _insert_returning_sql(qmark: bool, rows: int) -> str:
-    return (f"INSERT INTO enstratus_job ({', '.join(_INSERT_COLUMNS)}) VALUES "
-            f"{', '.join([_INSERT_ROW[qmark]] * rows)} RETURNING job_id")
+    return _INSERT_HEAD + ", ".join([_INSERT_ROW[qmark]] * rows) + " RETURNING job_id"
 
 
 def _returns_ids(conn) -> bool:

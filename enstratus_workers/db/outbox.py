@@ -94,6 +94,7 @@ _QUEUED_OF_J = (f"SELECT COUNT(*) FROM enstratus_job w WHERE w.status = '{QUEUED
                 "AND (w.not_before_ms IS NULL OR w.not_before_ms <= {now}) AND w.queue = j.queue")
 #: rows ``_lone`` reads: one more than a lone job, to know that it is alone
 _LONE_READ = 2
+_LONE_COLUMNS = ", ".join(f"j.{c.strip()}" for c in _COLUMNS.split(","))
 
 
 def probe(conn) -> Outlook:
@@ -117,8 +118,7 @@ def _lone(conn) -> tuple[Outlook, list[Relayed]] | None:
     statement; None if more than one is pending (the probe's turn). The subqueries' rows are not
     locked (only the outer table's are: MariaDB's and MySQL's rule for a locking read)."""
     lock = "" if conn.dialect.name == "sqlite" else " FOR UPDATE SKIP LOCKED"
-    columns = ", ".join(f"j.{c.strip()}" for c in _COLUMNS.split(","))
-    sql = (f"SELECT {columns}, j.account, ({_QUEUED_OF_J.format(now=int(now_ms()))}), "
+    sql = (f"SELECT {_LONE_COLUMNS}, j.account, ({_QUEUED_OF_J.format(now=int(now_ms()))}), "
            "EXISTS (SELECT 1 FROM enstratus_pause p WHERE p.kind = 'queue' AND p.name = j.queue), "
            "EXISTS (SELECT 1 FROM enstratus_pause p WHERE p.kind = 'account' AND p.name = j.account) "
            f"FROM enstratus_job j WHERE j.status = '{PENDING}' ORDER BY j.job_id LIMIT {_LONE_READ}{lock}")

@@ -177,18 +177,16 @@ def attach(engine: sa.Engine, parsed: DbUrl, writer: Writer | None = None) -> Wr
         writer = Writer(parsed.nodes, Prober(parsed.url).probe_all, label=f"database {parsed.url.database!r}")
     engine.enstratus_writer = writer   # for tests and the curious: which node, how many moves
 
-    causal = len(writer.nodes) > 1
-
     @sa.event.listens_for(engine, "do_connect")
     def _connect(dialect, conn_rec, cargs, cparams):
         node = writer.current
         try:
-            return _connect_to(dialect, conn_rec, cargs, cparams, node, causal)
+            return _connect_to(dialect, conn_rec, cargs, cparams, node)
         except dialect.loaded_dbapi.Error as exc:
             now = writer.lost(node, _why(exc))
             if now == node:
                 raise
-            return _connect_to(dialect, conn_rec, cargs, cparams, now, causal)   # once, to the new writer
+            return _connect_to(dialect, conn_rec, cargs, cparams, now)   # once, to the new writer
 
     @sa.event.listens_for(engine, "checkout")
     def _lend(_dbapi_conn, record, _proxy):
@@ -213,10 +211,9 @@ def attach(engine: sa.Engine, parsed: DbUrl, writer: Writer | None = None) -> Wr
     return writer
 
 
-def _connect_to(dialect, conn_rec, cargs, cparams, node: Node, causal: bool = False):
+def _connect_to(dialect, conn_rec, cargs, cparams, node: Node):
     conn = dialect.connect(*cargs, **{**cparams, "host": node.host, "port": node.port})
-    if causal:
-        _read_after_commits(conn)
+    _read_after_commits(conn)   # only a cluster's engine is attached (engine.mysql_engine)
     if conn_rec is not None:
         conn_rec.info["node"] = node
     return conn
@@ -229,7 +226,7 @@ def _read_after_commits(conn) -> None:
     processes disagree about the writer (one moved back to a rejoined node, one not yet), a job
     committed on one node can be relayed and delivered before the other node, where its
     subscriber reads, has applied it: the row check finds no row and dead-letters the job as a
-    stranger (the writer-move fleet test lost a job that way). ``wsrep_sync_wait = 1`` makes
+    stranger (the likely way the writer-move fleet test once lost a job). ``wsrep_sync_wait = 1`` makes
     every read (``SELECT``, ``BEGIN``) wait until the node has applied what the cluster committed
     before it, a round of the group's messages; a server outside a cluster (``wsrep_on`` off)
     ignores it, and one that does not know the variable (MySQL) answers 1193, which leaves it

@@ -28,16 +28,16 @@ import pika.exceptions
 
 from enstratus_workers.mq.amqp_common import PRECONDITION_FAILED
 
+log = logging.getLogger(__name__)
+
+AT_LEAST_ONCE = {"x-dead-letter-strategy": "at-least-once", "x-overflow": "reject-publish"}
+
 
 def service_exchanges(exchange: str) -> tuple[str, ...]:
     """Every exchange a service on ``exchange`` (``mq.cfg``'s) declares on the broker: its work
     exchange, its dead letters' (``.dead``, here) and its publishers' rings (``.wake``,
     ``amqp_wake.py``). What removes a service's traces from a broker deletes these."""
     return exchange, exchange + ".dead", exchange + ".wake"
-
-log = logging.getLogger(__name__)
-
-AT_LEAST_ONCE = {"x-dead-letter-strategy": "at-least-once", "x-overflow": "reject-publish"}
 
 
 def work_queue_arguments(queue_type: str, dead_exchange: str) -> dict:

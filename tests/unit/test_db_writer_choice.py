@@ -271,15 +271,18 @@ class _Dialect:
         return self.conn
 
 
-def test_a_cluster_connection_asks_for_causal_reads_and_a_single_server_is_left_alone():
+def test_a_cluster_connection_asks_for_causal_reads_and_a_single_server_url_is_not_attached():
+    from enstratus_workers.config.dburl import parse
+    from enstratus_workers.db.engine import mysql_engine
     from enstratus_workers.db.writer import _connect_to
-    # Given a connection made to a node of a cluster, and one to a lone server
-    clustered, lone = _Connection(), _Connection()
-    _connect_to(_Dialect(clustered), None, (), {}, A, causal=True)
-    _connect_to(_Dialect(lone), None, (), {}, A, causal=False)
-    # Then the cluster's reads wait for its earlier commits; the lone server is sent nothing
+    # Given a connection made to a node of a cluster
+    clustered = _Connection()
+    _connect_to(_Dialect(clustered), None, (), {}, A)
+    # Then its reads wait for the cluster's earlier commits
     assert clustered.statements == ["SET SESSION wsrep_sync_wait = 1"]
-    assert lone.statements == []
+    # And an engine of a one-server URL is not attached to a writer: its connections are plain
+    lone = mysql_engine(parse("mysql+pymysql://u:p@db1:3306/jobs"))
+    assert getattr(lone, "enstratus_writer", None) is None
 
 
 def test_a_server_without_the_variable_still_connects_and_only_other_errors_are_logged(caplog):
@@ -289,8 +292,8 @@ def test_a_server_without_the_variable_still_connects_and_only_other_errors_are_
     other = _Connection(refuse=Exception(1227, "Access denied; you need the SUPER privilege"))
     # When connections are made to them
     with caplog.at_level("WARNING", logger="enstratus_workers.db.writer"):
-        assert _connect_to(_Dialect(unknown), None, (), {}, A, causal=True) is unknown
+        assert _connect_to(_Dialect(unknown), None, (), {}, A) is unknown
         assert not caplog.records
-        assert _connect_to(_Dialect(other), None, (), {}, B, causal=True) is other
+        assert _connect_to(_Dialect(other), None, (), {}, B) is other
     # Then both connect; only the unexpected refusal is said, with the server's words
     assert len(caplog.records) == 1 and "1227" in caplog.records[0].getMessage()
