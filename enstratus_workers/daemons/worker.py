@@ -75,9 +75,10 @@ class WorkerProcess(Service):
         """What actions get in their context: settings, the KM client, the persistence layer,
         the cloud API limits.
 
-        The analytics engine is made on the first server state change (``_AnalyticsEvents``). The KM client opens a connection per request, so building it costs nothing and a KM
+        The KM client opens a connection per request, so building it costs nothing and a KM
         that is down only fails the actions that need a credential; the limits connect to the
-        provisioning DB on the first cloud call.
+        provisioning DB on the first cloud call, the analytics engine is made on the first server
+        state change (``_AnalyticsEvents``).
         """
         from ..cloud.limiter import CloudLimiter
         from ..cloud.state_events import StateEventStore
@@ -89,7 +90,8 @@ class WorkerProcess(Service):
         services = {"settings": self.settings,
                     "persistence": StateEventStore(open_store(self.settings.persistence, self.layout),
                                                    self._analytics),
-                    "cloud_limits": CloudLimiter(self.settings.cloud, lambda: _cloud_rates(provisioning_url, self.layout))}
+                    "cloud_limits": CloudLimiter(self.settings.cloud,
+                                                 lambda: _cloud_rates(provisioning_url, self.layout))}
         if self.settings.provisioning.encryption_key:
             services["km"] = KMClient(self.settings.km_client, self.settings.provisioning.encryption_key)
         return services

@@ -35,8 +35,8 @@ from enstratus_workers.config.settings import KMClientSettings, Secret
 from enstratus_workers.errors import ConfigError
 from enstratus_workers.km import KMError, KMRefused, KMUnavailable
 from enstratus_workers.km import protocol as p
-from enstratus_workers.km.envelope import (KEY_SIZE, REQUEST, RESPONSE, EnvelopeError, Keyring, key_id, open_frame,
-                                           seal)
+from enstratus_workers.km.envelope import (KEY_SIZE, REQUEST, RESPONSE, EnvelopeError, Keyring, key_id,
+                                           open_frame, seal)
 from enstratus_workers.km.tls import (
     TLSFiles,
     client_context,
