@@ -77,8 +77,9 @@ class WorkerProcess(Service):
 
         The KM client opens a connection per request, so building it costs nothing and a KM
         that is down only fails the actions that need a credential; the limits connect to the
-        provisioning DB on the first cloud call, the analytics engine is made on the first server
-        state change (``_AnalyticsEvents``).
+        provisioning DB on the first cloud call, the persistence backends are opened on their
+        first use and the analytics engine on the first server state change
+        (``_AnalyticsEvents``): an idle worker loads no SQLAlchemy.
         """
         from ..cloud.limiter import CloudLimiter
         from ..cloud.state_events import StateEventStore
@@ -87,9 +88,9 @@ class WorkerProcess(Service):
 
         self._analytics = _AnalyticsEvents(self.settings.worker.analytics_url.reveal(), self.layout)
         provisioning_url = self.settings.worker.provisioning_url.reveal()
+        persistence = open_store(self.settings.persistence, self.layout, on_first_use=True)
         services = {"settings": self.settings,
-                    "persistence": StateEventStore(open_store(self.settings.persistence, self.layout),
-                                                   self._analytics),
+                    "persistence": StateEventStore(persistence, self._analytics),
                     "cloud_limits": CloudLimiter(self.settings.cloud,
                                                  lambda: _cloud_rates(provisioning_url, self.layout))}
         if self.settings.provisioning.encryption_key:
