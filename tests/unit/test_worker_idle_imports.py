@@ -4,7 +4,8 @@ A worker process is started as the subscriber starts it (``worker.main(["run", .
 start: settings, logs, registry, services) in a fresh interpreter, against a stand-in subscriber
 socket in the same process. Once it said hello and ran a ``noop``, that interpreter's
 ``sys.modules`` is read: no SQLAlchemy (the settings' URL check, the analytics engine, the
-persistence backends), no PyMySQL, no cryptography (the KM client's keyring), no requests (Riak).
+persistence backends), no PyMySQL, no cryptography (the KM client's keyring), no requests (Riak),
+no asyncio (the guest client's async ping, which only the pinger calls).
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ import sys
 
 from tests import servicehome as sh
 
-HEAVY = ("sqlalchemy", "pymysql", "cryptography", "requests", "libcloud", "fastapi", "starlette", "pika")
+HEAVY = ("sqlalchemy", "pymysql", "cryptography", "requests", "libcloud", "fastapi", "starlette", "pika", "asyncio")
 
 PROBE = r"""
 import json, os, sys, threading
