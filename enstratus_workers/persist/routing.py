@@ -56,7 +56,9 @@ class Persistence(Store):
     def _open(self, name: str) -> Store:
         with self._opening:
             if name not in self._stores:
-                self._stores[name] = self._openers.pop(name)()
+                # kept until it succeeds: a backend that failed to open is tried again next time
+                self._stores[name] = self._openers[name]()
+                del self._openers[name]
             return self._stores[name]
 
     # The public methods validate, then these route; the backend validates again (cheaply).

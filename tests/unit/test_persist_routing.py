@@ -141,6 +141,12 @@ def test_on_first_use_a_backend_opens_when_a_bucket_routed_to_it_is_first_used(t
         assert sorted(persistence.stores) == ["riak", "sqlite"]
     with pytest.raises(StoreError, match="closed"):
         persistence.get("accounts", "42")
+    # A backend that fails to open fails the call that used it, and is tried again on the next
+    with open_store(settings(default_backend="relational", relational_url=Secret("sqlite:///x.db")),
+                    Layout(tmp_path), on_first_use=True) as persistence:
+        for _ in range(2):
+            with pytest.raises(ConfigError, match="speaks MySQL"):
+                persistence.get("accounts", "42")
     # A route to an unknown backend is still refused when the store is made, not on first use
     with pytest.raises(ConfigError, match="unknown persistence backend"):
         open_store(settings(default_backend="nope"), Layout(tmp_path), on_first_use=True)
