@@ -11,11 +11,14 @@ logged and never fails the action: the persistence layer holds the truth.
 from __future__ import annotations
 
 import logging
+from typing import TYPE_CHECKING
 
 from ..actions.hooks import Hook
 from ..clock import now_ms
-from ..db.analytics import EventStore, ServerEvent
 from ..persist.base import Store, StoredObject
+
+if TYPE_CHECKING:
+    from ..db.analytics import EventStore
 
 log = logging.getLogger(__name__)
 
@@ -47,6 +50,10 @@ class StateEventStore(Store):
         return stored
 
     def _record(self, server_id, data, old, new) -> None:
+        # imported here, not at the top: the db package loads SQLAlchemy, which a worker process
+        # should not carry until an action writes a server (an idle worker stays small)
+        from ..db.analytics import ServerEvent
+
         try:
             self.events.record_server_event(ServerEvent(
                 server_id=server_id, account=(data or {}).get("account"), old_state=old, new_state=new,

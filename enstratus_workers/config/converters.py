@@ -14,8 +14,6 @@ import ipaddress
 import math
 import re
 
-from sqlalchemy.engine import URL
-
 from enstratus_workers.config import dburl, limits
 
 _TRUE = frozenset({"true", "yes", "on", "1"})
@@ -131,10 +129,11 @@ def non_empty(text: str) -> str:
     return word
 
 
-def parse_db_url(text: str) -> URL:
-    """The URL as SQLAlchemy will read it (at its first node, if it names several: see
-    ``dburl``); messages never repeat the URL (it may hold a password)."""
-    return dburl.parse(text).url
+def parse_db_url(text: str) -> dburl.Parts:
+    """The URL's fields as SQLAlchemy will read them (at its first node, if it names several:
+    see ``dburl``), without loading SQLAlchemy; messages never repeat the URL (it may hold a
+    password)."""
+    return dburl.check(text)
 
 
 def db_url(text: str) -> str:
@@ -162,7 +161,7 @@ def url_has_password(text: str) -> bool:
     if not text.strip():
         return False
     try:
-        url = dburl.parse(text).url
+        url = dburl.check(text)
     except ValueError:
         # unparseable: treat anything with user info as secret, to err on the safe side
         return "@" in text

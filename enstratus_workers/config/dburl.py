@@ -17,14 +17,16 @@ Messages never repeat the URL, only the offending node: the URL holds a password
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
-
-from sqlalchemy.engine import URL, make_url
-from sqlalchemy.exc import ArgumentError
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Mapping
+from urllib.parse import parse_qsl, unquote
 
 from enstratus_workers.config.hostlist import Node, parse_nodes
 
-__all__ = ["DEFAULT_PORT", "DbUrl", "Node", "parse"]
+if TYPE_CHECKING:
+    from sqlalchemy.engine import URL
+
+__all__ = ["DEFAULT_PORT", "DbUrl", "Node", "Parts", "check", "parse"]
 
 DEFAULT_PORT = 3306
 
@@ -33,6 +35,39 @@ DEFAULT_PORT = 3306
 _SPLIT = re.compile(r"""(?P<head>[\w+]+://(?:[^:/]*(?::[^@]*)?@)?)
                         (?P<hosts>[^/?]*)
                         (?P<tail>.*)""", re.X | re.S)
+
+
+# SQLAlchemy's own pattern (``sqlalchemy.engine.url._parse_url``, 2.x), so that ``check`` reads a
+# URL as ``make_url`` does; tests/unit/test_db_url_parts.py holds the two to the same answers.
+_SQLALCHEMY_URL = re.compile(r"""(?P<name>[\w\+]+)://
+                                 (?:(?P<username>[^:/]*)(?::(?P<password>[^@]*))?@)?
+                                 (?:(?:\[(?P<ipv6host>[^/\?]+)\]|(?P<ipv4host>[^/:\?]+))?
+                                    (?::(?P<port>[^/\?]*))?)?
+                                 (?:/(?P<database>[^\?]*))?
+                                 (?:\?(?P<query>.*))?""", re.X)
+_NOT_A_URL = ("is not a database URL: expected sqlite:///path/to/file.db or "
+              "mysql+pymysql://user:password@host:3306/database (a cluster: host1:3306,host2:3306,host3)")
+
+
+@dataclass(frozen=True)
+class Parts:
+    """A URL's fields as SQLAlchemy's ``make_url`` reads them, read without SQLAlchemy.
+
+    Reading the settings checks every database URL, and every process reads them: a worker
+    process that runs no database action would load SQLAlchemy (a third of its memory) for that
+    check alone. What needs SQLAlchemy's ``URL`` (an engine, the URL shown) calls ``parse``.
+    """
+
+    drivername: str
+    username: str | None = None
+    password: str | None = None
+    host: str | None = None
+    port: int | None = None
+    database: str | None = None
+    query: Mapping[str, str | tuple[str, ...]] = field(default_factory=dict)
+
+    def get_backend_name(self) -> str:
+        return self.drivername.split("+")[0]
 
 
 @dataclass(frozen=True)
@@ -62,28 +97,64 @@ class DbUrl:
 
 def parse(text: str) -> DbUrl:
     """Read a database URL; ``ValueError`` says what is wrong without quoting the URL."""
+    first, _parts, nodes = _read(text)
+    return DbUrl(_sqlalchemy(first), nodes)
+
+
+def check(text: str) -> Parts:
+    """The URL's fields at its first node, as ``parse`` reads them, without importing SQLAlchemy;
+    ``ValueError`` as ``parse`` raises it."""
+    return _read(text)[1]
+
+
+def _read(text: str) -> tuple[str, Parts, tuple[Node, ...]]:
+    """(the URL at its first node, its fields, its nodes)."""
     word = text.strip()
     parts = _SPLIT.fullmatch(word)
     if parts is None or "," not in parts["hosts"]:
-        url = _sqlalchemy(word)
+        url = _fields(word)
         node = () if url.host is None else (Node(url.host, url.port or DEFAULT_PORT),)
-        return DbUrl(url, node if url.get_backend_name() == "mysql" else ())
+        return word, url, node if url.get_backend_name() == "mysql" else ()
     nodes = _nodes(parts["hosts"])
-    url = _sqlalchemy(parts["head"] + str(nodes[0]) + parts["tail"])
+    first = parts["head"] + str(nodes[0]) + parts["tail"]
+    url = _fields(first)
     if url.get_backend_name() != "mysql":
         raise ValueError(f"only a MySQL/MariaDB URL may name several nodes, not {url.get_backend_name()!r}")
     if "unix_socket" in url.query:
         raise ValueError("a URL naming several nodes cannot use unix_socket (one local server)")
-    return DbUrl(url, nodes)
+    return first, url, nodes
+
+
+def _fields(text: str) -> Parts:
+    """``make_url(text)``'s fields, its steps in its order (``_parse_url``, ``URL.create``)."""
+    m = _SQLALCHEMY_URL.match(text)
+    if m is None:
+        raise ValueError(_NOT_A_URL)
+    query: dict[str, str | tuple[str, ...]] = {}
+    for key, value in parse_qsl(m["query"] or ""):
+        old = query.get(key)
+        query[key] = value if old is None else (*((old,) if isinstance(old, str) else old), value)
+    port = m["port"]
+    try:
+        # SQLAlchemy converts a non-empty port with int() and passes an empty one on, which
+        # URL.create's int() refuses: the same ValueError either way
+        port = None if port is None else int(port)
+    except ValueError:
+        raise ValueError(_NOT_A_URL) from None
+    return Parts(m["name"], *(None if v is None else unquote(v) for v in (m["username"], m["password"])),
+                 m["ipv4host"] or m["ipv6host"], port,
+                 None if m["database"] is None else unquote(m["database"]), query)
 
 
 def _sqlalchemy(text: str) -> URL:
+    # imported here: see ``Parts``
+    from sqlalchemy.engine import make_url
+    from sqlalchemy.exc import ArgumentError
+
     try:
         return make_url(text)
     except (ArgumentError, ValueError, TypeError, UnicodeError):
-        raise ValueError("is not a database URL: expected sqlite:///path/to/file.db or "
-                         "mysql+pymysql://user:password@host:3306/database "
-                         "(a cluster: host1:3306,host2:3306,host3)") from None
+        raise ValueError(_NOT_A_URL) from None
 
 
 def _nodes(hosts: str) -> tuple[Node, ...]:

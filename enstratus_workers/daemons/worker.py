@@ -77,23 +77,22 @@ class WorkerProcess(Service):
 
         The KM client opens a connection per request, so building it costs nothing and a KM
         that is down only fails the actions that need a credential; the limits connect to the
-        provisioning DB on the first cloud call.
+        provisioning DB on the first cloud call, the persistence backends are opened on their
+        first use and the analytics engine on the first server state change
+        (``_AnalyticsEvents``): an idle worker loads no SQLAlchemy.
         """
         from ..cloud.limiter import CloudLimiter
         from ..cloud.state_events import StateEventStore
-        from ..db.analytics import EventStore
-        from ..db.cloud_rates import CloudRateStore
-        from ..db.engine import make_engine
         from ..km.client import KMClient
         from ..persist import open_store
 
-        self._analytics = make_engine(self.settings.worker.analytics_url.reveal(), self.layout)
+        self._analytics = _AnalyticsEvents(self.settings.worker.analytics_url.reveal(), self.layout)
         provisioning_url = self.settings.worker.provisioning_url.reveal()
+        persistence = open_store(self.settings.persistence, self.layout, on_first_use=True)
         services = {"settings": self.settings,
-                    "persistence": StateEventStore(open_store(self.settings.persistence, self.layout),
-                                                   EventStore(self._analytics)),
-                    "cloud_limits": CloudLimiter(self.settings.cloud, lambda: CloudRateStore(
-                        make_engine(provisioning_url, self.layout, create_database=False)))}
+                    "persistence": StateEventStore(persistence, self._analytics),
+                    "cloud_limits": CloudLimiter(self.settings.cloud,
+                                                 lambda: _cloud_rates(provisioning_url, self.layout))}
         if self.settings.provisioning.encryption_key:
             services["km"] = KMClient(self.settings.km_client, self.settings.provisioning.encryption_key)
         return services
@@ -171,6 +170,43 @@ class WorkerProcess(Service):
             if rss_mb > limits.max_memory_mb:
                 return f"memory {rss_mb:.0f} MiB above worker.max_memory_mb"
         return None
+
+
+class _AnalyticsEvents:
+    """The analytics DB's ``EventStore`` for the server state changes, made on the first one.
+
+    Only cloud actions change a server's state. Making the engine at start would load
+    SQLAlchemy, and PyMySQL with cryptography for a MySQL URL, into every worker process, most
+    of which never run a cloud action: that was over a third of an idle worker's memory.
+    """
+
+    def __init__(self, url: str, layout):
+        self.url, self.layout = url, layout
+        self._events = None
+        self._lock = threading.Lock()
+
+    def record_server_event(self, event) -> None:
+        with self._lock:
+            if self._events is None:
+                from ..db.analytics import EventStore
+                from ..db.engine import make_engine
+
+                self._events = EventStore(make_engine(self.url, self.layout))
+        self._events.record_server_event(event)
+
+    def dispose(self) -> None:
+        with self._lock:
+            if self._events is not None:
+                self._events.engine.dispose()
+
+
+def _cloud_rates(provisioning_url: str, layout):
+    """The cloud API limits' store, made by the limiter on the first cloud call (SQLAlchemy is
+    imported only then, for the reason ``_AnalyticsEvents`` gives)."""
+    from ..db.cloud_rates import CloudRateStore
+    from ..db.engine import make_engine
+
+    return CloudRateStore(make_engine(provisioning_url, layout, create_database=False))
 
 
 def _watch(inbox: Inbox, key: tuple[int, int]):

@@ -6,7 +6,6 @@ worker runs thousands of these and must not leak a socket per failure.
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import socket
 import time
@@ -79,6 +78,10 @@ async def async_ping(host: str, port: int) -> p.Pong:
 
     The writer is closed on every path, cancellation included.
     """
+    # imported here: a worker process loads this module with its cloud actions and never pings;
+    # asyncio is about 4 MiB of RSS there (the pinger, which calls this, has it loaded anyway)
+    import asyncio
+
     reader, writer = await asyncio.open_connection(host, port, limit=p.MAX_REQUEST * 2)
     try:
         writer.write(p.ping_request())

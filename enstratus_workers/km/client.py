@@ -35,7 +35,8 @@ from enstratus_workers.config.settings import KMClientSettings, Secret
 from enstratus_workers.errors import ConfigError
 from enstratus_workers.km import KMError, KMRefused, KMUnavailable
 from enstratus_workers.km import protocol as p
-from enstratus_workers.km.envelope import KEY_SIZE, REQUEST, RESPONSE, EnvelopeError, Keyring, open_frame, seal
+from enstratus_workers.km.envelope import (KEY_SIZE, REQUEST, RESPONSE, EnvelopeError, Keyring, key_id,
+                                           open_frame, seal)
 from enstratus_workers.km.tls import (
     TLSFiles,
     client_context,
@@ -86,15 +87,24 @@ class KMClient:
             raise_all(tls_file_problems(files, settings.source))
             self._tls = client_context(TLSFiles(**files))
         self.settings = settings
-        self._keyring = Keyring(bytes(key))
+        # the keyring (its AESGCM, i.e. cryptography) is made on the first call: a worker process
+        # builds this client at start, and most of them never ask the KM for a credential
+        self._key = bytes(key)
+        self._key_id = key_id(self._key)
+        self._ring: Keyring | None = None
         self._backoff = Backoff(first=backoff, cap=_MAX_BACKOFF, jitter="equal")  # reconnects
         self._busy_patience = busy_patience
         self._max_frame = max_frame
         self._closed = False
 
     def __repr__(self):
-        return (f"KMClient({self.settings.host}:{self.settings.port}, "
-                f"key_id={self._keyring.current_id.hex()})")
+        return f"KMClient({self.settings.host}:{self.settings.port}, key_id={self._key_id.hex()})"
+
+    @property
+    def _keyring(self) -> Keyring:
+        if self._ring is None:
+            self._ring, self._key = Keyring(self._key), b""   # from here the key lives in AESGCM alone
+        return self._ring
 
     def __enter__(self) -> "KMClient":
         return self

@@ -29,12 +29,13 @@ import os
 import struct
 import threading
 from dataclasses import dataclass
-
-from cryptography.exceptions import InvalidTag
-from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+from typing import TYPE_CHECKING
 
 from enstratus_workers.clock import now_ms
 from enstratus_workers.km import KMError
+
+if TYPE_CHECKING:
+    from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 VERSION = 1
 REQUEST = b"Q"
@@ -97,6 +98,10 @@ class Keyring:
     """
 
     def __init__(self, current: bytes, *old: bytes):
+        # imported here: cryptography is about 9 MiB, and a worker process builds its KM client's
+        # keyring only when an action first asks the KM (``km/client.py``)
+        from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
         self._ciphers: dict[bytes, AESGCM] = {}
         for key in (current, *old):
             if not isinstance(key, (bytes, bytearray)) or len(key) != KEY_SIZE:
@@ -172,6 +177,8 @@ def open_frame(keyring: Keyring, frame: bytes, direction: bytes) -> Opened:
     cipher = keyring.cipher(kid)
     if cipher is None:
         raise UnknownKey(f"frame sealed under unknown key id {kid.hex()}")
+    from cryptography.exceptions import InvalidTag   # loaded already, with the keyring's AESGCM
+
     try:
         plain = cipher.decrypt(nonce, frame[HEADER_SIZE:], frame[:AAD_SIZE])
     except InvalidTag:

@@ -7,6 +7,8 @@ bucket is routed to are opened (and imported).
 
 from __future__ import annotations
 
+import functools
+
 from enstratus_workers.config.settings import PersistenceSettings
 from enstratus_workers.errors import ConfigError
 from enstratus_workers.layout import Layout
@@ -49,11 +51,21 @@ def _open_backend(name: str, settings: PersistenceSettings, layout: Layout) -> S
     return RiakStore(f"{'https' if settings.riak_ssl else 'http'}://{host}:{settings.riak_port}")
 
 
-def open_store(settings: PersistenceSettings, layout: Layout) -> Persistence:
-    """Open the backends the settings route buckets to. Connections are made on first use."""
+def open_store(settings: PersistenceSettings, layout: Layout, *, on_first_use: bool = False) -> Persistence:
+    """Open the backends the settings route buckets to. Connections are made on first use.
+
+    With ``on_first_use`` each backend is opened (and its module imported) only when a bucket
+    routed to it is first used: a worker process, whose actions may never touch persistence,
+    does not load SQLAlchemy (or requests, for Riak) until one does. The routes are still
+    checked now; an error in opening a backend is raised then, to the action that used it.
+    """
+    names = sorted(_check_routes(settings))
+    if on_first_use:
+        return Persistence({}, settings.backend_for,
+                           {name: functools.partial(_open_backend, name, settings, layout) for name in names})
     stores: dict[str, Store] = {}
     try:
-        for name in sorted(_check_routes(settings)):
+        for name in names:
             stores[name] = _open_backend(name, settings, layout)
     except BaseException:
         for store in stores.values():

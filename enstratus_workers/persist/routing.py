@@ -8,6 +8,7 @@ MySQL. ``Persistence`` is itself a ``Store``, so an action never knows which bac
 from __future__ import annotations
 
 import logging
+import threading
 from typing import Callable, Mapping
 
 from enstratus_workers.errors import ConfigError
@@ -20,14 +21,19 @@ class Persistence(Store):
     """Routes every call on a bucket to ``stores[backend_for(bucket)]``; closes them all.
 
     ``stores`` holds one open store per backend name in use; ``backend_for`` maps a bucket to
-    one of those names (``PersistenceSettings.backend_for``).
+    one of those names (``PersistenceSettings.backend_for``). ``openers`` holds, by name, the
+    backends to open on their first use instead (``open_store(..., on_first_use=True)``).
     """
 
     name = "routing"
 
-    def __init__(self, stores: Mapping[str, Store], backend_for: Callable[[str], str]):
+    def __init__(self, stores: Mapping[str, Store], backend_for: Callable[[str], str],
+                 openers: Mapping[str, Callable[[], Store]] | None = None):
         self._stores = dict(stores)
+        self._openers = dict(openers or {})
         self._backend_for = backend_for
+        self._closed = not self._stores and not self._openers
+        self._opening = threading.Lock()
 
     @property
     def stores(self) -> Mapping[str, Store]:
@@ -36,14 +42,24 @@ class Persistence(Store):
 
     def store_for(self, bucket: str) -> Store:
         """The backend that holds ``bucket``."""
-        if not self._stores:
+        if self._closed:
             raise StoreError("persistence is closed")
         name = self._backend_for(bucket)
         try:
             return self._stores[name]
         except KeyError:
+            if name in self._openers:
+                return self._open(name)
             raise ConfigError(f"bucket {bucket!r} is routed to backend {name!r}, which is not open "
                               f"(open: {', '.join(sorted(self._stores)) or 'none'})") from None
+
+    def _open(self, name: str) -> Store:
+        with self._opening:
+            if name not in self._stores:
+                # kept until it succeeds: a backend that failed to open is tried again next time
+                self._stores[name] = self._openers[name]()
+                del self._openers[name]
+            return self._stores[name]
 
     # The public methods validate, then these route; the backend validates again (cheaply).
 
@@ -64,9 +80,11 @@ class Persistence(Store):
         return self.store_for(bucket).query_range(bucket, index, lo, hi)
 
     def ping(self) -> None:
-        """Ping every backend; the first failure is raised."""
-        if not self._stores:
+        """Ping every backend (opening those not open yet); the first failure is raised."""
+        if self._closed:
             raise StoreError("persistence is closed")
+        for name in list(self._openers):
+            self._open(name)
         for store in self._stores.values():
             store.ping()
 
@@ -80,5 +98,7 @@ class Persistence(Store):
                 log.warning("closing persistence backend %s failed: %s", name, exc)
                 failure = failure or exc
         self._stores.clear()
+        self._openers.clear()
+        self._closed = True
         if failure is not None:
             raise StoreError(f"closing a persistence backend failed: {failure}") from failure

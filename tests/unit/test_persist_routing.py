@@ -126,6 +126,32 @@ def test_a_closed_persistence_refuses_calls(tmp_path):
         persistence.ping()
 
 
+def test_on_first_use_a_backend_opens_when_a_bucket_routed_to_it_is_first_used(tmp_path, riak):
+    # Given servers routed to Riak and the rest to SQLite, opened as a worker process opens them
+    s = settings(bucket_backends={"servers": "riak"}, riak_port=int(riak.url.rsplit(":", 1)[1]),
+                 sqlite_path=Path("p.db"))
+    with open_store(s, Layout(tmp_path), on_first_use=True) as persistence:
+        # Then nothing is open (no SQLite file made) until a bucket is used, and then only its backend
+        assert persistence.stores == {} and not (tmp_path / "p.db").exists()
+        persistence.put("accounts", "42", {"n": 1})
+        assert list(persistence.stores) == ["sqlite"] and (tmp_path / "p.db").exists()
+        assert persistence.get("accounts", "42").data == {"n": 1}
+        # And a ping opens and pings the others
+        persistence.ping()
+        assert sorted(persistence.stores) == ["riak", "sqlite"]
+    with pytest.raises(StoreError, match="closed"):
+        persistence.get("accounts", "42")
+    # A backend that fails to open fails the call that used it, and is tried again on the next
+    with open_store(settings(default_backend="relational", relational_url=Secret("sqlite:///x.db")),
+                    Layout(tmp_path), on_first_use=True) as persistence:
+        for _ in range(2):
+            with pytest.raises(ConfigError, match="speaks MySQL"):
+                persistence.get("accounts", "42")
+    # A route to an unknown backend is still refused when the store is made, not on first use
+    with pytest.raises(ConfigError, match="unknown persistence backend"):
+        open_store(settings(default_backend="nope"), Layout(tmp_path), on_first_use=True)
+
+
 def test_a_version_from_one_backend_is_refused_by_another(tmp_path, riak):
     s = settings(bucket_backends={"servers": "riak"}, riak_port=int(riak.url.rsplit(":", 1)[1]))
     with open_store(s, Layout(tmp_path)) as persistence:
