@@ -140,6 +140,21 @@ class EventStore:
         with self.engine.begin() as conn:
             insert_events(conn, events)
 
+    @retried(idempotent=True)
+    def recorded_attempts(self, attempts: Sequence[tuple[int, int]]) -> set[tuple[int, int]]:
+        """Which of the (job id, attempt) pairs have an event already: the recorder asks before
+        writing again an event whose earlier write may have committed unheard (its COMMIT was
+        lost). One indexed read per 500 jobs; the ids are integers, inlined."""
+        wanted = {(int(j), int(a)) for j, a in attempts}
+        ids = sorted({j for j, _ in wanted})
+        found: set[tuple[int, int]] = set()
+        with self.engine.connect() as conn:
+            for chunk in (ids[i:i + 500] for i in range(0, len(ids), 500)):
+                found.update((j, a) for j, a in conn.exec_driver_sql(
+                    f"SELECT job_id, attempt FROM enstratus_job_event "
+                    f"WHERE job_id IN ({', '.join(map(str, chunk))})"))
+        return found & wanted
+
     def totals(self) -> list[ActionTotal]:
         """Every (action, outcome)'s totals, by action then outcome: one row each."""
         q = sa.select(AT).order_by(AT.c.action, AT.c.outcome)

@@ -146,12 +146,18 @@ def _counting(monkeypatch, store, name):
     return calls
 
 
-def _finished_but_refused(dbs, monkeypatch, n, error):
-    """``n`` finished jobs in a recorder whose every outcome write raises ``error`` (and is counted)."""
+def _finished(dbs, n):
+    """``n`` queued jobs finished in a new recorder, each with its delivery ``d<id>``."""
     ids = _queued_jobs(dbs, n)
     rec = Recorder(dbs, batch=100, interval=0)
     for i in ids:
         _finish(rec, i, f"d{i}")
+    return ids, rec
+
+
+def _finished_but_refused(dbs, monkeypatch, n, error):
+    """``n`` finished jobs in a recorder whose every outcome write raises ``error`` (and is counted)."""
+    ids, rec = _finished(dbs, n)
     calls = []
 
     def refuse(outcomes):
@@ -342,3 +348,47 @@ def test_a_bug_in_the_write_path_holds_the_outcomes_instead_of_failing_them(dbs,
     rec.retry_at = 0
     rec.flush()
     assert rec.write_error == "TypeError: unsupported operand"
+
+
+def _lost_at_commit() -> DatabaseError:
+    """What the store raises when the connection went at the COMMIT (the server stopped then):
+    the write may have committed, and nobody heard."""
+    import sqlalchemy as sa
+    lost = DatabaseError("could not record")
+    lost.__cause__ = sa.exc.OperationalError(
+        None, (), Exception(2013, "Lost connection to MySQL server during query"))
+    return lost
+
+
+def test_an_event_write_whose_commit_was_lost_after_it_committed_is_not_written_twice(dbs, monkeypatch):
+    # Given three finished jobs, and an event write that commits and then loses its connection
+    ids, rec = _finished(dbs, 3)
+    real_events = dbs.events.record
+
+    def commits_then_loses(events):
+        real_events(events)
+        raise _lost_at_commit()
+
+    monkeypatch.setattr(dbs.events, "record", commits_then_loses)
+    # When it is written, then written again once the database answers
+    assert rec.flush() == [] and rec.waiting == 3
+    monkeypatch.setattr(dbs.events, "record", real_events)
+    rec.retry_at = 0
+    assert sorted(rec.flush()) == sorted(f"d{i}" for i in ids)
+    # Then each attempt has its one event, and each job its one outcome
+    assert [len(dbs.events.for_job(i)) for i in ids] == [1, 1, 1]
+    assert dbs.jobs.counts()["succeeded"] == 3
+
+
+def test_an_event_write_that_failed_before_committing_is_written_on_the_retry(dbs, monkeypatch):
+    # Given an event write lost before it committed (the same error, nothing written)
+    ids, rec = _finished(dbs, 2)
+    real_events = dbs.events.record
+    monkeypatch.setattr(dbs.events, "record", lambda events: (_ for _ in ()).throw(_lost_at_commit()))
+    assert rec.flush() == []
+    # When the database answers again
+    monkeypatch.setattr(dbs.events, "record", real_events)
+    rec.retry_at = 0
+    # Then the look-up finds nothing, and each event is written once
+    assert sorted(rec.flush()) == sorted(f"d{i}" for i in ids)
+    assert [len(dbs.events.for_job(i)) for i in ids] == [1, 1]

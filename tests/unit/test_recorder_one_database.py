@@ -92,3 +92,35 @@ def test_an_event_the_database_refuses_fails_no_outcome_on_one_database(tmp_path
         assert all(len(dbs.events.for_job(i)) == 1 for i in ids)
     finally:
         dbs.close()
+
+
+def test_an_outcome_batch_whose_commit_was_lost_after_it_committed_gets_no_second_event(tmp_path, monkeypatch):
+    # Given one database, and an outcome write (with its events) that commits, then loses its
+    # connection at the COMMIT as a stopped server does
+    from enstratus_workers.errors import DatabaseError
+    dbs = _dbs(tmp_path, same=True)
+    try:
+        ids = _queued(dbs, 6)
+        rec = Recorder(dbs, batch=100, interval=0)
+        real = dbs.jobs.record_outcomes_with
+
+        def commits_then_loses(outcomes, also=None):
+            if also is None:   # the two-step rewrite (record_outcomes) goes through as usual
+                return real(outcomes)
+            real(outcomes, also)
+            lost = DatabaseError("could not record")
+            lost.__cause__ = sa.exc.OperationalError(
+                None, (), Exception(2013, "Lost connection to MySQL server during query"))
+            raise lost
+
+        monkeypatch.setattr(dbs.jobs, "record_outcomes_with", commits_then_loses)
+        for i in ids:
+            _finish(rec, i)
+        # When the batch is written (the outcomes again the two-step way, as after any failure)
+        acks = rec.flush()
+        # Then every job is acked with its one outcome and its one event
+        assert sorted(acks) == sorted(f"d{i}" for i in ids)
+        assert dbs.jobs.counts()["succeeded"] == 6
+        assert [len(dbs.events.for_job(i)) for i in ids] == [1] * 6
+    finally:
+        dbs.close()

@@ -85,6 +85,11 @@ class _Pending:
     dead_reason: str | None = None   # set: the job is dead; its message goes to the dead-letter queue
     replaced: bool = False           # the outcome is already the failure standing in for a refused one
     evented: bool = False            # its event was committed with the outcome (one database)
+    # An earlier write of its event may have committed without anyone hearing so: a write lost
+    # at its COMMIT (the server stopped then) is an outage here and is written again, and an
+    # outcome that reads as written before its rewrite may have gone with its event (one
+    # database). Its event is looked up before it is written again (``_write_events``).
+    maybe_written: bool = False
 
 
 @dataclass
@@ -209,6 +214,8 @@ class Recorder:
             self.events_lost += 1
             log.error("dropped the event of job %d attempt %d (%s); its outcome is recorded",
                       p.outcome.job_id, p.outcome.attempt, why)
+        for p in done.held:
+            p.maybe_written = True
         self._put_back([], held, done.held)
         if outage or done.error:
             self._failed(outage or done.error)
@@ -261,6 +268,8 @@ class Recorder:
                 return self._record_with_events(group)
             except Exception:   # written again the two-step way: that one narrows what fails
                 log.debug("outcomes with their events failed; writing them apart", exc_info=True)
+                for p in group:   # a try whose COMMIT was lost may have taken them with events
+                    p.maybe_written = True
         took = self.dbs.jobs.record_outcomes([p.outcome for p in group])
         if took is None:
             return group
@@ -278,6 +287,9 @@ class Recorder:
         for o in took:
             p = by_outcome[id(o)]
             p.evented = id(o) in joined
+            # not evented: its chunk was contested, and an outcome that read as written before
+            # the rewrite was written by a try whose COMMIT was lost, with its event
+            p.maybe_written = p.maybe_written or not p.evented
             out.append(p)
         return out
 
@@ -286,7 +298,12 @@ class Recorder:
         return marks
 
     def _write_events(self, group: list[_Pending]) -> list[_Pending]:
-        self.dbs.events.record([p.event for p in group])
+        doubtful = [(p.event.job_id, p.event.attempt) for p in group if p.maybe_written]
+        there = self.dbs.events.recorded_attempts(doubtful) if doubtful else set()
+        if there:
+            log.info("%d events were written by a try whose commit was lost; not written again", len(there))
+        self.dbs.events.record([p.event for p in group
+                                if not (p.maybe_written and (p.event.job_id, p.event.attempt) in there)])
         return group
 
     def _settle(self, written: list[_Pending]) -> list[Delivery]:
@@ -457,7 +474,7 @@ def _as_failure(p: _Pending, error: str, replaced: bool = True) -> _Pending:
     return _Pending(replace(o, status=FAILED, result=None, error=_text(error, ERROR_CAP), worker=worker,
                             not_before_ms=None),
                     replace(p.event, outcome=event_outcome(FAILED), worker=worker or p.event.worker),
-                    p.deliveries, None, replaced)
+                    p.deliveries, None, replaced, maybe_written=p.maybe_written)
 
 
 def _groups(items: Sequence[_Pending]) -> list[list[_Pending]]:
