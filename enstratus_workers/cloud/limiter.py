@@ -26,13 +26,13 @@ from __future__ import annotations
 import functools
 import logging
 import random
-import threading
 import time
 from typing import Callable
 
 from ..clock import now_us
 from ..config.settings import CloudLimitSettings
 from ..errors import MAX_DEFER_S, Deferred
+from ..runtime.on_first_use import OnFirstUse
 from . import rate_policy as rp
 from .throttling import throttle_of
 
@@ -52,26 +52,18 @@ class CloudLimiter:
 
     def __init__(self, settings: CloudLimitSettings, open_store: Callable[[], object]):
         self.settings = settings
-        self._open_store = open_store
-        self._store = None
-        self._lock = threading.Lock()
+        self._store = OnFirstUse(open_store)
 
     @property
     def store(self):
-        with self._lock:
-            if self._store is None:
-                self._store = self._open_store()
-            return self._store
+        return self._store.get()
 
     def limit(self, driver, provider: str, account: str, context, patient: bool = False) -> "LimitedDriver":
         """``driver`` with every call made in turn on (provider, account)."""
         return LimitedDriver(driver, KeyTurns(self, provider, str(account), context, patient))
 
     def close(self) -> None:
-        with self._lock:
-            if self._store is not None:
-                self._store.engine.dispose()
-                self._store = None
+        self._store.drop(lambda store: store.engine.dispose())
 
 
 class LimitedDriver:

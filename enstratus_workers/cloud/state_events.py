@@ -11,7 +11,7 @@ logged and never fails the action: the persistence layer holds the truth.
 from __future__ import annotations
 
 import logging
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Callable
 
 from ..actions.hooks import Hook
 from ..clock import now_ms
@@ -28,7 +28,10 @@ SERVER_BUCKET = "server"
 class StateEventStore(Store):
     name = "state-events"
 
-    def __init__(self, inner: Store, events: EventStore):
+    def __init__(self, inner: Store, events: Callable[[], EventStore]):
+        # ``events`` gives the analytics EventStore: a worker makes it on the first state
+        # change (``runtime/on_first_use.py``), so a worker that writes no server loads no
+        # SQLAlchemy
         self.inner, self.events = inner, events
         self.job_id: int | None = None      # the job whose action writes now (StateEventHook)
         self.action: str | None = None
@@ -55,7 +58,7 @@ class StateEventStore(Store):
         from ..db.analytics import ServerEvent
 
         try:
-            self.events.record_server_event(ServerEvent(
+            self.events().record_server_event(ServerEvent(
                 server_id=server_id, account=(data or {}).get("account"), old_state=old, new_state=new,
                 job_id=self.job_id, action=self.action, event_timestamp=now_ms()))
         except Exception as exc:

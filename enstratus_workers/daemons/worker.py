@@ -22,6 +22,7 @@ from multiprocessing.connection import Client
 
 from enstratus_workers.daemons.subscriber import worker_socket
 from enstratus_workers.runtime import runner
+from enstratus_workers.runtime.on_first_use import OnFirstUse
 from enstratus_workers.runtime.service import Service
 
 from ..actions import default_registry
@@ -79,18 +80,19 @@ class WorkerProcess(Service):
         that is down only fails the actions that need a credential; the limits connect to the
         provisioning DB on the first cloud call, the persistence backends are opened on their
         first use and the analytics engine on the first server state change
-        (``_AnalyticsEvents``): an idle worker loads no SQLAlchemy.
+        (``_analytics_events``): an idle worker loads no SQLAlchemy.
         """
         from ..cloud.limiter import CloudLimiter
         from ..cloud.state_events import StateEventStore
         from ..km.client import KMClient
         from ..persist import open_store
 
-        self._analytics = _AnalyticsEvents(self.settings.worker.analytics_url.reveal(), self.layout)
+        analytics_url = self.settings.worker.analytics_url.reveal()
+        self._analytics = OnFirstUse(lambda: _analytics_events(analytics_url, self.layout))
         provisioning_url = self.settings.worker.provisioning_url.reveal()
         persistence = open_store(self.settings.persistence, self.layout, on_first_use=True)
         services = {"settings": self.settings,
-                    "persistence": StateEventStore(persistence, self._analytics),
+                    "persistence": StateEventStore(persistence, self._analytics.get),
                     "cloud_limits": CloudLimiter(self.settings.cloud,
                                                  lambda: _cloud_rates(provisioning_url, self.layout))}
         if self.settings.provisioning.encryption_key:
@@ -119,7 +121,7 @@ class WorkerProcess(Service):
             for service in ("persistence", "km", "cloud_limits"):
                 if service in self.services:
                     self.services[service].close()
-            self._analytics.dispose()
+            self._analytics.drop(lambda events: events.engine.dispose())
 
     def _serve(self, conn, inbox: Inbox, registry) -> None:
         limits = self.settings.subscriber   # its processes' recycling limits
@@ -172,37 +174,22 @@ class WorkerProcess(Service):
         return None
 
 
-class _AnalyticsEvents:
+def _analytics_events(analytics_url: str, layout):
     """The analytics DB's ``EventStore`` for the server state changes, made on the first one.
 
     Only cloud actions change a server's state. Making the engine at start would load
     SQLAlchemy, and PyMySQL with cryptography for a MySQL URL, into every worker process, most
     of which never run a cloud action: that was over a third of an idle worker's memory.
     """
+    from ..db.analytics import EventStore
+    from ..db.engine import make_engine
 
-    def __init__(self, url: str, layout):
-        self.url, self.layout = url, layout
-        self._events = None
-        self._lock = threading.Lock()
-
-    def record_server_event(self, event) -> None:
-        with self._lock:
-            if self._events is None:
-                from ..db.analytics import EventStore
-                from ..db.engine import make_engine
-
-                self._events = EventStore(make_engine(self.url, self.layout))
-        self._events.record_server_event(event)
-
-    def dispose(self) -> None:
-        with self._lock:
-            if self._events is not None:
-                self._events.engine.dispose()
+    return EventStore(make_engine(analytics_url, layout))
 
 
 def _cloud_rates(provisioning_url: str, layout):
     """The cloud API limits' store, made by the limiter on the first cloud call (SQLAlchemy is
-    imported only then, for the reason ``_AnalyticsEvents`` gives)."""
+    imported only then, for the reason ``_analytics_events`` gives)."""
     from ..db.cloud_rates import CloudRateStore
     from ..db.engine import make_engine
 

@@ -23,6 +23,7 @@ KM that does not know this client's CA, no common TLS version, a KM without TLS)
 
 from __future__ import annotations
 
+import functools
 import logging
 import socket
 import ssl
@@ -44,6 +45,7 @@ from enstratus_workers.km.tls import (
     is_tls_refusal,
     tls_file_problems,
 )
+from enstratus_workers.runtime.on_first_use import OnFirstUse
 
 log = logging.getLogger(__name__)
 
@@ -87,11 +89,11 @@ class KMClient:
             raise_all(tls_file_problems(files, settings.source))
             self._tls = client_context(TLSFiles(**files))
         self.settings = settings
-        # the keyring (its AESGCM, i.e. cryptography) is made on the first call: a worker process
-        # builds this client at start, and most of them never ask the KM for a credential
-        self._key = bytes(key)
-        self._key_id = key_id(self._key)
-        self._ring: Keyring | None = None
+        # the keyring (its AESGCM, i.e. cryptography) is made on the first call, once even when
+        # actions call from several threads: a worker process builds this client at start, and
+        # most of them never ask the KM for a credential
+        self._key_id = key_id(bytes(key))
+        self._ring = OnFirstUse(functools.partial(Keyring, bytes(key)))
         self._backoff = Backoff(first=backoff, cap=_MAX_BACKOFF, jitter="equal")  # reconnects
         self._busy_patience = busy_patience
         self._max_frame = max_frame
@@ -102,9 +104,7 @@ class KMClient:
 
     @property
     def _keyring(self) -> Keyring:
-        if self._ring is None:
-            self._ring, self._key = Keyring(self._key), b""   # from here the key lives in AESGCM alone
-        return self._ring
+        return self._ring.get()
 
     def __enter__(self) -> "KMClient":
         return self

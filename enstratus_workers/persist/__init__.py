@@ -59,16 +59,12 @@ def open_store(settings: PersistenceSettings, layout: Layout, *, on_first_use: b
     does not load SQLAlchemy (or requests, for Riak) until one does. The routes are still
     checked now; an error in opening a backend is raised then, to the action that used it.
     """
-    names = sorted(_check_routes(settings))
-    if on_first_use:
-        return Persistence({}, settings.backend_for,
-                           {name: functools.partial(_open_backend, name, settings, layout) for name in names})
-    stores: dict[str, Store] = {}
-    try:
-        for name in names:
-            stores[name] = _open_backend(name, settings, layout)
-    except BaseException:
-        for store in stores.values():
-            store.close()
-        raise
-    return Persistence(stores, settings.backend_for)
+    persistence = Persistence({name: functools.partial(_open_backend, name, settings, layout)
+                               for name in sorted(_check_routes(settings))}, settings.backend_for)
+    if not on_first_use:
+        try:
+            persistence.open_all()
+        except BaseException:
+            persistence.close()
+            raise
+    return persistence

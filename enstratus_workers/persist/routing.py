@@ -8,58 +8,50 @@ MySQL. ``Persistence`` is itself a ``Store``, so an action never knows which bac
 from __future__ import annotations
 
 import logging
-import threading
 from typing import Callable, Mapping
 
 from enstratus_workers.errors import ConfigError
 from enstratus_workers.persist.base import Store, StoredObject, StoreError
+from enstratus_workers.runtime.on_first_use import OnFirstUse
 
 log = logging.getLogger(__name__)
 
 
 class Persistence(Store):
-    """Routes every call on a bucket to ``stores[backend_for(bucket)]``; closes them all.
+    """Routes every call on a bucket to the backend ``backend_for(bucket)`` names; closes them all.
 
-    ``stores`` holds one open store per backend name in use; ``backend_for`` maps a bucket to
-    one of those names (``PersistenceSettings.backend_for``). ``openers`` holds, by name, the
-    backends to open on their first use instead (``open_store(..., on_first_use=True)``).
+    ``backends`` gives, by name, how to open each backend in use; ``backend_for`` maps a bucket
+    to one of those names (``PersistenceSettings.backend_for``). A backend is opened by the
+    first call that needs it (or by ``open_all``); one that fails to open is tried again by the
+    next call.
     """
 
     name = "routing"
 
-    def __init__(self, stores: Mapping[str, Store], backend_for: Callable[[str], str],
-                 openers: Mapping[str, Callable[[], Store]] | None = None):
-        self._stores = dict(stores)
-        self._openers = dict(openers or {})
+    def __init__(self, backends: Mapping[str, Callable[[], Store]], backend_for: Callable[[str], str]):
+        self._backends = {name: OnFirstUse(open_backend) for name, open_backend in backends.items()}
         self._backend_for = backend_for
-        self._closed = not self._stores and not self._openers
-        self._opening = threading.Lock()
 
     @property
     def stores(self) -> Mapping[str, Store]:
         """The open backends by name, for health checks."""
-        return dict(self._stores)
+        return {name: store for name, b in self._backends.items() if (store := b.made()) is not None}
+
+    def open_all(self) -> None:
+        """Open every backend now (a daemon wants a bad backend to stop it at start)."""
+        for b in self._backends.values():
+            b.get()
 
     def store_for(self, bucket: str) -> Store:
         """The backend that holds ``bucket``."""
-        if self._closed:
+        if not self._backends:
             raise StoreError("persistence is closed")
         name = self._backend_for(bucket)
-        try:
-            return self._stores[name]
-        except KeyError:
-            if name in self._openers:
-                return self._open(name)
-            raise ConfigError(f"bucket {bucket!r} is routed to backend {name!r}, which is not open "
-                              f"(open: {', '.join(sorted(self._stores)) or 'none'})") from None
-
-    def _open(self, name: str) -> Store:
-        with self._opening:
-            if name not in self._stores:
-                # kept until it succeeds: a backend that failed to open is tried again next time
-                self._stores[name] = self._openers[name]()
-                del self._openers[name]
-            return self._stores[name]
+        backend = self._backends.get(name)
+        if backend is None:
+            raise ConfigError(f"bucket {bucket!r} is routed to backend {name!r}, which is not configured "
+                              f"(configured: {', '.join(sorted(self._backends)) or 'none'})")
+        return backend.get()
 
     # The public methods validate, then these route; the backend validates again (cheaply).
 
@@ -81,24 +73,20 @@ class Persistence(Store):
 
     def ping(self) -> None:
         """Ping every backend (opening those not open yet); the first failure is raised."""
-        if self._closed:
+        if not self._backends:
             raise StoreError("persistence is closed")
-        for name in list(self._openers):
-            self._open(name)
-        for store in self._stores.values():
-            store.ping()
+        for b in self._backends.values():
+            b.get().ping()
 
     def close(self) -> None:
-        """Close every backend, even if one of them fails to close."""
+        """Close every open backend, even if one of them fails to close."""
         failure = None
-        for name, store in self._stores.items():
+        for name, b in self._backends.items():
             try:
-                store.close()
+                b.drop(lambda store: store.close())
             except Exception as exc:  # keep closing the others
                 log.warning("closing persistence backend %s failed: %s", name, exc)
                 failure = failure or exc
-        self._stores.clear()
-        self._openers.clear()
-        self._closed = True
+        self._backends.clear()
         if failure is not None:
             raise StoreError(f"closing a persistence backend failed: {failure}") from failure

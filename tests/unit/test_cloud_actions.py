@@ -328,7 +328,7 @@ def test_every_server_state_change_is_an_analytics_event(tmp_path):
 
     layout = Layout(tmp_path)
     dbs = open_databases(WorkerSettings(), layout)
-    store = StateEventStore(open_store(PersistenceSettings(sqlite_path=tmp_path / "p.db"), layout), dbs.events)
+    store = StateEventStore(open_store(PersistenceSettings(sqlite_path=tmp_path / "p.db"), layout), lambda: dbs.events)
     hook = StateEventHook(store)
     try:
         hook.before_action(Task(7, "server.launch", {}, 1, 3, "default"), None)

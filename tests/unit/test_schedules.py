@@ -41,7 +41,7 @@ class CountingStore(Persistence):
     """The real routing layer over a real SQLite store, counting the reads that reach it."""
 
     def __init__(self, path):
-        super().__init__({"sqlite": SqliteStore(path)}, lambda bucket: "sqlite")
+        super().__init__({"sqlite": lambda: SqliteStore(path)}, lambda bucket: "sqlite")
         self.reads = 0
 
     def _get(self, bucket, key):
