@@ -133,23 +133,22 @@ class Watch:
                           "('succeeded', 'failed', 'dead', 'cancelled')")
         return {r[0] for r in rows or ()}
 
-    def recorded_by(self, host: str) -> int:
-        """How many attempts ``host``'s subscribers recorded (analytics events of that host)."""
+    def _events(self, where: str, **params) -> int:
+        """How many analytics events meet ``where`` (0 while the read meets a node going)."""
         try:
             with self.dbs.analytics.connect() as conn:
-                return conn.execute(sa.text("SELECT COUNT(*) FROM enstratus_job_event WHERE host = :h"),
-                                    {"h": host}).scalar_one()
+                return conn.execute(sa.text(f"SELECT COUNT(*) FROM enstratus_job_event WHERE {where}"),
+                                    params).scalar_one()
         except sa.exc.DBAPIError:
             return 0
 
+    def recorded_by(self, host: str) -> int:
+        """How many attempts ``host``'s subscribers recorded (analytics events of that host)."""
+        return self._events("host = :h", h=host)
+
     def succeeded_events(self) -> int:
         """How many analytics events say ``succeeded`` (one per job once every one is written)."""
-        try:
-            with self.dbs.analytics.connect() as conn:
-                return conn.execute(sa.text("SELECT COUNT(*) FROM enstratus_job_event "
-                                            "WHERE outcome = 'succeeded'")).scalar_one()
-        except sa.exc.DBAPIError:
-            return 0
+        return self._events("outcome = 'succeeded'")
 
     def statuses(self) -> Counter:
         rows = self._rows("SELECT status, COUNT(*) FROM enstratus_job GROUP BY status")
@@ -410,12 +409,11 @@ def check_each_attempt_recorded_once(dbs, ledger: Path, windows: list[tuple[int,
     def story(jobs) -> dict:
         """What each job's row, events and executions say (a failure names the jobs, not two
         dicts of 2,000 entries whose order differs)."""
-        return {j: {"row": rows_by_id[j], "events": sorted((a, o) for jj, a, o in events if jj == j),
+        return {j: {"attempts": attempts.get(j), "created, ended": ends.get(j), "struck": j in struck,
+                    "events": sorted((a, o) for jj, a, o in events if jj == j),
                     "ran": sorted((a, h) for (jj, a), hs in ran_by.items() if jj == j for h in hs)}
                 for j in sorted(jobs)[:10]}
 
-    rows_by_id = {j: {"attempts": a, "created": c, "ended": e, "struck": j in struck}
-                  for j, a, c, e in rows}
     twice = [k for k, n in per_attempt.items() if n > 1]
     assert twice == [], f"an attempt with two analytics events: {story(j for j, _ in twice)}"
     wrong = {j for j in attempts if succeeded.get(j) != attempts[j]} | (set(succeeded) - set(attempts))
