@@ -119,6 +119,17 @@ def report(title: str, ids: list[int], wakes: list[int] | None = None) -> None:
                    f"since submit p50={percentile(since, 50):8.3f} p99={percentile(since, 99):8.3f}")
 
 
+def _wake_ups(ids: list[int], wakes: list[int]) -> None:
+    """The publisher's wake-ups per idle job (each one a relay pass): one is the job's own ring;
+    more are passes for nothing (rings of room, jobs started or finished, with none waiting)."""
+    first = _CLIENT.get(ids[0], {}).get("client.submit")
+    last = _CLIENT.get(ids[-1], {}).get("client.returned")
+    if first is None or last is None:
+        return
+    during = sum(1 for w in wakes if first <= w <= last)
+    figure("  publisher wake-ups per idle job", f"{during / len(ids):.2f} ({during} for {len(ids)} jobs)")
+
+
 def main(argv=None) -> int:
     global TRACE_DIR
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -142,6 +153,7 @@ def main(argv=None) -> int:
                 wakes = sorted(t for k, t in pathtrace.read(TRACE_DIR).get(0, {}).items()
                                if k.startswith("publisher.woken"))
                 report(f"idle, one at a time, gap {args.gap:g}s (load {load:.1f})", ids, wakes)
+                _wake_ups(ids, wakes)
             if args.bulk:
                 ids = bulk(service, args.bulk)
                 time.sleep(0.5)   # the last acks' stamps

@@ -189,12 +189,15 @@ class JobStore:
     """All reads and writes of ``enstratus_job``. Safe to share between threads (pooled engine)."""
 
     def __init__(self, engine: sa.Engine, on_pending: Callable[[], None] | None = None,
-                 on_recorded: Callable[[], None] | None = None, on_cancel: Callable[[], None] | None = None):
+                 on_recorded: Callable[[], None] | None = None, on_cancel: Callable[[], None] | None = None,
+                 on_room: Callable[[], None] | None = None):
         self.engine = engine
-        # called after every commit that made a job pending, and after every commit that made
-        # room in a queue's window (a job marked running or finished): wakes the publishers
-        # (jobs/wakeup.py)
+        # called after every commit that made a job pending: wakes the publishers (jobs/wakeup.py)
         self._on_pending = on_pending or (lambda: None)
+        # called after a commit that only made room in a queue's window (a job marked running or
+        # finished, none made pending): a room ring, which a publisher with nothing held back
+        # lets go (jobs/wakeup.py); without one, a plain ring
+        self._on_room = on_room or self._on_pending
         # called after every commit that recorded outcomes (wakes ``submit --wait`` and the like)
         self._on_recorded = on_recorded or (lambda: None)
         # called after a cancel (wakes this host's subscribers: the owner looks for it at once)
@@ -495,7 +498,7 @@ class JobStore:
         open or already this owner's (module docstring); any other row is left alone."""
         job_outcomes.mark_chunks(self.engine, started)
         if started:   # a started job leaves its queue's window: the publishers may refill it
-            self._on_pending()
+            self._on_room()
 
     def record_outcomes(self, outcomes: Sequence[Outcome]) -> list[Outcome]:
         """Write the outcomes, one statement per chunk; return those that took effect.
@@ -520,9 +523,12 @@ class JobStore:
         except sa.exc.SQLAlchemyError as exc:
             raise DatabaseError(f"could not record {len(outcomes)} outcomes: {type(exc).__name__}") from exc
         if applied:
-            # retries are pending again, and a finished job left its queue's window: either
-            # way the publishers have work
-            self._on_pending()
+            # a retry or a deferred job is pending again: work for the publishers; a finished
+            # job only left its queue's window: room
+            if any(o.status == schema.PENDING for o in applied):
+                self._on_pending()
+            else:
+                self._on_room()
             self._on_recorded()
         return applied, joined
 

@@ -8,6 +8,13 @@ the safety net: a ring is a hint, never the truth, so a lost one (a publisher re
 full socket buffer) costs that interval and nothing else. Publishers on other hosts are rung
 through the broker (``mq/amqp_wake.py``, attached with ``Ringer.also``).
 
+Two kinds of ring: "work" (``RING``: a job was made pending) and "room" (``ROOM``: a job left
+its queue's relay window by starting or finishing, so jobs held back by a full window may go
+now). A publisher whose last pass left nothing pending has no use for room, and waits on
+(``Bell.only_room``): at idle every job's start and outcome rang the publisher, and each such
+ring cost an empty relay pass that the next job's submit could land behind. A room ring through
+the broker reaches other hosts as a plain ring (their publishers cannot know this host's outbox).
+
 A bell is a Unix datagram socket in the abstract namespace (no file to clean up, no path-length
 limit), one per publisher, named after the install's run directory and the publisher's name;
 a ringer finds the publishers by their pid files (and waiters by their ``.bell`` files), looking
@@ -26,7 +33,8 @@ import time
 import weakref
 from pathlib import Path
 
-RING = b"!"
+RING = b"!"   # a job was made pending
+ROOM = b"r"   # a job left its queue's window: work held back by a full window may go now
 RESCAN_S = 1.0   # a ringer looks again at least this often, even if the directory seems unchanged
 
 
@@ -60,6 +68,7 @@ class Bell:
         self._sock.bind(self.address)
         self._sock.setblocking(False)
         self.rings = 0       # wake-ups drained (each may stand for many rings)
+        self.only_room = False   # the last wake-up drained room rings only (module docstring)
 
     def wait(self, timeout: float) -> bool:
         try:
@@ -68,18 +77,21 @@ class Bell:
             return False
         if not readable:
             return False
-        self._drain()
+        self.only_room = self._drain()
         self.rings += 1
         return True
 
-    def _drain(self) -> None:
+    def _drain(self) -> bool:
+        """Take every ring waiting; whether they were all room rings."""
+        only_room = True
         while True:
             try:
-                self._sock.recv(64)
+                data = self._sock.recv(64)
             except (BlockingIOError, InterruptedError):
-                return
+                return only_room
             except OSError:
-                return
+                return only_room
+            only_room = only_room and data == ROOM
 
     def fileno(self) -> int:
         """For ``select`` and ``multiprocessing.connection.wait``, beside other things to wait on;
@@ -91,7 +103,7 @@ class Bell:
 
     def ring(self) -> None:
         """Wake this bell's own waiter (a stop request, or a job its own process made pending)."""
-        _send(self._sock, self.address)
+        _send(self._sock, self.address, RING)
 
     def announce(self) -> "Bell":
         if self._marker is not None:
@@ -128,7 +140,9 @@ class Ringer:
         (``mq/amqp_wake.py``); it must not block."""
         self._also.append(ring)
 
-    def ring(self) -> None:
+    def ring(self, room: bool = False) -> None:
+        """Ring every bell of the role: a work ring, or with ``room`` a room ring (module
+        docstring); the broker's ``also`` rings are plain rings either way."""
         now = time.monotonic()
         try:
             mtime = self.run_dir.stat().st_mtime_ns
@@ -140,8 +154,9 @@ class Ringer:
         sock = self._sock
         if sock is None:
             return
+        what = ROOM if room else RING
         for address in self._addresses:
-            _send(sock, address)
+            _send(sock, address, what)
         for ring in self._also:
             ring()
 
@@ -161,9 +176,9 @@ class Ringer:
             sock.close()
 
 
-def _send(sock: socket.socket, address: bytes) -> None:
+def _send(sock: socket.socket, address: bytes, what: bytes = RING) -> None:
     try:
-        sock.sendto(RING, address)
+        sock.sendto(what, address)
     except (BlockingIOError, InterruptedError):
         pass    # its buffer is full of rings already
     except OSError:

@@ -5,6 +5,8 @@ published again, and a lost connection is replaced on the next round."""
 from __future__ import annotations
 
 import json
+import threading
+import time
 from types import SimpleNamespace
 
 import pytest
@@ -15,6 +17,9 @@ from enstratus_workers.daemons.publisher.daemon import Publisher
 from enstratus_workers.db import open_databases, schema
 from enstratus_workers.db.jobs import NewJob
 from enstratus_workers.errors import ConnectionClosed, PublishError
+from enstratus_workers.jobs.fairshare import FairShare
+from enstratus_workers.jobs.values import Outcome, Started
+from enstratus_workers.jobs.wakeup import Bell
 from enstratus_workers.jobs.lifecycle import backoff_ms
 from enstratus_workers.layout import Layout
 
@@ -167,3 +172,91 @@ def test_a_retried_job_is_published_as_its_next_attempt_held_back_for_its_backof
     (msg,) = broker.published
     assert json.loads(msg.body)["attempt"] == 3
     assert msg.delay_ms == backoff_ms(2) > 0
+
+
+# -- room rings (jobs/wakeup.py): a job's start or end rings "room", let go when nothing waits --
+
+@pytest.fixture
+def belled(make_publisher):
+    """A publisher with its bell, found by the stores' ringers through its pid file."""
+    made = []
+
+    def _make(window: int | None = None) -> Publisher:
+        pub = make_publisher()
+        if window is not None:
+            pub.fair = FairShare(window, {})
+        (pub.layout.run_dir / "publisher@t.pid").write_text("1\n")
+        pub._bell = Bell(pub.layout.run_dir, "t")
+        made.append(pub._bell)
+        return pub
+
+    yield _make
+    for bell in made:
+        bell.close()
+
+
+def _waiting(pub: Publisher, interval: float) -> threading.Thread:
+    t = threading.Thread(target=pub._wait_for_work, args=(interval,))
+    t.start()
+    return t
+
+
+def _run_and_end(pub: Publisher, job_id: int, status: str = "succeeded") -> None:
+    now = int(time.time() * 1000)
+    pub.dbs.jobs.mark_started([Started(job_id, 1, "w", now, owner="o")])
+    pub.dbs.jobs.record_outcomes([Outcome(job_id=job_id, attempt=1, status=status, worker="w", owner="o",
+                                          start_ms=now, end_ms=now, result="1", error=None, retryable=True)])
+
+
+def test_room_rings_are_let_go_while_nothing_is_pending_and_a_submit_still_wakes(broker, belled):
+    # Given a publisher whose last pass relayed the only pending job (the outbox is empty)
+    pub = belled()
+    [job_id] = submit(pub, 1)
+    assert pub._relay_once().relayed == 1 and pub.fair.outbox_emptied
+    pub._bell.wait(0)                                   # the submit's own ring, already served
+    # When the job starts and finishes (two room rings) while the publisher waits
+    _run_and_end(pub, int(job_id))
+    waiter = _waiting(pub, 0.5)
+    waiter.join(10)
+    # Then it let them go and waited out the safety net's interval, not a pass per ring
+    assert not waiter.is_alive() and pub.room_rings_let_go >= 1
+    # When a job is submitted during a long wait
+    let_go = pub.room_rings_let_go
+    waiter = _waiting(pub, 60)
+    submit(pub, 1)
+    waiter.join(10)
+    # Then the submit's ring ends the wait at once (long before the minute's safety net)
+    assert not waiter.is_alive() and pub.room_rings_let_go == let_go
+
+
+def test_room_wakes_the_publisher_while_a_full_window_holds_jobs_back(broker, belled):
+    # Given a window of one and two pending jobs: the pass relays one, the other waits for room
+    pub = belled(window=1)
+    first, second = submit(pub, 2)
+    assert pub._relay_once().relayed == 1 and not pub.fair.outbox_emptied
+    pub._bell.wait(0)
+    # When the relayed job finishes (a room ring only) during a long wait
+    waiter = _waiting(pub, 60)
+    _run_and_end(pub, int(first))
+    waiter.join(10)
+    # Then the room woke it, and the next pass relays the job held back
+    assert not waiter.is_alive() and pub.room_rings_let_go == 0
+    assert pub._relay_once().relayed == 1 and statuses(pub, [second]) == ["queued"]
+
+
+def test_a_retry_recorded_rings_work_not_room(broker, belled):
+    # Given a publisher whose last pass emptied the outbox
+    pub = belled()
+    [job_id] = submit(pub, 1)
+    assert pub._relay_once().relayed == 1 and pub.fair.outbox_emptied
+    now = int(time.time() * 1000)
+    pub.dbs.jobs.mark_started([Started(int(job_id), 1, "w", now, owner="o")])
+    pub._bell.wait(0)
+    # When its attempt fails in a way that is retried (the job is pending again)
+    waiter = _waiting(pub, 60)
+    pub.dbs.jobs.record_outcomes([Outcome(job_id=int(job_id), attempt=1, status="pending", worker="w", owner="o",
+                                          start_ms=now, end_ms=now, result=None, error="boom", retryable=True)])
+    waiter.join(10)
+    # Then the publisher woke for it at once: a retry is work, never only room
+    assert not waiter.is_alive() and pub.room_rings_let_go == 0
+    assert pub._relay_once().relayed == 1

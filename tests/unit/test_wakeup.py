@@ -70,6 +70,21 @@ def test_a_flood_of_rings_is_one_wake_up(bell, ringer):
     assert bell.rings == 1
 
 
+def test_a_wake_up_says_whether_it_was_room_rings_only(bell, ringer):
+    # Room rings alone (jobs started or finished) are a wake-up of room only
+    ringer.ring(room=True)
+    ringer.ring(room=True)
+    assert bell.wait(0) is True and bell.only_room is True
+    # One work ring among them (a job made pending) makes the wake-up one for work
+    ringer.ring(room=True)
+    ringer.ring()
+    ringer.ring(room=True)
+    assert bell.wait(0) is True and bell.only_room is False
+    # and a stop request (the bell's own ring) is never room
+    bell.ring()
+    assert bell.wait(0) is True and bell.only_room is False
+
+
 def test_every_publisher_of_the_install_is_rung_and_no_other_install(tmp_path):
     mine, other = tmp_path / "a" / "run", tmp_path / "b" / "run"
     mine.mkdir(parents=True)
