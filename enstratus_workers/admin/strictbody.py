@@ -85,7 +85,7 @@ def problems(raw: bytes) -> list[dict]:
     return found or [_error(["body"], refusal)]
 
 
-def _is_json(content_type: bytes | None) -> bool:
+def is_json(content_type: bytes | None) -> bool:
     if content_type is None:
         return True
     kind = content_type.split(b";")[0].strip().lower()
@@ -101,7 +101,7 @@ class StrictBody:
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http" or scope.get("method") in SAFE_METHODS:
             return await self.app(scope, receive, send)
-        if not _is_json(dict(scope.get("headers") or []).get(b"content-type")):
+        if not is_json(dict(scope.get("headers") or []).get(b"content-type")):
             return await self.app(scope, receive, send)
         body = await read_body(receive)  # Guard, outside, has capped it
         if body is None:
