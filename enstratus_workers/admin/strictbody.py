@@ -46,8 +46,14 @@ class SafeJSONResponse(JSONResponse):
     """The app's JSON answers: standard JSON even for content that holds bad text."""
 
     def render(self, content: Any) -> bytes:
-        return json.dumps(printable(content), ensure_ascii=False, allow_nan=False,
-                          separators=(",", ":")).encode("utf-8")
+        try:  # nearly always: nothing to replace (``printable`` leaves such content as it is)
+            return _dumps(content)
+        except (ValueError, UnicodeEncodeError):   # a non-finite float; a lone surrogate
+            return _dumps(printable(content))
+
+
+def _dumps(content: Any) -> bytes:
+    return json.dumps(content, ensure_ascii=False, allow_nan=False, separators=(",", ":")).encode("utf-8")
 
 
 def _error(loc: list, msg: str) -> dict:
