@@ -100,10 +100,11 @@ def submitter_of(app) -> Submitter:
 
 def _validated_each(ctx, bodies: list[JobIn]) -> list:
     """Each body's ``NewJob``, or the exception that refused it (the submitter's ``validate``)."""
-    out = []
+    out, cached = [], None
     for b in bodies:
         try:
-            out.append(_validated(ctx, [b])[0])
+            cached = cached or ctx.submit_settings()   # one copy for the batch: each is a new one
+            out.append(_validated(ctx, [b], cached)[0])
         except Exception as exc:  # noqa: BLE001 - this job's own answer (422, or 503 from a read)
             out.append(exc)
     return out
@@ -128,12 +129,13 @@ def _new_job(settings, ctx, body: JobIn, where: str = ""):
         raise SubmitError(f"{where}{exc}") from None
 
 
-def _validated(ctx, bodies: list[JobIn]):
-    """The jobs, validated against the cached desired state; refused, once more against a fresh
-    read (a queue created a moment ago, by this daemon or another host's)."""
+def _validated(ctx, bodies: list[JobIn], cached=None):
+    """The jobs, validated against the cached desired state (``cached``: its settings, already
+    got); refused, once more against a fresh read (a queue created a moment ago, by this daemon
+    or another host's)."""
     where = (lambda i: f"job {i}: ") if len(bodies) > 1 else (lambda i: "")
     try:
-        settings = ctx.submit_settings()
+        settings = cached or ctx.submit_settings()
         return [_new_job(settings, ctx, b, where(i)) for i, b in enumerate(bodies)]
     except SubmitError:
         settings = ctx.submit_settings(fresh=True)
