@@ -11,11 +11,11 @@ answers such a request itself when all of this holds:
 - the body is a JSON object (content type JSON), valid as a ``JobIn``, without an idempotency key.
 
 The job then goes to the app's submitter, as the route would send it, and its answer is the
-route's own (``resources.jobs.created_answer``); a refusal from the submitter is answered by the app's
-exception handler for it, as the route's would be. Anything else (a list, a keyed job, an invalid
-body, a missing or wrong token, another path or method) goes on to FastAPI untouched, the body
-replayed, nothing counted here: the route answers it as it always did, and the OpenAPI spec still
-comes from that route.
+route's own (``resources.jobs.created_answer``); a refusal from the submitter is answered by
+the app's exception handler for it, as the route's would be. Anything else (a list, a keyed job,
+an invalid body, a missing or wrong token, another path or method) goes on to FastAPI untouched,
+the body replayed: the route answers it as it always did (a wrong token is counted there, once),
+and the OpenAPI spec still comes from that route.
 """
 
 from __future__ import annotations
