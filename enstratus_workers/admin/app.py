@@ -5,7 +5,8 @@ at); nothing is global, so a test builds as many apps as it likes against as man
 homes. The app does not own the context: whoever opened it (the daemon, a test) closes it.
 
 In front of the routes, outermost first: ``Guard`` (body cap, hardening headers, log of
-changes), ``Gate`` (Host, then Origin of changes), ``StrictBody`` (strict JSON bodies). The
+changes), ``Gate`` (Host, then Origin of changes), ``StrictBody`` (strict JSON bodies),
+``SubmitLane`` (a single ``POST /jobs`` answered without FastAPI's layers). The
 sessions and the count of wrong tokens live in the app (``app.state``), so in this process.
 """
 
@@ -25,6 +26,7 @@ from .pageapi import page_api_router
 from .resources import api_router
 from .sessions import SessionStore
 from .strictbody import SafeJSONResponse, StrictBody
+from .submitlane import SubmitLane
 from .throttle import Throttle
 
 DESCRIPTION = """The HTTP admin API of the enstratus-workers service.
@@ -62,6 +64,7 @@ def create_app(ctx: AdminContext, token: Secret, address: tuple[str, int] | None
     def openapi_spec():
         return JSONResponse(app.openapi())
 
+    app.add_middleware(SubmitLane)  # added first: the innermost of ours
     app.add_middleware(StrictBody)
     app.add_middleware(Gate, hosts=allowed_hosts(host, port, ctx.admin.server_names))
     app.add_middleware(Guard, max_body=ctx.admin.max_body)  # added last: the outermost

@@ -71,6 +71,21 @@ def check_token(request: Request, candidate: str) -> bool:
     return False
 
 
+def bearer_passes(state, address: str, authorization: str | None) -> bool:
+    """Whether ``authorization`` (the header's value, as ``HTTPBearer`` reads it) bears the right
+    token from an address not locked out; the success counted. False for anything else, counting
+    nothing: the caller then hands the request to ``require_token``, which answers and counts it
+    (``submitlane``)."""
+    scheme, _, credentials = (authorization or "").partition(" ")
+    credentials = credentials.strip()
+    if scheme.lower() != "bearer" or not credentials or state.throttle.retry_after(address):
+        return False
+    if not state.tokens.token_ok(credentials):
+        return False
+    state.throttle.succeeded(address)
+    return True
+
+
 def _bearer(request: Request) -> str | None:
     scheme, _, value = request.headers.get("authorization", "").partition(" ")
     return value.strip() if scheme.lower() == "bearer" else None

@@ -46,8 +46,14 @@ class SafeJSONResponse(JSONResponse):
     """The app's JSON answers: standard JSON even for content that holds bad text."""
 
     def render(self, content: Any) -> bytes:
-        return json.dumps(printable(content), ensure_ascii=False, allow_nan=False,
-                          separators=(",", ":")).encode("utf-8")
+        try:  # nearly always: nothing to replace (``printable`` leaves such content as it is)
+            return _dumps(content)
+        except (ValueError, UnicodeEncodeError):   # a non-finite float; a lone surrogate
+            return _dumps(printable(content))
+
+
+def _dumps(content: Any) -> bytes:
+    return json.dumps(content, ensure_ascii=False, allow_nan=False, separators=(",", ":")).encode("utf-8")
 
 
 def _error(loc: list, msg: str) -> dict:
@@ -85,7 +91,7 @@ def problems(raw: bytes) -> list[dict]:
     return found or [_error(["body"], refusal)]
 
 
-def _is_json(content_type: bytes | None) -> bool:
+def is_json(content_type: bytes | None) -> bool:
     if content_type is None:
         return True
     kind = content_type.split(b";")[0].strip().lower()
@@ -101,7 +107,7 @@ class StrictBody:
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http" or scope.get("method") in SAFE_METHODS:
             return await self.app(scope, receive, send)
-        if not _is_json(dict(scope.get("headers") or []).get(b"content-type")):
+        if not is_json(dict(scope.get("headers") or []).get(b"content-type")):
             return await self.app(scope, receive, send)
         body = await read_body(receive)  # Guard, outside, has capped it
         if body is None:

@@ -10,9 +10,10 @@ reason on the operator's terminal instead of a bare exit code. The runner owns t
 uvicorn's own handlers are not installed, and ``request_stop`` only sets uvicorn's flags
 (``should_exit`` for a warm stop: open requests finish; ``force_exit`` for a cold one).
 
-uvicorn speaks HTTP with h11 here, with a deadline for each request's headers (``admin.cfg``
-``header_timeout``, 10 s; see ``admin.slowheaders``), so clients that trickle their headers
-cannot hold connections open. The app is told the address really bound, for its Host check.
+uvicorn speaks HTTP with httptools here, with a deadline and a size cap for each request's
+headers (``admin.cfg`` ``header_timeout``, 10 s; 16 KiB; see ``admin.slowheaders``), so clients
+that trickle their headers cannot hold connections open. The app is told the address really
+bound, for its Host check.
 """
 
 from __future__ import annotations

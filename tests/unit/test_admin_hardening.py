@@ -391,3 +391,36 @@ def test_a_client_that_trickles_its_headers_is_disconnected_within_the_timeout(h
             # wait for this client's delayed ACK (40 ms per keep-alive request otherwise)
             server_side = _server_socket_of(fast)
             assert server_side.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY) != 0
+
+
+def _exchange(host: str, port: int, request: bytes) -> bytes:
+    """Everything the daemon answers to ``request`` until it closes the connection."""
+    with socket.create_connection((host, port), timeout=10) as conn:
+        conn.sendall(request)
+        answer = b""
+        while chunk := conn.recv(65536):
+            answer += chunk
+        return answer
+
+
+def test_request_headers_past_16_kib_are_refused_with_400(home):
+    from enstratus_workers.admin.slowheaders import MAX_HEAD
+    from enstratus_workers.daemons.admin import AdminService
+
+    # Given the daemon serving on 127.0.0.1
+    layout = Layout(home)
+    service = AdminService(load_settings(layout), layout, "heads", replace(load_admin_settings(layout), port=0))
+    with serving(service):
+        host, port = service.url.split("//")[1].rstrip("/").rsplit(":", 1)
+        head = (f"GET /instances HTTP/1.1\r\nHost: {host}:{port}\r\nAuthorization: Bearer {TOKEN}\r\n"
+                "Connection: close\r\n")
+        # When a request's headers pass the bound, they are answered 400 and the connection closed
+        padded = f"{head}X-Pad: {'a' * MAX_HEAD}\r\n\r\n".encode()
+        assert _exchange(host, int(port), padded).startswith(b"HTTP/1.1 400 ")
+        # And headers just under it are served
+        fits = f"{head}X-Pad: {'a' * (MAX_HEAD - 400)}\r\n\r\n".encode()
+        answer = _exchange(host, int(port), fits)
+        assert answer.startswith(b"HTTP/1.1 200 ")
+        # And its whole body came (the status line and headers are written with it)
+        _, _, body = answer.partition(b"\r\n\r\n")
+        assert isinstance(json.loads(body), list)

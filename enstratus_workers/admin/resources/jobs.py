@@ -30,7 +30,7 @@ from ..context import ctx_of
 from ..errors import COMMON, CONFLICT, NOT_FOUND, invalid
 from ..models import (ACCOUNT_MAX, ACCOUNT_PATTERN, ACTION_PATTERN, MAX_BULK_JOBS, QUEUE_PATTERN, JobIn, JobOut,
                       JobStats, SubmitOut)
-from ..strictbody import printable
+from ..strictbody import SafeJSONResponse, printable
 from ..submitter import Submitter
 
 router = APIRouter(prefix="/jobs", tags=["jobs"], responses=COMMON)
@@ -69,29 +69,42 @@ async def submit_job(request: Request, response: Response, body: Any = Body(defa
         return await run_in_threadpool(_submit_list, ctx, _parsed(_JOB_LIST.validate_python, body))
     one = _parsed(JobIn.model_validate, body)
     if one.idempotency_key is None:
-        return SubmitOut(created=True, job=_out(await submitter_of(request).submit(one)))
+        return created_answer(await submitter_of(request.app).submit(one))
     job, created = await run_in_threadpool(lambda: ctx.dbs.jobs.submit(_validated(ctx, [one])[0]))
     if not created:
         response.status_code = 200
     return SubmitOut(created=created, job=_out(job))
 
 
-def submitter_of(request: Request) -> Submitter:
+_JOB_FIELDS = tuple(JobOut.model_fields)
+
+
+def created_answer(job) -> SafeJSONResponse:
+    """The 201 answer to a single job stored: what FastAPI makes of ``SubmitOut(created=True,
+    job=_out(job))`` through the route's response model (a job's fields in ``JobOut``'s order;
+    ``SafeJSONResponse`` makes its text printable), without building and checking the models:
+    the one answer sent once per job when jobs come one at a time (``admin/submitlane.py``)."""
+    fields = job.as_dict()
+    return SafeJSONResponse({"created": True, "job": {k: fields[k] for k in _JOB_FIELDS}}, status_code=201)
+
+
+def submitter_of(app) -> Submitter:
     """The app's submitter (made on first use, so every app built has its own)."""
-    state = request.app.state
+    state = app.state
     found = getattr(state, "submitter", None)
     if found is None:
-        ctx = ctx_of(request)
+        ctx = state.ctx
         found = state.submitter = Submitter(lambda bodies: _validated_each(ctx, bodies), ctx.dbs.jobs.submit_jobs)
     return found
 
 
 def _validated_each(ctx, bodies: list[JobIn]) -> list:
     """Each body's ``NewJob``, or the exception that refused it (the submitter's ``validate``)."""
-    out = []
+    out, cached = [], None
     for b in bodies:
         try:
-            out.append(_validated(ctx, [b])[0])
+            cached = cached or ctx.submit_settings()   # one copy for the batch: each is a new one
+            out.append(_validated(ctx, [b], cached)[0])
         except Exception as exc:  # noqa: BLE001 - this job's own answer (422, or 503 from a read)
             out.append(exc)
     return out
@@ -116,12 +129,13 @@ def _new_job(settings, ctx, body: JobIn, where: str = ""):
         raise SubmitError(f"{where}{exc}") from None
 
 
-def _validated(ctx, bodies: list[JobIn]):
-    """The jobs, validated against the cached desired state; refused, once more against a fresh
-    read (a queue created a moment ago, by this daemon or another host's)."""
+def _validated(ctx, bodies: list[JobIn], cached=None):
+    """The jobs, validated against the cached desired state (``cached``: its settings, already
+    got); refused, once more against a fresh read (a queue created a moment ago, by this daemon
+    or another host's)."""
     where = (lambda i: f"job {i}: ") if len(bodies) > 1 else (lambda i: "")
     try:
-        settings = ctx.submit_settings()
+        settings = cached or ctx.submit_settings()
         return [_new_job(settings, ctx, b, where(i)) for i, b in enumerate(bodies)]
     except SubmitError:
         settings = ctx.submit_settings(fresh=True)
