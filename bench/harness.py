@@ -194,9 +194,10 @@ def started_service(*, embedded: bool = False, km: bool = False, worker_props: d
         raise
     dbs = None
     try:
-        if km:
-            _checked("KM", servicehome.km_init(home, "start"))
-        _checked("service", servicehome.init(home, "start", timeout=120))
+        with _working_directory(scratch):
+            if km:
+                _checked("KM", servicehome.km_init(home, "start"))
+            _checked("service", servicehome.init(home, "start", timeout=120))
         dbs = open_databases(settings.worker, layout)
         service = Service(home, layout, settings, dbs, tag)
         if warm_up:
@@ -213,6 +214,20 @@ def started_service(*, embedded: bool = False, km: bool = False, worker_props: d
             _drop_database(database)
             delete_amqp(list(service_exchanges(amqp["exchange"])), _service_queues(settings))
         shutil.rmtree(scratch, ignore_errors=True)
+
+
+@contextmanager
+def _working_directory(directory: Path):
+    """Start the daemons from ``directory``: ``python -m`` puts its working directory first on
+    ``sys.path``, so started from a checkout (the usual ``cd`` into one to run a bench) the
+    publisher and the subscriber ran that checkout's code, not ``REPO``'s from ``PYTHONPATH``,
+    and a bench of the release before from a copy of its tree measured the current one's."""
+    before = os.getcwd()
+    os.chdir(directory)
+    try:
+        yield
+    finally:
+        os.chdir(before)
 
 
 def _checked(what: str, result) -> None:
