@@ -85,10 +85,6 @@ def _service_environment() -> None:
     path = os.environ.get("PATH", "")
     if not path.startswith(bin_dir + os.pathsep):
         os.environ["PATH"] = bin_dir + os.pathsep + path
-    # the daemons start as ``python -m``, which puts the working directory first on sys.path,
-    # before PYTHONPATH: run from another checkout (say, the release before, measured beside
-    # this one), they would import that checkout's code, not this one's
-    os.chdir(REPO)
     parts = [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]
     os.environ["PYTHONPATH"] = os.pathsep.join([str(REPO), str(PLUGIN)]
                                                + [p for p in parts if p not in (str(REPO), str(PLUGIN))])
