@@ -83,8 +83,7 @@ def main(argv=None) -> int:
     ap.add_argument("-n", type=int, default=200, help="jobs per series (after 5 warm-ups)")
     ap.add_argument("--gap", type=float, action="append", metavar="SECONDS",
                     help="pause between jobs; repeatable (default: 0 and 0.5)")
-    ap.add_argument("--peers", action="store_true", help="also Celery and Dramatiq (needs the anchors)")
-    ap.add_argument("--anchors", type=Path, default=peers.DEFAULT_ANCHORS, help="the shared anchors' directory")
+    peers.add_arguments(ap)
     args = ap.parse_args(argv)
     gaps = args.gap if args.gap is not None else [0.0, 0.5]
     if not 1 <= args.n <= 100_000 or any(not 0 <= g <= 60 for g in gaps):

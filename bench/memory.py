@@ -126,8 +126,7 @@ def report(when: str, ours: dict, celery: dict | None) -> None:
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--jobs", type=int, default=200, help="jobs run before the second reading (at least 2)")
-    ap.add_argument("--peers", action="store_true", help="also a Celery prefork worker (needs the anchors)")
-    ap.add_argument("--anchors", type=Path, default=peers.DEFAULT_ANCHORS, help="the shared anchors' directory")
+    peers.add_arguments(ap, "also a Celery prefork worker (needs the anchors)")
     args = ap.parse_args(argv)
     if not 2 <= args.jobs <= 100_000:
         ap.error("--jobs 2..100000")

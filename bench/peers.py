@@ -28,6 +28,12 @@ CELERY = (["celery", "-A", "celery_app", "worker", "-c", "2", "-P", "prefork", "
 DRAMATIQ = (["dramatiq", "dramatiq_app", "-p", "2", "-t", "8"], 6)
 
 
+def add_arguments(ap, peers_help: str = "also Celery and Dramatiq (needs the anchors)") -> None:
+    """``--peers`` and ``--anchors``, as every script that measures the peers takes them."""
+    ap.add_argument("--peers", action="store_true", help=peers_help)
+    ap.add_argument("--anchors", type=Path, default=DEFAULT_ANCHORS, help="the shared anchors' directory")
+
+
 def available(anchors: Path) -> bool:
     return (anchors / "anchors.sh").is_file()
 

@@ -279,8 +279,7 @@ def main(argv=None) -> int:
     ap.add_argument("--python-jobs", type=int, default=2000, help="--single: jobs through submit()")
     ap.add_argument("--admin-jobs", type=int, default=3000, help="--single: jobs through POST /jobs")
     ap.add_argument("--rounds", type=int, default=1, help="--single: rounds of Celery then ours, back to back")
-    ap.add_argument("--peers", action="store_true", help="also Celery (and Dramatiq in bulk), from the anchors")
-    ap.add_argument("--anchors", type=Path, default=peers.DEFAULT_ANCHORS, help="the shared anchors' directory")
+    peers.add_arguments(ap, "also Celery (and Dramatiq in bulk), from the anchors")
     ap.add_argument("--embedded", action="store_true", help="bulk: also measure the embedded default")
     ap.add_argument("--window", type=int, action="append", default=[],
                     help="bulk: also measure with this publisher.window (repeatable)")
