@@ -76,9 +76,8 @@ def bearer_passes(state, address: str, authorization: str | None) -> bool:
     token from an address not locked out; the success counted. False for anything else, counting
     nothing: the caller then hands the request to ``require_token``, which answers and counts it
     (``submitlane``)."""
-    scheme, _, credentials = (authorization or "").partition(" ")
-    credentials = credentials.strip()
-    if scheme.lower() != "bearer" or not credentials or state.throttle.retry_after(address):
+    credentials = bearer_of(authorization)
+    if not credentials or state.throttle.retry_after(address):
         return False
     if not state.tokens.token_ok(credentials):
         return False
@@ -86,14 +85,15 @@ def bearer_passes(state, address: str, authorization: str | None) -> bool:
     return True
 
 
-def _bearer(request: Request) -> str | None:
-    scheme, _, value = request.headers.get("authorization", "").partition(" ")
+def bearer_of(authorization: str | None) -> str | None:
+    """The token an ``Authorization`` header's value bears (``Bearer <token>``); None if another scheme."""
+    scheme, _, value = (authorization or "").partition(" ")
     return value.strip() if scheme.lower() == "bearer" else None
 
 
 def page_session_ok(request: Request) -> bool:
     """For everything under ``/ui``: the token, else (from a browser page) an open session."""
-    token = _bearer(request)
+    token = bearer_of(request.headers.get("authorization"))
     if token is not None:
         return _as_token_bearer(request, check_token(request, token))
     if is_scripted(request.scope):
