@@ -10,6 +10,7 @@ the rest were never started and go back to be dispatched again.
 from __future__ import annotations
 
 import contextlib
+import errno
 import logging
 import os
 import secrets
@@ -43,6 +44,7 @@ RESPAWN_BACKOFF_MAX = 30.0  # seconds between restarts of a worker that keeps dy
 RESPAWN_BACKOFF = Backoff(first=1.0, cap=RESPAWN_BACKOFF_MAX, jitter=None)
 RESTART_CAP = 5             # unexpected deaths within RESTART_WINDOW_S before a worker is disabled
 RESTART_WINDOW_S = 60.0
+ACCEPT_RETRY_S = 1.0        # the accept loop's pause after an error of its own (not a worker's hang-up)
 
 
 @dataclass
@@ -148,10 +150,19 @@ class WorkerPool:
         while self._accepting:
             try:
                 conn = self._listener.accept()
-            except OSError:
-                if self._accepting:
-                    log.exception("worker socket accept failed")
-                return
+            except ConnectionError as exc:
+                # a worker gone in the middle of the handshake (killed while it connected): the
+                # listener is fine, and every worker after it must still get in
+                log.warning("a worker hung up while connecting: %s", exc)
+                continue
+            except OSError as exc:
+                if not self._accepting or exc.errno in (errno.EBADF, errno.EINVAL):
+                    if self._accepting:
+                        log.exception("the worker socket was closed under the accept loop")
+                    return
+                log.exception("worker socket accept failed; listening again in %.0f s", ACCEPT_RETRY_S)
+                time.sleep(ACCEPT_RETRY_S)   # out of file descriptors, say: never spin
+                continue
             except Exception:  # failed authentication or a broken client: keep listening
                 log.warning("refused a connection to the worker socket", exc_info=True)
                 continue
