@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import time
 
 import pytest
 
@@ -88,10 +89,16 @@ def test_a_worker_that_keeps_dying_is_disabled_until_a_reload(home):
     # Then it is disabled and reported, not restarted forever
     assert sh.wait_until(lambda: any(w["state"] == "disabled" for w in cluster(home).get("worker_details", [])),
                          30), cluster(home)
-    # And SIGHUP to the subscriber gives it another chance
+    # And no other process is started in its place (it would die the same way, and the next)
+    time.sleep(3)
+    assert live_worker_pids(home) == [], cluster(home)
+    assert [w["state"] for w in cluster(home)["worker_details"]] == ["disabled"]
+    # And SIGHUP to the subscriber gives it another chance: one worker, a new process, running
     sub = int(next((home / "services" / "worker" / "run").glob("subscriber@*.pid")).read_text().split()[0])
     os.kill(sub, signal.SIGHUP)
-    assert sh.wait_until(lambda: len(worker_pids(home)) == 1, 30), cluster(home)
+    assert sh.wait_until(lambda: [p for p in worker_pids(home) if p not in killed]
+                         and len(worker_pids(home)) == 1, 30), cluster(home)
+    assert len(live_worker_pids(home)) == 1
     r = sh.cli(home, "submit", "echo", "--wait", "--json")
     assert json.loads(r.stdout)["status"] == "succeeded"
 

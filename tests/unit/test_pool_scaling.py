@@ -34,3 +34,15 @@ def test_a_type_no_longer_wanted_is_retired_whole_idle_first():
 def test_a_lowered_maximum_retires_the_surplus():
     v = TypeView(active=3, busy=1, pending=0, members=(("p.1", None), ("p.2", 1.0), ("p.3", 9.0)))
     assert plan({"p": WorkerType("p", ("p1",), 1, 1)}, {"p": v}) == [("retire", "p.3"), ("retire", "p.2")]
+
+
+def test_a_disabled_process_keeps_its_slot_so_nothing_is_started_in_its_place():
+    # Given the only process of a type at min 1 disabled (it died too often)
+    assert plan(T, {"p": TypeView(disabled=1)}) == []
+    # But a backlog with every running process busy still grows the type up to max, counting it
+    one_busy = TypeView(active=1, busy=1, pending=5, members=(("p.2", None),), disabled=1)
+    assert plan(T, {"p": one_busy}) == [("spawn", "p")]
+    two_busy = TypeView(active=2, busy=2, pending=5, members=(("p.2", None), ("p.3", None)), disabled=1)
+    assert plan(T, {"p": two_busy}) == []
+    # And disabled slots never count as running ones: min 2 with one disabled starts one, not two
+    assert plan({"p": WorkerType("p", ("p1",), 2, 4)}, {"p": TypeView(disabled=1)}) == [("spawn", "p")]

@@ -258,11 +258,15 @@ def test_a_worker_dying_too_often_is_disabled_until_the_types_are_set_again(rig)
         rig.pool.supervise()
         rig.clock.advance(max(0.0, h.next_spawn_at - rig.clock.time()))  # the backoff: 1+2+4+8 s
         rig.pool.supervise()
-    # Then it is disabled and stays down
+    # Then it is disabled and stays down, and no other process is started in its place
     assert h.state == "disabled" and h.proc is None
+    started = len(rig.spawned)
     rig.clock.advance(3600)
     rig.pool.supervise()
-    assert h.proc is None
+    rig.pool.scale({}, force=True)
+    rig.pool.supervise()
+    assert h.proc is None and len(rig.spawned) == started
+    assert [x.name for x in rig.pool.handles] == ["default.1", "default.2"]
     # When the desired types are set again (a reload or an admin change)
     rig.pool.set_types([WorkerType("default", ("default",), 2, 2)])
     rig.pool.supervise()

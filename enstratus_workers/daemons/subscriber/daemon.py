@@ -67,6 +67,7 @@ log = logging.getLogger(__name__)
 
 HEARTBEAT_EVERY_S = 2.0
 RECONCILE_EVERY_S = 5.0
+RELOAD_RETRY_S = 1.0         # a reload whose read of the desired types failed is tried again after this
 CHECK_RETRY_MAX_S = 10.0    # longest wait between tries to read the job rows of deliveries
 SWITCH_INTERVAL_S = 0.0005   # the GIL's hand-over interval in the subscriber (run())
 CHECK_RETRY = Backoff(first=1.0, cap=CHECK_RETRY_MAX_S)   # the fleet's subscribers retry apart
@@ -82,6 +83,7 @@ class Subscriber(Service):
         self._reload = threading.Event()
         self._hup = threading.Event()        # SIGHUP not yet passed on to the workers
         self._next_reconcile = 0.0
+        self._reload_owed = False            # a reload whose read of the desired types failed
         self._last_beat = 0.0
         self.pending: dict[str, deque] = defaultdict(deque)   # worker type -> assignments waiting
         self.active: dict[tuple, list] = {}   # (job id, attempt) -> its deliveries held here
@@ -219,14 +221,21 @@ class Subscriber(Service):
         every few seconds and on SIGHUP: the pool scales to them, the intake consumes their
         queues, and work waiting for a type that is gone (or placed elsewhere now) is given back
         to its queue."""
-        if not self._reload.is_set() and time.monotonic() < self._next_reconcile:
+        now = time.monotonic()
+        if not self._reload.is_set() and now < self._next_reconcile:
             return
-        reload = self._reload.is_set()
+        reload = self._reload.is_set() or self._reload_owed
         self._reload.clear()
-        self._next_reconcile = time.monotonic() + RECONCILE_EVERY_S
+        self._next_reconcile = now + RECONCILE_EVERY_S
         types = self._types_here()
         if types is None:
+            # a SIGHUP's reload whose read failed is still owed (it is what gives disabled
+            # workers their new chance): tried again soon, not at every round
+            self._reload_owed = reload
+            if reload:
+                self._next_reconcile = now + RELOAD_RETRY_S
             return
+        self._reload_owed = False
         if not reload and {t.name: t for t in types} == self.pool.types:
             return
         log.info("worker types: %s", ", ".join(f"{t.name}[{t.min}..{t.max}]<-{','.join(t.queues)}"

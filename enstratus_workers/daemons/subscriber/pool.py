@@ -411,14 +411,20 @@ class WorkerPool:
 
     def _views(self, pending: dict[str, int], now: float) -> dict:
         members: dict[str, list] = {}
+        disabled: dict[str, int] = {}
         for h in self.handles:
-            if h.retiring or h.disabled or (h.proc is None and h.conn is None and not h.next_spawn_at):
+            if h.disabled and not h.retiring:
+                disabled[h.worker_type] = disabled.get(h.worker_type, 0) + 1
+                continue
+            if h.retiring or (h.proc is None and h.conn is None and not h.next_spawn_at):
                 continue
             idle = None if h.inflight else now - (h.idle_since or now)
             members.setdefault(h.worker_type, []).append((h.name, idle))
         return {t: scaling.TypeView(active=len(m), busy=sum(1 for _, i in m if i is None),
-                                    pending=self.backlog(t, pending.get(t, 0)), members=tuple(m))
-                for t, m in members.items()} | {t: scaling.TypeView(pending=pending.get(t, 0))
+                                    pending=self.backlog(t, pending.get(t, 0)), members=tuple(m),
+                                    disabled=disabled.get(t, 0))
+                for t, m in members.items()} | {t: scaling.TypeView(pending=pending.get(t, 0),
+                                                                    disabled=disabled.get(t, 0))
                                                 for t in self.types if t not in members}
 
     def idle(self) -> bool:

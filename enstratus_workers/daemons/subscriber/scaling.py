@@ -4,6 +4,9 @@ Pure decisions over a snapshot, so they can be tested without processes: keep ev
 between its ``min`` and ``max``; add a process when work is waiting and every process of the
 type is busy; retire one that has been idle for ``IDLE_RETIRE_S`` while above ``min``; retire
 everything of a type that is no longer wanted (disabled or deleted through the admin API).
+A process disabled for dying too often keeps its slot until a reload: nothing is started in its
+place, so a fault that kills every process of a type (a broken import, say) costs at most
+``max`` processes' restart caps, not a new process every few seconds for ever.
 At most one step up or down per type per call: the pool calls this about once a second.
 """
 
@@ -22,6 +25,7 @@ class TypeView:
     busy: int = 0                    # of those, with actions in hand
     pending: int = 0                 # assignments waiting for a free process of this type
     members: tuple = field(default=())  # (handle name, seconds idle, or None when busy)
+    disabled: int = 0                # slots held by processes that died too often (until a reload)
 
     @property
     def idle(self) -> list[tuple[str, float]]:
@@ -36,11 +40,12 @@ def plan(desired: dict, views: dict[str, TypeView], idle_retire_s: float = IDLE_
     steps: list[tuple[str, str]] = []
     for name, wtype in desired.items():
         v = views.get(name, TypeView())
-        if v.active < wtype.min:
-            steps += [("spawn", name)] * (wtype.min - v.active)
+        held = v.active + v.disabled     # a disabled process's slot is not filled by another
+        if held < wtype.min:
+            steps += [("spawn", name)] * (wtype.min - held)
         elif v.active > wtype.max:
             steps += [("retire", h) for h in _idlest(v, v.active - wtype.max)]
-        elif v.pending and v.busy >= v.active and v.active < wtype.max:
+        elif v.pending and v.busy >= v.active and held < wtype.max:
             steps.append(("spawn", name))
         elif not v.pending and v.active > wtype.min:
             long_idle = [h for h, seconds in v.idle if seconds >= idle_retire_s]
