@@ -22,6 +22,7 @@ must be for an account the access list grants the certificate's name; a refusal 
 from __future__ import annotations
 
 import contextlib
+import errno
 import logging
 import selectors
 import socket
@@ -54,6 +55,7 @@ from enstratus_workers.runtime.service import Service
 log = logging.getLogger(__name__)
 
 POLL = 0.2          # seconds between looks at the stop flag
+ACCEPT_RETRY_S = 0.5  # the pause after an accept that failed for want of descriptors or memory
 STOP_GRACE = 0.7    # seconds running requests get to finish once a stop is noticed
 LINGER = 0.25       # seconds a refused peer's remaining input is drained before closing
 LINGER_BYTES = 1 << 20
@@ -160,6 +162,16 @@ class KMService(Service):
         try:
             conn, peer = listener.accept()
         except (BlockingIOError, InterruptedError, ConnectionAbortedError):
+            return
+        except OSError as exc:
+            if exc.errno in (errno.EBADF, errno.EINVAL):   # the listener itself is gone
+                raise
+            # Out of file descriptors (EMFILE, ENFILE) or kernel memory: the connection waits in
+            # the backlog, and the KM with it; ending the daemon over it would refuse every
+            # client after. The pause keeps a listener that stays readable from spinning.
+            self._flood_log.warning("accept", "KM could not accept a connection (%s); trying again "
+                                    "in %.1f s", exc, ACCEPT_RETRY_S)
+            time.sleep(ACCEPT_RETRY_S)
             return
         slot = Slot(conn, peer[0], f"{peer[0]}:{peer[1]}", tls=self._tls is not None)
         self._threads = {t for t in self._threads if t.is_alive()}

@@ -5,6 +5,7 @@ garbage. A real KMService on a loopback port; the defaults that matter (``max_co
 
 from __future__ import annotations
 
+import errno
 import os
 import random
 import socket
@@ -181,3 +182,26 @@ def test_the_flood_limits_are_read_from_km_cfg(home):
     with pytest.raises(Exception) as err:
         load_km_settings(Layout(home))
     assert getattr(err.value, "key", None) == "first_frame_timeout"
+
+
+def test_an_accept_that_fails_for_want_of_descriptors_leaves_the_km_serving(home, monkeypatch, caplog):
+    # Given a KM whose accepts fail with EMFILE (out of file descriptors) three times
+    real_accept = socket.socket.accept
+    failures = []
+
+    def accept(sock):
+        if len(failures) < 3:
+            failures.append(time.monotonic())
+            raise OSError(errno.EMFILE, os.strerror(errno.EMFILE))
+        return real_accept(sock)
+
+    with running(KMService(km_settings(home), Keyring(KEY))) as address:
+        monkeypatch.setattr(socket.socket, "accept", accept)
+        # When a client connects while that lasts, and another after it
+        client_for(address).put("acct-1", "cloud", SECRET)
+        # Then both are served once descriptors are back: the daemon did not end
+        assert client_for(address).get("acct-1", "cloud").text() == SECRET
+        assert len(failures) == 3
+        # And it paused between tries rather than spinning on a listener that stays readable
+        assert failures[-1] - failures[0] >= 2 * 0.4
+    assert "could not accept a connection" in caplog.text
