@@ -176,3 +176,23 @@ def test_stopping_an_intake_that_never_started_raises_nothing(broker, make_intak
     it, _ = make_intake()
     it.stop()
     assert not it.thread.is_alive()
+
+
+def test_an_ack_that_fails_reopens_the_consumer_and_the_message_comes_back(broker, make_intake):
+    # Given a delivery in hand
+    broker.publish("work", "a")
+    it, _ = make_intake()
+    it.start()
+    (a,) = taken(it, 1)
+    # When acking it fails as the embedded queue fails when its file stays locked
+    def locked(deliveries):
+        raise ConnectionClosed("embedded queue: database is locked")
+    it._consumer.ack = locked
+    it.ack([a])   # the caller (the recorder's thread, the main loop) goes on
+    # Then the consumer is reopened, and the message comes back marked redelivered
+    again = taken(it, 1)
+    assert [(d.message_id, d.redelivered) for d in again] == [("a", True)]
+    assert broker.opened == 2 and it.reconnects == 1
+    # And the new consumer's ack settles it for good
+    it.ack(again)
+    assert wait_until(lambda: (broker.depth("work").ready, broker.depth("work").unacked) == (0, 0), 5)

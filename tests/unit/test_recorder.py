@@ -122,6 +122,32 @@ def test_the_thread_writes_and_hands_deliveries_to_on_recorded(dbs):
     assert sorted(acked) == sorted(f"d{i}" for i in ids) and dbs.jobs.counts()["succeeded"] == 3
 
 
+
+def test_the_thread_outlives_an_unexpected_error_after_a_write(dbs):
+    import threading
+    ids = _queued_jobs(dbs, 2)
+    acked, second = [], threading.Event()
+
+    def on_recorded(deliveries):
+        acked.extend(deliveries)
+        if len(acked) == 1:
+            raise RuntimeError("an ack that fails in a way nobody expected")
+        second.set()
+
+    rec = Recorder(dbs, batch=1, interval=0.01, on_recorded=on_recorded)
+    rec.start()
+    try:
+        # Given a first outcome whose hand-over raises after it was written
+        _finish(rec, ids[0], "d1")
+        assert second.wait(0.3) is False and acked == ["d1"]
+        # Then the thread lives on, reports the failure, and records the next outcome
+        assert rec._thread.is_alive() and rec.failures == 1
+        _finish(rec, ids[1], "d2")
+        assert second.wait(10) and acked == ["d1", "d2"]
+        assert dbs.jobs.counts()["succeeded"] == 2 and rec.failures == 0
+    finally:
+        rec.stop()
+
 # --- no item can hold up the others -------------------------------------------------------------
 
 def _outcome(job_id, **kw):

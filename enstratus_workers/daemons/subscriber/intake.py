@@ -32,6 +32,7 @@ class Intake:
         self._wake_fd = wake_fd
         self._stop = threading.Event()
         self._paused = threading.Event()
+        self._settle_failed = threading.Event()   # set by a failed ack/nack: reopen the consumer
         self._consumer = None
         self._transport = None
         self.connected = threading.Event()
@@ -58,22 +59,34 @@ class Intake:
         if self.thread.is_alive():   # never started when the subscriber failed before it: the
             self.thread.join(timeout=10)   # start's own error is the one to report, not join's
 
-    # settling, from the main loop
+    # settling, from the main loop and the recorder's thread
     # The intake thread may drop the consumer (reconnect) at any moment: read it once.
+    # A settlement that fails (the embedded queue's file locked past its timeout, a full disk)
+    # must not end the thread that asked for it: the consumer is reopened instead, which gives
+    # its unsettled messages back, and each is recognised as recorded on redelivery and acked
+    # unrun (the Consumer contract: a lost settlement means a redelivery).
     def ack(self, deliveries) -> None:
         consumer = self._consumer
         if deliveries and consumer is not None:
-            consumer.ack(deliveries)
+            self._settle("ack", consumer.ack, deliveries)
 
     def nack(self, deliveries) -> None:
         consumer = self._consumer
         if deliveries and consumer is not None:
-            consumer.nack(deliveries)
+            self._settle("nack", consumer.nack, deliveries)
 
     def dead_letter(self, delivery, reason: str) -> None:
         consumer = self._consumer
         if consumer is not None:
-            consumer.dead_letter(delivery, reason)
+            self._settle("dead-letter", consumer.dead_letter, delivery, reason)
+
+    def _settle(self, what: str, settle, *args) -> None:
+        try:
+            settle(*args)
+        except ConnectionClosed as exc:
+            log.warning("could not %s on the queue (%s); reopening the consumer, whose unsettled "
+                        "messages come back", what, exc)
+            self._settle_failed.set()
 
     def _run(self) -> None:
         retry = Retrying(RECONNECT_BACKOFF)
@@ -112,6 +125,9 @@ class Intake:
 
     def _poll_until_stopped(self) -> None:
         while not self._stop.is_set():
+            if self._settle_failed.is_set():
+                self._settle_failed.clear()
+                raise ConnectionClosed("a settlement failed")
             if self._wanted != self.queues:
                 # Unsettled deliveries of the old consumer go back to their queues on close;
                 # any of them recorded meanwhile is recognised on redelivery and acked unrun.

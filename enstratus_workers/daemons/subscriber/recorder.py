@@ -357,7 +357,15 @@ class Recorder:
                 if due is None or due > 0:
                     self._lock.wait(min(0.5 if due is None else due, max(0.0, self._deadline - now)))
                     continue
-            self.flush()
+            try:
+                self.flush()
+            except Exception as exc:  # noqa: BLE001 - the thread must outlive any one write
+                # a bug or an error no write path expected: had it ended this thread, nothing
+                # would be recorded or acked again while the subscriber kept taking work. What
+                # the failed flush held stays unacked: its messages come back when the consumer
+                # is next reopened, and are recorded by whoever runs them then.
+                log.exception("the recorder's write failed unexpectedly")
+                self._failed(f"{type(exc).__name__}: {exc}")
 
     def stop(self, timeout: float = 10.0) -> None:
         """Write what is left, retrying until ``timeout``; return by then, written or not.
