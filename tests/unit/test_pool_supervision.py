@@ -438,3 +438,33 @@ def test_a_worker_sending_a_frame_that_is_not_what_it_says_is_dropped_not_the_su
     # When it sends a malformed done frame, Then its connection is dropped and nothing raises
     rig.say("default.1", bad)
     assert rig.handle("default.1").conn is None
+
+
+def test_a_worker_the_system_will_not_start_is_retried_with_the_backoff_then_disabled(rig, monkeypatch):
+    # Given a system that cannot fork (EAGAIN: out of processes or memory)
+    import errno
+    real_popen, refusals = rig._popen, []
+
+    def refuse(cmd, **kw):
+        if cmd[cmd.index("--name") + 1] == "default.1":
+            refusals.append(rig.clock.time())
+        raise OSError(errno.EAGAIN, os.strerror(errno.EAGAIN))
+
+    monkeypatch.setattr(pool_mod.subprocess, "Popen", refuse)
+    # When the pool starts its minimum, the subscriber is not taken down
+    rig.pool.scale({}, force=True)
+    h = rig.handle("default.1")
+    assert h.state == "stopped" and h.proc is None and h.next_spawn_at > rig.clock.time()
+    # And each retry waits the backoff, until the restart cap disables it
+    for _ in range(RESTART_CAP * 2):
+        rig.clock.advance(max(0.0, h.next_spawn_at - rig.clock.time()))
+        rig.pool.supervise()
+        if h.disabled:
+            break
+    assert h.disabled and len(refusals) == RESTART_CAP
+    assert all(b - a >= 1.0 for a, b in zip(refusals, refusals[1:]))
+    # When the system can fork again and the types are set again, it starts
+    monkeypatch.setattr(pool_mod.subprocess, "Popen", real_popen)
+    rig.pool.set_types([WorkerType("default", ("default",), 2, 2)])
+    rig.pool.supervise()
+    assert h.state == "starting" and h.proc in rig.spawned

@@ -185,7 +185,21 @@ class WorkerPool:
         except (BlockingIOError, OSError):
             pass  # the pipe is full: the main loop is waking anyway
 
-    def _spawn(self, handle: WorkerHandle) -> None:
+    def _spawn(self, handle: WorkerHandle) -> bool:
+        """Start ``handle``'s process; False if the system would not (it is then retried as
+        after a death, with the backoff and the restart cap: a fork that fails for want of
+        memory or processes, or a log file that cannot be opened, must not take the subscriber
+        and every action running on this host down with it)."""
+        try:
+            self._start_process(handle)
+        except OSError as exc:
+            log.error("could not start worker %s: %s", handle.name, exc)
+            handle.proc, handle.conn, handle.spawned_at = None, None, time.time()
+            self._schedule_respawn(handle, expected=False)
+            return False
+        return True
+
+    def _start_process(self, handle: WorkerHandle) -> None:
         cmd = [self.python, "-m", "enstratus_workers.daemons.worker", "run",
                "--home", str(self.layout.home), "--name", handle.name,
                "--type", handle.worker_type, "--subscriber", self.subscriber_name]
