@@ -5,7 +5,9 @@ cleaning up: killed, crashed), or a publisher/subscriber that is not running at 
 pinger runs (the init script stops the pinger first, so that is never a deliberate stop of the
 whole service), is started again through its own runner. Restarts are capped like worker
 reincarnations: more than ``max_restarts`` in ``window_s`` and the daemon is left down and
-reported, rather than restarted forever.
+reported, rather than restarted forever. Giving up sticks (the window sliding on would only
+start the cycle again, five restarts every ``window_s`` for ever) until the daemon is seen
+running again, started by an operator, or the pinger itself is restarted.
 """
 
 from __future__ import annotations
@@ -51,6 +53,8 @@ class Watchdog:
             if not any(d == daemon for d, _ in running | wanted):
                 wanted.add((daemon, self.host_name))
         wanted |= self._dead_km()
+        # an operator started again what was given up on: it gets the watchdog's care again
+        self.given_up -= {f"{daemon}@{name}" for daemon, name in running}
         for daemon, name in sorted(wanted):
             if (daemon, name) in running:
                 continue
@@ -71,6 +75,8 @@ class Watchdog:
 
     def _restart(self, daemon: str, name: str) -> str | None:
         key = f"{daemon}@{name}"
+        if key in self.given_up:
+            return None
         window = self._restarts[key]
         now = time.monotonic()
         while window and now - window[0] > self.window_s:
@@ -83,7 +89,6 @@ class Watchdog:
             return None
         window.append(now)
         self.restarts_total += 1
-        self.given_up.discard(key)
         cmd = [sys.executable, "-m", f"enstratus_workers.daemons.{daemon}", "start",
                "--home", str(self.layout.home), "--name", name]
         log.warning("watchdog: %s is down; starting it (restart %d in the window)", key, len(window))
