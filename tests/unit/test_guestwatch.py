@@ -357,3 +357,26 @@ def test_check_reports_a_persistence_layer_it_cannot_read(settings, layout, dbs)
 
 def _host(dbs) -> str:
     return dbs.heartbeats.all()[0].host
+
+
+def test_a_server_object_with_a_field_of_the_wrong_kind_does_not_stop_the_round(
+        settings, layout, dbs, store, agents, caplog):
+    # Given two running servers, the first one's object edited by hand ("last_seen_ms" a word)
+    a, b = agents("ln-a"), agents("ln-b")
+    put_server(store, "srv-a", a, account="acct-1")
+    put_server(store, "srv-b", b, account="acct-2")
+    bad = server(store, "srv-a") | {"last_seen_ms": "yesterday"}
+    store.put(SERVER_BUCKET, "srv-a", bad, indexes(bad))
+    watch = GuestWatch(settings, layout, dbs, "p1", persistence=store)
+    # When rounds run, the server after it still gets its health, and the bad one is named
+    summary = watch.beat_round()
+    assert summary["guests"] == 2 and summary["write_errors"] == 1
+    assert server(store, "srv-b")["guest_health"] == "up"
+    assert "cannot record the guest health of server srv-a" in caplog.text
+    # And when both agents go silent, both accounts get their server.sync
+    a.stop()
+    b.stop()
+    for _ in range(MISSES):
+        summary = watch.beat_round()
+    assert summary["unreachable"] == 2 and server(store, "srv-b")["state"] == "unreachable"
+    assert sorted(j["arguments"]["account"] for j in sync_jobs(dbs)) == ["acct-1", "acct-2"]

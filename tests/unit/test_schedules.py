@@ -316,3 +316,26 @@ def test_a_scheduler_opens_and_closes_its_own_persistence_when_given_none(settin
     finally:
         scheduler.close()
     assert scheduler.persistence is None
+
+
+def test_one_unreadable_server_object_does_not_hold_back_the_other_accounts(home, dbs, store, caplog):
+    # Given servers of accounts 7 and 8, and one whose object cannot be read (siblings in Riak)
+    from enstratus_workers.persist.base import SiblingsError
+    put_server(store, "srv-1", "7")
+    put_server(store, "srv-bad", "9")
+    put_server(store, "srv-2", "8")
+    real_get = store._get
+    store._get = lambda bucket, key: (_ for _ in ()).throw(SiblingsError("2 siblings")) \
+        if key == "srv-bad" else real_get(bucket, key)
+    settings = make_settings(home, schedules=(Schedule("server.sync", 60.0),))
+    scheduler = Scheduler(settings, Layout(home), dbs, store)
+    # When the publisher ticks
+    # Then the readable accounts get their job, and the bad object is named in the log
+    assert scheduler.tick(T0 + 5) == 2
+    assert sorted(j["arguments"]["account"] for j in scheduled(dbs)) == ["7", "8"]
+    assert "cannot read server srv-bad" in caplog.text
+    # And once it reads again, its account is picked up at the next refresh
+    store._get = real_get
+    finish(dbs)   # the slot's jobs done: no account waits for its previous one
+    assert scheduler.tick(T0 + MINUTE + 5) == 3
+    assert sorted(j["arguments"]["account"] for j in scheduled(dbs)) == ["7", "7", "8", "8", "9"]

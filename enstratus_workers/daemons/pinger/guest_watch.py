@@ -180,13 +180,19 @@ class GuestWatch:
         health = self._health_of(sid)
         seen = self.tracker.health(sid).last_seen_ms
         slack = int(self.interval * self.misses * 1000)
-        if known is None or gh.reconcile(known.data, health, seen, result.error, slack) is None:
-            return True
         try:
+            if known is None or gh.reconcile(known.data, health, seen, result.error, slack) is None:
+                return True
             data, _ = update_server(self.persistence, sid,
                                     lambda cur: gh.reconcile(cur, health, seen, result.error, slack))
         except StoreError as exc:
             log.warning("cannot record the guest health of server %s: %s", sid, exc)
+            return False
+        except (TypeError, ValueError) as exc:
+            # an object written by hand or by another tool, with fields of the wrong kind: the
+            # round goes on, so the servers after it get their health and the syncs are queued
+            log.warning("cannot record the guest health of server %s: its object does not read as "
+                        "a server (%s)", sid, exc)
             return False
         if data is None:
             self._known.pop(sid, None)

@@ -82,6 +82,12 @@ class ServerAccounts:
                     data = self.store.get(SERVER_BUCKET, key).data
                 except NotFound:
                     continue  # deleted since the listing
+                except StoreError as exc:
+                    # one object that cannot be read (siblings, bytes that are not JSON) must
+                    # not hold back every account's schedules: skipped, and read again at the
+                    # next refresh
+                    log.warning("cannot read server %s for its account (%s); skipping it", key, exc)
+                    continue
                 account = data.get("account") if isinstance(data, dict) else None
                 self._account_of[key] = None if account in (None, "") else str(account)
             self._read_ms = now_ms
