@@ -468,3 +468,18 @@ def test_a_worker_the_system_will_not_start_is_retried_with_the_backoff_then_dis
     rig.pool.set_types([WorkerType("default", ("default",), 2, 2)])
     rig.pool.supervise()
     assert h.state == "starting" and h.proc in rig.spawned
+
+
+def test_a_worker_that_connects_and_dies_while_the_pool_stops_does_not_break_the_stop(rig):
+    # Given a pool told to stop, and a worker whose hello arrives as it dies
+    rig.pool.scale({}, force=True)
+    rig.pool.ask_to_stop()
+    ours, theirs = Pipe()
+    h = rig.handle("default.1")
+    rig.pool._arrivals.append(({"t": "hello", "name": "default.1", "type": "default", "pid": h.pid}, ours))
+    theirs.close()
+    # When the pool adopts it, telling it to stop fails quietly
+    rig.pool.adopt_arrivals()
+    # Then the dead connection is read as a disconnect, and the stop goes on
+    rig.pool.read(rig.pool.connections())
+    assert h.conn is None

@@ -231,7 +231,10 @@ class WorkerPool:
                 handle.spawned_at = time.time()
                 self.handles.append(handle)
             if self.stopping:
-                conn.send_bytes(worker_socket.pack({"t": "stop"}))
+                try:
+                    conn.send_bytes(worker_socket.pack({"t": "stop"}))
+                except OSError:
+                    pass  # gone already: its disconnect is noticed on the next read
             handle.conn, handle.connected_at = conn, time.time()
             handle.display = hello.get("display") or handle.display
             log.info("worker %s connected (pid %s)", handle.display, hello.get("pid"))
@@ -468,7 +471,7 @@ class WorkerPool:
                 os.kill(h.pid, signal.SIGHUP)      # started by hand, and connected right now
             else:
                 return False
-        except ProcessLookupError:
+        except OSError:   # gone (ProcessLookupError), or its pid reused by another user's process
             return False
         return True
 
