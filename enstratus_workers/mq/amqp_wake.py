@@ -71,7 +71,16 @@ class _Link:
                 raise ConnectionClosed(why(exc)) from exc
 
         _node, conn = self.nodes.connect(self.role, open_node)
-        conn.channel().exchange_declare(wake_exchange(self.mq), "fanout", durable=True)
+        try:
+            conn.channel().exchange_declare(wake_exchange(self.mq), "fanout", durable=True)
+        except BaseException:
+            # not yet the caller's to close: left open, each retry (a refused declare retries
+            # for ever) would keep a socket and pika's ioloop until a full garbage collection
+            try:
+                conn.close()
+            except PIKA_ERRORS:
+                pass
+            raise
         return conn
 
     def _run(self) -> None:

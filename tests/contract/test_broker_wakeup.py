@@ -173,3 +173,36 @@ def test_a_job_posted_to_the_admin_api_wakes_the_publishers_of_other_hosts(
         with urllib.request.urlopen(req, timeout=10) as r:
             assert r.status in (200, 201, 202)
         assert _heard_within(woken), "host B's publisher was not rung"
+
+
+def test_a_refused_exchange_declare_leaves_no_broker_connection_open(rabbitmq_url, amqp_names, links):
+    import gc
+
+    import pika
+    import psutil
+
+    from enstratus_workers.mq.amqp_wake import wake_exchange
+
+    # Given the wake exchange already declared with another type: every declare is refused (406)
+    mq = _mq(rabbitmq_url, amqp_names)
+    with pika.BlockingConnection(pika.URLParameters(rabbitmq_url)) as admin:
+        admin.channel().exchange_declare(wake_exchange(mq), "direct", durable=False, auto_delete=True)
+
+    def to_broker() -> int:
+        me = psutil.Process()
+        listed = getattr(me, "net_connections", None) or me.connections   # psutil < 6: connections
+        return sum(1 for c in listed("tcp")
+                   if c.raddr and c.raddr.port == mq.port and c.status == psutil.CONN_ESTABLISHED)
+
+    before = to_broker()
+    gc.disable()   # the leaked connections sit in reference cycles: only a full collection frees them
+    try:
+        # When a ringer tries for a few seconds (its retries 0.5, 1, 2 s apart)
+        ringer = WakeRinger(mq, "host-a", "wake-test")
+        links.append(ringer.start())
+        time.sleep(4)
+        # Then it never connected, and it holds no connection to the broker
+        assert not ringer.connected.is_set()
+        assert to_broker() <= before
+    finally:
+        gc.enable()
