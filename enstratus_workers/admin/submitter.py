@@ -88,7 +88,14 @@ class Submitter:
             else:
                 self._running = True
                 self._thread = threading.Thread(target=self._run, name="admin-submitter", daemon=True)
-                self._thread.start()
+                try:
+                    self._thread.start()
+                except RuntimeError:
+                    # no thread to be had now: this request fails (500) rather than waiting for
+                    # ever, and the next one tries to start the thread again
+                    self._running = False
+                    self._queue.remove(pending)
+                    raise
         return await pending.future
 
     def _run(self) -> None:

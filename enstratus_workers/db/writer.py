@@ -150,7 +150,10 @@ class Writer:
             if not self.recheck_due():
                 return
             self._checking = True
-        threading.Thread(target=self._background_recheck, name="db-writer-recheck", daemon=True).start()
+        try:
+            threading.Thread(target=self._background_recheck, name="db-writer-recheck", daemon=True).start()
+        except RuntimeError:   # the OS would not give us a thread now: the next lend tries again
+            self._checking = False
 
     def _background_recheck(self) -> None:
         try:

@@ -15,6 +15,7 @@ import sqlalchemy as sa
 from enstratus_workers.admin import submitter as sub
 from enstratus_workers.admin.submitter import Submitter
 
+from tests.thread_refusal import refuse_one_thread
 from tests.unit.admin_helpers import api, home  # noqa: F401 (fixtures)
 
 
@@ -158,3 +159,13 @@ def test_a_single_job_the_desired_state_refuses_is_answered_422_and_the_next_is_
     r = api.call("POST", "/jobs", json={"action": "noop", "queue": "no-such-queue"})
     assert r.status_code == 422 and "unknown queue" in r.text
     assert api.call("POST", "/jobs", json={"action": "noop"}).status_code == 201
+
+
+def test_a_thread_the_os_will_not_give_fails_that_request_and_the_next_one_tries_again(monkeypatch):
+    s = Submitter(lambda bodies: list(bodies), lambda new: [n.upper() for n in new])
+    refused = refuse_one_thread(monkeypatch, "admin-submitter")
+    # Given no thread to be had once: that request fails, it does not wait for ever
+    (first,) = _run_all(s, ["a"])
+    assert refused and isinstance(first, RuntimeError) and s._queue == []
+    # Then the next request starts the thread and is written
+    assert _run_all(s, ["b"]) == ["B"]

@@ -5,6 +5,7 @@ Probes are stood in for here; ``tests/fleet/test_db_cluster.py`` does it with re
 from __future__ import annotations
 
 import threading
+import time
 
 import pytest
 
@@ -14,6 +15,7 @@ from enstratus_workers.config.dburl import Node
 from enstratus_workers.db.nodes import NodeState, Prober, first_healthy, judge
 from enstratus_workers.db.writer import Writer
 from tests.servicehome import free_port
+from tests.thread_refusal import refuse_one_thread
 
 A, B, C = Node("db1", 3306), Node("db2", 3306), Node("db3", 3306)
 
@@ -297,3 +299,20 @@ def test_a_server_without_the_variable_still_connects_and_only_other_errors_are_
         assert _connect_to(_Dialect(other), None, (), {}, B) is other
     # Then both connect; only the unexpected refusal is said, with the server's words
     assert len(caplog.records) == 1 and "1227" in caplog.records[0].getMessage()
+
+
+def test_a_recheck_thread_the_os_will_not_give_is_tried_again_at_the_next_lend(cluster, clock, monkeypatch):
+    writer = writer_of(cluster, clock)
+    assert writer.current == A
+    refused = refuse_one_thread(monkeypatch, "db-writer-recheck")
+    clock.now += 5.1
+    # Given a recheck due whose thread cannot be started: the lend goes on, nothing is stuck
+    writer.recheck_soon()
+    assert refused and not writer._checking
+    # Then the next lend starts it
+    writer.recheck_soon()
+    for _ in range(100):   # it ran: the next one is due a recheck interval from now
+        if not writer._checking and not writer.recheck_due():
+            break
+        time.sleep(0.01)
+    assert len(refused) == 1 and not writer.recheck_due()
