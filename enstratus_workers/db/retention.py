@@ -109,6 +109,7 @@ class Pruner:
         self.current: Pass | None = None
         self.deleted: dict[str, int] = {}     # rows deleted so far, per table or job status
         self.last_pass: dict[str, int] = {}   # rows the last finished pass deleted
+        self.passes = 0                        # passes this pruner finished (holding the lease)
 
     # -- the lease -----------------------------------------------------------------------------
     def acquire(self, now: int | None = None) -> bool:
@@ -188,6 +189,7 @@ class Pruner:
 
     def _finish(self, p: Pass) -> None:
         self.current = None
+        self.passes += 1
         self.last_pass = p.deleted
         with self.provisioning.begin() as conn:
             # rows kept for an earlier reset are read no more: the page asks for the latest only

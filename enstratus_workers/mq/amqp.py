@@ -291,6 +291,9 @@ class AmqpTransport(Transport):
             log.warning("purged %d dead letter(s) of queue %s", purged, queue)
         return purged
 
+    def purge_dead_before(self, queue: str, before_ms: int) -> int:
+        return self._dead.purge_before(queue, before_ms)
+
     # -- consuming ---------------------------------------------------------------------------
 
     def consumer(self, queues: Sequence[str], prefetch: int) -> AmqpConsumer:

@@ -52,7 +52,10 @@ def reason_and_time(headers: dict | None) -> tuple[str | None, int | None]:
         reason = reason or _text(newest.get("reason"))
         if dead_at is None and isinstance(newest.get("time"), datetime):
             dead_at = int(newest["time"].timestamp() * 1000)
-    return reason, None if dead_at is None else int(dead_at)
+    try:
+        return reason, None if dead_at is None else int(dead_at)
+    except (TypeError, ValueError):   # a header set by another tool: no time rather than no listing
+        return reason, None
 
 
 class AmqpDeadLetters:
@@ -161,6 +164,28 @@ class AmqpDeadLetters:
                 purged += len(tags)
             return purged
         return self._with_channel("purge dead letters", run)
+
+    def purge_before(self, queue: str, before_ms: int) -> int:
+        """Dead letters arrive in the order they died: the scan stops at the first one that
+        died at or after ``before_ms`` (it and the rest are handed back when the channel
+        closes), so a pass over a queue whose letters are all young reads one message."""
+        def run(channel):
+            purged = 0
+            for got in self._batches(channel, queue):
+                tags, young = [], False
+                for tag, properties, _body in got:
+                    _reason, dead_at = reason_and_time(properties.headers)
+                    if dead_at is not None and dead_at >= before_ms:
+                        young = True
+                        break
+                    if dead_at is not None:
+                        tags.append(tag)
+                self._ack(channel, tags)
+                purged += len(tags)
+                if young:
+                    break
+            return purged
+        return self._with_channel("purge old dead letters", run)
 
     @staticmethod
     def _ack(channel, tags: list[int]) -> None:

@@ -182,6 +182,13 @@ class Transport(abc.ABC):
         """
 
     @abc.abstractmethod
+    def purge_dead_before(self, queue: str, before_ms: int) -> int:
+        """Delete the dead letters of ``queue`` that died before ``before_ms`` (epoch ms): what
+        retention no longer keeps (``retention.dead``). One without a time of death is kept.
+        Returns how many were deleted.
+        """
+
+    @abc.abstractmethod
     def ping(self) -> None:
         """Raise ``ConnectionClosed`` unless the backend answers."""
 

@@ -190,6 +190,9 @@ class EmbeddedTransport(Transport):
             log.warning("purged %d dead letter(s) of queue %s", purged, queue)
         return purged
 
+    def purge_dead_before(self, queue: str, before_ms: int) -> int:
+        return self._dead("purge old dead letters", embedded_dead.purge_before, queue, before_ms)
+
     def _dead(self, what: str, fn, *args):
         try:
             return fn(self._db(), *args)

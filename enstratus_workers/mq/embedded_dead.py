@@ -60,3 +60,10 @@ def purge(conn: sqlite3.Connection, queue: str, message_ids: Sequence[str] | Non
         for chunk in chunks(rows):
             conn.execute(f"DELETE FROM messages WHERE id IN ({marks(len(chunk))})", chunk)
     return len(rows)
+
+
+def purge_before(conn: sqlite3.Connection, queue: str, before_ms: int) -> int:
+    """Delete the dead letters of ``queue`` that died before ``before_ms``; one transaction."""
+    with Transaction(conn):
+        return conn.execute("DELETE FROM messages WHERE state = 'dead' AND queue = ? AND dead_at < ?",
+                            (queue, before_ms / 1000)).rowcount

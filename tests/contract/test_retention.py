@@ -315,6 +315,45 @@ def test_the_pingers_round_prunes_a_batch_a_turn_and_paces_itself(dbs, tmp_path)
     assert rr.RetentionRound(off, dbs, "test").turn() is None
 
 
+def test_the_pass_holders_round_purges_the_dead_letters_that_died_before_retention_dead(dbs, tmp_path, monkeypatch):
+    import dataclasses
+    import time
+
+    from enstratus_workers.daemons.pinger import retention_round as rr
+    from enstratus_workers.mq import open_transport
+    from enstratus_workers.mq.base import OutgoingMessage
+
+    # Given two dead letters of the embedded queue, 0.2 s apart, and dead ones kept 60 s
+    settings = dataclasses.replace(_settings(tmp_path), worker=WorkerSettings(
+        retention_succeeded=0, retention_failed=0, retention_dead=60, retention_events=0))
+    layout = Layout(tmp_path)
+    deaths = []
+    with open_transport(settings.mq, layout) as t:
+        t.declare(["default"])
+        for name in ("first", "second"):
+            t.publish([OutgoingMessage("default", b"{}", message_id=name)])
+            consumer = t.consumer(["default"], prefetch=1)
+            (delivery,) = consumer.poll(5, 1)
+            consumer.dead_letter(delivery, "gave up")
+            consumer.close()
+            deaths.append(now_ms())
+            time.sleep(0.2)
+    # When the pinger's round finishes a pass 60 s after the first death, not yet the second's
+    monkeypatch.setattr(rr, "now_ms", lambda: deaths[0] + 100 + 60_000)
+    r = rr.RetentionRound(settings, dbs, "test", layout)
+    while r.turn() == rr.PAUSE_S:
+        pass
+    # Then the first is purged and the second is kept
+    assert r.dead_letters_purged == 1
+    with open_transport(settings.mq, layout) as t:
+        assert [d.message_id for d in t.dead_letters("default")] == ["second"]
+    # And a round without a finished pass of its own (another pinger holds the lease) purges nothing
+    monkeypatch.setattr(rr, "now_ms", lambda: deaths[1] + 100 + 60_000)
+    r.pruner.acquire = lambda now=None: False
+    r.turn()
+    assert r.dead_letters_purged == 1
+
+
 def test_old_audit_rows_and_per_minute_figures_go_the_charts_hour_stays(dbs):
     from enstratus_workers.db.audit import AuditEntry, AuditStore, audit_log
     from enstratus_workers.db.schema import MINUTE_MS

@@ -291,6 +291,33 @@ def test_purge_dead_deletes_the_named_dead_letters_then_all(backend):
     assert (t.purge_dead("work"), t.purge_dead("never-declared"), t.purge_dead("work", [])) == (0, 0, 0)
 
 
+def test_purge_dead_before_deletes_the_letters_that_died_before_the_cutoff_only(backend):
+    import time as _time
+
+    # Given two dead letters, then, a moment later, two more
+    t = backend.open()
+    t.declare(["work"])
+    dead_ones(t, "work", 2, ["old0", "old1"])
+    _time.sleep(0.05)
+    cutoff = int(_time.time() * 1000)
+    _time.sleep(0.05)
+    t.publish([OutgoingMessage("work", b"{}", message_id=f"young-{i}") for i in range(2)])
+    consumer = t.consumer(["work"], prefetch=2)
+    for delivery in drain(consumer, 2):
+        consumer.dead_letter(delivery, "young")
+    consumer.poll(0.1, 1)  # a backend that settles on the polling thread sends them now
+    consumer.close()
+    assert eventually(lambda: depth(t, "work").dead == 4)
+
+    # When the letters that died before the cutoff are purged
+    purged = t.purge_dead_before("work", cutoff)
+
+    # Then the two old ones are gone and the young ones stay, in their order
+    assert purged == 2
+    assert eventually(lambda: [d.message_id for d in t.dead_letters("work")] == ["young-0", "young-1"])
+    assert (t.purge_dead_before("work", cutoff), t.purge_dead_before("never-declared", cutoff)) == (0, 0)
+
+
 def test_a_delayed_message_dead_lettered_and_redriven_is_still_as_published(backend):
     # Given a delayed message that came due, was dead-lettered, and listed
     t = backend.open()

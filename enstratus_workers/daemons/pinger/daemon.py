@@ -54,7 +54,7 @@ class Pinger(Service):
             raise
         watchdog = Watchdog(self.layout, self.settings.worker.host_name, enabled=self.watchdog_enabled)
         guests = GuestWatch(self.settings, self.layout, dbs, self.name)
-        retention = RetentionRound(self.settings, dbs, self.name)
+        retention = RetentionRound(self.settings, dbs, self.name, self.layout)
         ready()
         self._last_state = None
         next_health = next_guests = next_prune = time.monotonic()

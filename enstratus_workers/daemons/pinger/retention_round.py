@@ -7,13 +7,20 @@ already a set of rounds on their own clocks, off every job's path, and any numbe
 run one per host; the lease makes one of them prune at a time. Each turn here deletes one batch
 and asks to be called again after ``PAUSE_S``, so the health round and the guests' heartbeats
 wait at most one batch (milliseconds), and the database sees short transactions spaced out.
+
+Dead letters are the one thing retention keeps outside the databases: each job that ended dead
+left its message in its queue's dead-letter queue (on the broker, or in the embedded queue's
+file). The pinger that finished a pass (the lease holder) then deletes those that died longer
+than ``retention.dead`` ago, as it did their job rows.
 """
 
 from __future__ import annotations
 
 import logging
 
+from enstratus_workers.clock import now_ms
 from enstratus_workers.db.retention import Periods, Pruner, lease_holder
+from enstratus_workers.mq import open_transport
 
 log = logging.getLogger(__name__)
 
@@ -26,10 +33,13 @@ MIN_PASS_EVERY_S = 1.0
 
 
 class RetentionRound:
-    def __init__(self, settings, dbs, name: str):
+    def __init__(self, settings, dbs, name: str, layout=None):
+        self.settings, self.dbs, self.layout = settings, dbs, layout   # no layout: no dead letters
         self.periods = Periods.of(settings.pinger)
         shortest = self.periods.shortest()
         self.every_s = None if shortest is None else max(MIN_PASS_EVERY_S, min(PASS_EVERY_S, shortest / 2))
+        self._passes_seen = 0
+        self.dead_letters_purged = 0
         self.pruner = Pruner(dbs.provisioning, dbs.analytics, self.periods, lease_holder(f"pinger@{name}",
                                                                                     settings.worker.host_name))
 
@@ -43,7 +53,30 @@ class RetentionRound:
             log.exception("retention batch failed")
             self.pruner.abandon()
             return self.every_s
-        return PAUSE_S if more else self.every_s
+        if more:
+            return PAUSE_S
+        if self.pruner.passes != self._passes_seen:   # this pinger finished a pass just now
+            self._passes_seen = self.pruner.passes
+            self.purge_dead_letters()
+        return self.every_s
+
+    def purge_dead_letters(self) -> int:
+        """Delete the dead letters of every queue that died ``retention.dead`` ago; how many."""
+        if self.layout is None or self.periods.dead <= 0:
+            return 0
+        before = now_ms() - int(self.periods.dead * 1000)
+        purged = 0
+        try:
+            queues = self.dbs.desired.queues(self.settings.worker.all_queues)
+            with open_transport(self.settings.mq, self.layout, client_name="retention") as transport:
+                for queue in queues:
+                    purged += transport.purge_dead_before(queue, before)
+        except Exception as exc:  # noqa: BLE001 - the broker away: the next pass tries again
+            log.warning("retention: could not purge old dead letters (%s: %s)", type(exc).__name__, exc)
+        if purged:
+            log.info("retention: purged %d dead letter(s) older than %g s", purged, self.periods.dead)
+        self.dead_letters_purged += purged
+        return purged
 
     def close(self) -> None:
         try:
