@@ -37,6 +37,9 @@ class StateEventStore(Store):
         self.action: str | None = None
         self._seen: dict[str, str | None] = {}
 
+    def forget_seen(self) -> None:
+        self._seen.clear()
+
     def _get(self, bucket, key) -> StoredObject:
         obj = self.inner.get(bucket, key)
         if bucket == SERVER_BUCKET:
@@ -92,6 +95,9 @@ class StateEventHook(Hook):
 
     def after_action(self, task, context, outcome) -> None:
         self.store.job_id = self.store.action = None
+        # the states read by this attempt: stale for the next (another worker may write the
+        # server meanwhile), and kept they would grow with every server a worker ever saw
+        self.store.forget_seen()
 
 
 def _state(data) -> str | None:

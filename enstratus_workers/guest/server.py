@@ -137,8 +137,15 @@ class AgentConnection(asyncio.Protocol):
     def _arm_idle(self):
         if self._idle is not None:
             self._idle.cancel()
-        self._idle = asyncio.get_running_loop().call_later(self.host.idle_timeout,
-                                                            self.transport.close)
+        self._idle = asyncio.get_running_loop().call_later(self.host.idle_timeout, self._idle_out)
+
+    def _idle_out(self):
+        # close() waits for the answers still buffered to be read; a peer that stopped reading
+        # would keep the connection for ever: it is cut instead
+        if self.transport.get_write_buffer_size():
+            self.transport.abort()
+        else:
+            self.transport.close()
 
 
 class AgentHost:

@@ -335,6 +335,8 @@ def test_every_server_state_change_is_an_analytics_event(tmp_path):
         update_server(store, "srv-1", lambda cur: {"account": "a", "state": "launching"})
         update_server(store, "srv-1", lambda cur: {**cur, "state": "running"})
         update_server(store, "srv-1", lambda cur: {**cur, "last_seen_ms": 5})     # no state change
+        hook.after_action(Task(7, "server.launch", {}, 1, 3, "default"), None, None)
+        assert store._seen == {}   # forgotten: stale for the next action, and never piling up
         hook.before_action(Task(8, "server.terminate", {}, 1, 3, "default"), None)
         update_server(store, "srv-1", lambda cur: {**cur, "state": "terminated"})
         events = dbs.events.server_events("srv-1")

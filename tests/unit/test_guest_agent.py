@@ -180,3 +180,35 @@ def test_the_multi_agent_process_serves_many_ports_and_stops_when_stdin_closes()
             f.close()
     with pytest.raises(ConnectionRefusedError):
         client.ping(HOST, agents[0][1], timeout=2)
+
+
+def test_a_client_that_stops_reading_is_cut_off_once_idle_not_kept_for_ever(tmp_path):
+    import asyncio
+
+    from enstratus_workers.guest.server import AgentHost, AgentIdentity, listen_socket
+
+    log = tmp_path / "agent.log"
+    log.write_bytes(b"x" * (p.MAX_LOG_CHUNK - 1) + b"\n")
+
+    async def scenario() -> tuple[int, int]:
+        host = AgentHost(idle_timeout=0.3)
+        listener = listen_socket()
+        port = listener.getsockname()[1]
+        await host.serve(AgentIdentity("srv-stuck", log), listener)
+        client = socket.create_connection((HOST, port))
+        try:
+            # Given a client that asks for the 64 KiB log 400 times and reads nothing
+            client.sendall(b"LOG 0\n" * 400)
+            await asyncio.sleep(0.2)
+            held = host.connections
+            # When it stays silent past the idle timeout
+            await asyncio.sleep(1.0)
+            return held, host.connections
+        finally:
+            client.close()
+            await host.close()
+
+    held, after_idle = asyncio.run(scenario())
+    # Then the agent cut it: answers it still held for a peer that does not read are dropped,
+    # rather than keeping the connection until they are read, however long that takes
+    assert (held, after_idle) == (1, 0)
