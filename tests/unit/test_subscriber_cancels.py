@@ -89,3 +89,43 @@ def test_no_query_while_nothing_is_held_and_one_a_second_while_something_is():
     for _ in range(3):
         cancels.look(rows, {a.task.key: [a.delivery]}, {"default": deque([a])}, [], None)
     assert rows.asked == [[5]]
+
+
+def test_an_attempt_that_finished_as_its_worker_was_killed_is_not_remembered_for_ever():
+    # Given a cancelled attempt whose worker is killed at the end of the grace
+    running = assignment(7)
+    worker = Worker(running)
+    active = {running.task.key: [running.delivery]}
+    rows = Rows({7: ("running", 1)})
+    cancels = Cancels(grace_s=0, look_every_s=0)
+    cancels.look(rows, active, {}, [worker], None)
+    cancels.look(rows, active, {}, [worker], None)
+    assert worker.signals[-1] == signal.SIGKILL and cancels.killed == {running.task.key}
+    # When its outcome came in just before the SIGKILL landed (no crash will name it)
+    worker.inflight.clear()
+    del active[running.task.key]
+    # Then the next look forgets it
+    cancels.look(rows, active, {}, [worker], None)
+    assert cancels.killed == set() and cancels.told == {}
+
+
+def test_the_subscriber_forgets_the_started_mark_of_an_attempt_acked_away_unrun(tmp_path):
+    from enstratus_workers.config import load_settings
+    from enstratus_workers.daemons.subscriber.daemon import Subscriber
+    from enstratus_workers.layout import Layout
+    from tests import servicehome as sh
+
+    layout = Layout(sh.make_home(tmp_path))
+    sub = Subscriber(load_settings(layout), layout, "vm")
+    # Given an attempt marked started, then given back by its worker, waiting again, and cancelled
+    waiting = assignment(5)
+    sub.pending["default"].append(waiting)
+    sub.active[waiting.task.key] = [waiting.delivery]
+    sub._marked.add(waiting.task.key)
+    sub.dbs = SimpleNamespace(jobs=Rows({5: ("cancelled", 0)}))
+    sub.pool = SimpleNamespace(handles=[])
+    sub.intake = SimpleNamespace(ack=lambda deliveries: None)
+    # When the subscriber looks for cancels
+    sub._look_for_cancels()
+    # Then it is acked away unrun, and nothing of it is kept
+    assert not sub.pending["default"] and sub.active == {} and sub._marked == set()

@@ -92,9 +92,12 @@ class Cancels:
 
     def _kill_overdue(self, handles, now: float) -> None:
         """Kill a worker still running a cancelled action ``grace_s`` after it was told."""
-        if not self.told:
+        if not self.told and not self.killed:
             return
         held = {a.task.key: h for h in handles for a in h.inflight}
+        # an attempt whose outcome came in just before its worker's SIGKILL landed is no longer
+        # held, and no crash will name it (after_crash): forgotten here, else kept for ever
+        self.killed &= held.keys()
         for key, told_at in list(self.told.items()):
             h = held.get(key)
             if h is None:

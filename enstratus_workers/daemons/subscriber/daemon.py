@@ -210,7 +210,12 @@ class Subscriber(Service):
         self._beat()
 
     def _look_for_cancels(self) -> None:
+        seen = self.cancels.seen
         self.cancels.look(self.dbs.jobs, self.active, self.pending, self.pool.handles, self._ack_stale)
+        if self.cancels.seen != seen and self._marked:
+            # an attempt acked away unrun (cancelled while it waited) may have been marked
+            # started before a worker gave it back: it is held here no more
+            self._marked &= self.active.keys()
 
     def _dispatch(self) -> None:
         self.pool.dispatch(self.pending)
