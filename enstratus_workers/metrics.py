@@ -44,6 +44,37 @@ def _err(exc: BaseException) -> str:
     return f"{type(inner).__name__}: {str(inner).splitlines()[0][:200] if str(inner) else ''}"
 
 
+#: most actions reported by name; the rest are summed under ``OTHER_ACTIONS``. Submitting takes
+#: any well-formed action name (a plugin may be installed on the workers only), and each name
+#: ever submitted keeps its totals: without a cap, a client inventing names (``foo.v123``, one
+#: with an id in it) would add about 19 series per name to every scrape, for ever.
+METRIC_ACTIONS_MAX = 200
+#: the label of the actions past the cap: parentheses are never in an action's name
+OTHER_ACTIONS = "(other)"
+
+
+def capped_actions(totals: Iterable[ActionTotal], most: int = METRIC_ACTIONS_MAX) -> list[ActionTotal]:
+    """The totals of the ``most`` actions with the most attempts (by name on a tie) as they are,
+    and the others' summed per outcome under the action ``OTHER_ACTIONS``."""
+    totals = list(totals)
+    per_action: dict[str, int] = {}
+    for t in totals:
+        per_action[t.action] = per_action.get(t.action, 0) + t.attempts
+    if len(per_action) <= most:
+        return totals
+    kept = set(sorted(per_action, key=lambda a: (-per_action[a], a))[:most])
+    out = [t for t in totals if t.action in kept]
+    others: dict[str, list] = {}
+    for t in totals:
+        if t.action not in kept:
+            o = others.setdefault(t.outcome, [0, 0, [0] * len(t.buckets)])
+            o[0] += t.attempts
+            o[1] += t.duration_ms
+            o[2] = [a + b for a, b in zip(o[2], t.buckets)]
+    out += [ActionTotal(OTHER_ACTIONS, outcome, n, ms, tuple(b)) for outcome, (n, ms, b) in sorted(others.items())]
+    return out
+
+
 def duration_histogram(totals: Iterable[ActionTotal], buckets: Sequence[float] = DURATION_BUCKETS) -> dict[str, dict]:
     """Per action: ``{"count", "sum_s", "buckets": [cumulative count per bound]}`` over every
     attempt ever recorded, from the action totals (``EventStore.totals``; outcomes summed).
@@ -197,7 +228,8 @@ class ServiceCollector(Collector):
         return [status, consumed, workers, reincarnations, task_q, done_q]
 
     def _analytics(self, dbs: Databases) -> list:
-        totals = dbs.events.totals()   # one read of a row per (action, outcome) serves both
+        # one read of a row per (action, outcome) serves both; the series per action are capped
+        totals = capped_actions(dbs.events.totals(), METRIC_ACTIONS_MAX)
         attempts = CounterMetricFamily(f"{PREFIX}_action_attempts", "Attempts of actions recorded in the "
                                        "analytics DB, by outcome", labels=["action", "outcome"])
         for (action, outcome), n in sorted(attempts_by_outcome(totals).items()):

@@ -110,6 +110,26 @@ def test_the_duration_histogram_buckets_the_recorded_durations(env):
     assert total == pytest.approx(21.443)
 
 
+def test_actions_past_the_cap_are_summed_under_one_label(env, monkeypatch):
+    from enstratus_workers import metrics
+
+    settings, layout, dbs = env
+    monkeypatch.setattr(metrics, "METRIC_ACTIONS_MAX", 2)
+    # Given the attempts of four actions: two busy ones, and two names invented by a client
+    dbs.events.record([event(1, "launch", "succeeded", 10), event(2, "launch", "failed", 10),
+                       event(3, "sync", "succeeded", 5), event(4, "sync", "succeeded", 5),
+                       event(5, "made.up.1", "failed", 1), event(6, "made.up.2", "failed", 3)])
+    samples = scrape(make_registry(settings, layout, dbs=dbs, depths=FakeDepths({})))
+    attempts = {dict(labels)["action"] for (name, labels) in samples
+                if name == "enstratus_workers_action_attempts_total"}
+    # Then the two with the most attempts keep their names, the others are summed as "(other)"
+    assert attempts == {"launch", "sync", "(other)"}
+    assert sample(samples, "enstratus_workers_action_attempts_total", action="(other)", outcome="failed") == 2
+    assert sample(samples, "enstratus_workers_action_duration_seconds_count", action="(other)") == 2
+    assert sample(samples, "enstratus_workers_action_duration_seconds_sum", action="(other)") == pytest.approx(0.004)
+    assert sample(samples, "enstratus_workers_action_attempts_total", action="launch", outcome="failed") == 1
+
+
 def test_jobs_by_status_come_from_the_job_table(env):
     settings, layout, dbs = env
     # Given three jobs: one pending, one relayed (queued), one run to success
