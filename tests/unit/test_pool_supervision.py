@@ -35,9 +35,13 @@ class Clock:
 
     def __init__(self):
         self.now = 1_700_000_000.0
+        self.stepped = 0.0    # how far the wall clock was stepped (NTP, a resumed VM); monotonic was not
 
     def time(self) -> float:
-        return self.now
+        return self.now + self.stepped
+
+    def step_wall(self, seconds: float) -> None:
+        self.stepped += seconds
 
     def monotonic(self) -> float:
         return self.now - 1_600_000_000.0
@@ -228,7 +232,7 @@ def test_a_worker_dying_at_start_is_restarted_with_doubling_backoff(rig):
         h.proc.exit(1)
         rig.pool.supervise()
         assert h.proc is None  # not restarted in the same round
-        delays.append(round(h.next_spawn_at - rig.clock.time(), 3))
+        delays.append(round(h.next_spawn_at - rig.clock.monotonic(), 3))
         rig.clock.advance(delays[-1])
         rig.pool.supervise()
         assert h.proc is rig.spawned[-1]
@@ -246,7 +250,7 @@ def test_the_backoff_is_capped(rig):
     h.proc.exit(1)
     rig.pool.supervise()
     # Then it waits the maximum, not 0.5 * 2**11 s
-    assert h.next_spawn_at - rig.clock.time() == RESPAWN_BACKOFF_MAX
+    assert h.next_spawn_at - rig.clock.monotonic() == RESPAWN_BACKOFF_MAX
 
 
 def test_a_worker_dying_too_often_is_disabled_until_the_types_are_set_again(rig):
@@ -256,7 +260,7 @@ def test_a_worker_dying_too_often_is_disabled_until_the_types_are_set_again(rig)
     for _ in range(RESTART_CAP):
         h.proc.exit(1)
         rig.pool.supervise()
-        rig.clock.advance(max(0.0, h.next_spawn_at - rig.clock.time()))  # the backoff: 1+2+4+8 s
+        rig.clock.advance(max(0.0, h.next_spawn_at - rig.clock.monotonic()))  # the backoff: 1+2+4+8 s
         rig.pool.supervise()
     # Then it is disabled and stays down, and no other process is started in its place
     assert h.state == "disabled" and h.proc is None
@@ -454,10 +458,10 @@ def test_a_worker_the_system_will_not_start_is_retried_with_the_backoff_then_dis
     # When the pool starts its minimum, the subscriber is not taken down
     rig.pool.scale({}, force=True)
     h = rig.handle("default.1")
-    assert h.state == "stopped" and h.proc is None and h.next_spawn_at > rig.clock.time()
+    assert h.state == "stopped" and h.proc is None and h.next_spawn_at > rig.clock.monotonic()
     # And each retry waits the backoff, until the restart cap disables it
     for _ in range(RESTART_CAP * 2):
-        rig.clock.advance(max(0.0, h.next_spawn_at - rig.clock.time()))
+        rig.clock.advance(max(0.0, h.next_spawn_at - rig.clock.monotonic()))
         rig.pool.supervise()
         if h.disabled:
             break
@@ -483,3 +487,27 @@ def test_a_worker_that_connects_and_dies_while_the_pool_stops_does_not_break_the
     # Then the dead connection is read as a disconnect, and the stop goes on
     rig.pool.read(rig.pool.connections())
     assert h.conn is None
+
+
+def test_a_wall_clock_step_neither_kills_a_working_worker_nor_holds_a_respawn_back(rig):
+    # Given a worker running a task (time limit 300 s) and another that just died
+    rig.pool.scale({}, force=True)
+    rig.connect("default.1")
+    rig.pool.dispatch({"default": rig.work(1)})
+    working, dead = rig.handle("default.1"), rig.handle("default.2")
+    dead.proc.exit(1)
+    rig.pool.supervise()
+    assert dead.proc is None and dead.next_spawn_at
+    # When the wall clock is stepped an hour forward, then two hours back, and 2 s pass
+    rig.clock.step_wall(3600)
+    rig.pool.supervise()
+    rig.clock.step_wall(-7200)
+    rig.clock.advance(2)
+    rig.pool.supervise()
+    # Then the working one was not killed for a time limit, and the dead one was started again
+    assert rig.spawned[0].signals == [] and working.kill_reason is None
+    assert dead.state == "starting" and dead.proc is rig.spawned[-1]
+    # And the time limit still holds on the monotonic clock
+    rig.clock.advance(301)
+    rig.pool.supervise()
+    assert rig.spawned[0].signals == [signal.SIGKILL]

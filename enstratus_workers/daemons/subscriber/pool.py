@@ -66,14 +66,16 @@ class WorkerHandle:
     pid: int | None = None
     display: str = ""
     inflight: deque = field(default_factory=deque)
-    head_since_ms: int = 0
-    spawned_at: float = 0.0
+    head_since_ms: int = 0                         # when its head task started (wall clock: stored)
+    head_since: float = 0.0                        # the same, monotonic: the time limit's
+    spawned_at: float = 0.0                        # wall clock: shown as uptime
+    spawned_mono: float = 0.0                      # monotonic: how soon it died
     connected_at: float = 0.0
     reincarnations: int = 0
     tasks_done: int = 0
     retiring: bool = False
     kill_reason: str | None = None
-    next_spawn_at: float = 0.0
+    next_spawn_at: float = 0.0                     # monotonic; 0: no respawn due
     fast_deaths: int = 0
     deaths: deque = field(default_factory=deque)   # times of unexpected deaths (the restart cap)
     disabled: bool = False                         # died too often: not restarted until a reload
@@ -195,6 +197,7 @@ class WorkerPool:
         except OSError as exc:
             log.error("could not start worker %s: %s", handle.name, exc)
             handle.proc, handle.conn, handle.spawned_at = None, None, time.time()
+            handle.spawned_mono = time.monotonic()
             self._schedule_respawn(handle, expected=False)
             return False
         return True
@@ -210,7 +213,8 @@ class WorkerPool:
                                            cwd=str(self.layout.home), close_fds=True)
         handle.hup_pending = False   # it opens its log after any rename that came before
         handle.pid, handle.conn, handle.retiring, handle.kill_reason = handle.proc.pid, None, False, None
-        handle.spawned_at, handle.idle_since = time.time(), time.monotonic()
+        handle.spawned_at, handle.spawned_mono = time.time(), time.monotonic()
+        handle.idle_since = handle.spawned_mono
         handle.display = f"{handle.worker_type}@{self.settings.worker.host_name}.{handle.index}"
         log.info("started worker %s (pid %d)", handle.name, handle.pid)
 
@@ -270,7 +274,7 @@ class WorkerPool:
                     outcome = replace(outcome, job_id=a.task.job_id, attempt=a.task.attempt, owner=a.task.owner)
                 events.finished.append((a, outcome))
                 h.tasks_done += 1
-            h.head_since_ms = now_ms()
+            h.head_since_ms, h.head_since = now_ms(), time.monotonic()
             if not h.inflight:
                 h.idle_since = time.monotonic()
         elif frame["t"] == "bye":
@@ -324,7 +328,7 @@ class WorkerPool:
                 take = min(cap - len(h.inflight), share)
                 batch = [queue.popleft() for _ in range(min(take, len(queue)))]
                 if not h.inflight:
-                    h.head_since_ms = now_ms()
+                    h.head_since_ms, h.head_since = now_ms(), time.monotonic()
                 h.idle_since = None
                 h.inflight.extend(batch)
                 try:
@@ -337,14 +341,16 @@ class WorkerPool:
         """Reap dead workers, kill those past the time limit, respawn; call every round."""
         events = PoolEvents()
         default_limit = self.settings.worker.time_limit
-        now = now_ms()
+        now = time.monotonic()
         for h in list(self.handles):
             if h.proc is None:
                 continue
             code = h.proc.poll()
             if code is None:
                 limit = h.inflight and self.time_limits.get(h.inflight[0].task.action, default_limit)
-                if h.inflight and h.kill_reason is None and now - h.head_since_ms > limit * 1000:
+                # monotonic: a wall clock stepped forward (NTP, a resumed VM) must not kill every
+                # worker holding a task, nor one stepped back let a hung action run on
+                if h.inflight and h.kill_reason is None and now - h.head_since > limit:
                     h.kill_reason = f"time limit of {limit:g}s exceeded"
                     log.warning("worker %s: job %s %s; killing pid %d", h.name,
                                 h.inflight[0].task.job_id, h.kill_reason, h.pid)
@@ -369,7 +375,7 @@ class WorkerPool:
                 continue
             self._schedule_respawn(h, expected)
         for h in self.handles:
-            if h.proc is None and h.conn is None and not self.stopping and time.time() >= h.next_spawn_at \
+            if h.proc is None and h.conn is None and not self.stopping and time.monotonic() >= h.next_spawn_at \
                     and h.next_spawn_at:
                 h.next_spawn_at = 0.0
                 self._spawn(h)
@@ -387,10 +393,10 @@ class WorkerPool:
                 log.error("worker %s died %d times in %.0fs: disabled until the next reload (SIGHUP "
                           "or an admin change)", h.name, len(h.deaths), RESTART_WINDOW_S)
                 return
-        quick = time.time() - h.spawned_at < 5
+        quick = time.monotonic() - h.spawned_mono < 5
         h.fast_deaths = h.fast_deaths + 1 if (quick and not expected) else 0
         delay = RESPAWN_BACKOFF.delay(h.fast_deaths)
-        h.next_spawn_at = time.time() + delay
+        h.next_spawn_at = time.monotonic() + delay
 
     # -- desired state and autoscaling ---------------------------------------------------------
     def set_types(self, types) -> None:
@@ -398,7 +404,7 @@ class WorkerPool:
         self.types = {t.name: t for t in types}
         for h in self.handles:
             if h.disabled:
-                h.disabled, h.next_spawn_at = False, time.time()
+                h.disabled, h.next_spawn_at = False, time.monotonic()
                 h.deaths.clear()
 
     def scale(self, pending: dict[str, int], force: bool = False) -> None:
