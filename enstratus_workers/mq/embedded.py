@@ -314,7 +314,12 @@ class EmbeddedConsumer(Consumer):
         mono, now = time.monotonic(), time.time()
         if mono - self._renewed >= self.lease / 3:
             with _Transaction(conn):
-                conn.execute("UPDATE consumers SET heartbeat_until = ? WHERE id = ?", (now + self.lease, self.id))
+                if not conn.execute("UPDATE consumers SET heartbeat_until = ? WHERE id = ?",
+                                    (now + self.lease, self.id)).rowcount:
+                    # our registration was reclaimed (this process stalled past its lease, or the
+                    # clock was stepped): its work went back to ready, and every claim it made from
+                    # now on would be released within a second. Reopened, it registers afresh.
+                    raise ConnectionClosed(f"embedded queue {self.path}: consumer {self.id} expired")
                 held = conn.execute("UPDATE messages SET lease_until = ? WHERE consumer = ? AND state = 'unacked' "
                                     "RETURNING id", (now + self.lease, self.id)).fetchall()
             lost = self._held - {row[0] for row in held}

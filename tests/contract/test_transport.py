@@ -409,6 +409,30 @@ def test_embedded_deliveries_of_a_consumer_that_stopped_polling_come_back_after_
         assert depth(live, "work").unacked == 1
 
 
+def test_embedded_a_consumer_whose_registration_expired_while_it_stalled_says_so_and_is_reopened(tmp_path):
+    # Given a consumer with a short lease that stalls past it while another polls (and reclaims)
+    path = tmp_path / "queue.sqlite"
+    with EmbeddedTransport(path, lease=0.3) as stalled_side, EmbeddedTransport(path) as live:
+        live.declare(["work"])
+        stalled = stalled_side.consumer(["work"], prefetch=10)
+        time.sleep(0.5)
+        other = live.consumer(["work"], prefetch=10)
+        assert other.poll(0.2, 10) == []   # its housekeeping drops the expired registration
+        other.close()
+        live.publish(messages("work", 1))
+        # When the stalled one polls again, it learns its registration is gone
+        with pytest.raises(ConnectionClosed, match="expired"):
+            for _ in range(20):
+                stalled.poll(0.1, 10)
+        # And reopened, it registers afresh and keeps what it claims
+        fresh = stalled_side.consumer(["work"], prefetch=10)
+        [got] = drain(fresh, 1, timeout=3.0)
+        assert fresh.poll(1.2, 10) == []   # polling (and renewing) past a reclaim round
+        assert depth(live, "work").unacked == 1
+        fresh.ack([got])
+        assert eventually(lambda: depth(live, "work").unacked == 0)
+
+
 def test_embedded_queue_file_that_cannot_be_created_raises_connection_closed(tmp_path):
     not_a_dir = tmp_path / "file"
     not_a_dir.write_text("")
