@@ -16,8 +16,10 @@ import pytest
 import sqlalchemy as sa
 
 from enstratus_workers.config.settings import Settings, WorkerSettings
+from enstratus_workers.daemons.subscriber import lost_events
 from enstratus_workers.daemons.subscriber.daemon import Subscriber
-from enstratus_workers.db import JobStore, NewJob, Outcome, Started, open_databases
+from enstratus_workers.daemons.subscriber.lost_events import LostEvents
+from enstratus_workers.db import Event, JobStore, NewJob, Outcome, Started, open_databases
 from enstratus_workers.jobs.messages import encode_job
 from enstratus_workers.layout import Layout
 from enstratus_workers.mq.base import Delivery
@@ -51,6 +53,7 @@ def sub(tmp_path):
     s.intake = RecordingIntake()
     s.pool = SimpleNamespace(types={}, handles=[])
     s.pauses = s.pause_gate()
+    s.lost_events = LostEvents(s.dbs)
     yield s
     s.dbs.close()
 
@@ -174,8 +177,9 @@ def test_an_attempt_another_live_subscriber_holds_waits_until_it_is_recorded(sub
     (d,) = deliver(sub, (jid, 1))
     # Then it waits, unsettled and unrun
     assert queued_for_workers(sub) == [] and sub.intake.acked == [] and len(sub._held) == 1
-    # And once the owner has recorded it, the copy is acked away as stale
+    # And once the owner has recorded it (its outcome, then its event), the copy is acked away as stale
     sub.dbs.jobs.record_outcomes([Outcome(jid, 1, "succeeded", "w", 1, 2, "null", None, "other@h:1:aa")])
+    sub.dbs.events.record([Event(jid, "echo", "default", 1, "succeeded", 1, "w", 2, host="h")])
     sub._held_until = 0.0
     sub._check_deliveries()
     assert sub.intake.acked == [d] and queued_for_workers(sub) == [] and sub._held == []
@@ -310,3 +314,57 @@ def test_a_delivery_relayed_at_the_resume_runs_though_this_process_read_the_paus
     # When its delivery arrives / Then it runs: not given back to bounce between the two
     deliver(sub, (jid, 1))
     assert [t.job_id for t in queued_for_workers(sub)] == [jid] and sub.pauses.given_back == 0
+
+
+def _events(sub, jid):
+    with sub.dbs.analytics.connect() as conn:
+        return conn.execute(sa.text("SELECT attempt, outcome, duration_ms, worker, host FROM enstratus_job_event "
+                                    "WHERE job_id = :j"), {"j": jid}).all()
+
+
+def test_a_copy_of_an_attempt_whose_recorder_died_before_writing_its_event_gets_the_event(sub):
+    # Given attempt 1 recorded succeeded by a subscriber on host9 that died before its event write
+    jid = new_job(sub)
+    sub.dbs.jobs.mark_started([Started(jid, 1, "default@host9.1", 1_000, "sub@host9:7:ab")])
+    sub.dbs.jobs.record_outcomes([Outcome(jid, 1, "succeeded", "default@host9.1", 1_000, 1_250, "null", None,
+                                          "sub@host9:7:ab")])
+    assert _events(sub, jid) == []
+    # When its unacked message is delivered here
+    (d,) = deliver(sub, (jid, 1))
+    # Then the event is written from the row, as the dead recorder would have, and the copy acked
+    assert _events(sub, jid) == [(1, "succeeded", 250, "default@host9.1", "host9")]
+    assert sub.intake.acked == [d] and sub.stats["stale"] == 1 and queued_for_workers(sub) == []
+    # And another copy finds it and writes nothing more
+    (again,) = deliver(sub, (jid, 1))
+    assert len(_events(sub, jid)) == 1 and sub.intake.acked == [d, again]
+
+
+def test_a_copy_of_an_attempt_whose_live_recorder_has_not_written_its_event_waits_for_it(sub, monkeypatch):
+    # Given attempt 1 recorded by a live subscriber whose event write waits out an outage
+    jid = new_job(sub)
+    sub.dbs.heartbeats.beat("subscriber", "other", ttl_s=30, details={"owner": "other@h:1:aa"})
+    sub.dbs.jobs.record_outcomes([Outcome(jid, 1, "failed", "w", 1, 2, None, "boom", "other@h:1:aa")])
+    # When a copy arrives here, it waits, unsettled, and no event is written here
+    (d,) = deliver(sub, (jid, 1))
+    assert sub.intake.acked == [] and len(sub._held) == 1 and _events(sub, jid) == []
+    # And once the recorder wrote its event, the copy is acked: one event, the recorder's
+    sub.dbs.events.record([Event(jid, "echo", "default", 1, "failed", 1, "w", 2, host="h")])
+    sub._held_until = 0.0
+    sub._check_deliveries()
+    assert sub.intake.acked == [d] and sub._held == [] and len(_events(sub, jid)) == 1
+
+
+def test_a_copy_waits_for_a_live_recorders_event_no_longer_than_the_patience(sub, monkeypatch):
+    # Given attempt 1 recorded by a live subscriber that never writes its event (it dropped it)
+    jid = new_job(sub)
+    sub.dbs.heartbeats.beat("subscriber", "other", ttl_s=30, details={"owner": "other@h:1:aa"})
+    sub.dbs.jobs.record_outcomes([Outcome(jid, 1, "succeeded", "w", 1, 2, "null", None, "other@h:1:aa")])
+    now = [1000.0]
+    sub.lost_events.clock = lambda: now[0]
+    (d,) = deliver(sub, (jid, 1))
+    assert sub.intake.acked == [] and len(sub._held) == 1
+    # When the patience has run out, the copy is acked without an event being made up here
+    now[0] += lost_events.PATIENCE_S
+    sub._held_until = 0.0
+    sub._check_deliveries()
+    assert sub.intake.acked == [d] and sub._held == [] and _events(sub, jid) == []

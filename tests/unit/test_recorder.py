@@ -418,3 +418,31 @@ def test_an_event_write_that_failed_before_committing_is_written_on_the_retry(db
     # Then the look-up finds nothing, and each event is written once
     assert sorted(rec.flush()) == sorted(f"d{i}" for i in ids)
     assert [len(dbs.events.for_job(i)) for i in ids] == [1, 1]
+
+
+
+def test_a_flush_stalled_past_its_outcome_write_looks_its_events_up_before_writing_them(dbs, monkeypatch):
+    from types import SimpleNamespace
+
+    from enstratus_workers.daemons.subscriber import recorder as recorder_mod
+
+    # Given two finished jobs, and a process stopped for a minute right after its outcome write,
+    # during which another host found the first attempt with no event and wrote it (lost_events)
+    ids, rec = _finished(dbs, 2)
+    clock = [1000.0]
+    monkeypatch.setattr(recorder_mod, "time", SimpleNamespace(monotonic=lambda: clock[0]))
+    real = dbs.jobs.record_outcomes_with
+
+    def stalled(outcomes, also=None):
+        out = real(outcomes, also)
+        dbs.events.record([Event(ids[0], "noop", "default", 1, "succeeded", 1, "w", 2, host="other")])
+        clock[0] += 60   # stopped for a minute
+        return out
+
+    monkeypatch.setattr(dbs.jobs, "record_outcomes_with", stalled)
+    # When the flush goes on after the stall
+    acks = rec.flush()
+    # Then each attempt has one event: the first's is the other host's, the second's is written
+    assert sorted(acks) == sorted(f"d{i}" for i in ids)
+    assert [len(dbs.events.for_job(i)) for i in ids] == [1, 1]
+    assert dbs.events.for_job(ids[0])[0].host == "other"

@@ -15,8 +15,9 @@ attempt's ``Outcome``, which goes to the recorder as it came; when the worker di
 Outcome is built here from the same Task.
 
 A delivery of a job without a row is a stranger (dead-lettered with the reason); one of a
-finished job or of an attempt the row is not at is a stale duplicate (acked away). Both are
-counted. One of a paused queue or account goes back to the outbox unrun (``pauses.py``). One
+finished job or of an attempt the row is not at is a stale duplicate (acked away; one of an
+attempt finished elsewhere first has its analytics event made sure of: ``lost_events.py``).
+Both are counted. One of a paused queue or account goes back to the outbox unrun (``pauses.py``). One
 whose attempt another subscriber holds waits, unacked, until that owner records
 it (then it is stale) or its heartbeat expires (then this process takes the attempt over). If
 the rows cannot be read, nothing runs blind: the deliveries wait unacked and the check is
@@ -46,6 +47,7 @@ from enstratus_workers.clock import now_ms
 from enstratus_workers.daemons.subscriber.cancels import Cancels
 from enstratus_workers.daemons.subscriber.held_connection import HeldConnection
 from enstratus_workers.daemons.subscriber.intake import Intake
+from enstratus_workers.daemons.subscriber.lost_events import LostEvents, may_lack_event
 from enstratus_workers.daemons.subscriber.pauses import PauseGate
 from enstratus_workers.daemons.subscriber.pool import Assignment, WorkerPool
 from enstratus_workers.daemons.subscriber.recorder import Recorder
@@ -144,6 +146,7 @@ class Subscriber(Service):
         self.pool = WorkerPool(s, self.layout, self.name, wake_w, time_limits=_action_time_limits())
         self.intake = Intake(s.mq, self.layout, s.subscriber.all_queues, s.mq.prefetch, wake_w,
                              client_name=f"subscriber@{self.name}")
+        self.lost_events = LostEvents(self.dbs)
         self.recorder = Recorder(self.dbs, s.subscriber.record_batch, s.subscriber.record_interval,
                                  on_recorded=self.intake.ack, on_dead=self.intake.dead_letter)
         self.pauses = self.pause_gate()
@@ -332,7 +335,7 @@ class Subscriber(Service):
         if self._check_failures:
             log.info("job rows readable again after %d failed checks", self._check_failures)
             self._check_failures, self._check_at = 0, 0.0
-        stale, paused = [], []
+        stale, paused, doubtful = [], [], []
         for d, msg in waiting:
             row = rows.get(msg.job_id)
             if row is None:
@@ -347,13 +350,26 @@ class Subscriber(Service):
             if verdict == "hold":
                 self._held.append((d, msg))
             elif verdict == "stale":
-                stale.append(d)
+                if may_lack_event(row, msg.attempt, self.owner):
+                    doubtful.append((d, msg, row))
+                else:
+                    stale.append(d)
             elif self.pauses.holds(d.queue, row.account):
                 paused.append((d, msg, row))
             else:
                 self._accept(d, msg, row)
         for d, msg, row in self.pauses.settle(paused):   # resumed since the pauses were last read
             self._accept(d, msg, row)
+        if doubtful:   # finished elsewhere: its event may have died with its recorder
+            try:
+                acked, held = self.lost_events.settle(
+                    doubtful, lambda: live if live else live_owners(self.dbs.heartbeats.all()))
+            except Exception as exc:
+                log.warning("could not look up the events of %d finished attempts (%s); holding their "
+                            "deliveries", len(doubtful), exc)
+                acked, held = [], [(d, msg) for d, msg, _ in doubtful]
+            stale += acked
+            self._held += held
         if stale:
             self.stats["stale"] += len(stale)
             self.intake.ack(stale)

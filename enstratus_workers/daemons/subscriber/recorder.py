@@ -70,6 +70,10 @@ PROBES = 3
 WRITE_BACKOFF = Backoff(first=1.0, cap=30.0, jitter="equal")
 #: Retry delay while stopping: the grace period is short, so retry often within it.
 STOP_RETRY_S = 0.5
+#: a flush whose outcome write took longer than this was stalled (the process stopped, swapped
+#: out): while it stood, another host may have found the attempts finished with no event and
+#: written their events itself (``lost_events.py``), so they are looked up before they are written
+STALLED_S = 10.0
 
 # MySQL/MariaDB errors that say nothing about the values written (a conflict, a Galera
 # certification failure or a node that is not ready, a lost connection: db/retry.py): waited
@@ -202,7 +206,11 @@ class Recorder:
                 self._put_back(done.held, outcomes, events)
                 self._failed(done.error)
                 return []
+        began = time.monotonic()
         applied, settled, held, outage = self._write_outcomes([_fit(p) for p in outcomes])
+        if time.monotonic() - began > STALLED_S:
+            for p in applied:
+                p.maybe_written = True
         if applied and pathtrace.on():
             pathtrace.stamp("recorder.written", (p.outcome.job_id for p in applied))
         joined = [p for p in applied if p.evented]
