@@ -368,3 +368,43 @@ def test_a_copy_waits_for_a_live_recorders_event_no_longer_than_the_patience(sub
     sub._held_until = 0.0
     sub._check_deliveries()
     assert sub.intake.acked == [d] and sub._held == [] and _events(sub, jid) == []
+
+
+def test_a_missing_event_that_cannot_be_written_is_held_through_an_outage_and_given_up_if_refused(sub, monkeypatch):
+    from enstratus_workers.errors import DatabaseError
+
+    # Given two attempts recorded by a dead subscriber without their events
+    jobs = [new_job(sub), new_job(sub)]
+    for jid in jobs:
+        sub.dbs.jobs.record_outcomes([Outcome(jid, 1, "succeeded", "w", 1, 2, "null", None, "gone@h:1:aa")])
+    now = [1000.0]
+    sub.lost_events.clock = lambda: now[0]
+
+    def fails(cause):
+        def record(events):
+            try:
+                raise cause
+            except Exception as exc:
+                raise DatabaseError("could not record") from exc
+        return record
+
+    # When the analytics database is away, the copy is held, however long that lasts
+    monkeypatch.setattr(sub.dbs.events, "record", fails(sa.exc.OperationalError("INSERT", {}, Exception(2013))))
+    (d1,) = deliver(sub, (jobs[0], 1))
+    now[0] += 10 * lost_events.PATIENCE_S
+    sub._held_until = 0.0
+    sub._check_deliveries()
+    assert sub.intake.acked == [] and len(sub._held) == 1
+    # And once it is back, the event is written and the copy acked
+    monkeypatch.undo()
+    sub._held_until = 0.0
+    sub._check_deliveries()
+    assert sub.intake.acked == [d1] and len(_events(sub, jobs[0])) == 1
+    # When the database refuses an event (its data), the copy is held for the patience, then acked
+    monkeypatch.setattr(sub.dbs.events, "record", fails(sa.exc.DataError("INSERT", {}, Exception(1406))))
+    (d2,) = deliver(sub, (jobs[1], 1))
+    assert sub.intake.acked == [d1] and len(sub._held) == 1
+    now[0] += lost_events.PATIENCE_S
+    sub._held_until = 0.0
+    sub._check_deliveries()
+    assert sub.intake.acked == [d1, d2] and sub._held == []

@@ -25,7 +25,10 @@ from __future__ import annotations
 import logging
 import time
 
+import sqlalchemy as sa
+
 from enstratus_workers.db import Event
+from enstratus_workers.errors import DatabaseError
 from enstratus_workers.db.schema import EVENT_ERROR_MAX
 from enstratus_workers.jobs.lifecycle import DEAD, FAILED, SUCCEEDED, event_outcome
 
@@ -72,6 +75,9 @@ class LostEvents:
             return ack, []
         live = live_owners()
         now = self.clock()
+        # a held delivery may leave without coming back here (its consumer closed): forgotten
+        for key in [k for k, t in self._waiting_since.items() if now - t > 2 * PATIENCE_S]:
+            del self._waiting_since[key]
         orphans, hold = [], []
         for d, m, r in missing:
             key = (m.job_id, m.attempt)
@@ -86,8 +92,23 @@ class LostEvents:
                 self._waiting_since.pop(key, None)
                 ack.append(d)
         if orphans:
-            self._write(orphans)
-            ack += [d for d, _, _ in orphans]
+            try:
+                self._write(orphans)
+                ack += [d for d, _, _ in orphans]
+            except DatabaseError as exc:
+                # an outage: held and tried again at the next look, for as long as it lasts. An
+                # event the database refuses (its data) would be refused again: after the
+                # patience, its delivery is acked without it rather than kept for ever
+                refused = isinstance(exc.__cause__, (sa.exc.DataError, sa.exc.IntegrityError))
+                log.warning("could not write the missing events of %d attempts (%s)", len(orphans), exc)
+                for d, m, _r in orphans:
+                    key = (m.job_id, m.attempt)
+                    if not refused or now - self._waiting_since.setdefault(key, now) < PATIENCE_S:
+                        hold.append((d, m))
+                    else:
+                        log.error("job %s attempt %s: its missing event is refused; gave it up", *key)
+                        self._waiting_since.pop(key, None)
+                        ack.append(d)
         return ack, hold
 
     def _write(self, orphans) -> None:
@@ -97,7 +118,6 @@ class LostEvents:
             if key in seen:
                 continue
             seen.add(key)
-            self._waiting_since.pop(key, None)
             job = self.dbs.jobs.get(m.job_id)
             if job is None or job.status != r.status or job.attempts != m.attempt or job.end_timestamp is None:
                 continue   # moved on since the check, or ended by recovery (no attempt ran to an end)
@@ -109,6 +129,9 @@ class LostEvents:
         if events:
             self.dbs.events.record(events)
             self.written += len(events)
+        for key in seen:
+            self._waiting_since.pop(key, None)
+        if events:
             log.warning("wrote the analytics events of %d attempts whose recorder died between writing "
                         "their outcome and their event (jobs %s)", len(events),
                         ", ".join(str(e.job_id) for e in events[:10]))
