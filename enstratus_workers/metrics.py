@@ -53,7 +53,7 @@ METRIC_ACTIONS_MAX = 200
 OTHER_ACTIONS = "(other)"
 
 
-def capped_actions(totals: Iterable[ActionTotal], most: int = METRIC_ACTIONS_MAX) -> list[ActionTotal]:
+def capped_actions(totals: Iterable[ActionTotal], most: int) -> list[ActionTotal]:
     """The totals of the ``most`` actions with the most attempts (by name on a tie) as they are,
     and the others' summed per outcome under the action ``OTHER_ACTIONS``."""
     totals = list(totals)

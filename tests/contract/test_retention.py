@@ -302,7 +302,7 @@ def test_the_pingers_round_prunes_a_batch_a_turn_and_paces_itself(dbs, tmp_path)
         _finished(dbs, "succeeded", ended_s_ago=600)
     settings = dataclasses.replace(_settings(tmp_path), worker=WorkerSettings(
         retention_succeeded=60, retention_failed=0, retention_dead=0, retention_events=0))
-    r = rr.RetentionRound(settings, dbs, "test")
+    r = rr.RetentionRound(settings, dbs, "test", Layout(tmp_path))
     r.pruner.batch = 2
     # When it takes turns / Then it deletes a batch a turn, pausing briefly while there is more,
     # then waits half the shortest period for the next pass
@@ -312,7 +312,7 @@ def test_the_pingers_round_prunes_a_batch_a_turn_and_paces_itself(dbs, tmp_path)
     off = dataclasses.replace(settings, worker=WorkerSettings(
         retention_succeeded=0, retention_failed=0, retention_dead=0, retention_cancelled=0,
         retention_events=0, retention_audit=0))
-    assert rr.RetentionRound(off, dbs, "test").turn() is None
+    assert rr.RetentionRound(off, dbs, "test", Layout(tmp_path)).turn() is None
 
 
 def test_the_pass_holders_round_purges_the_dead_letters_that_died_before_retention_dead(dbs, tmp_path, monkeypatch):

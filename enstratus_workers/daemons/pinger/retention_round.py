@@ -33,8 +33,8 @@ MIN_PASS_EVERY_S = 1.0
 
 
 class RetentionRound:
-    def __init__(self, settings, dbs, name: str, layout=None):
-        self.settings, self.dbs, self.layout = settings, dbs, layout   # no layout: no dead letters
+    def __init__(self, settings, dbs, name: str, layout):
+        self.settings, self.dbs, self.layout = settings, dbs, layout
         self.periods = Periods.of(settings.pinger)
         shortest = self.periods.shortest()
         self.every_s = None if shortest is None else max(MIN_PASS_EVERY_S, min(PASS_EVERY_S, shortest / 2))
@@ -62,7 +62,7 @@ class RetentionRound:
 
     def purge_dead_letters(self) -> int:
         """Delete the dead letters of every queue that died ``retention.dead`` ago; how many."""
-        if self.layout is None or self.periods.dead <= 0:
+        if self.periods.dead <= 0:
             return 0
         before = now_ms() - int(self.periods.dead * 1000)
         purged = 0

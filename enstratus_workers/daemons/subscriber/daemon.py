@@ -322,7 +322,7 @@ class Subscriber(Service):
                    for r, m in ((rows.get(m.job_id), m) for _, m in waiting) if r is not None):
                 live = live_owners(self.dbs.heartbeats.all())
             else:
-                live = set()
+                live = None      # read only if a finished attempt needs it (lost_events)
         except Exception as exc:
             self._unchecked[:0] = waiting
             self._check_failures += 1
@@ -363,7 +363,7 @@ class Subscriber(Service):
         if doubtful:   # finished elsewhere: its event may have died with its recorder
             try:
                 acked, held = self.lost_events.settle(
-                    doubtful, lambda: live if live else live_owners(self.dbs.heartbeats.all()))
+                    doubtful, lambda: live if live is not None else live_owners(self.dbs.heartbeats.all()))
             except Exception as exc:
                 log.warning("could not look up the events of %d finished attempts (%s); holding their "
                             "deliveries", len(doubtful), exc)
