@@ -335,18 +335,25 @@ class JobStore:
         return out, [u is not None for u in until]
 
     def _publish_claimed(self, direct: DirectPublisher, stored: list[tuple[NewJob, tuple[int, int]]]) -> None:
-        """After the commit: publish the claimed jobs, mark the confirmed queued and hand the
-        rest back to the relay (their claims released; the caller rings). Never raises: a claim
-        this cannot settle runs out, and the relay publishes the job (jobs/direct.py)."""
+        """After the commit: hand the claimed jobs to ``direct``, which publishes them in its own
+        thread and then settles them (``_after_publish``); if it has no thread to give, they are
+        handed back to the relay at once."""
         relayed = [Relayed(job_id, j.action, j.arguments, j.queue, 0, j.max_attempts) for j, (job_id, _) in stored]
-        confirmed = direct.send(relayed)
-        sent = set(confirmed)
-        left = [r.job_id for r in relayed if r.job_id not in sent]
+        try:
+            direct.hand(relayed, self._after_publish)
+        except RuntimeError as exc:
+            log.warning("direct publish unavailable (%s): %d job(s) left to the relay", exc, len(relayed))
+            self._after_publish([], [r.job_id for r in relayed])
+
+    def _after_publish(self, confirmed: list[int], left: list[int]) -> None:
+        """Mark the confirmed queued and hand the rest back to the relay (claims released, the
+        publishers rung). Never raises: a claim this cannot settle runs out, and the relay
+        publishes the job (jobs/direct.py)."""
         try:
             self._settle_claims(confirmed, left)
         except Exception as exc:  # noqa: BLE001 - the claims run out: the relay's safety net
             log.warning("could not settle %d claimed job(s) (%s): the relay takes them once their claims "
-                        "run out", len(relayed), type(exc).__name__)
+                        "run out", len(confirmed) + len(left), type(exc).__name__)
         pathtrace.stamp("direct.marked", confirmed)
         if left:
             self._on_pending()

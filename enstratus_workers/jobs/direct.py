@@ -19,8 +19,15 @@ in its ``JobStore`` (``JobStore.publish_directly``), and then:
    twice (the mark lost, the claim run out) is run once: the subscriber runs a delivery only
    for an open attempt.
 
-A connection is opened on first use and dropped after any error (the next submit opens another),
-one publish at a time: the store's callers may be many threads.
+The publish happens in the publisher's own thread (``hand``), not the submitter's: a submit
+returns once its row is committed, as without direct publishing (an admin API client gets its
+answer without waiting for the broker), and the jobs handed over while one publish waited for
+its confirms go out together in the next, with one mark for all of them. The thread ends after
+``IDLE_EXIT_S`` without work and is started again by the next job. A process that ends without
+``close()`` (which publishes what is handed over) leaves the last jobs to the relay, after
+their claims.
+
+A connection is opened on first use and dropped after any error (the next publish opens another).
 """
 
 from __future__ import annotations
@@ -35,6 +42,15 @@ from enstratus_workers.jobs.messages import encode_job
 from enstratus_workers.mq.base import OutgoingMessage
 
 log = logging.getLogger(__name__)
+
+IDLE_EXIT_S = 5.0     # the thread ends after this long with nothing to publish
+MAX_BATCH = 1000      # jobs in one publish (the confirms in flight: mq.confirm_window's default)
+CLOSE_WAIT_S = 10.0   # close() waits this long for what was handed over to be published
+
+#: ``settle(confirmed, left)``: called in the publisher's thread after a publish, with the ids
+#: the broker confirmed and those it did not (``JobStore`` marks the first queued and hands the
+#: rest back to the relay)
+Settle = Callable[[list[int], list[int]], None]
 
 
 class DirectPublisher:
@@ -52,6 +68,11 @@ class DirectPublisher:
         self._declared: set[str] = set()
         self.sent = 0          # jobs published and confirmed (for the curious and the tests)
         self.handed_back = 0   # claimed jobs left to the relay after a failure
+        self._cv = threading.Condition()
+        self._handed: list[tuple[Sequence, Settle]] = []
+        self._running = False   # the thread is alive (or starting)
+        self._busy = False      # it is publishing a batch taken from ``_handed``
+        self._closing = False
 
     @classmethod
     def for_settings(cls, settings, layout, client_name: str) -> "DirectPublisher":
@@ -59,6 +80,70 @@ class DirectPublisher:
 
         return cls(lambda: open_transport(settings.mq, layout, client_name=client_name),
                    settings.publisher.window)
+
+    def hand(self, jobs: Sequence, settle: Settle) -> None:
+        """Publish ``jobs`` soon, in this publisher's thread, then ``settle`` there (module
+        docstring). Raises ``RuntimeError`` if no thread can be had (the OS refuses one): the
+        caller settles the jobs as unpublished itself."""
+        with self._cv:
+            if self._closing:
+                raise RuntimeError("the direct publisher is closed")
+            entry = (jobs, settle)
+            self._handed.append(entry)
+            if self._running:
+                self._cv.notify()
+                return
+            self._running = True
+            try:
+                threading.Thread(target=self._run, name="direct-publisher", daemon=True).start()
+            except RuntimeError:
+                # no thread now: these jobs are the caller's to hand back, and the next hand
+                # tries to start the thread again
+                self._running = False
+                self._handed.remove(entry)
+                raise
+
+    def _run(self) -> None:
+        while True:
+            with self._cv:
+                if not self._handed and not self._cv.wait_for(lambda: self._handed or self._closing, IDLE_EXIT_S):
+                    self._running = False
+                    self._cv.notify_all()
+                    return
+                if not self._handed:   # closing, nothing left
+                    self._running = False
+                    self._cv.notify_all()
+                    return
+                batch, size = [], 0
+                while self._handed and (not batch or size + len(self._handed[0][0]) <= MAX_BATCH):
+                    entry = self._handed.pop(0)
+                    batch.append(entry)
+                    size += len(entry[0])
+                self._busy = True
+            try:
+                self._publish_batch(batch)
+            finally:
+                with self._cv:
+                    self._busy = False
+                    self._cv.notify_all()
+
+    def _publish_batch(self, batch: list[tuple[Sequence, Settle]]) -> None:
+        confirmed = set(self.send([j for jobs, _ in batch for j in jobs]))
+        outcomes: dict[Settle, tuple[list[int], list[int]]] = {}
+        for jobs, settle in batch:
+            ok, left = outcomes.setdefault(settle, ([], []))
+            for j in jobs:
+                (ok if j.job_id in confirmed else left).append(j.job_id)
+        for settle, (ok, left) in outcomes.items():
+            try:
+                settle(ok, left)
+            except Exception:  # noqa: BLE001 - the claims run out: the relay's safety net
+                log.exception("settling %d directly published job(s) failed", len(ok) + len(left))
+
+    def drain(self, timeout: float) -> bool:
+        """Wait until everything handed over was published and settled; whether it was."""
+        with self._cv:
+            return self._cv.wait_for(lambda: not self._handed and not self._busy, timeout)
 
     def send(self, jobs: Sequence) -> list[int]:
         """Publish ``jobs`` (``outbox.Relayed``: first attempts, due now) and wait for the
@@ -107,6 +192,14 @@ class DirectPublisher:
                 log.debug("closing the direct publisher's transport failed", exc_info=True)
 
     def close(self) -> None:
+        """Publish what was handed over (for up to ``CLOSE_WAIT_S``), end the thread, close the
+        connection. Jobs still unpublished then are the relay's once their claims run out."""
+        with self._cv:
+            self._closing = True
+            self._cv.notify_all()
+            if not self._cv.wait_for(lambda: not self._running, CLOSE_WAIT_S):
+                log.warning("the direct publisher did not finish within %.0f s; the relay takes the rest",
+                            CLOSE_WAIT_S)
         with self._lock:
             self._drop()
 

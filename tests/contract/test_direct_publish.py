@@ -22,6 +22,7 @@ from enstratus_workers.errors import ConnectionClosed, PublishError
 from enstratus_workers.jobs.direct import DirectPublisher
 from enstratus_workers.jobs.fairshare import FairShare
 from enstratus_workers.layout import Layout
+from tests.thread_refusal import refuse_one_thread
 
 
 class FakeTransport:
@@ -83,8 +84,13 @@ def direct_on(dbs, window=100, **fake) -> tuple[DirectPublisher, list[FakeTransp
 
 
 def submit(dbs, n=1, account=None, queue="default") -> list[int]:
-    return [j.job_id for j in dbs.jobs.submit_jobs([NewJob("noop", "{}", queue, 3, account=account)
-                                                    for _ in range(n)])]
+    """Submit ``n`` jobs in one transaction; with direct publishing, wait until they were
+    published and settled (in the direct publisher's thread)."""
+    ids = [j.job_id for j in dbs.jobs.submit_jobs([NewJob("noop", "{}", queue, 3, account=account)
+                                                   for _ in range(n)])]
+    if dbs.jobs.direct is not None:
+        assert dbs.jobs.direct.drain(10)
+    return ids
 
 
 def relayed(dbs) -> list[int]:
@@ -97,6 +103,7 @@ def test_a_job_for_an_idle_queue_is_published_by_its_submitter_and_marked_queued
     direct, opened = direct_on(dbs)
     # When one job is submitted to an idle queue
     job_id = dbs.jobs.submit(NewJob("noop", '{"a": 1}', "default", 4))[0].job_id
+    assert direct.drain(10)
     # Then the submitter published it as the relay would have (attempt 1, its own id), once
     (message,) = opened[0].published
     assert message.message_id == str(job_id) and message.queue == "default" and message.delay_ms == 0
@@ -189,8 +196,10 @@ def _submit_and_die(url_p, url_a, root, claim_ms):
 
     def opener():
         os._exit(9)   # between the commit and the publish: no cleanup runs
-    dbs.jobs.publish_directly(DirectPublisher(opener, None))
+    direct = DirectPublisher(opener, None)
+    dbs.jobs.publish_directly(direct)
     dbs.jobs.submit_jobs([NewJob("noop", "{}", "default", 3)])
+    direct.drain(30)   # its thread dies in the opener
 
 
 def test_a_submitter_killed_between_its_commit_and_its_publish_costs_the_job_its_claim_only(dbs, request):
@@ -215,8 +224,7 @@ def test_a_submitter_killed_between_its_commit_and_its_publish_costs_the_job_its
 def test_a_claimed_job_that_starts_or_is_given_back_loses_its_claim(dbs):
     # Given claimed jobs whose submitter never settled them (its publish hung, say)
     direct, opened = direct_on(dbs)
-    direct.send = lambda jobs: []          # published nothing...
-    dbs.jobs._settle_claims = lambda confirmed, left: None   # ...and settled nothing
+    direct.hand = lambda jobs, settle: None    # published nothing, settled nothing
     a, b = submit(dbs, 2)
     assert all(dbs.jobs.get(i).claimed_until_ms for i in (a, b))
     # When a delivery of one starts it (a subscriber runs a pending row's first attempt)
@@ -247,6 +255,7 @@ def test_submitters_publishing_directly_beside_a_relay_never_publish_a_job_twice
         t.start()
     for t in threads:
         t.join(120)
+    assert direct.drain(30)
     stop.set()
     relay.join(60)
     by_relay.extend(relayed(dbs))
@@ -256,3 +265,38 @@ def test_submitters_publishing_directly_beside_a_relay_never_publish_a_job_twice
     assert len(counts) == 100 and set(counts.values()) == {1}
     assert dbs.jobs.counts()["queued"] == 100
     assert direct_ids, "no job went directly: the claims were never taken"
+
+
+def test_jobs_whose_publisher_thread_the_os_refuses_are_handed_back_to_the_relay(dbs, monkeypatch):
+    # Given a direct publisher whose thread the OS will not start once
+    direct, opened = direct_on(dbs)
+    refused = refuse_one_thread(monkeypatch, "direct-publisher")
+    # When a job is submitted, Then it is stored, left to the relay at once (not after its claim)
+    (job_id,) = submit(dbs)
+    assert refused and opened == [] and dbs.rings == 1
+    assert dbs.jobs.get(job_id).claimed_until_ms is None and relayed(dbs) == [job_id]
+    # and the next submit gets a thread again, and goes directly
+    (next_id,) = submit(dbs)
+    assert [m.message_id for m in opened[0].published] == [str(next_id)]
+
+
+def test_close_publishes_what_was_handed_over_and_later_jobs_go_to_the_relay(dbs):
+    # Given jobs handed to the direct publisher and not yet published (its connection is slow)
+    gate = threading.Event()
+    direct, opened = direct_on(dbs)
+    real_send = direct.send
+
+    def slow_send(jobs):
+        gate.wait(10)
+        return real_send(jobs)
+    direct.send = slow_send
+    ids = [j.job_id for j in dbs.jobs.submit_jobs([NewJob("noop", "{}", "default", 3)] * 3)]
+    # When the process closes it (the connection answers meanwhile)
+    threading.Timer(0.2, gate.set).start()
+    direct.close()
+    # Then they were published and marked queued before it closed
+    assert sorted(int(m.message_id) for m in opened[0].published) == ids and opened[0].closed
+    assert {dbs.jobs.get(i).status for i in ids} == {"queued"}
+    # and a job submitted after the close is the relay's at once
+    (late,) = [j.job_id for j in dbs.jobs.submit_jobs([NewJob("noop", "{}", "default", 3)])]
+    assert relayed(dbs) == [late]
