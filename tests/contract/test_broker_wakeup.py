@@ -145,8 +145,9 @@ def test_a_publisher_relays_a_job_committed_on_another_host_at_its_ring(rabbitmq
 @pytest.mark.mysql
 def test_a_job_posted_to_the_admin_api_wakes_the_publishers_of_other_hosts(
         tmp_path, rabbitmq_url, amqp_names, mysql_url, links):
-    """The admin daemon rings through the broker too: a job POSTed on host A does not wait for
-    host B's publisher to poll."""
+    """The admin daemon rings through the broker too: a job POSTed on host A that it leaves to
+    the relay does not wait for host B's publisher to poll; one it can publish itself is
+    published at once, with no publisher running (jobs/direct.py)."""
     import json
     import urllib.request
     from dataclasses import replace
@@ -163,15 +164,32 @@ def test_a_job_posted_to_the_admin_api_wakes_the_publishers_of_other_hosts(
     woken = threading.Event()
     _started(links, WakeListener(settings.mq, "host-b", "ewtest publisher", woken.set))
     service = AdminService(settings, layout, "a", replace(load_admin_settings(layout), port=0))
-    with serving(service):
-        # the admin's ringer connects in the background; a ring before that is the poll's to cover
-        time.sleep(1.0)
-        req = urllib.request.Request(service.url + "jobs", method="POST",
-                                     data=json.dumps({"action": "noop", "arguments": {}}).encode(),
+    def post(path, body):
+        req = urllib.request.Request(service.url + path, method="POST", data=json.dumps(body).encode(),
                                      headers={"Authorization": f"Bearer {TOKEN}",
                                               "Content-Type": "application/json"})
         with urllib.request.urlopen(req, timeout=10) as r:
             assert r.status in (200, 201, 202)
+            return json.loads(r.read())
+
+    def status(job_id):
+        req = urllib.request.Request(service.url + f"jobs/{job_id}", headers={"Authorization": f"Bearer {TOKEN}"})
+        with urllib.request.urlopen(req, timeout=10) as r:
+            return json.loads(r.read())["status"]
+
+    with serving(service):
+        # A job the admin can publish itself is on its queue at once, no publisher running
+        direct = post("jobs", {"action": "noop", "arguments": {}})["job"]["job_id"]
+        deadline = time.monotonic() + 10
+        while status(direct) != "queued" and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert status(direct) == "queued"
+        # A job for a paused queue is the relay's: the admin rings every host's publishers.
+        # The admin's ringer connects in the background; a ring before that is the poll's to cover
+        post("queues/default/pause", {})
+        time.sleep(1.0)
+        woken.clear()
+        post("jobs", {"action": "noop", "arguments": {}})
         assert _heard_within(woken), "host B's publisher was not rung"
 
 
