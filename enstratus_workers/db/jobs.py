@@ -335,15 +335,10 @@ class JobStore:
         return out, [u is not None for u in until]
 
     def _publish_claimed(self, direct: DirectPublisher, stored: list[tuple[NewJob, tuple[int, int]]]) -> None:
-        """After the commit: hand the claimed jobs to ``direct``, which publishes them in its own
-        thread and then settles them (``_after_publish``); if it has no thread to give, they are
-        handed back to the relay at once."""
-        relayed = [Relayed(job_id, j.action, j.arguments, j.queue, 0, j.max_attempts) for j, (job_id, _) in stored]
-        try:
-            direct.hand(relayed, self._after_publish)
-        except RuntimeError as exc:
-            log.warning("direct publish unavailable (%s): %d job(s) left to the relay", exc, len(relayed))
-            self._after_publish([], [r.job_id for r in relayed])
+        """After the commit: hand the claimed jobs to ``direct``, which begins their publish at
+        once and settles them (``_after_publish``) once the broker answered."""
+        direct.hand([Relayed(job_id, j.action, j.arguments, j.queue, 0, j.max_attempts)
+                     for j, (job_id, _) in stored], self._after_publish)
 
     def _after_publish(self, confirmed: list[int], left: list[int]) -> None:
         """Mark the confirmed queued and hand the rest back to the relay (claims released, the

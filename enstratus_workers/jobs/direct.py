@@ -19,13 +19,14 @@ in its ``JobStore`` (``JobStore.publish_directly``), and then:
    twice (the mark lost, the claim run out) is run once: the subscriber runs a delivery only
    for an open attempt.
 
-The publish happens in the publisher's own thread (``hand``), not the submitter's: a submit
-returns once its row is committed, as without direct publishing (an admin API client gets its
-answer without waiting for the broker), and the jobs handed over while one publish waited for
-its confirms go out together in the next, with one mark for all of them. The thread ends after
-``IDLE_EXIT_S`` without work and is started again by the next job. A process that ends without
-``close()`` (which publishes what is handed over) leaves the last jobs to the relay, after
-their claims.
+A submit returns once its row is committed and its messages are handed to the broker
+connection's own thread (``Transport.publish_begin``), as without direct publishing (an admin
+API client gets its answer without waiting for the broker); the publisher's thread (``hand``)
+waits for the confirms, and marks the confirmed queued, together with the jobs handed over
+meanwhile, in one statement. The thread ends after ``IDLE_EXIT_S`` without work and is started
+again by the next job (if the OS will not start it, the submitter waits for its confirms
+itself). A process that ends without ``close()`` (which waits for what was handed over)
+leaves the last jobs to the relay, after their claims.
 
 A connection is opened on first use and dropped after any error (the next publish opens another).
 """
@@ -44,8 +45,8 @@ from enstratus_workers.mq.base import OutgoingMessage
 log = logging.getLogger(__name__)
 
 IDLE_EXIT_S = 5.0     # the thread ends after this long with nothing to publish
-MAX_BATCH = 1000      # jobs in one publish (the confirms in flight: mq.confirm_window's default)
-CLOSE_WAIT_S = 10.0   # close() waits this long for what was handed over to be published
+MAX_BATCH = 1000      # hand-overs settled together (one mark for all their jobs)
+CLOSE_WAIT_S = 10.0   # close() waits this long for what was handed over to be confirmed
 
 #: ``settle(confirmed, left)``: called in the publisher's thread after a publish, with the ids
 #: the broker confirmed and those it did not (``JobStore`` marks the first queued and hands the
@@ -54,7 +55,7 @@ Settle = Callable[[list[int], list[int]], None]
 
 
 class DirectPublisher:
-    """``send(jobs)``: publish newly claimed jobs; the ids the broker confirmed.
+    """``hand(jobs, settle)``: publish newly claimed jobs, then settle them.
 
     ``opener`` returns a new transport (``mq.open_transport``); ``window`` is the publishers'
     ``publisher.window`` (None: no window), which the claims respect as the relay does.
@@ -69,9 +70,9 @@ class DirectPublisher:
         self.sent = 0          # jobs published and confirmed (for the curious and the tests)
         self.handed_back = 0   # claimed jobs left to the relay after a failure
         self._cv = threading.Condition()
-        self._handed: list[tuple[Sequence, Settle]] = []
+        self._handed: list[tuple[Sequence, Settle, Callable[[], None]]] = []   # (jobs, settle, wait)
         self._running = False   # the thread is alive (or starting)
-        self._busy = False      # it is publishing a batch taken from ``_handed``
+        self._busy = False      # it is waiting for or settling a batch taken from ``_handed``
         self._closing = False
 
     @classmethod
@@ -82,26 +83,55 @@ class DirectPublisher:
                    settings.publisher.window)
 
     def hand(self, jobs: Sequence, settle: Settle) -> None:
-        """Publish ``jobs`` soon, in this publisher's thread, then ``settle`` there (module
-        docstring). Raises ``RuntimeError`` if no thread can be had (the OS refuses one): the
-        caller settles the jobs as unpublished itself."""
+        """Begin publishing ``jobs`` (``outbox.Relayed``: first attempts, due now) in the caller's
+        thread; their confirms are waited for, and ``settle`` called, in this publisher's thread
+        (module docstring). Never raises: what failed is the relay's."""
+        if not jobs:
+            return
+        if self._closing:              # the process is on its way out: the relay's, now
+            self._settle([(jobs, settle, None)], set())
+            return
+        entry = (jobs, settle, self._begin(jobs))
+        if entry[2] is None:           # not even begun: all of them are the relay's, now
+            self._settle([entry], set())
+            return
         with self._cv:
-            if self._closing:
-                raise RuntimeError("the direct publisher is closed")
-            entry = (jobs, settle)
-            self._handed.append(entry)
-            if self._running:
-                self._cv.notify()
-                return
-            self._running = True
+            if not self._closing:
+                self._handed.append(entry)
+                if self._running:
+                    self._cv.notify()
+                    return
+                self._running = True
+                try:
+                    threading.Thread(target=self._run, name="direct-publisher", daemon=True).start()
+                    return
+                except RuntimeError:
+                    # no thread now: the caller waits for its own confirms, and the next hand
+                    # tries to start the thread again
+                    self._running = False
+                    self._handed.remove(entry)
+        self._finish([entry])
+
+    def _begin(self, jobs: Sequence) -> Callable[[], None] | None:
+        """The waiter of the publish begun (``Transport.publish_begin``); None if it failed."""
+        with self._lock:
             try:
-                threading.Thread(target=self._run, name="direct-publisher", daemon=True).start()
-            except RuntimeError:
-                # no thread now: these jobs are the caller's to hand back, and the next hand
-                # tries to start the thread again
-                self._running = False
-                self._handed.remove(entry)
-                raise
+                if self._transport is None:
+                    self._transport = self._opener()
+                    self._declared.clear()
+                new = sorted({j.queue for j in jobs} - self._declared)
+                if new:
+                    self._transport.declare(new)
+                    self._declared.update(new)
+                return self._transport.publish_begin([
+                    OutgoingMessage(queue=j.queue, message_id=str(j.job_id),
+                                    body=encode_job(j.job_id, j.action, j.arguments, 1, j.max_attempts))
+                    for j in jobs])
+            except Exception as exc:  # noqa: BLE001 - a submit never fails for its publish: the relay is there
+                (log.warning if isinstance(exc, (TransportError, OSError)) else log.exception)(
+                    "direct publish failed (%s); %d job(s) left to the relay", exc, len(jobs))
+                self._drop()
+                return None
 
     def _run(self) -> None:
         while True:
@@ -114,73 +144,55 @@ class DirectPublisher:
                     self._running = False
                     self._cv.notify_all()
                     return
-                batch, size = [], 0
-                while self._handed and (not batch or size + len(self._handed[0][0]) <= MAX_BATCH):
-                    entry = self._handed.pop(0)
-                    batch.append(entry)
-                    size += len(entry[0])
+                batch, self._handed = self._handed[:MAX_BATCH], self._handed[MAX_BATCH:]
                 self._busy = True
             try:
-                self._publish_batch(batch)
+                self._finish(batch)
             finally:
                 with self._cv:
                     self._busy = False
                     self._cv.notify_all()
 
-    def _publish_batch(self, batch: list[tuple[Sequence, Settle]]) -> None:
-        confirmed = set(self.send([j for jobs, _ in batch for j in jobs]))
+    def _finish(self, batch: list) -> None:
+        """Wait for each entry's confirms (they were in flight together), then settle them all."""
+        confirmed: set[int] = set()
+        failed = False
+        for jobs, _settle, wait in batch:
+            try:
+                wait()
+                confirmed.update(j.job_id for j in jobs)
+            except PublishError as exc:
+                unconfirmed = {str(i) for i in exc.unconfirmed}
+                confirmed.update(j.job_id for j in jobs if str(j.job_id) not in unconfirmed)
+                log.warning("direct publish: %s; left to the relay", exc)
+                failed = True
+            except Exception as exc:  # noqa: BLE001 - the connection went: the relay's
+                log.warning("direct publish failed (%s); %d job(s) left to the relay", exc, len(jobs))
+                failed = True
+        if failed:
+            with self._lock:
+                self._drop()
+        self._settle(batch, confirmed)
+
+    def _settle(self, batch: list, confirmed: set[int]) -> None:
         outcomes: dict[Settle, tuple[list[int], list[int]]] = {}
-        for jobs, settle in batch:
+        for jobs, settle, _wait in batch:
             ok, left = outcomes.setdefault(settle, ([], []))
             for j in jobs:
                 (ok if j.job_id in confirmed else left).append(j.job_id)
         for settle, (ok, left) in outcomes.items():
+            self.sent += len(ok)
+            self.handed_back += len(left)
+            pathtrace.stamp("direct.confirmed", ok)
             try:
                 settle(ok, left)
             except Exception:  # noqa: BLE001 - the claims run out: the relay's safety net
                 log.exception("settling %d directly published job(s) failed", len(ok) + len(left))
 
     def drain(self, timeout: float) -> bool:
-        """Wait until everything handed over was published and settled; whether it was."""
+        """Wait until everything handed over was confirmed and settled; whether it was."""
         with self._cv:
             return self._cv.wait_for(lambda: not self._handed and not self._busy, timeout)
-
-    def send(self, jobs: Sequence) -> list[int]:
-        """Publish ``jobs`` (``outbox.Relayed``: first attempts, due now) and wait for the
-        broker's confirms; the ids confirmed. Never raises: what failed is the relay's."""
-        if not jobs:
-            return []
-        with self._lock:
-            try:
-                if self._transport is None:
-                    self._transport = self._opener()
-                    self._declared.clear()
-                new = sorted({j.queue for j in jobs} - self._declared)
-                if new:
-                    self._transport.declare(new)
-                    self._declared.update(new)
-                self._transport.publish([
-                    OutgoingMessage(queue=j.queue, message_id=str(j.job_id),
-                                    body=encode_job(j.job_id, j.action, j.arguments, 1, j.max_attempts))
-                    for j in jobs])
-                confirmed = [j.job_id for j in jobs]
-            except PublishError as exc:
-                unconfirmed = {str(i) for i in exc.unconfirmed}
-                confirmed = [j.job_id for j in jobs if str(j.job_id) not in unconfirmed]
-                log.warning("direct publish: %s; %d job(s) left to the relay", exc, len(jobs) - len(confirmed))
-                self._drop()
-            except (TransportError, OSError) as exc:
-                log.warning("direct publish failed (%s); %d job(s) left to the relay", exc, len(jobs))
-                confirmed = []
-                self._drop()
-            except Exception:  # noqa: BLE001 - a submit never fails for its publish: the relay is there
-                log.exception("direct publish failed; %d job(s) left to the relay", len(jobs))
-                confirmed = []
-                self._drop()
-        self.sent += len(confirmed)
-        self.handed_back += len(jobs) - len(confirmed)
-        pathtrace.stamp("direct.confirmed", confirmed)
-        return confirmed
 
     def _drop(self) -> None:
         transport, self._transport = self._transport, None

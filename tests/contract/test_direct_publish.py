@@ -26,10 +26,13 @@ from tests.thread_refusal import refuse_one_thread
 
 
 class FakeTransport:
-    """Records what it published; ``refuse`` (message ids) are nacked, ``fail`` raises instead."""
+    """Records what it published; ``refuse`` (message ids) are nacked when waited for, ``fail``
+    raises when a publish begins, ``lost`` when it is waited for; ``gate`` (an Event) holds the
+    confirms back until it is set."""
 
-    def __init__(self, fail: BaseException | None = None, refuse=()):
-        self.fail, self.refuse = fail, set(refuse)
+    def __init__(self, fail: BaseException | None = None, refuse=(), lost: BaseException | None = None,
+                 gate: threading.Event | None = None):
+        self.fail, self.refuse, self.lost, self.gate = fail, set(refuse), lost, gate
         self.published: list = []
         self.declared: list = []
         self.closed = False
@@ -37,13 +40,20 @@ class FakeTransport:
     def declare(self, queues):
         self.declared.extend(queues)
 
-    def publish(self, messages):
+    def publish_begin(self, messages):
         if self.fail is not None:
             raise self.fail
-        refused = [m.message_id for m in messages if m.message_id in self.refuse]
         self.published.extend(m for m in messages if m.message_id not in self.refuse)
-        if refused:
-            raise PublishError("nacked", refused)
+        refused = [m.message_id for m in messages if m.message_id in self.refuse]
+
+        def wait():
+            if self.gate is not None:
+                assert self.gate.wait(10)
+            if self.lost is not None:
+                raise self.lost
+            if refused:
+                raise PublishError("nacked", refused)
+        return wait
 
     def close(self):
         self.closed = True
@@ -169,9 +179,11 @@ def test_jobs_the_broker_did_not_confirm_are_handed_back_to_the_relay_at_once(db
 
 
 @pytest.mark.parametrize("error", [ConnectionClosed("gone"), OSError("refused"), RuntimeError("a bug")])
-def test_a_submit_never_fails_for_its_publish(dbs, error):
-    # Given a broker that cannot be reached (or a transport that fails in any way)
-    direct, opened = direct_on(dbs, fail=error)
+@pytest.mark.parametrize("when", ["fail", "lost"])
+def test_a_submit_never_fails_for_its_publish(dbs, error, when):
+    # Given a broker that cannot be reached, or lost before it confirmed (or a transport that
+    # fails in any way)
+    direct, opened = direct_on(dbs, **{when: error})
     # When a job is submitted, Then it is stored, handed to the relay and the publishers rung
     (job_id,) = submit(dbs)
     row = dbs.jobs.get(job_id)
@@ -267,34 +279,30 @@ def test_submitters_publishing_directly_beside_a_relay_never_publish_a_job_twice
     assert direct_ids, "no job went directly: the claims were never taken"
 
 
-def test_jobs_whose_publisher_thread_the_os_refuses_are_handed_back_to_the_relay(dbs, monkeypatch):
+def test_when_the_os_refuses_the_publisher_thread_the_submitter_waits_for_its_confirms_itself(dbs, monkeypatch):
     # Given a direct publisher whose thread the OS will not start once
     direct, opened = direct_on(dbs)
     refused = refuse_one_thread(monkeypatch, "direct-publisher")
-    # When a job is submitted, Then it is stored, left to the relay at once (not after its claim)
-    (job_id,) = submit(dbs)
-    assert refused and opened == [] and dbs.rings == 1
-    assert dbs.jobs.get(job_id).claimed_until_ms is None and relayed(dbs) == [job_id]
-    # and the next submit gets a thread again, and goes directly
+    # When a job is submitted, Then it is published and marked queued all the same, in the
+    # submitter's own thread, before its submit returns
+    (job_id,) = [j.job_id for j in dbs.jobs.submit_jobs([NewJob("noop", "{}", "default", 3)])]
+    assert refused and [m.message_id for m in opened[0].published] == [str(job_id)]
+    assert dbs.jobs.get(job_id).status == "queued" and dbs.rings == 0
+    # and the next submit gets a thread again
     (next_id,) = submit(dbs)
-    assert [m.message_id for m in opened[0].published] == [str(next_id)]
+    assert dbs.jobs.get(next_id).status == "queued"
 
 
 def test_close_publishes_what_was_handed_over_and_later_jobs_go_to_the_relay(dbs):
-    # Given jobs handed to the direct publisher and not yet published (its connection is slow)
+    # Given jobs handed to the direct publisher and not yet confirmed (the broker is slow)
     gate = threading.Event()
-    direct, opened = direct_on(dbs)
-    real_send = direct.send
-
-    def slow_send(jobs):
-        gate.wait(10)
-        return real_send(jobs)
-    direct.send = slow_send
+    direct, opened = direct_on(dbs, gate=gate)
     ids = [j.job_id for j in dbs.jobs.submit_jobs([NewJob("noop", "{}", "default", 3)] * 3)]
+    assert {dbs.jobs.get(i).status for i in ids} == {"pending"}
     # When the process closes it (the connection answers meanwhile)
     threading.Timer(0.2, gate.set).start()
     direct.close()
-    # Then they were published and marked queued before it closed
+    # Then they were confirmed and marked queued before it closed
     assert sorted(int(m.message_id) for m in opened[0].published) == ids and opened[0].closed
     assert {dbs.jobs.get(i).status for i in ids} == {"queued"}
     # and a job submitted after the close is the relay's at once
