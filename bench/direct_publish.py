@@ -7,7 +7,8 @@
   right after the commit, marked queued.
 
 Each: from just before ``submit()`` to the action's own ``time.time()`` (``bench.stamp``), one
-job at a time, the next one submitted once the last is terminal; the two kinds alternated job by
+job at a time, the next one submitted once the last is terminal (``wait_for``: woken by the
+recorder, so the bench does not query the database while the job is on its way); the two kinds alternated job by
 job, so both meet the same machine. With ``--peers``, Celery's and Dramatiq's idle enqueue ->
 start beside both, in the same run.
 
@@ -26,17 +27,21 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import ceiling
 import peers
-from harness import BenchFailed, figure, latency_text, percentile, ratios, started_service, wait_terminal
+from harness import BenchFailed, figure, latency_text, percentile, ratios, started_service
 
 from enstratus_workers.jobs.direct import DirectPublisher
-from enstratus_workers.jobs.submit import submit
+from enstratus_workers.jobs.submit import submit, wait_for
 
 ACTION, ARGUMENTS = "bench.stamp", "{}"
 WARM_UPS = 10
 
 
-def _started_ms(dbs, job_id: int, t0: float) -> float:
-    job, _seen = wait_terminal(dbs, job_id)
+def _started_ms(service, job_id: int, t0: float) -> float:
+    # woken by the recorder's bell (what submit --wait uses), not by polling the row every
+    # millisecond: a poll's query would load the very path being measured, in this process
+    job = wait_for(service.dbs, job_id, 60, run_dir=service.layout.run_dir)
+    if job is None or job.status != "succeeded":
+        raise BenchFailed(f"job {job_id} ended {job and job.status}: {job and job.error}")
     try:
         return (float(json.loads(job.result)["started"]) - t0) * 1000
     except (TypeError, ValueError, KeyError) as exc:
@@ -47,7 +52,7 @@ def _one(service, direct: DirectPublisher | None) -> float:
     service.dbs.jobs.publish_directly(direct)
     t0 = time.time()
     job, _created = submit(service.settings, service.dbs, ACTION, ARGUMENTS)
-    return _started_ms(service.dbs, job.job_id, t0)
+    return _started_ms(service, job.job_id, t0)
 
 
 def main(argv=None) -> int:
