@@ -3,10 +3,9 @@
 The service is started with its init script in a scratch install root (as ``throughput.py``
 does). Then one job at a time — submit it, wait for its outcome, submit the next — N jobs
 (plus 5 warm-ups) of ``bench.stamp`` (``bench/plugin``: returns ``time.time()`` at its start),
-through the Python ``submit()`` API, each in its own transaction, published by the submitting
-process itself right after its commit (``jobs/direct.py``: what the admin daemon does, and what
-platform code opts into), or with ``--path relay`` left to the publishers' relay (the CLI's way,
-and the default of a ``Databases`` that did not opt in). Per job:
+through the Python ``submit()`` API, each in its own transaction, left to the publishers'
+relay (the default), or with ``--path direct`` published by the submitting process itself right
+after its commit (``jobs/direct.py``: what platform code and ``admin.cfg`` may opt into). Per job:
 
 - **submit -> action start, client clock**: from just before the ``submit()`` call to the action's
   own ``time.time()`` (microseconds; same machine, same clock);
@@ -22,7 +21,7 @@ the publisher sleeps in its poll), N each, unless ``--gap`` chooses. Beside it i
 the raw-pika latency ceiling (``ceiling.py``: one persistent confirmed message at a time) and,
 with ``--peers``, Celery's and Dramatiq's idle enqueue -> start (``../shared/bench/latency.py``).
 
-usage: .venv/bin/python bench/latency.py [-n 200] [--gap SECONDS ...] [--path direct|relay] [--peers] [--anchors DIR]
+usage: .venv/bin/python bench/latency.py [-n 200] [--gap SECONDS ...] [--path relay|direct] [--peers] [--anchors DIR]
 """
 
 from __future__ import annotations
@@ -87,8 +86,8 @@ def main(argv=None) -> int:
     ap.add_argument("-n", type=int, default=200, help="jobs per series (after 5 warm-ups)")
     ap.add_argument("--gap", type=float, action="append", metavar="SECONDS",
                     help="pause between jobs; repeatable (default: 0 and 0.5)")
-    ap.add_argument("--path", choices=("direct", "relay"), default="direct",
-                    help="who publishes each job: its submitter (default) or the publishers' relay")
+    ap.add_argument("--path", choices=("relay", "direct"), default="relay",
+                    help="who publishes each job: the publishers' relay (default) or its submitter")
     peers.add_arguments(ap)
     args = ap.parse_args(argv)
     gaps = args.gap if args.gap is not None else [0.0, 0.5]

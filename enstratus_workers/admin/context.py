@@ -35,15 +35,17 @@ class AdminContext:
              queues: SharedTransport | None = None) -> "AdminContext":
         """Open the databases (schemas ensured), seed the desired state on an install's first start."""
         dbs = open_databases(settings.worker, layout)
-        # the jobs submitted here are published by this daemon right after their commit, where
-        # the relay would have sent them at once: a third of an idle job's way (jobs/direct.py)
-        dbs.jobs.publish_directly(DirectPublisher.for_settings(settings, layout, "admin@direct"))
+        if admin.direct_publish:
+            # a job sent alone is published by this daemon right after its commit, where the
+            # relay would have sent it at once (jobs/direct.py)
+            dbs.jobs.publish_directly(DirectPublisher.for_settings(settings, layout, "admin@direct"))
         try:
             store = InstanceStore(dbs.provisioning)
             store.ensure_seeded(settings)
             join_fleet(settings, dbs)
         except BaseException:
-            dbs.jobs.direct.close()
+            if dbs.jobs.direct is not None:
+                dbs.jobs.direct.close()
             dbs.close()
             raise
         from ..actions import default_registry

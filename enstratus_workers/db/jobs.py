@@ -285,9 +285,12 @@ class JobStore:
 
     def _insert(self, new_jobs: Sequence[NewJob]) -> list[tuple[int, int]]:
         """Store new pending jobs (``_write_new``), then publish those claimed (``jobs/direct.py``)
-        and ring the publishers for the rest; (job id, created ms) per job, in order."""
+        and ring the publishers for the rest; (job id, created ms) per job, in order. Only a job
+        stored alone, while the direct publisher's rate is low, may be claimed: jobs stored
+        together are a load, which the relay carries more cheaply (``jobs/direct.py``)."""
         direct = self.direct
-        rows, claimed = self._write_new(new_jobs, direct is not None, direct.window if direct is not None else None)
+        claim = direct is not None and len(new_jobs) == 1 and direct.takes_more()
+        rows, claimed = self._write_new(new_jobs, claim, direct.window if direct is not None else None)
         if any(claimed):
             self._publish_claimed(direct, [(j, row) for j, row, mine in zip(new_jobs, rows, claimed) if mine])
         if not all(claimed):

@@ -145,9 +145,8 @@ def test_a_publisher_relays_a_job_committed_on_another_host_at_its_ring(rabbitmq
 @pytest.mark.mysql
 def test_a_job_posted_to_the_admin_api_wakes_the_publishers_of_other_hosts(
         tmp_path, rabbitmq_url, amqp_names, mysql_url, links):
-    """The admin daemon rings through the broker too: a job POSTed on host A that it leaves to
-    the relay does not wait for host B's publisher to poll; one it can publish itself is
-    published at once, with no publisher running (jobs/direct.py)."""
+    """The admin daemon rings through the broker too: a job POSTed on host A does not wait for
+    host B's publisher to poll."""
     import json
     import urllib.request
     from dataclasses import replace
@@ -164,6 +163,41 @@ def test_a_job_posted_to_the_admin_api_wakes_the_publishers_of_other_hosts(
     woken = threading.Event()
     _started(links, WakeListener(settings.mq, "host-b", "ewtest publisher", woken.set))
     service = AdminService(settings, layout, "a", replace(load_admin_settings(layout), port=0))
+    with serving(service):
+        # the admin's ringer connects in the background; a ring before that is the poll's to cover
+        time.sleep(1.0)
+        req = urllib.request.Request(service.url + "jobs", method="POST",
+                                     data=json.dumps({"action": "noop", "arguments": {}}).encode(),
+                                     headers={"Authorization": f"Bearer {TOKEN}",
+                                              "Content-Type": "application/json"})
+        with urllib.request.urlopen(req, timeout=10) as r:
+            assert r.status in (200, 201, 202)
+        assert _heard_within(woken), "host B's publisher was not rung"
+
+
+@pytest.mark.mysql
+def test_an_admin_that_publishes_directly_still_rings_every_host_for_the_jobs_it_leaves_to_the_relay(
+        tmp_path, rabbitmq_url, amqp_names, mysql_url, links):
+    """With ``direct_publish`` on, a job POSTed alone is published by the admin itself, with no
+    publisher running (jobs/direct.py); one it leaves to the relay (its queue paused) rings host
+    B's publisher through the broker, as every POST does with it off."""
+    import json
+    import urllib.request
+    from dataclasses import replace
+
+    from enstratus_workers.admin import load_admin_settings
+    from enstratus_workers.daemons.admin import AdminService
+    from tests.unit.admin_helpers import TOKEN, serving, set_token
+
+    home = servicehome.make_home(tmp_path, amqp=amqp_names, mysql_url=mysql_url,
+                                 worker_props={"host.name": "host-a"})
+    set_token(home)
+    layout = Layout(home)
+    settings = load_settings(layout)
+    woken = threading.Event()
+    _started(links, WakeListener(settings.mq, "host-b", "ewtest publisher", woken.set))
+    service = AdminService(settings, layout, "a", replace(load_admin_settings(layout), port=0, direct_publish=True))
+
     def post(path, body):
         req = urllib.request.Request(service.url + path, method="POST", data=json.dumps(body).encode(),
                                      headers={"Authorization": f"Bearer {TOKEN}",

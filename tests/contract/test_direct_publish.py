@@ -94,13 +94,19 @@ def direct_on(dbs, window=100, **fake) -> tuple[DirectPublisher, list[FakeTransp
 
 
 def submit(dbs, n=1, account=None, queue="default") -> list[int]:
-    """Submit ``n`` jobs in one transaction; with direct publishing, wait until they were
-    published and settled (in the direct publisher's thread)."""
-    ids = [j.job_id for j in dbs.jobs.submit_jobs([NewJob("noop", "{}", queue, 3, account=account)
-                                                   for _ in range(n)])]
-    if dbs.jobs.direct is not None:
-        assert dbs.jobs.direct.drain(10)
+    """Submit ``n`` jobs one by one, each in its own transaction (only a job stored alone is
+    claimed); with direct publishing, wait until they were published and settled (in the direct
+    publisher's thread)."""
+    ids = []
+    for _ in range(n):
+        ids += [j.job_id for j in dbs.jobs.submit_jobs([NewJob("noop", "{}", queue, 3, account=account)])]
+        if dbs.jobs.direct is not None:
+            assert dbs.jobs.direct.drain(10)
     return ids
+
+
+def submit_together(dbs, n, queue="default") -> list[int]:
+    return [j.job_id for j in dbs.jobs.submit_jobs([NewJob("noop", "{}", queue, 3) for _ in range(n)])]
 
 
 def relayed(dbs) -> list[int]:
@@ -154,19 +160,21 @@ def test_where_the_relay_would_hold_a_job_back_its_submitter_leaves_it_to_the_re
     # while another account on another queue goes directly, unaffected by the others
     (fine,) = submit(dbs, account="B", queue="third")
     assert [m.message_id for m in opened[0].published] == [str(fine)]
-    # and a batch that would overfill a window is left to the relay as a whole
+    # and jobs stored together (a load, or a list) are the relay's, which carries many per pass
     pauses.resume(QUEUE, "other")
-    assert submit(dbs, 3, queue="other") and len(opened[0].published) == 1
+    assert submit_together(dbs, 3, queue="other") and len(opened[0].published) == 1
     rows = [dbs.jobs.get(i) for i in (*on_paused_queue, *of_paused_account)]
     assert {(r.status, r.claimed_until_ms) for r in rows} == {("pending", None)}
 
 
 def test_jobs_the_broker_did_not_confirm_are_handed_back_to_the_relay_at_once(dbs):
-    # Given a broker that nacks one of two jobs of a batch
+    # Given a broker that confirms one job and nacks the next
     direct, opened = direct_on(dbs, refuse={"placeholder"})
     first = submit(dbs)
     opened[-1].refuse = {str(first[0] + 2)}
-    ok, nacked = submit(dbs, 2)
+    ok = submit(dbs)[0]
+    direct.drain(10)
+    (nacked,) = submit(dbs)
     # Then the confirmed one is queued; the nacked one is pending, unclaimed, and the publishers rung
     assert dbs.jobs.get(ok).status == "queued"
     row = dbs.jobs.get(nacked)
@@ -196,7 +204,7 @@ def test_a_broker_that_refuses_the_connection_leaves_every_job_to_the_relay(dbs)
         raise ConnectionClosed("connection refused")
     dbs.jobs.publish_directly(DirectPublisher(opener, None))
     ids = submit(dbs, 3)
-    assert relayed(dbs) == ids and dbs.rings == 1
+    assert relayed(dbs) == ids and dbs.rings == 3
 
 
 def _submit_and_die(url_p, url_a, root, claim_ms):
@@ -297,7 +305,7 @@ def test_close_publishes_what_was_handed_over_and_later_jobs_go_to_the_relay(dbs
     # Given jobs handed to the direct publisher and not yet confirmed (the broker is slow)
     gate = threading.Event()
     direct, opened = direct_on(dbs, gate=gate)
-    ids = [j.job_id for j in dbs.jobs.submit_jobs([NewJob("noop", "{}", "default", 3)] * 3)]
+    ids = [j.job_id for _ in range(3) for j in dbs.jobs.submit_jobs([NewJob("noop", "{}", "default", 3)])]
     assert {dbs.jobs.get(i).status for i in ids} == {"pending"}
     # When the process closes it (the connection answers meanwhile)
     threading.Timer(0.2, gate.set).start()
@@ -308,3 +316,23 @@ def test_close_publishes_what_was_handed_over_and_later_jobs_go_to_the_relay(dbs
     # and a job submitted after the close is the relay's at once
     (late,) = [j.job_id for j in dbs.jobs.submit_jobs([NewJob("noop", "{}", "default", 3)])]
     assert relayed(dbs) == [late]
+
+
+def test_above_a_low_rate_new_jobs_are_the_relays_and_below_it_again_the_submitters(dbs):
+    from enstratus_workers.jobs import direct as direct_module
+
+    # Given as many jobs published directly within the rate's window as it takes
+    direct, opened = direct_on(dbs)
+    first = submit(dbs, direct_module.LOW_RATE_JOBS)
+    assert len(opened[0].published) == len(first) and not direct.takes_more()
+    # (the test relies on those few submits taking less than the window: they take milliseconds)
+    # When another job is submitted at once (a load building), Then it is not claimed: the
+    # relay, which carries many jobs per pass, is rung for it
+    (more,) = submit(dbs, account="B")
+    assert dbs.jobs.get(more).claimed_until_ms is None and dbs.rings == 1
+    assert relayed(dbs) == [more]
+    # and once the window has passed, the next one goes directly again
+    time.sleep(direct_module.LOW_RATE_WINDOW_S + 0.02)
+    assert direct.takes_more()
+    (later,) = submit(dbs)
+    assert opened[0].published[-1].message_id == str(later)

@@ -38,14 +38,8 @@ class Admin:
     def __init__(self, home, queues: SharedTransport | None = None, *, direct: bool = False):
         self.home, self.layout = home, Layout(home)
         self.settings = load_settings(self.layout)
-        self.admin = replace(load_admin_settings(self.layout), port=PORT)
+        self.admin = replace(load_admin_settings(self.layout), port=PORT, direct_publish=direct)
         self.ctx = AdminContext.open(self.settings, self.layout, self.admin, queues=queues)
-        if not direct:
-            # no publisher runs here: the jobs these tests submit stay pending, where they can
-            # be seen, cancelled and paused as the relay leaves them (direct publishing, the
-            # daemon's way, has its own tests: test_admin_direct_publish.py)
-            self.ctx.dbs.jobs.direct.close()
-            self.ctx.dbs.jobs.publish_directly(None)
         self.app = create_app(self.ctx, load_token(self.admin))
         self.client = TestClient(self.app, base_url=BASE)
         self.auth = {"Authorization": f"Bearer {load_token(self.admin).reveal()}"}
