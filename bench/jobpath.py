@@ -34,11 +34,10 @@ from harness import figure, percentile, started_service, wait_succeeded, wait_te
 
 from enstratus_workers.db import NewJob
 from enstratus_workers.jobs import pathtrace
-from enstratus_workers.jobs.direct import DirectPublisher
 from enstratus_workers.jobs.submit import submit
 
-STAGES = ["client.submit", "direct.confirmed", "direct.marked", "client.returned", "publisher.woken",
-          "publisher.read", "publisher.confirmed", "publisher.marked", "intake.received", "subscriber.taken", "subscriber.checked",
+STAGES = ["client.submit", "client.returned", "publisher.woken", "publisher.read", "publisher.confirmed",
+          "publisher.marked", "intake.received", "subscriber.taken", "subscriber.checked",
           "subscriber.sent", "worker.start", "worker.end", "subscriber.outcome", "recorder.written",
           "recorder.event", "recorder.acked"]
 BULK_BATCH = 500
@@ -137,8 +136,6 @@ def main(argv=None) -> int:
     ap.add_argument("-n", type=int, default=200, help="idle jobs, one at a time (0: none)")
     ap.add_argument("--gap", type=float, default=0.0, help="seconds between idle jobs")
     ap.add_argument("--bulk", type=int, default=0, help="also N noop jobs in batches of 500")
-    ap.add_argument("--path", choices=("relay", "direct"), default="relay",
-                    help="idle jobs published by the relay (default) or by this process (jobs/direct.py)")
     args = ap.parse_args(argv)
     if not 0 <= args.n <= 100_000 or not 0 <= args.bulk <= 1_000_000 or not 0 <= args.gap <= 60:
         ap.error("-n 0..100000, --bulk 0..1000000, --gap 0..60")
@@ -147,11 +144,6 @@ def main(argv=None) -> int:
     try:
         with started_service() as service:
             load = os.getloadavg()[0]
-            direct = None
-            if args.path == "direct":   # stamped by this process, as the daemons stamp theirs
-                pathtrace.enable(TRACE_DIR, "bench")
-                direct = DirectPublisher.for_settings(service.settings, service.layout, "bench@direct")
-                service.dbs.jobs.publish_directly(direct)
             if args.n:
                 for _ in range(5):   # warm-ups, not reported
                     job, _c = submit(service.settings, service.dbs, "bench.stamp", "{}")
@@ -166,9 +158,6 @@ def main(argv=None) -> int:
                 ids = bulk(service, args.bulk)
                 time.sleep(0.5)   # the last acks' stamps
                 report(f"bulk {args.bulk} (load {os.getloadavg()[0]:.1f})", ids)
-            if direct is not None:
-                service.dbs.jobs.publish_directly(None)
-                direct.close()
     finally:
         os.environ.pop(pathtrace.ENV, None)
         shutil.rmtree(TRACE_DIR, ignore_errors=True)

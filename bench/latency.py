@@ -3,9 +3,7 @@
 The service is started with its init script in a scratch install root (as ``throughput.py``
 does). Then one job at a time — submit it, wait for its outcome, submit the next — N jobs
 (plus 5 warm-ups) of ``bench.stamp`` (``bench/plugin``: returns ``time.time()`` at its start),
-through the Python ``submit()`` API, each in its own transaction, left to the publishers'
-relay (the default), or with ``--path direct`` published by the submitting process itself right
-after its commit (``jobs/direct.py``: what platform code and ``admin.cfg`` may opt into). Per job:
+through the Python ``submit()`` API, each in its own transaction. Per job:
 
 - **submit -> action start, client clock**: from just before the ``submit()`` call to the action's
   own ``time.time()`` (microseconds; same machine, same clock);
@@ -21,7 +19,7 @@ the publisher sleeps in its poll), N each, unless ``--gap`` chooses. Beside it i
 the raw-pika latency ceiling (``ceiling.py``: one persistent confirmed message at a time) and,
 with ``--peers``, Celery's and Dramatiq's idle enqueue -> start (``../shared/bench/latency.py``).
 
-usage: .venv/bin/python bench/latency.py [-n 200] [--gap SECONDS ...] [--path relay|direct] [--peers] [--anchors DIR]
+usage: .venv/bin/python bench/latency.py [-n 200] [--gap SECONDS ...] [--peers] [--anchors DIR]
 """
 
 from __future__ import annotations
@@ -45,7 +43,6 @@ from harness import (
     wait_terminal,
 )
 
-from enstratus_workers.jobs.direct import DirectPublisher
 from enstratus_workers.jobs.submit import WAIT_SAFETY_NET_S, submit, wait_for
 
 WARM_UP = 5
@@ -86,8 +83,6 @@ def main(argv=None) -> int:
     ap.add_argument("-n", type=int, default=200, help="jobs per series (after 5 warm-ups)")
     ap.add_argument("--gap", type=float, action="append", metavar="SECONDS",
                     help="pause between jobs; repeatable (default: 0 and 0.5)")
-    ap.add_argument("--path", choices=("relay", "direct"), default="relay",
-                    help="who publishes each job: the publishers' relay (default) or its submitter")
     peers.add_arguments(ap)
     args = ap.parse_args(argv)
     gaps = args.gap if args.gap is not None else [0.0, 0.5]
@@ -95,16 +90,8 @@ def main(argv=None) -> int:
         ap.error("-n 1..100000, --gap 0..60")
 
     with started_service() as service:
-        direct = None
-        if args.path == "direct":
-            direct = DirectPublisher.for_settings(service.settings, service.layout, "bench@direct")
-            service.dbs.jobs.publish_directly(direct)
-        try:
-            results = {gap: series(service, args.n, gap) for gap in gaps}
-            waited = series(service, args.n, 0.0, use_wait_for=True)["visible"]
-        finally:
-            if direct is not None:
-                direct.close()
+        results = {gap: series(service, args.n, gap) for gap in gaps}
+        waited = series(service, args.n, 0.0, use_wait_for=True)["visible"]
     ceiling_ms = ceiling.latency(args.n)
     ref = {"ceiling": percentile(ceiling_ms, 50)}
     ref99 = {"ceiling": percentile(ceiling_ms, 99)}
@@ -123,13 +110,13 @@ def main(argv=None) -> int:
     if args.peers and not peers.available(args.anchors):
         print(peers.absent_line(args.anchors))
     for gap, s in results.items():
-        where = (f"gap {gap:g}s" if gap else "back to back") + f", {args.path}"
+        where = f"gap {gap:g}s" if gap else "back to back"
         for key, label in (("start_client", "submit->action start (client clock)"),
                            ("start_row", "submit->action start (row, whole ms)"),
                            ("visible", "submit->outcome visible (1 ms poll)")):
             _ours(f"{label}, {where}", s[key], ref, ref99)
     _ours(f"submit->wait_for() returns (woken by the recorder; {WAIT_SAFETY_NET_S * 1000:g} ms safety net), "
-          f"back to back, {args.path}", waited, ref, ref99)
+          "back to back", waited, ref, ref99)
     return 0
 
 

@@ -37,7 +37,6 @@ KEYS = (
     CfgKey("session_max", "integer(60, 2592000)"),
     CfgKey("header_timeout", "float(min=1, max=300)"),
     CfgKey("server_names", "string()"),
-    CfgKey("direct_publish", "boolean()"),
 )
 
 
@@ -55,9 +54,6 @@ class AdminSettings:
     session_max: int = 12 * 3600          # seconds a page session lasts at most (then log in again)
     header_timeout: float = 10.0          # seconds a client has to send a request's headers
     server_names: tuple[str, ...] = ()    # more Host values that name this daemon (space-separated)
-    # publish a job sent alone, at a low rate, right after its commit instead of ringing the
-    # relay (jobs/direct.py): off by default, as it costs the one-at-a-time request rate
-    direct_publish: bool = False
     source: Path | None = None
 
 

@@ -12,7 +12,6 @@ from ..db import Databases, open_databases
 from ..db.audit import AuditStore
 from ..db.instances import InstanceStore
 from ..fleet.joining import join_fleet
-from ..jobs.direct import DirectPublisher
 from ..layout import Layout
 from .config import AdminSettings
 from .transport import SharedTransport
@@ -35,17 +34,11 @@ class AdminContext:
              queues: SharedTransport | None = None) -> "AdminContext":
         """Open the databases (schemas ensured), seed the desired state on an install's first start."""
         dbs = open_databases(settings.worker, layout)
-        if admin.direct_publish:
-            # a job sent alone is published by this daemon right after its commit, where the
-            # relay would have sent it at once (jobs/direct.py)
-            dbs.jobs.publish_directly(DirectPublisher.for_settings(settings, layout, "admin@direct"))
         try:
             store = InstanceStore(dbs.provisioning)
             store.ensure_seeded(settings)
             join_fleet(settings, dbs)
         except BaseException:
-            if dbs.jobs.direct is not None:
-                dbs.jobs.direct.close()
             dbs.close()
             raise
         from ..actions import default_registry
@@ -71,8 +64,6 @@ class AdminContext:
 
     def close(self) -> None:
         self.queues.close()
-        if self.dbs.jobs.direct is not None:
-            self.dbs.jobs.direct.close()
         self.dbs.close()
 
 

@@ -40,10 +40,7 @@ def _mark_chunk(engine: sa.Engine, chunk: Sequence[Started]) -> None:
         _case_update(conn, chunk, {
             "status": lambda s: schema.RUNNING, "attempts": lambda s: s.attempt,
             "worker": lambda s: s.worker, "owner": lambda s: s.owner,
-            "start_timestamp": lambda s: s.start_ms,
-            # a job its submitter claimed and published (jobs/direct.py) may start before the
-            # submitter marks it queued: the claim ends here, or a retry would wait for it
-            "claimed_until_ms": lambda s: None})
+            "start_timestamp": lambda s: s.start_ms})
 
 
 def record_chunks(engine: sa.Engine, outcomes: Sequence[Outcome], also: Also | None = None
@@ -115,8 +112,7 @@ def _write_outcomes(conn, chunk: Sequence[Outcome]) -> int:
         "worker": lambda o: o.worker, "owner": lambda o: o.owner,
         "start_timestamp": lambda o: o.start_ms,
         "end_timestamp": lambda o: o.end_ms, "result": lambda o: o.result,
-        "error": lambda o: o.error, "not_before_ms": lambda o: o.not_before_ms,
-        "claimed_until_ms": lambda o: None},   # as in _mark_chunk: a retry is the relay's at once
+        "error": lambda o: o.error, "not_before_ms": lambda o: o.not_before_ms},
         cancelled=[o.job_id for o in chunk if o.status == schema.CANCELLED])
 
 

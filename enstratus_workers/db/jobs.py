@@ -50,7 +50,6 @@ retention keeps: weeks of them.
 from __future__ import annotations
 
 import json
-import logging
 import sqlite3
 from dataclasses import dataclass
 from typing import Callable, Iterable, NamedTuple, Sequence
@@ -59,8 +58,7 @@ import sqlalchemy as sa
 
 from ..clock import now_ms  # also db.now_ms, for the callers of old
 from ..errors import DatabaseError
-from ..jobs import lifecycle, pathtrace
-from ..jobs.direct import DirectPublisher
+from ..jobs import lifecycle
 from ..jobs.fairshare import FairShare
 from ..jobs.values import Outcome, Started  # noqa: F401 - the store's own vocabulary
 from . import cancels, job_outcomes, outbox, retry, schema
@@ -72,24 +70,22 @@ from .schema import job_pruned as P
 from .schema import job_totals as TOTALS
 from .schema import jobs as T
 
-log = logging.getLogger(__name__)
-
 _INSERT_COLUMNS = ("action", "arguments", "queue", "status", "attempts", "max_attempts",
-                   "idempotency_key", "created_timestamp", "account", "claimed_until_ms")
+                   "idempotency_key", "created_timestamp", "account")
 # attempts is always 0 for a new job: inlined, the rest bound ({True: SQLite's ?, False: %s})
 _INSERT_ROW = {qmark: f"({', '.join('0' if c == 'attempts' else ('?' if qmark else '%s') for c in _INSERT_COLUMNS)})"
                for qmark in (True, False)}
 _INSERT_HEAD = f"INSERT INTO enstratus_job ({', '.join(_INSERT_COLUMNS)}) VALUES "
 _INSERT_SQL = {qmark: _INSERT_HEAD + _INSERT_ROW[qmark] for qmark in (True, False)}
-#: Jobs per multi-row ``INSERT ... RETURNING`` (``JobStore._insert``): 9 bound values each, well
+#: Jobs per multi-row ``INSERT ... RETURNING`` (``JobStore._insert``): 8 bound values each, well
 #: under an older SQLite's 999 bound parameters per statement.
 RETURNING_ROWS = 100
 
 
-def _insert_values(job: NewJob, created_ms: int, claimed_until_ms: int | None) -> tuple:
+def _insert_values(job: NewJob, created_ms: int) -> tuple:
     """A new job's bound values, in ``_INSERT_COLUMNS`` order (attempts, always 0, is inlined)."""
     return (job.action, job.arguments, job.queue, schema.PENDING, job.max_attempts, job.idempotency_key,
-            created_ms, job.account, claimed_until_ms)
+            created_ms, job.account)
 
 
 def _insert_returning_sql(qmark: bool, rows: int) -> str:
@@ -126,12 +122,9 @@ class Job:
     not_before_ms: int | None = None         # a deferred job is relayed no sooner than this
     deferrals: int = 0                       # how often its actions deferred it (errors.Deferred)
     account: str | None = None  # the tenant the job is for; None: no account
-    # its submitter publishes it itself until then (jobs/direct.py); the relay's business, not a reader's
-    claimed_until_ms: int | None = None
 
     def as_dict(self) -> dict:
         d = dict(self.__dict__)
-        del d["claimed_until_ms"]
         d["arguments"] = _loads_or_text(self.arguments)
         d["result"] = _loads_or_text(self.result) if self.result is not None else None
         return d
@@ -152,18 +145,6 @@ class NewJob:
     max_attempts: int
     idempotency_key: str | None = None
     account: str | None = None    # validated by jobs/submit.py (limits.ACCOUNT_RULE)
-
-
-def _claims(conn, new_jobs: Sequence[NewJob], window: int | None) -> list[int | None]:
-    """Per job, the end of its claim (``jobs/direct.py``), or None where the relay is to send
-    it: the jobs of a queue are claimed together, where ``outbox.claimable`` says so of them."""
-    by_queue: dict[str, list[NewJob]] = {}
-    for j in new_jobs:
-        by_queue.setdefault(j.queue, []).append(j)
-    until = int(now_ms()) + outbox.CLAIM_MS
-    mine = {q for q, jobs in by_queue.items()
-            if outbox.claimable(conn, q, [j.account for j in jobs], window, len(jobs))}
-    return [until if j.queue in mine else None for j in new_jobs]
 
 
 class DeliveryRow(NamedTuple):
@@ -224,15 +205,6 @@ class JobStore:
         # a group whose commit was lost may be stored: its jobs are not written again one by one
         self._groups: GroupCommit[NewJob, tuple[int, int]] = GroupCommit(
             self._insert, retry_alone=lambda exc: retry.verdict(exc) is not retry.Verdict.AMBIGUOUS)
-        # set: the jobs inserted here are published by this process after their commit, where
-        # the relay would have sent them at once (jobs/direct.py); None: the relay's, rung
-        self.direct: DirectPublisher | None = None
-
-    def publish_directly(self, direct: DirectPublisher | None) -> None:
-        """Publish the jobs this store inserts (``submit``, ``submit_jobs``; not the bulk
-        ``submit_many``) right after their commit, through ``direct`` (``jobs/direct.py``); None:
-        ring the publishers, as by default."""
-        self.direct = direct
 
     def wake_publishers(self) -> None:
         """Ring this host's publishers (after a commit that gave them work, e.g. a resume)."""
@@ -283,25 +255,9 @@ class JobStore:
         self._on_pending()
         return len(new_jobs)
 
-    def _insert(self, new_jobs: Sequence[NewJob]) -> list[tuple[int, int]]:
-        """Store new pending jobs (``_write_new``), then publish those claimed (``jobs/direct.py``)
-        and ring the publishers for the rest; (job id, created ms) per job, in order. Only a job
-        stored alone, while the direct publisher's rate is low, may be claimed: jobs stored
-        together are a load, which the relay carries more cheaply (``jobs/direct.py``)."""
-        direct = self.direct
-        claim = direct is not None and len(new_jobs) == 1 and direct.takes_more()
-        rows, claimed = self._write_new(new_jobs, claim, direct.window if direct is not None else None)
-        if any(claimed):
-            self._publish_claimed(direct, [(j, row) for j, row, mine in zip(new_jobs, rows, claimed) if mine])
-        if not all(claimed):
-            self._on_pending()
-        return rows
-
     @retried()
-    def _write_new(self, new_jobs: Sequence[NewJob], claim: bool, window: int | None
-                   ) -> tuple[list[tuple[int, int]], list[bool]]:
-        """One transaction: (job id, created ms) per job, in order, and whether each was claimed
-        for its submitter to publish (with ``claim``: per queue, where ``outbox.claimable``).
+    def _insert(self, new_jobs: Sequence[NewJob]) -> list[tuple[int, int]]:
+        """One transaction: (job id, created ms) per job, in order.
 
         Where the server says in one statement which id each row got (``INSERT ... RETURNING``:
         MariaDB 10.5+, SQLite 3.35+), one multi-row INSERT per ``RETURNING_ROWS`` jobs: the ids
@@ -314,55 +270,26 @@ class JobStore:
         one-at-a-time submits (``admin/submitter.py``) then waits for.
         """
         if not new_jobs:
-            return [], []
+            return []
         qmark = self.engine.dialect.paramstyle == "qmark"
         out = []
         with self.engine.begin() as conn:
-            until = _claims(conn, new_jobs, window) if claim else [None] * len(new_jobs)
             if len(new_jobs) > 1 and _returns_ids(conn):
-                start = 0
                 for chunk in _chunks(new_jobs, RETURNING_ROWS):
                     created = now_ms()
-                    params = tuple(v for k, j in enumerate(chunk, start) for v in _insert_values(j, created, until[k]))
-                    start += len(chunk)
+                    params = tuple(v for j in chunk for v in _insert_values(j, created))
                     rows = conn.exec_driver_sql(_insert_returning_sql(qmark, len(chunk)), params)
                     ids = sorted(int(r[0]) for r in rows)
                     if len(ids) != len(chunk):   # never seen; a wrong id per job would be worse than none
                         raise DatabaseError(f"INSERT ... RETURNING gave {len(ids)} ids for {len(chunk)} rows")
                     out += [(job_id, created) for job_id in ids]
             else:
-                for j, claimed_until in zip(new_jobs, until):
+                for j in new_jobs:
                     created = now_ms()
-                    cur = conn.exec_driver_sql(_INSERT_SQL[qmark], _insert_values(j, created, claimed_until))
+                    cur = conn.exec_driver_sql(_INSERT_SQL[qmark], _insert_values(j, created))
                     out.append((int(cur.lastrowid), created))
-        return out, [u is not None for u in until]
-
-    def _publish_claimed(self, direct: DirectPublisher, stored: list[tuple[NewJob, tuple[int, int]]]) -> None:
-        """After the commit: hand the claimed jobs to ``direct``, which begins their publish at
-        once and settles them (``_after_publish``) once the broker answered."""
-        direct.hand([Relayed(job_id, j.action, j.arguments, j.queue, 0, j.max_attempts)
-                     for j, (job_id, _) in stored], self._after_publish)
-
-    def _after_publish(self, confirmed: list[int], left: list[int]) -> None:
-        """Mark the confirmed queued and hand the rest back to the relay (claims released, the
-        publishers rung). Never raises: a claim this cannot settle runs out, and the relay
-        publishes the job (jobs/direct.py)."""
-        try:
-            self._settle_claims(confirmed, left)
-        except Exception as exc:  # noqa: BLE001 - the claims run out: the relay's safety net
-            log.warning("could not settle %d claimed job(s) (%s): the relay takes them once their claims "
-                        "run out", len(confirmed) + len(left), type(exc).__name__)
-        pathtrace.stamp("direct.marked", confirmed)
-        if left:
-            self._on_pending()
-
-    @retried(idempotent=True)   # both updates are guarded by status = pending: applying twice is once
-    def _settle_claims(self, confirmed: list[int], left: list[int]) -> None:
-        with self.engine.begin() as conn:
-            if confirmed:
-                conn.exec_driver_sql(outbox.mark_queued_sql(confirmed))
-            if left:
-                conn.exec_driver_sql(outbox.release_claims_sql(left))
+        self._on_pending()
+        return out
 
     @staticmethod
     def _row(job: NewJob) -> dict:
@@ -560,7 +487,7 @@ class JobStore:
             for job_id, attempt in attempts:
                 given += conn.execute(T.update().where(
                     T.c.job_id == job_id, T.c.status.in_(lifecycle.OPEN), T.c.attempts == attempt - 1,
-                ).values(status=schema.PENDING, queued_timestamp=None, claimed_until_ms=None)).rowcount
+                ).values(status=schema.PENDING, queued_timestamp=None)).rowcount
         if given:
             self._on_pending()
         return given

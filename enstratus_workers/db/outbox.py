@@ -24,14 +24,6 @@ is only one, that row is the whole outlook, planned as the probe's would be (a p
 account, or a full window, still gets no room), and the probe and the take are skipped. Two
 rows mean a backlog is building: the pass reads the outbox as above, in the same transaction
 (the two rows it holds are its own, and the take reads them again).
-
-A job its submitter claimed (``claimed_until_ms``, ``jobs/direct.py``) is not the relay's
-until the claim runs out: its submitter publishes it right after its commit, and the relay's
-reads (``_lone``, ``_take``) skip it until then. The submitter claims only where the relay would
-have sent the job at once anyway (``claimable``): nothing of its account unclaimed pending
-before it on its queue, room in the queue's window, neither the queue nor the account paused.
-A submitter that dies between its commit and its publish costs the job the claim's few seconds
-and the next poll.
 """
 
 from __future__ import annotations
@@ -103,12 +95,6 @@ _QUEUED_OF_J = (f"SELECT COUNT(*) FROM enstratus_job w WHERE w.status = '{QUEUED
 #: rows ``_lone`` reads: one more than a lone job, to know that it is alone
 _LONE_READ = 2
 _LONE_COLUMNS = ", ".join(f"j.{c.strip()}" for c in _COLUMNS.split(","))
-# a pending row the relay may take: unclaimed, or its submitter's claim ran out
-_UNCLAIMED = "({p}claimed_until_ms IS NULL OR {p}claimed_until_ms <= {now})"
-#: how long a claim keeps the relay off a job (``claimable``): the submitter's publish and its
-#: confirm take milliseconds; past this the relay publishes the job (again, at worst: the
-#: subscriber runs one delivery per attempt)
-CLAIM_MS = 5_000
 
 
 def probe(conn) -> Outlook:
@@ -135,8 +121,7 @@ def _lone(conn) -> tuple[Outlook, list[Relayed]] | None:
     sql = (f"SELECT {_LONE_COLUMNS}, j.account, ({_QUEUED_OF_J.format(now=int(now_ms()))}), "
            "EXISTS (SELECT 1 FROM enstratus_pause p WHERE p.kind = 'queue' AND p.name = j.queue), "
            "EXISTS (SELECT 1 FROM enstratus_pause p WHERE p.kind = 'account' AND p.name = j.account) "
-           f"FROM enstratus_job j WHERE j.status = '{PENDING}' AND {_UNCLAIMED.format(p='j.', now=int(now_ms()))} "
-           f"ORDER BY j.job_id LIMIT {_LONE_READ}{lock}")
+           f"FROM enstratus_job j WHERE j.status = '{PENDING}' ORDER BY j.job_id LIMIT {_LONE_READ}{lock}")
     rows = conn.exec_driver_sql(sql).all()
     if len(rows) >= _LONE_READ:
         return None
@@ -179,8 +164,7 @@ def _take(conn, group: Group) -> list[Relayed]:
     account, params = ("account IS NULL", (group.queue,)) if group.account is None else \
         (f"account = {mark}", (group.queue, group.account))
     sql = (f"SELECT {_COLUMNS} FROM enstratus_job WHERE status = '{PENDING}' AND queue = {mark} "
-           f"AND {account} AND {_UNCLAIMED.format(p='', now=int(now_ms()))} "
-           f"ORDER BY job_id LIMIT {int(group.limit)}{lock}")
+           f"AND {account} ORDER BY job_id LIMIT {int(group.limit)}{lock}")
     return [Relayed(*r) for r in conn.exec_driver_sql(sql, params)]
 
 
@@ -225,54 +209,11 @@ def relay(engine: sa.Engine, planner: FairShare, batch: int,
                 confirmed = [j.job_id for j in jobs if str(j.job_id) not in unconfirmed]
             pathtrace.stamp("publisher.confirmed", confirmed)
             if confirmed:
-                conn.exec_driver_sql(mark_queued_sql(confirmed))
+                conn.exec_driver_sql(
+                    f"UPDATE enstratus_job SET status = '{QUEUED}', queued_timestamp = {int(now_ms())} "
+                    f"WHERE job_id IN ({', '.join(str(int(i)) for i in confirmed)}) AND status = '{PENDING}'")
     pathtrace.stamp("publisher.marked", confirmed)
     if failure is not None:
         raise failure
     planner.outbox_emptied = _emptied(outlook, plan, taken, used)
     return RelayPass(len(jobs), planner.settle(plan, [len(t) for t in taken], used))
-
-
-def mark_queued_sql(job_ids) -> str:
-    """Mark published jobs queued (and no longer claimed), those still pending: a delivery may
-    already have started one (running), or a cancel ended it."""
-    return (f"UPDATE enstratus_job SET status = '{QUEUED}', queued_timestamp = {int(now_ms())}, "
-            f"claimed_until_ms = NULL "
-            f"WHERE job_id IN ({', '.join(str(int(i)) for i in job_ids)}) AND status = '{PENDING}'")
-
-
-def release_claims_sql(job_ids) -> str:
-    """Hand claimed jobs whose publish failed back to the relay at once."""
-    return (f"UPDATE enstratus_job SET claimed_until_ms = NULL "
-            f"WHERE job_id IN ({', '.join(str(int(i)) for i in job_ids)}) AND status = '{PENDING}'")
-
-
-def claimable(conn, queue: str, accounts, window: int | None, jobs: int) -> bool:
-    """Whether a submitter may claim ``jobs`` new jobs of ``queue`` for ``accounts`` in the
-    transaction that inserts them, before it does: only where the relay would send them at once
-    (module docstring). One statement: the first attempts queued on the queue (counted up to the
-    window), whether an unclaimed job of one of these accounts is pending on the queue (it is
-    older: its account's order is the relay's to keep; another account's backlog, paused or
-    waiting for its turn, is no reason to hold these back, and the window still bounds them), and
-    whether the queue or one of the accounts is paused. Each read is a short range of the
-    relay's index, whatever the backlog.
-
-    Two submitters at once may both see room for their jobs: the window is then exceeded by at
-    most what they claimed together, as the relay's window is by a queue's retries."""
-    mark = "?" if conn.dialect.paramstyle == "qmark" else "%s"
-    now = int(now_ms())
-    names = sorted({a for a in accounts if a is not None})
-    listed = ", ".join([mark] * len(names))
-    mine = [f"account IN ({listed})"] if names else []
-    if None in accounts:
-        mine.append("account IS NULL")
-    paused_accounts = f" OR (kind = 'account' AND name IN ({listed}))" if names else ""
-    cap = jobs if window is None else window   # counting further changes no answer
-    sql = (f"SELECT (SELECT COUNT(*) FROM (SELECT 1 FROM enstratus_job WHERE status = '{QUEUED}' AND attempts = 0 "
-           f"AND (not_before_ms IS NULL OR not_before_ms <= {now}) AND queue = {mark} LIMIT {int(cap)}) w), "
-           f"EXISTS (SELECT 1 FROM enstratus_job WHERE status = '{PENDING}' AND queue = {mark} "
-           f"AND ({' OR '.join(mine)}) AND {_UNCLAIMED.format(p='', now=now)}), "
-           f"EXISTS (SELECT 1 FROM enstratus_pause WHERE (kind = 'queue' AND name = {mark}){paused_accounts})")
-    queued, older, paused = conn.exec_driver_sql(sql, (queue, queue, *names, queue, *names)).one()
-    room = jobs if window is None else window - int(queued)
-    return not older and not paused and jobs <= room

@@ -61,9 +61,6 @@ jobs = sa.Table(
     sa.Column("deferrals", sa.Integer, nullable=False, server_default="0"),
     # the tenant the job is for (None: no account); the relay takes turns by it (provisioning_0004)
     sa.Column("account", IdentityString(ACCOUNT_MAX), nullable=True),
-    # a pending job its submitter publishes itself (jobs/direct.py) is left alone by the relay
-    # until this time; None: the relay's to publish (provisioning_0006)
-    sa.Column("claimed_until_ms", sa.BigInteger, nullable=True),
     sa.Index("ix_enstratus_job_status", "status", "job_id"),
     # the relay's reads (db/outbox.py): the accounts waiting per queue, each one's oldest jobs,
     # the first attempts queued per queue: all ranges of this one index

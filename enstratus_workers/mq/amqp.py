@@ -21,7 +21,6 @@ queue names, a channel runner); the helpers share ``amqp_common`` and never impo
 
 from __future__ import annotations
 
-import functools
 import logging
 import threading
 import time
@@ -224,49 +223,27 @@ class AmqpTransport(Transport):
             raise PublishError(f"{len(refused)} delayed message(s) for undeclared queue(s) {sorted(missing)}",
                                refused)
 
-    def publish_begin(self, messages: Sequence[OutgoingMessage]) -> Callable[[], None]:
-        """Immediate messages are handed to the publisher's ioloop thread at once; the function
-        returned waits for their confirms (``Transport.publish_begin``). Delayed ones are
-        published as ``publish`` does."""
-        if not messages or any(m.delay_ms > 0 for m in messages):
-            return super().publish_begin(messages)
-        publisher = self._live_publisher()
-        batch = publisher.begin(self._items(messages, {}))
-
-        # a refusal is the waiter's to act on: it may wait in another thread, and the caller of
-        # publish_begin drops this transport when one of its publishes failed (jobs/direct.py)
-        return functools.partial(publisher.wait, batch)
-
-    def _live_publisher(self):
+    def _publish(self, messages: Sequence[OutgoingMessage], buckets: dict[int, int]) -> None:
         self._left_dead_publisher()
         if self._publisher is None:
             self._publisher_node, self._publisher = self.nodes.connect("publisher", self._open_publisher)
-        return self._publisher
-
-    def _items(self, messages: Sequence[OutgoingMessage], buckets: dict[int, int]) -> list:
         props = pika.BasicProperties
-        return [(*self._route(m, buckets), m.body,
+        try:
+            self._publisher.publish([
+                (*self._route(m, buckets), m.body,
                  props(delivery_mode=2, content_type="application/json", message_id=m.message_id,
                        headers=m.headers or None),
                  m.message_id)
-                for m in messages]
-
-    def _refused_on(self, publisher, exc: PublishError) -> None:
-        if publisher is self._publisher and publisher.alive:
-            # Refused on a live connection (nacked or returned). A channel that first published
-            # to a quorum queue while its leader was being elected (its node had just died) can
-            # have every later publish nacked (seen on RabbitMQ 3.10): the next one gets a new
-            # channel, whose first publish finds the new leader.
-            log.warning("the broker refused %d message(s) on node %s; the next publish opens a new "
-                        "channel", len(exc.unconfirmed), self._publisher_node)
-            self._close_publisher()
-
-    def _publish(self, messages: Sequence[OutgoingMessage], buckets: dict[int, int]) -> None:
-        publisher = self._live_publisher()
-        try:
-            publisher.publish(self._items(messages, buckets))
+                for m in messages])
         except PublishError as exc:
-            self._refused_on(publisher, exc)
+            if self._publisher.alive:
+                # Refused on a live connection (nacked or returned). A channel that first published
+                # to a quorum queue while its leader was being elected (its node had just died) can
+                # have every later publish nacked (seen on RabbitMQ 3.10): the next one gets a new
+                # channel, whose first publish finds the new leader.
+                log.warning("the broker refused %d message(s) on node %s; the next publish opens a new "
+                            "channel", len(exc.unconfirmed), self._publisher_node)
+                self._close_publisher()
             raise
         finally:
             self._left_dead_publisher()   # the unconfirmed are the caller's to publish again

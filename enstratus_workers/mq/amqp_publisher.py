@@ -94,22 +94,12 @@ class ConfirmingPublisher:
 
     def publish(self, items: list) -> None:
         """Publish ``(exchange, routing_key, body, properties, message_id)`` tuples; wait for confirms."""
-        self.wait(self.begin(items))
-
-    def begin(self, items: list) -> _Batch:
-        """Hand the tuples to the ioloop thread and return at once; ``wait`` for their confirms
-        (in any thread: batches begun by several threads are in flight together)."""
         batch = _Batch(items)
         with self._lock:
             if self._stopped:
                 raise ConnectionClosed("AMQP publisher connection is closed")
             self._open.add(batch)
             self._conn.ioloop.add_callback_threadsafe(functools.partial(self._submit, batch))
-        return batch
-
-    def wait(self, batch: _Batch) -> None:
-        """Until every message of a ``begin``'s batch is settled; raises as ``publish`` says."""
-        items = batch.items
         seen = -1
         while not batch.done.wait(self.stall_timeout):
             if batch.settled == seen:

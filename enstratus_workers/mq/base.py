@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import abc
 from dataclasses import dataclass, field
-from typing import Any, Callable, Sequence
+from typing import Any, Sequence
 
 MAX_DELAY_MS = 2**32 - 1   # the longest delay RabbitMQ's x-message-ttl can hold (~49.7 days)
 MAX_REASON_CHARS = 2000    # a dead-letter reason is cut here: it travels in an AMQP header
@@ -128,10 +128,6 @@ class Consumer(abc.ABC):
         """Stop consuming; unsettled deliveries return to their queues."""
 
 
-def _nothing_to_wait_for() -> None:
-    return None
-
-
 class Transport(abc.ABC):
     """A connection to the queue backend. Not shared between threads, except as Consumer says."""
 
@@ -147,15 +143,6 @@ class Transport(abc.ABC):
         Raises ``PublishError`` naming the unconfirmed message ids, ``ConnectionClosed`` if the
         connection dropped before anything was confirmed.
         """
-
-    def publish_begin(self, messages: Sequence[OutgoingMessage]) -> Callable[[], None]:
-        """Start publishing; the function returned waits until every message is confirmed and
-        raises as ``publish`` does (the start itself may raise so too). It may be called in another thread, and other publishes may
-        begin before it is (``jobs/direct.py``: the submitter begins, its publisher's thread
-        waits). Here: ``publish`` at once, nothing left to wait for; a transport whose confirms
-        come back on a thread of their own begins without waiting (``AmqpTransport``)."""
-        self.publish(messages)
-        return _nothing_to_wait_for
 
     @abc.abstractmethod
     def consumer(self, queues: Sequence[str], prefetch: int) -> Consumer:

@@ -235,7 +235,6 @@ def test_a_version_2_database_gets_its_totals_from_its_rows(tmp_path):
         for table in ("enstratus_job_total", "enstratus_job_pruned", "enstratus_lease",
                       "enstratus_cloud_rate"):   # provisioning_0005's
             conn.exec_driver_sql(f"DROP TABLE {table}")
-        conn.exec_driver_sql("ALTER TABLE enstratus_job DROP COLUMN claimed_until_ms")   # provisioning_0006's
         # and what provisioning_0004 added (the job's account, the relay's index, the pauses)
         conn.exec_driver_sql("DROP TABLE enstratus_pause")
         conn.exec_driver_sql("DROP INDEX ix_enstratus_job_relay")

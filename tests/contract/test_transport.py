@@ -313,35 +313,6 @@ def test_publish_to_an_undeclared_queue_names_the_unconfirmed_messages(backend):
     assert [d.message_id for d in drain(consumer, 1)] == ["job-3"]
 
 
-def test_publishes_begun_in_one_thread_are_confirmed_in_another_in_flight_together(backend):
-    # Given a declared queue, and two publishes begun one after the other without waiting
-    t = backend.open()
-    t.declare(["work"])
-    first, second = messages("work", 2), messages("work", 3, start=2)
-    waits = [t.publish_begin(first), t.publish_begin(second)]
-    # When another thread waits for their confirms
-    errors = []
-    waiter = threading.Thread(target=lambda: errors.extend(_raised(w) for w in waits))
-    waiter.start()
-    waiter.join(30)
-    # Then both were confirmed and come out in the order begun
-    assert errors == [None, None]
-    got = drain(t.consumer(["work"], prefetch=10), 5)
-    assert [d.message_id for d in got] == [m.message_id for m in first + second]
-    # and one whose messages cannot be routed names them (at once, or when waited for)
-    with pytest.raises(PublishError) as caught:
-        t.publish_begin(messages("nowhere", 1, start=9))()
-    assert list(caught.value.unconfirmed) == ["job-9"]
-
-
-def _raised(fn):
-    try:
-        fn()
-    except Exception as exc:  # noqa: BLE001 - returned for the assertion
-        return exc
-    return None
-
-
 def test_settling_a_delivery_of_an_earlier_consumer_is_a_noop(backend):
     # Given a message delivered to a consumer that then closed, and redelivered to a new one
     t = backend.open()

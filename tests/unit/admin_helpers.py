@@ -35,10 +35,10 @@ def set_token(home, token=TOKEN):
 class Admin:
     """One app over one home; ``restart`` closes it and builds a new one over the same home."""
 
-    def __init__(self, home, queues: SharedTransport | None = None, *, direct: bool = False):
+    def __init__(self, home, queues: SharedTransport | None = None):
         self.home, self.layout = home, Layout(home)
         self.settings = load_settings(self.layout)
-        self.admin = replace(load_admin_settings(self.layout), port=PORT, direct_publish=direct)
+        self.admin = replace(load_admin_settings(self.layout), port=PORT)
         self.ctx = AdminContext.open(self.settings, self.layout, self.admin, queues=queues)
         self.app = create_app(self.ctx, load_token(self.admin))
         self.client = TestClient(self.app, base_url=BASE)
