@@ -5,8 +5,11 @@ submitter commits the pending row and rings; the publisher reads the row (locked
 and marks it queued; RabbitMQ delivers to the subscriber, which checks the row and hands the job
 to a worker. The change in question is the submitter publishing right after its commit, with
 the publisher's relay kept as the safety net for a submitter that died in between (which needs
-a new row state, "claimed": not built). This script measures what that would buy before anyone
-builds it, in one service, job by job alternated:
+a claim on the row). This script measured what that would buy before anyone built it, in one
+service, job by job alternated. It was then built (1a83fa5..0df437f) and reverted (0f66c7f):
+with the claim's read, the queued mark and a client that does not poll, it bought 0.85x back to
+back and cost 1.75-1.91x with one job every 0.5 s (bench/README.md, "Direct publishing, built
+and reverted"), where what this what-if left out is listed. The two kinds it compares:
 
 - **shipped**: ``submit()`` (the row committed pending, the publisher rung);
 - **direct**: the row committed ``queued`` through the same engine, then published from this
