@@ -37,10 +37,12 @@ def make_engine(url: str, layout: Layout, *, create_database: bool = True) -> sa
             pool_recycle=3600,        # below wait_timeout
             isolation_level="READ COMMITTED",  # SKIP LOCKED without gap locks on the outbox
             connect_args={"connect_timeout": 10},
+            pool_reset_on_return=None,   # _rollback_only_when_open does it, when it is needed
         )
         if create_database:
             _ensure_mysql_database(parsed, getattr(engine, "enstratus_writer", None))
         _ping_when_idle(engine)
+        _rollback_only_when_open(engine)
         return engine
     raise ConfigError(f"unsupported database '{backend}' (use sqlite or mysql+pymysql)")
 
@@ -84,6 +86,54 @@ def _ping_when_idle(engine: sa.Engine) -> None:
         except Exception as exc:  # noqa: BLE001 - any failure means this connection is gone
             # the pool drops it and lends another (up to three tries), as pool_pre_ping would
             raise sa.exc.DisconnectionError(f"pooled connection is gone: {exc!r}") from exc
+
+
+#: ``connection_record.info`` key: a statement ran on the connection since its last commit or
+#: rollback (or one of them failed), so a transaction may be open on the server
+_MAY_BE_OPEN = "enstratus_may_be_open"
+
+
+def _rollback_only_when_open(engine: sa.Engine) -> None:
+    """Give a connection back to the pool without a ROLLBACK when nothing is left to roll back.
+
+    SQLAlchemy rolls back every connection given back, unless it rolled the transaction back
+    itself: a ``with engine.begin()`` that committed is followed by a ROLLBACK, one more round
+    trip on every write of the hot path (a submit's ring waits for it; measured in
+    bench/README.md, "A ROLLBACK after every COMMIT"). Here the pool's reset is this event
+    (the pattern of SQLAlchemy's "Using the reset event" recipe): the connection is rolled back
+    if any statement ran on it since its last commit or rollback, or if one of those failed;
+    a connection whose transaction was committed, or never begun, is given back as it is. The
+    server's own status flag cannot say it: PyMySQL does not update it after a result set, so
+    an open ``SELECT ... FOR UPDATE`` reads as no transaction.
+    """
+
+    @sa.event.listens_for(engine, "before_cursor_execute")
+    def _statement(conn, _cursor, _statement, _parameters, _context, _executemany):
+        conn.connection.info[_MAY_BE_OPEN] = True
+
+    @sa.event.listens_for(engine, "commit")
+    def _committing(conn):
+        # before the COMMIT (or ROLLBACK, below): if it fails, handle_error marks it again
+        conn.connection.info[_MAY_BE_OPEN] = False
+
+    @sa.event.listens_for(engine, "rollback")
+    def _rolling_back(conn):
+        conn.connection.info[_MAY_BE_OPEN] = False
+
+    @sa.event.listens_for(engine, "handle_error")
+    def _failed(context):
+        if context.connection is not None and not context.connection.closed:
+            context.connection.connection.info[_MAY_BE_OPEN] = True
+
+    @sa.event.listens_for(engine, "reset")
+    def _reset(dbapi_conn, record, state):
+        if state.terminate_only:
+            return   # it is being closed: the server ends its transaction
+        if state.transaction_was_reset or not record.info.get(_MAY_BE_OPEN, True):
+            record.info[_MAY_BE_OPEN] = False
+            return
+        dbapi_conn.rollback()
+        record.info[_MAY_BE_OPEN] = False
 
 
 def _sqlite_engine(parsed, layout: Layout) -> sa.Engine:

@@ -1,0 +1,92 @@
+"""A MySQL engine gives a connection back to its pool with a ROLLBACK only when a transaction may
+be open on it (db/engine.py, ``_rollback_only_when_open``): a committed write costs no extra
+round trip, and nothing a connection held (a row lock, a transaction) outlives its user."""
+
+from __future__ import annotations
+
+import pymysql
+import pytest
+import sqlalchemy as sa
+
+from enstratus_workers.db import engine as engine_mod
+from enstratus_workers.layout import Layout
+
+pytestmark = pytest.mark.mysql
+
+
+@pytest.fixture
+def engine(mysql_url, tmp_path):
+    engine = engine_mod.make_engine(mysql_url, Layout(tmp_path))
+    with engine.begin() as conn:
+        conn.exec_driver_sql("CREATE TABLE t (id INT PRIMARY KEY, v INT)")
+        conn.exec_driver_sql("INSERT INTO t VALUES (1, 0)")
+    yield engine
+    engine.dispose()
+
+
+@pytest.fixture
+def sent(monkeypatch):
+    """The commands every PyMySQL connection of this test sends, in order (queries as text)."""
+    log: list[str] = []
+    real = pymysql.connections.Connection._execute_command
+
+    def spy(self, command, sql):
+        log.append(sql.decode() if isinstance(sql, bytes) else str(sql))
+        return real(self, command, sql)
+    monkeypatch.setattr(pymysql.connections.Connection, "_execute_command", spy)
+    return log
+
+
+def _clean(engine) -> tuple[int, int]:
+    """(the pooled connection's id, whether the server sees a transaction open on it), read
+    first thing on the next checkout: what the previous user left behind."""
+    with engine.connect() as conn:
+        return tuple(conn.exec_driver_sql("SELECT CONNECTION_ID(), @@in_transaction").one())
+
+
+def test_a_committed_transaction_is_given_back_without_a_rollback(engine, sent):
+    first = _clean(engine)[0]
+    sent.clear()
+    # When a write commits
+    with engine.begin() as conn:
+        conn.exec_driver_sql("UPDATE t SET v = v + 1 WHERE id = 1")
+    # Then its connection goes back to the pool with no ROLLBACK after the COMMIT
+    assert sent[-2:] == ["UPDATE t SET v = v + 1 WHERE id = 1", "COMMIT"]
+    # and the next user of that same connection finds no transaction open
+    assert _clean(engine) == (first, 0)
+
+
+def test_a_read_left_open_is_rolled_back_and_its_row_lock_released(engine, sent):
+    # When a connection locks a row and is given back without a commit
+    with engine.connect() as conn:
+        conn.exec_driver_sql("SELECT v FROM t WHERE id = 1 FOR UPDATE").all()
+        sent.clear()
+    # Then it was rolled back on its way back to the pool
+    assert sent == ["ROLLBACK"]
+    # and another session can lock the row at once
+    other = pymysql.connect(host="127.0.0.1", user="root", autocommit=False,
+                            database=engine.url.database)
+    try:
+        other.cursor().execute("SELECT v FROM t WHERE id = 1 FOR UPDATE NOWAIT")
+    finally:
+        other.rollback()
+        other.close()
+    assert _clean(engine)[1] == 0
+
+
+def test_a_failed_statement_or_an_explicit_rollback_leaves_nothing_open(engine, sent):
+    # When a statement fails inside a transaction (the transaction is rolled back by SQLAlchemy)
+    with pytest.raises(sa.exc.IntegrityError):
+        with engine.begin() as conn:
+            conn.exec_driver_sql("UPDATE t SET v = 5 WHERE id = 1")
+            conn.exec_driver_sql("INSERT INTO t VALUES (1, 0)")
+    # Then the update is gone and nothing is open
+    assert _clean(engine)[1] == 0
+    with engine.connect() as conn:
+        assert conn.exec_driver_sql("SELECT v FROM t WHERE id = 1").scalar() == 0
+    # When a user rolls back itself, Then no second ROLLBACK follows on the way back
+    with engine.connect() as conn:
+        conn.exec_driver_sql("UPDATE t SET v = 7 WHERE id = 1")
+        conn.rollback()
+        sent.clear()
+    assert sent == [] and _clean(engine)[1] == 0
