@@ -122,8 +122,13 @@ def _rollback_only_when_open(engine: sa.Engine) -> None:
 
     @sa.event.listens_for(engine, "handle_error")
     def _failed(context):
-        if context.connection is not None and not context.connection.closed:
-            context.connection.connection.info[_MAY_BE_OPEN] = True
+        conn = context.connection
+        if conn is None or conn.closed or context.is_disconnect:
+            return   # a lost connection is invalidated: the pool never lends it again
+        try:
+            conn.connection.info[_MAY_BE_OPEN] = True
+        except sa.exc.SQLAlchemyError:
+            pass     # no DBAPI connection left to mark: the pool has none to give back
 
     @sa.event.listens_for(engine, "reset")
     def _reset(dbapi_conn, record, state):
