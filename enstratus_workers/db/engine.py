@@ -132,12 +132,9 @@ def _rollback_only_when_open(engine: sa.Engine) -> None:
 
     @sa.event.listens_for(engine, "reset")
     def _reset(dbapi_conn, record, state):
-        if state.terminate_only:
-            return   # it is being closed: the server ends its transaction
-        if state.transaction_was_reset or not record.info.get(_MAY_BE_OPEN, True):
-            record.info[_MAY_BE_OPEN] = False
-            return
-        dbapi_conn.rollback()
+        # terminate_only: it is being closed, and the server ends its transaction with it
+        if not (state.terminate_only or state.transaction_was_reset) and record.info.get(_MAY_BE_OPEN, True):
+            dbapi_conn.rollback()
         record.info[_MAY_BE_OPEN] = False
 
 
