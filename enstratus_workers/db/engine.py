@@ -107,28 +107,31 @@ def _rollback_only_when_open(engine: sa.Engine) -> None:
     an open ``SELECT ... FOR UPDATE`` reads as no transaction.
     """
 
+    def mark(conn, may_be_open: bool) -> None:
+        # never through an invalidated Connection: reaching for its DBAPI connection would try
+        # to reconnect, and raise PendingRollbackError over the loss being rolled back (seen in
+        # the fleet test: a submit during a database node's kill failed with it, not retried)
+        if not (conn.closed or conn.invalidated):
+            conn.connection.info[_MAY_BE_OPEN] = may_be_open
+
     @sa.event.listens_for(engine, "before_cursor_execute")
     def _statement(conn, _cursor, _statement, _parameters, _context, _executemany):
-        conn.connection.info[_MAY_BE_OPEN] = True
+        mark(conn, True)
 
     @sa.event.listens_for(engine, "commit")
     def _committing(conn):
         # before the COMMIT (or ROLLBACK, below): if it fails, handle_error marks it again
-        conn.connection.info[_MAY_BE_OPEN] = False
+        mark(conn, False)
 
     @sa.event.listens_for(engine, "rollback")
     def _rolling_back(conn):
-        conn.connection.info[_MAY_BE_OPEN] = False
+        mark(conn, False)
 
     @sa.event.listens_for(engine, "handle_error")
     def _failed(context):
-        conn = context.connection
-        if conn is None or conn.closed or context.is_disconnect:
-            return   # a lost connection is invalidated: the pool never lends it again
-        try:
-            conn.connection.info[_MAY_BE_OPEN] = True
-        except sa.exc.SQLAlchemyError:
-            pass     # no DBAPI connection left to mark: the pool has none to give back
+        # a lost connection is invalidated: the pool never lends it again
+        if context.connection is not None and not context.is_disconnect:
+            mark(context.connection, True)
 
     @sa.event.listens_for(engine, "reset")
     def _reset(dbapi_conn, record, state):

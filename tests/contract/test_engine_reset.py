@@ -90,3 +90,23 @@ def test_a_failed_statement_or_an_explicit_rollback_leaves_nothing_open(engine, 
         conn.rollback()
         sent.clear()
     assert sent == [] and _clean(engine)[1] == 0
+
+
+def test_a_connection_lost_inside_a_transaction_raises_the_loss_not_a_pending_rollback(engine):
+    # Given a transaction whose connection the server drops (a node killed, a KILL)
+    killer = pymysql.connect(host="127.0.0.1", user="root", autocommit=True)
+    try:
+        with pytest.raises(sa.exc.OperationalError) as caught:
+            with engine.begin() as conn:
+                conn.exec_driver_sql("UPDATE t SET v = 9 WHERE id = 1")
+                killer.cursor().execute(f"KILL {int(conn.exec_driver_sql('SELECT CONNECTION_ID()').scalar())}")
+                conn.exec_driver_sql("UPDATE t SET v = 10 WHERE id = 1")
+    finally:
+        killer.close()
+    # Then the caller sees the lost connection (which db/retry.py knows to retry), not an error
+    # raised by the bookkeeping while the transaction was rolled back
+    assert caught.value.connection_invalidated
+    # and the engine goes on with a fresh connection, nothing of the lost transaction applied
+    assert _clean(engine)[1] == 0
+    with engine.connect() as conn:
+        assert conn.exec_driver_sql("SELECT v FROM t WHERE id = 1").scalar() == 0
