@@ -100,7 +100,9 @@ class ConfirmingPublisher:
                 raise ConnectionClosed("AMQP publisher connection is closed")
             self._open.add(batch)
             self._conn.ioloop.add_callback_threadsafe(functools.partial(self._submit, batch))
-        seen = -1
+        # a stall is one whole ``stall_timeout`` without a confirm, counted from the publish (a
+        # first mark of -1 would wait a second interval before a publish never confirmed at all)
+        seen = 0
         while not batch.done.wait(self.stall_timeout):
             if batch.settled == seen:
                 log.error("no publisher confirm for %.0f s: dropping the connection", self.stall_timeout)

@@ -7,6 +7,7 @@ the broker, injecting acks, nacks, returns and closes through ``add_callback_thr
 
 from __future__ import annotations
 
+import dataclasses
 import queue
 import threading
 import time
@@ -337,21 +338,69 @@ def test_no_more_than_window_messages_are_in_flight(broker, rig):
     assert done.result(WAIT_S) is None
 
 
-def test_a_broker_that_never_answers_has_its_connection_dropped(broker, rig):
+class CountingEvent(threading.Event):
+    """An Event that counts the waits that ran out."""
+
+    def __init__(self):
+        super().__init__()
+        self.ran_out = 0
+
+    def wait(self, timeout=None) -> bool:
+        got = super().wait(timeout)
+        self.ran_out += not got
+        return got
+
+
+@pytest.fixture
+def batches(monkeypatch) -> list:
+    """Every batch ``publish`` makes from now on, with a ``CountingEvent`` as its ``done``."""
+    made = []
+
+    @dataclasses.dataclass(eq=False)
+    class CountedBatch(amqp_publisher._Batch):
+        done: threading.Event = dataclasses.field(default_factory=CountingEvent)
+
+        def __post_init__(self):
+            made.append(self)
+
+    monkeypatch.setattr(amqp_publisher, "_Batch", CountedBatch)
+    return made
+
+
+def test_a_broker_that_never_answers_has_its_connection_dropped(broker, rig, batches):
     # Given a publisher whose stall timeout is short, and a broker that never confirms
     publisher = rig.start(stall_timeout=0.2)
 
     # When a message is published
     done = rig.publish(publisher, "a")
 
-    # Then after two stall timeouts without progress the connection is dropped and publish
-    # raises ConnectionClosed (nothing was confirmed); the publisher is dead for good
+    # Then after one stall timeout without a confirm (counted from the publish, not a second
+    # one after it) the connection is dropped and publish raises ConnectionClosed (nothing was
+    # confirmed); the publisher is dead for good
     with pytest.raises(ConnectionClosed, match="nothing confirmed"):
         done.result(WAIT_S)
+    assert [b.done.ran_out for b in batches] == [1]
     assert broker.conn.is_closed
     assert eventually(lambda: not publisher.alive)
     with pytest.raises(ConnectionClosed):
         publisher.publish(items("b"))
+
+
+def test_a_confirm_within_the_stall_timeout_gives_the_batch_another_one(broker, rig, batches):
+    # Given a publisher with a stall timeout, and two messages published
+    publisher = rig.start(stall_timeout=1.0)
+    done = rig.publish(publisher, "a", "b")
+
+    # When the broker confirms the first at once and never the second
+    broker.ack(1)
+
+    # Then the connection is dropped one whole timeout after that progress stopped, not before,
+    # and publish says which message was not confirmed
+    with pytest.raises(PublishError) as raised:
+        done.result(WAIT_S)
+    assert list(raised.value.unconfirmed) == ["b"]
+    assert [b.done.ran_out for b in batches] == [2]
+    assert broker.conn.is_closed
 
 
 def test_a_connection_lost_mid_batch_reports_what_was_not_confirmed(broker, rig):
