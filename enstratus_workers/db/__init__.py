@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import functools
+import logging
+import time
 from dataclasses import dataclass, field
 
 import sqlalchemy as sa
 
+from ..backoff import Backoff
 from ..clock import now_ms  # re-exported: db.now_ms has callers
 from ..config.settings import WorkerSettings
 from ..errors import DatabaseError
@@ -18,6 +21,8 @@ from .engine import make_engine
 from .heartbeats import Heartbeat, HeartbeatStore
 from .jobs import DeliveryRow, Job, JobStore, NewJob, Outcome, Started
 from .migrate import upgrade
+
+log = logging.getLogger(__name__)
 
 __all__ = ["Databases", "open_databases", "DeliveryRow", "Job", "JobStore", "NewJob", "Outcome", "Started",
            "Event", "EventStore", "Heartbeat", "HeartbeatStore", "DesiredState", "DesiredStateCache", "now_ms"]
@@ -52,6 +57,31 @@ class Databases:
             ringer.close()
 
 
+#: Tries of the schema preparation at a daemon's start, and the pause before each further one.
+PREPARE_TRIES = 3
+PREPARE_BACKOFF = Backoff(first=0.5, cap=2.0, jitter="equal")
+
+
+def _prepare(chains) -> None:
+    """Bring each (engine, chain) to head. An error of the server or of the connection
+    (``OperationalError``, ``InternalError``: a node restarting, a lost connection, or the
+    server failing on its own temporary file, seen on MariaDB 10.11) is tried again a few times,
+    as the upgrade under its lock is safe to run again: it stops a daemon's start only if it
+    lasts. Any other error (a refused statement, a schema newer than the code) stops it at once."""
+    for attempt in range(1, PREPARE_TRIES + 1):
+        try:
+            for engine, chain in chains:
+                upgrade(engine, chain)
+            return
+        except sa.exc.SQLAlchemyError as exc:
+            said = f"{type(exc).__name__}: {str(getattr(exc, 'orig', exc)).splitlines()[0][:200]}"
+            if attempt == PREPARE_TRIES or not isinstance(exc, (sa.exc.OperationalError, sa.exc.InternalError)):
+                raise DatabaseError(f"cannot prepare the databases: {said}") from exc
+            pause = PREPARE_BACKOFF.delay(attempt)
+            log.warning("preparing the databases failed (%s); trying again in %.1f s", said, pause)
+            time.sleep(pause)
+
+
 def open_databases(worker: WorkerSettings, layout: Layout, *, ensure: bool = True) -> Databases:
     """Engines for both databases; with ``ensure`` their chains (provisioning, admin, analytics)
     are first brought to head under the schema lock (``db/migrate.py``)."""
@@ -59,12 +89,7 @@ def open_databases(worker: WorkerSettings, layout: Layout, *, ensure: bool = Tru
     anal = make_engine(worker.analytics_url.reveal(), layout)
     if ensure:
         try:
-            try:
-                for engine, chain in ((prov, "provisioning"), (prov, "admin"), (anal, "analytics")):
-                    upgrade(engine, chain)
-            except sa.exc.SQLAlchemyError as exc:
-                raise DatabaseError(f"cannot prepare the databases: {type(exc).__name__}: "
-                                    f"{str(getattr(exc, 'orig', exc)).splitlines()[0][:200]}") from exc
+            _prepare(((prov, "provisioning"), (prov, "admin"), (anal, "analytics")))
         except BaseException:
             prov.dispose()
             anal.dispose()

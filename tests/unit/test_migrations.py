@@ -291,6 +291,71 @@ def test_open_databases_migrates_and_refuses_a_newer_schema(tmp_path):
         open_databases(settings, Layout(tmp_path))
 
 
+def failing_upgrade(monkeypatch, errors: list) -> list:
+    """``db.upgrade`` raising ``errors`` in turn, then upgrading for real; the chains it was called for."""
+    import enstratus_workers.db as db
+    calls, real = [], db.upgrade
+
+    def upgrade(engine, chain):
+        calls.append(chain)
+        if errors:
+            raise errors.pop(0)
+        return real(engine, chain)
+
+    monkeypatch.setattr(db, "upgrade", upgrade)
+    monkeypatch.setattr(db, "PREPARE_BACKOFF", db.Backoff(first=0.0, cap=0.0))
+    return calls
+
+
+def server_error(kind):
+    # what MariaDB 10.11 once answered a DESCRIBE with while preparing the schema at a start
+    return kind("DESCRIBE enstratus_migration_provisioning", {},
+                Exception(6, "Error on delete of '/tmp/#sql-temptable-1-2-3.MAI' (Errcode: 2)"))
+
+
+@pytest.mark.parametrize("kind", [sa.exc.InternalError, sa.exc.OperationalError])
+def test_a_server_error_while_preparing_the_databases_is_tried_again(tmp_path, monkeypatch, caplog, kind):
+    # Given a server that fails once on the first chain with an error of its own
+    calls = failing_upgrade(monkeypatch, [server_error(kind)])
+    settings = WorkerSettings(provisioning_url=Secret("sqlite:///data/prov.db"),
+                              analytics_url=Secret("sqlite:///data/anal.db"))
+
+    # When the databases are opened (as every daemon's start does)
+    open_databases(settings, Layout(tmp_path)).close()
+
+    # Then the preparation was tried again, said so, and every chain reached head
+    assert calls == ["provisioning", "provisioning", "admin", "analytics"]
+    assert "preparing the databases failed (" + kind.__name__ in caplog.text
+    engine = sa.create_engine(f"sqlite:///{tmp_path / 'data' / 'prov.db'}")
+    try:
+        assert {"enstratus_job", "enstratus_worker_instance"} <= tables(engine)
+    finally:
+        engine.dispose()
+
+
+def test_a_server_error_that_lasts_stops_the_start_after_a_few_tries(tmp_path, monkeypatch):
+    import enstratus_workers.db as db
+    # Given a server that fails every time
+    calls = failing_upgrade(monkeypatch, [server_error(sa.exc.OperationalError) for _ in range(10)])
+    settings = WorkerSettings(provisioning_url=Secret("sqlite:///data/prov.db"),
+                              analytics_url=Secret("sqlite:///data/anal.db"))
+    # Then the start fails after PREPARE_TRIES tries, with the server's words
+    with pytest.raises(DatabaseError, match="Error on delete"):
+        open_databases(settings, Layout(tmp_path))
+    assert len(calls) == db.PREPARE_TRIES
+
+
+def test_an_error_about_the_statement_stops_the_start_at_once(tmp_path, monkeypatch):
+    # Given a statement the server refuses (not a passing state of the server)
+    calls = failing_upgrade(monkeypatch, [sa.exc.ProgrammingError("CREATE TABLE x", {}, Exception(1142, "denied"))])
+    settings = WorkerSettings(provisioning_url=Secret("sqlite:///data/prov.db"),
+                              analytics_url=Secret("sqlite:///data/anal.db"))
+    # Then the start fails at once
+    with pytest.raises(DatabaseError, match="denied"):
+        open_databases(settings, Layout(tmp_path))
+    assert calls == ["provisioning"]
+
+
 @pytest.mark.timeout(120)
 def test_the_cli_upgrades_prints_sql_and_reports(tmp_path):
     home = make_home(tmp_path)
