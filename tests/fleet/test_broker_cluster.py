@@ -59,9 +59,11 @@ def drain(consumer, n: int, timeout: float) -> list:
 class Flow(threading.Thread):
     """Messages flowing as the daemons make them flow: an outbox publisher (an unconfirmed message
     stays pending and is published again) and a consumer that acks what it got and opens a new
-    consumer after losing one. New messages come at ``RATE`` a second while ``producing`` is set."""
+    consumer after losing one, or after ``ORPHANED_AFTER_S`` without a delivery while confirmed
+    messages are missing. New messages come at ``RATE`` a second while ``producing`` is set."""
 
     RATE = 300
+    ORPHANED_AFTER_S = 15.0
 
     def __init__(self, publishing: AmqpTransport, consuming: AmqpTransport):
         super().__init__(name="flow", daemon=True)
@@ -75,7 +77,8 @@ class Flow(threading.Thread):
         self.producing.set()
         self.done = threading.Event()
         self.crashed: BaseException | None = None   # what stopped the thread early, if anything
-        self.last_confirmed = self.last_received = time.monotonic()
+        self.last_confirmed = self.last_received = self.last_reopen = time.monotonic()
+        self.reopened = 0   # consumers replaced because confirmed messages stopped coming
 
     def run(self) -> None:
         try:
@@ -91,7 +94,7 @@ class Flow(threading.Thread):
                 f"confirmed={len(self.confirmed)} received={len(self.received)} "
                 f"confirmed-not-received={len(unreceived)} {sorted(unreceived)[:5]} "
                 f"publish_failures={self.publish_failures} consumer_losses={self.consumer_losses} "
-                f"last confirm {time.monotonic() - self.last_confirmed:.1f} s ago, "
+                f"reopened={self.reopened} last confirm {time.monotonic() - self.last_confirmed:.1f} s ago, "
                 f"last delivery {time.monotonic() - self.last_received:.1f} s ago")
 
     def _flow(self) -> None:
@@ -115,6 +118,16 @@ class Flow(threading.Thread):
                     self.pending[:0] = batch
                     self.publish_failures += 1
                     time.sleep(0.2)
+            if consumer is not None and self._orphans_suspected():
+                # RabbitMQ can leave deliveries checked out to a live consumer after a quorum
+                # queue's leader election, never sending them until that consumer goes
+                # (rabbitmq/rabbitmq-server#15473). The daemons' safety net is the publisher's
+                # recovery, which publishes a job queued too long again; here, a new consumer is
+                # what has the broker deliver them.
+                consumer.close()
+                consumer = None
+                self.reopened += 1
+                self.last_reopen = time.monotonic()
             try:
                 consumer = consumer or self.consuming.consumer(["work"], prefetch=100)
                 got = consumer.poll(0.05, 100)
@@ -128,6 +141,12 @@ class Flow(threading.Thread):
                 time.sleep(0.2)
         if consumer is not None:
             consumer.close()
+
+    def _orphans_suspected(self) -> bool:
+        """Nothing delivered (nor a consumer reopened) for ``ORPHANED_AFTER_S`` while confirmed
+        messages are missing."""
+        quiet = time.monotonic() - max(self.last_received, self.last_reopen)
+        return quiet > self.ORPHANED_AFTER_S and not self.confirmed <= set(self.received)
 
     def received_after(self, count: int, more: int = 50) -> bool:
         return len(self.received) >= count + more
@@ -194,7 +213,8 @@ def test_no_message_is_lost_when_the_publishers_node_and_then_the_consumers_node
     assert logged.count("ewfleet-pub publisher connected to broker node") >= 2
     assert logged.count("ewfleet-con consumer connected to broker node") >= 2
     print(f"\n{len(flow.confirmed)} messages, {len(flow.received) - len(set(flow.received))} delivered twice, "
-          f"{flow.publish_failures} failed publishes, {flow.consumer_losses} lost consumers")
+          f"{flow.publish_failures} failed publishes, {flow.consumer_losses} lost consumers, "
+          f"{flow.reopened} consumers reopened for want of deliveries")
 
 
 def test_a_delayed_retry_and_a_dead_letter_outlive_the_node_holding_them(rabbit):
