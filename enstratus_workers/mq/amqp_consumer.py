@@ -35,6 +35,12 @@ class AmqpTag:
     delivery_tag: int
 
 
+#: A consumer that holds nothing unsettled and got nothing for this long asks the broker how
+#: many messages its queues hold ready; two such looks in a row that find some, with nothing
+#: delivered between them, mean the broker stopped feeding it (``AmqpConsumer`` docstring).
+STARVED_CHECK_S = 30.0
+
+
 class AmqpConsumer(Consumer):
     """``basic_consume`` with manual acks on a ``BlockingConnection`` of its own.
 
@@ -55,6 +61,15 @@ class AmqpConsumer(Consumer):
     while polling (the transport then starts its next connection on another node). When the node
     dies, the broker gives the unsettled deliveries back to the queue (a quorum queue's leader, on
     another node, sees the consumer's channel go): open a new consumer to get them again.
+
+    A broker can stop feeding a live consumer: after a quorum queue's leader election, RabbitMQ
+    can leave deliveries checked out to a consumer that never gets them, using up its prefetch
+    until that consumer goes (rabbitmq/rabbitmq-server#15473). Nothing on the connection says
+    so. So ``poll`` looks, every ``STARVED_CHECK_S`` without a delivery while this consumer holds
+    nothing unsettled (its whole prefetch free, as far as it knows), at how many messages its
+    queues hold ready (a passive declare on its own channel); if two looks in a row find some,
+    it treats the connection as lost (``on_lost``, ``ConnectionClosed``), and the new consumer
+    its owner opens gets them. A consumer of an empty queue costs one declare per queue a look.
     """
 
     def __init__(self, connection: pika.BlockingConnection, queues: Sequence[tuple[str, str]], prefetch: int, *,
@@ -68,6 +83,9 @@ class AmqpConsumer(Consumer):
         self._owner = threading.get_ident()       # the polling thread, once poll runs
         self._dead_exchange = dead_exchange
         self._confirming = None                   # channel for dead-letter copies, opened on first use
+        self._names = [name for _, name in queues]
+        self._last_delivery = self._last_look = time.monotonic()
+        self._ready_seen = False                  # the last starvation look found messages ready
         try:
             self._channel = self._conn.channel()
             # per-consumer prefetch (global QoS is unsupported by quorum queues): split the bound
@@ -100,12 +118,36 @@ class AmqpConsumer(Consumer):
                 self._conn.process_data_events(time_limit=wait)
                 if self._buffer or time.monotonic() >= deadline:
                     break
+            starved = self._starved()
         except PIKA_ERRORS as exc:
             self._close_quietly()
             self._on_lost(why(exc))
             raise ConnectionClosed(f"AMQP consumer connection lost: {why(exc)}") from exc
+        if starved:
+            self._close_quietly()
+            self._on_lost(starved)
+            raise ConnectionClosed(f"AMQP consumer starved: {starved}")
         out, self._buffer[:limit] = self._buffer[:limit], []
         return out
+
+    def _starved(self) -> str | None:
+        """Why the broker seems to have stopped feeding this consumer, or None (class docstring)."""
+        now = time.monotonic()
+        if self._buffer:
+            self._last_delivery, self._ready_seen = now, False
+            return None
+        if self._outstanding or now - max(self._last_delivery, self._last_look) < STARVED_CHECK_S:
+            return None
+        self._last_look = now
+        ready = sum(self._channel.queue_declare(name, passive=True).method.message_count for name in self._names)
+        if self._buffer:   # a delivery came while the declare waited for its answer
+            self._last_delivery, self._ready_seen = time.monotonic(), False
+            return None
+        if ready and self._ready_seen:
+            return (f"nothing delivered for {now - self._last_delivery:.0f} s while its queues hold "
+                    f"{ready} ready message(s) and it holds none unsettled")
+        self._ready_seen = ready > 0
+        return None
 
     def _submit(self, fn: Callable[[], None]) -> None:
         if self.closed:

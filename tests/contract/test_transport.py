@@ -543,3 +543,67 @@ def test_amqp_messages_the_broker_nacks_are_named_unconfirmed(rabbitmq_url, amqp
             assert [d.message_id for d in drain(t.consumer(["work"], prefetch=10), 1)] == ["job-0"]
         finally:
             subprocess.run(["rabbitmqctl", "clear_policy", policy], capture_output=True, timeout=60)
+
+
+# -- a consumer the broker stopped feeding (amqp_consumer.STARVED_CHECK_S) -----------------------
+
+@pytest.fixture(params=["classic", "quorum"])
+def starving(request, rabbitmq_url, amqp_names, tmp_path, monkeypatch):
+    """An AMQP transport whose consumers look for starvation every 0.3 s."""
+    from enstratus_workers.mq import amqp_consumer
+    monkeypatch.setattr(amqp_consumer, "STARVED_CHECK_S", 0.3)
+    mq = amqp_settings(rabbitmq_url, amqp_names, queue_type=request.param)
+    with open_transport(mq, Layout(tmp_path), client_name=f"ewtest starve {amqp_names['exchange']}") as t:
+        t.declare(["work"])
+        yield t
+
+
+def poll_for(consumer, seconds: float) -> list:
+    got, deadline = [], time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        got += consumer.poll(0.1, 100)
+    return got
+
+
+@pytest.mark.rabbitmq
+def test_amqp_a_consumer_the_broker_stopped_feeding_says_so_and_a_new_one_gets_the_messages(
+        starving, rabbitmq_url, caplog):
+    import pika
+    # Given a live consumer that the broker no longer feeds: its queue was deleted behind its
+    # back and declared again, and then one message more than its prefetch came. A classic
+    # queue's broker cancels the consumer: all of them wait ready. A quorum queue (RabbitMQ
+    # 3.10) keeps it registered and checks out a prefetch of them to it that never arrive (the
+    # orphans of rabbitmq-server#15473): the one beyond the prefetch waits ready
+    consumer = starving.consumer(["work"], prefetch=10)
+    conn = pika.BlockingConnection(pika.URLParameters(rabbitmq_url))
+    try:
+        conn.channel().queue_delete(starving.queue_name("work"))
+    finally:
+        conn.close()
+    starving.declare(["work"])
+    starving.publish(messages("work", 11))
+
+    # When it goes on polling, nothing comes, and then it says why the connection is given up
+    with pytest.raises(ConnectionClosed, match=r"starved: nothing delivered for .* ready message"):
+        poll_for(consumer, 10)
+    assert "consumer left broker node" in caplog.text
+
+    # Then a new consumer gets every one of them
+    again = starving.consumer(["work"], prefetch=20)
+    assert sorted(d.message_id for d in drain(again, 11)) == sorted(f"job-{i}" for i in range(11))
+
+
+@pytest.mark.rabbitmq
+def test_amqp_an_idle_consumer_or_one_whose_prefetch_is_full_is_not_starved(starving):
+    # Given a consumer of an empty queue
+    idle = starving.consumer(["work"], prefetch=1)
+    # Then polling for many looks finds nothing wrong
+    assert poll_for(idle, 1.5) == []
+
+    # Given one message held unsettled (its whole prefetch) while another waits ready
+    starving.publish(messages("work", 2))
+    [held] = drain(idle, 1)
+    # Then it is not starved: the broker waits for the settlement, as it should
+    assert poll_for(idle, 1.5) == []
+    idle.ack([held])
+    assert [d.message_id for d in drain(idle, 1)] == ["job-1"]
