@@ -91,7 +91,7 @@ def main(argv=None) -> int:
 
     with started_service() as service:
         results = {gap: series(service, args.n, gap) for gap in gaps}
-        waited = series(service, args.n, 0.0, use_wait_for=True)["visible"]
+        waited = series(service, args.n, 0.0, use_wait_for=True)
     ceiling_ms = ceiling.latency(args.n)
     ref = {"ceiling": percentile(ceiling_ms, 50)}
     ref99 = {"ceiling": percentile(ceiling_ms, 99)}
@@ -115,8 +115,13 @@ def main(argv=None) -> int:
                            ("start_row", "submit->action start (row, whole ms)"),
                            ("visible", "submit->outcome visible (1 ms poll)")):
             _ours(f"{label}, {where}", s[key], ref, ref99)
+    # the client waiting as the peers' clients do, without loading the path it measures (their
+    # clients stat a file every 5 ms; the 1 ms row poll above is a query a millisecond)
+    for key, label in (("start_client", "submit->action start (client clock)"),
+                       ("start_row", "submit->action start (row, whole ms)")):
+        _ours(f"{label}, back to back, client in wait_for()", waited[key], ref, ref99)
     _ours(f"submit->wait_for() returns (woken by the recorder; {WAIT_SAFETY_NET_S * 1000:g} ms safety net), "
-          "back to back", waited, ref, ref99)
+          "back to back", waited["visible"], ref, ref99)
     return 0
 
 
