@@ -10,7 +10,9 @@ the same millisecond, and keep doing so. The job retry delay is the exception th
 from __future__ import annotations
 
 import random
+import time
 from dataclasses import dataclass, field
+from typing import Callable
 
 
 @dataclass(frozen=True)
@@ -38,16 +40,32 @@ class Backoff:
 
 @dataclass
 class Retrying:
-    """A retry loop's state: count failures, say how long to wait, reset on success."""
+    """A retry loop's state: count failures, say how long to wait, reset on success.
+
+    ``stable_after``: for a loop that keeps a connection open, the seconds it must stay up to
+    count as a success. ``succeeded`` (it opened) then only notes the time, and the next
+    ``failed`` starts the count again only if the connection lasted that long: a server that
+    lets a client in and drops it at once is retried with growing delays, not every half second.
+    """
 
     backoff: Backoff
     failures: int = 0
     rng: random.Random | None = field(default=None, repr=False)
+    stable_after: float = 0.0
+    clock: Callable[[], float] = field(default=time.monotonic, repr=False)
+    _up_since: float | None = field(default=None, repr=False)
 
     def failed(self) -> float:
         """Count one more failure; return the seconds to wait before the next try."""
+        if self._up_since is not None and self.clock() - self._up_since >= self.stable_after:
+            self.failures = 0
+        self._up_since = None
         self.failures += 1
         return self.backoff.delay(self.failures, self.rng)
 
     def succeeded(self) -> None:
-        self.failures = 0
+        """It worked (with ``stable_after``: the connection opened; see the class docstring)."""
+        if self.stable_after > 0:
+            self._up_since = self.clock()
+        else:
+            self.failures = 0

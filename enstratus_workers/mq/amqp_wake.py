@@ -39,6 +39,8 @@ log = logging.getLogger(__name__)
 
 MIN_GAP_S = 0.02           # at most one ring message per this interval and process (50/s)
 RECONNECT = Backoff(first=0.5, cap=30.0, jitter="equal")
+#: A connection must last this long for the reconnect delays to start over (``Retrying``).
+STABLE_AFTER_S = 30.0
 
 
 def wake_exchange(mq) -> str:
@@ -84,7 +86,7 @@ class _Link:
         return conn
 
     def _run(self) -> None:
-        retrying = Retrying(RECONNECT)
+        retrying = Retrying(RECONNECT, stable_after=STABLE_AFTER_S)
         while not self._stop.is_set():
             conn = None
             try:

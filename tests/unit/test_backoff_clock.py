@@ -43,3 +43,26 @@ def test_retrying_counts_failures_and_resets_on_success():
 def test_now_ms_is_the_wall_clock_in_milliseconds():
     before = int(time.time() * 1000)
     assert before - 1 <= now_ms() <= int(time.time() * 1000) + 1
+
+
+def test_a_connection_counts_as_a_success_only_once_it_has_lasted():
+    # Given a reconnect loop whose connections must last 30 s to count
+    now = [0.0]
+    r = Retrying(Backoff(first=0.5, cap=8.0, jitter=None), stable_after=30.0, clock=lambda: now[0])
+
+    # When a server lets it in and drops it a second later, again and again
+    delays = []
+    for _ in range(4):
+        r.succeeded()
+        now[0] += 1.0
+        delays.append(r.failed())
+    # Then the delays grow as if it never got in
+    assert delays == [0.5, 1.0, 2.0, 4.0]
+
+    # When a connection lasts 30 s before it is lost
+    r.succeeded()
+    now[0] += 30.0
+    # Then the count starts again
+    assert r.failed() == 0.5
+    # and a failure to connect at all (no succeeded between) still counts on
+    assert r.failed() == 1.0

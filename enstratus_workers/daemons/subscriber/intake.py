@@ -21,6 +21,8 @@ from enstratus_workers.mq import open_transport
 log = logging.getLogger(__name__)
 
 RECONNECT_BACKOFF = Backoff(first=0.5, cap=30.0, jitter="equal")
+#: A consumer's connection must last this long for the reconnect delays to start over.
+STABLE_AFTER_S = 30.0
 
 
 class Intake:
@@ -89,7 +91,7 @@ class Intake:
             self._settle_failed.set()
 
     def _run(self) -> None:
-        retry = Retrying(RECONNECT_BACKOFF)
+        retry = Retrying(RECONNECT_BACKOFF, stable_after=STABLE_AFTER_S)
         while not self._stop.is_set():
             try:
                 self._connect()
