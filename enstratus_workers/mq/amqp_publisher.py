@@ -100,8 +100,7 @@ class ConfirmingPublisher:
                 raise ConnectionClosed("AMQP publisher connection is closed")
             self._open.add(batch)
             self._conn.ioloop.add_callback_threadsafe(functools.partial(self._submit, batch))
-        # a stall is one whole ``stall_timeout`` without a confirm, counted from the publish (a
-        # first mark of -1 would wait a second interval before a publish never confirmed at all)
+        # a stall is one whole ``stall_timeout`` without a new confirm, counted from the publish
         seen = 0
         while not batch.done.wait(self.stall_timeout):
             if batch.settled == seen:
