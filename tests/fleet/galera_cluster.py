@@ -38,6 +38,8 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from tests.fleet.ports import free_ports
+
 PROVIDER = Path("/usr/lib/galera/libgalera_smm.so")
 USER = "ewgalera"            # the SQL user the tests connect as (with a password: URLs hold secrets)
 SYNCED = "4"
@@ -61,20 +63,6 @@ def missing() -> str | None:
 
 def _which(tool: str) -> str | None:
     return shutil.which(tool) or shutil.which(tool, path="/usr/sbin:/usr/bin:/sbin:/bin")
-
-
-def _free_ports(n: int) -> list[int]:
-    """``n`` distinct loopback ports nobody listens on right now (all held until all are found)."""
-    held = []
-    try:
-        for _ in range(n):
-            s = socket.socket()
-            s.bind(("127.0.0.1", 0))
-            held.append(s)
-        return [s.getsockname()[1] for s in held]
-    finally:
-        for s in held:
-            s.close()
 
 
 @dataclass
@@ -115,7 +103,9 @@ class GaleraCluster:
         self.root = root
         self.name = f"ewgalera-{secrets.token_hex(4)}"
         self.password = secrets.token_urlsafe(12)
-        ports = _free_ports(4 * size)
+        # below the ephemeral range (ports.py), so a node started again finds them free; above
+        # the RabbitMQ cluster's CLI tools' distribution ports (rabbit_cluster.py)
+        ports = free_ports(4 * size, 25000)
         self.nodes = [Node(i, *ports[4 * i:4 * i + 4], datadir=root / f"node{i + 1}") for i in range(size)]
         self.started_in: float | None = None     # seconds start() took, for the curious
         self.mariadbd = root / "mariadbd"          # the nodes' own copy (module docstring)

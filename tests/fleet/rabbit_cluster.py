@@ -29,7 +29,6 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import random
 import shutil
 import signal
 import socket
@@ -41,6 +40,8 @@ import uuid
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
+
+from tests.fleet.ports import free_ports
 
 RABBITMQ_BIN = Path("/usr/lib/rabbitmq/bin")
 SERVER = RABBITMQ_BIN / "rabbitmq-server"
@@ -58,22 +59,6 @@ def available() -> str | None:
     if shutil.which("epmd") is None:
         return "epmd not found on PATH (it comes with erlang-base)"
     return None
-
-
-def _free_port(lo: int, hi: int, taken: set[int]) -> int:
-    """A loopback port in [lo, hi) that nobody listens on now (and not already ``taken``)."""
-    for _ in range(200):
-        port = random.randrange(lo, hi)
-        if port in taken:
-            continue
-        with socket.socket() as s:
-            try:
-                s.bind(("127.0.0.1", port))
-            except OSError:
-                continue
-        taken.add(port)
-        return port
-    raise RuntimeError(f"no free port in {lo}..{hi}")
 
 
 def _alive(pid: int | None) -> bool:
@@ -122,11 +107,14 @@ class RabbitCluster:
         self.root = root
         self.home = root / "home"
         tag = "ewq" + uuid.uuid4().hex[:6]
+        # every port below the ephemeral range (ports.py), so a node started again finds its own
+        # free: distribution ports in 10000-14999, the CLI tools' at theirs + 10000 (20000-24999),
+        # AMQP and epmd between the two
         taken: set[int] = set()
-        # distribution ports below 55535: the CLI tools take theirs at dist port + 10000
-        self.epmd_port = _free_port(20000, 30000, taken)
-        self.nodes = [RabbitNode(i, f"{tag}-{i + 1}@localhost", _free_port(30000, 40000, taken),
-                                 _free_port(20000, 30000, taken), root / f"node{i + 1}")
+        dist = free_ports(size, 10000, 15000, taken)
+        amqp = free_ports(size, 15000, 20000, taken)
+        [self.epmd_port] = free_ports(1, 15000, 20000, taken)
+        self.nodes = [RabbitNode(i, f"{tag}-{i + 1}@localhost", amqp[i], dist[i], root / f"node{i + 1}")
                       for i in range(size)]
         self._epmd: subprocess.Popen | None = None
         self.started_in: float | None = None   # seconds start() took: boots plus joins
