@@ -16,10 +16,11 @@ through the Python ``submit()`` API, each in its own transaction. Per job:
 
 Back to back (gap 0) and with 0.5 s between jobs (an idle service between them: caches cool,
 the publisher sleeps in its poll), N each, unless ``--gap`` chooses. Beside it in the same run:
-the raw-pika latency ceiling (``ceiling.py``: one persistent confirmed message at a time) and,
-with ``--peers``, Celery's and Dramatiq's idle enqueue -> start (``../shared/bench/latency.py``).
+the raw-pika latency ceiling (``ceiling.py``: one persistent confirmed message at a time), the
+outbox floor (``floor.py``: this service's guarantees in straight-line raw PyMySQL and pika, the
+least a design with them costs here) and, with ``--peers``, Celery's and Dramatiq's idle enqueue -> start (``../shared/bench/latency.py``).
 
-usage: .venv/bin/python bench/latency.py [-n 200] [--gap SECONDS ...] [--peers] [--anchors DIR]
+usage: .venv/bin/python bench/latency.py [-n 200] [--gap SECONDS ...] [--rounds R] [--peers] [--anchors DIR]
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import ceiling
+import floor
 import peers
 from harness import (
     BenchFailed,
@@ -83,18 +85,25 @@ def main(argv=None) -> int:
     ap.add_argument("-n", type=int, default=200, help="jobs per series (after 5 warm-ups)")
     ap.add_argument("--gap", type=float, action="append", metavar="SECONDS",
                     help="pause between jobs; repeatable (default: 0 and 0.5)")
+    ap.add_argument("--rounds", type=int, default=1,
+                    help="alternate the back-to-back series (client in wait_for()) with the floor, "
+                         "the ceiling and the peers R times, the service started once; per round "
+                         "and the median of each ratio over the rounds")
     peers.add_arguments(ap)
     args = ap.parse_args(argv)
     gaps = args.gap if args.gap is not None else [0.0, 0.5]
-    if not 1 <= args.n <= 100_000 or any(not 0 <= g <= 60 for g in gaps):
-        ap.error("-n 1..100000, --gap 0..60")
+    if not 1 <= args.n <= 100_000 or any(not 0 <= g <= 60 for g in gaps) or not 1 <= args.rounds <= 50:
+        ap.error("-n 1..100000, --gap 0..60, --rounds 1..50")
+    if args.rounds > 1:
+        return alternated(args)
 
     with started_service() as service:
         results = {gap: series(service, args.n, gap) for gap in gaps}
         waited = series(service, args.n, 0.0, use_wait_for=True)
     ceiling_ms = ceiling.latency(args.n)
-    ref = {"ceiling": percentile(ceiling_ms, 50)}
-    ref99 = {"ceiling": percentile(ceiling_ms, 99)}
+    floor_ms = floor.latency(args.n)
+    ref = {"ceiling": percentile(ceiling_ms, 50), "floor": percentile(floor_ms, 50)}
+    ref99 = {"ceiling": percentile(ceiling_ms, 99), "floor": percentile(floor_ms, 99)}
     peer_lines = []
     if args.peers and peers.available(args.anchors):
         with peers.Anchors(args.anchors) as anchors:
@@ -104,9 +113,11 @@ def main(argv=None) -> int:
                 ref[kind], ref99[kind] = p50, p99
 
     figure("ceiling: raw pika publish->receive", latency_text(ceiling_ms))
+    figure("outbox floor: submit->action start (floor.py)", latency_text(floor_ms), ref["floor"],
+           {"ceiling": ref["ceiling"]}, who="floor")
     for kind, p50, p99 in peer_lines:
         figure(f"peer {kind}: enqueue->task start", f"p50={p50:.2f}ms p99={p99:.2f}ms n={args.n}",
-               p50, {"ceiling": ref["ceiling"]}, who=kind)
+               p50, {"ceiling": ref["ceiling"], "floor": ref["floor"]}, who=kind)
     if args.peers and not peers.available(args.anchors):
         print(peers.absent_line(args.anchors))
     for gap, s in results.items():
@@ -122,6 +133,40 @@ def main(argv=None) -> int:
         _ours(f"{label}, back to back, client in wait_for()", waited[key], ref, ref99)
     _ours(f"submit->wait_for() returns (woken by the recorder; {WAIT_SAFETY_NET_S * 1000:g} ms safety net), "
           "back to back", waited["visible"], ref, ref99)
+    return 0
+
+
+def alternated(args) -> int:
+    """``--rounds``: on this machine the peers' and our latencies moved up to 2x between runs
+    minutes apart, so one run's ratio of figures taken minutes apart says little. Here each round
+    takes every figure within a minute or so of the others, and the ratios are taken per round."""
+    with_peers = args.peers and peers.available(args.anchors)
+    if args.peers and not with_peers:
+        print(peers.absent_line(args.anchors))
+    kinds = ("celery", "dramatiq") if with_peers else ()
+    per_round: dict[str, list[float]] = {}
+    with started_service() as service:
+        for r in range(1, args.rounds + 1):
+            ours = series(service, args.n, 0.0, use_wait_for=True)["start_client"]
+            fl, ce = floor.latency(args.n), ceiling.latency(args.n)
+            ref = {"ceiling": percentile(ce, 50), "floor": percentile(fl, 50)}
+            ref99 = {"ceiling": percentile(ce, 99), "floor": percentile(fl, 99)}
+            if kinds:
+                with peers.Anchors(args.anchors) as anchors:
+                    for kind in kinds:
+                        ref[kind], ref99[kind] = anchors.latency(kind, args.n)
+            p50, p99 = percentile(ours, 50), percentile(ours, 99)
+            line = " ".join(f"{k}={v:.2f}/{ref99[k]:.2f}" for k, v in ref.items())
+            figure(f"round {r}: p50/p99 ms", f"ours={p50:.2f}/{p99:.2f} {line}")
+            for k in ref:
+                per_round.setdefault(f"p50 ours/{k}", []).append(p50 / ref[k])
+                per_round.setdefault(f"p99 ours/{k}", []).append(p99 / ref99[k])
+            for kind in kinds:
+                per_round.setdefault(f"p50 floor/{kind}", []).append(ref["floor"] / ref[kind])
+                per_round.setdefault(f"p99 floor/{kind}", []).append(ref99["floor"] / ref99[kind])
+    for name, values in per_round.items():
+        figure(f"{name}, submit->action start, back to back",
+               f"median={percentile(values, 50):.3g}x rounds: " + " ".join(f"{v:.3g}x" for v in values))
     return 0
 
 
