@@ -118,9 +118,15 @@ class Bell:
         _send(self._sock, self.address, RING)
 
     def announce(self) -> "Bell":
+        """Write the marker a ringer finds this bell by; an ``OSError`` (no run directory, one
+        not writable) closes the bell first, and the caller waits without it."""
         if self._marker is not None:
-            self._marker.parent.mkdir(exist_ok=True)
-            self._marker.write_text(f"{os.getpid()}\n")
+            try:
+                self._marker.parent.mkdir(exist_ok=True)
+                self._marker.write_text(f"{os.getpid()}\n")
+            except OSError:
+                self._sock.close()
+                raise
         return self
 
     def close(self) -> None:

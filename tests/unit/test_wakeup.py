@@ -162,6 +162,15 @@ def test_a_waiter_ringer_reaches_a_waiter_announced_after_it_rang(run_dir, bells
         ringer.close()
 
 
+def test_a_waiter_without_a_run_directory_makes_none_and_leaves_no_socket_bound(tmp_path):
+    missing = tmp_path / "run"
+    waiter = Bell(missing, "w1", WAITER)
+    with pytest.raises(OSError):
+        waiter.announce()
+    assert not missing.exists()
+    Bell(missing, "w1", WAITER).close()   # its address is free again: the failed bell's socket is closed
+
+
 def test_submitting_a_job_rings_the_publisher_after_the_commit(tmp_path):
     home = sh.make_home(tmp_path)
     layout = Layout(home)
