@@ -149,7 +149,7 @@ def wait_for(dbs: Databases, job_id: int, timeout: float, run_dir=None) -> Job:
         try:
             bell = wakeup.Bell(run_dir, f"{os.getpid()}-{threading.get_ident()}", wakeup.WAITER).announce()
         except OSError:
-            bell = None   # a read-only run directory: the safety net alone
+            bell = None   # no run directory, or one not writable: the safety net alone
     deadline = time.monotonic() + timeout
     try:
         while True:

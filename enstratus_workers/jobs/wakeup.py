@@ -18,7 +18,11 @@ the broker reaches other hosts as a plain ring (their publishers cannot know thi
 A bell is a Unix datagram socket in the abstract namespace (no file to clean up, no path-length
 limit), one per publisher, named after the install's run directory and the publisher's name;
 a ringer finds the publishers by their pid files (and waiters by their ``.bell`` files), looking
-again whenever the run directory changed (one ``stat`` per ring). Sending never blocks: when a publisher's buffer
+again whenever the directory it watches changed (one ``stat`` per ring). The waiters' ``.bell``
+files live in a directory of their own (``run/bells/``, made by the first waiter), not beside the
+pid files: every ``wait_for`` announces one and takes it away, and in the run directory each
+waited job made every ringer of every role look again, so a publisher ringer rang after each
+submit paid a ``glob`` on its critical path. Sending never blocks: when a publisher's buffer
 is full it already has rings waiting, which is all a ring says. A publisher drains every ring
 waiting before it reads the outbox, so a burst of 10,000 submits costs a few reads, not 10,000.
 """
@@ -43,6 +47,14 @@ WAITER = "waiter"         # rung when outcomes are recorded: ``submit --wait`` a
 SUBSCRIBER = "subscriber"  # rung when a job is cancelled: the owner looks for it at once
 #: the roles whose bells are found through their daemon's pid file, not a ``.bell`` file
 _PID_ROLES = (PUBLISHER, SUBSCRIBER)
+#: the run directory's subdirectory of the other roles' ``.bell`` files (module docstring)
+BELLS_DIR = "bells"
+
+
+def marker_dir(run_dir: Path, role: str) -> Path:
+    """Where a ringer of ``role`` finds its bells: the run directory for the pid roles (their
+    pid files), else ``run/bells/`` (the ``.bell`` files ``Bell.announce()`` writes)."""
+    return Path(run_dir) if role in _PID_ROLES else Path(run_dir) / BELLS_DIR
 
 
 def bell_address(run_dir: Path, name: str, role: str = PUBLISHER) -> bytes:
@@ -55,15 +67,15 @@ class Bell:
     """A waiting end: ``wait(timeout)`` returns True once rung (every waiting ring drained).
 
     A publisher's bell is found through its pid file; any other role's (``WAITER``) is announced
-    with ``announce()``, which writes ``role@name.bell`` in the run directory once the socket is
-    bound, and ``close()`` removes it.
+    with ``announce()``, which writes ``role@name.bell`` in ``run/bells/`` (made if need be, the
+    run directory itself never) once the socket is bound, and ``close()`` removes it.
     """
 
     def __init__(self, run_dir: Path, name: str, role: str = PUBLISHER):
         self.address = bell_address(run_dir, name, role)
         self._marker: Path | None = None
         if role not in _PID_ROLES:
-            self._marker = Path(run_dir) / f"{role}@{name}.bell"
+            self._marker = marker_dir(run_dir, role) / f"{role}@{name}.bell"
         self._sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
         self._sock.bind(self.address)
         self._sock.setblocking(False)
@@ -106,8 +118,15 @@ class Bell:
         _send(self._sock, self.address, RING)
 
     def announce(self) -> "Bell":
+        """Write the marker a ringer finds this bell by; an ``OSError`` (no run directory, one
+        not writable) closes the bell first, and the caller waits without it."""
         if self._marker is not None:
-            self._marker.write_text(f"{os.getpid()}\n")
+            try:
+                self._marker.parent.mkdir(exist_ok=True)
+                self._marker.write_text(f"{os.getpid()}\n")
+            except OSError:
+                self._sock.close()
+                raise
         return self
 
     def close(self) -> None:
@@ -119,11 +138,13 @@ class Bell:
 class Ringer:
     """Whoever makes jobs pending: ``ring()`` after the commit wakes every publisher of the
     install (found by its ``publisher@NAME.pid`` files, looked up again at most every second).
-    With ``role=WAITER``, the recorder's: every announced waiter (``waiter@NAME.bell``)."""
+    With ``role=WAITER``, the recorder's: every announced waiter (``bells/waiter@NAME.bell``;
+    until the first waiter makes that directory, none)."""
 
     def __init__(self, run_dir: Path, role: str = PUBLISHER):
         self.run_dir = Path(run_dir)
         self.role = role
+        self._dir = marker_dir(self.run_dir, role)   # the directory watched and looked through
         self._suffix = ".pid" if role in _PID_ROLES else ".bell"
         self._sock: socket.socket | None = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
         self._sock.setblocking(False)
@@ -145,7 +166,7 @@ class Ringer:
         docstring); the broker's ``also`` rings are plain rings either way."""
         now = time.monotonic()
         try:
-            mtime = self.run_dir.stat().st_mtime_ns
+            mtime = self._dir.stat().st_mtime_ns
         except OSError:
             mtime = -1
         if mtime != self._mtime or now - self._scanned > RESCAN_S:
@@ -165,7 +186,7 @@ class Ringer:
         prefix = f"{self.role}@"
         try:
             names = [p.name[len(prefix):-len(self._suffix)]
-                     for p in self.run_dir.glob(f"{prefix}*{self._suffix}")]
+                     for p in self._dir.glob(f"{prefix}*{self._suffix}")]
         except OSError:
             names = []
         self._addresses = [bell_address(self.run_dir, n, self.role) for n in names]

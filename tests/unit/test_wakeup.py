@@ -9,7 +9,7 @@ import time
 import pytest
 
 from enstratus_workers.db import NewJob, open_databases
-from enstratus_workers.jobs.wakeup import Bell, Ringer, bell_address
+from enstratus_workers.jobs.wakeup import WAITER, Bell, Ringer, bell_address
 from enstratus_workers.layout import Layout
 from tests import servicehome as sh
 
@@ -113,6 +113,64 @@ def test_ringing_a_publisher_that_is_gone_is_harmless(run_dir):
         ringer.close()
 
 
+def _counting_rescans(ringer, monkeypatch) -> list:
+    scans = []
+    rescan = ringer._rescan
+    monkeypatch.setattr(ringer, "_rescan", lambda now: (scans.append(now), rescan(now)))
+    return scans
+
+
+def test_a_waiter_coming_and_going_does_not_make_the_publisher_ringer_look_again(run_dir, bell, ringer,
+                                                                                   monkeypatch):
+    # Given a publisher ringer that has looked once (the bells directory made already)
+    Bell(run_dir, "w0", WAITER).announce().close()
+    ringer.ring()
+    assert bell.wait(1) is True
+    scans = _counting_rescans(ringer, monkeypatch)
+    before = run_dir.stat().st_mtime_ns
+    # When waiters announce themselves and go, between rings of the publisher
+    for i in range(5):
+        waiter = Bell(run_dir, f"w{i}", WAITER).announce()
+        assert (run_dir / "bells" / f"waiter@w{i}.bell").exists()
+        ringer.ring()
+        waiter.close()
+        ringer.ring()
+    # Then the run directory did not change, the ringer never looked again, and the publisher was rung
+    assert run_dir.stat().st_mtime_ns == before
+    assert scans == []
+    assert bell.wait(1) is True
+    assert not list(run_dir.glob("*.bell")) and not list((run_dir / "bells").iterdir())
+
+
+@pytest.mark.parametrize("bells_dir_first", [False, True], ids=["no-bells-dir-yet", "bells-dir-there"])
+def test_a_waiter_ringer_reaches_a_waiter_announced_after_it_rang(run_dir, bells_dir_first):
+    if bells_dir_first:
+        Bell(run_dir, "earlier", WAITER).announce().close()
+    ringer = Ringer(run_dir, WAITER)
+    try:
+        # Given the recorder's ringer rang with no waiter there (nor, maybe, the bells directory)
+        ringer.ring()
+        assert (run_dir / "bells").is_dir() is bells_dir_first
+        # When a waiter announces itself / Then the next ring reaches it
+        waiter = Bell(run_dir, "w1", WAITER).announce()
+        try:
+            ringer.ring()
+            assert waiter.wait(1.0) is True
+        finally:
+            waiter.close()
+    finally:
+        ringer.close()
+
+
+def test_a_waiter_without_a_run_directory_makes_none_and_leaves_no_socket_bound(tmp_path):
+    missing = tmp_path / "run"
+    waiter = Bell(missing, "w1", WAITER)
+    with pytest.raises(OSError):
+        waiter.announce()
+    assert not missing.exists()
+    Bell(missing, "w1", WAITER).close()   # its address is free again: the failed bell's socket is closed
+
+
 def test_submitting_a_job_rings_the_publisher_after_the_commit(tmp_path):
     home = sh.make_home(tmp_path)
     layout = Layout(home)
@@ -154,7 +212,7 @@ def test_a_wait_for_an_outcome_is_woken_by_its_recording_not_by_the_safety_net(t
             submit_mod.wait_for(dbs, job.job_id, timeout=20, run_dir=layout.run_dir)))
         waiter.start()
         deadline = time.monotonic() + 5
-        while not list(layout.run_dir.glob("waiter@*.bell")) and time.monotonic() < deadline:
+        while not list((layout.run_dir / "bells").glob("waiter@*.bell")) and time.monotonic() < deadline:
             time.sleep(0.01)
         # When the subscriber's recorder writes the job's outcome
         now = int(time.time() * 1000)
@@ -163,7 +221,7 @@ def test_a_wait_for_an_outcome_is_woken_by_its_recording_not_by_the_safety_net(t
         waiter.join(10)
         # Then the wait returned with it at once, and took its announcement away
         assert not waiter.is_alive() and done[0].status == "succeeded"
-        assert not list(layout.run_dir.glob("waiter@*.bell"))
+        assert not list((layout.run_dir / "bells").glob("waiter@*.bell"))
     finally:
         dbs.close()
 
