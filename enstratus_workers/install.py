@@ -35,6 +35,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from enstratus_workers.jobs.wakeup import BELLS_DIR
+
 CHECKOUT = Path(__file__).resolve().parent.parent
 MANIFEST = ".installed-files"
 INIT_SCRIPTS = ("enstratus-km", "enstratus-workers")   # registered in this order: the KM first
@@ -498,6 +500,11 @@ def uninstall(paths: Paths, out=print) -> None:
     paths.manifest.unlink(missing_ok=True)
     kept_dirs = []
     for e in sorted((e for e in entries if e.kind == "dir"), key=lambda e: len(e.path.parts), reverse=True):
+        if e.path.name == "run":   # the daemons' own subdirectory of waiters' bells (jobs/wakeup.py)
+            try:
+                (e.path / BELLS_DIR).rmdir()
+            except OSError:
+                pass
         try:
             e.path.rmdir()
         except FileNotFoundError:

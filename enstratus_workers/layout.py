@@ -11,6 +11,8 @@ import socket
 from dataclasses import dataclass
 from pathlib import Path
 
+from enstratus_workers.jobs.wakeup import BELLS_DIR
+
 _CHECKOUT = Path(__file__).resolve().parent.parent
 
 
@@ -109,3 +111,6 @@ class Layout:
         # pid files, sockets and embedded data are private to the service account
         for d in (self.run_dir, self.data_dir):
             os.chmod(d, 0o700)
+        # made by the service account, so that a waiter run as it finds it writable (a first
+        # waiter run as root would otherwise make it root's: jobs/wakeup.py)
+        (self.run_dir / BELLS_DIR).mkdir(exist_ok=True)

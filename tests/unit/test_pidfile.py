@@ -68,7 +68,7 @@ def test_acquire_writes_the_pid_atomically_and_leaves_no_temp_file(home):
     # Then it holds our pid on its first line, nothing was replaced, and no temp file is left
     assert replaced is None
     assert pf.path.read_text() == f"{os.getpid()}\n"
-    assert sorted(p.name for p in home.run_dir.iterdir()) == [pf.path.name]
+    assert sorted(p.name for p in home.run_dir.iterdir() if p.is_file()) == [pf.path.name]
 
 
 def test_a_live_daemon_of_ours_is_not_replaced(home, spawn):

@@ -162,6 +162,20 @@ def test_a_waiter_ringer_reaches_a_waiter_announced_after_it_rang(run_dir, bells
         ringer.close()
 
 
+def test_the_daemons_make_the_bells_directory_so_a_waiter_finds_it_theirs(tmp_path):
+    # Given an install whose daemons made their directories (as each does at its start)
+    layout = Layout(tmp_path / "home")
+    layout.ensure_dirs()
+    bells = layout.run_dir / "bells"
+    # Then the waiters' directory is there, made by them (not by a first waiter, maybe root)
+    assert bells.is_dir() and bells.stat().st_uid == layout.run_dir.stat().st_uid
+    before = layout.run_dir.stat().st_mtime_ns
+    # And a waiter announcing itself leaves the run directory as it was
+    waiter = Bell(layout.run_dir, "w1", WAITER).announce()
+    waiter.close()
+    assert layout.run_dir.stat().st_mtime_ns == before
+
+
 def test_a_waiter_without_a_run_directory_makes_none_and_leaves_no_socket_bound(tmp_path):
     missing = tmp_path / "run"
     waiter = Bell(missing, "w1", WAITER)
