@@ -13,13 +13,17 @@ step the ceiling does not take:
    action's start;
 4. (after the start, not timed here) the outcome is written, then the delivery is acked.
 
+With ``direct`` (``--direct``), step 2 is the submitter's own: it publishes the job right after
+its commit and marks it queued once confirmed, with no relay process and no ring (what a design
+without the outbox's relay hop could reach; the job is still in the database before its message).
+
 Here each step is done with raw PyMySQL and raw pika in straight-line code: no framework, no
 threads, no fair share, no batching, no retries, no health checks. What it measures is the
 floor of that design on this machine's MariaDB and RabbitMQ, in Python: the service's latency
 divided by it is what the service's own code adds; the floor divided by Celery's (or the
 ceiling's) is what the guarantees cost before any of the service's code runs.
 
-usage: .venv/bin/python bench/floor.py [-n 200]      (``latency.py`` runs it beside the service)
+usage: .venv/bin/python bench/floor.py [-n 200] [--direct]     (``latency.py`` runs it beside the service)
 Needs MariaDB on 127.0.0.1:3306 (root) and RabbitMQ on 127.0.0.1:5672 (guest/guest); it makes
 the database ``ewbench_<tag>`` and the queue ``ewbench.floor.<tag>`` and removes both.
 """
@@ -89,6 +93,34 @@ def _relay(database: str, queue: str, bell: bytes, ready, stop) -> None:
     db.close()
 
 
+def _write(cur, sql: str) -> None:
+    """An autocommitted write, tried again after a deadlock: the direct floor's queued mark and
+    the consumer's outcome can meet on one row (InnoDB picks a victim)."""
+    import pymysql
+
+    for tries_left in (2, 1, 0):
+        try:
+            cur.execute(sql)
+            return
+        except pymysql.err.OperationalError as exc:
+            if exc.args[0] != 1213 or not tries_left:
+                raise
+
+
+def _mark_queued(db, job_id: int) -> None:
+    """The direct floor's mark after the confirm; a deadlock with the consumer's outcome (which
+    then wins: the mark only moves a pending row) rolls it back."""
+    import pymysql
+
+    try:
+        db.cursor().execute(f"UPDATE job SET status = '{QUEUED}' WHERE id = {int(job_id)} AND status = '{PENDING}'")
+        db.commit()
+    except pymysql.err.OperationalError as exc:
+        if exc.args[0] != 1213:
+            raise
+        db.rollback()
+
+
 def _worker(conn) -> None:
     """The worker process of step 3: stamp the action's start, answer."""
     while True:
@@ -126,7 +158,7 @@ def _consume(database: str, queue: str, ready, starts) -> None:
                 continue
             mine.send(job_id)
             done = mine.recv()
-            cur.execute(f"UPDATE job SET status = '{SUCCEEDED}' WHERE id = {int(job_id)}")
+            _write(cur, f"UPDATE job SET status = '{SUCCEEDED}' WHERE id = {int(job_id)}")
             ch.basic_ack(method.delivery_tag)
             starts.send(done)
         ch.cancel()
@@ -137,8 +169,9 @@ def _consume(database: str, queue: str, ready, starts) -> None:
         db.close()
 
 
-def latency(n: int) -> list[float]:
-    """Submit -> action start in ms for N jobs one at a time (warm-ups dropped)."""
+def latency(n: int, direct: bool = False) -> list[float]:
+    """Submit -> action start in ms for N jobs one at a time (warm-ups dropped); with ``direct``
+    the submitter publishes (module docstring)."""
     tag = new_tag()
     database, queue = f"ewbench_{tag}", f"ewbench.floor.{tag}"
     bell = f"\0ewbench-floor-{tag}".encode()
@@ -159,8 +192,11 @@ def latency(n: int) -> list[float]:
         stop = _SPAWN.Event()
         relay_ready, consumer_ready = _SPAWN.Event(), _SPAWN.Event()
         mine, theirs = _SPAWN.Pipe()
-        procs = [_SPAWN.Process(target=_relay, args=(database, queue, bell, relay_ready, stop)),
-                 _SPAWN.Process(target=_consume, args=(database, queue, consumer_ready, theirs))]
+        procs = [_SPAWN.Process(target=_consume, args=(database, queue, consumer_ready, theirs))]
+        if direct:
+            relay_ready.set()
+        else:
+            procs.append(_SPAWN.Process(target=_relay, args=(database, queue, bell, relay_ready, stop)))
         for p in procs:
             p.start()
         if not (relay_ready.wait(60) and consumer_ready.wait(60)):
@@ -168,6 +204,12 @@ def latency(n: int) -> list[float]:
         client = _db(database, autocommit=False)
         cur = client.cursor()
         ring = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        channel = None
+        if direct:
+            own = pika.BlockingConnection(pika.URLParameters(AMQP_URL))
+            channel = own.channel()
+            channel.confirm_delivery()
+            persistent = pika.BasicProperties(delivery_mode=2, content_type="application/json")
         samples = []
         for i in range(n + WARM_UP):
             t0 = time.time()
@@ -175,7 +217,12 @@ def latency(n: int) -> list[float]:
                         ("bench.stamp", "{}", PENDING, int(t0 * 1000)))
             job_id = cur.lastrowid
             client.commit()
-            ring.sendto(b"!", bell)
+            if direct:
+                channel.basic_publish("", queue, f'{{"id":{job_id},"action":"bench.stamp","arguments":{{}}}}'.encode(),
+                                      persistent)   # returns once confirmed
+                _mark_queued(client, job_id)
+            else:
+                ring.sendto(b"!", bell)
             if not mine.poll(30):
                 raise BenchFailed(f"job {i} of the floor did not start in 30 s")
             got, started = mine.recv()
@@ -185,6 +232,8 @@ def latency(n: int) -> list[float]:
                 samples.append((started - t0) * 1000)
         ring.close()
         client.close()
+        if channel is not None:
+            own.close()
         stop.set()
         broker = pika.BlockingConnection(pika.URLParameters(AMQP_URL))
         broker.channel().basic_publish("", queue, b"stop")
@@ -192,6 +241,8 @@ def latency(n: int) -> list[float]:
         return samples
     finally:
         for p in procs:
+            if p.pid is None:   # never started
+                continue
             p.join(10)
             if p.is_alive():
                 p.kill()
@@ -204,10 +255,12 @@ def latency(n: int) -> list[float]:
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("-n", type=int, default=200, help="jobs (after 20 warm-ups)")
+    ap.add_argument("--direct", action="store_true", help="the submitter publishes: no relay hop")
     args = ap.parse_args(argv)
     if not 1 <= args.n <= 100_000:
         ap.error("-n 1..100000")
-    figure("outbox floor: submit->action start", latency_text(latency(args.n)))
+    what = "direct floor" if args.direct else "outbox floor"
+    figure(f"{what}: submit->action start", latency_text(latency(args.n, args.direct)))
     return 0
 
 

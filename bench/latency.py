@@ -17,8 +17,9 @@ through the Python ``submit()`` API, each in its own transaction. Per job:
 Back to back (gap 0) and with 0.5 s between jobs (an idle service between them: caches cool,
 the publisher sleeps in its poll), N each, unless ``--gap`` chooses. Beside it in the same run:
 the raw-pika latency ceiling (``ceiling.py``: one persistent confirmed message at a time), the
-outbox floor (``floor.py``: this service's guarantees in straight-line raw PyMySQL and pika, the
-least a design with them costs here) and, with ``--peers``, Celery's and Dramatiq's idle enqueue -> start (``../shared/bench/latency.py``).
+outbox floor and the direct floor (``floor.py``: this service's guarantees in straight-line raw
+PyMySQL and pika, with the relay's hop and with the submitter publishing: the least a design with
+them costs here) and, with ``--peers``, Celery's and Dramatiq's idle enqueue -> start (``../shared/bench/latency.py``).
 
 usage: .venv/bin/python bench/latency.py [-n 200] [--gap SECONDS ...] [--rounds R] [--peers] [--anchors DIR]
 """
@@ -101,9 +102,10 @@ def main(argv=None) -> int:
         results = {gap: series(service, args.n, gap) for gap in gaps}
         waited = series(service, args.n, 0.0, use_wait_for=True)
     ceiling_ms = ceiling.latency(args.n)
-    floor_ms = floor.latency(args.n)
-    ref = {"ceiling": percentile(ceiling_ms, 50), "floor": percentile(floor_ms, 50)}
-    ref99 = {"ceiling": percentile(ceiling_ms, 99), "floor": percentile(floor_ms, 99)}
+    floor_ms, direct_ms = floor.latency(args.n), floor.latency(args.n, direct=True)
+    ref = {"ceiling": percentile(ceiling_ms, 50), "floor": percentile(floor_ms, 50), "direct": percentile(direct_ms, 50)}
+    ref99 = {"ceiling": percentile(ceiling_ms, 99), "floor": percentile(floor_ms, 99),
+             "direct": percentile(direct_ms, 99)}
     peer_lines = []
     if args.peers and peers.available(args.anchors):
         with peers.Anchors(args.anchors) as anchors:
@@ -115,9 +117,11 @@ def main(argv=None) -> int:
     figure("ceiling: raw pika publish->receive", latency_text(ceiling_ms))
     figure("outbox floor: submit->action start (floor.py)", latency_text(floor_ms), ref["floor"],
            {"ceiling": ref["ceiling"]}, who="floor")
+    figure("direct floor: the submitter publishes (floor.py)", latency_text(direct_ms), ref["direct"],
+           {"ceiling": ref["ceiling"]}, who="direct")
     for kind, p50, p99 in peer_lines:
         figure(f"peer {kind}: enqueue->task start", f"p50={p50:.2f}ms p99={p99:.2f}ms n={args.n}",
-               p50, {"ceiling": ref["ceiling"], "floor": ref["floor"]}, who=kind)
+               p50, {k: ref[k] for k in ("ceiling", "floor", "direct")}, who=kind)
     if args.peers and not peers.available(args.anchors):
         print(peers.absent_line(args.anchors))
     for gap, s in results.items():
@@ -148,9 +152,9 @@ def alternated(args) -> int:
     with started_service() as service:
         for r in range(1, args.rounds + 1):
             ours = series(service, args.n, 0.0, use_wait_for=True)["start_client"]
-            fl, ce = floor.latency(args.n), ceiling.latency(args.n)
-            ref = {"ceiling": percentile(ce, 50), "floor": percentile(fl, 50)}
-            ref99 = {"ceiling": percentile(ce, 99), "floor": percentile(fl, 99)}
+            fl, direct, ce = floor.latency(args.n), floor.latency(args.n, direct=True), ceiling.latency(args.n)
+            ref = {"ceiling": percentile(ce, 50), "floor": percentile(fl, 50), "direct": percentile(direct, 50)}
+            ref99 = {"ceiling": percentile(ce, 99), "floor": percentile(fl, 99), "direct": percentile(direct, 99)}
             if kinds:
                 with peers.Anchors(args.anchors) as anchors:
                     for kind in kinds:
@@ -162,8 +166,9 @@ def alternated(args) -> int:
                 per_round.setdefault(f"p50 ours/{k}", []).append(p50 / ref[k])
                 per_round.setdefault(f"p99 ours/{k}", []).append(p99 / ref99[k])
             for kind in kinds:
-                per_round.setdefault(f"p50 floor/{kind}", []).append(ref["floor"] / ref[kind])
-                per_round.setdefault(f"p99 floor/{kind}", []).append(ref99["floor"] / ref99[kind])
+                for f in ("floor", "direct"):
+                    per_round.setdefault(f"p50 {f}/{kind}", []).append(ref[f] / ref[kind])
+                    per_round.setdefault(f"p99 {f}/{kind}", []).append(ref99[f] / ref99[kind])
     for name, values in per_round.items():
         figure(f"{name}, submit->action start, back to back",
                f"median={percentile(values, 50):.3g}x rounds: " + " ".join(f"{v:.3g}x" for v in values))
