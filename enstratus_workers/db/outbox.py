@@ -28,6 +28,7 @@ rows mean a backlog is building: the pass reads the outbox as above, in the same
 
 from __future__ import annotations
 
+import json
 from typing import Callable, NamedTuple
 
 import sqlalchemy as sa
@@ -59,6 +60,10 @@ class Relayed(NamedTuple):
 class RelayPass(NamedTuple):
     relayed: int     # jobs published and marked queued
     more: bool       # room is left that another pass at once could fill (``FairShare.settle``)
+    #: (queue, account, WindowView) for each queue and account the pass published jobs of: its
+    #: window with them and its pauses as the pass read them, which the publisher's use of job
+    #: rings starts from (``mark_rung``)
+    seen: tuple = ()
 
 
 # The accounts with jobs pending on each queue, one step per (queue, account) whatever the
@@ -216,4 +221,91 @@ def relay(engine: sa.Engine, planner: FairShare, batch: int,
     if failure is not None:
         raise failure
     planner.outbox_emptied = _emptied(outlook, plan, taken, used)
-    return RelayPass(len(jobs), planner.settle(plan, [len(t) for t in taken], used))
+    return RelayPass(len(jobs), planner.settle(plan, [len(t) for t in taken], used), _seen(outlook, plan, used))
+
+
+def _seen(outlook: Outlook, plan: Plan, used: list[int]) -> tuple:
+    """``RelayPass.seen``: for each group the pass published jobs of, its queue's window with
+    them and its pauses as the pass read them (the lone read reads those of its job's queue and
+    account, the probe all)."""
+    per_queue: dict[str, int] = {}
+    for g, n in zip(plan.groups, used):
+        per_queue[g.queue] = per_queue.get(g.queue, 0) + n
+    paused = outlook.paused
+    return tuple((g.queue, g.account, WindowView(outlook.queued.get(g.queue, 0) + per_queue[g.queue],
+                                                 g.queue in paused.queues,
+                                                 g.account is not None and g.account in paused.accounts))
+                 for g, n in zip(plan.groups, used) if n)
+
+
+# -- a job handed over with its ring (``jobs/wakeup.py``, ``Ringer.ring_job``) -----------------
+# A job submitted alone rings one publisher with the job itself: its id and what its row says.
+# A publisher whose last pass emptied the outbox publishes it from the ring, without the locked
+# read above (two round trips to the database and its longest statement, on every idle job's
+# way), and then marks it queued (``mark_rung``). What the read would have guarded is kept so:
+#
+# - the row is committed before the ring is sent, so the message never comes before the row;
+# - the mark moves the row only from pending at attempt 0, so a job relayed meanwhile by a pass
+#   of another publisher is not marked twice (its second message is a duplicate, which the
+#   subscriber settles with the first or acks unrun: the outbox's "at worst published again");
+# - pauses and the queue's window: the publisher uses a ring only while what it last read of
+#   them (in the mark's transaction, or a lone pass) is younger than ``RUNG_FRESH_S`` and says
+#   neither the queue nor the account is paused and the window holds at most one first attempt:
+#   a pause takes effect within about a second, as it does for work already on the broker
+#   (``daemons/subscriber/pauses.py``), and a stream of single jobs queues up in the outbox, to be
+#   dealt fairly, as soon as they come faster than they start.
+#
+# Only a job ring from this service's own user (or root) is taken: anyone on the host can send a
+# datagram to an abstract socket, and the message is built from the ring.
+
+#: how old the publisher's view of a queue's window and pauses may be for a ring to be used
+RUNG_FRESH_S = 1.0
+
+
+def job_ring(job_id: int, action: str, arguments: str, queue: str, max_attempts: int,
+             account: str | None) -> bytes:
+    """The payload of a submitted job's ring."""
+    return json.dumps([int(job_id), action, arguments, queue, int(max_attempts), account],
+                      separators=(",", ":")).encode()
+
+
+def rung_job(payload: bytes) -> tuple[Relayed, str | None] | None:
+    """The job a ring carries, as a relay pass would have read it, and its account; None if the
+    payload is not one (then the ring is only a ring)."""
+    try:
+        job_id, action, arguments, queue, max_attempts, account = json.loads(payload)
+    except (ValueError, TypeError, UnicodeDecodeError):
+        return None
+    if not (isinstance(job_id, int) and not isinstance(job_id, bool) and job_id > 0
+            and isinstance(action, str) and isinstance(arguments, str) and isinstance(queue, str)
+            and isinstance(max_attempts, int) and not isinstance(max_attempts, bool)
+            and (account is None or isinstance(account, str))):
+        return None
+    return Relayed(job_id, action, arguments, queue, 0, max_attempts), account
+
+
+class WindowView(NamedTuple):
+    """What a relay read of a queue's window and pauses said, for ``mark_rung`` and the
+    publisher's choice to use the next ring: first attempts queued (published, not started)
+    on the queue, and whether the queue and the account were paused."""
+
+    queued: int
+    queue_paused: bool
+    account_paused: bool
+
+
+def mark_rung(engine: sa.Engine, job: Relayed, account: str | None) -> tuple[bool, WindowView]:
+    """Mark a job published from its ring queued (only from pending at attempt 0), and read its
+    queue's window and pauses, in one transaction; whether the mark took."""
+    mark = "?" if engine.dialect.paramstyle == "qmark" else "%s"
+    with engine.begin() as conn:
+        marked = conn.exec_driver_sql(
+            f"UPDATE enstratus_job SET status = '{QUEUED}', queued_timestamp = {int(now_ms())} "
+            f"WHERE job_id = {int(job.job_id)} AND status = '{PENDING}' AND attempts = 0").rowcount
+        queued, queue_paused, account_paused = conn.exec_driver_sql(
+            f"SELECT ({_QUEUED_OF_J.format(now=int(now_ms())).replace('j.queue', mark)}), "
+            f"EXISTS (SELECT 1 FROM enstratus_pause p WHERE p.kind = 'queue' AND p.name = {mark}), "
+            f"EXISTS (SELECT 1 FROM enstratus_pause p WHERE p.kind = 'account' AND p.name = {mark})",
+            (job.queue, job.queue, account)).one()
+    pathtrace.stamp("publisher.marked", (job.job_id,))
+    return bool(marked), WindowView(int(queued), bool(queue_paused), bool(account_paused))

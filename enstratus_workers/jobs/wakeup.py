@@ -33,12 +33,17 @@ import hashlib
 import os
 import select
 import socket
+import struct
 import time
 import weakref
 from pathlib import Path
 
 RING = b"!"   # a job was made pending
 ROOM = b"r"   # a job left its queue's window: work held back by a full window may go now
+JOB = b"j"    # one job was submitted, and here it is (``Ringer.ring_job``; the rest is its row)
+#: The largest job ring sent, in bytes (the job's arguments are most of it): a larger job is
+#: rung plainly, and the publisher reads it from the outbox as before.
+JOB_RING_MAX = 8192
 RESCAN_S = 1.0   # a ringer looks again at least this often, even if the directory seems unchanged
 
 
@@ -77,10 +82,20 @@ class Bell:
         if role not in _PID_ROLES:
             self._marker = marker_dir(run_dir, role) / f"{role}@{name}.bell"
         self._sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
-        self._sock.bind(self.address)
+        try:
+            self._sock.bind(self.address)
+        except OSError:            # taken: another process of that name is up
+            self._sock.close()
+            raise
         self._sock.setblocking(False)
+        # each datagram then says who sent it (the kernel's word): a job ring is taken only
+        # from this service's user or root (db/outbox.py); anyone's ring still wakes it
+        self._sock.setsockopt(socket.SOL_SOCKET, socket.SO_PASSCRED, 1)
+        self._trusted = {0, os.getuid()}
         self.rings = 0       # wake-ups drained (each may stand for many rings)
         self.only_room = False   # the last wake-up drained room rings only (module docstring)
+        self.jobs: list[bytes] = []   # the last wake-up's job rings (their payloads), in order
+        self.plain = False       # the last wake-up drained a work ring without a job
 
     def wait(self, timeout: float) -> bool:
         try:
@@ -94,16 +109,22 @@ class Bell:
         return True
 
     def _drain(self) -> bool:
-        """Take every ring waiting; whether they were all room rings."""
+        """Take every ring waiting; whether they were all room rings. The job rings' payloads
+        are kept in ``jobs``, and ``plain`` says whether a work ring without a job came too."""
         only_room = True
+        self.jobs, self.plain = [], False
         while True:
             try:
-                data = self._sock.recv(64)
+                data, ancillary, _flags, _address = self._sock.recvmsg(JOB_RING_MAX + 64, _CREDENTIALS_SPACE)
             except (BlockingIOError, InterruptedError):
                 return only_room
             except OSError:
                 return only_room
             only_room = only_room and data == ROOM
+            if data[:1] == JOB and _sender_uid(ancillary) in self._trusted:
+                self.jobs.append(data[1:])
+            elif data != ROOM:
+                self.plain = True
 
     def fileno(self) -> int:
         """For ``select`` and ``multiprocessing.connection.wait``, beside other things to wait on;
@@ -164,14 +185,7 @@ class Ringer:
     def ring(self, room: bool = False) -> None:
         """Ring every bell of the role: a work ring, or with ``room`` a room ring (module
         docstring); the broker's ``also`` rings are plain rings either way."""
-        now = time.monotonic()
-        try:
-            mtime = self._dir.stat().st_mtime_ns
-        except OSError:
-            mtime = -1
-        if mtime != self._mtime or now - self._scanned > RESCAN_S:
-            self._mtime = mtime
-            self._rescan(now)
+        self._refresh()
         sock = self._sock
         if sock is None:
             return
@@ -180,6 +194,37 @@ class Ringer:
             _send(sock, address, what)
         for ring in self._also:
             ring()
+
+    def ring_job(self, payload: bytes) -> bool:
+        """Hand one submitted job to one publisher of the install (the first whose bell takes
+        it), so that it can publish the job without reading it back (``daemons/publisher``);
+        nobody else is rung, here or through the broker: a second publisher rung now would relay
+        the job too. False if no bell took it (none there, a full buffer, a job too large): the
+        caller then rings as ever (``ring``)."""
+        if len(payload) > JOB_RING_MAX:
+            return False
+        self._refresh()
+        sock = self._sock
+        if sock is None:
+            return False
+        for address in self._addresses:
+            try:
+                sock.sendto(JOB + payload, address)
+                return True
+            except OSError:   # gone, or its buffer full of rings: the next, or a plain ring
+                continue
+        return False
+
+    def _refresh(self) -> None:
+        """Look for the bells again if the directory changed (or ``RESCAN_S`` passed)."""
+        now = time.monotonic()
+        try:
+            mtime = self._dir.stat().st_mtime_ns
+        except OSError:
+            mtime = -1
+        if mtime != self._mtime or now - self._scanned > RESCAN_S:
+            self._mtime = mtime
+            self._rescan(now)
 
     def _rescan(self, now: float) -> None:
         self._scanned = now
@@ -195,6 +240,17 @@ class Ringer:
         sock, self._sock = self._sock, None
         if sock is not None:
             sock.close()
+
+
+_CREDENTIALS_SPACE = socket.CMSG_SPACE(struct.calcsize("3i"))
+
+
+def _sender_uid(ancillary) -> int | None:
+    """The sending process's uid, from a datagram's ``SCM_CREDENTIALS`` (None without one)."""
+    for level, kind, data in ancillary:
+        if level == socket.SOL_SOCKET and kind == socket.SCM_CREDENTIALS and len(data) >= 12:
+            return struct.unpack("3i", data[:12])[1]
+    return None
 
 
 def _send(sock: socket.socket, address: bytes, what: bytes = RING) -> None:

@@ -274,3 +274,43 @@ def test_starting_and_finishing_work_wakes_the_publishers(tmp_path):
         assert rings == ["ring", "ring"]
     finally:
         dbs.close()
+
+
+# --- a job published from its ring (db/outbox.py, "a job handed over with its ring") -----------
+
+def test_the_mark_of_a_rung_job_takes_only_a_pending_first_attempt_and_reads_its_window(dbs):
+    from enstratus_workers.db.outbox import Relayed, WindowView
+
+    # Given a queued first attempt, a rung job still pending, and the account paused
+    [other, rung] = submit(dbs, "A", 2)
+    relay(dbs, FairShare(window=1))                     # the first goes: queued, unstarted
+    fleet_pauses(dbs).pause(ACCOUNT, "A")
+    job = Relayed(rung, "noop", "{}", "default", 0, 3)
+    # When the rung job is marked (it was published from its ring)
+    marked, view = dbs.jobs.mark_rung(job, "A")
+    # Then it is queued, and the view counts both first attempts and sees the pause
+    assert marked and dbs.jobs.get(rung).status == "queued"
+    assert view == WindowView(queued=2, queue_paused=False, account_paused=True)
+    # When it is marked again (a ring used twice, or a pass that relayed it first)
+    # Then nothing changes: the mark moves a row only from pending at attempt 0
+    assert dbs.jobs.mark_rung(job, "A")[0] is False
+    finish(dbs, [job])
+    assert dbs.jobs.mark_rung(job, "A")[0] is False and dbs.jobs.get(rung).status == "succeeded"
+    assert dbs.jobs.get(other).status == "queued"
+
+
+def test_a_pass_says_what_it_saw_of_each_queue_and_account_it_published(dbs):
+    # Given jobs of two accounts on one queue and the other queue paused
+    submit(dbs, "A", 2)
+    submit(dbs, "B", 1)
+    instances = InstanceStore(dbs.provisioning)
+    instances.ensure_seeded(dbs.settings)
+    instances.add_queue("other")
+    submit(dbs, None, 1, queue="other")
+    fleet_pauses(dbs).pause(QUEUE, "other")
+    # When a pass relays them
+    done = dbs.jobs.relay(FairShare(window=10), 500, lambda jobs: None)
+    # Then it names each (queue, account) it published, with the queue's window after it
+    seen = {(q, a): v for q, a, v in done.seen}
+    assert set(seen) == {("default", "A"), ("default", "B")}
+    assert all(v.queued == 3 and not v.queue_paused and not v.account_paused for v in seen.values())

@@ -185,27 +185,31 @@ def test_a_waiter_without_a_run_directory_makes_none_and_leaves_no_socket_bound(
     Bell(missing, "w1", WAITER).close()   # its address is free again: the failed bell's socket is closed
 
 
-def test_submitting_a_job_rings_the_publisher_after_the_commit(tmp_path):
-    home = sh.make_home(tmp_path)
-    layout = Layout(home)
-    layout.ensure_dirs()
+@pytest.fixture
+def store_and_bell(tmp_path):
+    """An install's job store, and a publisher's bell its ringer finds."""
     from enstratus_workers.config import load_settings
 
+    layout = Layout(sh.make_home(tmp_path))
+    layout.ensure_dirs()
     dbs = open_databases(load_settings(layout).worker, layout)
     bell = _publisher_at(layout.run_dir)
+    yield dbs, bell
+    bell.close()
+    dbs.close()
+
+
+def test_submitting_a_job_rings_the_publisher_after_the_commit(store_and_bell):
+    dbs, bell = store_and_bell
     seen = []
-    try:
-        # When a job is submitted, then a bulk of them
-        for submit in (lambda: dbs.jobs.submit(NewJob("noop", "{}", "default", 1)),
-                       lambda: dbs.jobs.submit_many([NewJob("noop", "{}", "default", 1)] * 3)):
-            submit()
-            # Then the publisher is woken, and the rows it will read are committed already
-            assert bell.wait(5) is True
-            seen.append(dbs.jobs.counts()["pending"])
-        assert seen == [1, 4]
-    finally:
-        bell.close()
-        dbs.close()
+    # When a job is submitted, then a bulk of them
+    for submit in (lambda: dbs.jobs.submit(NewJob("noop", "{}", "default", 1)),
+                   lambda: dbs.jobs.submit_many([NewJob("noop", "{}", "default", 1)] * 3)):
+        submit()
+        # Then the publisher is woken, and the rows it will read are committed already
+        assert bell.wait(5) is True
+        seen.append(dbs.jobs.counts()["pending"])
+    assert seen == [1, 4]
 
 
 def test_a_wait_for_an_outcome_is_woken_by_its_recording_not_by_the_safety_net(tmp_path, monkeypatch):
@@ -262,3 +266,98 @@ def test_a_cancel_rings_this_hosts_subscribers_so_the_owner_looks_at_once(tmp_pa
     finally:
         dbs.close()
         bell.close()
+
+
+# --- a job handed over with its ring (Ringer.ring_job; db/outbox.py) ----------------------------
+
+def test_a_job_ring_reaches_one_publisher_and_rings_nobody_else(tmp_path):
+    run = tmp_path / "run"
+    run.mkdir()
+    bells = [_publisher_at(run, "p1"), _publisher_at(run, "p2")]
+    ringer = Ringer(run)
+    also = []
+    ringer.also(lambda: also.append(1))       # the broker's ring of the other hosts
+    try:
+        # When a job ring is sent
+        assert ringer.ring_job(b"[1]") is True
+        # Then exactly one publisher has it (a second would relay the job too), the other hosts
+        # are not rung, and a plain ring afterwards still reaches both
+        woken = [b.wait(0.2) for b in bells]
+        assert sorted(woken) == [False, True] and also == []
+        took = bells[woken.index(True)]
+        assert took.jobs == [b"[1]"] and took.plain is False
+        ringer.ring()
+        assert [b.wait(1) for b in bells] == [True, True] and all(b.plain and not b.jobs for b in bells)
+    finally:
+        for b in bells:
+            b.close()
+        ringer.close()
+
+
+def test_a_job_ring_nobody_can_take_is_refused_so_the_caller_rings(run_dir):
+    ringer = Ringer(run_dir)
+    try:
+        # no publisher at all, then one whose pid file outlived it
+        assert ringer.ring_job(b"[1]") is False
+        (run_dir / "publisher@gone.pid").write_text("1\n")
+        ringer._scanned = float("-inf")
+        assert ringer.ring_job(b"[1]") is False
+        # and a job too large for a ring
+        bell = _publisher_at(run_dir, "p1")
+        ringer._scanned = float("-inf")
+        try:
+            from enstratus_workers.jobs.wakeup import JOB_RING_MAX
+            assert ringer.ring_job(b"x" * (JOB_RING_MAX + 1)) is False
+            assert bell.wait(0.1) is False
+            assert ringer.ring_job(b"x" * JOB_RING_MAX) is True and bell.wait(1) and len(bell.jobs[0]) == JOB_RING_MAX
+        finally:
+            bell.close()
+    finally:
+        ringer.close()
+
+
+@pytest.mark.skipif(not hasattr(__import__("os"), "geteuid") or __import__("os").geteuid() != 0,
+                    reason="sending as another user needs root")
+def test_a_job_ring_from_another_user_only_wakes_the_publisher(bell, run_dir):
+    import subprocess
+    import sys
+
+    # Given another user of the host, who can reach the publisher's abstract socket
+    code = ("import os, socket, sys; os.setgid(65534); os.setuid(65534); "
+            "s = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM); "
+            "s.sendto(b'j[1,\"a\",\"{}\",\"q\",3,null]', bytes.fromhex(sys.argv[1]))")
+    # When it sends a job ring
+    subprocess.run([sys.executable, "-c", code, bell.address.hex()], check=True, timeout=30)
+    # Then the publisher wakes as for a plain ring, and takes no job from it
+    assert bell.wait(5) is True and bell.jobs == [] and bell.plain is True
+
+
+def test_a_job_submitted_alone_is_handed_over_and_a_batch_rings(store_and_bell):
+    import json
+
+    from enstratus_workers.db.outbox import rung_job
+
+    dbs, bell = store_and_bell
+    # When a job is submitted alone
+    job, _ = dbs.jobs.submit(NewJob("noop", json.dumps({"a": [1, "é"]}), "default", 4, account="acme"))
+    # Then the publisher's bell has it, as the row says, and nothing else
+    assert bell.wait(5) is True and not bell.plain
+    relayed, account = rung_job(bell.jobs[0])
+    assert (relayed.job_id, relayed.action, json.loads(relayed.arguments), relayed.queue,
+            relayed.attempts, relayed.max_attempts, account) == (
+        job.job_id, "noop", {"a": [1, "é"]}, "default", 0, 4, "acme")
+    # When jobs are stored together, Then a plain ring
+    dbs.jobs.submit_jobs([NewJob("noop", "{}", "default", 1)] * 2)
+    assert bell.wait(5) is True and bell.plain and bell.jobs == []
+
+
+@pytest.mark.parametrize("payload", [
+    b"", b"not json", b"[]", b"{}", b"[1,2,3,4,5,6]", b'[true,"a","{}","q",3,null]',
+    b'[0,"a","{}","q",3,null]', b'[-4,"a","{}","q",3,null]', b'[1,"a",{},"q",3,null]',
+    b'[1,"a","{}","q",false,null]', b'[1,"a","{}","q",3,7]', b'[1,"a","{}","q",3,null,"extra"]',
+    b"\xff\xfe", b'[1.5,"a","{}","q",3,null]',
+])
+def test_a_ring_that_does_not_carry_a_job_is_only_a_ring(payload):
+    from enstratus_workers.db.outbox import rung_job
+
+    assert rung_job(payload) is None

@@ -26,6 +26,7 @@ import sqlalchemy as sa
 from enstratus_workers.backoff import Backoff, Retrying
 from enstratus_workers.clock import now_ms
 from enstratus_workers.daemons.publisher.recovery import StuckJobs
+from enstratus_workers.daemons.publisher.rung import RungJobs
 from enstratus_workers.daemons.publisher.schedules import Scheduler
 from enstratus_workers.db import open_databases
 from enstratus_workers.db.outbox import RelayPass
@@ -64,6 +65,9 @@ class Publisher(Service):
         self.published = 0
         self.room_rings_let_go = 0            # wake-ups of room rings only, with nothing held back
         self.fair = FairShare(settings.publisher.window, dict(settings.publisher.account_weights))
+        # a job submitted alone, published from its ring without a pass (rung.py)
+        self.rung = RungJobs(settings.publisher.window)
+        self._rung_next = None
         self.started_ms = now_ms()
         self._last_beat = 0.0
         # waits after a failed relay (broker or database away): 0.5 s doubling to 30 s, jittered so
@@ -97,7 +101,8 @@ class Publisher(Service):
         ready()
         try:
             while not self._stop.is_set():
-                done = self._relay_once()
+                rung, self._rung_next = self._rung_next, None
+                done = self._relay_rung(*rung) if rung is not None else self._relay_once()
                 self.stuck.tick()
                 self.scheduler.tick()
                 self._beat()
@@ -109,6 +114,7 @@ class Publisher(Service):
                     if self._bell is not None:
                         self._wait_for_work(p.poll_interval)   # a commit's ring, or the safety net
                         pathtrace.stamp("publisher.woken", (0,))
+                        self._rung_next = self._usable_ring()
                     else:
                         self._stop.wait(p.poll_interval)
         finally:
@@ -138,6 +144,28 @@ class Publisher(Service):
                 return
             self.room_rings_let_go += 1
 
+    def _usable_ring(self):
+        """The job of the last wake-up's ring to publish without a pass, if any (``rung.py``);
+        the bell's job rings are taken either way, so none is used twice."""
+        payloads, self._bell.jobs = self._bell.jobs, []
+        if self.transport is None:
+            return None
+        return self.rung.usable(payloads, self._bell.plain, self.fair.outbox_emptied)
+
+    def _relay_rung(self, job, account) -> RelayPass | None:
+        """Publish a job from its ring, then mark it queued (``db/outbox.py``, ``mark_rung``);
+        a failure leaves it pending, for the next pass (None, as ``_relay_once``)."""
+        def publish_and_mark() -> RelayPass:
+            pathtrace.stamp("publisher.read", (job.job_id,))
+            self._publish([job])
+            pathtrace.stamp("publisher.confirmed", (job.job_id,))
+            marked, view = self.dbs.jobs.mark_rung(job, account)
+            self.rung.saw(job.queue, account, view)
+            self.rung.used += 1
+            self.published += int(marked)
+            return RelayPass(int(marked), False)
+        return self._guarded(publish_and_mark)
+
     def _listen_to_other_hosts(self):
         """On RabbitMQ, the other hosts' rings (``mq/amqp_wake.py``) ring this bell too."""
         if self._bell is None or self.settings.mq.transport != "amqp":
@@ -150,7 +178,7 @@ class Publisher(Service):
     def _relay_once(self) -> RelayPass | None:
         """One relay pass: how many jobs it relayed and whether another should follow at once
         (``FairShare.settle``: else wait for a ring or the poll); None after a failure."""
-        try:
+        def one_pass() -> RelayPass:
             if self.transport is None:
                 self.transport = open_transport(self.settings.mq, self.layout,
                                                 client_name=f"publisher@{self.name}")
@@ -160,7 +188,16 @@ class Publisher(Service):
                 log.info("connected to the %s transport", self.settings.mq.transport)
             done = self.dbs.jobs.relay(self.fair, self.settings.publisher.batch, self._publish)
             self.published += done.relayed
+            for queue, account, view in done.seen:
+                self.rung.saw(queue, account, view)
             return done
+        return self._guarded(one_pass)
+
+    def _guarded(self, work) -> RelayPass | None:
+        """``work()``, a pass or a ring's publish; None after a failure, which is logged (and
+        the connection dropped if it is the broker's): the jobs stay pending."""
+        try:
+            return work()
         except ConnectionClosed as exc:
             log.warning("queue connection lost (%s); jobs stay pending until it is back", exc)
             self._close_transport()
@@ -191,6 +228,7 @@ class Publisher(Service):
         self._declare({j.queue for j in jobs})
         now = now_ms()
         self.transport.publish([self._message(j, j.next_attempt(now)) for j in jobs])
+        self.rung.published(jobs)
 
     @staticmethod
     def _message(j, nxt) -> OutgoingMessage:
@@ -214,7 +252,8 @@ class Publisher(Service):
             self.dbs.heartbeats.beat(
                 "publisher", self.name, ttl_s=HEARTBEAT_EVERY_S * 5, started_ms=self.started_ms,
                 status="ok" if self.transport is not None else "degraded",
-                details={"published": self.published, "connected": self.transport is not None,
+                details={"published": self.published, "from_rings": self.rung.used,
+                         "connected": self.transport is not None,
                          "recovered": self.stuck.recovered})
         except Exception as exc:
             log.warning("could not write heartbeat: %s", type(exc).__name__)
