@@ -23,7 +23,7 @@ floor of that design on this machine's MariaDB and RabbitMQ, in Python: the serv
 divided by it is what the service's own code adds; the floor divided by Celery's (or the
 ceiling's) is what the guarantees cost before any of the service's code runs.
 
-usage: .venv/bin/python bench/floor.py [-n 200] [--direct]     (``latency.py`` runs it beside the service)
+usage: .venv/bin/python bench/floor.py [-n 200] [--direct] [--gap S]     (``latency.py`` runs it beside the service)
 Needs MariaDB on 127.0.0.1:3306 (root) and RabbitMQ on 127.0.0.1:5672 (guest/guest); it makes
 the database ``ewbench_<tag>`` and the queue ``ewbench.floor.<tag>`` and removes both.
 """
@@ -169,9 +169,9 @@ def _consume(database: str, queue: str, ready, starts) -> None:
         db.close()
 
 
-def latency(n: int, direct: bool = False) -> list[float]:
-    """Submit -> action start in ms for N jobs one at a time (warm-ups dropped); with ``direct``
-    the submitter publishes (module docstring)."""
+def latency(n: int, direct: bool = False, gap: float = 0.0) -> list[float]:
+    """Submit -> action start in ms for N jobs one at a time (warm-ups dropped), ``gap`` seconds
+    apart; with ``direct`` the submitter publishes (module docstring)."""
     tag = new_tag()
     database, queue = f"ewbench_{tag}", f"ewbench.floor.{tag}"
     bell = f"\0ewbench-floor-{tag}".encode()
@@ -230,6 +230,8 @@ def latency(n: int, direct: bool = False) -> list[float]:
                 raise BenchFailed(f"the floor started job {got} for {job_id}")
             if i >= WARM_UP:
                 samples.append((started - t0) * 1000)
+            if gap:
+                time.sleep(gap)
         ring.close()
         client.close()
         if channel is not None:
@@ -256,11 +258,12 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("-n", type=int, default=200, help="jobs (after 20 warm-ups)")
     ap.add_argument("--direct", action="store_true", help="the submitter publishes: no relay hop")
+    ap.add_argument("--gap", type=float, default=0.0, help="seconds between jobs")
     args = ap.parse_args(argv)
     if not 1 <= args.n <= 100_000:
         ap.error("-n 1..100000")
     what = "direct floor" if args.direct else "outbox floor"
-    figure(f"{what}: submit->action start", latency_text(latency(args.n, args.direct)))
+    figure(f"{what}: submit->action start", latency_text(latency(args.n, args.direct, args.gap)))
     return 0
 
 
