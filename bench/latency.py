@@ -17,10 +17,11 @@ through the Python ``submit()`` API, each in its own transaction. Per job:
 Back to back (gap 0) and with 0.5 s between jobs (an idle service between them: caches cool,
 the publisher sleeps in its poll), N each, unless ``--gap`` chooses; a series with a gap is
 held against the outbox floor with the same gap (the peers' anchors measure back to back only).
-Beside it in the same run: the raw-pika latency ceiling (``ceiling.py``: one persistent confirmed message at a time), the
-outbox floor and the direct floor (``floor.py``: this service's guarantees in straight-line raw
-PyMySQL and pika, with the relay's hop and with the submitter publishing: the least a design with
-them costs here) and, with ``--peers``, Celery's and Dramatiq's idle enqueue -> start (``../shared/bench/latency.py``).
+Beside it in the same run: the raw-pika latency ceiling (``ceiling.py``: one persistent
+confirmed message at a time), the outbox floor and the direct floor (``floor.py``: this service's
+guarantees in straight-line raw PyMySQL and pika, with the relay's hop and with the submitter
+publishing: the least a design with them costs here) and, with ``--peers``, Celery's and
+Dramatiq's idle enqueue -> start (``../shared/bench/latency.py``).
 
 usage: .venv/bin/python bench/latency.py [-n 200] [--gap SECONDS ...] [--rounds R] [--peers] [--anchors DIR]
 """

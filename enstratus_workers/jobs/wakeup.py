@@ -8,6 +8,14 @@ the safety net: a ring is a hint, never the truth, so a lost one (a publisher re
 full socket buffer) costs that interval and nothing else. Publishers on other hosts are rung
 through the broker (``mq/amqp_wake.py``, attached with ``Ringer.also``).
 
+A job submitted alone is handed over with its ring (``JOB``, ``Ringer.ring_job``): the job as
+its row was committed, sent to one publisher only, which may publish it without reading it back
+(``db/outbox.py``, "a job handed over with its ring"; ``daemons/publisher/rung.py``). No other
+publisher is rung for it, on this host or through the broker: it would relay the job too. A job
+ring nobody takes (no publisher here, a full buffer, a job over ``JOB_RING_MAX`` bytes) becomes
+a plain ring. The bell takes a job ring only from this service's user or root (the kernel's
+``SCM_CREDENTIALS`` on each datagram); anyone else's is a plain ring.
+
 Two kinds of ring: "work" (``RING``: a job was made pending) and "room" (``ROOM``: a job left
 its queue's relay window by starting or finishing, so jobs held back by a full window may go
 now). A publisher whose last pass left nothing pending has no use for room, and waits on

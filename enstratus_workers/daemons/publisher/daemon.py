@@ -7,6 +7,10 @@ with pipelined publisher confirms, and marks them ``queued`` only once the broke
 them. Several publishers can run at once: the rows of a batch stay locked (SKIP LOCKED) until
 it is marked, so no job is relayed twice.
 
+A job submitted alone comes with its ring, and at idle the publisher publishes it from the ring,
+then marks it, without reading the outbox (``rung.py`` says when; ``db/outbox.py`` what is
+kept): on an idle job's way from submit to start, the locked read was two database round trips.
+
 Fair shares (``jobs/fairshare.py``): each queue gets at most ``publisher.window`` first attempts
 relayed and not yet started, dealt to the accounts waiting in turns (``account.<name>.weight``);
 the rest wait in the outbox, and paused queues and accounts (``db/pauses.py``) wait there
