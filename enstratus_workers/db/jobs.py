@@ -316,6 +316,13 @@ class JobStore:
         return Job(**row) if row else None
 
     @retried(idempotent=True)
+    def status_of(self, job_id: int) -> str | None:
+        """The job's status alone (None: no such job): what a wait reads on each wake-up."""
+        with self.engine.connect() as conn:
+            return conn.exec_driver_sql(
+                f"SELECT status FROM enstratus_job WHERE job_id = {int(job_id)}").scalar()
+
+    @retried(idempotent=True)
     def by_idempotency_key(self, key: str) -> Job | None:
         with self.engine.connect() as conn:
             row = conn.execute(sa.select(T).where(T.c.idempotency_key == key)).mappings().first()

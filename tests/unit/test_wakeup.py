@@ -225,6 +225,9 @@ def test_a_wait_for_an_outcome_is_woken_by_its_recording_not_by_the_safety_net(t
     monkeypatch.setattr(submit_mod, "WAIT_SAFETY_NET_S", 30.0)
     job, _ = dbs.jobs.submit(NewJob("noop", "{}", "default", 1))
     done = []
+    rows_read = []
+    get = dbs.jobs.get
+    monkeypatch.setattr(dbs.jobs, "get", lambda job_id: (rows_read.append(job_id), get(job_id))[1])
     try:
         waiter = threading.Thread(target=lambda: done.append(
             submit_mod.wait_for(dbs, job.job_id, timeout=20, run_dir=layout.run_dir)))
@@ -237,9 +240,12 @@ def test_a_wait_for_an_outcome_is_woken_by_its_recording_not_by_the_safety_net(t
         dbs.jobs.record_outcomes([Outcome(job_id=job.job_id, attempt=1, status="succeeded", worker="w",
                                           owner="o", start_ms=now, end_ms=now, result="1", error=None)])
         waiter.join(10)
-        # Then the wait returned with it at once, and took its announcement away
-        assert not waiter.is_alive() and done[0].status == "succeeded"
+        # Then the wait returned with it at once, and took its announcement away; it read the
+        # status alone while waiting, and the whole row once, at the end
+        assert not waiter.is_alive() and done[0].status == "succeeded" and done[0].result == "1"
         assert not list((layout.run_dir / "bells").glob("waiter@*.bell"))
+        assert rows_read == [job.job_id]
+        assert dbs.jobs.status_of(job.job_id) == "succeeded" and dbs.jobs.status_of(10**9) is None
     finally:
         dbs.close()
 
