@@ -10,9 +10,10 @@ through the Python ``submit()`` API, each in its own transaction. Per job:
 - **submit -> action start, row**: ``start_timestamp - created_timestamp`` of the job row (whole ms,
   stamped by the service itself);
 - **submit -> outcome visible**: until a reader polling the row every 1 ms sees it succeeded;
-- **submit -> wait_for()**: the same through the project's own wait (``jobs.submit.wait_for``, what
-  ``submit --wait`` uses: woken when this host's recorder writes outcomes, with a
-  ``WAIT_SAFETY_NET_S`` re-read in case another host does), back to back only.
+- **submit -> wait_for()**: the same through the project's own wait as ``submit --wait`` waits
+  (``jobs.submit.outcome_bell`` announced before the submit, then ``wait_for``: woken when this
+  host's recorder writes outcomes, with a ``WAIT_SAFETY_NET_S`` re-read in case another host
+  does), back to back only.
 
 Back to back (gap 0) and with 0.5 s between jobs (an idle service between them: caches cool,
 the publisher sleeps in its poll), N each, unless ``--gap`` chooses; a series with a gap is
@@ -48,18 +49,20 @@ from harness import (
     wait_terminal,
 )
 
-from enstratus_workers.jobs.submit import WAIT_SAFETY_NET_S, submit, wait_for
+from enstratus_workers.jobs.submit import WAIT_SAFETY_NET_S, outcome_bell, submit, wait_for
 
 WARM_UP = 5
 ACTION = "bench.stamp"
 
 
 def one_job(service, *, use_wait_for: bool = False) -> dict[str, float]:
-    """Submit one job, wait for its outcome; its latencies in ms."""
+    """Submit one job, wait for its outcome; its latencies in ms. ``use_wait_for`` waits as
+    ``submit --wait`` does: its bell announced before the submit, then ``wait_for``."""
+    bell = outcome_bell(service.layout.run_dir) if use_wait_for else None
     t0 = time.time()
     job, _created = submit(service.settings, service.dbs, ACTION, "{}")
     if use_wait_for:
-        done = wait_for(service.dbs, job.job_id, timeout=60, run_dir=service.layout.run_dir)
+        done = wait_for(service.dbs, job.job_id, timeout=60, bell=bell)
         seen = time.time()
         if done is None or done.status != "succeeded":
             raise BenchFailed(f"job {job.job_id} ended {done and done.status}: {done and done.error}")

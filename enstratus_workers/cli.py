@@ -84,10 +84,13 @@ def _job_text(job) -> str:
 
 # -- commands ----------------------------------------------------------------------------------
 def cmd_submit(args) -> int:
-    from enstratus_workers.jobs.submit import SubmitError, submit, wait_for
+    from enstratus_workers.jobs.submit import SubmitError, outcome_bell, submit, wait_for
 
     settings = _settings(args)
     dbs = _dbs(args, settings)
+    # a wait's bell is announced before the submit: the job's outcome rings it, whenever it
+    # comes, and the wait need not read the row while the job is on its way (jobs/submit.py)
+    bell = outcome_bell(_layout(args).run_dir) if args.wait else None
     try:
         try:
             from .actions import default_registry
@@ -101,12 +104,18 @@ def cmd_submit(args) -> int:
             note = "" if created else " (already submitted with this idempotency key)"
             _print(args, {**job.as_dict(), "created": created}, f"submitted job {job.job_id}{note}")
             return 0
-        job = wait_for(dbs, job.job_id, args.timeout, run_dir=_layout(args).run_dir)
+        if not created and bell is not None:   # submitted before, maybe long done: no ring
+            bell.close()                          # will come, so the wait reads the row first
+            bell = None
+        waiting, bell = bell, None                # wait_for closes it
+        job = wait_for(dbs, job.job_id, args.timeout, run_dir=_layout(args).run_dir, bell=waiting)
         _print(args, job.as_dict(), _job_text(job))
         if job.status == lifecycle.SUCCEEDED:
             return 0
         return EXIT_TIMEOUT if job.status in lifecycle.ACTIVE else EXIT_FAILED
     finally:
+        if bell is not None:
+            bell.close()
         dbs.close()
 
 

@@ -134,24 +134,40 @@ def cancel(dbs: Databases, job_id: int):
     return dbs.jobs.cancel(job_id)
 
 
-def wait_for(dbs: Databases, job_id: int, timeout: float, run_dir=None) -> Job:
+def outcome_bell(run_dir):
+    """A waiter's bell of this thread, announced, for ``wait_for(..., bell=)``; None where there
+    are no bells (no run directory, one not writable, not Linux): the safety net alone."""
+    from enstratus_workers.jobs import wakeup
+
+    if run_dir is None or not wakeup.available():
+        return None
+    try:
+        return wakeup.Bell(run_dir, f"{os.getpid()}-{threading.get_ident()}", wakeup.WAITER).announce()
+    except OSError:
+        return None
+
+
+def wait_for(dbs: Databases, job_id: int, timeout: float, run_dir=None, bell=None) -> Job:
     """Wait until the job is terminal or ``timeout`` passes; return it as last seen.
 
     With ``run_dir`` (the install's), the wait is woken by the recorder of this host as soon as
     it recorded outcomes (``jobs/wakeup.py``) and reads the row then; without, or for a job
     recorded on another host, it reads the row every ``WAIT_SAFETY_NET_S``.
+
+    ``bell``: one from ``outcome_bell`` announced before the job was submitted (``submit
+    --wait`` does so), which this wait uses and closes. Any outcome of the job rings it then,
+    so the wait begins by waiting, not by reading the row: a read a moment after the submit
+    finds the job pending, and costs its database and its CPU while the job is on its way.
     """
     from enstratus_workers.db.schema import TERMINAL
-    from enstratus_workers.jobs import wakeup
 
-    bell = None
-    if run_dir is not None and wakeup.available():
-        try:
-            bell = wakeup.Bell(run_dir, f"{os.getpid()}-{threading.get_ident()}", wakeup.WAITER).announce()
-        except OSError:
-            bell = None   # no run directory, or one not writable: the safety net alone
+    read_first = bell is None
+    if bell is None:
+        bell = outcome_bell(run_dir)
     deadline = time.monotonic() + timeout
     try:
+        if not read_first:
+            bell.wait(min(timeout, WAIT_SAFETY_NET_S))
         while True:
             # the status alone until it is final: every outcome this host records wakes every
             # waiter, and the whole row (about twenty columns to parse) is read once, at the end

@@ -41,6 +41,8 @@ def test_service_runs_jobs_end_to_end(home):
     unknown = submit(home, "no.such.action", "--wait")
     not_object = submit(home, "echo", "--args", "[1, 2]", "--wait")
     slow = submit(home, "sleep", "--args", '{"seconds": 0.2}', "--wait")
+    keyed = submit(home, "echo", "--args", '{"k": 1}', "--idempotency-key", "e2e-wait", "--wait")
+    again = submit(home, "echo", "--args", '{"k": 1}', "--idempotency-key", "e2e-wait", "--wait")
 
     # Then each outcome is recorded as it should be
     assert echo["status"] == "succeeded" and echo["result"] == {"x": [1, 2]}
@@ -50,6 +52,8 @@ def test_service_runs_jobs_end_to_end(home):
     assert unknown["status"] == "failed" and "unknown action 'no.such.action'" in unknown["error"]
     assert not_object["status"] == "failed" and "JSON object" in not_object["error"]
     assert slow["status"] == "succeeded" and slow["end_timestamp"] - slow["start_timestamp"] >= 200
+    # a keyed submit waited for twice: the second finds the first job, finished (no ring will come)
+    assert keyed["status"] == again["status"] == "succeeded" and again["job_id"] == keyed["job_id"]
 
     def all_noops_done():
         jobs = json.loads(sh.cli(home, "jobs", "--json", "--limit", "100").stdout)

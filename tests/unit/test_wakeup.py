@@ -250,6 +250,52 @@ def test_a_wait_for_an_outcome_is_woken_by_its_recording_not_by_the_safety_net(t
         dbs.close()
 
 
+def test_a_wait_announced_before_its_submit_waits_first_and_misses_no_outcome(tmp_path, monkeypatch):
+    from enstratus_workers.config import load_settings
+    from enstratus_workers.jobs import submit as submit_mod
+    from enstratus_workers.jobs.values import Outcome
+
+    layout = Layout(sh.make_home(tmp_path))
+    layout.ensure_dirs()
+    dbs = open_databases(load_settings(layout).worker, layout)
+    monkeypatch.setattr(submit_mod, "WAIT_SAFETY_NET_S", 30.0)   # only a ring ends a wait in time
+    reads = []
+    status_of = dbs.jobs.status_of
+    monkeypatch.setattr(dbs.jobs, "status_of", lambda job_id: (reads.append(job_id), status_of(job_id))[1])
+
+    def record(job_id):
+        now = int(time.time() * 1000)
+        dbs.jobs.record_outcomes([Outcome(job_id=job_id, attempt=1, status="succeeded", worker="w",
+                                          owner="o", start_ms=now, end_ms=now, result="1", error=None)])
+    try:
+        # Given a wait's bell announced before its job's submit (as submit --wait does)
+        bell = submit_mod.outcome_bell(layout.run_dir)
+        job, _ = dbs.jobs.submit(NewJob("noop", "{}", "default", 1))
+        # When the job finishes before the wait even begins
+        record(job.job_id)
+        # Then the wait returns at once (the ring waited in the bell), with the job as recorded
+        started = time.monotonic()
+        done = submit_mod.wait_for(dbs, job.job_id, timeout=20, bell=bell)
+        assert done.status == "succeeded" and time.monotonic() - started < 5 and reads == [job.job_id]
+        # Given another, when it finishes while the wait waits
+        reads.clear()
+        bell = submit_mod.outcome_bell(layout.run_dir)
+        job, _ = dbs.jobs.submit(NewJob("noop", "{}", "default", 1))
+        result = []
+        waiter = threading.Thread(target=lambda: result.append(
+            submit_mod.wait_for(dbs, job.job_id, timeout=20, bell=bell)))
+        waiter.start()
+        time.sleep(0.2)
+        # Then it had not read the row before the outcome came, and returned once it came
+        assert reads == []
+        record(job.job_id)
+        waiter.join(10)
+        assert not waiter.is_alive() and result[0].status == "succeeded" and reads == [job.job_id]
+        assert not list((layout.run_dir / "bells").glob("waiter@*.bell"))
+    finally:
+        dbs.close()
+
+
 def test_a_cancel_rings_this_hosts_subscribers_so_the_owner_looks_at_once(tmp_path):
     from enstratus_workers.config.settings import WorkerSettings
     from enstratus_workers.jobs.wakeup import SUBSCRIBER
