@@ -19,7 +19,7 @@ import time
 from contextlib import contextmanager
 from pathlib import Path
 
-from harness import REPO, BenchFailed
+from harness import REPO, BenchFailed, delete_amqp
 
 DEFAULT_ANCHORS = REPO.parent / "shared" / "bench"
 VENV = Path(os.environ.get("ANCHOR_VENV", "/tmp/anchor-venv"))
@@ -42,6 +42,11 @@ def absent_line(anchors: Path) -> str:
     return f"peers: absent ({anchors / 'anchors.sh'} not found; pass --anchors DIR)"
 
 
+#: the broker objects Celery and Dramatiq declare under the anchors' settings
+PEER_QUEUES = ("celery", "default", "default.DQ", "default.XQ")
+PEER_EXCHANGES = ("celery", "celeryev", "celery.pidbox")
+
+
 class Anchors:
     """The shared anchor scripts and their venv, with one counter file per instance."""
 
@@ -60,6 +65,11 @@ class Anchors:
     def close(self) -> None:
         for leftover in (self.counter, Path(str(self.counter) + ".lat")):
             leftover.unlink(missing_ok=True)
+        # what the peers made on the broker (their fixed names): gone with the measurement
+        try:
+            delete_amqp(list(PEER_EXCHANGES), list(PEER_QUEUES))
+        except Exception as exc:  # noqa: BLE001 - the broker may be why the bench failed
+            print(f"could not delete the peers' queues: {exc}", file=sys.stderr)
 
     def __enter__(self):
         return self
