@@ -44,7 +44,7 @@ def absent_line(anchors: Path) -> str:
 
 #: the broker objects Celery and Dramatiq declare under the anchors' settings
 PEER_QUEUES = ("celery", "default", "default.DQ", "default.XQ")
-PEER_EXCHANGES = ("celery", "celeryev", "celery.pidbox")
+PEER_EXCHANGES = ("celery", "celeryev", "celery.pidbox", "reply.celery.pidbox")
 
 
 class Anchors:
