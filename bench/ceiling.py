@@ -25,7 +25,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import pika
-from harness import AMQP_URL, BenchFailed, delete_amqp, figure, latency_text, new_tag
+from harness import AMQP_URL, BenchFailed, delete_amqp, figure, latency_text, new_tag, receipt, stop_process
 
 BODY = b'{"action":"noop","id":0}'
 PERSISTENT = pika.BasicProperties(delivery_mode=2, content_type="application/json")
@@ -117,7 +117,7 @@ def throughput(n: int, window: int = 1000) -> dict:
             pub.run()
             end = done.get(timeout=600)
         finally:
-            _stop(consumer)
+            stop_process(consumer)
     finally:
         delete_amqp([], [queue])
     return {"rate": n / (end - pub.t0), "end_to_end_s": end - pub.t0, "publish_confirmed_s": pub.t_confirmed - pub.t0}
@@ -160,27 +160,16 @@ def latency(n: int) -> list[float]:
                 body = str(i).encode()
                 t0 = time.time()
                 ch.basic_publish("", queue, body, PERSISTENT)   # returns once confirmed
-                if not mine.poll(30):
-                    raise BenchFailed(f"message {i} of the latency ceiling was not received in 30 s")
-                got, received = mine.recv()
-                if got != body:
-                    raise BenchFailed(f"the latency ceiling received {got!r} for {body!r}")
+                received = receipt(mine, body, f"message {i} of the latency ceiling")
                 if i >= LATENCY_WARM_UP:
                     samples.append((received - t0) * 1000)
             ch.basic_publish("", queue, b"stop", PERSISTENT)
             conn.close()
         finally:
-            _stop(consumer)
+            stop_process(consumer)
     finally:
         delete_amqp([], [queue])
     return samples
-
-
-def _stop(proc) -> None:
-    proc.join(30)
-    if proc.is_alive():
-        proc.kill()
-        proc.join()
 
 
 def main(argv=None) -> int:

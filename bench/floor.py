@@ -32,7 +32,6 @@ from __future__ import annotations
 
 import argparse
 import multiprocessing as mp
-import os
 import select
 import socket
 import sys
@@ -41,7 +40,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from harness import AMQP_URL, MYSQL, BenchFailed, _drop_database, delete_amqp, figure, latency_text, new_tag
+from harness import (AMQP_URL, MYSQL, BenchFailed, _drop_database, delete_amqp, figure, latency_text, new_tag,
+                     receipt, stop_process)
 
 WARM_UP = 20
 _SPAWN = mp.get_context("spawn")
@@ -70,7 +70,7 @@ def _relay(database: str, queue: str, bell: bytes, ready, stop) -> None:
     conn = pika.BlockingConnection(pika.URLParameters(AMQP_URL))
     ch = conn.channel()
     ch.confirm_delivery()
-    persistent = pika.BasicProperties(delivery_mode=2, content_type="application/json")
+    persistent = _persistent()
     ready.set()
     while not stop.is_set():
         if not select.select([sock], [], [], 0.2)[0]:
@@ -91,6 +91,13 @@ def _relay(database: str, queue: str, bell: bytes, ready, stop) -> None:
         db.commit()
     conn.close()
     db.close()
+
+
+def _persistent():
+    """The properties of a job's message: persistent JSON, as the service publishes it."""
+    import pika
+
+    return pika.BasicProperties(delivery_mode=2, content_type="application/json")
 
 
 def _write(cur, sql: str) -> None:
@@ -209,7 +216,7 @@ def latency(n: int, direct: bool = False, gap: float = 0.0) -> list[float]:
             own = pika.BlockingConnection(pika.URLParameters(AMQP_URL))
             channel = own.channel()
             channel.confirm_delivery()
-            persistent = pika.BasicProperties(delivery_mode=2, content_type="application/json")
+            persistent = _persistent()
         samples = []
         for i in range(n + WARM_UP):
             t0 = time.time()
@@ -223,11 +230,7 @@ def latency(n: int, direct: bool = False, gap: float = 0.0) -> list[float]:
                 _mark_queued(client, job_id)
             else:
                 ring.sendto(b"!", bell)
-            if not mine.poll(30):
-                raise BenchFailed(f"job {i} of the floor did not start in 30 s")
-            got, started = mine.recv()
-            if got != job_id:
-                raise BenchFailed(f"the floor started job {got} for {job_id}")
+            started = receipt(mine, job_id, f"the start of job {i} of the floor")
             if i >= WARM_UP:
                 samples.append((started - t0) * 1000)
             if gap:
@@ -243,12 +246,7 @@ def latency(n: int, direct: bool = False, gap: float = 0.0) -> list[float]:
         return samples
     finally:
         for p in procs:
-            if p.pid is None:   # never started
-                continue
-            p.join(10)
-            if p.is_alive():
-                p.kill()
-                p.join()
+            stop_process(p, 10)
         admin.close()
         _drop_database(database)
         delete_amqp([], [queue])

@@ -158,6 +158,28 @@ def delete_amqp(exchanges: list[str], queues: list[str]) -> None:
         conn.close()
 
 
+def stop_process(proc, wait: float = 30.0) -> None:
+    """Join a bench's helper process, killed if it is not done within ``wait``; one that never
+    started is left alone."""
+    if proc.pid is None:
+        return
+    proc.join(wait)
+    if proc.is_alive():
+        proc.kill()
+        proc.join()
+
+
+def receipt(pipe, expected, what: str, timeout: float = 30.0) -> float:
+    """The stamp a measuring process sent back through ``pipe`` as ``(what it got, stamp)``,
+    checked to be for ``expected``."""
+    if not pipe.poll(timeout):
+        raise BenchFailed(f"{what} did not arrive in {timeout:g} s")
+    got, stamp = pipe.recv()
+    if got != expected:
+        raise BenchFailed(f"{what}: got {got!r} for {expected!r}")
+    return stamp
+
+
 def _service_queues(settings) -> list[str]:
     """Every broker queue the service may have declared: each queue, its dead-letter queue and its
     delay queues (one per step of the delay ladder, made only when a job was retried)."""

@@ -106,32 +106,20 @@ def main(argv=None) -> int:
     with started_service() as service:
         results = {gap: series(service, args.n, gap) for gap in gaps}
         waited = series(service, args.n, 0.0, use_wait_for=True)
-    ceiling_ms = ceiling.latency(args.n)
-    floor_ms, direct_ms = floor.latency(args.n), floor.latency(args.n, direct=True)
+    kinds = _peer_kinds(args)
+    ref, ref99, measured = _references(args, kinds)
     # an idle machine costs every design more (a process woken after half a second of sleep):
     # each gap's series is held against the floor at the same gap
     gap_floors = {gap: floor.latency(args.n, gap=gap) for gap in gaps if gap}
-    ref = {"ceiling": percentile(ceiling_ms, 50), "floor": percentile(floor_ms, 50), "direct": percentile(direct_ms, 50)}
-    ref99 = {"ceiling": percentile(ceiling_ms, 99), "floor": percentile(floor_ms, 99),
-             "direct": percentile(direct_ms, 99)}
-    peer_lines = []
-    if args.peers and peers.available(args.anchors):
-        with peers.Anchors(args.anchors) as anchors:
-            for kind in ("celery", "dramatiq"):
-                p50, p99 = anchors.latency(kind, args.n)
-                peer_lines.append((kind, p50, p99))
-                ref[kind], ref99[kind] = p50, p99
 
-    figure("ceiling: raw pika publish->receive", latency_text(ceiling_ms))
-    figure("outbox floor: submit->action start (floor.py)", latency_text(floor_ms), ref["floor"],
+    figure("ceiling: raw pika publish->receive", latency_text(measured["ceiling"]))
+    figure("outbox floor: submit->action start (floor.py)", latency_text(measured["floor"]), ref["floor"],
            {"ceiling": ref["ceiling"]}, who="floor")
-    figure("direct floor: the submitter publishes (floor.py)", latency_text(direct_ms), ref["direct"],
+    figure("direct floor: the submitter publishes (floor.py)", latency_text(measured["direct"]), ref["direct"],
            {"ceiling": ref["ceiling"]}, who="direct")
-    for kind, p50, p99 in peer_lines:
-        figure(f"peer {kind}: enqueue->task start", f"p50={p50:.2f}ms p99={p99:.2f}ms n={args.n}",
-               p50, {k: ref[k] for k in ("ceiling", "floor", "direct")}, who=kind)
-    if args.peers and not peers.available(args.anchors):
-        print(peers.absent_line(args.anchors))
+    for kind in kinds:
+        figure(f"peer {kind}: enqueue->task start", f"p50={ref[kind]:.2f}ms p99={ref99[kind]:.2f}ms n={args.n}",
+               ref[kind], {k: ref[k] for k in ("ceiling", "floor", "direct")}, who=kind)
     for gap, fl in gap_floors.items():
         figure(f"outbox floor, gap {gap:g}s", latency_text(fl))
     for gap, s in results.items():
@@ -158,21 +146,12 @@ def alternated(args) -> int:
     """``--rounds``: on this machine the peers' and our latencies moved up to 2x between runs
     minutes apart, so one run's ratio of figures taken minutes apart says little. Here each round
     takes every figure within a minute or so of the others, and the ratios are taken per round."""
-    with_peers = args.peers and peers.available(args.anchors)
-    if args.peers and not with_peers:
-        print(peers.absent_line(args.anchors))
-    kinds = ("celery", "dramatiq") if with_peers else ()
+    kinds = _peer_kinds(args)
     per_round: dict[str, list[float]] = {}
     with started_service() as service:
         for r in range(1, args.rounds + 1):
             ours = series(service, args.n, 0.0, use_wait_for=True)["start_client"]
-            fl, direct, ce = floor.latency(args.n), floor.latency(args.n, direct=True), ceiling.latency(args.n)
-            ref = {"ceiling": percentile(ce, 50), "floor": percentile(fl, 50), "direct": percentile(direct, 50)}
-            ref99 = {"ceiling": percentile(ce, 99), "floor": percentile(fl, 99), "direct": percentile(direct, 99)}
-            if kinds:
-                with peers.Anchors(args.anchors) as anchors:
-                    for kind in kinds:
-                        ref[kind], ref99[kind] = anchors.latency(kind, args.n)
+            ref, ref99, _measured = _references(args, kinds)
             p50, p99 = percentile(ours, 50), percentile(ours, 99)
             line = " ".join(f"{k}={v:.2f}/{ref99[k]:.2f}" for k, v in ref.items())
             figure(f"round {r}: p50/p99 ms", f"ours={p50:.2f}/{p99:.2f} {line}")
@@ -187,6 +166,30 @@ def alternated(args) -> int:
         figure(f"{name}, submit->action start, back to back",
                f"median={percentile(values, 50):.3g}x rounds: " + " ".join(f"{v:.3g}x" for v in values))
     return 0
+
+
+def _peer_kinds(args) -> tuple[str, ...]:
+    """The peers to measure: Celery and Dramatiq with ``--peers`` and the anchors (else none, said)."""
+    if not args.peers:
+        return ()
+    if not peers.available(args.anchors):
+        print(peers.absent_line(args.anchors))
+        return ()
+    return ("celery", "dramatiq")
+
+
+def _references(args, kinds) -> tuple[dict, dict, dict]:
+    """The ceiling, the two floors (back to back) and the peers ``kinds``: their p50s and p99s by
+    name, and the samples of the ceiling and the floors."""
+    measured = {"ceiling": ceiling.latency(args.n), "floor": floor.latency(args.n),
+                "direct": floor.latency(args.n, direct=True)}
+    ref = {k: percentile(v, 50) for k, v in measured.items()}
+    ref99 = {k: percentile(v, 99) for k, v in measured.items()}
+    if kinds:
+        with peers.Anchors(args.anchors) as anchors:
+            for kind in kinds:
+                ref[kind], ref99[kind] = anchors.latency(kind, args.n)
+    return ref, ref99, measured
 
 
 def _ours(label: str, samples: list[float], ref: dict, ref99: dict) -> None:
