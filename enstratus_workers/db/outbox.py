@@ -94,9 +94,13 @@ _REST = (" UNION ALL SELECT 'window', queue, NULL, COUNT(*) FROM enstratus_job "
          f"WHERE status = '{QUEUED}' AND attempts = 0 AND (not_before_ms IS NULL OR not_before_ms <= {{now}}) "
          "GROUP BY queue UNION ALL SELECT kind, name, NULL, since_ms FROM enstratus_pause")
 _COLUMNS = "job_id, action, arguments, queue, attempts, max_attempts, not_before_ms, cancel_requested_ms"
-# the first attempts queued on the queue of the job read (``j``), as the probe counts them
-_QUEUED_OF_J = (f"SELECT COUNT(*) FROM enstratus_job w WHERE w.status = '{QUEUED}' AND w.attempts = 0 "
-                "AND (w.not_before_ms IS NULL OR w.not_before_ms <= {now}) AND w.queue = j.queue")
+# a queue's window, its queue's and an account's pause, as the probe reads them: the outlook of
+# one job (``_lone``: of the row read, ``j``; ``mark_rung``: of a job published from its ring)
+_WINDOW_AND_PAUSES = (
+    f"(SELECT COUNT(*) FROM enstratus_job w WHERE w.status = '{QUEUED}' AND w.attempts = 0 "
+    "AND (w.not_before_ms IS NULL OR w.not_before_ms <= {now}) AND w.queue = {queue}), "
+    "EXISTS (SELECT 1 FROM enstratus_pause p WHERE p.kind = 'queue' AND p.name = {queue}), "
+    "EXISTS (SELECT 1 FROM enstratus_pause p WHERE p.kind = 'account' AND p.name = {account})")
 #: rows ``_lone`` reads: one more than a lone job, to know that it is alone
 _LONE_READ = 2
 _LONE_COLUMNS = ", ".join(f"j.{c.strip()}" for c in _COLUMNS.split(","))
@@ -123,9 +127,8 @@ def _lone(conn) -> tuple[Outlook, list[Relayed]] | None:
     statement; None if more than one is pending (the probe's turn). The subqueries' rows are not
     locked (only the outer table's are: MariaDB's and MySQL's rule for a locking read)."""
     lock = "" if conn.dialect.name == "sqlite" else " FOR UPDATE SKIP LOCKED"
-    sql = (f"SELECT {_LONE_COLUMNS}, j.account, ({_QUEUED_OF_J.format(now=int(now_ms()))}), "
-           "EXISTS (SELECT 1 FROM enstratus_pause p WHERE p.kind = 'queue' AND p.name = j.queue), "
-           "EXISTS (SELECT 1 FROM enstratus_pause p WHERE p.kind = 'account' AND p.name = j.account) "
+    sql = (f"SELECT {_LONE_COLUMNS}, j.account, "
+           f"{_WINDOW_AND_PAUSES.format(now=int(now_ms()), queue='j.queue', account='j.account')} "
            f"FROM enstratus_job j WHERE j.status = '{PENDING}' ORDER BY j.job_id LIMIT {_LONE_READ}{lock}")
     rows = conn.exec_driver_sql(sql).all()
     if len(rows) >= _LONE_READ:
@@ -303,9 +306,7 @@ def mark_rung(engine: sa.Engine, job: Relayed, account: str | None) -> tuple[boo
             f"UPDATE enstratus_job SET status = '{QUEUED}', queued_timestamp = {int(now_ms())} "
             f"WHERE job_id = {int(job.job_id)} AND status = '{PENDING}' AND attempts = 0").rowcount
         queued, queue_paused, account_paused = conn.exec_driver_sql(
-            f"SELECT ({_QUEUED_OF_J.format(now=int(now_ms())).replace('j.queue', mark)}), "
-            f"EXISTS (SELECT 1 FROM enstratus_pause p WHERE p.kind = 'queue' AND p.name = {mark}), "
-            f"EXISTS (SELECT 1 FROM enstratus_pause p WHERE p.kind = 'account' AND p.name = {mark})",
+            "SELECT " + _WINDOW_AND_PAUSES.format(now=int(now_ms()), queue=mark, account=mark),
             (job.queue, job.queue, account)).one()
     pathtrace.stamp("publisher.marked", (job.job_id,))
     return bool(marked), WindowView(int(queued), bool(queue_paused), bool(account_paused))
