@@ -144,11 +144,7 @@ class AmqpTransport(Transport):
 
     def _drop_admin(self) -> None:
         conn, self._admin, self._channel = self._admin, None, None
-        if conn is not None and conn.is_open:
-            try:
-                conn.close()
-            except PIKA_ERRORS:
-                pass
+        _close_quietly(conn)
 
     def declare(self, queues: Sequence[str]) -> None:
         self._manage("declare", lambda ch: self._layout.declare(ch, queues))
@@ -298,10 +294,7 @@ class AmqpTransport(Transport):
                 channel.exchange_declare(exchange, "direct", durable=True)
             channel.confirm_delivery()
         except PIKA_ERRORS as exc:
-            try:
-                conn.close()
-            except PIKA_ERRORS:
-                pass
+            _close_quietly(conn)
             raise ConnectionClosed(why(exc)) from exc
         self._lone_channel = channel
         return conn
@@ -320,11 +313,7 @@ class AmqpTransport(Transport):
 
     def _close_lone(self) -> None:
         conn, self._lone, self._lone_channel = self._lone, None, None
-        if conn is not None and conn.is_open:
-            try:
-                conn.close()
-            except PIKA_ERRORS:
-                pass
+        _close_quietly(conn)
 
     def _open_publisher(self, node: Node) -> ConfirmingPublisher:
         publisher = ConfirmingPublisher(self._params(node, "publisher"), [self.mq.exchange, self.dead_exchange],
@@ -391,3 +380,12 @@ class AmqpTransport(Transport):
         self._close_publisher()
         self._close_lone()
         self._drop_admin()
+
+
+def _close_quietly(conn: pika.BlockingConnection | None) -> None:
+    """Close a blocking connection that may be gone already (then there is nothing to close)."""
+    if conn is not None and conn.is_open:
+        try:
+            conn.close()
+        except PIKA_ERRORS:
+            pass
