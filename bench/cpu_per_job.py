@@ -13,7 +13,17 @@ counted: other users share them here. ``--rounds`` repeats it in one service.
 (``throughput.py --single``'s clients), and the admin daemon's CPU beside the others' (with the
 8 requests that open the connections, outside the clock).
 
-usage: .venv/bin/python bench/cpu_per_job.py [N] [--rounds R] [--api]
+``--idle``: N jobs one at a time, as ``latency.py`` runs them back to back (``submit()``, then
+``wait_for()`` with its bell announced before the submit, as ``submit --wait`` does), and per job
+what each process spent, which the machine's speed does not move as it moves a latency: CPU ms
+(the daemons, this client, and the shared servers: MariaDB's ``mariadbd`` and RabbitMQ's
+``beam.smp``, whose CPU here is the service's alone while nothing else runs), wake-ups (voluntary
+context switches, every thread of each process: each a thread put back on a core, on two cores
+often behind another) and database statements (MariaDB's ``Questions``, global). At idle the two
+cores are shared by every process on a job's way: what any of them spends, on the way or beside
+it, is a core the next hop may wait for.
+
+usage: .venv/bin/python bench/cpu_per_job.py [N] [--rounds R] [--api | --idle]
 """
 
 from __future__ import annotations
@@ -24,12 +34,15 @@ import sys
 import time
 from pathlib import Path
 
+import psutil
+
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from harness import figure, started_service, wait_succeeded
 from throughput import admin_one_by_one
 
 from enstratus_workers.db import NewJob
+from enstratus_workers.jobs.submit import outcome_bell, submit, wait_for
 
 BATCH = 500
 TICK = os.sysconf("SC_CLK_TCK")
@@ -74,17 +87,78 @@ def one_round(service, n: int, api: bool = False) -> None:
            f"CPU ms per 1,000 jobs: all={total / n * 1e6:.0f} {parts}  ({n / took:,.0f}/s)")
 
 
+def _servers() -> dict[str, list[int]]:
+    """The shared servers' pids: MariaDB and RabbitMQ (empty where they are not found)."""
+    out: dict[str, list[int]] = {"mariadb": [], "rabbitmq": []}
+    for p in psutil.process_iter(["name"]):
+        kind = {"mariadbd": "mariadb", "mysqld": "mariadb", "beam.smp": "rabbitmq"}.get(p.info["name"] or "")
+        if kind:
+            out[kind].append(p.pid)
+    return out
+
+
+def _wake_ups(pid: int) -> int:
+    """Voluntary context switches of every thread of ``pid`` so far (0 if it is gone)."""
+    total = 0
+    try:
+        tasks = list(Path(f"/proc/{pid}/task").iterdir())
+    except OSError:
+        return 0
+    for task in tasks:
+        try:
+            status = (task / "status").read_text()
+        except OSError:
+            continue
+        total += int(status.split("voluntary_ctxt_switches:")[1].split()[0])
+    return total
+
+
+def _statements(service) -> int:
+    with service.dbs.jobs.engine.connect() as conn:
+        return int(conn.exec_driver_sql("SHOW GLOBAL STATUS LIKE 'Questions'").one()[1])
+
+
+def idle_round(service, n: int) -> None:
+    """``--idle``: N jobs one at a time; per job, each process's CPU, wake-ups and the statements."""
+    pids = _daemons(service.run_dir, ("publisher", "subscriber", "worker"))
+    pids.update(_servers())
+    pids["client"] = [os.getpid()]
+    cpu0 = {k: sum(_cpu_s(p) for p in ps) for k, ps in pids.items()}
+    wakes0 = {k: sum(_wake_ups(p) for p in ps) for k, ps in pids.items()}
+    statements0 = _statements(service)
+    t0 = time.perf_counter()
+    for _ in range(n):
+        bell = outcome_bell(service.run_dir)
+        job, _ = submit(service.settings, service.dbs, "noop", "{}")
+        if wait_for(service.dbs, job.job_id, 30, run_dir=service.run_dir, bell=bell).status != "succeeded":
+            raise SystemExit(f"bench failed: job {job.job_id} did not succeed")
+    took = time.perf_counter() - t0
+    statements = _statements(service) - statements0 - 1
+    cpu = {k: (sum(_cpu_s(p) for p in ps) - cpu0[k]) / n * 1e3 for k, ps in pids.items()}
+    wakes = {k: (sum(_wake_ups(p) for p in ps) - wakes0[k]) / n for k, ps in pids.items()}
+    figure(f"{n} idle noop jobs, one at a time (load {os.getloadavg()[0]:.1f})",
+           f"{took / n * 1e3:.2f} ms each, submit to outcome read; {statements / n:.1f} statements per job")
+    figure("  CPU ms per job", f"all={sum(cpu.values()):.2f} " + " ".join(f"{k}={v:.2f}" for k, v in cpu.items()))
+    figure("  wake-ups per job", f"all={sum(wakes.values()):.1f} " + " ".join(f"{k}={v:.1f}" for k, v in wakes.items()))
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("n", type=int, nargs="?", default=10_000)
     ap.add_argument("--rounds", type=int, default=2)
-    ap.add_argument("--api", action="store_true", help="one POST /jobs per job from 8 clients, not bulk")
+    how = ap.add_mutually_exclusive_group()
+    how.add_argument("--api", action="store_true", help="one POST /jobs per job from 8 clients, not bulk")
+    how.add_argument("--idle", action="store_true", help="one job at a time, each waited for: CPU, "
+                                                          "wake-ups and statements per job")
     args = ap.parse_args(argv)
     if not 1 <= args.n <= 1_000_000 or not 1 <= args.rounds <= 20:
         ap.error("N 1..1000000, --rounds 1..20")
     with started_service() as service:
         for _ in range(args.rounds):
-            one_round(service, args.n, args.api)
+            if args.idle:
+                idle_round(service, args.n)
+            else:
+                one_round(service, args.n, args.api)
     return 0
 
 

@@ -130,6 +130,11 @@ class Job:
         return d
 
 
+#: ``get``'s read: the row's columns in ``Job``'s order, as driver SQL (``get`` is on every
+#: waited job's path: ``wait_for``, ``submit --wait``, the job page), a ``Job`` made by position
+_GET_SQL = (f"SELECT {', '.join(Job.__dataclass_fields__)} FROM enstratus_job WHERE job_id = ")
+
+
 def _loads_or_text(text):
     try:
         return json.loads(text)
@@ -189,7 +194,8 @@ class JobStore:
     """All reads and writes of ``enstratus_job``. Safe to share between threads (pooled engine)."""
 
     def __init__(self, engine: sa.Engine, on_pending: Callable[[], None] | None = None,
-                 on_recorded: Callable[[], None] | None = None, on_cancel: Callable[[], None] | None = None,
+                 on_recorded: Callable[[Iterable[int]], None] | None = None,
+                 on_cancel: Callable[[], None] | None = None,
                  on_room: Callable[[], None] | None = None, on_job: Callable[[bytes], bool] | None = None):
         self.engine = engine
         # called after every commit that made a job pending: wakes the publishers (jobs/wakeup.py)
@@ -201,8 +207,9 @@ class JobStore:
         # finished, none made pending): a room ring, which a publisher with nothing held back
         # lets go (jobs/wakeup.py); without one, a plain ring
         self._on_room = on_room or self._on_pending
-        # called after every commit that recorded outcomes (wakes ``submit --wait`` and the like)
-        self._on_recorded = on_recorded or (lambda: None)
+        # called with the jobs a commit finished (wakes ``submit --wait`` and the like, naming
+        # them: a waiter reads its row only if its job is among them, jobs/wakeup.py)
+        self._on_recorded = on_recorded or (lambda job_ids: None)
         # called after a cancel (wakes this host's subscribers: the owner looks for it at once)
         self._on_cancel = on_cancel or (lambda: None)
         # a group whose commit was lost may be stored: its jobs are not written again one by one
@@ -312,15 +319,8 @@ class JobStore:
     @retried(idempotent=True)
     def get(self, job_id: int) -> Job | None:
         with self.engine.connect() as conn:
-            row = conn.execute(sa.select(T).where(T.c.job_id == job_id)).mappings().first()
-        return Job(**row) if row else None
-
-    @retried(idempotent=True)
-    def status_of(self, job_id: int) -> str | None:
-        """The job's status alone (None: no such job): what a wait reads on each wake-up."""
-        with self.engine.connect() as conn:
-            return conn.exec_driver_sql(
-                f"SELECT status FROM enstratus_job WHERE job_id = {int(job_id)}").scalar()
+            row = conn.exec_driver_sql(_GET_SQL + str(int(job_id))).first()
+        return Job(*row) if row else None
 
     @retried(idempotent=True)
     def by_idempotency_key(self, key: str) -> Job | None:
@@ -397,7 +397,7 @@ class JobStore:
         """Cancel a job: at once if it has not started, else ask its owner to stop it."""
         answer = cancels.cancel(self.engine, job_id, _add_totals, self.get)
         if answer.verdict == lifecycle.CANCEL_NOW:
-            self._on_recorded()      # it finished: wake whoever waits for it
+            self._on_recorded((job_id,))      # it finished: wake whoever waits for it
         if answer.verdict in (lifecycle.CANCEL_NOW, lifecycle.CANCEL_ASK):
             self._on_cancel()        # a subscriber of this host may hold it (another host's looks in time)
         return answer
@@ -552,7 +552,9 @@ class JobStore:
                 self._on_pending()
             else:
                 self._on_room()
-            self._on_recorded()
+            finished = [o.job_id for o in applied if o.status in schema.TERMINAL]
+            if finished:     # a retry or a deferral is not what a waiter waits for
+                self._on_recorded(finished)
         return applied, joined
 
 

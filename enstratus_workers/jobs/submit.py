@@ -151,8 +151,9 @@ def wait_for(dbs: Databases, job_id: int, timeout: float, run_dir=None, bell=Non
     """Wait until the job is terminal or ``timeout`` passes; return it as last seen.
 
     With ``run_dir`` (the install's), the wait is woken by the recorder of this host as soon as
-    it recorded outcomes (``jobs/wakeup.py``) and reads the row then; without, or for a job
-    recorded on another host, it reads the row every ``WAIT_SAFETY_NET_S``.
+    it recorded the job's outcome (``jobs/wakeup.py``: a ring names the jobs it recorded, and a
+    ring naming only others is waited through without a read) and reads the row then; without,
+    or for a job recorded on another host, it reads the row every ``WAIT_SAFETY_NET_S``.
 
     ``bell``: one from ``outcome_bell`` announced before the job was submitted (``submit
     --wait`` does so), which this wait uses and closes. Any outcome of the job rings it then,
@@ -167,18 +168,25 @@ def wait_for(dbs: Databases, job_id: int, timeout: float, run_dir=None, bell=Non
     deadline = time.monotonic() + timeout
     try:
         if not read_first:
-            bell.wait(min(timeout, WAIT_SAFETY_NET_S))
+            _wait_for_word(bell, job_id, min(timeout, WAIT_SAFETY_NET_S))
         while True:
-            # the status alone until it is final: every outcome this host records wakes every
-            # waiter, and the whole row (about twenty columns to parse) is read once, at the end
-            status = dbs.jobs.status_of(job_id)
+            job = dbs.jobs.get(job_id)
             left = deadline - time.monotonic()
-            if status is None or status in TERMINAL or left <= 0:
-                return dbs.jobs.get(job_id)
+            if job is None or job.status in TERMINAL or left <= 0:
+                return job
             if bell is not None:
-                bell.wait(min(left, WAIT_SAFETY_NET_S))
+                _wait_for_word(bell, job_id, min(left, WAIT_SAFETY_NET_S))
             else:
                 time.sleep(min(left, WAIT_SAFETY_NET_S))
     finally:
         if bell is not None:
             bell.close()
+
+
+def _wait_for_word(bell, job_id: int, timeout: float) -> None:
+    """Wait on ``bell`` until a ring that may be about ``job_id`` (one naming it, or naming no
+    jobs) or ``timeout``: the rings of other jobs' outcomes cost this waiter no read."""
+    deadline = time.monotonic() + timeout
+    while bell.wait(deadline - time.monotonic()):
+        if bell.recorded is None or job_id in bell.recorded:
+            return

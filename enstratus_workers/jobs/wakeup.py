@@ -23,6 +23,14 @@ now). A publisher whose last pass left nothing pending has no use for room, and 
 ring cost an empty relay pass that the next job's submit could land behind. A room ring through
 the broker reaches other hosts as a plain ring (their publishers cannot know this host's outbox).
 
+A waiter's ring names the jobs whose outcomes were recorded (``DONE``, ``Ringer.ring_done``), so a
+waiter reads its job's row only when its job is among them: every outcome the host records rings
+every waiter, and without the names each of them read its row on each ring, a statement and its
+CPU per waiter per outcome. A ring naming more jobs than fit (``RING_MAX``), or none, is a plain
+ring: every waiter reads. A name is a hint like any ring (anyone on the host can send one): one
+naming a job whose outcome is not recorded costs its waiter a read, and the waiter's
+``WAIT_SAFETY_NET_S`` read covers a ring that never came (``jobs/submit.py``, ``wait_for``).
+
 A bell is a Unix datagram socket in the abstract namespace (no file to clean up, no path-length
 limit), one per publisher, named after the install's run directory and the publisher's name;
 a ringer finds the publishers by their pid files (and waiters by their ``.bell`` files), looking
@@ -49,9 +57,11 @@ from pathlib import Path
 RING = b"!"   # a job was made pending
 ROOM = b"r"   # a job left its queue's window: work held back by a full window may go now
 JOB = b"j"    # one job was submitted, and here it is (``Ringer.ring_job``; the rest is its row)
-#: The largest job ring sent, in bytes (the job's arguments are most of it): a larger job is
-#: rung plainly, and the publisher reads it from the outbox as before.
-JOB_RING_MAX = 8192
+DONE = b"d"   # these jobs' outcomes were recorded (``Ringer.ring_done``; the rest: ids, by commas)
+#: The largest ring sent, in bytes: a larger job (its arguments are most of it) is rung plainly,
+#: and the publisher reads it from the outbox as before; so are more recorded jobs than fit.
+RING_MAX = 8192
+JOB_RING_MAX = RING_MAX
 RESCAN_S = 1.0   # a ringer looks again at least this often, even if the directory seems unchanged
 
 
@@ -104,6 +114,9 @@ class Bell:
         self.only_room = False   # the last wake-up drained room rings only (module docstring)
         self.jobs: list[bytes] = []   # the last wake-up's job rings (their payloads), in order
         self.plain = False       # the last wake-up drained a work ring without a job
+        #: the jobs the last wake-up's rings said were recorded (``DONE``); None if one of them
+        #: named none (a plain ring, or one cut short): anything may have been recorded
+        self.recorded: set[int] | None = set()
 
     def wait(self, timeout: float) -> bool:
         try:
@@ -120,19 +133,25 @@ class Bell:
         """Take every ring waiting; whether they were all room rings. The job rings' payloads
         are kept in ``jobs``, and ``plain`` says whether a work ring without a job came too."""
         only_room = True
-        self.jobs, self.plain = [], False
+        self.jobs, self.plain, self.recorded = [], False, set()
         while True:
             try:
-                data, ancillary, _flags, _address = self._sock.recvmsg(JOB_RING_MAX + 64, _CREDENTIALS_SPACE)
+                data, ancillary, flags, _address = self._sock.recvmsg(RING_MAX + 64, _CREDENTIALS_SPACE)
             except (BlockingIOError, InterruptedError):
                 return only_room
             except OSError:
                 return only_room
             only_room = only_room and data == ROOM
-            if data[:1] == JOB and _sender_uid(ancillary) in self._trusted:
+            if flags & socket.MSG_TRUNC:   # not one of ours: a ring, no more
+                self.plain, self.recorded = True, None
+            elif data[:1] == JOB and _sender_uid(ancillary) in self._trusted:
                 self.jobs.append(data[1:])
-            elif data != ROOM:
+            elif data[:1] == DONE:
+                ids = recorded_ids(data[1:])
+                self.recorded = None if ids is None or self.recorded is None else self.recorded | ids
                 self.plain = True
+            elif data != ROOM:
+                self.plain, self.recorded = True, None
 
     def fileno(self) -> int:
         """For ``select`` and ``multiprocessing.connection.wait``, beside other things to wait on;
@@ -203,6 +222,18 @@ class Ringer:
         for ring in self._also:
             ring()
 
+    def ring_done(self, job_ids) -> None:
+        """Ring every bell of the role (the waiters) with the jobs whose outcomes were just
+        recorded (module docstring); more than fit in ``RING_MAX`` bytes, or none: a plain ring."""
+        payload = ",".join(str(int(i)) for i in job_ids).encode()
+        what = DONE + payload if payload and len(payload) < RING_MAX else RING
+        self._refresh()
+        sock = self._sock
+        if sock is None:
+            return
+        for address in self._addresses:
+            _send(sock, address, what)
+
     def ring_job(self, payload: bytes) -> bool:
         """Hand one submitted job to one publisher of the install (the first whose bell takes
         it), so that it can publish the job without reading it back (``daemons/publisher``);
@@ -251,6 +282,14 @@ class Ringer:
 
 
 _CREDENTIALS_SPACE = socket.CMSG_SPACE(struct.calcsize("3i"))
+
+
+def recorded_ids(payload: bytes) -> set[int] | None:
+    """The job ids a ``DONE`` ring names (decimal, by commas); None if it is not such a list."""
+    parts = payload.split(b",")
+    if not all(p.isdigit() and len(p) <= 19 for p in parts):   # isdigit: ASCII digits only, no sign
+        return None
+    return {int(p) for p in parts}
 
 
 def _sender_uid(ancillary) -> int | None:

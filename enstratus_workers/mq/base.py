@@ -144,6 +144,15 @@ class Transport(abc.ABC):
         connection dropped before anything was confirmed.
         """
 
+    def publish_one(self, message: OutgoingMessage) -> None:
+        """``publish([message])``, for a job published alone: a transport may do it on the
+        calling thread, without the batch path's hand-offs (AMQP: ``mq/amqp.py``). Same outcomes."""
+        self.publish([message])
+
+    def keep_alive(self) -> None:
+        """Answer the backend's heartbeats on what ``publish_one`` keeps open between calls;
+        a publisher calls it on each turn of its loop. Never raises."""
+
     @abc.abstractmethod
     def consumer(self, queues: Sequence[str], prefetch: int) -> Consumer:
         """Start consuming the given logical queues."""

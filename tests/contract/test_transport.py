@@ -313,6 +313,37 @@ def test_publish_to_an_undeclared_queue_names_the_unconfirmed_messages(backend):
     assert [d.message_id for d in drain(consumer, 1)] == ["job-3"]
 
 
+def test_a_message_published_alone_comes_as_a_batch_does_in_order_with_them(backend):
+    # Given a declared queue
+    t = backend.open()
+    t.declare(["work"])
+    # When messages are published alone, between batches
+    sent = messages("work", 6)
+    t.publish_one(sent[0])
+    t.publish(sent[1:3])
+    t.publish_one(sent[3])
+    t.publish_one(sent[4])
+    t.publish(sent[5:])
+    # Then they come in publish order, each exactly as published
+    got = drain(t.consumer(["work"], prefetch=10), 6)
+    assert [(d.queue, d.body, d.message_id, d.headers) for d in got] == \
+        [(m.queue, m.body, m.message_id, m.headers) for m in sent]
+
+
+def test_a_message_published_alone_to_an_undeclared_queue_is_named_and_the_next_goes(backend):
+    # Given one declared queue
+    t = backend.open()
+    t.declare(["work"])
+    # When a message alone goes to a queue that does not exist
+    with pytest.raises(PublishError) as caught:
+        t.publish_one(messages("nowhere", 1)[0])
+    # Then it is named unconfirmed, and the transport keeps publishing, alone and in batches
+    assert list(caught.value.unconfirmed) == ["job-0"]
+    t.publish_one(messages("work", 1, start=1)[0])
+    t.publish(messages("work", 1, start=2))
+    assert [d.message_id for d in drain(t.consumer(["work"], prefetch=10), 2)] == ["job-1", "job-2"]
+
+
 def test_settling_a_delivery_of_an_earlier_consumer_is_a_noop(backend):
     # Given a message delivered to a consumer that then closed, and redelivered to a new one
     t = backend.open()
@@ -523,6 +554,52 @@ def test_amqp_idle_publisher_keeps_its_connection_through_heartbeats(rabbitmq_ur
 
 
 @pytest.mark.rabbitmq
+@pytest.mark.parametrize("answered", [True, False], ids=["keep-alive-saw-it", "publish-saw-it"])
+def test_amqp_a_lone_publish_after_the_broker_dropped_its_connection_connects_again(
+        rabbitmq_url, amqp_names, rabbitmqctl, tmp_path, answered):
+    # Given a transport that has published a message alone
+    mq = amqp_settings(rabbitmq_url, amqp_names)
+    with open_transport(mq, Layout(tmp_path), client_name=f"ewtest lone {amqp_names['exchange']}") as t:
+        t.declare(["work"])
+        t.publish_one(messages("work", 1)[0])
+        # When the broker closes that connection
+        for pid in _broker_connections(f"{t.client_name} lone publisher"):
+            subprocess.run(["rabbitmqctl", "close_connection", pid, "test drops it"],
+                           capture_output=True, timeout=60, check=True)
+        time.sleep(0.5)
+        if answered:
+            # Then the publisher's keep-alive lets it go without raising, and the next message
+            # alone opens a new one
+            t.keep_alive()
+        else:
+            # Then the next message alone is not confirmed (the connection went), and says so
+            with pytest.raises(ConnectionClosed):
+                t.publish_one(messages("work", 1, start=1)[0])
+        t.publish_one(messages("work", 1, start=2)[0])
+        got = sorted(d.message_id for d in drain(t.consumer(["work"], prefetch=10), 2))
+        assert got == ["job-0", "job-2"]
+
+
+@pytest.mark.rabbitmq
+def test_amqp_a_lone_publishers_connection_lives_through_idle_heartbeats_with_keep_alive(
+        rabbitmq_url, amqp_names, rabbitmqctl, tmp_path):
+    # Given a transport with a 1 s heartbeat that has published a message alone
+    mq = amqp_settings(rabbitmq_url, amqp_names, heartbeat=1)
+    with open_transport(mq, Layout(tmp_path), client_name=f"ewtest lone idle {amqp_names['exchange']}") as t:
+        t.declare(["work"])
+        t.publish_one(messages("work", 1)[0])
+        before = _broker_connections(f"{t.client_name} lone publisher")
+        # When it sits idle for several heartbeat timeouts, kept alive as the publisher's loop does
+        deadline = time.monotonic() + 4
+        while time.monotonic() < deadline:
+            t.keep_alive()
+            time.sleep(0.3)
+        t.publish_one(messages("work", 1, start=1)[0])
+        # Then the broker still has the same connection
+        assert len(before) == 1 and _broker_connections(f"{t.client_name} lone publisher") == before
+
+
+@pytest.mark.rabbitmq
 def test_amqp_messages_the_broker_nacks_are_named_unconfirmed(rabbitmq_url, amqp_names, rabbitmqctl, tmp_path):
     # Given a queue the broker keeps at one message, refusing (nacking) publishes beyond that
     mq = amqp_settings(rabbitmq_url, amqp_names)
@@ -540,6 +617,10 @@ def test_amqp_messages_the_broker_nacks_are_named_unconfirmed(rabbitmq_url, amqp
 
             # Then the two the broker refused are named, and the one it took is there
             assert sorted(caught.value.unconfirmed) == ["job-1", "job-2"]
+            # and a message alone that the broker refuses is named too
+            with pytest.raises(PublishError) as alone:
+                t.publish_one(messages("work", 1, start=3)[0])
+            assert list(alone.value.unconfirmed) == ["job-3"]
             assert [d.message_id for d in drain(t.consumer(["work"], prefetch=10), 1)] == ["job-0"]
         finally:
             subprocess.run(["rabbitmqctl", "clear_policy", policy], capture_output=True, timeout=60)

@@ -94,6 +94,12 @@ class RecordingTransport:
     def publish(self, messages):
         pass
 
+    def publish_one(self, message):
+        pass
+
+    def keep_alive(self):
+        pass
+
     def depths(self, queues):
         return []
 

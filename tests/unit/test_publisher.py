@@ -46,6 +46,13 @@ class ScriptedTransport:
         if refused:
             raise PublishError(f"{len(refused)} not confirmed", refused)
 
+    def publish_one(self, message):
+        self.broker.lone += 1
+        self.publish([message])
+
+    def keep_alive(self):
+        self.broker.kept_alive += 1
+
     def depths(self, queues):
         return []
 
@@ -56,6 +63,7 @@ class ScriptedTransport:
 class Broker:
     def __init__(self):
         self.published, self.refuse, self.drop_next, self.connections = [], set(), False, []
+        self.lone = self.kept_alive = 0     # publish_one calls; keep_alive calls
 
     def open_transport(self, mq_settings, layout, client_name):
         self.connections.append(ScriptedTransport(self))
@@ -154,10 +162,10 @@ def test_pending_jobs_are_relayed_in_batches_of_the_configured_size(broker, make
     # Given five pending jobs and a batch of two
     pub = make_publisher(batch=2)
     ids = submit(pub, 5)
-    # Then they are relayed two, two and one, in job order
+    # Then they are relayed two, two and one, in job order (the one alone published alone)
     assert [pub._relay_once().relayed for _ in range(4)] == [2, 2, 1, 0]
     assert [m.message_id for m in broker.published] == ids
-    assert pub.published == 5
+    assert pub.published == 5 and broker.lone == 1
 
 
 def test_a_retried_job_is_published_as_its_next_attempt_held_back_for_its_backoff(broker, make_publisher):
@@ -305,6 +313,8 @@ def test_a_job_submitted_alone_is_published_from_its_ring_with_no_read_and_marke
     assert message.message_id == job_id and message.delay_ms == 0
     assert (body["attempt"], body["action"], body["arguments"]) == (1, "demo.echo", {"i": 0})
     assert statuses(pub, [job_id]) == ["queued"] and pub.published == 2
+    # each of the two published alone, on the publisher's own thread (mq/amqp.py: publish_one)
+    assert broker.lone == 2
 
 
 def test_a_ring_is_only_a_ring_without_a_fresh_view_of_its_queue(broker, belled):

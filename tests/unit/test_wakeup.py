@@ -241,16 +241,20 @@ def test_a_wait_for_an_outcome_is_woken_by_its_recording_not_by_the_safety_net(t
                                           owner="o", start_ms=now, end_ms=now, result="1", error=None)])
         waiter.join(10)
         # Then the wait returned with it at once, and took its announcement away; it read the
-        # status alone while waiting, and the whole row once, at the end
+        # row when it began (no bell announced before its submit) and once more, at the ring
         assert not waiter.is_alive() and done[0].status == "succeeded" and done[0].result == "1"
         assert not list((layout.run_dir / "bells").glob("waiter@*.bell"))
-        assert rows_read == [job.job_id]
-        assert dbs.jobs.status_of(job.job_id) == "succeeded" and dbs.jobs.status_of(10**9) is None
+        assert rows_read == [job.job_id, job.job_id]
     finally:
         dbs.close()
 
 
-def test_a_wait_announced_before_its_submit_waits_first_and_misses_no_outcome(tmp_path, monkeypatch):
+@pytest.fixture
+def waiting(tmp_path, monkeypatch):
+    """A store with bells, whose ``get`` reads are counted (``reads``), a safety net so long that
+    only a ring ends a wait in time, and ``record(job_id, status, attempt)`` as a recorder would."""
+    from types import SimpleNamespace
+
     from enstratus_workers.config import load_settings
     from enstratus_workers.jobs import submit as submit_mod
     from enstratus_workers.jobs.values import Outcome
@@ -258,42 +262,111 @@ def test_a_wait_announced_before_its_submit_waits_first_and_misses_no_outcome(tm
     layout = Layout(sh.make_home(tmp_path))
     layout.ensure_dirs()
     dbs = open_databases(load_settings(layout).worker, layout)
-    monkeypatch.setattr(submit_mod, "WAIT_SAFETY_NET_S", 30.0)   # only a ring ends a wait in time
+    monkeypatch.setattr(submit_mod, "WAIT_SAFETY_NET_S", 30.0)
     reads = []
-    status_of = dbs.jobs.status_of
-    monkeypatch.setattr(dbs.jobs, "status_of", lambda job_id: (reads.append(job_id), status_of(job_id))[1])
+    get = dbs.jobs.get
+    monkeypatch.setattr(dbs.jobs, "get", lambda job_id: (reads.append(job_id), get(job_id))[1])
 
-    def record(job_id):
+    def record(job_id, status="succeeded", attempt=1):
         now = int(time.time() * 1000)
-        dbs.jobs.record_outcomes([Outcome(job_id=job_id, attempt=1, status="succeeded", worker="w",
+        dbs.jobs.record_outcomes([Outcome(job_id=job_id, attempt=attempt, status=status, worker="w",
                                           owner="o", start_ms=now, end_ms=now, result="1", error=None)])
     try:
-        # Given a wait's bell announced before its job's submit (as submit --wait does)
-        bell = submit_mod.outcome_bell(layout.run_dir)
-        job, _ = dbs.jobs.submit(NewJob("noop", "{}", "default", 1))
-        # When the job finishes before the wait even begins
-        record(job.job_id)
-        # Then the wait returns at once (the ring waited in the bell), with the job as recorded
-        started = time.monotonic()
-        done = submit_mod.wait_for(dbs, job.job_id, timeout=20, bell=bell)
-        assert done.status == "succeeded" and time.monotonic() - started < 5 and reads == [job.job_id]
-        # Given another, when it finishes while the wait waits
-        reads.clear()
-        bell = submit_mod.outcome_bell(layout.run_dir)
-        job, _ = dbs.jobs.submit(NewJob("noop", "{}", "default", 1))
-        result = []
-        waiter = threading.Thread(target=lambda: result.append(
-            submit_mod.wait_for(dbs, job.job_id, timeout=20, bell=bell)))
-        waiter.start()
-        time.sleep(0.2)
-        # Then it had not read the row before the outcome came, and returned once it came
-        assert reads == []
-        record(job.job_id)
-        waiter.join(10)
-        assert not waiter.is_alive() and result[0].status == "succeeded" and reads == [job.job_id]
-        assert not list((layout.run_dir / "bells").glob("waiter@*.bell"))
+        yield SimpleNamespace(layout=layout, dbs=dbs, reads=reads, record=record, submit_mod=submit_mod)
     finally:
         dbs.close()
+
+
+def test_a_wait_announced_before_its_submit_waits_first_and_misses_no_outcome(waiting):
+    layout, dbs, reads, record, submit_mod = (waiting.layout, waiting.dbs, waiting.reads, waiting.record,
+                                              waiting.submit_mod)
+    # Given a wait's bell announced before its job's submit (as submit --wait does)
+    bell = submit_mod.outcome_bell(layout.run_dir)
+    job, _ = dbs.jobs.submit(NewJob("noop", "{}", "default", 1))
+    # When the job finishes before the wait even begins
+    record(job.job_id)
+    # Then the wait returns at once (the ring waited in the bell), with the job as recorded
+    started = time.monotonic()
+    done = submit_mod.wait_for(dbs, job.job_id, timeout=20, bell=bell)
+    assert done.status == "succeeded" and time.monotonic() - started < 5 and reads == [job.job_id]
+    # Given another, when it finishes while the wait waits
+    reads.clear()
+    bell = submit_mod.outcome_bell(layout.run_dir)
+    job, _ = dbs.jobs.submit(NewJob("noop", "{}", "default", 1))
+    result = []
+    waiter = threading.Thread(target=lambda: result.append(
+        submit_mod.wait_for(dbs, job.job_id, timeout=20, bell=bell)))
+    waiter.start()
+    time.sleep(0.2)
+    # Then it had not read the row before the outcome came, and returned once it came
+    assert reads == []
+    record(job.job_id)
+    waiter.join(10)
+    assert not waiter.is_alive() and result[0].status == "succeeded" and reads == [job.job_id]
+    assert not list((layout.run_dir / "bells").glob("waiter@*.bell"))
+
+
+def test_a_waiter_reads_its_row_only_for_a_ring_that_names_its_job(waiting):
+    from enstratus_workers.jobs.values import Outcome
+
+    layout, dbs, reads, record, submit_mod = (waiting.layout, waiting.dbs, waiting.reads, waiting.record,
+                                              waiting.submit_mod)
+    # Given a waiter on its job, and other jobs of the host
+    bell = submit_mod.outcome_bell(layout.run_dir)
+    mine, _ = dbs.jobs.submit(NewJob("noop", "{}", "default", 3))
+    others = [dbs.jobs.submit(NewJob("noop", "{}", "default", 1))[0] for _ in range(3)]
+    result = []
+    waiter = threading.Thread(target=lambda: result.append(
+        submit_mod.wait_for(dbs, mine.job_id, timeout=20, bell=bell)))
+    waiter.start()
+    # When the others' outcomes are recorded, one by one and together, and a retry of its own
+    for other in others[:2]:
+        record(other.job_id)
+    record(mine.job_id, status="pending")   # failed, to be retried: not what it waits for
+    dbs.jobs.record_outcomes([Outcome(job_id=others[2].job_id, attempt=1, status="failed", worker="w",
+                                      owner="o", start_ms=1, end_ms=2, result=None, error="x")])
+    time.sleep(0.3)
+    # Then it has not read its row: no ring named its job finished
+    assert waiter.is_alive() and reads == []
+    # When its own outcome is recorded, Then it reads the row once and returns with it
+    record(mine.job_id, attempt=2)
+    waiter.join(10)
+    assert not waiter.is_alive() and result[0].status == "succeeded" and reads == [mine.job_id]
+
+
+def test_an_outcome_ring_names_its_jobs_and_a_plain_or_foreign_ring_names_none(run_dir):
+    import socket
+
+    from enstratus_workers.jobs.wakeup import DONE, RING_MAX
+
+    waiter = Bell(run_dir, "w1", WAITER).announce()
+    ringer = Ringer(run_dir, WAITER)
+    sender = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    try:
+        # A ring naming jobs, and two before one wake-up: their jobs together
+        ringer.ring_done([7, 12])
+        assert waiter.wait(1) and waiter.recorded == {7, 12}
+        ringer.ring_done([3])
+        ringer.ring_done([4, 5])
+        assert waiter.wait(1) and waiter.recorded == {3, 4, 5}
+        # More than fit in one ring, or none: a plain ring, which names none (every waiter reads)
+        ringer.ring_done(range(10**9, 10**9 + RING_MAX // 5))
+        assert waiter.wait(1) and waiter.recorded is None
+        ringer.ring_done([])
+        assert waiter.wait(1) and waiter.recorded is None
+        # A plain ring among named ones: none named
+        ringer.ring_done([1])
+        ringer.ring()
+        assert waiter.wait(1) and waiter.recorded is None
+        # Anything that is not a list of ids, and anything too long to be ours: a plain ring
+        for junk in (b"", b"1,,2", b"-1", b"1,x", b" 1", b"1.5", "١".encode(), b"9" * 20,
+                     b"1" * (RING_MAX + 100)):
+            sender.sendto(DONE + junk, waiter.address)
+            assert waiter.wait(1) and waiter.recorded is None, junk
+    finally:
+        sender.close()
+        ringer.close()
+        waiter.close()
 
 
 def test_a_cancel_rings_this_hosts_subscribers_so_the_owner_looks_at_once(tmp_path):

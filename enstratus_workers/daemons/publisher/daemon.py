@@ -110,6 +110,8 @@ class Publisher(Service):
                 self.stuck.tick()
                 self.scheduler.tick()
                 self._beat()
+                if self.transport is not None:
+                    self.transport.keep_alive()
                 if done is None:             # something failed: back off
                     self._stop.wait(self._retrying.failed())
                     continue
@@ -231,7 +233,11 @@ class Publisher(Service):
     def _publish(self, jobs) -> None:
         self._declare({j.queue for j in jobs})
         now = now_ms()
-        self.transport.publish([self._message(j, j.next_attempt(now)) for j in jobs])
+        messages = [self._message(j, j.next_attempt(now)) for j in jobs]
+        if len(messages) == 1:
+            self.transport.publish_one(messages[0])   # a job alone: on this thread (mq/amqp.py)
+        else:
+            self.transport.publish(messages)
         self.rung.published(jobs)
 
     @staticmethod

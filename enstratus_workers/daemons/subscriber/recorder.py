@@ -70,6 +70,9 @@ PROBES = 3
 WRITE_BACKOFF = Backoff(first=1.0, cap=30.0, jitter="equal")
 #: Retry delay while stopping: the grace period is short, so retry often within it.
 STOP_RETRY_S = 0.5
+#: Longest the thread sleeps with nothing due: it then looks again, and finds running marks
+#: that came meanwhile in time for ``mark_running_after`` (``started`` does not wake it).
+IDLE_WAIT_S = 0.5
 #: a flush whose outcome write took longer than this was stalled (the process stopped, swapped
 #: out): while it stood, another host may have found the attempts finished with no event and
 #: written their events itself (``lost_events.py``), so they are looked up before they are written
@@ -137,8 +140,15 @@ class Recorder:
 
     # -- feeding (any thread) ------------------------------------------------------------------
     def started(self, s: Started) -> None:
+        """A job handed to a worker: its running mark is due ``mark_running_after`` from now.
+
+        This wakes the thread only if the mark could be due before the thread's idle wait ends
+        (``IDLE_WAIT_S``). Otherwise the thread finds the mark at its next look, still in time,
+        and a wake-up here would buy nothing: it came with every job, right as the worker starts
+        its action, a thread woken to compete for the GIL and a core on the job's way (measured:
+        bench/README.md, "Idle: what each job costs the machine")."""
         with self._lock:
-            if not self._started:
+            if not self._started and self.mark_running_after < IDLE_WAIT_S:
                 self._lock.notify()
             self._started[s.job_id] = (time.monotonic(), s)
 
@@ -363,7 +373,7 @@ class Recorder:
                     return
                 due = self._due_in_locked()
                 if due is None or due > 0:
-                    self._lock.wait(min(0.5 if due is None else due, max(0.0, self._deadline - now)))
+                    self._lock.wait(min(IDLE_WAIT_S if due is None else due, max(0.0, self._deadline - now)))
                     continue
             try:
                 self.flush()
