@@ -488,10 +488,12 @@ class JobStore:
         (the windows, the accounts' turns, the pauses), published, the confirmed marked queued."""
         return outbox.relay(self.engine, planner, batch, publish)
 
-    def mark_rung(self, job: Relayed, account: str | None) -> tuple[bool, outbox.WindowView]:
-        """Mark a job published from its ring queued, and read its queue's window and pauses
-        (``db/outbox.py``); whether the mark took."""
-        return outbox.mark_rung(self.engine, job, account)
+    def relay_rung(self, job: Relayed, account: str | None, publish: Callable[[list[Relayed]], None]
+                   ) -> tuple[bool, outbox.WindowView | None]:
+        """Relay a job published from its ring: marked queued (its row locked), published, its
+        queue's window and pauses read, in one transaction (``db/outbox.py``); whether it was
+        published, and the view (None: the mark did not take, nothing was published)."""
+        return outbox.relay_rung(self.engine, job, account, publish)
 
     def relay_pending(self, limit: int, publish: Callable[[list[Relayed]], None]) -> int:
         """A relay pass of up to ``limit`` jobs with no window, the accounts taking turns within

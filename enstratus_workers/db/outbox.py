@@ -62,7 +62,7 @@ class RelayPass(NamedTuple):
     more: bool       # room is left that another pass at once could fill (``FairShare.settle``)
     #: (queue, account, WindowView) for each queue and account the pass published jobs of: its
     #: window with them and its pauses as the pass read them, which the publisher's use of job
-    #: rings starts from (``mark_rung``)
+    #: rings starts from (``relay_rung``)
     seen: tuple = ()
 
 
@@ -95,7 +95,7 @@ _REST = (" UNION ALL SELECT 'window', queue, NULL, COUNT(*) FROM enstratus_job "
          "GROUP BY queue UNION ALL SELECT kind, name, NULL, since_ms FROM enstratus_pause")
 _COLUMNS = "job_id, action, arguments, queue, attempts, max_attempts, not_before_ms, cancel_requested_ms"
 # a queue's window, its queue's and an account's pause, as the probe reads them: the outlook of
-# one job (``_lone``: of the row read, ``j``; ``mark_rung``: of a job published from its ring)
+# one job (``_lone``: of the row read, ``j``; ``relay_rung``: of a job published from its ring)
 _WINDOW_AND_PAUSES = (
     f"(SELECT COUNT(*) FROM enstratus_job w WHERE w.status = '{QUEUED}' AND w.attempts = 0 "
     "AND (w.not_before_ms IS NULL OR w.not_before_ms <= {now}) AND w.queue = {queue}), "
@@ -245,12 +245,16 @@ def _seen(outlook: Outlook, plan: Plan, used: list[int]) -> tuple:
 # A job submitted alone rings one publisher with the job itself: its id and what its row says.
 # A publisher whose last pass emptied the outbox publishes it from the ring, without the locked
 # read above (two round trips to the database and its longest statement, on every idle job's
-# way), and then marks it queued (``mark_rung``). What the read would have guarded is kept so:
+# way): ``relay_rung`` marks the row queued, publishes, reads the window, and commits, in one
+# transaction. What the read would have guarded is kept so:
 #
 # - the row is committed before the ring is sent, so the message never comes before the row;
-# - the mark moves the row only from pending at attempt 0, so a job relayed meanwhile by a pass
-#   of another publisher is not marked twice (its second message is a duplicate, which the
-#   subscriber settles with the first or acks unrun: the outbox's "at worst published again");
+# - the mark comes first and holds the row locked until the commit, as a pass holds the rows it
+#   read: another publisher's pass (``FOR UPDATE SKIP LOCKED``) skips it meanwhile, and does not
+#   relay it too. (Marked after the publish, as first built, it was pending and unlocked while
+#   published: the fleet's fault test saw another host's pass relay such a job at that moment,
+#   and both hosts run it.) The mark moves the row only from pending at attempt 0: a job that a
+#   pass relayed first, or that was cancelled, is not published from its ring at all;
 # - pauses and the queue's window: the publisher uses a ring only while what it last read of
 #   them (in the mark's transaction, or a lone pass) is younger than ``RUNG_FRESH_S`` and says
 #   neither the queue nor the account is paused and the window holds at most one first attempt:
@@ -288,7 +292,7 @@ def rung_job(payload: bytes) -> tuple[Relayed, str | None] | None:
 
 
 class WindowView(NamedTuple):
-    """What a relay read of a queue's window and pauses said, for ``mark_rung`` and the
+    """What a relay read of a queue's window and pauses said, for ``relay_rung`` and the
     publisher's choice to use the next ring: first attempts queued (published, not started)
     on the queue, and whether the queue and the account were paused."""
 
@@ -297,16 +301,24 @@ class WindowView(NamedTuple):
     account_paused: bool
 
 
-def mark_rung(engine: sa.Engine, job: Relayed, account: str | None) -> tuple[bool, WindowView]:
-    """Mark a job published from its ring queued (only from pending at attempt 0), and read its
-    queue's window and pauses, in one transaction; whether the mark took."""
+def relay_rung(engine: sa.Engine, job: Relayed, account: str | None,
+               publish: Callable[[list[Relayed]], None]) -> tuple[bool, WindowView | None]:
+    """Relay a job published from its ring: in one transaction, mark it queued (only from
+    pending at attempt 0), which locks its row, then ``publish`` it, then read its queue's window
+    and pauses, and commit. Whether it was published, and that view (None if the mark did not
+    take: nothing was published). ``publish`` raising rolls the mark back: the job stays pending."""
     mark = "?" if engine.dialect.paramstyle == "qmark" else "%s"
     with engine.begin() as conn:
         marked = conn.exec_driver_sql(
             f"UPDATE enstratus_job SET status = '{QUEUED}', queued_timestamp = {int(now_ms())} "
             f"WHERE job_id = {int(job.job_id)} AND status = '{PENDING}' AND attempts = 0").rowcount
+        if not marked:
+            return False, None
+        pathtrace.stamp("publisher.read", (job.job_id,))
+        publish([job])
+        pathtrace.stamp("publisher.confirmed", (job.job_id,))
         queued, queue_paused, account_paused = conn.exec_driver_sql(
             "SELECT " + _WINDOW_AND_PAUSES.format(now=int(now_ms()), queue=mark, account=mark),
             (job.queue, job.queue, account)).one()
     pathtrace.stamp("publisher.marked", (job.job_id,))
-    return bool(marked), WindowView(int(queued), bool(queue_paused), bool(account_paused))
+    return True, WindowView(int(queued), bool(queue_paused), bool(account_paused))

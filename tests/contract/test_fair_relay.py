@@ -278,7 +278,7 @@ def test_starting_and_finishing_work_wakes_the_publishers(tmp_path):
 
 # --- a job published from its ring (db/outbox.py, "a job handed over with its ring") -----------
 
-def test_the_mark_of_a_rung_job_takes_only_a_pending_first_attempt_and_reads_its_window(dbs):
+def test_a_rung_job_is_relayed_only_from_a_pending_first_attempt_and_its_window_is_read(dbs):
     from enstratus_workers.db.outbox import Relayed, WindowView
 
     # Given a queued first attempt, a rung job still pending, and the account paused
@@ -286,17 +286,52 @@ def test_the_mark_of_a_rung_job_takes_only_a_pending_first_attempt_and_reads_its
     relay(dbs, FairShare(window=1))                     # the first goes: queued, unstarted
     fleet_pauses(dbs).pause(ACCOUNT, "A")
     job = Relayed(rung, "noop", "{}", "default", 0, 3)
-    # When the rung job is marked (it was published from its ring)
-    marked, view = dbs.jobs.mark_rung(job, "A")
-    # Then it is queued, and the view counts both first attempts and sees the pause
-    assert marked and dbs.jobs.get(rung).status == "queued"
+    published = []
+    # When the rung job is relayed from its ring
+    relayed, view = dbs.jobs.relay_rung(job, "A", published.extend)
+    # Then it was published and is queued, and the view counts both first attempts and sees the pause
+    assert relayed and published == [job] and dbs.jobs.get(rung).status == "queued"
     assert view == WindowView(queued=2, queue_paused=False, account_paused=True)
-    # When it is marked again (a ring used twice, or a pass that relayed it first)
-    # Then nothing changes: the mark moves a row only from pending at attempt 0
-    assert dbs.jobs.mark_rung(job, "A")[0] is False
+    # When it is rung again (a ring used twice, or a pass that relayed it first)
+    # Then it is not published again, nor marked: the mark moves a row only from pending at attempt 0
+    assert dbs.jobs.relay_rung(job, "A", published.extend) == (False, None) and published == [job]
     finish(dbs, [job])
-    assert dbs.jobs.mark_rung(job, "A")[0] is False and dbs.jobs.get(rung).status == "succeeded"
-    assert dbs.jobs.get(other).status == "queued"
+    assert dbs.jobs.relay_rung(job, "A", published.extend) == (False, None)
+    assert dbs.jobs.get(rung).status == "succeeded" and dbs.jobs.get(other).status == "queued"
+
+
+def test_a_rung_job_whose_publish_failed_stays_pending(dbs):
+    from enstratus_workers.db.outbox import Relayed
+    from enstratus_workers.errors import PublishError
+
+    [rung] = submit(dbs, "A", 1)
+    job = Relayed(rung, "noop", "{}", "default", 0, 3)
+
+    def refused(jobs):
+        raise PublishError("not confirmed", [str(j.job_id) for j in jobs])
+    # When its publish is refused, Then the mark is rolled back: the next pass relays it
+    with pytest.raises(PublishError):
+        dbs.jobs.relay_rung(job, "A", refused)
+    assert dbs.jobs.get(rung).status == "pending"
+    assert [j.job_id for j in relay(dbs, FairShare(window=10))] == [rung]
+
+
+def test_a_rung_job_is_locked_while_it_is_published_so_another_pass_skips_it(dbs):
+    from enstratus_workers.db.outbox import Relayed
+
+    if dbs.jobs.engine.dialect.name != "mysql":
+        pytest.skip("SKIP LOCKED: MySQL and MariaDB (SQLite's whole-database write lock serialises passes)")
+    # Given a rung job, and another publisher's pass running while it is being published
+    [rung] = submit(dbs, "A", 1)
+    job = Relayed(rung, "noop", "{}", "default", 0, 3)
+    seen_by_the_other = []
+
+    def publish(jobs):
+        seen_by_the_other.append(len(relay(dbs, FairShare(window=10))))
+    # When it is relayed from its ring
+    assert dbs.jobs.relay_rung(job, "A", publish)[0]
+    # Then the other pass found nothing to relay (the row was locked), and it is queued once
+    assert seen_by_the_other == [0] and dbs.jobs.get(rung).status == "queued"
 
 
 def test_a_pass_says_what_it_saw_of_each_queue_and_account_it_published(dbs):

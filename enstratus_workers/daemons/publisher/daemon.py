@@ -7,9 +7,10 @@ with pipelined publisher confirms, and marks them ``queued`` only once the broke
 them. Several publishers can run at once: the rows of a batch stay locked (SKIP LOCKED) until
 it is marked, so no job is relayed twice.
 
-A job submitted alone comes with its ring, and at idle the publisher publishes it from the ring,
-then marks it, without reading the outbox (``rung.py`` says when; ``db/outbox.py`` what is
-kept): on an idle job's way from submit to start, the locked read was two database round trips.
+A job submitted alone comes with its ring, and at idle the publisher marks it queued (holding its
+row locked), publishes it from the ring and commits, without reading the outbox (``rung.py``
+says when; ``db/outbox.py`` what is kept): on an idle job's way from submit to start, the
+locked read was two database round trips.
 
 Fair shares (``jobs/fairshare.py``): each queue gets at most ``publisher.window`` first attempts
 relayed and not yet started, dealt to the accounts waiting in turns (``account.<name>.weight``);
@@ -159,17 +160,15 @@ class Publisher(Service):
         return self.rung.usable(payloads, self._bell.plain, self.fair.outbox_emptied)
 
     def _relay_rung(self, job, account) -> RelayPass | None:
-        """Publish a job from its ring, then mark it queued (``db/outbox.py``, ``mark_rung``);
-        a failure leaves it pending, for the next pass (None, as ``_relay_once``)."""
+        """Publish a job from its ring, its row marked queued and locked first (``db/outbox.py``,
+        ``relay_rung``); a failure leaves it pending, for the next pass (None, as ``_relay_once``)."""
         def publish_and_mark() -> RelayPass:
-            pathtrace.stamp("publisher.read", (job.job_id,))
-            self._publish([job])
-            pathtrace.stamp("publisher.confirmed", (job.job_id,))
-            marked, view = self.dbs.jobs.mark_rung(job, account)
-            self.rung.saw(job.queue, account, view)
-            self.rung.used += 1
-            self.published += int(marked)
-            return RelayPass(int(marked), False)
+            relayed, view = self.dbs.jobs.relay_rung(job, account, self._publish)
+            if view is not None:
+                self.rung.saw(job.queue, account, view)
+            self.rung.used += int(relayed)
+            self.published += int(relayed)
+            return RelayPass(int(relayed), False)
         return self._guarded(publish_and_mark)
 
     def _listen_to_other_hosts(self):

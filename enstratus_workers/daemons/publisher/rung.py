@@ -16,7 +16,7 @@ relays the job too, locked):
   while a pass relayed its job is not used again;
 - what this publisher last read of the job's queue window and pauses, for its queue and account,
   is younger than ``outbox.RUNG_FRESH_S``, and said neither is paused and at most one first
-  attempt is queued there (read by the mark of the ring's job before, or by a lone pass).
+  attempt is queued there (read by the relay of the ring's job before, or by a lone pass).
 """
 
 from __future__ import annotations
@@ -69,7 +69,7 @@ class RungJobs:
             self.newest = max(self.newest, max(j.job_id for j in jobs))
 
     def saw(self, queue: str, account: str | None, view: WindowView) -> None:
-        """What a mark or a lone pass read of this queue's window and pauses, just now."""
+        """What a ring's relay or a lone pass read of this queue's window and pauses, just now."""
         now = self.clock()
         if len(self._views) >= MAX_VIEWS:
             self._views = {k: v for k, v in self._views.items() if now - v[1] <= outbox.RUNG_FRESH_S}
