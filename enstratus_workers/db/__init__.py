@@ -98,7 +98,6 @@ def open_databases(worker: WorkerSettings, layout: Layout, *, ensure: bool = Tru
     waiters = wakeup.ringer_for(layout.run_dir, wakeup.WAITER)
     owners = wakeup.ringer_for(layout.run_dir, wakeup.SUBSCRIBER)
     jobs = JobStore(prov, ringer.ring if ringer else None, waiters.ring_done if waiters else None,
-                    owners.ring if owners else None, functools.partial(ringer.ring, room=True) if ringer else None,
-                    ringer.ring_job if ringer else None)
+                    owners.ring if owners else None, functools.partial(ringer.ring, room=True) if ringer else None)
     return Databases(prov, anal, jobs, EventStore(anal), HeartbeatStore(prov, worker.host_name),
                      DesiredStateCache(prov, worker, prepare=ensure), [r for r in (ringer, waiters, owners) if r])

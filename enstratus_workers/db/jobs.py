@@ -196,13 +196,10 @@ class JobStore:
     def __init__(self, engine: sa.Engine, on_pending: Callable[[], None] | None = None,
                  on_recorded: Callable[[Iterable[int]], None] | None = None,
                  on_cancel: Callable[[], None] | None = None,
-                 on_room: Callable[[], None] | None = None, on_job: Callable[[bytes], bool] | None = None):
+                 on_room: Callable[[], None] | None = None):
         self.engine = engine
         # called after every commit that made a job pending: wakes the publishers (jobs/wakeup.py)
         self._on_pending = on_pending or (lambda: None)
-        # called instead, when the commit stored one new job: hands it to one publisher with its
-        # ring (db/outbox.py, "a job handed over with its ring"); False: nobody took it, ring
-        self._on_job = on_job
         # called after a commit that only made room in a queue's window (a job marked running or
         # finished, none made pending): a room ring, which a publisher with nothing held back
         # lets go (jobs/wakeup.py); without one, a plain ring
@@ -298,16 +295,8 @@ class JobStore:
                     created = now_ms()
                     cur = conn.exec_driver_sql(_INSERT_SQL[qmark], _insert_values(j, created))
                     out.append((int(cur.lastrowid), created))
-        if not (len(new_jobs) == 1 and self._hand_over(new_jobs[0], out[0][0])):
-            self._on_pending()
+        self._on_pending()
         return out
-
-    def _hand_over(self, job: NewJob, job_id: int) -> bool:
-        """Ring one publisher with the job itself (``on_job``); whether one took it."""
-        if self._on_job is None:
-            return False
-        return self._on_job(outbox.job_ring(job_id, job.action, job.arguments, job.queue,
-                                            job.max_attempts, job.account))
 
     @staticmethod
     def _row(job: NewJob) -> dict:
@@ -487,13 +476,6 @@ class JobStore:
         """One relay pass (``db/outbox.py``): up to ``batch`` pending jobs, dealt by ``planner``
         (the windows, the accounts' turns, the pauses), published, the confirmed marked queued."""
         return outbox.relay(self.engine, planner, batch, publish)
-
-    def relay_rung(self, job: Relayed, account: str | None, publish: Callable[[list[Relayed]], None]
-                   ) -> tuple[bool, outbox.WindowView | None]:
-        """Relay a job published from its ring: marked queued (its row locked), published, its
-        queue's window and pauses read, in one transaction (``db/outbox.py``); whether it was
-        published, and the view (None: the mark did not take, nothing was published)."""
-        return outbox.relay_rung(self.engine, job, account, publish)
 
     def relay_pending(self, limit: int, publish: Callable[[list[Relayed]], None]) -> int:
         """A relay pass of up to ``limit`` jobs with no window, the accounts taking turns within

@@ -28,7 +28,6 @@ rows mean a backlog is building: the pass reads the outbox as above, in the same
 
 from __future__ import annotations
 
-import json
 from typing import Callable, NamedTuple
 
 import sqlalchemy as sa
@@ -60,10 +59,6 @@ class Relayed(NamedTuple):
 class RelayPass(NamedTuple):
     relayed: int     # jobs published and marked queued
     more: bool       # room is left that another pass at once could fill (``FairShare.settle``)
-    #: (queue, account, WindowView) for each queue and account the pass published jobs of: its
-    #: window with them and its pauses as the pass read them, which the publisher's use of job
-    #: rings starts from (``relay_rung``)
-    seen: tuple = ()
 
 
 # The accounts with jobs pending on each queue, one step per (queue, account) whatever the
@@ -94,13 +89,9 @@ _REST = (" UNION ALL SELECT 'window', queue, NULL, COUNT(*) FROM enstratus_job "
          f"WHERE status = '{QUEUED}' AND attempts = 0 AND (not_before_ms IS NULL OR not_before_ms <= {{now}}) "
          "GROUP BY queue UNION ALL SELECT kind, name, NULL, since_ms FROM enstratus_pause")
 _COLUMNS = "job_id, action, arguments, queue, attempts, max_attempts, not_before_ms, cancel_requested_ms"
-# a queue's window, its queue's and an account's pause, as the probe reads them: the outlook of
-# one job (``_lone``: of the row read, ``j``; ``relay_rung``: of a job published from its ring)
-_WINDOW_AND_PAUSES = (
-    f"(SELECT COUNT(*) FROM enstratus_job w WHERE w.status = '{QUEUED}' AND w.attempts = 0 "
-    "AND (w.not_before_ms IS NULL OR w.not_before_ms <= {now}) AND w.queue = {queue}), "
-    "EXISTS (SELECT 1 FROM enstratus_pause p WHERE p.kind = 'queue' AND p.name = {queue}), "
-    "EXISTS (SELECT 1 FROM enstratus_pause p WHERE p.kind = 'account' AND p.name = {account})")
+# the first attempts queued on the queue of the job read (``j``), as the probe counts them
+_QUEUED_OF_J = (f"SELECT COUNT(*) FROM enstratus_job w WHERE w.status = '{QUEUED}' AND w.attempts = 0 "
+                "AND (w.not_before_ms IS NULL OR w.not_before_ms <= {now}) AND w.queue = j.queue")
 #: rows ``_lone`` reads: one more than a lone job, to know that it is alone
 _LONE_READ = 2
 _LONE_COLUMNS = ", ".join(f"j.{c.strip()}" for c in _COLUMNS.split(","))
@@ -127,8 +118,9 @@ def _lone(conn) -> tuple[Outlook, list[Relayed]] | None:
     statement; None if more than one is pending (the probe's turn). The subqueries' rows are not
     locked (only the outer table's are: MariaDB's and MySQL's rule for a locking read)."""
     lock = "" if conn.dialect.name == "sqlite" else " FOR UPDATE SKIP LOCKED"
-    sql = (f"SELECT {_LONE_COLUMNS}, j.account, "
-           f"{_WINDOW_AND_PAUSES.format(now=int(now_ms()), queue='j.queue', account='j.account')} "
+    sql = (f"SELECT {_LONE_COLUMNS}, j.account, ({_QUEUED_OF_J.format(now=int(now_ms()))}), "
+           "EXISTS (SELECT 1 FROM enstratus_pause p WHERE p.kind = 'queue' AND p.name = j.queue), "
+           "EXISTS (SELECT 1 FROM enstratus_pause p WHERE p.kind = 'account' AND p.name = j.account) "
            f"FROM enstratus_job j WHERE j.status = '{PENDING}' ORDER BY j.job_id LIMIT {_LONE_READ}{lock}")
     rows = conn.exec_driver_sql(sql).all()
     if len(rows) >= _LONE_READ:
@@ -224,101 +216,4 @@ def relay(engine: sa.Engine, planner: FairShare, batch: int,
     if failure is not None:
         raise failure
     planner.outbox_emptied = _emptied(outlook, plan, taken, used)
-    return RelayPass(len(jobs), planner.settle(plan, [len(t) for t in taken], used), _seen(outlook, plan, used))
-
-
-def _seen(outlook: Outlook, plan: Plan, used: list[int]) -> tuple:
-    """``RelayPass.seen``: for each group the pass published jobs of, its queue's window with
-    them and its pauses as the pass read them (the lone read reads those of its job's queue and
-    account, the probe all)."""
-    per_queue: dict[str, int] = {}
-    for g, n in zip(plan.groups, used):
-        per_queue[g.queue] = per_queue.get(g.queue, 0) + n
-    paused = outlook.paused
-    return tuple((g.queue, g.account, WindowView(outlook.queued.get(g.queue, 0) + per_queue[g.queue],
-                                                 g.queue in paused.queues,
-                                                 g.account is not None and g.account in paused.accounts))
-                 for g, n in zip(plan.groups, used) if n)
-
-
-# -- a job handed over with its ring (``jobs/wakeup.py``, ``Ringer.ring_job``) -----------------
-# A job submitted alone rings one publisher with the job itself: its id and what its row says.
-# A publisher whose last pass emptied the outbox publishes it from the ring, without the locked
-# read above (two round trips to the database and its longest statement, on every idle job's
-# way): ``relay_rung`` marks the row queued, publishes, reads the window, and commits, in one
-# transaction. What the read would have guarded is kept so:
-#
-# - the row is committed before the ring is sent, so the message never comes before the row;
-# - the mark comes first and holds the row locked until the commit, as a pass holds the rows it
-#   read: another publisher's pass (``FOR UPDATE SKIP LOCKED``) skips it meanwhile, and does not
-#   relay it too. (Marked after the publish, as first built, it was pending and unlocked while
-#   published: the fleet's fault test saw another host's pass relay such a job at that moment,
-#   and both hosts run it.) The mark moves the row only from pending at attempt 0: a job that a
-#   pass relayed first, or that was cancelled, is not published from its ring at all;
-# - pauses and the queue's window: the publisher uses a ring only while what it last read of
-#   them (in the mark's transaction, or a lone pass) is younger than ``RUNG_FRESH_S`` and says
-#   neither the queue nor the account is paused and the window holds at most one first attempt:
-#   a pause takes effect within about a second, as it does for work already on the broker
-#   (``daemons/subscriber/pauses.py``), and a stream of single jobs queues up in the outbox, to be
-#   dealt fairly, as soon as they come faster than they start.
-#
-# Only a job ring from this service's own user (or root) is taken: anyone on the host can send a
-# datagram to an abstract socket, and the message is built from the ring.
-
-#: how old the publisher's view of a queue's window and pauses may be for a ring to be used
-RUNG_FRESH_S = 1.0
-
-
-def job_ring(job_id: int, action: str, arguments: str, queue: str, max_attempts: int,
-             account: str | None) -> bytes:
-    """The payload of a submitted job's ring."""
-    return json.dumps([int(job_id), action, arguments, queue, int(max_attempts), account],
-                      separators=(",", ":")).encode()
-
-
-def rung_job(payload: bytes) -> tuple[Relayed, str | None] | None:
-    """The job a ring carries, as a relay pass would have read it, and its account; None if the
-    payload is not one (then the ring is only a ring)."""
-    try:
-        job_id, action, arguments, queue, max_attempts, account = json.loads(payload)
-    except (ValueError, TypeError, UnicodeDecodeError):
-        return None
-    if not (isinstance(job_id, int) and not isinstance(job_id, bool) and job_id > 0
-            and isinstance(action, str) and isinstance(arguments, str) and isinstance(queue, str)
-            and isinstance(max_attempts, int) and not isinstance(max_attempts, bool)
-            and (account is None or isinstance(account, str))):
-        return None
-    return Relayed(job_id, action, arguments, queue, 0, max_attempts), account
-
-
-class WindowView(NamedTuple):
-    """What a relay read of a queue's window and pauses said, for ``relay_rung`` and the
-    publisher's choice to use the next ring: first attempts queued (published, not started)
-    on the queue, and whether the queue and the account were paused."""
-
-    queued: int
-    queue_paused: bool
-    account_paused: bool
-
-
-def relay_rung(engine: sa.Engine, job: Relayed, account: str | None,
-               publish: Callable[[list[Relayed]], None]) -> tuple[bool, WindowView | None]:
-    """Relay a job published from its ring: in one transaction, mark it queued (only from
-    pending at attempt 0), which locks its row, then ``publish`` it, then read its queue's window
-    and pauses, and commit. Whether it was published, and that view (None if the mark did not
-    take: nothing was published). ``publish`` raising rolls the mark back: the job stays pending."""
-    mark = "?" if engine.dialect.paramstyle == "qmark" else "%s"
-    with engine.begin() as conn:
-        marked = conn.exec_driver_sql(
-            f"UPDATE enstratus_job SET status = '{QUEUED}', queued_timestamp = {int(now_ms())} "
-            f"WHERE job_id = {int(job.job_id)} AND status = '{PENDING}' AND attempts = 0").rowcount
-        if not marked:
-            return False, None
-        pathtrace.stamp("publisher.read", (job.job_id,))
-        publish([job])
-        pathtrace.stamp("publisher.confirmed", (job.job_id,))
-        queued, queue_paused, account_paused = conn.exec_driver_sql(
-            "SELECT " + _WINDOW_AND_PAUSES.format(now=int(now_ms()), queue=mark, account=mark),
-            (job.queue, job.queue, account)).one()
-    pathtrace.stamp("publisher.marked", (job.job_id,))
-    return True, WindowView(int(queued), bool(queue_paused), bool(account_paused))
+    return RelayPass(len(jobs), planner.settle(plan, [len(t) for t in taken], used))

@@ -8,14 +8,6 @@ the safety net: a ring is a hint, never the truth, so a lost one (a publisher re
 full socket buffer) costs that interval and nothing else. Publishers on other hosts are rung
 through the broker (``mq/amqp_wake.py``, attached with ``Ringer.also``).
 
-A job submitted alone is handed over with its ring (``JOB``, ``Ringer.ring_job``): the job as
-its row was committed, sent to one publisher only, which may publish it without reading it back
-(``db/outbox.py``, "a job handed over with its ring"; ``daemons/publisher/rung.py``). No other
-publisher is rung for it, on this host or through the broker: it would relay the job too. A job
-ring nobody takes (no publisher here, a full buffer, a job over ``JOB_RING_MAX`` bytes) becomes
-a plain ring. The bell takes a job ring only from this service's user or root (the kernel's
-``SCM_CREDENTIALS`` on each datagram); anyone else's is a plain ring.
-
 Two kinds of ring: "work" (``RING``: a job was made pending) and "room" (``ROOM``: a job left
 its queue's relay window by starting or finishing, so jobs held back by a full window may go
 now). A publisher whose last pass left nothing pending has no use for room, and waits on
@@ -49,19 +41,15 @@ import hashlib
 import os
 import select
 import socket
-import struct
 import time
 import weakref
 from pathlib import Path
 
 RING = b"!"   # a job was made pending
 ROOM = b"r"   # a job left its queue's window: work held back by a full window may go now
-JOB = b"j"    # one job was submitted, and here it is (``Ringer.ring_job``; the rest is its row)
 DONE = b"d"   # these jobs' outcomes were recorded (``Ringer.ring_done``; the rest: ids, by commas)
-#: The largest ring sent, in bytes: a larger job (its arguments are most of it) is rung plainly,
-#: and the publisher reads it from the outbox as before; so are more recorded jobs than fit.
+#: The largest ring sent, in bytes: more recorded jobs than fit are rung plainly
 RING_MAX = 8192
-JOB_RING_MAX = RING_MAX
 RESCAN_S = 1.0   # a ringer looks again at least this often, even if the directory seems unchanged
 
 
@@ -106,14 +94,8 @@ class Bell:
             self._sock.close()
             raise
         self._sock.setblocking(False)
-        # each datagram then says who sent it (the kernel's word): a job ring is taken only
-        # from this service's user or root (db/outbox.py); anyone's ring still wakes it
-        self._sock.setsockopt(socket.SOL_SOCKET, socket.SO_PASSCRED, 1)
-        self._trusted = {0, os.getuid()}
         self.rings = 0       # wake-ups drained (each may stand for many rings)
         self.only_room = False   # the last wake-up drained room rings only (module docstring)
-        self.jobs: list[bytes] = []   # the last wake-up's job rings (their payloads), in order
-        self.plain = False       # the last wake-up drained a work ring without a job
         #: the jobs the last wake-up's rings said were recorded (``DONE``); None if one of them
         #: named none (a plain ring, or one cut short): anything may have been recorded
         self.recorded: set[int] | None = set()
@@ -130,28 +112,23 @@ class Bell:
         return True
 
     def _drain(self) -> bool:
-        """Take every ring waiting; whether they were all room rings. The job rings' payloads
-        are kept in ``jobs``, and ``plain`` says whether a work ring without a job came too."""
+        """Take every ring waiting; whether they were all room rings. ``recorded`` says which
+        jobs the outcome rings among them named."""
         only_room = True
-        self.jobs, self.plain, self.recorded = [], False, set()
+        self.recorded = set()
         while True:
             try:
-                data, ancillary, flags, _address = self._sock.recvmsg(RING_MAX + 64, _CREDENTIALS_SPACE)
+                data, _ancillary, flags, _address = self._sock.recvmsg(RING_MAX + 64)
             except (BlockingIOError, InterruptedError):
                 return only_room
             except OSError:
                 return only_room
             only_room = only_room and data == ROOM
-            if flags & socket.MSG_TRUNC:   # not one of ours: a ring, no more
-                self.plain, self.recorded = True, None
-            elif data[:1] == JOB and _sender_uid(ancillary) in self._trusted:
-                self.jobs.append(data[1:])
-            elif data[:1] == DONE:
+            if data[:1] == DONE and not flags & socket.MSG_TRUNC:   # cut short: not one of ours
                 ids = recorded_ids(data[1:])
                 self.recorded = None if ids is None or self.recorded is None else self.recorded | ids
-                self.plain = True
             elif data != ROOM:
-                self.plain, self.recorded = True, None
+                self.recorded = None
 
     def fileno(self) -> int:
         """For ``select`` and ``multiprocessing.connection.wait``, beside other things to wait on;
@@ -212,13 +189,7 @@ class Ringer:
     def ring(self, room: bool = False) -> None:
         """Ring every bell of the role: a work ring, or with ``room`` a room ring (module
         docstring); the broker's ``also`` rings are plain rings either way."""
-        self._refresh()
-        sock = self._sock
-        if sock is None:
-            return
-        what = ROOM if room else RING
-        for address in self._addresses:
-            _send(sock, address, what)
+        self._ring_all(ROOM if room else RING)
         for ring in self._also:
             ring()
 
@@ -226,36 +197,11 @@ class Ringer:
         """Ring every bell of the role (the waiters) with the jobs whose outcomes were just
         recorded (module docstring); more than fit in ``RING_MAX`` bytes, or none: a plain ring."""
         payload = ",".join(str(int(i)) for i in job_ids).encode()
-        what = DONE + payload if payload and len(payload) < RING_MAX else RING
-        self._refresh()
-        sock = self._sock
-        if sock is None:
-            return
-        for address in self._addresses:
-            _send(sock, address, what)
+        self._ring_all(DONE + payload if payload and len(payload) < RING_MAX else RING)
 
-    def ring_job(self, payload: bytes) -> bool:
-        """Hand one submitted job to one publisher of the install (the first whose bell takes
-        it), so that it can publish the job without reading it back (``daemons/publisher``);
-        nobody else is rung, here or through the broker: a second publisher rung now would relay
-        the job too. False if no bell took it (none there, a full buffer, a job too large): the
-        caller then rings as ever (``ring``)."""
-        if len(payload) > JOB_RING_MAX:
-            return False
-        self._refresh()
-        sock = self._sock
-        if sock is None:
-            return False
-        for address in self._addresses:
-            try:
-                sock.sendto(JOB + payload, address)
-                return True
-            except OSError:   # gone, or its buffer full of rings: the next, or a plain ring
-                continue
-        return False
-
-    def _refresh(self) -> None:
-        """Look for the bells again if the directory changed (or ``RESCAN_S`` passed)."""
+    def _ring_all(self, what: bytes) -> None:
+        """Send ``what`` to every bell of the role, looking for them again first if their
+        directory changed (or ``RESCAN_S`` passed)."""
         now = time.monotonic()
         try:
             mtime = self._dir.stat().st_mtime_ns
@@ -264,6 +210,11 @@ class Ringer:
         if mtime != self._mtime or now - self._scanned > RESCAN_S:
             self._mtime = mtime
             self._rescan(now)
+        sock = self._sock
+        if sock is None:
+            return
+        for address in self._addresses:
+            _send(sock, address, what)
 
     def _rescan(self, now: float) -> None:
         self._scanned = now
@@ -281,23 +232,12 @@ class Ringer:
             sock.close()
 
 
-_CREDENTIALS_SPACE = socket.CMSG_SPACE(struct.calcsize("3i"))
-
-
 def recorded_ids(payload: bytes) -> set[int] | None:
     """The job ids a ``DONE`` ring names (decimal, by commas); None if it is not such a list."""
     parts = payload.split(b",")
     if not all(p.isdigit() and len(p) <= 19 for p in parts):   # isdigit: ASCII digits only, no sign
         return None
     return {int(p) for p in parts}
-
-
-def _sender_uid(ancillary) -> int | None:
-    """The sending process's uid, from a datagram's ``SCM_CREDENTIALS`` (None without one)."""
-    for level, kind, data in ancillary:
-        if level == socket.SOL_SOCKET and kind == socket.SCM_CREDENTIALS and len(data) >= 12:
-            return struct.unpack("3i", data[:12])[1]
-    return None
 
 
 def _send(sock: socket.socket, address: bytes, what: bytes = RING) -> None:

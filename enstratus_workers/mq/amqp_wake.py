@@ -15,9 +15,6 @@ host without one, would otherwise wait for another host's safety-net poll. So, o
   rang the bell directly already). The bell drains every ring waiting before the publisher reads
   the outbox, so a flood of rings costs a few reads.
 
-A job submitted alone and handed to a publisher of its own host with its ring
-(``jobs/wakeup.py``, ``Ringer.ring_job``) rings no other host: their publishers would relay it too.
-
 A ring is a hint, never the truth: while either side has no connection, rings are lost and the
 publisher's ``publisher.poll_interval`` (the safety net) covers them; each side reconnects on
 its own thread with backoff, never blocking the caller.

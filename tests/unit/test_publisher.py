@@ -51,7 +51,7 @@ class ScriptedTransport:
         self.publish([message])
 
     def keep_alive(self):
-        self.broker.kept_alive += 1
+        pass
 
     def depths(self, queues):
         return []
@@ -63,7 +63,7 @@ class ScriptedTransport:
 class Broker:
     def __init__(self):
         self.published, self.refuse, self.drop_next, self.connections = [], set(), False, []
-        self.lone = self.kept_alive = 0     # publish_one calls; keep_alive calls
+        self.lone = 0     # publish_one calls
 
     def open_transport(self, mq_settings, layout, client_name):
         self.connections.append(ScriptedTransport(self))
@@ -269,136 +269,3 @@ def test_a_retry_recorded_rings_work_not_room(broker, belled):
     assert not waiter.is_alive() and pub.room_rings_let_go == 0
     assert pub._relay_once().relayed == 1
 
-
-# --- a job submitted alone, published from its ring (daemons/publisher/rung.py) ----------------
-
-def _turn(pub: Publisher, interval: float = 5.0) -> str:
-    """One turn of ``run()``'s loop after a wait: whether the wake-up's ring was used or a pass made."""
-    pub._wait_for_work(interval)
-    rung = pub._usable_ring()
-    if rung is not None:
-        assert pub._relay_rung(*rung) is not None
-        return "ring"
-    assert pub._relay_once() is not None
-    return "pass"
-
-
-def _warm(pub: Publisher, queue: str = "default") -> str:
-    """A first job relayed by a lone pass (what the publisher's view of its queue starts from),
-    then started, so its window is empty again."""
-    [job_id] = submit(pub, 1, queue=queue)
-    assert _turn(pub) == "pass"
-    pub.dbs.jobs.mark_started([Started(int(job_id), 1, "w", int(time.time() * 1000), owner="o")])
-    return job_id
-
-
-def _no_passes(pub: Publisher, monkeypatch) -> None:
-    def refused(*_a, **_k):
-        raise AssertionError("a relay pass read the outbox")
-    monkeypatch.setattr(pub.dbs.jobs, "relay", refused)
-
-
-def test_a_job_submitted_alone_is_published_from_its_ring_with_no_read_and_marked_queued(broker, belled,
-                                                                                      monkeypatch):
-    # Given a publisher that relayed a job of the queue a moment ago (its outbox empty since)
-    pub = belled()
-    _warm(pub)
-    _no_passes(pub, monkeypatch)
-    # When a job is submitted alone
-    [job_id] = submit(pub, 1)
-    # Then the wake-up publishes it from its ring, as the pass would have, and marks it queued
-    assert _turn(pub) == "ring" and pub.rung.used == 1
-    message = broker.published[-1]
-    body = json.loads(message.body)
-    assert message.message_id == job_id and message.delay_ms == 0
-    assert (body["attempt"], body["action"], body["arguments"]) == (1, "demo.echo", {"i": 0})
-    assert statuses(pub, [job_id]) == ["queued"] and pub.published == 2
-    # each of the two published alone, on the publisher's own thread (mq/amqp.py: publish_one)
-    assert broker.lone == 2
-
-
-def test_a_ring_is_only_a_ring_without_a_fresh_view_of_its_queue(broker, belled):
-    # Given a publisher that never relayed a job of the queue (no view), then one whose view aged
-    pub = belled()
-    [first] = submit(pub, 1)
-    assert _turn(pub) == "pass" and statuses(pub, [first]) == ["queued"]
-    pub.dbs.jobs.mark_started([Started(int(first), 1, "w", int(time.time() * 1000), owner="o")])
-    later = time.monotonic() + 5
-    pub.rung.clock = lambda: later
-    # When another job is submitted alone
-    [second] = submit(pub, 1)
-    # Then a pass relays it (and reads the view afresh)
-    assert _turn(pub) == "pass" and pub.rung.used == 0 and statuses(pub, [second]) == ["queued"]
-
-
-@pytest.mark.parametrize("kind, name", [("queue", "default"), ("account", "acme")])
-def test_a_paused_queue_or_account_seen_by_the_last_mark_stops_the_rings(broker, belled, kind, name):
-    from enstratus_workers.db.pauses import PauseStore
-
-    pub = belled()
-    job, _ = pub.dbs.jobs.submit(NewJob("demo.echo", "{}", "default", 3, account="acme"))
-    assert _turn(pub) == "pass"
-    pub.dbs.jobs.mark_started([Started(job.job_id, 1, "w", int(time.time() * 1000), owner="o")])
-    # Given the queue (or the account) paused after the publisher's last look
-    PauseStore(pub.dbs.provisioning, known_queue=lambda _q: True).pause(kind, name)
-    # When two jobs come one after the other
-    ringed, _ = pub.dbs.jobs.submit(NewJob("demo.echo", "{}", "default", 3, account="acme"))
-    first = _turn(pub)
-    held, _ = pub.dbs.jobs.submit(NewJob("demo.echo", "{}", "default", 3, account="acme"))
-    second = _turn(pub)
-    # Then the first may still go from its ring (a pause takes effect within about a second, as
-    # on the subscribers, which give such work back), but its mark saw the pause: the next
-    # waits in the outbox
-    assert (first, second) == ("ring", "pass")
-    assert statuses(pub, [ringed.job_id, held.job_id]) == ["queued", "pending"]
-
-
-def test_jobs_coming_faster_than_they_start_go_through_the_outbox_and_its_window(broker, belled):
-    # Given a window of three, and jobs submitted one at a time that nobody starts
-    pub = belled(window=3)
-    _warm(pub)
-    turns = []
-    for _ in range(5):
-        submit(pub, 1)
-        turns.append(_turn(pub))
-    # Then at most two go from their rings (the window holds one unstarted job at the mark of
-    # the first), the rest through passes, which keep the window: three relayed, two pending
-    assert turns[:2] == ["ring", "ring"] and set(turns[2:]) == {"pass"}
-    assert pub.dbs.jobs.counts()["queued"] == 3 and pub.dbs.jobs.counts()["pending"] == 2
-
-
-def test_two_rings_in_one_wake_up_make_a_pass_that_relays_both(broker, belled, monkeypatch):
-    pub = belled()
-    _warm(pub)
-    ids = submit(pub, 2)
-    assert _turn(pub) == "pass" and pub.rung.used == 0
-    assert statuses(pub, ids) == ["queued", "queued"]
-
-
-def test_a_ring_whose_job_a_pass_relayed_already_is_not_published_again(broker, belled):
-    # Given a job submitted while the publisher was not waiting: a pass relays it first
-    pub = belled()
-    _warm(pub)
-    [job_id] = submit(pub, 1)
-    assert pub._relay_once().relayed == 1
-    published = len(broker.published)
-    # When the publisher then waits and finds the job's ring in its bell
-    pub._wait_for_work(1.0)
-    # Then the ring is not used: the job is published once
-    assert pub._usable_ring() is None and len(broker.published) == published
-    assert [m.message_id for m in broker.published].count(job_id) == 1
-
-
-def test_a_publish_from_a_ring_that_fails_leaves_the_job_to_the_next_pass(broker, belled):
-    pub = belled()
-    _warm(pub)
-    [job_id] = submit(pub, 1)
-    pub._wait_for_work(5.0)
-    rung = pub._usable_ring()
-    assert rung is not None
-    # When the broker goes away under the ring's publish
-    broker.drop_next = True
-    assert pub._relay_rung(*rung) is None
-    # Then the job is still pending, and the next pass relays it
-    assert statuses(pub, [job_id]) == ["pending"]
-    assert pub._relay_once().relayed == 1 and statuses(pub, [job_id]) == ["queued"]

@@ -7,11 +7,6 @@ with pipelined publisher confirms, and marks them ``queued`` only once the broke
 them. Several publishers can run at once: the rows of a batch stay locked (SKIP LOCKED) until
 it is marked, so no job is relayed twice.
 
-A job submitted alone comes with its ring, and at idle the publisher marks it queued (holding its
-row locked), publishes it from the ring and commits, without reading the outbox (``rung.py``
-says when; ``db/outbox.py`` what is kept): on an idle job's way from submit to start, the
-locked read was two database round trips.
-
 Fair shares (``jobs/fairshare.py``): each queue gets at most ``publisher.window`` first attempts
 relayed and not yet started, dealt to the accounts waiting in turns (``account.<name>.weight``);
 the rest wait in the outbox, and paused queues and accounts (``db/pauses.py``) wait there
@@ -31,7 +26,6 @@ import sqlalchemy as sa
 from enstratus_workers.backoff import Backoff, Retrying
 from enstratus_workers.clock import now_ms
 from enstratus_workers.daemons.publisher.recovery import StuckJobs
-from enstratus_workers.daemons.publisher.rung import RungJobs
 from enstratus_workers.daemons.publisher.schedules import Scheduler
 from enstratus_workers.db import open_databases
 from enstratus_workers.db.outbox import RelayPass
@@ -70,9 +64,6 @@ class Publisher(Service):
         self.published = 0
         self.room_rings_let_go = 0            # wake-ups of room rings only, with nothing held back
         self.fair = FairShare(settings.publisher.window, dict(settings.publisher.account_weights))
-        # a job submitted alone, published from its ring without a pass (rung.py)
-        self.rung = RungJobs(settings.publisher.window)
-        self._rung_next = None
         self.started_ms = now_ms()
         self._last_beat = 0.0
         # waits after a failed relay (broker or database away): 0.5 s doubling to 30 s, jittered so
@@ -106,8 +97,7 @@ class Publisher(Service):
         ready()
         try:
             while not self._stop.is_set():
-                rung, self._rung_next = self._rung_next, None
-                done = self._relay_rung(*rung) if rung is not None else self._relay_once()
+                done = self._relay_once()
                 self.stuck.tick()
                 self.scheduler.tick()
                 self._beat()
@@ -121,7 +111,6 @@ class Publisher(Service):
                     if self._bell is not None:
                         self._wait_for_work(p.poll_interval)   # a commit's ring, or the safety net
                         pathtrace.stamp("publisher.woken", (0,))
-                        self._rung_next = self._usable_ring()
                     else:
                         self._stop.wait(p.poll_interval)
         finally:
@@ -151,26 +140,6 @@ class Publisher(Service):
                 return
             self.room_rings_let_go += 1
 
-    def _usable_ring(self):
-        """The job of the last wake-up's ring to publish without a pass, if any (``rung.py``);
-        the bell's job rings are taken either way, so none is used twice."""
-        payloads, self._bell.jobs = self._bell.jobs, []
-        if self.transport is None:
-            return None
-        return self.rung.usable(payloads, self._bell.plain, self.fair.outbox_emptied)
-
-    def _relay_rung(self, job, account) -> RelayPass | None:
-        """Publish a job from its ring, its row marked queued and locked first (``db/outbox.py``,
-        ``relay_rung``); a failure leaves it pending, for the next pass (None, as ``_relay_once``)."""
-        def publish_and_mark() -> RelayPass:
-            relayed, view = self.dbs.jobs.relay_rung(job, account, self._publish)
-            if view is not None:
-                self.rung.saw(job.queue, account, view)
-            self.rung.used += int(relayed)
-            self.published += int(relayed)
-            return RelayPass(int(relayed), False)
-        return self._guarded(publish_and_mark)
-
     def _listen_to_other_hosts(self):
         """On RabbitMQ, the other hosts' rings (``mq/amqp_wake.py``) ring this bell too."""
         if self._bell is None or self.settings.mq.transport != "amqp":
@@ -183,7 +152,7 @@ class Publisher(Service):
     def _relay_once(self) -> RelayPass | None:
         """One relay pass: how many jobs it relayed and whether another should follow at once
         (``FairShare.settle``: else wait for a ring or the poll); None after a failure."""
-        def one_pass() -> RelayPass:
+        try:
             if self.transport is None:
                 self.transport = open_transport(self.settings.mq, self.layout,
                                                 client_name=f"publisher@{self.name}")
@@ -193,16 +162,7 @@ class Publisher(Service):
                 log.info("connected to the %s transport", self.settings.mq.transport)
             done = self.dbs.jobs.relay(self.fair, self.settings.publisher.batch, self._publish)
             self.published += done.relayed
-            for queue, account, view in done.seen:
-                self.rung.saw(queue, account, view)
             return done
-        return self._guarded(one_pass)
-
-    def _guarded(self, work) -> RelayPass | None:
-        """``work()``, a pass or a ring's publish; None after a failure, which is logged (and
-        the connection dropped if it is the broker's): the jobs stay pending."""
-        try:
-            return work()
         except ConnectionClosed as exc:
             log.warning("queue connection lost (%s); jobs stay pending until it is back", exc)
             self._close_transport()
@@ -237,7 +197,6 @@ class Publisher(Service):
             self.transport.publish_one(messages[0])   # a job alone: on this thread (mq/amqp.py)
         else:
             self.transport.publish(messages)
-        self.rung.published(jobs)
 
     @staticmethod
     def _message(j, nxt) -> OutgoingMessage:
@@ -261,8 +220,7 @@ class Publisher(Service):
             self.dbs.heartbeats.beat(
                 "publisher", self.name, ttl_s=HEARTBEAT_EVERY_S * 5, started_ms=self.started_ms,
                 status="ok" if self.transport is not None else "degraded",
-                details={"published": self.published, "from_rings": self.rung.used,
-                         "connected": self.transport is not None,
+                details={"published": self.published, "connected": self.transport is not None,
                          "recovered": self.stuck.recovered})
         except Exception as exc:
             log.warning("could not write heartbeat: %s", type(exc).__name__)
