@@ -6,8 +6,10 @@ CPU time the service's own processes spend per job moves far less: it is what th
 costs, whoever else runs. The service is started as ``throughput.py`` starts it; N ``noop`` jobs
 are stored in batches of 500 (``submit_jobs``, as the bulk path stores them) and run; then the
 user + system CPU time each daemon (publisher, subscriber, the worker processes) spent from the
-first submit to the last outcome, per 1,000 jobs. The broker's and MariaDB's CPU are not
-counted: other users share them here. ``--rounds`` repeats it in one service.
+first submit to the last outcome, per 1,000 jobs, beside this client's, MariaDB's (``mariadbd``)
+and RabbitMQ's (``beam.smp``): theirs is the service's own only while nothing else uses those
+servers, so run it on a quiet machine. Also the database statements per job (MariaDB's global
+``Questions``). ``--rounds`` repeats it in one service.
 
 ``--api``: the one-at-a-time path instead: one ``POST /jobs`` per job from 8 keep-alive clients
 (``throughput.py --single``'s clients), and the admin daemon's CPU beside the others' (with the
@@ -70,7 +72,10 @@ def _daemons(run_dir: Path, kinds: tuple[str, ...]) -> dict[str, list[int]]:
 
 def one_round(service, n: int, api: bool = False) -> None:
     pids = _daemons(service.run_dir, ("publisher", "subscriber", "worker") + (("admin",) if api else ()))
+    pids.update(_servers())
+    pids["client"] = [os.getpid()]
     before = {k: sum(_cpu_s(p) for p in ps) for k, ps in pids.items()}
+    statements0 = _statements(service)
     if api:
         took = admin_one_by_one(service, n)[0]
     else:
@@ -80,11 +85,13 @@ def one_round(service, n: int, api: bool = False) -> None:
         for i in range(0, n, BATCH):
             service.dbs.jobs.submit_jobs([NewJob("noop", "{}", queue, 1)] * min(BATCH, n - i))
         took = wait_succeeded(service.dbs, done + n, timeout=900) - t0
+    statements = _statements(service) - statements0 - 1
     spent = {k: sum(_cpu_s(p) for p in ps) - before[k] for k, ps in pids.items()}
     total = sum(spent.values())
-    parts = " ".join(f"{k}={v / n * 1e6:.0f}" for k, v in sorted(spent.items()))
+    parts = " ".join(f"{k}={v / n * 1e6:.0f}" for k, v in spent.items())
     figure(f"{n} noop jobs{', one POST /jobs each' if api else ''} (load {os.getloadavg()[0]:.1f})",
-           f"CPU ms per 1,000 jobs: all={total / n * 1e6:.0f} {parts}  ({n / took:,.0f}/s)")
+           f"CPU ms per 1,000 jobs: all={total / n * 1e6:.0f} {parts}  ({n / took:,.0f}/s; "
+           f"{statements / n:.2f} statements per job)")
 
 
 def _servers() -> dict[str, list[int]]:

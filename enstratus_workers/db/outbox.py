@@ -175,8 +175,10 @@ def _interleaved(taken: list[list[Relayed]], order, batch: int) -> tuple[list[Re
     cursors = [iter(rows) for rows in taken]
     used = [0] * len(taken)
     out: list[Relayed] = []
+    # the turns dealt may be many more than the rows read (a lone job's pass deals a window)
+    last = min(batch, sum(len(rows) for rows in taken))
     for i in order:
-        if len(out) >= batch:
+        if len(out) >= last:
             break
         row = next(cursors[i], None)
         if row is not None:

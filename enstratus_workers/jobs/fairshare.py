@@ -94,6 +94,8 @@ class Turns:
         floor = min(self._pass.values(), default=0.0)
         for a in accounts:
             self._pass.setdefault(a, floor)
+        if len(waiting) == 1:      # every turn is the one account's (the heap's answer, without it:
+            return [accounts[0]] * turns   # a lone job's pass deals a whole window of turns)
         heap = [(self._pass[a], _order_key(a), a) for a in waiting]
         heapq.heapify(heap)
         dealt = []
@@ -159,14 +161,21 @@ class FairShare:
                 continue
             free = min(batch, room)
             dealt = self._turns.setdefault(queue, Turns()).deal(accounts, self.weight, free)
+            if len(set(accounts)) == 1:     # one group, all the turns (a lone job's pass, mostly)
+                per_queue.append((len(groups),) * free)
+                groups.append(Group(queue, accounts[0], free))
+                continue
             turns_of = Counter(dealt)
             index: dict[str | None, int] = {}
             for account in dict.fromkeys(dealt):       # in the order of their first turn
                 index[account] = len(groups)
                 groups.append(Group(queue, account, turns_of[account]))
             per_queue.append([index[a] for a in dealt])
-        order = [i for turn in zip_longest(*per_queue) for i in turn if i is not None]
-        return Plan(tuple(groups), tuple(order), batch)
+        if len(per_queue) == 1:
+            order = tuple(per_queue[0])
+        else:
+            order = tuple(i for turn in zip_longest(*per_queue) for i in turn if i is not None)
+        return Plan(tuple(groups), order, batch)
 
     def settle(self, plan: Plan, read: Sequence[int], relayed: Sequence[int]) -> bool:
         """Advance the accounts by what they had relayed (``relayed[i]`` of ``plan.groups[i]``,

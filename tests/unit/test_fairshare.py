@@ -106,3 +106,35 @@ def test_the_queues_share_a_small_batch_turn_by_turn():
     plan = fair.plan(Outlook({}, {"a": ["X"], "b": ["Y"]}), batch=4)
     # Then their turns are interleaved, so a batch cut short serves both
     assert [plan.groups[i].queue for i in plan.order][:4] == ["a", "b", "a", "b"]
+
+
+def test_one_account_waiting_gets_every_turn_as_the_stride_would_deal_them():
+    # Given one account waiting, then a second one joining it (the shortcut for one, the stride
+    # for two), on a window of 300 with nothing queued
+    fair = FairShare(window=300)
+    alone = fair.plan(Outlook({}, {"default": ["A"]}), batch=500)
+    # Then the one account gets all 300 turns, in one group
+    assert dealt(alone) == ["A"] * 300 and alone.groups[0].limit == 300
+    fair.settle(alone, [1], [1])          # it had one job: charged for one
+    # When B comes: it starts level with A, so they alternate from the first turn
+    both = fair.plan(Outlook({}, {"default": ["A", "B"]}), batch=4)
+    assert sorted(dealt(both)[:2]) == ["A", "B"] and Counter(dealt(both)) == {"A": 2, "B": 2}
+
+
+def test_a_pass_stops_reading_its_turns_once_every_row_read_is_placed():
+    # Given a plan dealing a window of turns to an account with one job read (a lone job's pass)
+    from enstratus_workers.db import outbox
+    row = outbox.Relayed(7, "noop", "{}", "default", 0, 3)
+
+    class Counting(list):
+        reads = 0
+
+        def __iter__(self):
+            for item in super().__iter__():
+                Counting.reads += 1
+                yield item
+
+    order = Counting([0] * 300)
+    jobs, used = outbox._interleaved([[row]], order, batch=500)
+    # Then the one job is placed, and the walk ends at the next turn, not after all 300
+    assert jobs == [row] and used == [1] and Counting.reads == 2
