@@ -363,7 +363,7 @@ class JobStore:
     def delivery_rows(self, job_ids: Iterable[int], conn: sa.Connection | None = None) -> dict[int, DeliveryRow]:
         """The rows of these jobs, by id, in one query (the subscriber's check of a delivery
         batch); a job without a row is absent. Ids must be ints (they are inlined). ``conn``: a
-        connection to read on (the subscriber's held one, ``daemons/subscriber/held_connection.py``),
+        connection to read on (the subscriber's held one, ``db/held_connection.py``),
         else one from the pool for this read."""
         ids = sorted({int(i) for i in job_ids})
         if conn is None:
@@ -472,10 +472,12 @@ class JobStore:
         return dead
 
     # -- the outbox relay (publisher) ----------------------------------------------------------
-    def relay(self, planner: FairShare, batch: int, publish: Callable[[list[Relayed]], None]) -> RelayPass:
+    def relay(self, planner: FairShare, batch: int, publish: Callable[[list[Relayed]], None],
+              held: sa.Connection | None = None) -> RelayPass:
         """One relay pass (``db/outbox.py``): up to ``batch`` pending jobs, dealt by ``planner``
-        (the windows, the accounts' turns, the pauses), published, the confirmed marked queued."""
-        return outbox.relay(self.engine, planner, batch, publish)
+        (the windows, the accounts' turns, the pauses), published, the confirmed marked queued.
+        ``held``: the publisher's own connection (``db/held_connection.py``), else the pool's."""
+        return outbox.relay(self.engine, planner, batch, publish, held)
 
     def relay_pending(self, limit: int, publish: Callable[[list[Relayed]], None]) -> int:
         """A relay pass of up to ``limit`` jobs with no window, the accounts taking turns within

@@ -28,7 +28,8 @@ rows mean a backlog is building: the pass reads the outbox as above, in the same
 
 from __future__ import annotations
 
-from typing import Callable, NamedTuple
+from contextlib import contextmanager
+from typing import Callable, Iterator, NamedTuple
 
 import sqlalchemy as sa
 
@@ -187,12 +188,27 @@ def _interleaved(taken: list[list[Relayed]], order, batch: int) -> tuple[list[Re
     return out, used
 
 
+@contextmanager
+def _transaction(engine: sa.Engine, held: sa.Connection | None) -> Iterator[sa.Connection]:
+    """A transaction on ``held`` (the publisher's own connection, ``db/held_connection.py``),
+    else on a connection borrowed from the pool."""
+    if held is None:
+        with engine.begin() as conn:
+            yield conn
+    else:
+        if held.in_transaction():   # none should be: a use that failed before its own begin()
+            held.rollback()
+        with held.begin():
+            yield held
+
+
 def relay(engine: sa.Engine, planner: FairShare, batch: int,
-          publish: Callable[[list[Relayed]], None]) -> RelayPass:
+          publish: Callable[[list[Relayed]], None], held: sa.Connection | None = None) -> RelayPass:
     """One pass (module docstring). ``publish`` returns once the broker confirmed, or raises
-    ``PublishError`` naming the unconfirmed: those stay pending, the rest are marked queued."""
+    ``PublishError`` naming the unconfirmed: those stay pending, the rest are marked queued.
+    ``held``: a connection to run the pass's transaction on (none open on it), else the pool's."""
     lone_first, planner.outbox_emptied = planner.outbox_emptied, False   # until this pass shows it
-    with engine.begin() as conn:
+    with _transaction(engine, held) as conn:
         outlook, plan, taken = _read(conn, planner, batch, lone_first)
         if not plan.groups:
             planner.outbox_emptied = not outlook.waiting

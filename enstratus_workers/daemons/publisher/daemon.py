@@ -28,6 +28,7 @@ from enstratus_workers.clock import now_ms
 from enstratus_workers.daemons.publisher.recovery import StuckJobs
 from enstratus_workers.daemons.publisher.schedules import Scheduler
 from enstratus_workers.db import open_databases
+from enstratus_workers.db.held_connection import HeldConnection
 from enstratus_workers.db.outbox import RelayPass
 from enstratus_workers.errors import (
     ConnectionClosed,
@@ -61,6 +62,7 @@ class Publisher(Service):
         self._ear = None                      # the broker's rings from other hosts
         self.transport = None
         self._declared: set[str] = set()
+        self._relay_conn: HeldConnection | None = None   # the passes' own (made at the first)
         self.published = 0
         self.room_rings_let_go = 0            # wake-ups of room rings only, with nothing held back
         self.fair = FairShare(settings.publisher.window, dict(settings.publisher.account_weights))
@@ -125,6 +127,8 @@ class Publisher(Service):
                 pass
             if self._ear is not None:
                 self._ear.close()
+            if self._relay_conn is not None:
+                self._relay_conn.close()
             self.dbs.close()
             if self._bell is not None:
                 self._bell.close()
@@ -160,7 +164,10 @@ class Publisher(Service):
                 # every queue of the desired state: made through the admin API on any host too
                 self._declare(self.dbs.desired.queues(self.settings.worker.all_queues))
                 log.info("connected to the %s transport", self.settings.mq.transport)
-            done = self.dbs.jobs.relay(self.fair, self.settings.publisher.batch, self._publish)
+            if self._relay_conn is None:
+                self._relay_conn = HeldConnection(self.dbs.provisioning, autocommit=False, retry=False)
+            done = self._relay_conn.run(
+                lambda held: self.dbs.jobs.relay(self.fair, self.settings.publisher.batch, self._publish, held))
             self.published += done.relayed
             return done
         except ConnectionClosed as exc:

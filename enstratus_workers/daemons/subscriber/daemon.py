@@ -8,7 +8,7 @@ supervise the workers.
 
 The job row is the truth; a message only points at it. Each batch of deliveries is checked
 against the rows of its jobs in one query (``JobStore.delivery_rows``, on a connection the loop
-holds: ``held_connection.py``), and a delivery runs only if its attempt is open or held by this
+holds: ``db/held_connection.py``), and a delivery runs only if its attempt is open or held by this
 process (db/jobs.py's ownership rule), as the ``jobs.values.Task`` the row makes of it (its
 action, arguments and max_attempts, this process as the owner). The worker answers with the
 attempt's ``Outcome``, which goes to the recorder as it came; when the worker died under it, the
@@ -45,7 +45,7 @@ from multiprocessing.connection import wait
 from enstratus_workers.backoff import Backoff
 from enstratus_workers.clock import now_ms
 from enstratus_workers.daemons.subscriber.cancels import Cancels
-from enstratus_workers.daemons.subscriber.held_connection import HeldConnection
+from enstratus_workers.db.held_connection import HeldConnection
 from enstratus_workers.daemons.subscriber.intake import Intake
 from enstratus_workers.daemons.subscriber.lost_events import LostEvents, may_lack_event
 from enstratus_workers.daemons.subscriber.pauses import PauseGate

@@ -1,0 +1,105 @@
+"""A daemon thread's own database connection, held between uses instead of borrowed from the pool.
+
+Two reads are on every job's path: the subscriber's check of each delivery against its job's row
+(``daemons/subscriber/daemon.py``) and the publisher's relay pass (``db/outbox.py``). Through the
+pool each costs, beside its statements, a checkout (and a ping when the connection sat idle), the
+``Connection`` built around it and a check-in. Held by the one thread that uses it, that is paid
+once: a relay pass on it cost the publisher 0.91x the CPU per idle job (bench/README.md).
+
+- ``autocommit=True`` (the subscriber's check): each statement reads the latest committed rows,
+  as a new transaction in ``READ COMMITTED`` does, and no ``ROLLBACK`` ends the read.
+- ``autocommit=False`` (the publisher's pass): ``run`` hands over the connection for the caller's
+  own transaction (``conn.begin()``); between runs none is open.
+
+Only on a single MySQL/MariaDB server. SQLite takes its write lock at every ``BEGIN`` (a held
+connection would keep the others out), and a cluster's engine follows the writer node through
+the pool's checkouts (``db/writer.py``), which a held connection would skip (and read a node
+that no longer is the writer): both borrow the pool's connection for each use (``run`` hands
+over None; the caller then borrows one).
+
+A connection that the server dropped (a restart, ``wait_timeout``) fails its next statement as a
+disconnect, and is replaced. With ``retry=True`` (a read, safe to repeat) the use is then made
+again once, at once. With ``retry=False`` (a relay pass, which may have published before it
+failed) the failure is the caller's, and its next use gets the new connection; so that a restart
+does not cost such a caller a failed use, a connection it left unused for over
+``engine.IDLE_PING_S`` is pinged first, as the pool pings one it lends, and replaced if the ping
+fails. Any other failure is the caller's.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Callable, TypeVar
+
+import sqlalchemy as sa
+
+from .engine import IDLE_PING_S
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+
+class HeldConnection:
+    """``run(use)`` calls ``use(conn)`` with the held connection, or with None where none is
+    held (``use`` then borrows one from the pool): one thread's, not shared."""
+
+    def __init__(self, engine: sa.Engine, *, autocommit: bool = True, retry: bool = True):
+        self.engine = engine
+        self.autocommit, self.retry = autocommit, retry
+        self.holds = engine.dialect.name == "mysql" and getattr(engine, "enstratus_writer", None) is None
+        self._conn: sa.Connection | None = None
+        self._used_at = 0.0
+        self.replaced = 0       # connections dropped by the server and replaced
+
+    def run(self, use: Callable[[sa.Connection | None], T]) -> T:
+        if not self.holds:
+            return use(None)
+        try:
+            return use(self._connection())
+        except sa.exc.DBAPIError as exc:
+            if not exc.connection_invalidated:
+                raise
+            self.replaced += 1
+            log.info("the held connection was dropped (%s); %s", type(exc.orig).__name__,
+                     "using a new one" if self.retry else "the next use gets a new one")
+            self.close()
+            if not self.retry:
+                raise
+            return use(self._connection())
+        finally:
+            self._used_at = time.monotonic()
+
+    def _connection(self) -> sa.Connection:
+        if self._conn is not None and (self._conn.invalidated or self._conn.closed):
+            self.close()     # lost in a failure the caller saw (SQLAlchemy would not reconnect it)
+        if (self._conn is not None and not self.retry
+                and time.monotonic() - self._used_at > IDLE_PING_S and not self._alive()):
+            self.replaced += 1
+            log.info("the held connection failed its ping after %.0f s unused; using a new one",
+                     time.monotonic() - self._used_at)
+            try:
+                self._conn.invalidate()   # out of the pool: closed, it would be lent again, dead
+            except Exception:  # noqa: BLE001 - it is being dropped either way
+                log.debug("error invalidating the held connection", exc_info=True)
+            self.close()
+        if self._conn is None:
+            conn = self.engine.connect()
+            self._conn = conn.execution_options(isolation_level="AUTOCOMMIT") if self.autocommit else conn
+        return self._conn
+
+    def _alive(self) -> bool:
+        try:
+            self._conn.connection.dbapi_connection.ping(reconnect=False)
+            return True
+        except Exception:  # noqa: BLE001 - any failure means this connection is gone
+            return False
+
+    def close(self) -> None:
+        if self._conn is not None:
+            try:
+                self._conn.close()
+            except Exception:
+                log.debug("error closing the held connection", exc_info=True)
+            self._conn = None
