@@ -98,99 +98,89 @@ def _relay(dbs, held, seen: list, publish=None):
     return held.run(lambda conn: dbs.jobs.relay(FairShare(), 100, publish or seen.extend, conn))
 
 
-def test_the_publishers_passes_run_on_one_held_connection_and_keep_their_lock(mysql_url, tmp_path):
+@pytest.fixture
+def passes(mysql_url, tmp_path):
+    """The databases, a publisher's held connection and one pending job; closed after."""
     dbs = _dbs(mysql_url, tmp_path)
     held = HeldConnection(dbs.provisioning, autocommit=False, retry=False)
+    [job] = dbs.jobs.submit_jobs([NewJob("noop", "{}", "default", 1)])
     try:
-        # Given two jobs relayed by two passes on the held connection
-        [a] = dbs.jobs.submit_jobs([NewJob("noop", "{}", "default", 1)])
-        seen: list = []
-        assert _relay(dbs, held, seen).relayed == 1
-        ids = {_connection_id(held)}
-        [b] = dbs.jobs.submit_jobs([NewJob("noop", "{}", "default", 1)])
-
-        # When another publisher's pass (on the pool) runs while this pass publishes
-        others: list = []
-
-        def publish_while_another_pass_runs(jobs):
-            others.append(dbs.jobs.relay_pending(100, lambda js: others.extend(js)))
-            seen.extend(jobs)
-
-        assert _relay(dbs, held, seen, publish_while_another_pass_runs).relayed == 1
-        ids.add(_connection_id(held))
-        # Then the other pass found the row locked (nothing relayed twice), both passes ran on
-        # the one connection, and between passes no transaction was left open on it
-        assert others == [0] and [j.job_id for j in seen] == [a.job_id, b.job_id] and len(ids) == 1
-        assert [dbs.jobs.get(i).status for i in (a.job_id, b.job_id)] == ["queued", "queued"]
-        assert not held.run(lambda conn: conn.in_transaction())
+        yield dbs, held, job
     finally:
         held.close()
         dbs.close()
 
 
-def test_a_failed_pass_leaves_its_jobs_pending_and_the_held_connection_usable(mysql_url, tmp_path):
+def test_the_publishers_passes_run_on_one_held_connection_and_keep_their_lock(passes):
+    dbs, held, a = passes
+    # Given the job relayed by a pass on the held connection, and another job submitted
+    seen: list = []
+    assert _relay(dbs, held, seen).relayed == 1
+    ids = {_connection_id(held)}
+    [b] = dbs.jobs.submit_jobs([NewJob("noop", "{}", "default", 1)])
+
+    # When another publisher's pass (on the pool) runs while this pass publishes
+    others: list = []
+
+    def publish_while_another_pass_runs(jobs):
+        others.append(dbs.jobs.relay_pending(100, lambda js: others.extend(js)))
+        seen.extend(jobs)
+
+    assert _relay(dbs, held, seen, publish_while_another_pass_runs).relayed == 1
+    ids.add(_connection_id(held))
+    # Then the other pass found the row locked (nothing relayed twice), both passes ran on
+    # the one connection, and between passes no transaction was left open on it
+    assert others == [0] and [j.job_id for j in seen] == [a.job_id, b.job_id] and len(ids) == 1
+    assert [dbs.jobs.get(i).status for i in (a.job_id, b.job_id)] == ["queued", "queued"]
+    assert not held.run(lambda conn: conn.in_transaction())
+
+
+def test_a_failed_pass_leaves_its_jobs_pending_and_the_held_connection_usable(passes):
     from enstratus_workers.errors import PublishError
-    dbs = _dbs(mysql_url, tmp_path)
-    held = HeldConnection(dbs.provisioning, autocommit=False, retry=False)
-    try:
-        [job] = dbs.jobs.submit_jobs([NewJob("noop", "{}", "default", 1)])
+    dbs, held, job = passes
 
-        def refused(jobs):
-            raise PublishError("nacked", [str(j.job_id) for j in jobs])
+    def refused(jobs):
+        raise PublishError("nacked", [str(j.job_id) for j in jobs])
 
-        # When the broker refuses the pass's publish
-        with pytest.raises(PublishError):
-            _relay(dbs, held, [], refused)
-        # Then the job is pending again, and the next pass on the same connection relays it,
-        # even after a use that left a transaction open on it
-        assert dbs.jobs.get(job.job_id).status == "pending"
-        held.run(lambda conn: conn.exec_driver_sql("SELECT 1").scalar())
-        seen: list = []
-        assert _relay(dbs, held, seen).relayed == 1 and [j.job_id for j in seen] == [job.job_id]
-        assert held.replaced == 0
-    finally:
-        held.close()
-        dbs.close()
+    # When the broker refuses the pass's publish
+    with pytest.raises(PublishError):
+        _relay(dbs, held, [], refused)
+    # Then the job is pending again, and the next pass on the same connection relays it,
+    # even after a use that left a transaction open on it
+    assert dbs.jobs.get(job.job_id).status == "pending"
+    held.run(lambda conn: conn.exec_driver_sql("SELECT 1").scalar())
+    seen: list = []
+    assert _relay(dbs, held, seen).relayed == 1 and [j.job_id for j in seen] == [job.job_id]
+    assert held.replaced == 0
 
 
-def test_a_dropped_held_connection_fails_one_pass_and_the_next_relays_once(mysql_url, tmp_path):
-    dbs = _dbs(mysql_url, tmp_path)
-    held = HeldConnection(dbs.provisioning, autocommit=False, retry=False)
-    try:
-        [job] = dbs.jobs.submit_jobs([NewJob("noop", "{}", "default", 1)])
-        thread_id = _connection_id(held)
-        # When the server kills it just after its last use (no ping is due yet)
-        _kill(thread_id)
-        seen: list = []
-        # Then that pass fails as a lost connection, not retried (it may have published)...
-        with pytest.raises(sa.exc.DBAPIError):
-            _relay(dbs, held, seen)
-        assert held.replaced == 1 and seen == []
-        # ...and the next one relays the job once, on a new connection
-        assert _relay(dbs, held, seen).relayed == 1 and [j.job_id for j in seen] == [job.job_id]
-        assert _connection_id(held) != thread_id
-    finally:
-        held.close()
-        dbs.close()
-
-
-def test_a_held_connection_left_unused_is_pinged_and_replaced_before_the_pass(mysql_url, tmp_path, monkeypatch):
+def test_a_dropped_held_connection_fails_one_pass_and_the_next_relays_once(passes, monkeypatch):
     from enstratus_workers.db import held_connection
-    dbs = _dbs(mysql_url, tmp_path)
-    held = HeldConnection(dbs.provisioning, autocommit=False, retry=False)
-    try:
-        [job] = dbs.jobs.submit_jobs([NewJob("noop", "{}", "default", 1)])
-        thread_id = _connection_id(held)
-        # Given the connection unused for longer than the pool's idle ping (a restart meanwhile)
-        _kill(thread_id)
-        monkeypatch.setattr(held_connection, "IDLE_PING_S", -1.0)
-        # Then the next pass finds it dead by its ping, and relays on a new one without failing
-        seen: list = []
-        assert _relay(dbs, held, seen).relayed == 1 and [j.job_id for j in seen] == [job.job_id]
-        assert held.replaced == 1
-    finally:
-        held.close()
-        dbs.close()
+    dbs, held, job = passes
+    thread_id = _connection_id(held)
+    # When the server kills it just after its last use (no ping is due yet, however slow this runs)
+    monkeypatch.setattr(held_connection, "IDLE_PING_S", 3600.0)
+    _kill(thread_id)
+    seen: list = []
+    # Then that pass fails as a lost connection, not retried (it may have published)...
+    with pytest.raises(sa.exc.DBAPIError):
+        _relay(dbs, held, seen)
+    assert held.replaced == 1 and seen == []
+    # ...and the next one relays the job once, on a new connection
+    assert _relay(dbs, held, seen).relayed == 1 and [j.job_id for j in seen] == [job.job_id]
+    assert _connection_id(held) != thread_id
+
+
+def test_a_held_connection_left_unused_is_pinged_and_replaced_before_the_pass(passes, monkeypatch):
+    from enstratus_workers.db import held_connection
+    dbs, held, job = passes
+    # Given the connection unused for longer than the pool's idle ping (a restart meanwhile)
+    _kill(_connection_id(held))
+    monkeypatch.setattr(held_connection, "IDLE_PING_S", -1.0)
+    # Then the next pass finds it dead by its ping, and relays on a new one without failing
+    seen: list = []
+    assert _relay(dbs, held, seen).relayed == 1 and [j.job_id for j in seen] == [job.job_id]
+    assert held.replaced == 1
 
 
 def test_the_publishers_passes_borrow_the_pools_connection_on_sqlite(tmp_path):
