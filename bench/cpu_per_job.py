@@ -13,7 +13,10 @@ servers, so run it on a quiet machine. Also the database statements per job (Mar
 
 ``--api``: the one-at-a-time path instead: one ``POST /jobs`` per job from 8 keep-alive clients
 (``throughput.py --single``'s clients), and the admin daemon's CPU beside the others' (with the
-8 requests that open the connections, outside the clock).
+8 requests that open the connections, outside the clock). With ``--peers``, Celery's one
+``.delay()`` per task before each round, counted the same way: its worker and pool, RabbitMQ,
+and its client (``drive.py``). On two cores that every process shares, what a path spends per
+job bounds its rate: the two totals say how far apart the two paths' rates can be.
 
 ``--idle``: N jobs one at a time, as ``latency.py`` runs them back to back (``submit()``, then
 ``wait_for()`` with its bell announced before the submit, as ``submit --wait`` does), and per job
@@ -25,7 +28,7 @@ often behind another) and database statements (MariaDB's ``Questions``, global).
 cores are shared by every process on a job's way: what any of them spends, on the way or beside
 it, is a core the next hop may wait for.
 
-usage: .venv/bin/python bench/cpu_per_job.py [N] [--rounds R] [--api | --idle]
+usage: .venv/bin/python bench/cpu_per_job.py [N] [--rounds R] [--api [--peers] | --idle]
 """
 
 from __future__ import annotations
@@ -40,6 +43,7 @@ import psutil
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+import peers
 from harness import figure, started_service, wait_succeeded
 from throughput import admin_one_by_one
 
@@ -149,6 +153,16 @@ def idle_round(service, n: int) -> None:
     figure("  wake-ups per job", f"all={sum(wakes.values()):.1f} " + " ".join(f"{k}={v:.1f}" for k, v in wakes.items()))
 
 
+def celery_round(anchors, n: int) -> None:
+    """``--api --peers``: Celery's one ``.delay()`` per task, counted as ours is: the CPU of its
+    worker (with its pool), RabbitMQ and the client (``drive.py``) per 1,000 tasks. On two
+    cores that every process shares, a path's rate is bound by what it spends per job."""
+    rate, spent = anchors.rate_and_cpu("celery", n, lambda: {"rabbitmq": _servers()["rabbitmq"]})
+    parts = " ".join(f"{k}={v / n * 1e6:.0f}" for k, v in spent.items())
+    figure(f"{n} celery tasks, one .delay() each (load {os.getloadavg()[0]:.1f})",
+           f"CPU ms per 1,000 jobs: all={sum(spent.values()) / n * 1e6:.0f} {parts}  ({rate:,.0f}/s)")
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("n", type=int, nargs="?", default=10_000)
@@ -157,15 +171,29 @@ def main(argv=None) -> int:
     how.add_argument("--api", action="store_true", help="one POST /jobs per job from 8 clients, not bulk")
     how.add_argument("--idle", action="store_true", help="one job at a time, each waited for: CPU, "
                                                           "wake-ups and statements per job")
+    peers.add_arguments(ap, "with --api: Celery's one .delay() per task, counted the same way, "
+                            "before each of our rounds (needs the anchors)")
     args = ap.parse_args(argv)
     if not 1 <= args.n <= 1_000_000 or not 1 <= args.rounds <= 20:
         ap.error("N 1..1000000, --rounds 1..20")
-    with started_service() as service:
-        for _ in range(args.rounds):
-            if args.idle:
-                idle_round(service, args.n)
-            else:
-                one_round(service, args.n, args.api)
+    anchors = None
+    if args.peers and args.api:
+        if peers.available(args.anchors):
+            anchors = peers.Anchors(args.anchors)
+        else:
+            print(peers.absent_line(args.anchors))
+    try:
+        with started_service() as service:
+            for _ in range(args.rounds):
+                if args.idle:
+                    idle_round(service, args.n)
+                else:
+                    if anchors is not None:
+                        celery_round(anchors, args.n)
+                    one_round(service, args.n, args.api)
+    finally:
+        if anchors is not None:
+            anchors.close()
     return 0
 
 

@@ -124,6 +124,38 @@ class Anchors:
             out = self.run("drive.py", kind, n, confirm=confirm)
         return float(_field(out, r"rate=(\d+)/s"))
 
+    def rate_and_cpu(self, kind: str, n: int, servers) -> tuple[float, dict[str, float]]:
+        """``rate``, and the CPU seconds each part spent on the N tasks: the worker (its process
+        and its pool's), ``drive.py`` (the client) and each of ``servers()``'s kinds (pids; here
+        RabbitMQ's ``beam.smp``), read before and after the drive."""
+        import resource
+
+        import psutil
+
+        def cpu(pids) -> float:
+            total = 0.0
+            for pid in pids:
+                try:
+                    t = psutil.Process(pid).cpu_times()
+                    total += t.user + t.system
+                except psutil.Error:
+                    pass
+            return total
+
+        def client() -> float:
+            r = resource.getrusage(resource.RUSAGE_CHILDREN)   # drive.py, once it was waited for
+            return r.ru_utime + r.ru_stime
+
+        with self.worker(kind) as proc:
+            tree = [proc.pid] + [c.pid for c in psutil.Process(proc.pid).children(recursive=True)]
+            parts = {"worker": tree, **servers()}
+            before = {k: cpu(pids) for k, pids in parts.items()}
+            client0 = client()
+            out = self.run("drive.py", kind, n)
+            spent = {k: cpu(pids) - before[k] for k, pids in parts.items()}
+            spent["client"] = client() - client0
+        return float(_field(out, r"rate=(\d+)/s")), spent
+
     def latency(self, kind: str, n: int) -> tuple[float, float]:
         """latency.py: idle enqueue -> task start, p50 and p99 in ms (Dramatiq with confirms)."""
         with self.worker(kind, confirm=True):
