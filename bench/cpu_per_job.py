@@ -74,11 +74,22 @@ def _daemons(run_dir: Path, kinds: tuple[str, ...]) -> dict[str, list[int]]:
     return out
 
 
-def one_round(service, n: int, api: bool = False) -> None:
-    pids = _daemons(service.run_dir, ("publisher", "subscriber", "worker") + (("admin",) if api else ()))
+def _counted(service, daemons: tuple[str, ...]) -> dict[str, list[int]]:
+    """The processes a round counts, by part: the daemons, MariaDB and RabbitMQ, this client."""
+    pids = _daemons(service.run_dir, daemons)
     pids.update(_servers())
     pids["client"] = [os.getpid()]
-    before = {k: sum(_cpu_s(p) for p in ps) for k, ps in pids.items()}
+    return pids
+
+
+def _cpu_of(pids: dict[str, list[int]]) -> dict[str, float]:
+    """CPU seconds so far of each part's processes."""
+    return {k: sum(_cpu_s(p) for p in ps) for k, ps in pids.items()}
+
+
+def one_round(service, n: int, api: bool = False) -> None:
+    pids = _counted(service, ("publisher", "subscriber", "worker") + (("admin",) if api else ()))
+    before = _cpu_of(pids)
     statements0 = _statements(service)
     if api:
         took = admin_one_by_one(service, n)[0]
@@ -90,7 +101,7 @@ def one_round(service, n: int, api: bool = False) -> None:
             service.dbs.jobs.submit_jobs([NewJob("noop", "{}", queue, 1)] * min(BATCH, n - i))
         took = wait_succeeded(service.dbs, done + n, timeout=900) - t0
     statements = _statements(service) - statements0 - 1
-    spent = {k: sum(_cpu_s(p) for p in ps) - before[k] for k, ps in pids.items()}
+    spent = {k: v - before[k] for k, v in _cpu_of(pids).items()}
     total = sum(spent.values())
     parts = " ".join(f"{k}={v / n * 1e6:.0f}" for k, v in spent.items())
     figure(f"{n} noop jobs{', one POST /jobs each' if api else ''} (load {os.getloadavg()[0]:.1f})",
@@ -131,10 +142,8 @@ def _statements(service) -> int:
 
 def idle_round(service, n: int) -> None:
     """``--idle``: N jobs one at a time; per job, each process's CPU, wake-ups and the statements."""
-    pids = _daemons(service.run_dir, ("publisher", "subscriber", "worker"))
-    pids.update(_servers())
-    pids["client"] = [os.getpid()]
-    cpu0 = {k: sum(_cpu_s(p) for p in ps) for k, ps in pids.items()}
+    pids = _counted(service, ("publisher", "subscriber", "worker"))
+    cpu0 = _cpu_of(pids)
     wakes0 = {k: sum(_wake_ups(p) for p in ps) for k, ps in pids.items()}
     statements0 = _statements(service)
     t0 = time.perf_counter()
@@ -145,7 +154,7 @@ def idle_round(service, n: int) -> None:
             raise SystemExit(f"bench failed: job {job.job_id} did not succeed")
     took = time.perf_counter() - t0
     statements = _statements(service) - statements0 - 1
-    cpu = {k: (sum(_cpu_s(p) for p in ps) - cpu0[k]) / n * 1e3 for k, ps in pids.items()}
+    cpu = {k: (v - cpu0[k]) / n * 1e3 for k, v in _cpu_of(pids).items()}
     wakes = {k: (sum(_wake_ups(p) for p in ps) - wakes0[k]) / n for k, ps in pids.items()}
     figure(f"{n} idle noop jobs, one at a time (load {os.getloadavg()[0]:.1f})",
            f"{took / n * 1e3:.2f} ms each, submit to outcome read; {statements / n:.1f} statements per job")
@@ -157,7 +166,8 @@ def celery_round(anchors, n: int) -> None:
     """``--api --peers``: Celery's one ``.delay()`` per task, counted as ours is: the CPU of its
     worker (with its pool), RabbitMQ and the client (``drive.py``) per 1,000 tasks. On two
     cores that every process shares, a path's rate is bound by what it spends per job."""
-    rate, spent = anchors.rate_and_cpu("celery", n, lambda: {"rabbitmq": _servers()["rabbitmq"]})
+    rabbitmq = _servers()["rabbitmq"]
+    rate, spent = anchors.rate_and_cpu("celery", n, lambda worker: _cpu_of({"worker": worker, "rabbitmq": rabbitmq}))
     parts = " ".join(f"{k}={v / n * 1e6:.0f}" for k, v in spent.items())
     figure(f"{n} celery tasks, one .delay() each (load {os.getloadavg()[0]:.1f})",
            f"CPU ms per 1,000 jobs: all={sum(spent.values()) / n * 1e6:.0f} {parts}  ({rate:,.0f}/s)")
@@ -176,12 +186,7 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
     if not 1 <= args.n <= 1_000_000 or not 1 <= args.rounds <= 20:
         ap.error("N 1..1000000, --rounds 1..20")
-    anchors = None
-    if args.peers and args.api:
-        if peers.available(args.anchors):
-            anchors = peers.Anchors(args.anchors)
-        else:
-            print(peers.absent_line(args.anchors))
+    anchors = peers.opened(args, wanted=args.api)
     try:
         with started_service() as service:
             for _ in range(args.rounds):

@@ -101,14 +101,13 @@ def main(argv=None) -> int:
     ref = {"ceiling": percentile(ceiling_ms, 50)}
     ref99 = {"ceiling": percentile(ceiling_ms, 99)}
     figure("ceiling: raw pika publish->receive", latency_text(ceiling_ms))
-    if args.peers and peers.available(args.anchors):
-        with peers.Anchors(args.anchors) as anchors:
+    anchors = peers.opened(args)
+    if anchors is not None:
+        with anchors:
             for kind in ("celery", "dramatiq"):
                 p50, p99 = anchors.latency(kind, args.n)
                 ref[kind], ref99[kind] = p50, p99
                 figure(f"peer {kind}: enqueue->task start", f"p50={p50:.2f}ms p99={p99:.2f}ms n={args.n}")
-    elif args.peers:
-        print(peers.absent_line(args.anchors))
     ref["shipped"], ref99["shipped"] = percentile(shipped, 50), percentile(shipped, 99)
     for label, samples in (("shipped: submit() -> action start", shipped),
                            ("direct (what-if): commit, publish -> action start", direct)):

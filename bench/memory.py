@@ -132,11 +132,10 @@ def main(argv=None) -> int:
         ap.error("--jobs 2..100000")
     idle, busy = measure_service(args.jobs)
     celery_idle = celery_busy = None
-    if args.peers and peers.available(args.anchors):
-        with peers.Anchors(args.anchors) as anchors:
+    anchors = peers.opened(args)
+    if anchors is not None:
+        with anchors:
             celery_idle, celery_busy = measure_celery(anchors, args.jobs)
-    elif args.peers:
-        print(peers.absent_line(args.anchors))
     report("idle", idle, celery_idle)
     report(f"after {args.jobs} jobs", busy, celery_busy)
     return 0

@@ -34,6 +34,17 @@ def add_arguments(ap, peers_help: str = "also Celery and Dramatiq (needs the anc
     ap.add_argument("--anchors", type=Path, default=DEFAULT_ANCHORS, help="the shared anchors' directory")
 
 
+def opened(args, wanted: bool = True) -> "Anchors | None":
+    """The anchors, when ``--peers`` asks for them (and the bench ``wanted`` them) and they are
+    there; else None, saying so when they were asked for but are absent."""
+    if not (args.peers and wanted):
+        return None
+    if not available(args.anchors):
+        print(absent_line(args.anchors))
+        return None
+    return Anchors(args.anchors)
+
+
 def available(anchors: Path) -> bool:
     return (anchors / "anchors.sh").is_file()
 
@@ -124,23 +135,13 @@ class Anchors:
             out = self.run("drive.py", kind, n, confirm=confirm)
         return float(_field(out, r"rate=(\d+)/s"))
 
-    def rate_and_cpu(self, kind: str, n: int, servers) -> tuple[float, dict[str, float]]:
-        """``rate``, and the CPU seconds each part spent on the N tasks: the worker (its process
-        and its pool's), ``drive.py`` (the client) and each of ``servers()``'s kinds (pids; here
-        RabbitMQ's ``beam.smp``), read before and after the drive."""
+    def rate_and_cpu(self, kind: str, n: int, cpu_of) -> tuple[float, dict[str, float]]:
+        """``rate``, and the CPU seconds each part spent on the N tasks: ``cpu_of(worker_pids)``
+        (the worker's process and its pool's; the caller adds what else it counts, by part) read
+        before and after the drive, and ``drive.py`` itself as ``client``."""
         import resource
 
         import psutil
-
-        def cpu(pids) -> float:
-            total = 0.0
-            for pid in pids:
-                try:
-                    t = psutil.Process(pid).cpu_times()
-                    total += t.user + t.system
-                except psutil.Error:
-                    pass
-            return total
 
         def client() -> float:
             r = resource.getrusage(resource.RUSAGE_CHILDREN)   # drive.py, once it was waited for
@@ -148,11 +149,10 @@ class Anchors:
 
         with self.worker(kind) as proc:
             tree = [proc.pid] + [c.pid for c in psutil.Process(proc.pid).children(recursive=True)]
-            parts = {"worker": tree, **servers()}
-            before = {k: cpu(pids) for k, pids in parts.items()}
-            client0 = client()
+            before, client0 = cpu_of(tree), client()
             out = self.run("drive.py", kind, n)
-            spent = {k: cpu(pids) - before[k] for k, pids in parts.items()}
+            after = cpu_of(tree)
+            spent = {k: after[k] - before[k] for k in after}
             spent["client"] = client() - client0
         return float(_field(out, r"rate=(\d+)/s")), spent
 

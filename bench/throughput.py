@@ -233,12 +233,7 @@ def single(args) -> None:
     """Each round: the ceiling and Celery's one-by-one rate (with ``--peers``), then ours, back to
     back while our service idles, so a ratio compares runs a minute apart, not the start and the
     end of the invocation (on a shared machine the load moves more than the figures do)."""
-    anchors = None
-    if args.peers:
-        if peers.available(args.anchors):
-            anchors = peers.Anchors(args.anchors)
-        else:
-            print(peers.absent_line(args.anchors))
+    anchors = peers.opened(args)
     try:
         with started_service() as service:
             for r in range(1, args.rounds + 1):

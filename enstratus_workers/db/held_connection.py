@@ -70,6 +70,20 @@ class HeldConnection:
             return use(self._connection())
         finally:
             self._used_at = time.monotonic()
+            self._end_transaction_left_open()
+
+    def _end_transaction_left_open(self) -> None:
+        """Without autocommit, a use that ran a statement outside its own ``begin()`` (or failed
+        before it) leaves a transaction open, whose next ``begin()`` would be refused: roll it
+        back, so that between uses none is open, as the module docstring promises."""
+        conn = self._conn
+        if self.autocommit or conn is None or conn.invalidated or conn.closed or not conn.in_transaction():
+            return
+        try:
+            conn.rollback()
+        except Exception:  # noqa: BLE001 - a connection that cannot roll back is replaced
+            log.info("the held connection could not roll back a transaction left open; replacing it")
+            self.close()
 
     def _connection(self) -> sa.Connection:
         if self._conn is not None and (self._conn.invalidated or self._conn.closed):

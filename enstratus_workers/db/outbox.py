@@ -196,8 +196,6 @@ def _transaction(engine: sa.Engine, held: sa.Connection | None) -> Iterator[sa.C
         with engine.begin() as conn:
             yield conn
     else:
-        if held.in_transaction():   # none should be: a use that failed before its own begin()
-            held.rollback()
         with held.begin():
             yield held
 

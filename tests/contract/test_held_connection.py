@@ -149,6 +149,7 @@ def test_a_failed_pass_leaves_its_jobs_pending_and_the_held_connection_usable(pa
     # even after a use that left a transaction open on it
     assert dbs.jobs.get(job.job_id).status == "pending"
     held.run(lambda conn: conn.exec_driver_sql("SELECT 1").scalar())
+    assert not held.run(lambda conn: conn.in_transaction())   # the held connection ended it
     seen: list = []
     assert _relay(dbs, held, seen).relayed == 1 and [j.job_id for j in seen] == [job.job_id]
     assert held.replaced == 0
