@@ -17,13 +17,17 @@ whatever the backlog), and the queued count reads at most a window of rows per q
 account waiting, a pass is the probe and the one locking ``SELECT`` the relay always had; each
 further account dealt a turn adds one indexed ``SELECT ... LIMIT n``.
 
-At idle a pass is one statement. When the pass before left nothing pending that it could see
-(``FairShare.outbox_emptied``), the next one first reads the oldest two pending jobs, locked,
-each with its queue's window count and its queue's and account's pauses (``_lone``): if there
-is only one, that row is the whole outlook, planned as the probe's would be (a paused queue or
-account, or a full window, still gets no room), and the probe and the take are skipped. Two
-rows mean a backlog is building: the pass reads the outbox as above, in the same transaction
-(the two rows it holds are its own, and the take reads them again).
+At idle, and under a trickle of jobs, a pass is one statement. When the pass before left
+nothing pending that it could see (``FairShare.outbox_emptied``), the next one first reads the
+oldest ``_FEW_READ`` pending jobs, locked, each with its queue's window count and its queue's and
+account's pauses (``_few``): if fewer come back, they are every pending job (but those another
+publisher holds locked, which it is relaying), so they make the whole outlook, planned as the
+probe's would be (a paused queue or account, or a full window, still gets no room), and they are
+the groups' rows: the probe and the takes are skipped. A lone job is such a pass; so is each pass
+of the one-at-a-time path, where jobs come a few per pass (one ``POST /jobs`` each: read through
+the probe and a take, such a pass cost three statements where one does). As many rows mean a
+backlog is building: the pass reads the outbox as above, in the same transaction (the rows it
+holds are its own, and the takes read them again).
 """
 
 from __future__ import annotations
@@ -93,9 +97,10 @@ _COLUMNS = "job_id, action, arguments, queue, attempts, max_attempts, not_before
 # the first attempts queued on the queue of the job read (``j``), as the probe counts them
 _QUEUED_OF_J = (f"SELECT COUNT(*) FROM enstratus_job w WHERE w.status = '{QUEUED}' AND w.attempts = 0 "
                 "AND (w.not_before_ms IS NULL OR w.not_before_ms <= {now}) AND w.queue = j.queue")
-#: rows ``_lone`` reads: one more than a lone job, to know that it is alone
-_LONE_READ = 2
-_LONE_COLUMNS = ", ".join(f"j.{c.strip()}" for c in _COLUMNS.split(","))
+#: most rows ``_few`` reads: fewer back make the whole outbox (a pass of the one-at-a-time path
+#: relays a few jobs; a batch of 500 submitted at once is a backlog, for the probe)
+_FEW_READ = 32
+_FEW_COLUMNS = ", ".join(f"j.{c.strip()}" for c in _COLUMNS.split(","))
 
 
 def probe(conn) -> Outlook:
@@ -114,37 +119,53 @@ def probe(conn) -> Outlook:
     return Outlook(queued, waiting, Paused(frozenset(paused["queue"]), frozenset(paused["account"])))
 
 
-def _lone(conn) -> tuple[Outlook, list[Relayed]] | None:
-    """The outlook and the row of the only pending job (none: an empty outlook), in one locking
-    statement; None if more than one is pending (the probe's turn). The subqueries' rows are not
-    locked (only the outer table's are: MariaDB's and MySQL's rule for a locking read)."""
+def _few(conn) -> tuple[Outlook, list[tuple[Relayed, str | None]]] | None:
+    """The outlook and the rows (with their accounts) of every pending job, in one locking
+    statement, when fewer than ``_FEW_READ`` are pending; None otherwise (the probe's turn). The
+    subqueries' rows are not locked (only the outer table's are: MariaDB's and MySQL's rule for a
+    locking read); MariaDB answers a correlated subquery once per value (its subquery cache)."""
     lock = "" if conn.dialect.name == "sqlite" else " FOR UPDATE SKIP LOCKED"
-    sql = (f"SELECT {_LONE_COLUMNS}, j.account, ({_QUEUED_OF_J.format(now=int(now_ms()))}), "
+    sql = (f"SELECT {_FEW_COLUMNS}, j.account, ({_QUEUED_OF_J.format(now=int(now_ms()))}), "
            "EXISTS (SELECT 1 FROM enstratus_pause p WHERE p.kind = 'queue' AND p.name = j.queue), "
            "EXISTS (SELECT 1 FROM enstratus_pause p WHERE p.kind = 'account' AND p.name = j.account) "
-           f"FROM enstratus_job j WHERE j.status = '{PENDING}' ORDER BY j.job_id LIMIT {_LONE_READ}{lock}")
+           f"FROM enstratus_job j WHERE j.status = '{PENDING}' ORDER BY j.job_id LIMIT {_FEW_READ}{lock}")
     rows = conn.exec_driver_sql(sql).all()
-    if len(rows) >= _LONE_READ:
+    if len(rows) >= _FEW_READ:
         return None
-    if not rows:
-        return Outlook({}, {}), []
-    *job, account, queued, queue_paused, account_paused = rows[0]
-    relayed = Relayed(*job)
-    paused = Paused(frozenset([relayed.queue] if queue_paused else []),
-                    frozenset([account] if account_paused else []))
-    return Outlook({relayed.queue: int(queued)}, {relayed.queue: [account]}, paused), [relayed]
+    queued: dict[str, int] = {}
+    waiting: dict[str, list[str | None]] = {}
+    paused_queues, paused_accounts = set(), set()
+    read = []
+    for *job, account, in_window, queue_paused, account_paused in rows:
+        relayed = Relayed(*job)
+        read.append((relayed, account))
+        queued[relayed.queue] = int(in_window)
+        accounts = waiting.setdefault(relayed.queue, [])
+        if account not in accounts:
+            accounts.append(account)
+        if queue_paused:
+            paused_queues.add(relayed.queue)
+        if account_paused:
+            paused_accounts.add(account)
+    return Outlook(queued, waiting, Paused(frozenset(paused_queues), frozenset(paused_accounts))), read
 
 
-def _read(conn, planner: FairShare, batch: int, lone_first: bool) -> tuple[Outlook, Plan, list[list[Relayed]]]:
-    """The pass's outlook, its plan, and the rows of each of the plan's groups, locked: from the
-    lone job's read if ``lone_first`` (the pass before emptied the outbox) and one job is
+def _grouped(read: list[tuple[Relayed, str | None]], group: Group) -> list[Relayed]:
+    """The group's rows among those ``_few`` read, oldest first, as its take would read them."""
+    rows = [r for r, account in read if r.queue == group.queue and account == group.account]
+    return rows[:group.limit]
+
+
+def _read(conn, planner: FairShare, batch: int, few_first: bool) -> tuple[Outlook, Plan, list[list[Relayed]]]:
+    """The pass's outlook, its plan, and the rows of each of the plan's groups, locked: from
+    ``_few``'s one read if ``few_first`` (the pass before emptied the outbox) and few jobs are
     pending, else from the probe and a take per group (module docstring)."""
-    if lone_first:
-        lone = _lone(conn)
-        if lone is not None:
-            outlook, rows = lone
+    if few_first:
+        few = _few(conn)
+        if few is not None:
+            outlook, read = few
             plan = planner.plan(outlook, batch)
-            return outlook, plan, [rows for _ in plan.groups]   # at most one group: the job's
+            return outlook, plan, [_grouped(read, g) for g in plan.groups]
     outlook = probe(conn)
     plan = planner.plan(outlook, batch)
     return outlook, plan, [_take(conn, g) for g in plan.groups]
@@ -205,9 +226,9 @@ def relay(engine: sa.Engine, planner: FairShare, batch: int,
     """One pass (module docstring). ``publish`` returns once the broker confirmed, or raises
     ``PublishError`` naming the unconfirmed: those stay pending, the rest are marked queued.
     ``held``: a connection to run the pass's transaction on (none open on it), else the pool's."""
-    lone_first, planner.outbox_emptied = planner.outbox_emptied, False   # until this pass shows it
+    few_first, planner.outbox_emptied = planner.outbox_emptied, False   # until this pass shows it
     with _transaction(engine, held) as conn:
-        outlook, plan, taken = _read(conn, planner, batch, lone_first)
+        outlook, plan, taken = _read(conn, planner, batch, few_first)
         if not plan.groups:
             planner.outbox_emptied = not outlook.waiting
             return RelayPass(0, False)

@@ -124,8 +124,8 @@ class FairShare:
         self.weights = dict(weights or {})
         self._turns: dict[str, Turns] = {}
         self._first_queue = 0                    # queues take turns at a batch too small for all
-        # the last pass left nothing pending that it saw: the next may read the outbox as one
-        # lone job, in one statement (``db/outbox.py``); set by the pass, False until one shows it
+        # the last pass left nothing pending that it saw: the next may read the few jobs pending
+        # in one statement (``db/outbox.py``); set by the pass, False until one shows it
         self.outbox_emptied = False
 
     def _refill_at(self, queued: int) -> int:

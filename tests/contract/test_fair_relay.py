@@ -214,15 +214,64 @@ def test_the_lone_read_keeps_pauses_and_the_window(dbs):
     assert [j.job_id for j in relay(dbs, fair)] == [third]
 
 
-def test_two_jobs_after_the_outbox_was_emptied_are_dealt_by_the_probe_in_turns(dbs):
+def reads_of(statements) -> list[str]:
+    return [s for s in statements if s.lstrip().upper().startswith(("SELECT", "WITH"))]
+
+
+def test_a_few_jobs_of_two_accounts_after_the_outbox_was_emptied_are_dealt_in_turns_from_one_read(dbs):
     # Given a publisher whose last pass emptied the outbox, then 3 jobs of A and 3 of B
     fair = FairShare(window=4)
     relay(dbs, fair)
     a, b = submit(dbs, "A", 3), submit(dbs, "B", 3)
-    # When it relays, Then the accounts share the window in turns, as without the lone read
+    statements = statements_of(dbs)
+    # When it relays, Then the accounts share the window in turns, as the probe's outlook deals
+    # them, from one read: no probe, no take per account
     first = relay(dbs, fair)
     assert Counter(j.job_id in b for j in first) == {True: 2, False: 2}
+    assert [j.job_id in b for j in first] in ([False, True] * 2, [True, False] * 2)
+    assert len(reads_of(statements)) == 1
+    # And the rest waits for room, the outbox not emptied
     assert not fair.outbox_emptied
+    assert sorted(i for i in a + b if dbs.jobs.get(i).status == "pending") == sorted(
+        set(a + b) - {j.job_id for j in first})
+
+
+def test_a_few_jobs_read_at_once_keep_each_accounts_pause_and_the_batch(dbs):
+    # Given a publisher whose last pass emptied the outbox, and account A paused
+    InstanceStore(dbs.provisioning).ensure_seeded(dbs.settings)
+    pauses = fleet_pauses(dbs)
+    fair = FairShare(window=None)
+    relay(dbs, fair)
+    pauses.pause(ACCOUNT, "A")
+    a, b, c = submit(dbs, "A", 2), submit(dbs, "B", 3), submit(dbs, None, 2, queue="other")
+    # When it relays with a batch of 4, Then A's jobs wait; the queues take turns in the batch
+    # (B's oldest first on its queue), and a job left over stays pending, unchanged
+    first = [j.job_id for j in relay(dbs, fair, batch=4)]
+    assert len(first) == 4 and not set(first) & set(a)
+    assert [i for i in first if i in b] == b[:len([i for i in first if i in b])]
+    assert not fair.outbox_emptied
+    # And the next passes relay the rest but A's, which goes once resumed
+    rest = relay(dbs, fair) + relay(dbs, fair)
+    assert sorted(first + [j.job_id for j in rest]) == sorted(b + c)
+    assert all(dbs.jobs.get(i).status == "pending" and dbs.jobs.get(i).attempts == 0 for i in a)
+    pauses.resume(ACCOUNT, "A")
+    assert [j.job_id for j in relay(dbs, fair)] == a
+
+
+def test_as_many_jobs_as_one_read_takes_are_a_backlog_read_by_the_probe(dbs):
+    # Given a publisher whose last pass emptied the outbox, then as many jobs as the one read
+    # takes (of two accounts)
+    from enstratus_workers.db.outbox import _FEW_READ
+    fair = FairShare(window=None)
+    relay(dbs, fair)
+    ids = submit(dbs, "A", _FEW_READ - 2) + submit(dbs, "B", 2)
+    statements = statements_of(dbs)
+    # When it relays, Then the one read found a backlog, and the probe and a take per account
+    # read it: every job goes once, B's two among the first turns, not after A's backlog
+    first = [j.job_id for j in relay(dbs, fair, batch=500)]
+    assert sorted(first) == sorted(ids)
+    assert len(reads_of(statements)) == 1 + 1 + 2
+    assert {first.index(i) for i in ids[-2:]} <= set(range(4))
 
 
 @pytest.mark.timeout(60)
