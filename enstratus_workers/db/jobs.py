@@ -61,7 +61,7 @@ from ..errors import DatabaseError
 from ..jobs import lifecycle
 from ..jobs.fairshare import FairShare
 from ..jobs.values import Outcome, Started  # noqa: F401 - the store's own vocabulary
-from . import cancels, job_outcomes, outbox, retry, schema
+from . import cancels, job_outcomes, outbox, packed, retry, schema
 from .group_commit import GroupCommit
 from .job_outcomes import _add_totals, _chunks
 from .outbox import Relayed, RelayPass  # noqa: F401 - Relayed: the relay's vocabulary, imported from here of old
@@ -561,9 +561,11 @@ def _owned_by(owner: str | None):
 def _delivery_rows(conn: sa.Connection, ids: list[int]) -> dict[int, DeliveryRow]:
     """``JobStore.delivery_rows`` on ``conn``: at most 1,000 ids a statement."""
     found: dict[int, DeliveryRow] = {}
+    dialect = conn.dialect.name
+    columns = packed.select_list(
+        dialect, "job_id, action, arguments, status, attempts, max_attempts, owner, cancel_requested_ms, account")
     for chunk in _chunks(ids, 1000):
-        rows = conn.exec_driver_sql(
-            "SELECT job_id, action, arguments, status, attempts, max_attempts, owner, cancel_requested_ms, account "
-            f"FROM enstratus_job WHERE job_id IN ({', '.join(map(str, chunk))})").all()
+        rows = packed.unpacked(dialect, conn.exec_driver_sql(
+            f"SELECT {columns} FROM enstratus_job WHERE job_id IN ({', '.join(map(str, chunk))})"))
         found.update((r[0], DeliveryRow(*r)) for r in rows)
     return found

@@ -42,6 +42,7 @@ from ..errors import PublishError
 from ..jobs.fairshare import FairShare, Group, Outlook, Paused, Plan
 from ..jobs import lifecycle, pathtrace
 from ..jobs.lifecycle import PENDING, QUEUED
+from . import packed
 
 
 class Relayed(NamedTuple):
@@ -124,12 +125,14 @@ def _few(conn) -> tuple[Outlook, list[tuple[Relayed, str | None]]] | None:
     statement, when fewer than ``_FEW_READ`` are pending; None otherwise (the probe's turn). The
     subqueries' rows are not locked (only the outer table's are: MariaDB's and MySQL's rule for a
     locking read); MariaDB answers a correlated subquery once per value (its subquery cache)."""
-    lock = "" if conn.dialect.name == "sqlite" else " FOR UPDATE SKIP LOCKED"
-    sql = (f"SELECT {_FEW_COLUMNS}, j.account, ({_QUEUED_OF_J.format(now=int(now_ms()))}), "
-           "EXISTS (SELECT 1 FROM enstratus_pause p WHERE p.kind = 'queue' AND p.name = j.queue), "
-           "EXISTS (SELECT 1 FROM enstratus_pause p WHERE p.kind = 'account' AND p.name = j.account) "
-           f"FROM enstratus_job j WHERE j.status = '{PENDING}' ORDER BY j.job_id LIMIT {_FEW_READ}{lock}")
-    rows = conn.exec_driver_sql(sql).all()
+    dialect = conn.dialect.name
+    lock = "" if dialect == "sqlite" else " FOR UPDATE SKIP LOCKED"
+    columns = packed.select_list(dialect, (
+        f"{_FEW_COLUMNS}, j.account, ({_QUEUED_OF_J.format(now=int(now_ms()))}), "
+        "EXISTS (SELECT 1 FROM enstratus_pause p WHERE p.kind = 'queue' AND p.name = j.queue), "
+        "EXISTS (SELECT 1 FROM enstratus_pause p WHERE p.kind = 'account' AND p.name = j.account)"))
+    sql = f"SELECT {columns} FROM enstratus_job j WHERE j.status = '{PENDING}' ORDER BY j.job_id LIMIT {_FEW_READ}{lock}"
+    rows = packed.unpacked(dialect, conn.exec_driver_sql(sql))
     if len(rows) >= _FEW_READ:
         return None
     queued: dict[str, int] = {}
@@ -143,9 +146,10 @@ def _few(conn) -> tuple[Outlook, list[tuple[Relayed, str | None]]] | None:
         accounts = waiting.setdefault(relayed.queue, [])
         if account not in accounts:
             accounts.append(account)
-        if queue_paused:
+        # int(): packed, MariaDB writes a correlated EXISTS as "0" or "1", a string
+        if int(queue_paused):
             paused_queues.add(relayed.queue)
-        if account_paused:
+        if int(account_paused):
             paused_accounts.add(account)
     return Outlook(queued, waiting, Paused(frozenset(paused_queues), frozenset(paused_accounts))), read
 

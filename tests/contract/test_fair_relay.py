@@ -258,6 +258,26 @@ def test_a_few_jobs_read_at_once_keep_each_accounts_pause_and_the_batch(dbs):
     assert [j.job_id for j in relay(dbs, fair)] == a
 
 
+def test_jobs_read_at_once_are_published_with_their_values_as_stored(dbs):
+    # Given a publisher whose last pass emptied the outbox, then jobs of an account named with a
+    # quote, one with awkward arguments (quotes, backslashes, escapes, non-ASCII, a big number)
+    from tests.contract.test_job_ownership import AWKWARD_ARGUMENTS
+    fair = FairShare(window=None)
+    relay(dbs, fair)
+    account = "o'neil \\ é"
+    odd, plain = dbs.jobs.submit_jobs([NewJob("noop", AWKWARD_ARGUMENTS, "default", 7, account=account),
+                                       NewJob("noop", "{}", "default", 3, account=account)])
+    statements = statements_of(dbs)
+    # When it relays, Then both are read in the one read, each with its values as stored
+    seen = relay(dbs, fair)
+    assert len(reads_of(statements)) == 1
+    assert [tuple(j) for j in seen] == [
+        (odd.job_id, "noop", AWKWARD_ARGUMENTS, "default", 0, 7, None, None),
+        (plain.job_id, "noop", "{}", "default", 0, 3, None, None)]
+    assert all(type(j.job_id) is int and type(j.max_attempts) is int for j in seen)
+    assert account_of(dbs, [odd.job_id, plain.job_id]) == [account, account]
+
+
 def test_as_many_jobs_as_one_read_takes_are_a_backlog_read_by_the_probe(dbs):
     # Given a publisher whose last pass emptied the outbox, then as many jobs as the one read
     # takes (of two accounts)

@@ -108,6 +108,25 @@ def test_delivery_rows_are_read_in_one_call_and_judged_by_attempt_and_owner(dbs)
     assert rows[retry].verdict(1, B) == "stale" and rows[retry].verdict(2, B) == "run"
 
 
+#: text a packed read (``db/packed.py``: one JSON array per row on MariaDB) must give back as stored
+AWKWARD_ARGUMENTS = '{"s": "quote \\" backslash \\\\ tab \\t é ☃ 𝄞 \\u0000 end", "n": 12345678901234567890,\n "f": 0.1}'
+
+
+def test_delivery_rows_give_back_each_column_as_stored_whatever_it_holds(dbs):
+    # Given a job whose arguments hold quotes, backslashes, escapes, non-ASCII and a 20-digit
+    # number, and a job of an account named with a quote, running under an owner
+    plain, odd = [dbs.jobs.submit(job(args=a))[0].job_id for a in ("{}", AWKWARD_ARGUMENTS)]
+    dbs.jobs.relay_pending(100, lambda batch: None)
+    dbs.jobs.mark_started([Started(odd, 1, "w", 1000, "owner 'é' \\ x")])
+    # When the subscriber reads their rows
+    rows = dbs.jobs.delivery_rows([plain, odd])
+    # Then every value is the stored one, with its type: text as text, numbers as ints, NULL as None
+    assert rows[odd].arguments == AWKWARD_ARGUMENTS and rows[odd].owner == "owner 'é' \\ x"
+    assert rows[odd][:2] == (odd, "noop") and rows[odd][3:6] == ("running", 1, 3)
+    assert rows[plain] == (plain, "noop", "{}", "queued", 0, 3, None, None, None)
+    assert all(type(v) is int for r in rows.values() for v in (r.job_id, r.attempts, r.max_attempts))
+
+
 @pytest.mark.parametrize("keys", [["key", "KEY", "key ", "kéy", "keý"]])
 def test_idempotency_keys_compare_byte_for_byte(dbs, keys):
     # Given keys differing only in case, a trailing space or an accent
