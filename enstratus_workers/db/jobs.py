@@ -132,7 +132,7 @@ class Job:
 
 #: ``get``'s read: the row's columns in ``Job``'s order, as driver SQL (``get`` is on every
 #: waited job's path: ``wait_for``, ``submit --wait``, the job page), a ``Job`` made by position
-_GET_SQL = (f"SELECT {', '.join(Job.__dataclass_fields__)} FROM enstratus_job WHERE job_id = ")
+_GET_COLUMNS = ", ".join(Job.__dataclass_fields__)
 
 
 def _loads_or_text(text):
@@ -307,9 +307,11 @@ class JobStore:
     # -- reading (run again on a lost writer node, as a read may always be) ---------------------
     @retried(idempotent=True)
     def get(self, job_id: int) -> Job | None:
+        dialect = self.engine.dialect.name
         with self.engine.connect() as conn:
-            row = conn.exec_driver_sql(_GET_SQL + str(int(job_id))).first()
-        return Job(*row) if row else None
+            rows = packed.unpacked(dialect, conn.exec_driver_sql(
+                f"SELECT {packed.select_list(dialect, _GET_COLUMNS)} FROM enstratus_job WHERE job_id = {int(job_id)}"))
+        return Job(*rows[0]) if rows else None
 
     @retried(idempotent=True)
     def by_idempotency_key(self, key: str) -> Job | None:

@@ -125,6 +125,11 @@ def test_delivery_rows_give_back_each_column_as_stored_whatever_it_holds(dbs):
     assert rows[odd][:2] == (odd, "noop") and rows[odd][3:6] == ("running", 1, 3)
     assert rows[plain] == (plain, "noop", "{}", "queued", 0, 3, None, None, None)
     assert all(type(v) is int for r in rows.values() for v in (r.job_id, r.attempts, r.max_attempts))
+    # And a whole row read back (``get``, packed too) is the same, its times included
+    got = dbs.jobs.get(odd)
+    assert (got.arguments, got.owner, got.status, got.start_timestamp, got.end_timestamp) == (
+        AWKWARD_ARGUMENTS, "owner 'é' \\ x", "running", 1000, None)
+    assert type(got.created_timestamp) is int and dbs.jobs.get(10**12) is None
 
 
 @pytest.mark.parametrize("keys", [["key", "KEY", "key ", "kéy", "keý"]])
