@@ -162,6 +162,27 @@ def test_a_waiter_ringer_reaches_a_waiter_announced_after_it_rang(run_dir, bells
         ringer.close()
 
 
+def test_a_waiter_ringer_rings_each_waiter_present_and_no_file_that_only_looks_like_one(run_dir):
+    # Given waiters that come and go, and files in the bells directory that are not waiters' bells
+    ringer = Ringer(run_dir, WAITER)
+    first = Bell(run_dir, "w1", WAITER).announce()
+    for stray in ("waiter@w9.bell.tmp", "other@w9.bell", "waiter@.bel", "w9.bell"):
+        (run_dir / "bells" / stray).write_text("")
+    try:
+        for n in range(2, 5):
+            # When one more announces itself and the previous one leaves, and the ringer rings
+            second = Bell(run_dir, f"w{n}", WAITER).announce()
+            first.close()
+            ringer.ring_done([n])
+            # Then the waiter there is rung, and the ringer knows no other address
+            assert second.wait(1.0) is True
+            assert ringer._addresses == [second.address]
+            first = second
+    finally:
+        first.close()
+        ringer.close()
+
+
 def test_the_daemons_make_the_bells_directory_so_a_waiter_finds_it_theirs(tmp_path):
     # Given an install whose daemons made their directories (as each does at its start)
     layout = Layout(tmp_path / "home")
