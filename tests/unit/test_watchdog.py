@@ -51,3 +51,36 @@ def test_a_daemon_that_keeps_dying_is_given_up_on_for_good_until_seen_running(mo
     assert dog.given_up == set()
     world.subscriber = "dead"
     assert dog.check() == ["restarted subscriber@vm"] and world.starts == 6
+
+
+def test_the_health_round_reads_the_pid_files_once_unless_the_watchdog_restarted_one(monkeypatch, tmp_path):
+    # Given a pinger whose round counts the reads of the pid files, with the subscriber running
+    from enstratus_workers.daemons.pinger import daemon as pinger_mod
+    from enstratus_workers.daemons.pinger.health import Health
+
+    world = World(monkeypatch, tmp_path)
+    world.subscriber = "running"
+    reads, seen_by_health = [], []
+
+    def states(layout):
+        reads.append(world.subscriber)
+        return watchdog_mod.daemon_states(layout)
+
+    monkeypatch.setattr(pinger_mod, "daemon_states", states)
+    monkeypatch.setattr(pinger_mod, "check_health",
+                        lambda *a, states=None, **kw: (seen_by_health.append(states), Health())[1])
+    monkeypatch.setattr(pinger_mod, "forget_expired", lambda engine: None)
+    dbs = SimpleNamespace(provisioning=None, heartbeats=SimpleNamespace(beat=lambda *a, **kw: None))
+    pinger = pinger_mod.Pinger(SimpleNamespace(pinger=SimpleNamespace(heartbeat_interval=10),
+                                               worker=SimpleNamespace(host_name="vm")), world.layout, "vm")
+    pinger._last_state = None
+    dog = Watchdog(world.layout, "vm")
+    guests = SimpleNamespace(last_summary=None)
+    # When a round finds every daemon running
+    pinger._health_round(dbs, dog, guests)
+    # Then the watchdog and the health share one read
+    assert len(reads) == 1 and [s.state for s in seen_by_health[0]] == ["running", "running"]
+    # When the subscriber died and the watchdog restarts it, Then the health reads them again
+    world.subscriber = "dead"
+    pinger._health_round(dbs, dog, guests)
+    assert world.starts == 1 and len(reads) == 2 and seen_by_health[1] is None

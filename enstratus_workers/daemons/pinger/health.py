@@ -101,7 +101,10 @@ class Health:
         return d
 
 
-def check_health(settings, layout, dbs: Databases | None = None, *, require_pinger: bool = True) -> Health:
+def check_health(settings, layout, dbs: Databases | None = None, *, require_pinger: bool = True,
+                 states: list | None = None) -> Health:
+    """The service's health: the queue, the databases, the daemons' pid files (``states`` as
+    just read by ``daemon_states``, else read here), the heartbeats and the job counts."""
     from enstratus_workers.runtime.procs import daemon_states
 
     h = Health()
@@ -123,7 +126,7 @@ def check_health(settings, layout, dbs: Databases | None = None, *, require_ping
                     h.worsen(CHECK_CRITICAL if db == "provisioning" else CHECK_WARNING, f"{db} DB: {error}")
         check_db_nodes(settings, h)
         running = {}
-        for st in daemon_states(layout):
+        for st in daemon_states(layout) if states is None else states:
             running.setdefault(st.daemon, []).append(st)
             if st.state != "running":
                 h.worsen(CHECK_WARNING, f"{st.daemon}@{st.name} dead (stale pid file, pid {st.pid})")

@@ -41,12 +41,14 @@ class Watchdog:
         self.restarts_total = 0
         self.given_up: set[str] = set()
 
-    def check(self) -> list[str]:
-        """Restart what needs it; return a line per daemon restarted or given up on."""
+    def check(self, states: list | None = None) -> list[str]:
+        """Restart what needs it; return a line per daemon restarted or given up on. ``states``:
+        the pid files as just read (``daemon_states``), else they are read here."""
         if not self.enabled:
             return []
         done = []
-        states = daemon_states(self.layout)
+        if states is None:
+            states = daemon_states(self.layout)
         running = {(s.daemon, s.name) for s in states if s.state == "running"}
         wanted = {(s.daemon, s.name) for s in states if s.state != "running" and s.daemon in ALWAYS}
         for daemon in ALWAYS:
