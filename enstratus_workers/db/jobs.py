@@ -171,6 +171,10 @@ class DeliveryRow(NamedTuple):
         return lifecycle.attempt_verdict(self.status, self.attempts, self.owner, attempt, me)
 
 
+#: the delivery check's read: the row's columns in ``DeliveryRow``'s order
+_DELIVERY_COLUMNS = ", ".join(DeliveryRow._fields)
+
+
 class StuckAttempt(NamedTuple):
     """A running or queued job as stuck-job recovery reads it: whether it is lost is decided on
     this value, and the row is changed only if it still reads so (``JobStore.recover``)."""
@@ -307,10 +311,8 @@ class JobStore:
     # -- reading (run again on a lost writer node, as a read may always be) ---------------------
     @retried(idempotent=True)
     def get(self, job_id: int) -> Job | None:
-        dialect = self.engine.dialect.name
         with self.engine.connect() as conn:
-            rows = packed.unpacked(dialect, conn.exec_driver_sql(
-                f"SELECT {packed.select_list(dialect, _GET_COLUMNS)} FROM enstratus_job WHERE job_id = {int(job_id)}"))
+            rows = packed.select(conn, _GET_COLUMNS, f"FROM enstratus_job WHERE job_id = {int(job_id)}")
         return Job(*rows[0]) if rows else None
 
     @retried(idempotent=True)
@@ -563,11 +565,8 @@ def _owned_by(owner: str | None):
 def _delivery_rows(conn: sa.Connection, ids: list[int]) -> dict[int, DeliveryRow]:
     """``JobStore.delivery_rows`` on ``conn``: at most 1,000 ids a statement."""
     found: dict[int, DeliveryRow] = {}
-    dialect = conn.dialect.name
-    columns = packed.select_list(
-        dialect, "job_id, action, arguments, status, attempts, max_attempts, owner, cancel_requested_ms, account")
     for chunk in _chunks(ids, 1000):
-        rows = packed.unpacked(dialect, conn.exec_driver_sql(
-            f"SELECT {columns} FROM enstratus_job WHERE job_id IN ({', '.join(map(str, chunk))})"))
+        rows = packed.select(conn, _DELIVERY_COLUMNS,
+                             f"FROM enstratus_job WHERE job_id IN ({', '.join(map(str, chunk))})")
         found.update((r[0], DeliveryRow(*r)) for r in rows)
     return found

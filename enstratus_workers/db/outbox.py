@@ -89,15 +89,16 @@ _WAITING = {
         f"UNION ALL SELECT '{PENDING}', queue, NULL, 0 FROM qs WHERE queue IS NOT NULL AND EXISTS ("
         f"SELECT 1 FROM enstratus_job WHERE status = '{PENDING}' AND queue = qs.queue AND account IS NULL)"),
 }
-# ... then the first attempts queued per queue (at most a window of rows each), not counting a
-# deferred one whose time has not come (the broker holds it, as it holds a retry), and the pauses
-_REST = (" UNION ALL SELECT 'window', queue, NULL, COUNT(*) FROM enstratus_job "
-         f"WHERE status = '{QUEUED}' AND attempts = 0 AND (not_before_ms IS NULL OR not_before_ms <= {{now}}) "
+# A job in its queue's window: a first attempt queued, not counting a deferred one whose time has
+# not come (the broker holds it, as it holds a retry)
+_IN_WINDOW = f"status = '{QUEUED}' AND attempts = 0 AND (not_before_ms IS NULL OR not_before_ms <= {{now}})"
+# ... then the jobs in each queue's window (at most a window of rows each), and the pauses
+_REST = (f" UNION ALL SELECT 'window', queue, NULL, COUNT(*) FROM enstratus_job WHERE {_IN_WINDOW} "
          "GROUP BY queue UNION ALL SELECT kind, name, NULL, since_ms FROM enstratus_pause")
 _COLUMNS = "job_id, action, arguments, queue, attempts, max_attempts, not_before_ms, cancel_requested_ms"
-# the first attempts queued on the queue of the job read (``j``), as the probe counts them
-_QUEUED_OF_J = (f"SELECT COUNT(*) FROM enstratus_job w WHERE w.status = '{QUEUED}' AND w.attempts = 0 "
-                "AND (w.not_before_ms IS NULL OR w.not_before_ms <= {now}) AND w.queue = j.queue")
+# the jobs in the window of the queue of the job read (``j``), as the probe counts them (the
+# unqualified columns are the subquery's own table's, ``w``)
+_QUEUED_OF_J = f"SELECT COUNT(*) FROM enstratus_job w WHERE {_IN_WINDOW} AND w.queue = j.queue"
 #: most rows ``_few`` reads: fewer back make the whole outbox (a pass of the one-at-a-time path
 #: relays a few jobs; a batch of 500 submitted at once is a backlog, for the probe)
 _FEW_READ = 32
@@ -125,14 +126,12 @@ def _few(conn) -> tuple[Outlook, list[tuple[Relayed, str | None]]] | None:
     statement, when fewer than ``_FEW_READ`` are pending; None otherwise (the probe's turn). The
     subqueries' rows are not locked (only the outer table's are: MariaDB's and MySQL's rule for a
     locking read); MariaDB answers a correlated subquery once per value (its subquery cache)."""
-    dialect = conn.dialect.name
-    lock = "" if dialect == "sqlite" else " FOR UPDATE SKIP LOCKED"
-    columns = packed.select_list(dialect, (
-        f"{_FEW_COLUMNS}, j.account, ({_QUEUED_OF_J.format(now=int(now_ms()))}), "
+    lock = "" if conn.dialect.name == "sqlite" else " FOR UPDATE SKIP LOCKED"
+    rows = packed.select(
+        conn, f"{_FEW_COLUMNS}, j.account, ({_QUEUED_OF_J.format(now=int(now_ms()))}), "
         "EXISTS (SELECT 1 FROM enstratus_pause p WHERE p.kind = 'queue' AND p.name = j.queue), "
-        "EXISTS (SELECT 1 FROM enstratus_pause p WHERE p.kind = 'account' AND p.name = j.account)"))
-    sql = f"SELECT {columns} FROM enstratus_job j WHERE j.status = '{PENDING}' ORDER BY j.job_id LIMIT {_FEW_READ}{lock}"
-    rows = packed.unpacked(dialect, conn.exec_driver_sql(sql))
+        "EXISTS (SELECT 1 FROM enstratus_pause p WHERE p.kind = 'account' AND p.name = j.account)",
+        f"FROM enstratus_job j WHERE j.status = '{PENDING}' ORDER BY j.job_id LIMIT {_FEW_READ}{lock}")
     if len(rows) >= _FEW_READ:
         return None
     queued: dict[str, int] = {}
