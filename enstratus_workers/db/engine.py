@@ -93,6 +93,21 @@ def _ping_when_idle(engine: sa.Engine) -> None:
 _MAY_BE_OPEN = "enstratus_may_be_open"
 
 
+def statement_ran(conn: sa.Connection) -> None:
+    """Note that a statement ran on ``conn`` outside SQLAlchemy's execution (on its driver's
+    cursor, ``db/packed.py``), as the ``before_cursor_execute`` event below notes the others: a
+    transaction may be open, so the pool rolls the connection back when it is given back."""
+    _mark(conn, True)
+
+
+def _mark(conn: sa.Connection, may_be_open: bool) -> None:
+    # never through an invalidated Connection: reaching for its DBAPI connection would try
+    # to reconnect, and raise PendingRollbackError over the loss being rolled back (seen in
+    # the fleet test: a submit during a database node's kill failed with it, not retried)
+    if not (conn.closed or conn.invalidated):
+        conn.connection.info[_MAY_BE_OPEN] = may_be_open
+
+
 def _rollback_only_when_open(engine: sa.Engine) -> None:
     """Give a connection back to the pool without a ROLLBACK when nothing is left to roll back.
 
@@ -107,31 +122,24 @@ def _rollback_only_when_open(engine: sa.Engine) -> None:
     an open ``SELECT ... FOR UPDATE`` reads as no transaction.
     """
 
-    def mark(conn, may_be_open: bool) -> None:
-        # never through an invalidated Connection: reaching for its DBAPI connection would try
-        # to reconnect, and raise PendingRollbackError over the loss being rolled back (seen in
-        # the fleet test: a submit during a database node's kill failed with it, not retried)
-        if not (conn.closed or conn.invalidated):
-            conn.connection.info[_MAY_BE_OPEN] = may_be_open
-
     @sa.event.listens_for(engine, "before_cursor_execute")
     def _statement(conn, _cursor, _statement, _parameters, _context, _executemany):
-        mark(conn, True)
+        _mark(conn, True)
 
     @sa.event.listens_for(engine, "commit")
     def _committing(conn):
         # before the COMMIT (or ROLLBACK, below): if it fails, handle_error marks it again
-        mark(conn, False)
+        _mark(conn, False)
 
     @sa.event.listens_for(engine, "rollback")
     def _rolling_back(conn):
-        mark(conn, False)
+        _mark(conn, False)
 
     @sa.event.listens_for(engine, "handle_error")
     def _failed(context):
         # a lost connection is invalidated: the pool never lends it again
         if context.connection is not None and not context.is_disconnect:
-            mark(context.connection, True)
+            _mark(context.connection, True)
 
     @sa.event.listens_for(engine, "reset")
     def _reset(dbapi_conn, record, state):

@@ -1,6 +1,11 @@
 """A MySQL engine gives a connection back to its pool with a ROLLBACK only when a transaction may
 be open on it (db/engine.py, ``_rollback_only_when_open``): a committed write costs no extra
-round trip, and nothing a connection held (a row lock, a transaction) outlives its user."""
+round trip, and nothing a connection held (a row lock, a transaction) outlives its user.
+
+A hot read (``db/packed.py``) runs on the driver's cursor, and keeps what SQLAlchemy's execution
+would have done: it runs in the connection's transaction, the pool still rolls back a connection
+it was read on, and a failure is SQLAlchemy's error, judged as every statement's is (a lost
+connection invalidated)."""
 
 from __future__ import annotations
 
@@ -9,6 +14,7 @@ import pytest
 import sqlalchemy as sa
 
 from enstratus_workers.db import engine as engine_mod
+from enstratus_workers.db import packed
 from enstratus_workers.layout import Layout
 
 pytestmark = pytest.mark.mysql
@@ -110,3 +116,57 @@ def test_a_connection_lost_inside_a_transaction_raises_the_loss_not_a_pending_ro
     assert _clean(engine)[1] == 0
     with engine.connect() as conn:
         assert conn.exec_driver_sql("SELECT v FROM t WHERE id = 1").scalar() == 0
+
+
+def _session(conn) -> int:
+    return conn.exec_driver_sql("SELECT CONNECTION_ID()").scalar()
+
+
+def test_a_packed_read_gives_the_values_and_runs_in_the_transaction_it_is_in(engine):
+    with engine.begin() as conn:
+        conn.exec_driver_sql("UPDATE t SET v = 41 WHERE id = 1")
+        # the read sees its own transaction's uncommitted write: it ran in that transaction
+        assert packed.select(conn, "id, v, 'it''s \"one\"', NULL", "FROM t") == [[1, 41, "it's \"one\"", None]]
+        conn.rollback()
+    with engine.connect() as conn:
+        assert packed.select(conn, "v", "FROM t WHERE id = 1") == [[0]]
+
+
+def test_a_locking_packed_read_is_rolled_back_when_its_connection_is_given_back(engine, sent):
+    # When a packed read locks a row and its connection goes back to the pool uncommitted
+    with engine.connect() as conn:
+        assert packed.select(conn, "v", "FROM t WHERE id = 1 FOR UPDATE") == [[0]]
+        sent.clear()
+    # Then the pool rolled it back, as it does after any statement SQLAlchemy ran
+    assert sent == ["ROLLBACK"]
+    other = pymysql.connect(host="127.0.0.1", user="root", autocommit=False, database=engine.url.database)
+    try:   # and the row is free at once
+        other.cursor().execute("SELECT v FROM t WHERE id = 1 FOR UPDATE NOWAIT")
+    finally:
+        other.rollback()
+        other.close()
+
+
+def test_a_packed_read_on_a_lost_connection_raises_the_loss_and_the_engine_goes_on(engine):
+    killer = pymysql.connect(host="127.0.0.1", user="root", autocommit=True)
+    try:
+        with pytest.raises(sa.exc.DBAPIError) as caught:
+            with engine.connect() as conn:
+                killer.cursor().execute(f"KILL {int(_session(conn))}")
+                packed.select(conn, "v", "FROM t WHERE id = 1")
+    finally:
+        killer.close()
+    # Then it is SQLAlchemy's error for a lost connection (what HeldConnection replaces and
+    # db/retry.py retries), not the driver's
+    assert caught.value.connection_invalidated
+    with engine.connect() as conn:
+        assert packed.select(conn, "v", "FROM t WHERE id = 1") == [[0]]
+
+
+def test_a_bad_packed_read_raises_sqlalchemys_error_and_leaves_the_connection_usable(engine):
+    with engine.connect() as conn:
+        with pytest.raises(sa.exc.DBAPIError) as caught:
+            packed.select(conn, "no_such_column", "FROM t")
+        assert caught.value.orig.args[0] == 1054 and not caught.value.connection_invalidated
+        conn.rollback()
+        assert packed.select(conn, "id", "FROM t WHERE id = 1") == [[1]]
