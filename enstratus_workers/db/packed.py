@@ -20,9 +20,9 @@ SQL string (its context, its events, its result) cost more than the read's row, 
 through ``exec_driver_sql``, 0.12-0.14 ms on the cursor, bench/README.md). What SQLAlchemy's
 execution does on the way is kept: the pool still learns that a statement ran (so it rolls the
 connection back when given back), and a read that fails on the cursor runs again through
-``exec_driver_sql``, where SQLAlchemy judges the failure as it judges every statement's (a lost
-connection is invalidated, a Galera writer that moved is followed, its error is raised). Running
-a read twice changes nothing but its cost, and only a failure pays it.
+``exec_driver_sql`` if it lost its connection, where SQLAlchemy judges the loss as it judges
+every statement's (the connection is invalidated, a Galera writer that moved is followed); any
+other failure is raised as SQLAlchemy's error for it (``_rows``).
 """
 
 from __future__ import annotations
@@ -30,7 +30,10 @@ from __future__ import annotations
 import json
 from typing import Sequence
 
+import sqlalchemy as sa
+
 from .engine import statement_ran
+from .retry import LOST_CODES, NODE_NOT_READY, error_code
 
 
 def select(conn, columns: str, rest: str) -> list[Sequence]:
@@ -38,24 +41,28 @@ def select(conn, columns: str, rest: str) -> list[Sequence]:
     values: packed on MySQL/MariaDB (on the driver's cursor), as columns on SQLite."""
     if conn.dialect.name != "mysql":
         return list(conn.exec_driver_sql(f"SELECT {columns} {rest}"))
-    sql = f"SELECT JSON_ARRAY({columns}) {rest}"
-    try:
-        rows = _on_cursor(conn, sql)
-    except conn.dialect.loaded_dbapi.Error:
-        rows = conn.exec_driver_sql(sql).fetchall()   # SQLAlchemy judges the failure (above)
-    return [json.loads(r[0]) for r in rows]
+    return [json.loads(r[0]) for r in _rows(conn, f"SELECT JSON_ARRAY({columns}) {rest}")]
 
 
-def _on_cursor(conn, sql: str) -> list[tuple]:
+def _rows(conn, sql: str) -> list[tuple]:
     """The rows of ``sql`` read on the driver's cursor of ``conn``, in the transaction ``conn``
-    is in; an invalidated or closed ``conn`` raises the driver's error, so that ``select`` goes
-    the SQLAlchemy way."""
-    if conn.closed or conn.invalidated:
-        raise conn.dialect.loaded_dbapi.Error("the connection is not usable as it is")
+    is in. A failure is SQLAlchemy's error: a lost connection's read runs again through
+    SQLAlchemy (on a dead connection, where it fails again and is judged as every statement's
+    loss is); any other failure (a bad statement, a deadlock that rolled the transaction back)
+    is raised as SQLAlchemy would raise it, never run again (the transaction it was in may be
+    gone)."""
+    if conn.closed or conn.invalidated:   # SQLAlchemy says what is wrong with it
+        return conn.exec_driver_sql(sql).fetchall()
     statement_ran(conn)
     cursor = conn.connection.cursor()
     try:
         cursor.execute(sql)
         return cursor.fetchall()
+    except conn.dialect.loaded_dbapi.Error as exc:
+        if error_code(exc) in LOST_CODES or error_code(exc) == NODE_NOT_READY \
+                or conn.dialect.is_disconnect(exc, None, None):
+            return conn.exec_driver_sql(sql).fetchall()
+        raise sa.exc.DBAPIError.instance(sql, None, exc, conn.dialect.loaded_dbapi.Error,
+                                         dialect=conn.dialect) from exc
     finally:
         cursor.close()
