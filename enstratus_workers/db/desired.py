@@ -17,7 +17,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from typing import Iterable, Sequence
 
 import sqlalchemy as sa
@@ -40,6 +40,8 @@ class DesiredState:
 
     instances: tuple[Instance, ...]
     declared: tuple[str, ...]
+    # (settings, submit_settings(settings)) last made: every submit asks, the state lives a second
+    _submit_memo: tuple | None = field(default=None, init=False, repr=False, compare=False)
 
     @property
     def types(self) -> tuple[WorkerType, ...]:
@@ -65,8 +67,13 @@ class DesiredState:
     def submit_settings(self, settings):
         """``settings`` with every instance's worker type (enabled or not), which ``submit``
         validates a job's queue against (the file's types while no instance exists)."""
+        memo = self._submit_memo
+        if memo is not None and memo[0] is settings:
+            return memo[1]
         types = tuple(i.worker_type() for i in self.instances)
-        return replace(settings, worker=replace(settings.worker, types=types or settings.worker.types))
+        made = replace(settings, worker=replace(settings.worker, types=types or settings.worker.types))
+        object.__setattr__(self, "_submit_memo", (settings, made))   # frozen: a cache, not a value
+        return made
 
     def types_on(self, host: str, tags: Iterable[str] = ()) -> tuple[WorkerType, ...]:
         """The enabled types placed on the host ``host`` carrying ``tags``."""

@@ -198,6 +198,21 @@ def test_the_cache_reads_at_most_once_per_ttl_and_again_on_a_miss(engine):
     assert cache.get(fresh=True).submit_settings(settings).worker.all_queues == ("default", "extra", "scan")
 
 
+def test_submit_settings_are_made_once_per_state_and_settings(engine):
+    # Given one state read, asked by every submit for the same settings
+    state = DesiredStateCache(engine, FILE, ttl_s=3600).get()
+    settings = Settings(home=None, mq=None, worker=FILE, persistence=None, km_client=None, provisioning=None)
+    # Then it makes their copy once, and answers other settings with their own
+    first = state.submit_settings(settings)
+    assert state.submit_settings(settings) is first
+    other = Settings(home=None, mq=None, worker=WorkerSettings(), persistence=None, km_client=None,
+                     provisioning=None)
+    assert state.submit_settings(other).worker.default_queue == WorkerSettings().default_queue
+    assert state.submit_settings(settings) is not first and state.submit_settings(settings) == first
+    # and the cache does not make two states unequal
+    assert state == DesiredStateCache(engine, FILE, ttl_s=3600).get()
+
+
 def test_threads_that_find_the_cache_expired_together_make_one_read(engine, monkeypatch):
     from enstratus_workers.db import desired as desired_mod
 
