@@ -19,6 +19,7 @@ from typing import Callable, Sequence
 import sqlalchemy as sa
 
 from ..errors import DatabaseError
+from . import driver
 from .retry import retried
 from .schema import BUCKET_COLUMNS, DURATION_BUCKETS, MINUTE_MS
 from .schema import action_minutes as AM
@@ -117,8 +118,8 @@ def _upsert_sums(conn, table: str, keys: tuple[str, ...], rows: list[tuple]) -> 
     else:
         add = ", ".join(f"{c} = {c} + excluded.{c}" for c in _ADDED)
         tail = f"ON CONFLICT ({', '.join(keys)}) DO UPDATE SET {add}"
-    conn.exec_driver_sql(f"INSERT INTO {table} ({', '.join(columns)}) VALUES {values} {tail}",
-                         tuple(v for r in rows for v in r))
+    driver.execute(conn, f"INSERT INTO {table} ({', '.join(columns)}) VALUES {values} {tail}",
+                   tuple(v for r in rows for v in r))
 
 
 class EventStore:
@@ -217,8 +218,8 @@ def insert_events(conn, events: Sequence[Event]) -> None:
     mark = "?" if conn.dialect.paramstyle == "qmark" else "%s"
     row = "(" + ", ".join([mark] * len(_COLUMNS)) + ")"
     for chunk in (events[i:i + 500] for i in range(0, len(events), 500)):
-        conn.exec_driver_sql(
-            f"INSERT INTO enstratus_job_event ({', '.join(_COLUMNS)}) VALUES "
+        driver.execute(
+            conn, f"INSERT INTO enstratus_job_event ({', '.join(_COLUMNS)}) VALUES "
             + ", ".join([row] * len(chunk)),
             tuple(v for e in chunk for v in _VALUES(e)))
         _upsert_sums(conn, "enstratus_action_total", ("action", "outcome"), _totals_of(chunk))

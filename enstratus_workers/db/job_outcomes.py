@@ -20,7 +20,7 @@ import sqlalchemy as sa
 
 from ..jobs import lifecycle
 from ..jobs.values import Outcome, Started
-from . import schema
+from . import driver, schema
 from .retry import retried
 
 RECORD_CHUNK = 200  # rows per CASE-UPDATE: stays well under SQLite's bound-parameter limit
@@ -153,8 +153,8 @@ def _add_totals(conn, deltas: dict[str, int]) -> None:
     if not deltas:
         return
     whens = " ".join(f"WHEN '{s}' THEN {int(n)}" for s, n in deltas.items())
-    conn.exec_driver_sql(
-        f"UPDATE enstratus_job_total SET jobs = jobs + CASE status {whens} ELSE 0 END "
+    driver.execute(
+        conn, f"UPDATE enstratus_job_total SET jobs = jobs + CASE status {whens} ELSE 0 END "
         f"WHERE status IN ({', '.join(repr(s) for s in deltas)})")
 
 
@@ -192,7 +192,7 @@ def _case_update(conn, rows, columns: dict, cancelled: Sequence[int] = ()) -> in
            f"(status IN ({', '.join(repr(s) for s in lifecycle.OPEN)}) AND attempts = {attempt} - 1) OR "
            f"(status = '{schema.RUNNING}' AND attempts = {attempt} AND owner = {owner}){late_cancel})")
     # rows matched: SQLite counts them, and SQLAlchemy connects to MySQL with CLIENT_FOUND_ROWS
-    return conn.exec_driver_sql(sql, tuple(params)).rowcount
+    return driver.execute(conn, sql, tuple(params)).rowcount
 
 
 def _by_value(ids: Sequence[int], values: Iterable, mark: str | None, params: list) -> str:

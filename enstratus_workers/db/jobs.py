@@ -61,7 +61,7 @@ from ..errors import DatabaseError
 from ..jobs import lifecycle
 from ..jobs.fairshare import FairShare
 from ..jobs.values import Outcome, Started  # noqa: F401 - the store's own vocabulary
-from . import cancels, job_outcomes, outbox, packed, retry, schema
+from . import cancels, driver, job_outcomes, outbox, packed, retry, schema
 from .group_commit import GroupCommit
 from .job_outcomes import _add_totals, _chunks
 from .outbox import Relayed, RelayPass  # noqa: F401 - Relayed: the relay's vocabulary, imported from here of old
@@ -297,8 +297,8 @@ class JobStore:
             else:
                 for j in new_jobs:
                     created = now_ms()
-                    cur = conn.exec_driver_sql(_INSERT_SQL[qmark], _insert_values(j, created))
-                    out.append((int(cur.lastrowid), created))
+                    ran = driver.execute(conn, _INSERT_SQL[qmark], _insert_values(j, created))
+                    out.append((int(ran.lastrowid), created))
         self._on_pending()
         return out
 

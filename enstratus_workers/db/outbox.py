@@ -42,7 +42,7 @@ from ..errors import PublishError
 from ..jobs.fairshare import FairShare, Group, Outlook, Paused, Plan
 from ..jobs import lifecycle, pathtrace
 from ..jobs.lifecycle import PENDING, QUEUED
-from . import packed
+from . import driver, packed
 
 
 class Relayed(NamedTuple):
@@ -249,8 +249,8 @@ def relay(engine: sa.Engine, planner: FairShare, batch: int,
                 confirmed = [j.job_id for j in jobs if str(j.job_id) not in unconfirmed]
             pathtrace.stamp("publisher.confirmed", confirmed)
             if confirmed:
-                conn.exec_driver_sql(
-                    f"UPDATE enstratus_job SET status = '{QUEUED}', queued_timestamp = {int(now_ms())} "
+                driver.execute(
+                    conn, f"UPDATE enstratus_job SET status = '{QUEUED}', queued_timestamp = {int(now_ms())} "
                     f"WHERE job_id IN ({', '.join(str(int(i)) for i in confirmed)}) AND status = '{PENDING}'")
     pathtrace.stamp("publisher.marked", confirmed)
     if failure is not None:

@@ -2,10 +2,11 @@
 be open on it (db/engine.py, ``_rollback_only_when_open``): a committed write costs no extra
 round trip, and nothing a connection held (a row lock, a transaction) outlives its user.
 
-A hot read (``db/packed.py``) runs on the driver's cursor, and keeps what SQLAlchemy's execution
-would have done: it runs in the connection's transaction, the pool still rolls back a connection
-it was read on, and a failure is SQLAlchemy's error, judged as every statement's is (a lost
-connection invalidated)."""
+The idle path's statements run on the driver's cursor (``db/driver.py``; the packed reads of
+``db/packed.py`` among them), and keep what SQLAlchemy's execution would have done: they run in
+the connection's transaction, the pool still rolls back a connection they ran on, they count rows
+and take parameters as ``exec_driver_sql`` does, and a failure is SQLAlchemy's error, judged as
+every statement's is (a lost connection invalidated), never run twice."""
 
 from __future__ import annotations
 
@@ -14,7 +15,7 @@ import pytest
 import sqlalchemy as sa
 
 from enstratus_workers.db import engine as engine_mod
-from enstratus_workers.db import packed
+from enstratus_workers.db import driver, packed
 from enstratus_workers.layout import Layout
 
 pytestmark = pytest.mark.mysql
@@ -174,3 +175,42 @@ def test_a_bad_packed_read_raises_sqlalchemys_error_once_and_leaves_the_connecti
         assert [c for c in sent if "no_such_column" in c] == ["SELECT JSON_ARRAY(no_such_column) FROM t"]
         conn.rollback()
         assert packed.select(conn, "id", "FROM t WHERE id = 1") == [[1]]
+
+
+def test_a_write_on_the_cursor_counts_and_parametrizes_as_sqlalchemy_does(engine):
+    with engine.begin() as conn:
+        # matched rows, as SQLAlchemy's MySQL connections count them (FOUND_ROWS), unchanged too
+        assert driver.execute(conn, "UPDATE t SET v = 0 WHERE id = %s", (1,)).rowcount == 1
+        assert conn.exec_driver_sql("UPDATE t SET v = 0 WHERE id = %s", (1,)).rowcount == 1
+        # the id an INSERT made, and "%%" and quotes as exec_driver_sql takes them
+        conn.exec_driver_sql("CREATE TABLE u (id INT AUTO_INCREMENT PRIMARY KEY, s VARCHAR(40))")
+        made = driver.execute(conn, "INSERT INTO u (s) VALUES (%s)", ("it's 100%",))
+        assert made.rowcount == 1 and made.lastrowid == 1
+        assert driver.execute(conn, "UPDATE u SET s = CONCAT(s, '%%') WHERE id = 1").rowcount == 1
+        assert driver.rows(conn, "SELECT s FROM u") == conn.exec_driver_sql("SELECT s FROM u").fetchall() \
+            == [("it's 100%%",)]
+        conn.rollback()
+    # in the transaction it was in: rolled back with it
+    with engine.connect() as conn:
+        assert driver.rows(conn, "SELECT v FROM t WHERE id = 1") == [(0,)]
+
+
+def test_a_refused_write_is_sqlalchemys_error_sent_once_and_a_lost_one_is_invalidated(engine, sent):
+    with engine.connect() as conn:
+        sent.clear()
+        with pytest.raises(sa.exc.IntegrityError) as caught:
+            driver.execute(conn, "INSERT INTO t VALUES (%s, %s)", (1, 5))
+        assert caught.value.orig.args[0] == 1062 and not caught.value.connection_invalidated
+        assert [c for c in sent if c.startswith("INSERT")] == ["INSERT INTO t VALUES (1, 5)"]
+        conn.rollback()
+    killer = pymysql.connect(host="127.0.0.1", user="root", autocommit=True)
+    try:
+        with pytest.raises(sa.exc.DBAPIError) as caught:
+            with engine.begin() as conn:
+                killer.cursor().execute(f"KILL {int(_session(conn))}")
+                driver.execute(conn, "UPDATE t SET v = 3 WHERE id = 1")
+    finally:
+        killer.close()
+    assert caught.value.connection_invalidated
+    with engine.connect() as conn:
+        assert driver.rows(conn, "SELECT v FROM t WHERE id = 1") == [(0,)]

@@ -7,9 +7,7 @@ from __future__ import annotations
 import threading
 from collections import Counter
 
-import pymysql
 import pytest
-from sqlalchemy import event as sa_event
 
 from enstratus_workers.config.settings import Secret, WorkerSettings
 from enstratus_workers.db import NewJob, Outcome, Started, open_databases
@@ -17,6 +15,7 @@ from enstratus_workers.db.instances import InstanceStore, NotFound
 from enstratus_workers.db.pauses import ACCOUNT, QUEUE, fleet_pauses
 from enstratus_workers.jobs.fairshare import FairShare
 from enstratus_workers.layout import Layout
+from tests.statements_seen import statements_of
 
 
 @pytest.fixture(params=["sqlite", "mysql"])
@@ -163,30 +162,13 @@ def test_a_delivery_of_a_paused_job_is_given_back_at_the_same_attempt_count(dbs)
     assert [(r.status, r.attempts) for r in rows.values()] == [("pending", 0), ("running", 1), ("pending", 1)]
 
 
-def statements_of(dbs, monkeypatch):
-    """The SQL the provisioning engine runs from now on (a list that grows): on MySQL as the
-    driver's cursors run it (the hot reads run there, not through SQLAlchemy: db/packed.py)."""
-    seen = []
-    if dbs.provisioning.dialect.name != "mysql":
-        sa_event.listen(dbs.provisioning, "before_cursor_execute",
-                        lambda _c, _cur, statement, *_a: seen.append(statement))
-        return seen
-    real = pymysql.cursors.Cursor.execute
-
-    def spy(self, query, args=None):
-        seen.append(query)
-        return real(self, query, args)
-    monkeypatch.setattr(pymysql.cursors.Cursor, "execute", spy)
-    return seen
-
-
 def test_a_lone_job_after_the_outbox_was_emptied_is_relayed_without_the_probe(dbs, monkeypatch):
     # Given a publisher whose last pass found the outbox empty
     fair = FairShare(window=10)
     assert relay(dbs, fair) == [] and fair.outbox_emptied
     # When one job is submitted and it relays
     [job] = submit(dbs, "A", 1)
-    statements = statements_of(dbs, monkeypatch)
+    statements = statements_of(dbs.provisioning, monkeypatch)
     # Then the job goes out, read in one statement: no probe, no take per group
     assert [j.job_id for j in relay(dbs, fair)] == [job]
     reads = [s for s in statements if s.lstrip().upper().startswith(("SELECT", "WITH"))]
@@ -233,7 +215,7 @@ def test_a_few_jobs_of_two_accounts_after_the_outbox_was_emptied_are_dealt_in_tu
     fair = FairShare(window=4)
     relay(dbs, fair)
     a, b = submit(dbs, "A", 3), submit(dbs, "B", 3)
-    statements = statements_of(dbs, monkeypatch)
+    statements = statements_of(dbs.provisioning, monkeypatch)
     # When it relays, Then the accounts share the window in turns, as the probe's outlook deals
     # them, from one read: no probe, no take per account
     first = relay(dbs, fair)
@@ -277,7 +259,7 @@ def test_jobs_read_at_once_are_published_with_their_values_as_stored(dbs, monkey
     account = "o'neil \\ é"
     odd, plain = dbs.jobs.submit_jobs([NewJob("noop", AWKWARD_ARGUMENTS, "default", 7, account=account),
                                        NewJob("noop", "{}", "default", 3, account=account)])
-    statements = statements_of(dbs, monkeypatch)
+    statements = statements_of(dbs.provisioning, monkeypatch)
     # When it relays, Then both are read in the one read, each with its values as stored
     seen = relay(dbs, fair)
     assert len(reads_of(statements)) == 1
@@ -295,7 +277,7 @@ def test_as_many_jobs_as_one_read_takes_are_a_backlog_read_by_the_probe(dbs, mon
     fair = FairShare(window=None)
     relay(dbs, fair)
     ids = submit(dbs, "A", _FEW_READ - 2) + submit(dbs, "B", 2)
-    statements = statements_of(dbs, monkeypatch)
+    statements = statements_of(dbs.provisioning, monkeypatch)
     # When it relays, Then the one read found a backlog, and the probe and a take per account
     # read it: every job goes once, B's two among the first turns, not after A's backlog
     first = [j.job_id for j in relay(dbs, fair, batch=500)]

@@ -11,6 +11,7 @@ from enstratus_workers.db import Outcome, Started, migrate, open_databases
 from enstratus_workers.layout import Layout
 from tests.contract.test_jobs_db import dbs, job  # noqa: F401  (the fixture, on both databases)
 from tests.fixtures import legacy_schema
+from tests.statements_seen import statements_of
 
 A, B = "subscriber@a:101:aaaa", "subscriber@b:202:bbbb"
 
@@ -217,20 +218,13 @@ def test_a_version_1_sqlite_database_gains_the_owner_column(tmp_path):
         dbs.close()
 
 
-def test_a_batch_that_all_applies_is_not_read_back(dbs):
+def test_a_batch_that_all_applies_is_not_read_back(dbs, monkeypatch):
     # Given 50 queued jobs and their outcomes, none contested
     ids = _queued(dbs, 50)
-    statements = []
-
-    def seen(conn, cursor, sql, *rest):
-        statements.append(sql)
-
-    sa.event.listen(dbs.provisioning, "before_cursor_execute", seen)
-    try:
-        # When they are recorded
-        applied = dbs.jobs.record_outcomes([_outcome(i, A) for i in ids])
-    finally:
-        sa.event.remove(dbs.provisioning, "before_cursor_execute", seen)
+    statements = statements_of(dbs.provisioning, monkeypatch)
+    # When they are recorded
+    applied = dbs.jobs.record_outcomes([_outcome(i, A) for i in ids])
+    monkeypatch.undo()
     # Then all took effect, from the UPDATE's count of matched rows alone: no SELECT read-back,
     # one UPDATE of the jobs and one of the job totals (db/jobs.py: totals that survive pruning)
     verbs = [(sql.split()[0].upper(), sql.split()[1]) for sql in statements]
