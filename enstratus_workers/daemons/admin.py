@@ -136,7 +136,7 @@ class AdminService(Service):
         beat = _Beat(ctx, self.name, self.url).start()
         # On RabbitMQ a job submitted here also wakes the publishers of the other hosts (those of
         # this host hear the local bell); None on the embedded transport, a fleet of one.
-        wake_out = ring_through_broker(self.settings, ctx.dbs.ringers, f"admin@{self.name}")
+        wake_out = ring_through_broker(self.settings, ctx.dbs.ringers, f"admin@{self.name}", ctx.dbs.heartbeats)
         try:
             app = create_app(ctx, token, address=(self.admin.host, port))
             config = uvicorn.Config(app, log_config=None, access_log=False, lifespan="off", server_header=False,

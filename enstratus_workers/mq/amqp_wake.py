@@ -14,6 +14,13 @@ host without one, would otherwise wait for another host's safety-net poll. So, o
   exchange and rings its publisher's local bell for every ring from another host (its own host's
   rang the bell directly already). The bell drains every ring waiting before the publisher reads
   the outbox, so a flood of rings costs a few reads.
+- A ringer whose database shows no publisher of another host (``ring_through_broker``: their
+  heartbeat rows, looked at every ``OTHERS_TTL_S`` on the ringer's thread) sends nothing: on one
+  host every ring message would be heard only by this host's publishers, who drop it. That was
+  one message per idle job (the recorder rings when an outcome makes room), with a wake-up of
+  the publisher's listener thread, its CPU and the broker's, on the two cores the next job then
+  needs (bench/README.md). A host whose publisher starts is rung within ``OTHERS_TTL_S``; until
+  then its poll covers it, as for any lost ring.
 
 A ring is a hint, never the truth: while either side has no connection, rings are lost and the
 publisher's ``publisher.poll_interval`` (the safety net) covers them; each side reconnects on
@@ -38,6 +45,7 @@ from enstratus_workers.mq.amqp_nodes import NodeRanking, process_seed
 log = logging.getLogger(__name__)
 
 MIN_GAP_S = 0.02           # at most one ring message per this interval and process (50/s)
+OTHERS_TTL_S = 5.0         # how long a ringer trusts its last look for other hosts' publishers
 RECONNECT = Backoff(first=0.5, cap=30.0, jitter="equal")
 #: A connection must last this long for the reconnect delays to start over (``Retrying``).
 STABLE_AFTER_S = 30.0
@@ -120,20 +128,45 @@ class _Link:
 
 
 class WakeRinger(_Link):
-    """Rings every host's publishers through the broker; ``ring()`` never blocks."""
+    """Rings every host's publishers through the broker; ``ring()`` never blocks.
+
+    ``others()``, when given, says whether a publisher of another host may hear a ring (the
+    module docstring); asked on the ringer's thread at most every ``OTHERS_TTL_S``. While it
+    says no, ``ring()`` only counts the ring (``skipped``). A look that fails counts as yes: a
+    ring too many costs a read, a ring too few the poll's interval."""
 
     role = "wake-ringer"
 
-    def __init__(self, mq, host: str, client_name: str):
+    def __init__(self, mq, host: str, client_name: str, others: Callable[[], bool] | None = None):
         super().__init__(mq, host, client_name)
         self._flag = threading.Event()
+        self._others = others
+        self._wanted = True                  # until the first look says otherwise
+        self._looked_at = float("-inf")
         self.sent = 0
+        self.skipped = 0
 
     def ring(self) -> None:
-        self._flag.set()
+        if self._wanted:
+            self._flag.set()
+        else:
+            self.skipped += 1
 
     def _poke(self) -> None:
         self._flag.set()
+
+    def _look_for_others(self) -> None:
+        if self._others is None or time.monotonic() - self._looked_at < OTHERS_TTL_S:
+            return
+        try:
+            wanted = bool(self._others())
+        except Exception as exc:  # noqa: BLE001 - a hint: ring rather than miss one
+            log.debug("%s: could not look for other hosts' publishers (%s); ringing", self.client_name, exc)
+            wanted = True
+        if wanted != self._wanted:
+            log.info("%s: %s", self.client_name, "other hosts' publishers are rung through the broker"
+                     if wanted else "no publisher on another host: no rings through the broker")
+        self._wanted, self._looked_at = wanted, time.monotonic()
 
     def _serve(self, conn: pika.BlockingConnection) -> None:
         channel = conn.channel()
@@ -141,8 +174,9 @@ class WakeRinger(_Link):
         body = self.host.encode()
         self.connected.set()
         while not self._stop.is_set():
+            self._look_for_others()
             # answer the broker's heartbeats while no ring comes
-            if not self._flag.wait(min(5.0, max(0.5, (self.mq.heartbeat or 60) / 4))):
+            if not self._flag.wait(min(OTHERS_TTL_S, max(0.5, (self.mq.heartbeat or 60) / 4))):
                 conn.process_data_events(time_limit=0)
                 continue
             if self._stop.is_set():
@@ -180,15 +214,20 @@ class WakeListener(_Link):
             conn.process_data_events(time_limit=0.25)
 
 
-def ring_through_broker(settings, ringers, client_name: str) -> WakeRinger | None:
+def ring_through_broker(settings, ringers, client_name: str, heartbeats=None) -> WakeRinger | None:
     """On RabbitMQ, a ``WakeRinger`` that the publishers' ringers among ``ringers`` (a
     ``Databases.ringers``) also ring after each commit; None on the embedded transport (one host).
-    The caller closes it."""
+    With ``heartbeats`` (a ``HeartbeatStore``), it rings only while a publisher of another host
+    has a heartbeat row, expired or not (a host that stopped cleanly removed its rows). The
+    caller closes it."""
     from enstratus_workers.jobs import wakeup
 
     if settings.mq.transport != "amqp":
         return None
-    ringer = WakeRinger(settings.mq, settings.worker.host_name, client_name).start()
+    host = settings.worker.host_name
+    others = None if heartbeats is None else (
+        lambda: any(hb.daemon == "publisher" and hb.host != host for hb in heartbeats.all()))
+    ringer = WakeRinger(settings.mq, host, client_name, others).start()
     for r in ringers:
         if getattr(r, "role", None) == wakeup.PUBLISHER:
             r.also(ringer.ring)

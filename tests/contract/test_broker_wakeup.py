@@ -86,6 +86,61 @@ def test_a_host_does_not_hear_its_own_rings(rabbitmq_url, amqp_names, links):
     assert not woken.is_set() and ear.heard == 0
 
 
+def test_a_ringer_sends_nothing_while_no_other_host_has_a_publisher_then_rings_again(
+        rabbitmq_url, amqp_names, links, monkeypatch):
+    from enstratus_workers.mq import amqp_wake
+
+    monkeypatch.setattr(amqp_wake, "OTHERS_TTL_S", 0.2)
+    # Given a listener (a publisher on host B), and a ringer on host A whose database shows no
+    # publisher of another host yet
+    mq = _mq(rabbitmq_url, amqp_names)
+    woken = threading.Event()
+    ear = _started(links, WakeListener(mq, "host-b", "ewtest publisher", woken.set))
+    others = threading.Event()
+    looks = []
+
+    def look():
+        looks.append(time.monotonic())
+        return others.is_set()
+    mouth = _started(links, WakeRinger(mq, "host-a", "ewtest subscriber", others=look))
+    # (once its first look has settled: a ring before it goes out)
+    deadline = time.monotonic() + 10
+    while mouth.skipped == 0 and time.monotonic() < deadline:
+        mouth.ring()
+        time.sleep(0.01)
+    time.sleep(0.3)
+    sent, heard = mouth.sent, ear.heard
+    woken.clear()
+    # When host A rings
+    for _ in range(50):
+        mouth.ring()
+    # Then no message was sent, nothing was heard, and the rings were counted
+    time.sleep(0.3)
+    assert mouth.sent == sent and ear.heard == heard and not woken.is_set() and mouth.skipped >= 51
+    # When host B's publisher shows up (its heartbeat row), Then within the look's interval a
+    # ring reaches it again
+    others.set()
+    deadline = time.monotonic() + 10
+    while not woken.is_set() and time.monotonic() < deadline:
+        mouth.ring()
+        time.sleep(0.05)
+    assert woken.is_set() and mouth.sent >= 1
+    # and the looks are spaced by the interval, not one per ring
+    assert len(looks) < 60
+
+
+def test_a_ringer_whose_look_fails_rings(rabbitmq_url, amqp_names, links):
+    mq = _mq(rabbitmq_url, amqp_names)
+    woken = threading.Event()
+    _started(links, WakeListener(mq, "host-b", "ewtest publisher", woken.set))
+
+    def broken():
+        raise RuntimeError("the database is away")
+    mouth = _started(links, WakeRinger(mq, "host-a", "ewtest subscriber", others=broken))
+    mouth.ring()
+    assert _heard_within(woken) and mouth.skipped == 0
+
+
 def test_a_burst_of_ten_thousand_rings_sends_a_few_messages(rabbitmq_url, amqp_names, links):
     # Given host B listening and host A's store ringer with the broker ring attached (no local
     # publisher: the run directory is empty)
@@ -162,6 +217,12 @@ def test_a_job_posted_to_the_admin_api_wakes_the_publishers_of_other_hosts(
     settings = load_settings(layout)
     woken = threading.Event()
     _started(links, WakeListener(settings.mq, "host-b", "ewtest publisher", woken.set))
+    # host B's publisher, as the admin's ringer finds it: its heartbeat row
+    dbs = open_databases(replace(settings.worker, host_name="host-b"), layout)
+    try:
+        dbs.heartbeats.beat("publisher", "b", ttl_s=60)
+    finally:
+        dbs.close()
     service = AdminService(settings, layout, "a", replace(load_admin_settings(layout), port=0))
     with serving(service):
         # the admin's ringer connects in the background; a ring before that is the poll's to cover

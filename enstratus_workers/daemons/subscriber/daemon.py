@@ -552,7 +552,7 @@ def _ring_other_hosts(settings, dbs, name: str):
         return None
     from enstratus_workers.mq.amqp_wake import ring_through_broker
 
-    return ring_through_broker(settings, dbs.ringers, f"subscriber@{name}")
+    return ring_through_broker(settings, dbs.ringers, f"subscriber@{name}", dbs.heartbeats)
 
 
 def _owner_token(name: str, host: str) -> str:
