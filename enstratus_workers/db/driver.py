@@ -13,8 +13,9 @@ same SQL and parameters ``exec_driver_sql`` would send (so the same escaping, an
 
 What SQLAlchemy's execution does on the way is kept:
 
-- the pool learns that a statement ran (``engine.statement_ran``), so it rolls the connection
-  back when it is given back;
+- the connection's transaction begins if none has (SQLAlchemy's autobegin), so that the
+  caller's ``commit()`` commits what ran here, and the pool learns that a statement ran
+  (``engine.statement_ran``), so it rolls the connection back when it is given back;
 - a failure is SQLAlchemy's error, judged as every statement's is. A statement that lost its
   connection is run again through ``exec_driver_sql``, on that dead connection, where it fails
   again and SQLAlchemy invalidates the connection and follows a Galera writer that moved (so
@@ -71,6 +72,8 @@ def _ran(result) -> Ran:
 def _on_cursor(conn: sa.Connection, sql: str, params, done, again):
     """``done(cursor)`` once ``sql`` ran on the driver's cursor; ``again()`` (the same through
     SQLAlchemy) if it lost its connection; SQLAlchemy's error for any other failure."""
+    if not conn.in_transaction():
+        conn.begin()   # as SQLAlchemy's execution autobegins: the caller's commit() then commits it
     statement_ran(conn)
     cursor = conn.connection.cursor()
     try:

@@ -95,7 +95,7 @@ _MAY_BE_OPEN = "enstratus_may_be_open"
 
 def statement_ran(conn: sa.Connection) -> None:
     """Note that a statement ran on ``conn`` outside SQLAlchemy's execution (on its driver's
-    cursor, ``db/packed.py``), as the ``before_cursor_execute`` event below notes the others: a
+    cursor, ``db/driver.py``), as the ``before_cursor_execute`` event below notes the others: a
     transaction may be open, so the pool rolls the connection back when it is given back."""
     _mark(conn, True)
 

@@ -195,6 +195,16 @@ def test_a_write_on_the_cursor_counts_and_parametrizes_as_sqlalchemy_does(engine
         assert driver.rows(conn, "SELECT v FROM t WHERE id = 1") == [(0,)]
 
 
+def test_a_write_on_the_cursor_is_committed_by_the_connections_commit(engine):
+    # When a write is the first statement on a connection that began no transaction itself
+    with engine.connect() as conn:
+        driver.execute(conn, "UPDATE t SET v = 6 WHERE id = 1")
+        conn.commit()
+    # Then the commit committed it (the transaction began as SQLAlchemy's would have)
+    with engine.connect() as conn:
+        assert driver.rows(conn, "SELECT v FROM t WHERE id = 1") == [(6,)]
+
+
 def test_a_refused_write_is_sqlalchemys_error_sent_once_and_a_lost_one_is_invalidated(engine, sent):
     with engine.connect() as conn:
         sent.clear()
