@@ -44,12 +44,12 @@ class Ran(NamedTuple):
     lastrowid: int | None
 
 
-def rows(conn: sa.Connection, sql: str, params: tuple | None = None) -> list[tuple]:
-    """The rows of the read ``sql`` on ``conn``."""
+def rows(conn: sa.Connection, sql: str) -> list[tuple]:
+    """The rows of the read ``sql`` (no parameters: the hot reads inline their ints) on ``conn``."""
     if _through_sqlalchemy(conn):
-        return conn.exec_driver_sql(sql, params or ()).fetchall()
-    return _on_cursor(conn, sql, params, lambda cursor: list(cursor.fetchall()),
-                      lambda: conn.exec_driver_sql(sql, params or ()).fetchall())
+        return conn.exec_driver_sql(sql).fetchall()
+    return _on_cursor(conn, sql, None, lambda cursor: list(cursor.fetchall()),
+                      lambda: conn.exec_driver_sql(sql).fetchall())
 
 
 def execute(conn: sa.Connection, sql: str, params: tuple | None = None) -> Ran:
