@@ -22,6 +22,7 @@ import logging
 import os
 import stat
 import struct
+import time
 from pathlib import Path
 from types import MappingProxyType
 from typing import Any, Mapping
@@ -35,6 +36,7 @@ from enstratus_workers.config import dburl
 from enstratus_workers.config.settings import Secret
 from enstratus_workers.db.engine import mysql_engine
 from enstratus_workers.db.migrate import upgrade
+from enstratus_workers.db.retry import ATTEMPTS, BACKOFF
 from enstratus_workers.errors import ConfigError, DatabaseError
 from enstratus_workers.km import KMConflict, KMError, KMNotFound
 from enstratus_workers.km.envelope import KEY_SIZE, NONCE_SIZE, key_id
@@ -45,7 +47,9 @@ from enstratus_workers.km.spelling import digest
 log = logging.getLogger(__name__)
 
 _AAD_PREFIX = b"enstratus-km credential v1\0"
-_WRITE_ATTEMPTS = 3
+#: tries of a put, with the service's jittered pause between them (``db/retry.py``): puts racing
+#: on one credential all land once the first insert's winner has committed
+_WRITE_ATTEMPTS = ATTEMPTS
 
 
 class CorruptCredential(KMError):
@@ -134,6 +138,10 @@ class CredentialStore:
                     raise _db_error("put", exc) from None
                 if attempt == _WRITE_ATTEMPTS:
                     raise DatabaseError("concurrent writes to one credential kept conflicting") from None
+                # Not at once: losers that come straight back deadlock again with each other on
+                # the gap lock, before the winner's insert commits (eight puts at once used to
+                # exhaust three tries when their connections were made in step)
+                time.sleep(BACKOFF.delay(attempt))
             except sa.exc.SQLAlchemyError as exc:
                 raise _db_error("put", exc) from None
         raise AssertionError("unreachable")
