@@ -26,7 +26,7 @@ from enstratus_workers.config.hostlist import Node, parse_nodes
 if TYPE_CHECKING:
     from sqlalchemy.engine import URL
 
-__all__ = ["DEFAULT_PORT", "DbUrl", "Node", "Parts", "check", "parse"]
+__all__ = ["DEFAULT_PORT", "DbUrl", "Node", "Parts", "check", "driver_tls", "parse"]
 
 DEFAULT_PORT = 3306
 
@@ -93,6 +93,25 @@ class DbUrl:
             return text
         parts = _SPLIT.fullmatch(text)
         return parts["head"] + ",".join(map(str, self.nodes)) + parts["tail"]
+
+
+def driver_tls(query: Mapping[str, object]) -> dict:
+    """PyMySQL's TLS arguments for a MySQL URL whose query is ``query``: none when the query
+    sets any ``ssl*`` key (TLS as the URL asks for it: ``?ssl_ca=/etc/mysql/ca.pem`` and the
+    rest, which SQLAlchemy hands to PyMySQL, and which make TLS required), else
+    ``ssl_disabled``: a plaintext connection, as PyMySQL made one before 1.2.
+
+    Why: since 1.2, with no TLS option PyMySQL tries TLS whenever the server offers it, without
+    checking the server's certificate, and builds a default SSL context for every connection
+    to do so, loading the system's CA store, whatever the server offers: a connection cost
+    58-62 ms of CPU here against 0.5-0.6 ms without (bench/README.md). Every connection a
+    daemon makes paid it (each pool's first ones, each one after a database restart or a
+    Galera writer's move, each node probe of the pinger's health round, every CLI command's),
+    and a TLS the operator never asked for and that checks no certificate is no protection to
+    rely on. TLS to the database is the URL's to ask for, with its CA, as TLS to the broker
+    (``mq.cfg`` ``ssl``) and to the KM are the operator's.
+    """
+    return {} if any(str(key).startswith("ssl") for key in query) else {"ssl_disabled": True}
 
 
 def parse(text: str) -> DbUrl:

@@ -50,7 +50,8 @@ def make_engine(url: str, layout: Layout, *, create_database: bool = True) -> sa
 def mysql_engine(parsed: dburl.DbUrl, *, follow: writer.Writer | None = None, **options) -> sa.Engine:
     """An engine for a MySQL/MariaDB URL with ``create_engine``'s ``options``; for a cluster's
     URL, one that connects to the writer node and follows it (``db/writer.py``), sharing
-    ``follow``'s choice if given."""
+    ``follow``'s choice if given. TLS only if the URL asks for it (``dburl.driver_tls``)."""
+    options["connect_args"] = {**dburl.driver_tls(parsed.url.query), **options.get("connect_args", {})}
     engine = sa.create_engine(parsed.url, **options)
     if parsed.clustered:
         writer.attach(engine, parsed, follow)

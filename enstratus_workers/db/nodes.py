@@ -20,6 +20,7 @@ from typing import Sequence
 
 from sqlalchemy.engine import URL
 
+from ..config import dburl
 from ..config.dburl import Node
 
 log = logging.getLogger(__name__)
@@ -58,7 +59,9 @@ class Prober:
     def __init__(self, url: URL, timeout: float = PROBE_TIMEOUT_S):
         dialect_cls = url.get_dialect()
         self._dialect = dialect_cls(dbapi=dialect_cls.import_dbapi())
-        _, self._params = self._dialect.create_connect_args(url)
+        _, params = self._dialect.create_connect_args(url)
+        # TLS as the writer's connections make it (a probe is a new connection each health round)
+        self._params = {**dburl.driver_tls(url.query), **params}
         self._params.pop("database", None)   # a node that lacks it still answers for its health
         self.timeout = timeout
 

@@ -48,7 +48,7 @@ def _mysql(sql: str, db: str | None = None) -> list[tuple]:
     import pymysql
 
     conn = pymysql.connect(host="127.0.0.1", port=3306, user="root", password="", database=db,
-                           autocommit=True, connect_timeout=5)
+                           autocommit=True, connect_timeout=5, ssl_disabled=True)   # as dburl.driver_tls
     try:
         with conn.cursor() as cur:
             cur.execute(sql)
