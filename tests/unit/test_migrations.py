@@ -211,6 +211,34 @@ def test_upgrade_sql_of_a_version_1_database_asks_for_the_online_upgrade(engine)
         migrate.upgrade_sql(engine, "km", io.StringIO())
 
 
+def test_the_heads_the_code_knows_are_alembics():
+    # A new revision file changes Alembic's head, and migrate.HEADS must name it too. A stale
+    # line is safe (a database at the new head does not match it, and Alembic then judges it as
+    # before) but slow, at every start and CLI command: only this test would notice
+    assert migrate.HEADS == {chain: migrate.script(chain).get_current_head() for chain in CHAINS}
+
+
+def test_a_database_at_head_is_found_so_without_loading_alembic(engine, tmp_path):
+    # Given a database every chain brought to head
+    for chain in CHAINS:
+        migrate.upgrade(engine, chain)
+    # When a fresh process (a daemon's start, a CLI command) upgrades each chain again
+    probe = textwrap.dedent(f"""
+        import sys
+        from pathlib import Path
+        from enstratus_workers.db import migrate
+        from enstratus_workers.db.engine import make_engine
+        from enstratus_workers.layout import Layout
+        e = make_engine({engine.url.render_as_string(hide_password=False)!r}, Layout(Path({str(tmp_path)!r})))
+        states = [migrate.upgrade(e, chain) for chain in migrate.CHAINS]
+        print(all(s.at_head for s in states), "alembic" in sys.modules)
+    """)
+    out = subprocess.run([sys.executable, "-c", probe], cwd=REPO, capture_output=True, text=True, timeout=120)
+    # Then every chain is at head, and Alembic was never imported
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split() == ["True", "False"]
+
+
 def test_a_schema_newer_than_the_code_is_refused(engine):
     # Given a database a newer release migrated (a revision this one does not know)
     migrate.upgrade(engine, "provisioning")
