@@ -92,9 +92,12 @@ def verdict(exc: BaseException) -> Verdict:
 
 
 def run(work: Callable[[], T], *, idempotent: bool = False, attempts: int = ATTEMPTS,
-        what: str = "transaction", sleep: Callable[[float], None] = time.sleep) -> T:
+        what: str = "transaction", sleep: Callable[[float], None] = time.sleep,
+        also: tuple[type[sa.exc.DBAPIError], ...] = ()) -> T:
     """``work()``, run again (up to ``attempts`` in all) while it fails with an error that left
-    nothing behind, or, if ``idempotent``, one that may have; the last error is raised."""
+    nothing behind, or, if ``idempotent``, one that may have; the last error is raised.
+    ``also``: errors that the caller knows left nothing behind either (the loser of two first
+    inserts of one key, whose next try finds the row: the KM's ``put``)."""
     if _retrying.get():
         return work()      # inside another retried run, which runs the whole unit again
     token = _retrying.set(True)
@@ -103,7 +106,7 @@ def run(work: Callable[[], T], *, idempotent: bool = False, attempts: int = ATTE
             try:
                 return work()
             except sa.exc.DBAPIError as exc:
-                v = verdict(exc)
+                v = Verdict.RETRY if isinstance(exc, also) else verdict(exc)
                 again = v is Verdict.RETRY or (v is Verdict.AMBIGUOUS and idempotent)
                 if not again or attempt == attempts:
                     raise

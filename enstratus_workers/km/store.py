@@ -22,7 +22,6 @@ import logging
 import os
 import stat
 import struct
-import time
 from pathlib import Path
 from types import MappingProxyType
 from typing import Any, Mapping
@@ -34,9 +33,9 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from enstratus_workers.clock import now_ms
 from enstratus_workers.config import dburl
 from enstratus_workers.config.settings import Secret
+from enstratus_workers.db import retry
 from enstratus_workers.db.engine import mysql_engine
 from enstratus_workers.db.migrate import upgrade
-from enstratus_workers.db.retry import ATTEMPTS, BACKOFF
 from enstratus_workers.errors import ConfigError, DatabaseError
 from enstratus_workers.km import KMConflict, KMError, KMNotFound
 from enstratus_workers.km.envelope import KEY_SIZE, NONCE_SIZE, key_id
@@ -47,9 +46,6 @@ from enstratus_workers.km.spelling import digest
 log = logging.getLogger(__name__)
 
 _AAD_PREFIX = b"enstratus-km credential v1\0"
-#: tries of a put, with the service's jittered pause between them (``db/retry.py``): puts racing
-#: on one credential all land once the first insert's winner has committed
-_WRITE_ATTEMPTS = ATTEMPTS
 
 
 class CorruptCredential(KMError):
@@ -114,37 +110,35 @@ class CredentialStore:
         # The version is bumped in SQL, not read-then-written, so concurrent puts never lose one,
         # and the update is the transaction's first statement (SQLite then holds the write lock
         # from the start). Two first puts racing to insert: the loser's IntegrityError (or
-        # MySQL's deadlock on the gap lock) sends it round again, down the update path.
-        for attempt in range(1, _WRITE_ATTEMPTS + 1):
-            try:
-                with self._engine.begin() as conn:
-                    sealed = self._seal(secret, account, name, kind)
-                    if conn.execute(credentials.update().where(exact).values(
-                            version=credentials.c.version + 1, secret=sealed, **values)).rowcount:
-                        row = conn.execute(sa.select(credentials.c.account, credentials.c.name,
-                                                     credentials.c.version).where(exact)).one()
-                        # The secret is bound to the spelling it was sealed under: make sure that
-                        # is the stored row's, whatever the database's collation let match.
-                        if (row.account, row.name) != (account, name):
-                            raise KMConflict(f"credential {name!r} of account {account!r} matched the "
-                                             f"stored spelling {row.name!r} of {row.account!r}; not replaced")
-                        return row.version
-                    self._refuse_other_spellings(conn, account, name, keys)
-                    conn.execute(credentials.insert().values(account=account, name=name, version=1,
-                                                             created_ms=now, secret=sealed, **keys, **values))
-                    return 1
-            except (sa.exc.IntegrityError, sa.exc.OperationalError) as exc:
-                if isinstance(exc, sa.exc.OperationalError) and not _is_deadlock(exc):
-                    raise _db_error("put", exc) from None
-                if attempt == _WRITE_ATTEMPTS:
-                    raise DatabaseError("concurrent writes to one credential kept conflicting") from None
-                # Not at once: losers that come straight back deadlock again with each other on
-                # the gap lock, before the winner's insert commits (eight puts at once used to
-                # exhaust three tries when their connections were made in step)
-                time.sleep(BACKOFF.delay(attempt))
-            except sa.exc.SQLAlchemyError as exc:
-                raise _db_error("put", exc) from None
-        raise AssertionError("unreachable")
+        # MySQL's deadlock on the gap lock) sends it round again, down the update path, after the
+        # service's jittered pause (``db/retry.py``): losers that came straight back deadlocked
+        # again with each other before the winner's insert committed.
+        def once() -> int:
+            with self._engine.begin() as conn:
+                sealed = self._seal(secret, account, name, kind)
+                if conn.execute(credentials.update().where(exact).values(
+                        version=credentials.c.version + 1, secret=sealed, **values)).rowcount:
+                    row = conn.execute(sa.select(credentials.c.account, credentials.c.name,
+                                                 credentials.c.version).where(exact)).one()
+                    # The secret is bound to the spelling it was sealed under: make sure that
+                    # is the stored row's, whatever the database's collation let match.
+                    if (row.account, row.name) != (account, name):
+                        raise KMConflict(f"credential {name!r} of account {account!r} matched the "
+                                         f"stored spelling {row.name!r} of {row.account!r}; not replaced")
+                    return row.version
+                self._refuse_other_spellings(conn, account, name, keys)
+                conn.execute(credentials.insert().values(account=account, name=name, version=1,
+                                                         created_ms=now, secret=sealed, **keys, **values))
+                return 1
+
+        try:
+            return retry.run(once, also=(sa.exc.IntegrityError,), what="credential put")
+        except (sa.exc.IntegrityError, sa.exc.OperationalError) as exc:
+            if isinstance(exc, sa.exc.IntegrityError) or _is_deadlock(exc):
+                raise DatabaseError("concurrent writes to one credential kept conflicting") from None
+            raise _db_error("put", exc) from None
+        except sa.exc.SQLAlchemyError as exc:
+            raise _db_error("put", exc) from None
 
     def _seal(self, secret: bytes, account: str, name: str, kind: str) -> bytes:
         nonce = os.urandom(NONCE_SIZE)

@@ -84,6 +84,23 @@ def test_bad_data_is_not_run_again():
     assert work.calls == 1
 
 
+def test_an_error_the_caller_names_is_run_again_and_others_still_judged_as_ever():
+    # Given the loser of two first inserts of one key (the KM's put: its next try finds the row)
+    duplicate = mysql_error(1062, "Duplicate entry", kind=sa.exc.IntegrityError)
+    work = Flaky(duplicate, duplicate)
+    # Then the caller that names it gets it run again
+    assert retry.run(work, also=(sa.exc.IntegrityError,), sleep=no_sleep) == "done"
+    assert work.calls == 3
+    # And a bad value is still not run again, nor a commit lost in a non-idempotent unit
+    work = Flaky(mysql_error(1406, "Data too long", kind=sa.exc.DataError))
+    with pytest.raises(sa.exc.DataError):
+        retry.run(work, also=(sa.exc.IntegrityError,), sleep=no_sleep)
+    work = Flaky(mysql_error(2013, "Lost connection", statement=None, invalidated=True))
+    with pytest.raises(sa.exc.OperationalError):
+        retry.run(work, also=(sa.exc.IntegrityError,), sleep=no_sleep)
+    assert work.calls == 1
+
+
 def test_nested_retried_functions_run_again_as_one_unit():
     # Given a retried function calling another, whose statement keeps conflicting
     inner_calls = []
