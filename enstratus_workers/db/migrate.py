@@ -30,9 +30,11 @@ by a newer release: :class:`SchemaTooNew`, and the daemon does not start.
 from __future__ import annotations
 
 import fcntl
+import functools
 import io
 import logging
 import os
+import re
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -57,13 +59,23 @@ LOCK_NAME = "enstratus_schema"
 LOCK_WAIT = 600
 
 
-#: Each chain's newest revision, as Alembic reads it from ``migrations/versions/<chain>/``
-#: (``tests/unit/test_migrations.py`` holds the two equal: a new revision updates this line).
-#: ``upgrade`` finds a database at head with one read of its version table and returns without
-#: Alembic, whose import and revision files cost every daemon's start and every CLI command
-#: more than the rest of opening the databases (bench/README.md).
-HEADS = {"provisioning": "provisioning_0005", "admin": "admin_0003", "analytics": "analytics_0003",
-         "km": "km_0001", "persist": "persist_0001"}
+#: A revision file's name: ``<chain>_<NNNN>_<what>.py``, its revision id ``<chain>_<NNNN>``
+_REVISION_FILE = re.compile(r"(?P<revision>(?P<chain>[a-z]+)_\d{4})_\w+\.py")
+
+
+@functools.cache
+def head_by_name(chain: str) -> str | None:
+    """The chain's newest revision as its file names tell it, read without Alembic; None when
+    any file of the chain's directory breaks the naming (then only Alembic can tell).
+
+    ``upgrade`` finds a database at this head with one read of its version table and returns
+    without Alembic, whose import and revision files cost every daemon's start and every CLI
+    command more than the rest of opening the databases (bench/README.md). A chain is a line of
+    revisions numbered in its file names; ``tests/unit/test_migrations.py`` holds the names to
+    Alembic's own revisions and heads."""
+    names = [p.name for p in (MIGRATIONS_DIR / "versions" / chain).glob("*.py") if p.name != "__init__.py"]
+    found = [m for m in map(_REVISION_FILE.fullmatch, names) if m is not None and m["chain"] == chain]
+    return max(m["revision"] for m in found) if found and len(found) == len(names) else None
 
 
 class SchemaTooNew(DatabaseError):
@@ -156,12 +168,13 @@ def current(engine: sa.Engine, chain: str) -> State:
 def upgrade(engine: sa.Engine, chain: str, *, lock_wait: float = LOCK_WAIT) -> State:
     """Bring ``chain``'s database to head (a no-op at head); return where it then stands.
 
-    Cheap when nothing is to be done (one SELECT, no lock, no Alembic: ``HEADS``), so every
-    daemon, and every CLI command, calls it at start.
+    Cheap when nothing is to be done (one SELECT, no lock, no Alembic: ``head_by_name``), so
+    every daemon, and every CLI command, calls it at start.
     """
     with engine.connect() as conn:
-        if _stamped_at_head(conn, chain):
-            return State(chain, HEADS[chain], HEADS[chain], None)
+        head = head_by_name(chain)
+        if head is not None and _stamped_at(conn, chain, head):
+            return State(chain, head, head, None)
         before = read_state(conn, chain)
         conn.rollback()
         if before.at_head:
@@ -182,16 +195,16 @@ def upgrade(engine: sa.Engine, chain: str, *, lock_wait: float = LOCK_WAIT) -> S
     return after
 
 
-def _stamped_at_head(conn: sa.Connection, chain: str) -> bool:
-    """Whether the chain's version table holds exactly its head (``HEADS``), read without Alembic.
-    Anything else (no table yet, another revision, several rows, an error) says no: ``read_state``
-    then judges, with Alembic, as before (a newer schema, a hand-versioned one, a migration)."""
+def _stamped_at(conn: sa.Connection, chain: str, head: str) -> bool:
+    """Whether the chain's version table holds exactly ``head``, read without Alembic. Anything
+    else (no table yet, another revision, several rows, an error) says no: ``read_state`` then
+    judges, with Alembic, as before (a newer schema, a hand-versioned one, a migration)."""
     try:
         rows = conn.exec_driver_sql(f"SELECT version_num FROM {version_table(chain)}").all()
     except sa.exc.DBAPIError:
         rows = None
     conn.rollback()
-    return rows is not None and len(rows) == 1 and rows[0][0] == HEADS[chain]
+    return rows is not None and len(rows) == 1 and rows[0][0] == head
 
 
 def upgrade_sql(engine: sa.Engine, chain: str, out: TextIO) -> State:

@@ -211,11 +211,34 @@ def test_upgrade_sql_of_a_version_1_database_asks_for_the_online_upgrade(engine)
         migrate.upgrade_sql(engine, "km", io.StringIO())
 
 
-def test_the_heads_the_code_knows_are_alembics():
-    # A new revision file changes Alembic's head, and migrate.HEADS must name it too. A stale
-    # line is safe (a database at the new head does not match it, and Alembic then judges it as
-    # before) but slow, at every start and CLI command: only this test would notice
-    assert migrate.HEADS == {chain: migrate.script(chain).get_current_head() for chain in CHAINS}
+def test_the_revision_files_are_named_as_alembic_reads_them():
+    # upgrade() finds a database at head from the revision files' names, without Alembic: each
+    # chain's files must name its revisions, and the highest number must be Alembic's head (a file
+    # named otherwise turns that off, head_by_name None: only Alembic can tell then)
+    for chain in CHAINS:
+        scripts = migrate.script(chain)
+        files = (migrate.MIGRATIONS_DIR / "versions" / chain).glob(f"{chain}_*.py")
+        by_name = {"_".join(p.name.split("_")[:2]) for p in files}
+        assert by_name == {r.revision for r in scripts.walk_revisions()}, chain
+        assert migrate.head_by_name(chain) == scripts.get_current_head(), chain
+
+
+def test_a_chain_whose_files_break_the_naming_is_left_to_alembic(tmp_path, monkeypatch):
+    # Given a chain directory holding a revision file named otherwise
+    chain_dir = tmp_path / "versions" / "provisioning"
+    chain_dir.mkdir(parents=True)
+    for name in ("__init__.py", "provisioning_0001_schema.py", "provisioning_0002_totals.py", "a1b2c3_later.py"):
+        (chain_dir / name).write_text("")
+    monkeypatch.setattr(migrate, "MIGRATIONS_DIR", tmp_path)
+    migrate.head_by_name.cache_clear()
+    try:
+        # Then no head is read from the names (a database at 0002 is not taken as at head)
+        assert migrate.head_by_name("provisioning") is None
+        (chain_dir / "a1b2c3_later.py").unlink()
+        migrate.head_by_name.cache_clear()
+        assert migrate.head_by_name("provisioning") == "provisioning_0002"
+    finally:
+        migrate.head_by_name.cache_clear()
 
 
 def test_a_database_at_head_is_found_so_without_loading_alembic(engine, tmp_path):
