@@ -13,8 +13,8 @@ from ..db.audit import AuditStore
 from ..db.instances import InstanceStore
 from ..fleet.joining import join_fleet
 from ..layout import Layout
+from ..mq.shared import HELD_FOR_S, SharedTransport
 from .config import AdminSettings
-from .transport import SharedTransport
 
 
 
@@ -43,8 +43,9 @@ class AdminContext:
             raise
         from ..actions import default_registry
 
-        return cls(settings, layout, admin, dbs, store, queues or SharedTransport(settings, layout),
-                   default_registry(), AuditStore(dbs.provisioning))
+        # also the status figures' health check's: renewed now and then, closed when left idle
+        queues = queues or SharedTransport(settings, layout, max_age_s=HELD_FOR_S, idle_s=settings.mq.heartbeat)
+        return cls(settings, layout, admin, dbs, store, queues, default_registry(), AuditStore(dbs.provisioning))
 
     def submit_settings(self, fresh: bool = False):
         """The settings ``submit`` validates against, with the worker types of the desired state:

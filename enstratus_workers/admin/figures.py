@@ -58,7 +58,7 @@ def overview(ctx: AdminContext) -> dict:
         })
     instance_rows = [{**i.as_dict(), "online": online.get(i.type, 0)} for i in instances]
     return {
-        "health": check_health(ctx.settings, ctx.layout, ctx.dbs).as_dict(),
+        "health": check_health(ctx.settings, ctx.layout, ctx.dbs, broker=ctx.queues).as_dict(),
         "clusters": [s.as_dict() for s in stats],
         "instances": instance_rows,
         "queues": queue_rows,

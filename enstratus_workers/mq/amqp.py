@@ -72,6 +72,8 @@ class AmqpTransport(Transport):
         self._admin: pika.BlockingConnection | None = None
         self._admin_node: Node | None = None
         self._channel = None
+        # node_states' connections and their channels, by node, from one check to the next
+        self._probes: dict[Node, tuple[pika.BlockingConnection, object]] = {}
         self._consumers: list[AmqpConsumer] = []
         self._layout = QueueLayout(mq.exchange, mq.queue_type, self.queue_name, self.dead_queue_name,
                                    self._reopen_channel)
@@ -177,24 +179,50 @@ class AmqpTransport(Transport):
         self._manage("ping", lambda ch: ch.exchange_declare("amq.direct", passive=True))
 
     def node_states(self) -> list[NodeState]:
-        """Each node of ``mq.host``, probed at once on a connection of its own (opened, closed).
-        The nodes found down are tried last by this transport's next connections.
+        """Each node of ``mq.host``, probed at once, each on a connection of its own: the one an
+        earlier probe of that node left open, with a round trip on it, else a new one, left open
+        in turn. So a transport kept from one health check to the next (the pinger's,
+        ``mq/shared.py``) does not open and close a connection per node per check; they are
+        closed with the transport. A held connection that fails is let go and the node probed
+        on a new one: a node is said down only in the words of a new connection's failure. The
+        nodes found down are tried last by this transport's next connections.
 
         The probes run in daemon threads (a pool's threads would hold the process at exit): a
-        check that gave up waiting (``pinger check -t``) is not kept alive by a silent node.
+        check that gave up waiting (``pinger check -t``) is not kept alive by a silent node. A
+        probe that answers after the check gave up closes its connection.
         """
         found: dict[Node, NodeState] = {}
+        lock = threading.Lock()
+        gave_up = threading.Event()
 
         def probe(node: Node) -> None:
-            try:
-                self._blocking(node, "probe", PROBE_TIMEOUT_S).close()
-            except ConnectionClosed as exc:
-                self.nodes.seen_down(node, str(exc))
-                found[node] = NodeState(str(node), str(exc))
-                return
-            except PIKA_ERRORS as exc:   # let in and out at once: the close failed, not the node
-                log.debug("probe of %s: close failed: %s", node, why(exc))
+            held = self._probes.pop(node, None)
+            if held is not None:
+                try:
+                    held[1].exchange_declare("amq.direct", passive=True)   # a round trip
+                except PIKA_ERRORS as exc:
+                    log.debug("probe of %s: the held connection failed (%s); probing anew", node, why(exc))
+                    _close_quietly(held[0])
+                    held = None
+            if held is None:
+                try:
+                    conn = self._blocking(node, "probe", PROBE_TIMEOUT_S)
+                except ConnectionClosed as exc:
+                    self.nodes.seen_down(node, str(exc))
+                    found[node] = NodeState(str(node), str(exc))
+                    return
+                try:
+                    held = (conn, conn.channel())
+                except PIKA_ERRORS as exc:   # let in, then out at once: the channel failed, not the node
+                    log.debug("probe of %s: no channel: %s", node, why(exc))
+                    _close_quietly(conn)
             found[node] = NodeState(str(node), None)
+            if held is not None:
+                with lock:
+                    if not gave_up.is_set():
+                        self._probes[node] = held
+                        return
+                _close_quietly(held[0])
 
         probes = [threading.Thread(target=probe, args=(n,), name="amqp-probe", daemon=True) for n in self.mq.nodes]
         deadline = time.monotonic() + 2 * PROBE_TIMEOUT_S + 1   # a TCP connect, then the handshake
@@ -202,6 +230,8 @@ class AmqpTransport(Transport):
             thread.start()
         for thread in probes:
             thread.join(max(0.0, deadline - time.monotonic()))
+        with lock:
+            gave_up.set()
         return [found.get(n) or NodeState(str(n), f"no answer within {2 * PROBE_TIMEOUT_S + 1:.0f} s")
                 for n in self.mq.nodes]
 
@@ -391,6 +421,9 @@ class AmqpTransport(Transport):
         self._close_publisher()
         self._close_lone()
         self._drop_admin()
+        probes, self._probes = self._probes, {}
+        for conn, _channel in probes.values():
+            _close_quietly(conn)
 
 
 def _close_quietly(conn: pika.BlockingConnection | None) -> None:

@@ -315,13 +315,16 @@ def test_the_pingers_round_prunes_a_batch_a_turn_and_paces_itself(dbs, tmp_path)
     assert rr.RetentionRound(off, dbs, "test", Layout(tmp_path)).turn() is None
 
 
-def test_the_pass_holders_round_purges_the_dead_letters_that_died_before_retention_dead(dbs, tmp_path, monkeypatch):
+@pytest.mark.parametrize("held", [False, True], ids=["own-connection", "pingers-held-connection"])
+def test_the_pass_holders_round_purges_the_dead_letters_that_died_before_retention_dead(dbs, tmp_path, monkeypatch,
+                                                                                       held):
     import dataclasses
     import time
 
     from enstratus_workers.daemons.pinger import retention_round as rr
     from enstratus_workers.mq import open_transport
     from enstratus_workers.mq.base import OutgoingMessage
+    from enstratus_workers.mq.shared import SharedTransport
 
     # Given two dead letters of the embedded queue, 0.2 s apart, and dead ones kept 60 s
     settings = dataclasses.replace(_settings(tmp_path), worker=WorkerSettings(
@@ -340,7 +343,11 @@ def test_the_pass_holders_round_purges_the_dead_letters_that_died_before_retenti
             time.sleep(0.2)
     # When the pinger's round finishes a pass 60 s after the first death, not yet the second's
     monkeypatch.setattr(rr, "now_ms", lambda: deaths[0] + 100 + 60_000)
-    r = rr.RetentionRound(settings, dbs, "test", layout)
+    broker = SharedTransport(settings, layout, client_name="retention") if held else None
+    r = rr.RetentionRound(settings, dbs, "test", layout, broker=broker)
+    if broker is not None:
+        # the held connection is the only one it may use: it opens none of its own
+        monkeypatch.setattr(rr, "open_transport", None)
     while r.turn() == rr.PAUSE_S:
         pass
     # Then the first is purged and the second is kept
@@ -352,6 +359,8 @@ def test_the_pass_holders_round_purges_the_dead_letters_that_died_before_retenti
     r.pruner.acquire = lambda now=None: False
     r.turn()
     assert r.dead_letters_purged == 1
+    if broker is not None:
+        broker.close()
 
 
 def test_old_audit_rows_and_per_minute_figures_go_the_charts_hour_stays(dbs):

@@ -12,7 +12,7 @@ import sqlalchemy as sa
 from fastapi.testclient import TestClient
 
 from enstratus_workers.admin import AdminContext, create_app, load_admin_settings, load_token
-from enstratus_workers.admin.transport import SharedTransport
+from enstratus_workers.mq.shared import SharedTransport
 from enstratus_workers.config import load_settings
 from enstratus_workers.db.jobs import NewJob
 from enstratus_workers.db.schema import jobs as J

@@ -11,7 +11,7 @@ import pytest
 
 from enstratus_workers.admin import load_admin_settings, load_token
 from enstratus_workers.admin.auth import COOKIE
-from enstratus_workers.admin.transport import SharedTransport
+from enstratus_workers.mq.shared import SharedTransport
 from enstratus_workers.config import load_settings
 from enstratus_workers.db import open_databases
 from enstratus_workers.db.desired import desired_types

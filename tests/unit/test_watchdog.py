@@ -67,11 +67,14 @@ def test_the_health_round_reads_the_pid_files_once_unless_the_watchdog_restarted
         return watchdog_mod.daemon_states(layout)
 
     monkeypatch.setattr(pinger_mod, "daemon_states", states)
+    brokers = []
     monkeypatch.setattr(pinger_mod, "check_health",
-                        lambda *a, states=None, **kw: (seen_by_health.append(states), Health())[1])
+                        lambda *a, states=None, broker=None, **kw: (seen_by_health.append(states),
+                                                                    brokers.append(broker), Health())[2])
     monkeypatch.setattr(pinger_mod, "forget_expired", lambda engine: None)
     dbs = SimpleNamespace(provisioning=None, heartbeats=SimpleNamespace(beat=lambda *a, **kw: None))
     pinger = pinger_mod.Pinger(SimpleNamespace(pinger=SimpleNamespace(heartbeat_interval=10),
+                                               mq=SimpleNamespace(heartbeat=60),
                                                worker=SimpleNamespace(host_name="vm")), world.layout, "vm")
     pinger._last_state = None
     dog = Watchdog(world.layout, "vm")
@@ -84,3 +87,5 @@ def test_the_health_round_reads_the_pid_files_once_unless_the_watchdog_restarted
     world.subscriber = "dead"
     pinger._health_round(dbs, dog, guests)
     assert world.starts == 1 and len(reads) == 2 and seen_by_health[1] is None
+    # and both rounds checked the queue on the connection the pinger holds between rounds
+    assert brokers == [pinger.broker, pinger.broker] and pinger.broker is not None

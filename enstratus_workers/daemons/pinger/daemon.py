@@ -22,6 +22,7 @@ from enstratus_workers.db import open_databases
 from enstratus_workers.fleet.hosts import forget_expired
 from enstratus_workers.fleet.joining import join_fleet
 from enstratus_workers.errors import CHECK_CRITICAL
+from enstratus_workers.mq.shared import HELD_FOR_S, SharedTransport
 from enstratus_workers.runtime import runner
 from enstratus_workers.runtime.procs import daemon_states
 from enstratus_workers.runtime.service import Service
@@ -37,6 +38,11 @@ class Pinger(Service):
         self.watchdog_enabled = watchdog
         self._stop = threading.Event()
         self.registry = None   # db/hosts.py, once run() joined the fleet
+        # the queue connections of the health rounds (health._check_mq) and of retention's purges,
+        # held from round to round (closed if the rounds come less often than AMQP heartbeats);
+        # opened by the first that needs them
+        self.broker = SharedTransport(settings, layout, client_name="health-check", max_age_s=HELD_FOR_S,
+                                      idle_s=settings.mq.heartbeat)
         self.started_ms = now_ms()
 
     def request_stop(self, cold: bool = False) -> None:
@@ -55,7 +61,7 @@ class Pinger(Service):
             raise
         watchdog = Watchdog(self.layout, self.settings.worker.host_name, enabled=self.watchdog_enabled)
         guests = GuestWatch(self.settings, self.layout, dbs, self.name)
-        retention = RetentionRound(self.settings, dbs, self.name, self.layout)
+        retention = RetentionRound(self.settings, dbs, self.name, self.layout, broker=self.broker)
         ready()
         self._last_state = None
         next_health = next_guests = next_prune = time.monotonic()
@@ -77,6 +83,7 @@ class Pinger(Service):
                 wake = min(t for t in (next_health, next_guests, next_prune) if t is not None)
                 self._stop.wait(max(0.0, wake - time.monotonic()))
         finally:
+            self.broker.close()
             retention.close()
             try:
                 dbs.heartbeats.remove("pinger", self.name)
@@ -93,7 +100,8 @@ class Pinger(Service):
             restarted = watchdog.check(states)
             for line in restarted:
                 log.warning("watchdog: %s", line)
-            health = check_health(self.settings, self.layout, dbs, states=None if restarted else states)
+            health = check_health(self.settings, self.layout, dbs, states=None if restarted else states,
+                                  broker=self.broker)
             for key in watchdog.given_up:
                 health.worsen(CHECK_CRITICAL, f"{key} keeps dying; the watchdog gave up")
             if health.state != self._last_state:

@@ -1,11 +1,12 @@
 """Health checks of the service itself: queue, databases, daemons, heartbeats.
 
 One function, ``check_health``, feeds the pinger daemon's heartbeat, ``pinger check`` (a
-monitoring-plugin line and exit code) and the CLI's ``status``.
+monitoring-plugin line and exit code), the CLI's ``status`` and the admin's status figures.
 """
 
 from __future__ import annotations
 
+import logging
 import re
 from dataclasses import dataclass, field
 
@@ -20,7 +21,10 @@ from enstratus_workers.errors import (
     CHECK_WARNING,
     EnstratusError,
 )
-from enstratus_workers.mq import open_transport
+from enstratus_workers.mq import NodeState, open_transport
+from enstratus_workers.mq.shared import SharedTransport
+
+log = logging.getLogger(__name__)
 
 REQUIRED_DAEMONS = ("publisher", "subscriber", "pinger")
 _NAMES = {CHECK_OK: "OK", CHECK_WARNING: "WARNING", CHECK_CRITICAL: "CRITICAL", CHECK_UNKNOWN: "UNKNOWN"}
@@ -102,9 +106,12 @@ class Health:
 
 
 def check_health(settings, layout, dbs: Databases | None = None, *, require_pinger: bool = True,
-                 states: list | None = None) -> Health:
+                 states: list | None = None, broker: SharedTransport | None = None) -> Health:
     """The service's health: the queue, the databases, the daemons' pid files (``states`` as
-    just read by ``daemon_states``, else read here), the heartbeats and the job counts."""
+    just read by ``daemon_states``, else read here), the heartbeats and the job counts.
+
+    ``broker``: the queue connection a daemon keeps between its checks (see ``_check_mq``);
+    without it the queue is checked on connections opened for this check and closed after it."""
     from enstratus_workers.runtime.procs import daemon_states
 
     h = Health()
@@ -118,7 +125,7 @@ def check_health(settings, layout, dbs: Databases | None = None, *, require_ping
                 dbs = None
         # every queue of the desired state (the file's while the database cannot say)
         queues = dbs.desired.queues(settings.worker.all_queues) if dbs is not None else settings.worker.all_queues
-        h.checks["mq"] = _check_mq(settings, layout, h, queues)
+        h.checks["mq"] = _check_mq(settings, layout, h, queues, held=broker)
         if dbs is not None:
             for db, error in dbs.ping().items():
                 h.checks[db] = error or "ok"
@@ -178,31 +185,63 @@ def check_db_nodes(settings, h: Health) -> None:
                 h.worsen(CHECK_WARNING, f"{db} DB node {s}")
 
 
-def _check_mq(settings, layout, h: Health, queues=None) -> str:
-    """Ping the queue and take the depths of ``queues`` (default: the configured ones)."""
+def _check_mq(settings, layout, h: Health, queues=None, held: SharedTransport | None = None) -> str:
+    """Ping the queue and take the depths of ``queues`` (default: the configured ones).
+
+    ``held``: the transport the caller keeps from one check to the next (the pinger's every
+    round, the admin's for its pages), so that a service checking itself every few seconds does
+    not open and close broker connections at that pace for months: its connection answers the
+    ping and the depths, and its node probes (one connection per node, ``node_states``) stay
+    open from check to check too. When none is held (the first check, one after a failure, or
+    once the held one is old or idle: ``SharedTransport``) the check is made on new connections
+    as without ``held``, and the transport that passed is kept: what a check says of a broker
+    that is down does not depend on ``held``, and a broker that is down costs no more
+    connection attempts with it than without.
+    """
     queues = settings.worker.all_queues if queues is None else queues
+    if held is not None and held.holding:
+        try:
+            held.ping()
+            depths = held.depths(queues)
+        except EnstratusError as exc:   # dropped by SharedTransport: checked anew below
+            log.debug("health check: the held queue connection failed (%s); checking on new ones", exc)
+        else:
+            _judge_nodes(held.node_states(), h)   # some may be down: the held one is on a live one
+            _record_depths(depths, h)
+            return "ok"
+    transport = None
     try:
-        with open_transport(settings.mq, layout, client_name="health-check") as t:
-            nobody = _check_nodes(t, h)
-            if nobody:
-                return nobody
-            t.ping()
-            depths = t.depths(queues)
-        for d in depths:
-            h.perf[f"queue_{d.queue}_ready"] = d.ready
-            if d.dead:
-                h.perf[f"queue_{d.queue}_dead"] = d.dead
+        transport = held.open_new() if held is not None else \
+            open_transport(settings.mq, layout, client_name="health-check")
+        nobody = _judge_nodes(transport.node_states(), h)
+        if nobody:
+            return nobody
+        transport.ping()
+        depths = transport.depths(queues)
+        if held is not None:
+            held.adopt(transport)
+            transport = None
+        _record_depths(depths, h)
         return "ok"
     except EnstratusError as exc:
         h.worsen(CHECK_CRITICAL, f"queue ({settings.mq.transport}): {exc}")
         return str(exc)
+    finally:
+        if transport is not None:
+            transport.close()
 
 
-def _check_nodes(transport, h: Health) -> str | None:
+def _record_depths(depths, h: Health) -> None:
+    for d in depths:
+        h.perf[f"queue_{d.queue}_ready"] = d.ready
+        if d.dead:
+            h.perf[f"queue_{d.queue}_dead"] = d.dead
+
+
+def _judge_nodes(states: list[NodeState], h: Health) -> str | None:
     """Which broker nodes answer (a cluster's, or the one node of ``host``): every one down is
     CRITICAL naming them, some down a WARNING naming those; the perfdata has how many answer,
     out of how many. Returns the problem when none answers (then there is nothing more to ask)."""
-    states = transport.node_states()
     if not states:           # the embedded queue is no cluster: ping tells
         return None
     down = [s for s in states if s.error]

@@ -11,7 +11,8 @@ wait at most one batch (milliseconds), and the database sees short transactions 
 Dead letters are the one thing retention keeps outside the databases: each job that ended dead
 left its message in its queue's dead-letter queue (on the broker, or in the embedded queue's
 file). The pinger that finished a pass (the lease holder) then deletes those that died longer
-than ``retention.dead`` ago, as it did their job rows.
+than ``retention.dead`` ago, as it did their job rows, on the queue connection the pinger holds
+for its health rounds (a pass a minute would otherwise open and close one a minute).
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ import logging
 from enstratus_workers.clock import now_ms
 from enstratus_workers.db.retention import Periods, Pruner, lease_holder
 from enstratus_workers.mq import open_transport
+from enstratus_workers.mq.shared import SharedTransport
 
 log = logging.getLogger(__name__)
 
@@ -33,8 +35,10 @@ MIN_PASS_EVERY_S = 1.0
 
 
 class RetentionRound:
-    def __init__(self, settings, dbs, name: str, layout):
+    def __init__(self, settings, dbs, name: str, layout, broker: SharedTransport | None = None):
         self.settings, self.dbs, self.layout = settings, dbs, layout
+        # the pinger's held connection; without it, one opened for each purge
+        self.broker = broker
         self.periods = Periods.of(settings.pinger)
         shortest = self.periods.shortest()
         self.every_s = None if shortest is None else max(MIN_PASS_EVERY_S, min(PASS_EVERY_S, shortest / 2))
@@ -68,9 +72,13 @@ class RetentionRound:
         purged = 0
         try:
             queues = self.dbs.desired.queues(self.settings.worker.all_queues)
-            with open_transport(self.settings.mq, self.layout, client_name="retention") as transport:
+            if self.broker is not None:
                 for queue in queues:
-                    purged += transport.purge_dead_before(queue, before)
+                    purged += self.broker.purge_dead_before(queue, before)
+            else:
+                with open_transport(self.settings.mq, self.layout, client_name="retention") as transport:
+                    for queue in queues:
+                        purged += transport.purge_dead_before(queue, before)
         except Exception as exc:  # noqa: BLE001 - the broker away: the next pass tries again
             log.warning("retention: could not purge old dead letters (%s: %s)", type(exc).__name__, exc)
         if purged:
