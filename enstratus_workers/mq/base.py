@@ -202,9 +202,10 @@ class Transport(abc.ABC):
         """Raise ``ConnectionClosed`` unless the backend answers."""
 
     def node_states(self) -> list[NodeState]:
-        """Each node of a clustered backend, probed one by one (a connection of its own each, at
-        most a few seconds): which answer and why the others do not. ``[]`` for a backend that is
-        not made of nodes (the embedded file): ``ping`` says all there is."""
+        """Each node of a clustered backend, probed (a connection of its own each, kept for the
+        next call while the transport is open; at most a few seconds): which answer and why the
+        others do not. ``[]`` for a backend that is not made of nodes (the embedded file):
+        ``ping`` says all there is."""
         return []
 
     @abc.abstractmethod
