@@ -30,6 +30,12 @@ log = logging.getLogger(__name__)
 HELD_FOR_S = 600.0
 
 
+def idle_limit(mq) -> float | None:
+    """How long a held AMQP connection may go unused before it is closed: a heartbeat interval
+    (the broker drops a connection that missed two); no limit with heartbeats off (0)."""
+    return float(mq.heartbeat) if mq.heartbeat else None
+
+
 class SharedTransport:
     """``declare``, ``depths``, ``ping``, ``node_states``, ``purge_dead`` and
     ``purge_dead_before`` over one lazily opened, lock-guarded transport.

@@ -82,3 +82,10 @@ def test_adopt_keeps_a_new_transport_only_when_none_is_held(clock):
     assert other.closed and not fresh.closed
     held.close()
     assert fresh.closed and not held.holding
+
+
+def test_the_idle_limit_is_a_heartbeat_and_none_without_heartbeats():
+    from types import SimpleNamespace
+
+    assert shared.idle_limit(SimpleNamespace(heartbeat=60)) == 60.0
+    assert shared.idle_limit(SimpleNamespace(heartbeat=0)) is None

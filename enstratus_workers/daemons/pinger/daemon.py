@@ -22,7 +22,7 @@ from enstratus_workers.db import open_databases
 from enstratus_workers.fleet.hosts import forget_expired
 from enstratus_workers.fleet.joining import join_fleet
 from enstratus_workers.errors import CHECK_CRITICAL
-from enstratus_workers.mq.shared import HELD_FOR_S, SharedTransport
+from enstratus_workers.mq.shared import HELD_FOR_S, SharedTransport, idle_limit
 from enstratus_workers.runtime import runner
 from enstratus_workers.runtime.procs import daemon_states
 from enstratus_workers.runtime.service import Service
@@ -42,7 +42,7 @@ class Pinger(Service):
         # held from round to round (closed if the rounds come less often than AMQP heartbeats);
         # opened by the first that needs them
         self.broker = SharedTransport(settings, layout, client_name="health-check", max_age_s=HELD_FOR_S,
-                                      idle_s=settings.mq.heartbeat)
+                                      idle_s=idle_limit(settings.mq))
         self.started_ms = now_ms()
 
     def request_stop(self, cold: bool = False) -> None:
