@@ -63,7 +63,7 @@ class SharedTransport:
 
     @property
     def holding(self) -> bool:
-        """Whether a transport is held now (one past ``max_age_s`` is let go here)."""
+        """Whether a transport is held now (one past ``max_age_s`` or ``idle_s`` is let go here)."""
         with self._lock:
             self._expire()
             return self._transport is not None
