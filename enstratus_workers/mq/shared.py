@@ -31,9 +31,11 @@ HELD_FOR_S = 600.0
 
 
 def idle_limit(mq) -> float | None:
-    """How long a held AMQP connection may go unused before it is closed: a heartbeat interval
-    (the broker drops a connection that missed two); no limit with heartbeats off (0)."""
-    return float(mq.heartbeat) if mq.heartbeat else None
+    """How long a held AMQP connection may go unused before it is closed: one and a half
+    heartbeat intervals, under the two after which the broker drops a silent client, and over
+    one, so a caller coming once a heartbeat interval (a scrape a minute) keeps its connection;
+    no limit with heartbeats off (0)."""
+    return 1.5 * mq.heartbeat if mq.heartbeat else None
 
 
 class SharedTransport:
