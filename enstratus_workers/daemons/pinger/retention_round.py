@@ -72,13 +72,13 @@ class RetentionRound:
         purged = 0
         try:
             queues = self.dbs.desired.queues(self.settings.worker.all_queues)
-            if self.broker is not None:
+            transport = self.broker or open_transport(self.settings.mq, self.layout, client_name="retention")
+            try:
                 for queue in queues:
-                    purged += self.broker.purge_dead_before(queue, before)
-            else:
-                with open_transport(self.settings.mq, self.layout, client_name="retention") as transport:
-                    for queue in queues:
-                        purged += transport.purge_dead_before(queue, before)
+                    purged += transport.purge_dead_before(queue, before)
+            finally:
+                if transport is not self.broker:
+                    transport.close()
         except Exception as exc:  # noqa: BLE001 - the broker away: the next pass tries again
             log.warning("retention: could not purge old dead letters (%s: %s)", type(exc).__name__, exc)
         if purged:
