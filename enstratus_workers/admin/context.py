@@ -13,7 +13,7 @@ from ..db.audit import AuditStore
 from ..db.instances import InstanceStore
 from ..fleet.joining import join_fleet
 from ..layout import Layout
-from ..mq.shared import HELD_FOR_S, SharedTransport, idle_limit
+from ..mq.shared import SharedTransport, held_by_daemon
 from .config import AdminSettings
 
 
@@ -44,7 +44,7 @@ class AdminContext:
         from ..actions import default_registry
 
         # also the status figures' health check's: renewed now and then, closed when left idle
-        queues = queues or SharedTransport(settings, layout, max_age_s=HELD_FOR_S, idle_s=idle_limit(settings.mq))
+        queues = queues or held_by_daemon(settings, layout, "admin")
         return cls(settings, layout, admin, dbs, store, queues, default_registry(), AuditStore(dbs.provisioning))
 
     def submit_settings(self, fresh: bool = False):

@@ -140,3 +140,10 @@ def _close_quietly(transport: Transport) -> None:
         transport.close()
     except Exception:  # a broken connection: nothing left to save
         log.debug("closing the shared transport failed", exc_info=True)
+
+
+def held_by_daemon(settings, layout, client_name: str) -> SharedTransport:
+    """The transport a daemon holds for its rounds and pages (the pinger's, the admin's): made
+    anew every ``HELD_FOR_S``, closed when left idle past ``idle_limit``."""
+    return SharedTransport(settings, layout, client_name=client_name, max_age_s=HELD_FOR_S,
+                           idle_s=idle_limit(settings.mq))

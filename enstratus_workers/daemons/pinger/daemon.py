@@ -22,7 +22,7 @@ from enstratus_workers.db import open_databases
 from enstratus_workers.fleet.hosts import forget_expired
 from enstratus_workers.fleet.joining import join_fleet
 from enstratus_workers.errors import CHECK_CRITICAL
-from enstratus_workers.mq.shared import HELD_FOR_S, SharedTransport, idle_limit
+from enstratus_workers.mq.shared import held_by_daemon
 from enstratus_workers.runtime import runner
 from enstratus_workers.runtime.procs import daemon_states
 from enstratus_workers.runtime.service import Service
@@ -41,8 +41,7 @@ class Pinger(Service):
         # the queue connections of the health rounds (health._check_mq) and of retention's purges,
         # held from round to round (closed if the rounds come less often than AMQP heartbeats);
         # opened by the first that needs them
-        self.broker = SharedTransport(settings, layout, client_name="health-check", max_age_s=HELD_FOR_S,
-                                      idle_s=idle_limit(settings.mq))
+        self.broker = held_by_daemon(settings, layout, "health-check")
         self.started_ms = now_ms()
 
     def request_stop(self, cold: bool = False) -> None:
