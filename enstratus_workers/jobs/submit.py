@@ -15,7 +15,7 @@ from enstratus_workers.config import limits
 from enstratus_workers.db import Databases, Job, NewJob
 from enstratus_workers.errors import EnstratusError
 
-WAIT_SAFETY_NET_S = 0.25   # a wait re-reads the job this often even if no ring came (another host's subscriber)
+WAIT_SAFETY_NET_S = 0.25   # a wait re-reads the job this often even if no ring came (a ring lost)
 
 
 class SubmitError(EnstratusError, ValueError):
@@ -150,10 +150,11 @@ def outcome_bell(run_dir):
 def wait_for(dbs: Databases, job_id: int, timeout: float, run_dir=None, bell=None) -> Job:
     """Wait until the job is terminal or ``timeout`` passes; return it as last seen.
 
-    With ``run_dir`` (the install's), the wait is woken by the recorder of this host as soon as
-    it recorded the job's outcome (``jobs/wakeup.py``: a ring names the jobs it recorded, and a
-    ring naming only others is waited through without a read) and reads the row then; without,
-    or for a job recorded on another host, it reads the row every ``WAIT_SAFETY_NET_S``.
+    With ``run_dir`` (the install's), the wait is woken as soon as the job's outcome is recorded
+    (``jobs/wakeup.py``: a ring names the jobs recorded, and a ring naming only others is waited
+    through without a read) and reads the row then: by this host's recorder, or by another
+    host's through the broker and this host's publisher (``mq/amqp_wake.py``). Without, or
+    when a ring is lost, it reads the row every ``WAIT_SAFETY_NET_S``.
 
     ``bell``: one from ``outcome_bell`` announced before the job was submitted (``submit
     --wait`` does so), which this wait uses and closes. Any outcome of the job rings it then,

@@ -6,7 +6,9 @@ whoever makes a job pending (``JobStore``: a submit, a retry, a recovery, a re-d
 after the commit, and the publisher waits on its bell. The poll stays, with a long interval, as
 the safety net: a ring is a hint, never the truth, so a lost one (a publisher restarting, a
 full socket buffer) costs that interval and nothing else. Publishers on other hosts are rung
-through the broker (``mq/amqp_wake.py``, attached with ``Ringer.also``).
+through the broker (``mq/amqp_wake.py``, attached with ``Ringer.also``), and so are the waiters and
+the subscribers of other hosts (``Ringer.also_done``, and ``also`` on a subscribers' ringer):
+a job's outcome recorded on one host wakes the ``submit --wait`` on another.
 
 Two kinds of ring: "work" (``RING``: a job was made pending) and "room" (``ROOM``: a job left
 its queue's relay window by starting or finishing, so jobs held back by a full window may go
@@ -188,11 +190,17 @@ class Ringer:
         self._scanned = float("-inf")
         self._mtime = -1
         self._also: list = []
+        self._also_done: list = []
 
     def also(self, ring) -> None:
-        """Call ``ring()`` too on every ring: the broker's ring of other hosts' publishers
+        """Call ``ring()`` too on every ``ring()``: the broker's ring of other hosts' publishers
         (``mq/amqp_wake.py``); it must not block."""
         self._also.append(ring)
+
+    def also_done(self, ring_done) -> None:
+        """Call ``ring_done(job_ids)`` too on every ``ring_done()``: the broker's ring of other
+        hosts' waiters (``mq/amqp_wake.py``); it must not block."""
+        self._also_done.append(ring_done)
 
     def ring(self, room: bool = False) -> None:
         """Ring every bell of the role: a work ring, or with ``room`` a room ring (module
@@ -204,8 +212,11 @@ class Ringer:
     def ring_done(self, job_ids) -> None:
         """Ring every bell of the role (the waiters) with the jobs whose outcomes were just
         recorded (module docstring); more than fit in ``RING_MAX`` bytes, or none: a plain ring."""
+        job_ids = list(job_ids)
         payload = ",".join(str(int(i)) for i in job_ids).encode()
         self._ring_all(DONE + payload if payload and len(payload) < RING_MAX else RING)
+        for ring_done in self._also_done:
+            ring_done(job_ids)
 
     def _ring_all(self, what: bytes) -> None:
         """Send ``what`` to every bell of the role, looking for them again first if their

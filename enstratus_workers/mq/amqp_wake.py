@@ -7,13 +7,26 @@ host without one, would otherwise wait for another host's safety-net poll. So, o
 - ``WakeRinger`` (in whoever makes jobs pending or records outcomes: attached to the store's
   ringer by ``ring_through_broker``) publishes a ring, a tiny transient message whose body is
   its host's name, to the fanout exchange ``<mq.exchange>.wake``. ``ring()`` only raises a flag;
-  a thread sends the first ring at once, then at most one message per ``MIN_GAP_S`` (20 ms)
-  for all the rings meanwhile: a burst of 10,000 commits over a second sends about 50, each
-  waking each other host's publisher for at most one outbox read.
+  a thread sends the rings, up to ``BURST`` messages at once, then one per ``MIN_GAP_S``
+  (20 ms) for all the rings meanwhile: a burst of 10,000 commits over a second sends about 50,
+  each waking each other host's publisher for at most one outbox read. The burst is for the
+  idle job, which rings three times in a few milliseconds (its submit, its start, its outcome):
+  sent one per 20 ms, its outcome's ring, the one a waiter on another host waits for, left
+  15 ms after the start's.
 - ``WakeListener`` (in each publisher) binds an exclusive, auto-deleted queue of its own to that
   exchange and rings its publisher's local bell for every ring from another host (its own host's
   rang the bell directly already). The bell drains every ring waiting before the publisher reads
   the outbox, so a flood of rings costs a few reads.
+- The same message carries the other local rings a host's peers need (``WakeRinger.ring_done``,
+  ``ring_cancel``), as headers: ``done``, the jobs whose outcomes were recorded (``1,2,3``; empty
+  when there were more than fit in ``wakeup.RING_MAX``: every waiter reads), and ``cancel``. The
+  listener rings its host's waiters with those jobs and its subscribers with the cancel. Without
+  them a ``submit --wait`` on one host, whose job another host's subscriber carried out, woke only
+  at its ``WAIT_SAFETY_NET_S`` read (its first read comes that long after its submit: 250 ms,
+  where a wait on the job's own host took 14-20 ms, ``bench/fleet_wait.py``), and a cancel made
+  on one host reached the subscriber of another at its look, once a second. A recorder rings room and
+  outcomes one after the other: the ringer's thread waits ``GATHER_S`` after the first ring, so
+  both go in one message.
 - A ringer whose database shows no publisher of another host (``ring_through_broker``: their
   heartbeat rows, looked at every ``OTHERS_TTL_S`` on the ringer's thread) sends nothing: on one
   host every ring message would be heard only by this host's publishers, who drop it. That was
@@ -38,14 +51,19 @@ import pika
 
 from enstratus_workers.backoff import Backoff, Retrying
 from enstratus_workers.errors import ConnectionClosed
+from enstratus_workers.jobs import wakeup
 from enstratus_workers.mq.amqp_common import PIKA_ERRORS, connection_parameters, why
 from enstratus_workers.mq.amqp_declare import service_exchanges
 from enstratus_workers.mq.amqp_nodes import NodeRanking, process_seed
 
 log = logging.getLogger(__name__)
 
-MIN_GAP_S = 0.02           # at most one ring message per this interval and process (50/s)
+MIN_GAP_S = 0.02           # at most one ring message per this interval and process (50/s) ...
+BURST = 3                  # ... after a burst of this many (module docstring)
+GATHER_S = 0.002           # after a first ring, the rings that follow it this soon share its message
 OTHERS_TTL_S = 5.0         # how long a ringer trusts its last look for other hosts' publishers
+DONE_HEADER = "done"       # a ring's header: the jobs whose outcomes were recorded, "1,2,3"
+CANCEL_HEADER = "cancel"   # a ring's header: a job was cancelled
 RECONNECT = Backoff(first=0.5, cap=30.0, jitter="equal")
 #: A connection must last this long for the reconnect delays to start over (``Retrying``).
 STABLE_AFTER_S = 30.0
@@ -143,14 +161,59 @@ class WakeRinger(_Link):
         self._others = others
         self._wanted = True                  # until the first look says otherwise
         self._looked_at = float("-inf")
+        self._lock = threading.Lock()        # the rings' extras below, between ring() and the thread
+        #: the jobs whose outcomes the next message names; None: more than fit (a plain ring)
+        self._done: list[str] | None = []
+        self._done_chars = 0
+        self._rang_done = False
+        self._cancel = False
         self.sent = 0
         self.skipped = 0
 
     def ring(self) -> None:
+        """Ring the other hosts' publishers."""
         if self._wanted:
             self._flag.set()
         else:
             self.skipped += 1
+
+    def ring_done(self, job_ids) -> None:
+        """Ring the other hosts' waiters (and publishers): these jobs' outcomes were recorded."""
+        if not self._wanted:
+            self.skipped += 1
+            return
+        with self._lock:
+            self._rang_done = True
+            if self._done is not None:
+                for job_id in job_ids:
+                    text = str(int(job_id))
+                    self._done_chars += len(text) + 1
+                    if self._done_chars >= wakeup.RING_MAX:
+                        self._done = None      # a plain ring: every waiter reads its row
+                        break
+                    self._done.append(text)
+        self._flag.set()
+
+    def ring_cancel(self) -> None:
+        """Ring the other hosts' subscribers (and publishers): a job was cancelled."""
+        if not self._wanted:
+            self.skipped += 1
+            return
+        with self._lock:
+            self._cancel = True
+        self._flag.set()
+
+    def _extras(self) -> dict | None:
+        """The headers of the next message (module docstring), taken: the rings' extras since
+        the last message."""
+        with self._lock:
+            headers = {}
+            if self._rang_done:
+                headers[DONE_HEADER] = "" if self._done is None else ",".join(self._done)
+            if self._cancel:
+                headers[CANCEL_HEADER] = 1
+            self._done, self._done_chars, self._rang_done, self._cancel = [], 0, False, False
+        return headers or None
 
     def _poke(self) -> None:
         self._flag.set()
@@ -172,6 +235,7 @@ class WakeRinger(_Link):
         channel = conn.channel()
         props = pika.BasicProperties(delivery_mode=1, expiration="10000")   # a hint: transient
         body = self.host.encode()
+        tokens, refilled = float(BURST), time.monotonic()   # a bucket of messages, one per MIN_GAP_S
         self.connected.set()
         while not self._stop.is_set():
             self._look_for_others()
@@ -181,20 +245,33 @@ class WakeRinger(_Link):
                 continue
             if self._stop.is_set():
                 return
+            time.sleep(GATHER_S)
+            now = time.monotonic()
+            tokens, refilled = min(float(BURST), tokens + (now - refilled) / MIN_GAP_S), now
+            if tokens < 1:   # rings meanwhile raise the flag once: one message for them all
+                time.sleep((1 - tokens) * MIN_GAP_S)
+                tokens, refilled = 1.0, time.monotonic()
+            tokens -= 1
             self._flag.clear()
-            channel.basic_publish(wake_exchange(self.mq), "", body, props)
+            extras = self._extras()
+            channel.basic_publish(wake_exchange(self.mq), "", body, props if extras is None else
+                                  pika.BasicProperties(delivery_mode=1, expiration="10000", headers=extras))
             self.sent += 1
-            time.sleep(MIN_GAP_S)   # rings meanwhile raise the flag once: one message for them all
 
 
 class WakeListener(_Link):
-    """A publisher's ear on the broker: ``on_wake()`` for every ring from another host."""
+    """A publisher's ear on the broker: ``on_wake()`` for every ring from another host, and
+    ``on_done(job_ids)`` (empty: any job) and ``on_cancel()`` for the rings that carry them."""
 
     role = "wake-listener"
 
-    def __init__(self, mq, host: str, client_name: str, on_wake: Callable[[], None]):
+    def __init__(self, mq, host: str, client_name: str, on_wake: Callable[[], None],
+                 on_done: Callable[[list[int]], None] | None = None,
+                 on_cancel: Callable[[], None] | None = None):
         super().__init__(mq, host, client_name)
         self.on_wake = on_wake
+        self.on_done = on_done
+        self.on_cancel = on_cancel
         self.heard = 0
 
     def _serve(self, conn: pika.BlockingConnection) -> None:
@@ -203,25 +280,40 @@ class WakeListener(_Link):
         channel.queue_bind(queue, wake_exchange(self.mq))
         mine = self.host.encode()
 
-        def heard(_ch, _method, _props, body) -> None:
+        def heard(_ch, _method, props, body) -> None:
             if body != mine:
                 self.heard += 1
                 self.on_wake()
+                if props.headers:
+                    self._pass_on(props.headers)
 
         channel.basic_consume(queue, heard, auto_ack=True)
         self.connected.set()   # bound: from now on no ring of another host is missed
         while not self._stop.is_set():
             conn.process_data_events(time_limit=0.25)
 
+    def _pass_on(self, headers: dict) -> None:
+        """Ring this host's waiters and subscribers as the message's headers say. A ring is a
+        hint from anyone who may publish to the exchange: a ``done`` that is not a short list of
+        job ids is a plain ring (every waiter reads its row, as at a ring naming no jobs)."""
+        if DONE_HEADER in headers and self.on_done is not None:
+            said = headers[DONE_HEADER]
+            if isinstance(said, str):
+                said = said.encode("ascii", "replace")
+            ids = (wakeup.recorded_ids(said) if isinstance(said, bytes) and 0 < len(said) < wakeup.RING_MAX
+                   else None)
+            self.on_done(sorted(ids) if ids else [])
+        if CANCEL_HEADER in headers and self.on_cancel is not None:
+            self.on_cancel()
+
 
 def ring_through_broker(settings, ringers, client_name: str, heartbeats=None) -> WakeRinger | None:
-    """On RabbitMQ, a ``WakeRinger`` that the publishers' ringers among ``ringers`` (a
-    ``Databases.ringers``) also ring after each commit; None on the embedded transport (one host).
+    """On RabbitMQ, a ``WakeRinger`` that the ringers among ``ringers`` (a ``Databases.ringers``)
+    also ring after each commit: the publishers', the waiters' (``ring_done``) and the
+    subscribers' (``ring_cancel``); None on the embedded transport (one host).
     With ``heartbeats`` (a ``HeartbeatStore``), it rings only while a publisher of another host
     has a heartbeat row, expired or not (a host that stopped cleanly removed its rows). The
     caller closes it."""
-    from enstratus_workers.jobs import wakeup
-
     if settings.mq.transport != "amqp":
         return None
     host = settings.worker.host_name
@@ -229,6 +321,11 @@ def ring_through_broker(settings, ringers, client_name: str, heartbeats=None) ->
         lambda: any(hb.daemon == "publisher" and hb.host != host for hb in heartbeats.all()))
     ringer = WakeRinger(settings.mq, host, client_name, others).start()
     for r in ringers:
-        if getattr(r, "role", None) == wakeup.PUBLISHER:
+        role = getattr(r, "role", None)
+        if role == wakeup.PUBLISHER:
             r.also(ringer.ring)
+        elif role == wakeup.WAITER:
+            r.also_done(ringer.ring_done)
+        elif role == wakeup.SUBSCRIBER:
+            r.also(ringer.ring_cancel)
     return ringer

@@ -161,10 +161,10 @@ def test_a_burst_of_ten_thousand_rings_sends_a_few_messages(rabbitmq_url, amqp_n
     assert 1 <= mouth.sent < 1_000 and ear.heard <= mouth.sent
 
 
-def test_a_publisher_relays_a_job_committed_on_another_host_at_its_ring(rabbitmq_url, amqp_names, tmp_path):
-    # Given a publisher on host B whose safety-net poll is a minute away, on RabbitMQ
-    home = servicehome.make_home(tmp_path, amqp=amqp_names,
-                                 worker_props={"publisher.poll_interval": 60, "host.name": "host-b"})
+def _publisher_of_host_b(tmp_path, amqp_names, props=None):
+    """Host B's publisher (``publisher@b``) running in a thread, its broker listener bound:
+    (layout, settings, publisher, thread); the caller stops it (``request_stop``, join)."""
+    home = servicehome.make_home(tmp_path, amqp=amqp_names, worker_props={"host.name": "host-b", **(props or {})})
     layout = Layout(home)
     settings = load_settings(layout)
     publisher = Publisher(settings, layout, "b")
@@ -173,6 +173,12 @@ def test_a_publisher_relays_a_job_committed_on_another_host_at_its_ring(rabbitmq
     runner.start()
     assert ready.wait(30)
     assert publisher._ear.connected.wait(15)
+    return layout, settings, publisher, runner
+
+
+def test_a_publisher_relays_a_job_committed_on_another_host_at_its_ring(rabbitmq_url, amqp_names, tmp_path):
+    # Given a publisher on host B whose safety-net poll is a minute away, on RabbitMQ
+    layout, settings, publisher, runner = _publisher_of_host_b(tmp_path, amqp_names, {"publisher.poll_interval": 60})
     dbs = open_databases(settings.worker, layout)
     mouth = WakeRinger(settings.mq, "host-a", "ewtest submitter").start()
     try:
@@ -267,3 +273,144 @@ def test_a_refused_exchange_declare_leaves_no_broker_connection_open(rabbitmq_ur
         assert to_broker() <= before
     finally:
         gc.enable()
+
+
+def test_a_ring_carries_the_recorded_jobs_and_a_cancel_to_the_other_hosts(rabbitmq_url, amqp_names, links):
+    # Given host B's listener, passing on what the rings carry, and a ringer on host A
+    mq = _mq(rabbitmq_url, amqp_names)
+    woken, named, cancelled = threading.Event(), [], threading.Event()
+    ear = _started(links, WakeListener(mq, "host-b", "ewtest publisher", woken.set,
+                                       on_done=named.append, on_cancel=cancelled.set))
+    mouth = _started(links, WakeRinger(mq, "host-a", "ewtest subscriber"))
+    # When host A rings its publishers only, Then host B's publisher hears it, and nothing else
+    mouth.ring()
+    assert _heard_within(woken)
+    time.sleep(0.3)
+    assert named == [] and not cancelled.is_set()
+    # When host A records two outcomes, Then host B's waiters are rung with their jobs
+    mouth.ring_done([12, 5])
+    assert servicehome.wait_until(lambda: named, 10)
+    assert named == [[5, 12]] and not cancelled.is_set()
+    # When a job is cancelled on host A, Then host B's subscribers are rung
+    mouth.ring_cancel()
+    assert _heard_within(cancelled)
+    assert ear.heard == 3 and named == [[5, 12]]
+
+
+def test_more_recorded_jobs_than_fit_are_a_plain_ring_of_every_waiter(rabbitmq_url, amqp_names, links):
+    from enstratus_workers.jobs.wakeup import RING_MAX
+
+    mq = _mq(rabbitmq_url, amqp_names)
+    named = []
+    _started(links, WakeListener(mq, "host-b", "ewtest publisher", lambda: None, on_done=named.append))
+    mouth = _started(links, WakeRinger(mq, "host-a", "ewtest subscriber"))
+    # When host A records more outcomes at once than a ring can name
+    mouth.ring_done(range(10**9, 10**9 + RING_MAX // 5))
+    # Then host B's waiters get a ring naming no job: each of them reads its row
+    assert servicehome.wait_until(lambda: named, 10)
+    assert named == [[]]
+
+
+def test_rings_close_together_share_one_message(rabbitmq_url, amqp_names, links, monkeypatch):
+    from enstratus_workers.mq import amqp_wake
+
+    # (a gather wide enough that a loaded machine cannot split the two rings)
+    monkeypatch.setattr(amqp_wake, "GATHER_S", 0.3)
+    mq = _mq(rabbitmq_url, amqp_names)
+    named = []
+    ear = _started(links, WakeListener(mq, "host-b", "ewtest publisher", lambda: None, on_done=named.append))
+    mouth = _started(links, WakeRinger(mq, "host-a", "ewtest subscriber"))
+    # When a recorder rings room for its publishers, then the outcomes for the waiters
+    mouth.ring()
+    mouth.ring_done([7])
+    mouth.ring_done([8])
+    # Then one message carried them all
+    assert servicehome.wait_until(lambda: named, 10)
+    time.sleep(0.5)
+    assert named == [[7, 8]] and ear.heard == 1 and mouth.sent == 1
+
+
+@pytest.mark.parametrize("said", ["7,x", "-7", "", 7, "7" * 30, "1," * 5000, b"\xff"])
+def test_a_ring_naming_jobs_badly_is_a_plain_ring(rabbitmq_url, amqp_names, links, said):
+    """Anyone who may publish to the wake exchange may send anything: a ``done`` that is not a
+    short list of ids costs each waiter of the host a read, and stops nothing."""
+    import pika
+
+    from enstratus_workers.mq.amqp_wake import DONE_HEADER, wake_exchange
+
+    mq = _mq(rabbitmq_url, amqp_names)
+    named, woken = [], threading.Event()
+    _started(links, WakeListener(mq, "host-b", "ewtest publisher", woken.set, on_done=named.append))
+    with pika.BlockingConnection(pika.URLParameters(rabbitmq_url)) as conn:
+        conn.channel().basic_publish(wake_exchange(mq), "", b"host-x",
+                                     pika.BasicProperties(headers={DONE_HEADER: said}))
+    assert _heard_within(woken)
+    assert servicehome.wait_until(lambda: named, 10)
+    assert named == [[]]
+    # and the listener still hears the next ring
+    woken.clear()
+    mouth = _started(links, WakeRinger(mq, "host-a", "ewtest subscriber"))
+    mouth.ring_done([3])
+    assert servicehome.wait_until(lambda: len(named) == 2, 10) and named[1] == [3]
+
+
+def test_a_wait_on_host_b_is_woken_by_the_outcome_recorded_on_host_a(
+        rabbitmq_url, amqp_names, tmp_path, monkeypatch):
+    from dataclasses import replace
+
+    from enstratus_workers.jobs import submit as submit_mod
+    from enstratus_workers.jobs.values import Outcome
+    from enstratus_workers.jobs.wakeup import SUBSCRIBER, Bell
+    from enstratus_workers.mq.amqp_wake import ring_through_broker
+
+    # Given host B's publisher, and a wait on host B whose safety net is a minute away
+    monkeypatch.setattr(submit_mod, "WAIT_SAFETY_NET_S", 60.0)
+    layout, settings, publisher, runner = _publisher_of_host_b(tmp_path, amqp_names)
+    # (host B's subscriber, as the ringers find it: its pid file, and its cancel bell)
+    (layout.run_dir / "subscriber@b.pid").write_text(f"{threading.get_native_id()}\n")
+    owner_bell = Bell(layout.run_dir, "b", SUBSCRIBER)
+    waiting = open_databases(settings.worker, layout)
+    # and host A's store, whose local rings cannot reach host B (closed, as on another machine),
+    # ringing through the broker
+    host_a = replace(settings, worker=replace(settings.worker, host_name="host-a"))
+    dbs = open_databases(host_a.worker, layout)
+    for r in dbs.ringers:
+        r.close()
+    mouth = ring_through_broker(host_a, dbs.ringers, "ewtest subscriber")
+    done, reads = [], []
+    get = waiting.jobs.get
+    monkeypatch.setattr(waiting.jobs, "get", lambda job_id: (reads.append(job_id), get(job_id))[1])
+    try:
+        assert mouth.connected.wait(15)
+        other, _ = dbs.jobs.submit(NewJob("noop", "{}", settings.worker.default_queue, 1))
+        job, _ = dbs.jobs.submit(NewJob("noop", "{}", settings.worker.default_queue, 1))
+        waiter = threading.Thread(target=lambda: done.append(
+            submit_mod.wait_for(waiting, job.job_id, timeout=30, run_dir=layout.run_dir)))
+        waiter.start()
+        assert servicehome.wait_until(lambda: list((layout.run_dir / "bells").glob("waiter@*.bell")), 5)
+
+        def record(job_id):
+            now = int(time.time() * 1000)
+            dbs.jobs.record_outcomes([Outcome(job_id=job_id, attempt=1, status="succeeded", worker="w",
+                                              owner="o", start_ms=now, end_ms=now, result="1", error=None)])
+        # When host A records another job's outcome, Then the wait goes on without a read
+        record(other.job_id)
+        time.sleep(1.0)
+        assert waiter.is_alive() and reads == [job.job_id]
+        # When host A records the waited job's outcome, Then the wait ends, at once, with it
+        record(job.job_id)
+        waiter.join(15)
+        assert not waiter.is_alive() and done[0].status == "succeeded"
+        assert reads == [job.job_id, job.job_id]
+        # When a job is cancelled on host A, Then host B's subscriber is rung
+        third, _ = dbs.jobs.submit(NewJob("noop", "{}", settings.worker.default_queue, 1))
+        owner_bell.drain()
+        dbs.jobs.cancel(third.job_id)
+        assert owner_bell.wait(15)
+    finally:
+        mouth.close()
+        owner_bell.close()
+        publisher.request_stop()
+        runner.join(30)
+        waiting.close()
+        dbs.close()

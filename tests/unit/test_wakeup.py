@@ -390,6 +390,21 @@ def test_an_outcome_ring_names_its_jobs_and_a_plain_or_foreign_ring_names_none(r
         waiter.close()
 
 
+def test_a_waiter_ringer_passes_the_recorded_jobs_on_to_its_hooks(run_dir):
+    """The broker's ring of other hosts' waiters (``mq/amqp_wake.py``) is attached here: it gets
+    the jobs of every outcome ring, whether or not this host has a waiter, and no plain ring."""
+    ringer = Ringer(run_dir, WAITER)
+    passed, plain = [], []
+    ringer.also_done(passed.append)
+    ringer.also(lambda: plain.append(1))
+    try:
+        ringer.ring_done(iter([4, 9]))   # (an iterator: read once, for the bells and the hooks)
+        ringer.ring_done([])
+        assert passed == [[4, 9], []] and plain == []
+    finally:
+        ringer.close()
+
+
 def test_a_cancel_rings_this_hosts_subscribers_so_the_owner_looks_at_once(tmp_path):
     from enstratus_workers.config.settings import WorkerSettings
     from enstratus_workers.jobs.wakeup import SUBSCRIBER

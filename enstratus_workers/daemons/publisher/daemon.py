@@ -60,6 +60,7 @@ class Publisher(Service):
         self._stop = threading.Event()
         self._bell: Bell | None = None
         self._ear = None                      # the broker's rings from other hosts
+        self._relay_ringers = []              # the ear's rings of this host's waiters and subscribers
         self.transport = None
         self._declared: set[str] = set()
         self._relay_conn: HeldConnection | None = None   # the passes' own (made at the first)
@@ -127,6 +128,8 @@ class Publisher(Service):
                 pass
             if self._ear is not None:
                 self._ear.close()
+            for ringer in self._relay_ringers:
+                ringer.close()
             if self._relay_conn is not None:
                 self._relay_conn.close()
             self.dbs.close()
@@ -145,13 +148,19 @@ class Publisher(Service):
             self.room_rings_let_go += 1
 
     def _listen_to_other_hosts(self):
-        """On RabbitMQ, the other hosts' rings (``mq/amqp_wake.py``) ring this bell too."""
+        """On RabbitMQ, the other hosts' rings (``mq/amqp_wake.py``) ring this bell too, and
+        this host's waiters and subscribers when they carry recorded outcomes or a cancel."""
         if self._bell is None or self.settings.mq.transport != "amqp":
             return None
+        from enstratus_workers.jobs import wakeup
         from enstratus_workers.mq.amqp_wake import WakeListener
 
-        return WakeListener(self.settings.mq, self.settings.worker.host_name,
-                            f"publisher@{self.name}", self._bell.ring).start()
+        # rung from the listener's thread only: the store's own ringers stay its threads'
+        waiters = wakeup.ringer_for(self.layout.run_dir, wakeup.WAITER)
+        owners = wakeup.ringer_for(self.layout.run_dir, wakeup.SUBSCRIBER)
+        self._relay_ringers = [waiters, owners]
+        return WakeListener(self.settings.mq, self.settings.worker.host_name, f"publisher@{self.name}",
+                            self._bell.ring, waiters.ring_done, owners.ring).start()
 
     def _relay_once(self) -> RelayPass | None:
         """One relay pass: how many jobs it relayed and whether another should follow at once

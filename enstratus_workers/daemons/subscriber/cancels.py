@@ -3,8 +3,9 @@
 A cancel may come from any host's API or CLI, so the subscriber looks for them in the job table
 itself: about every second while it holds work, one query by primary key over the ids of the
 jobs it holds (``JobStore.cancels_among``); a cancel made on this host also rings the
-subscribers' bells (``jobs/wakeup.py``), which makes the next look come at once. What it does with a cancelled attempt depends on
-where the attempt is:
+subscribers' bells (``jobs/wakeup.py``), which makes the next look come at once, and so does one
+made through another host's admin API (rung through the broker, ``mq/amqp_wake.py``). What it
+does with a cancelled attempt depends on where the attempt is:
 
 - waiting here, never handed to a worker: if the row already reads ``cancelled`` (it was pending
   or queued when the cancel landed), the delivery is a stale duplicate and is acked away;
