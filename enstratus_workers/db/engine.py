@@ -21,6 +21,10 @@ from . import writer
 
 log = logging.getLogger(__name__)
 
+#: A pooled connection is replaced once this old (below MySQL's default ``wait_timeout``, 8 h),
+#: and so is a held one (``db/held_connection.py``)
+RECYCLE_S = 3600
+
 
 def make_engine(url: str, layout: Layout, *, create_database: bool = True) -> sa.Engine:
     """An engine for ``url``; relative SQLite paths are relative to the install root."""
@@ -34,7 +38,7 @@ def make_engine(url: str, layout: Layout, *, create_database: bool = True) -> sa
     if backend == "mysql":
         engine = mysql_engine(
             parsed,
-            pool_recycle=3600,        # below wait_timeout
+            pool_recycle=RECYCLE_S,   # below wait_timeout
             isolation_level="READ COMMITTED",  # SKIP LOCKED without gap locks on the outbox
             connect_args={"connect_timeout": 10},
             pool_reset_on_return=None,   # _rollback_only_when_open does it, when it is needed

@@ -24,6 +24,11 @@ failed) the failure is the caller's, and its next use gets the new connection; s
 does not cost such a caller a failed use, a connection it left unused for over
 ``engine.IDLE_PING_S`` is pinged first, as the pool pings one it lends, and replaced if the ping
 fails. Any other failure is the caller's.
+
+A held connection is replaced once ``max_age_s`` old (``engine.RECYCLE_S``, as the pool recycles
+its own), before a use, never within one. A daemon runs for months, and a connection held as long
+would stay on the server it first reached (a proxy's or a virtual IP's node after a failover,
+a server restarted in place behind it) and keep what the server built up for it, for ever.
 """
 
 from __future__ import annotations
@@ -34,7 +39,7 @@ from typing import Callable, TypeVar
 
 import sqlalchemy as sa
 
-from .engine import IDLE_PING_S
+from .engine import IDLE_PING_S, RECYCLE_S
 
 log = logging.getLogger(__name__)
 
@@ -51,7 +56,10 @@ class HeldConnection:
         self.holds = engine.dialect.name == "mysql" and getattr(engine, "enstratus_writer", None) is None
         self._conn: sa.Connection | None = None
         self._used_at = 0.0
+        self._opened_at = 0.0
+        self.max_age_s = RECYCLE_S   # held this long, a connection is replaced (module docstring)
         self.replaced = 0       # connections dropped by the server and replaced
+        self.recycled = 0       # connections replaced at their age
 
     def run(self, use: Callable[[sa.Connection | None], T]) -> T:
         if not self.holds:
@@ -98,7 +106,15 @@ class HeldConnection:
             except Exception:  # noqa: BLE001 - it is being dropped either way
                 log.debug("error invalidating the held connection", exc_info=True)
             self.close()
+        if self._conn is not None and time.monotonic() - self._opened_at > self.max_age_s:
+            self.recycled += 1
+            try:
+                self._conn.invalidate()   # closed for good: back in the pool, it would be lent again
+            except Exception:  # noqa: BLE001 - it is being dropped either way
+                log.debug("error closing the held connection at its age", exc_info=True)
+            self.close()
         if self._conn is None:
+            self._opened_at = time.monotonic()
             conn = self.engine.connect()
             self._conn = conn.execution_options(isolation_level="AUTOCOMMIT") if self.autocommit else conn
         return self._conn

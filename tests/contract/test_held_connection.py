@@ -13,6 +13,7 @@ from enstratus_workers.config.settings import Secret, WorkerSettings
 from enstratus_workers.db.held_connection import HeldConnection
 from enstratus_workers.db import NewJob, open_databases
 from enstratus_workers.layout import Layout
+from tests.servicehome import wait_until
 
 
 def _dbs(url, tmp_path):
@@ -192,6 +193,43 @@ def test_the_publishers_passes_borrow_the_pools_connection_on_sqlite(tmp_path):
         seen: list = []
         assert not held.holds and _relay(dbs, held, seen).relayed == 1
         assert [j.job_id for j in seen] == [job.job_id] and dbs.provisioning.pool.checkedout() == 0
+    finally:
+        held.close()
+        dbs.close()
+
+
+@pytest.mark.parametrize("autocommit", [True, False], ids=["delivery check", "relay pass"])
+def test_a_held_connection_is_replaced_at_its_age_between_uses_not_within_one(mysql_url, tmp_path, autocommit):
+    import time
+
+    dbs = _dbs(mysql_url, tmp_path)
+    held = HeldConnection(dbs.provisioning, autocommit=autocommit, retry=autocommit)
+    held.max_age_s = 0.5
+    try:
+        # Given a connection held, and used again while young: the same one
+        first = _connection_id(held)
+        assert _connection_id(held) == first and held.recycled == 0
+        # When a use runs past the connection's age, Then it keeps its connection to the end
+        def slow(conn):
+            before = conn.exec_driver_sql("SELECT CONNECTION_ID()").scalar()
+            time.sleep(0.7)
+            return before, conn.exec_driver_sql("SELECT CONNECTION_ID()").scalar()
+        assert held.run(slow) == (first, first)
+        # and the next use is on a new connection; the old one is closed on the server, not
+        # lent to another thread, and the held one is the only one checked out
+        second = _connection_id(held)
+        assert second != first and held.recycled == 1 and held.replaced == 0
+        admin = pymysql.connect(host="127.0.0.1", port=3306, user="root", autocommit=True)
+        try:
+            cur = admin.cursor()
+
+            def listed() -> int:   # (the server ends a closed connection's thread a moment later)
+                cur.execute("SELECT COUNT(*) FROM information_schema.PROCESSLIST WHERE ID = %s", (first,))
+                return cur.fetchone()[0]
+            assert wait_until(lambda: listed() == 0, 5)
+        finally:
+            admin.close()
+        assert dbs.provisioning.pool.checkedout() == 1
     finally:
         held.close()
         dbs.close()
