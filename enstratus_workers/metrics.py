@@ -27,7 +27,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Histo
 from prometheus_client.registry import Collector
 
 from .db import Databases, open_databases
-from .db.analytics import ActionTotal
+from .db.analytics import ACTIONS_KEPT, OTHER_ACTIONS, ActionTotal, ranked_actions
 from .db.cloud_rates import CloudRateStore
 from .db.schema import DURATION_BUCKETS
 from .monitor.stat import DEAD, DEGRADED, RUNNING, STOPPED, WORKER_STATES, SUBSCRIBER, Stat, TransportDepths
@@ -45,24 +45,25 @@ def _err(exc: BaseException) -> str:
 
 
 #: most actions reported by name; the rest are summed under ``OTHER_ACTIONS``. Submitting takes
-#: any well-formed action name (a plugin may be installed on the workers only), and each name
-#: ever submitted keeps its totals: without a cap, a client inventing names (``foo.v123``, one
-#: with an id in it) would add about 19 series per name to every scrape, for ever.
-METRIC_ACTIONS_MAX = 200
-#: the label of the actions past the cap: parentheses are never in an action's name
-OTHER_ACTIONS = "(other)"
+#: any well-formed action name (a plugin may be installed on the workers only): without a cap, a
+#: client inventing names (``foo.v123``, one with an id in it) would add about 19 series per name
+#: to every scrape, for ever. The stored totals keep as many (``db/analytics.py``, folded by
+#: retention), so the scrape shows the same names as the table keeps.
+METRIC_ACTIONS_MAX = ACTIONS_KEPT
 
 
 def capped_actions(totals: Iterable[ActionTotal], most: int) -> list[ActionTotal]:
     """The totals of the ``most`` actions with the most attempts (by name on a tie) as they are,
-    and the others' summed per outcome under the action ``OTHER_ACTIONS``."""
+    and the others' summed per outcome under the action ``OTHER_ACTIONS``, with the rows
+    retention already summed under that name."""
     totals = list(totals)
     per_action: dict[str, int] = {}
     for t in totals:
-        per_action[t.action] = per_action.get(t.action, 0) + t.attempts
+        if t.action != OTHER_ACTIONS:
+            per_action[t.action] = per_action.get(t.action, 0) + t.attempts
     if len(per_action) <= most:
         return totals
-    kept = set(sorted(per_action, key=lambda a: (-per_action[a], a))[:most])
+    kept = set(ranked_actions(per_action)[:most])
     out = [t for t in totals if t.action in kept]
     others: dict[str, list] = {}
     for t in totals:

@@ -7,6 +7,12 @@ same per minute for the status page's charts (``enstratus_action_minute``), both
 ``record`` in the events' own transaction: one upsert each per chunk of events, so the totals
 agree with the events ever written, and a scrape (or a chart of the last hour) reads a row per
 (action, outcome) (per minute) whatever the number of events.
+
+The totals keep at most ``ACTIONS_KEPT`` actions by name: retention (``db/retention.py``) folds
+the others' rows, those with the fewest attempts, into the rows of ``OTHER_ACTIONS``. Submitting
+takes any well-formed action name (a plugin may be installed on the workers only), so a client
+inventing names (one with an id in it) would otherwise add a row per name and outcome for ever,
+and every scrape would read them all. ``/metrics`` shows the same actions by name either way.
 """
 
 from __future__ import annotations
@@ -26,6 +32,12 @@ from .schema import action_minutes as AM
 from .schema import action_totals as AT
 from .schema import events as E
 from .schema import server_events as SE
+
+
+#: actions whose totals keep their own rows; the rest are summed under ``OTHER_ACTIONS``
+ACTIONS_KEPT = 200
+#: the action name of the summed rows: parentheses are never in an action's name
+OTHER_ACTIONS = "(other)"
 
 
 @dataclass(frozen=True)
@@ -100,6 +112,42 @@ def _sums_of(events: Sequence[Event], key: Callable[[Event], tuple]) -> list[tup
 def _totals_of(events: Sequence[Event]) -> list[tuple]:
     """Rows of ``enstratus_action_total`` to add for ``events``."""
     return _sums_of(events, lambda e: (e.action, e.outcome))
+
+
+def ranked_actions(attempts: dict[str, int]) -> list[str]:
+    """Action names by their attempts, most first, by name on a tie: the order ``/metrics``
+    keeps names in and ``fold_totals`` folds them from the end of."""
+    return sorted(attempts, key=lambda a: (-attempts[a], a))
+
+
+def fold_totals(engine: sa.Engine, most: int | None = None, batch: int = 100) -> tuple[int, bool]:
+    """Sum the totals of up to ``batch`` actions past the ``most`` with the most attempts into
+    the rows of ``OTHER_ACTIONS`` and delete theirs, in one transaction (module docstring):
+    (rows folded, whether more are past ``most``). The rows folded are locked first and deleted
+    by key, so an attempt recorded meanwhile is either summed or left in a row of its own."""
+    most = ACTIONS_KEPT if most is None else most
+    with engine.connect() as conn:
+        names = conn.execute(sa.text(
+            f"SELECT action FROM enstratus_action_total WHERE action <> :other GROUP BY action "
+            f"ORDER BY SUM(attempts) DESC, action LIMIT {int(batch) + 1} OFFSET {int(most)}"
+        ).bindparams(other=OTHER_ACTIONS)).scalars().all()
+    if not names:
+        return 0, False
+    with engine.begin() as conn:
+        rows = conn.execute(sa.select(AT).where(AT.c.action.in_(names[:batch]))
+                            .order_by(AT.c.action, AT.c.outcome).with_for_update()).all()
+        if not rows:
+            return 0, len(names) > batch
+        sums: dict[str, list[int]] = {}
+        for r in rows:
+            row = sums.setdefault(r.outcome, [0] * len(_ADDED))
+            for i, column in enumerate(_ADDED):
+                row[i] += int(getattr(r, column))
+        _upsert_sums(conn, "enstratus_action_total", ("action", "outcome"),
+                     [(OTHER_ACTIONS, outcome, *row) for outcome, row in sorted(sums.items())])
+        conn.execute(AT.delete().where(sa.tuple_(AT.c.action, AT.c.outcome).in_(
+            [(r.action, r.outcome) for r in rows])))
+    return len(rows), len(names) > batch
 
 
 def _minutes_of(events: Sequence[Event]) -> list[tuple]:

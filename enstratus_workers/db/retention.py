@@ -12,7 +12,9 @@ What is deleted, and when (``worker.properties``, seconds; 0 keeps forever):
 - rows of the audit log of operator actions (``db/audit.py``) written ``retention.audit`` ago.
 
 Counts survive it: the job and action totals are kept by the writes that change them
-(``db/jobs.py``, ``db/analytics.py``) and are not touched here. The one figure that is a count
+(``db/jobs.py``, ``db/analytics.py``) and are not pruned. A pass ends by folding the action
+totals past ``analytics.ACTIONS_KEPT`` names into the ``(other)`` rows (``analytics.fold_totals``):
+summed, not lost, and bounded however many names clients invent. The one figure that is a count
 of rows, the Jobs page's "created since the reset", gets what is pruned of those rows added
 to ``enstratus_job_pruned`` under the reset time in force, in the same transaction as the
 DELETE. (A job pruned before a reset was created before it, so a later reset never needs it.)
@@ -36,6 +38,7 @@ import sqlalchemy as sa
 
 from ..clock import now_ms
 from ..jobs.lifecycle import CANCELLED, DEAD, FAILED, SUCCEEDED
+from .analytics import fold_totals
 from .instances import InstanceStore
 from .schema import MINUTE_MS, RETENTION_LEASE
 from .schema import job_pruned as P
@@ -143,6 +146,7 @@ class Pruner:
             table, status, cutoff = p.todo[0]
             found, more = (self._jobs_batch(p, status, cutoff) if table == "enstratus_job"
                            else self._minutes_batch(p, cutoff) if table == "enstratus_action_minute"
+                           else fold_totals(self.analytics, batch=self.batch) if table == "enstratus_action_total"
                            else self._events_batch(p, table, cutoff))
             if found:
                 key = status or table
@@ -185,6 +189,7 @@ class Pruner:
             todo.append(("enstratus_action_minute", "", now - int(max(self.periods.events, MINUTES_KEPT_S) * 1000)))
         if self.periods.audit > 0:
             todo.append(("enstratus_audit", "", now - int(self.periods.audit * 1000)))
+        todo.append(("enstratus_action_total", "", 0))   # folded, not pruned: no cutoff
         return Pass(now=now, since=self._since(), todo=todo)
 
     def _finish(self, p: Pass) -> None:

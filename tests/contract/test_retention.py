@@ -382,3 +382,44 @@ def test_old_audit_rows_and_per_minute_figures_go_the_charts_hour_stays(dbs):
         assert conn.execute(sa.select(sa.func.count()).select_from(audit_log)).scalar() == 1
     assert [m.minute_ms for m in dbs.events.minutes(0)] == [
         (now_ms() - 30 * MINUTE_MS) // MINUTE_MS * MINUTE_MS]
+
+
+def _totals(dbs) -> dict[tuple[str, str], int]:
+    return {(t.action, t.outcome): t.attempts for t in dbs.events.totals()}
+
+
+def test_action_totals_past_the_kept_names_are_folded_and_the_metrics_stay_the_same(dbs, tmp_path, monkeypatch):
+    from enstratus_workers import metrics
+    from enstratus_workers.db import analytics
+
+    monkeypatch.setattr(analytics, "ACTIONS_KEPT", 3)
+    monkeypatch.setattr(metrics, "METRIC_ACTIONS_MAX", 3)
+    # Given the attempts of three busy actions and of six names a client made up, one of them
+    # with two outcomes, all recent (retention deletes nothing)
+    now = now_ms()
+    events = []
+    for action, outcome, n in (("launch", "succeeded", 9), ("sync", "succeeded", 7), ("sync", "failed", 1),
+                               ("stop", "failed", 5), ("made.up.1", "failed", 2), ("made.up.1", "succeeded", 1),
+                               *((f"made.up.{i}", "failed", 1) for i in range(2, 7))):
+        events += [Event(len(events) + 1, action, "default", 1, outcome, 40 * n, "w@h.1", now)] * n
+    dbs.events.record(events)
+    registry = make_registry(_settings(tmp_path), Layout(tmp_path), dbs=dbs, depths=FakeDepths({}))
+    before = scrape(registry)
+    # When a pass runs, folding two actions a batch
+    deleted = _pruner(dbs, batch=2).run_pass()
+    # Then the three busiest keep their rows, the others are summed per outcome under "(other)"
+    assert deleted == {"enstratus_action_total": 7}
+    assert _totals(dbs) == {("launch", "succeeded"): 9, ("sync", "succeeded"): 7, ("sync", "failed"): 1,
+                            ("stop", "failed"): 5, ("(other)", "failed"): 7, ("(other)", "succeeded"): 1}
+    # and the metrics say what they said
+    assert scrape(registry) == before
+    # When a folded name comes back, and a new one comes busier than a kept one
+    dbs.events.record([Event(100, "made.up.3", "default", 1, "failed", 10, "w@h.1", now)]
+                      + [Event(101, "resize", "default", 1, "succeeded", 10, "w@h.1", now)] * 6)
+    after = scrape(registry)
+    _pruner(dbs, batch=2).run_pass()
+    # Then the next pass folds what is past the kept names again, counting every attempt once
+    assert _totals(dbs) == {("launch", "succeeded"): 9, ("sync", "succeeded"): 7, ("sync", "failed"): 1,
+                            ("resize", "succeeded"): 6, ("(other)", "failed"): 13, ("(other)", "succeeded"): 1}
+    assert scrape(registry) == after
+    assert sum(_totals(dbs).values()) == len(events) + 7

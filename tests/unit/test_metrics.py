@@ -277,3 +277,21 @@ def test_each_cloud_key_shows_its_current_rate_beside_the_configured_one_and_its
     assert [sample(samples, p + name + "_total", provider="ec2", account="42")
             for name in ("requests", "throttles", "deferrals")] == [3, 1, 0]
     assert sample(samples, p + "requests_total", provider="local", account="7") == 2
+
+
+def test_stored_other_rows_are_summed_with_the_actions_past_the_cap_never_named_twice():
+    from enstratus_workers.db.analytics import ActionTotal
+    from enstratus_workers.metrics import capped_actions
+
+    def total(action, outcome, n):
+        return ActionTotal(action, outcome, n, 10 * n, (n, 0))
+    # Given totals retention already folded into "(other)" (busier than any action), and more
+    # actions by name than the cap
+    stored = [total("(other)", "failed", 50), total("launch", "succeeded", 9), total("sync", "succeeded", 7),
+              total("made.up", "failed", 1), total("made.up", "succeeded", 2)]
+    # Then "(other)" is never ranked as an action: one row per outcome, the stored rows and the
+    # actions past the cap together
+    assert capped_actions(stored, 2) == [total("launch", "succeeded", 9), total("sync", "succeeded", 7),
+                                         total("(other)", "failed", 51), total("(other)", "succeeded", 2)]
+    # and under the cap the stored rows are shown as they are
+    assert capped_actions(stored, 3) == stored
