@@ -107,6 +107,19 @@ def mysql_url(mysql_server):
         run(f"DROP DATABASE IF EXISTS `{name}`")
 
 
+@pytest.fixture
+def mariadb_dbs(mysql_url, tmp_path):
+    """The service's databases (provisioning and analytics in one) on a fresh MariaDB database."""
+    from enstratus_workers.config.settings import Secret, WorkerSettings
+    from enstratus_workers.db import open_databases
+    from enstratus_workers.layout import Layout
+
+    dbs = open_databases(WorkerSettings(provisioning_url=Secret(mysql_url), analytics_url=Secret(mysql_url)),
+                         Layout(tmp_path))
+    yield dbs
+    dbs.close()
+
+
 @pytest.hookimpl(hookwrapper=True)
 def pytest_runtest_makereport(item, call):
     """Captured output with a lone surrogate (the hostile-input tests log some on purpose) is kept

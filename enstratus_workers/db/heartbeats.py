@@ -2,6 +2,14 @@
 
 A daemon writes its row every few seconds with ``expires_ms`` a little beyond its next beat; a
 reader treats an expired row as a dead daemon without anyone having to say so.
+
+On MySQL/MariaDB the times of a beat are the database server's (``db_now_ms``), and so is the
+time a reader judges them by (``Heartbeat.observed_ms``, read with the rows): a fleet's hosts
+compare one clock. With each host's own, a publisher host whose clock ran an hour ahead read
+every other host's heartbeat as expired, and put their running jobs back to run again
+(``daemons/publisher/recovery.py``); a host an hour behind looked dead to the others. A
+daemon's ``started_ms`` stays its own host's (it is shown, never compared). On SQLite there is
+one host, whose clock is the database's.
 """
 
 from __future__ import annotations
@@ -28,10 +36,12 @@ class Heartbeat:
     expires_ms: int
     status: str
     details: dict
+    #: when the row was read, on the clock its times were written by (module docstring)
+    observed_ms: int | None = None
 
     @property
     def expired(self) -> bool:
-        return now_ms() > self.expires_ms
+        return (now_ms() if self.observed_ms is None else self.observed_ms) > self.expires_ms
 
     def as_dict(self) -> dict:
         d = dict(self.__dict__)
@@ -51,8 +61,10 @@ class HeartbeatStore:
     def beat(self, daemon: str, name: str, *, ttl_s: float, status: str = "ok",
              details: dict | None = None, started_ms: int | None = None) -> None:
         now = now_ms()
+        clock = db_now_ms(self.engine.dialect.name)
+        beat = now if clock is None else clock
         key = dict(daemon=daemon, name=name, host=self.host)
-        values = dict(pid=os.getpid(), beat_ms=now, expires_ms=now + int(ttl_s * 1000),
+        values = dict(pid=os.getpid(), beat_ms=beat, expires_ms=beat + int(ttl_s * 1000),
                       status=status, details=json.dumps(details or {}, default=str),
                       started_ms=started_ms or now)
         with self.engine.begin() as conn:
@@ -74,9 +86,24 @@ class HeartbeatStore:
             return conn.execute(H.delete().where(H.c.host == host)).rowcount
 
     def all(self) -> list[Heartbeat]:
+        """Every row, each with the time it was read (``observed_ms``) on the clock of its times."""
+        clock = db_now_ms(self.engine.dialect.name)
+        q = sa.select(H, *(() if clock is None else (clock.label("observed_ms"),))).order_by(H.c.daemon, H.c.name)
         with self.engine.connect() as conn:
-            rows = conn.execute(sa.select(H).order_by(H.c.daemon, H.c.name)).mappings().all()
-        return [Heartbeat(**{**r, "details": json.loads(r["details"] or "{}")}) for r in rows]
+            rows = conn.execute(q).mappings().all()
+        observed = now_ms() if clock is None else None
+        return [Heartbeat(**{"observed_ms": observed, **r, "details": json.loads(r["details"] or "{}")})
+                for r in rows]
+
+
+def db_now_ms(dialect: str):
+    """The database server's clock, ms since the epoch, as an SQL expression (on MySQL and
+    MariaDB: the statement's start, as ``NOW()``); None on SQLite, whose clock is this host's.
+    Not ``UNIX_TIMESTAMP(NOW(3))``: that converts a local time back, an hour off in the hour a
+    time zone's clocks go back."""
+    if dialect != "mysql":
+        return None
+    return sa.literal_column("(UNIX_TIMESTAMP() * 1000 + MICROSECOND(NOW(6)) DIV 1000)", sa.BigInteger)
 
 
 def live_owners(heartbeats) -> set[str]:

@@ -39,6 +39,7 @@ import sqlalchemy as sa
 from ..clock import now_ms
 from ..jobs.lifecycle import CANCELLED, DEAD, FAILED, SUCCEEDED
 from .analytics import fold_totals
+from .heartbeats import db_now_ms
 from .instances import InstanceStore
 from .schema import MINUTE_MS, RETENTION_LEASE
 from .schema import job_pruned as P
@@ -116,8 +117,11 @@ class Pruner:
 
     # -- the lease -----------------------------------------------------------------------------
     def acquire(self, now: int | None = None) -> bool:
-        """Take or renew the lease; False while another holder's has not expired."""
-        now = now_ms() if now is None else now
+        """Take or renew the lease; False while another holder's has not expired. Timed on the
+        database server's clock where it has one (``heartbeats.db_now_ms``): a host whose clock
+        ran ahead would take a live holder's lease, and one behind keep its own too long."""
+        clock = db_now_ms(self.provisioning.dialect.name) if now is None else None
+        now = (now_ms() if now is None else now) if clock is None else clock
         with self.provisioning.begin() as conn:
             return bool(conn.execute(L.update().where(
                 L.c.name == RETENTION_LEASE, sa.or_(L.c.expires_ms < now, L.c.holder == self.holder))

@@ -27,6 +27,7 @@ import sqlalchemy as sa
 
 from ..clock import now_ms
 from ..db.desired import missing_table
+from ..db.heartbeats import db_now_ms
 from ..db.hosts import HostRegistry, KnownHost
 from ..db.retry import retried
 from ..db.schema import heartbeats as H
@@ -152,6 +153,7 @@ def known_hosts(dbs) -> dict[str, tuple[str, ...]]:
 def forget_expired(engine: sa.Engine, now: int | None = None, forget_after_s: float = FORGET_AFTER_S) -> int:
     """Delete heartbeat rows expired more than ``forget_after_s`` ago (the pinger does this each
     round); returns how many went."""
-    cutoff = (now or now_ms()) - int(forget_after_s * 1000)
+    clock = db_now_ms(engine.dialect.name) if now is None else None   # the rows' own clock
+    cutoff = (now or now_ms() if clock is None else clock) - int(forget_after_s * 1000)
     with engine.begin() as conn:
         return conn.execute(H.delete().where(H.c.expires_ms < cutoff)).rowcount

@@ -91,7 +91,9 @@ class Stat:
                        depths: DepthsSource | None = None, observed_ms: int | None = None) -> "Stat":
         return cls(name=hb.name, host=hb.host, pid=hb.pid, started_ms=hb.started_ms, beat_ms=hb.beat_ms,
                    expires_ms=hb.expires_ms, heartbeat_status=hb.status, details=dict(hb.details or {}),
-                   queues=tuple(queues), observed_ms=observed_ms if observed_ms is not None else now_ms(),
+                   queues=tuple(queues), observed_ms=(
+                       observed_ms if observed_ms is not None
+                       else hb.observed_ms if hb.observed_ms is not None else now_ms()),
                    depths_source=depths)
 
     @classmethod
@@ -118,8 +120,8 @@ class Stat:
                 dbs.close()
         if depths is None:
             depths = _one_shot_depths(settings, layout)
-        observed = now_ms()
-        stats = [cls.from_heartbeat(hb, queues, depths=depths, observed_ms=observed) for hb in beats]
+        # each row as read: on the database's clock, which its times are on (db/heartbeats.py)
+        stats = [cls.from_heartbeat(hb, queues, depths=depths) for hb in beats]
         return sorted(stats, key=lambda s: (s.host, s.name))
 
     @classmethod

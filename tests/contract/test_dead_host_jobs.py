@@ -6,6 +6,9 @@ On the embedded SQLite and a real MariaDB."""
 from __future__ import annotations
 
 import time
+from contextlib import contextmanager
+
+import pytest
 
 from enstratus_workers.config.settings import Settings, WorkerSettings
 from enstratus_workers.daemons.publisher.recovery import StuckJobs
@@ -13,7 +16,7 @@ from enstratus_workers.db import Event, Outcome, Started
 from enstratus_workers.db.heartbeats import HeartbeatStore
 from tests.contract.test_jobs_db import dbs, job  # noqa: F401  (the fixture, on both databases)
 
-HOST1, HOST2 = "subscriber@host1:101:aaaa", "subscriber@host2:202:bbbb"
+HOST1, HOST2, HOST3 = "subscriber@host1:101:aaaa", "subscriber@host2:202:bbbb", "subscriber@host3:303:cccc"
 
 
 def _settings():
@@ -103,3 +106,36 @@ def test_dead_owners_are_looked_for_every_few_seconds_not_every_sweep(dbs):
     _beat(dbs, "host2", HOST2, ttl_s=-1)
     # When the publisher's loop ticks / Then the dead owner's job is back
     assert recovery.tick() == 1 and dbs.jobs.get(jid).status == "pending"
+
+
+@contextmanager
+def _clock_off_by(seconds: float):
+    """This process's wall clock ``seconds`` off, as a host whose clock is off sees it."""
+    real, real_ns = time.time, time.time_ns
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(time, "time", lambda: real() + seconds)
+        mp.setattr(time, "time_ns", lambda: real_ns() + int(seconds * 1e9))
+        yield
+
+
+@pytest.mark.parametrize("publisher_off, subscriber_off", [(3600, 0), (0, -3600), (-3600, 0), (0, 3600)],
+                         ids=["publisher an hour ahead", "subscriber an hour behind",
+                              "publisher an hour behind", "subscriber an hour ahead"])
+def test_hosts_whose_clocks_disagree_judge_heartbeats_alike_on_the_database_clock(
+        mariadb_dbs, publisher_off, subscriber_off):
+    dbs = mariadb_dbs
+    # Given host2's subscriber running a job and beating, and host3's subscriber, which died,
+    # its last beat expired; each written on its host's own clock
+    (alive,) = _running(dbs, HOST2, "default@host2")
+    (orphan,) = _running(dbs, HOST3, "default@host3")
+    with _clock_off_by(subscriber_off):
+        _beat(dbs, "host2", HOST2, ttl_s=10)
+        _beat(dbs, "host3", HOST3, ttl_s=-1)
+    # When host1's publisher, its own clock off or not, looks for dead owners' jobs
+    with _clock_off_by(publisher_off):
+        recovered = StuckJobs(_settings(), dbs).orphans()
+        beats = {hb.host: hb.expired for hb in dbs.heartbeats.all()}
+    # Then the live subscriber's job runs on, and only the dead one's is put back
+    assert beats == {"host2": False, "host3": True}
+    assert recovered == 1
+    assert dbs.jobs.get(alive).status == "running" and dbs.jobs.get(orphan).status == "pending"

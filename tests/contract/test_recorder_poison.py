@@ -18,11 +18,8 @@ from enstratus_workers.layout import Layout
 
 
 @pytest.fixture
-def dbs(mysql_url, tmp_path):
-    d = open_databases(WorkerSettings(provisioning_url=Secret(mysql_url), analytics_url=Secret(mysql_url)),
-                       Layout(tmp_path))
-    yield d
-    d.close()
+def dbs(mariadb_dbs):
+    return mariadb_dbs
 
 
 def _queued(dbs, n):

@@ -155,6 +155,29 @@ def test_two_pruners_at_once_do_not_both_run(dbs):
     assert b.acquire()
 
 
+@pytest.mark.parametrize("off_s", [3600, -3600], ids=["an hour ahead", "an hour behind"])
+def test_a_pruner_whose_hosts_clock_is_off_neither_takes_a_live_lease_nor_keeps_an_expired_one(
+        mariadb_dbs, off_s):
+    from tests.contract.test_dead_host_jobs import _clock_off_by
+
+    dbs = mariadb_dbs
+    for _ in range(4):
+        _finished(dbs, "succeeded", ended_s_ago=60)
+    a, b = _pruner(dbs, holder="pinger@a:1:aaaa", batch=1), _pruner(dbs, holder="pinger@b:2:bbbb", batch=1)
+    # Given host A's pruner mid-pass, its lease live
+    assert a.step() is True
+    # When host B, its clock off by an hour, tries / Then it leaves the pass to A
+    with _clock_off_by(off_s):
+        assert b.step() is False and b.deleted == {}
+    # and once A's lease expired (A stalled), B takes it, clock off or not (what a pass then
+    # prunes is judged by the rows' end times, on B's clock: an hour late at worst)
+    with dbs.provisioning.begin() as conn:
+        conn.execute(schema.leases.update().values(expires_ms=0))
+    with _clock_off_by(off_s):
+        assert b.acquire() is True
+    assert a.step() is False
+
+
 def test_a_pruner_that_outlives_its_lease_stops_and_another_takes_over(dbs):
     # Given a pruner whose lease expired mid-pass (it stalled) and another that took it
     for _ in range(4):

@@ -21,8 +21,9 @@ by the status, timestamp and owner it saw (``JobStore.recover``), so with severa
 it, and an owner that was only cut off and comes back finds its late writes refused: it records
 nothing over the newer attempt.
 
-Expiry is judged on this host's clock against the ``expires_ms`` the owner's host wrote: the
-hosts' clocks must agree (NTP) to well within a heartbeat's life (10 s for a subscriber).
+On MySQL/MariaDB expiry is judged on the database server's clock, which the owner's beats were
+written by too (``db/heartbeats.py``): a host whose clock is off neither sees the others as dead
+nor looks dead to them. (A Galera cluster's nodes must agree among themselves, as NTP keeps them.)
 """
 
 from __future__ import annotations
