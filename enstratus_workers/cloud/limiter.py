@@ -29,7 +29,6 @@ import random
 import time
 from typing import Callable
 
-from ..clock import now_us
 from ..config.settings import CloudLimitSettings
 from ..errors import MAX_DEFER_S, Deferred
 from ..runtime.on_first_use import OnFirstUse
@@ -127,7 +126,8 @@ class KeyTurns:
         """Record the throttle for the fleet; the seconds to wait before the key's next call."""
         slowed = self.limiter.store.throttled(self.provider, self.account, self.policy, asked_us,
                                               throttle.retry_after_s)
-        delay = throttle.retry_after_s or max(MIN_DEFER_S, (slowed.resume_us - now_us()) / rp.US)
+        # relative: the key's times are the database server's clock (db/cloud_rates.py), not this host's
+        delay = throttle.retry_after_s or max(MIN_DEFER_S, slowed.resume_in_s)
         log.warning("cloud API limit: %s throttled %s (%s); rate %s %g/s, next call in %.1f s",
                     self.key, what, throttle.reason, "halved to" if slowed.halved else "stays at",
                     slowed.rate, delay)

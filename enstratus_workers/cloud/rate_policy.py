@@ -62,6 +62,7 @@ class Slowdown:
     halved: bool
     rate: float
     resume_us: int
+    resume_in_s: float   # how long after the throttle that is: what the caller waits
 
 
 @dataclass(frozen=True)
@@ -129,4 +130,4 @@ def throttled(policy: Policy, state: KeyState, now_us: int, asked_us: int,
         state = replace(state, rate=rate, slowed_us=now_us)
     pause = int(retry_after_s * US) if retry_after_s > 0 else interval_us(rate)
     state = replace(state, next_us=max(state.next_us, now_us + pause))
-    return Slowdown(halve, rate, state.next_us), state
+    return Slowdown(halve, rate, state.next_us, (state.next_us - now_us) / US), state

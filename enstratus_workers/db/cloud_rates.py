@@ -12,9 +12,12 @@ would need the same one row and one transaction; the next free turn adds no burs
 provider's bucket sees more than the rate.
 
 Every write runs under ``db/retry.py`` as idempotent: a turn taken twice after a commit lost on
-the wire wastes one turn, it never lets a call through beyond the rate. The clock is each
-host's (``clock.now_us``), as heartbeats and leases use it: hosts must keep time (NTP); a host
-whose clock runs ahead by *d* may call up to *d* early.
+the wire wastes one turn, it never lets a call through beyond the rate. On MySQL/MariaDB the
+clock is the database server's, read in the statement that locks the row (``db/server_clock.py``):
+with each host's own, a host whose clock ran an hour ahead set the key's next turn an hour off,
+and every other host's calls on that key were deferred for that hour. A caller waits for its
+turn by a duration (``Turn.wait_s``, ``Slowdown.resume_in_s``), never by an instant of the
+server's clock. On SQLite (one host) it is this host's (``clock.now_us``).
 """
 
 from __future__ import annotations
@@ -27,6 +30,7 @@ import sqlalchemy as sa
 from ..clock import now_us
 from ..cloud import rate_policy as rp
 from .retry import retried
+from .server_clock import db_now_us
 from .schema import cloud_rates as R
 
 T = TypeVar("T")
@@ -91,16 +95,20 @@ class CloudRateStore:
                 change: Callable[[rp.KeyState, int], tuple[T, rp.KeyState, str]]) -> T:
         """Run ``change`` on the key's row under its lock, creating the row on first use."""
         key = (R.c.provider == provider, R.c.account == account)
+        clock = db_now_us(self.engine.dialect.name)
+        now_column = () if clock is None else (clock.label("now_us"),)   # read with the row it times
         for _ in range(2):
             try:
                 with self.engine.begin() as conn:
-                    row = conn.execute(sa.select(R).where(*key).with_for_update()).mappings().first()
+                    row = conn.execute(sa.select(R, *now_column).where(*key).with_for_update()).mappings().first()
                     if row is None:
                         conn.execute(R.insert().values(provider=provider, account=account, next_us=0,
                                                        rate=None, slowed_us=0, eased_us=0,
                                                        **dict.fromkeys(_COUNTS, 0)))
-                        row = {"next_us": 0, "rate": None, "slowed_us": 0, "eased_us": 0}
-                    answer, after, counted = change(rp.KeyState(**{k: row[k] for k in _STATE}), now_us())
+                        row = {"next_us": 0, "rate": None, "slowed_us": 0, "eased_us": 0,
+                               "now_us": None if clock is None else conn.execute(sa.select(clock)).scalar()}
+                    now = now_us() if clock is None else int(row["now_us"])
+                    answer, after, counted = change(rp.KeyState(**{k: row[k] for k in _STATE}), now)
                     conn.execute(R.update().where(*key).values(
                         **{k: getattr(after, k) for k in _STATE}, **{counted: R.c[counted] + 1}))
                     return answer
@@ -110,8 +118,14 @@ class CloudRateStore:
 
     def rates(self, limits) -> list[KeyRate]:
         """Every key ever used, with its rate now under ``limits`` (``CloudLimitSettings``):
-        recovery is counted up to now, so an idle key reads recovered without a write."""
-        now = now_us()
+        recovery is counted up to now (the server's clock), so an idle key reads recovered
+        without a write."""
+        clock = db_now_us(self.engine.dialect.name)
+        if clock is None:
+            now = now_us()
+        else:
+            with self.engine.connect() as conn:
+                now = int(conn.execute(sa.select(clock)).scalar())
         out = []
         for row in self.all():
             policy = rp.Policy.of(limits, row.provider, row.account)

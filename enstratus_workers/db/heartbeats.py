@@ -3,11 +3,11 @@
 A daemon writes its row every few seconds with ``expires_ms`` a little beyond its next beat; a
 reader treats an expired row as a dead daemon without anyone having to say so.
 
-On MySQL/MariaDB the times of a beat are the database server's (``db_now_ms``), and so is the
-time a reader judges them by (``Heartbeat.observed_ms``, read with the rows): a fleet's hosts
-compare one clock. With each host's own, a publisher host whose clock ran an hour ahead read
-every other host's heartbeat as expired, and put their running jobs back to run again
-(``daemons/publisher/recovery.py``); a host an hour behind looked dead to the others. A
+On MySQL/MariaDB the times of a beat are the database server's (``db/server_clock.py``), and
+so is the time a reader judges them by (``Heartbeat.observed_ms``, read with the rows): a
+fleet's hosts compare one clock. With each host's own, a publisher host whose clock ran an
+hour ahead read every other host's heartbeat as expired, and put their running jobs back to run
+again (``daemons/publisher/recovery.py``); a host an hour behind looked dead to the others. A
 daemon's ``started_ms`` stays its own host's (it is shown, never compared). On SQLite there is
 one host, whose clock is the database's.
 """
@@ -23,6 +23,7 @@ import sqlalchemy as sa
 from .jobs import now_ms
 from .retry import retried
 from .schema import heartbeats as H
+from .server_clock import db_now_ms
 
 
 @dataclass(frozen=True)
@@ -94,16 +95,6 @@ class HeartbeatStore:
         observed = now_ms() if clock is None else None
         return [Heartbeat(**{"observed_ms": observed, **r, "details": json.loads(r["details"] or "{}")})
                 for r in rows]
-
-
-def db_now_ms(dialect: str):
-    """The database server's clock, ms since the epoch, as an SQL expression (on MySQL and
-    MariaDB: the statement's start, as ``NOW()``); None on SQLite, whose clock is this host's.
-    Not ``UNIX_TIMESTAMP(NOW(3))``: that converts a local time back, an hour off in the hour a
-    time zone's clocks go back."""
-    if dialect != "mysql":
-        return None
-    return sa.literal_column("(UNIX_TIMESTAMP() * 1000 + MICROSECOND(NOW(6)) DIV 1000)", sa.BigInteger)
 
 
 def live_owners(heartbeats) -> set[str]:

@@ -27,7 +27,7 @@ import sqlalchemy as sa
 
 from ..clock import now_ms
 from ..db.desired import missing_table
-from ..db.heartbeats import db_now_ms
+from ..db.server_clock import db_now_ms
 from ..db.hosts import HostRegistry, KnownHost
 from ..db.retry import retried
 from ..db.schema import heartbeats as H

@@ -97,3 +97,25 @@ def test_two_processes_sharing_only_the_database_draw_from_one_budget(dbs, tmp_p
     print(f"\n{dbs.provisioning.dialect.name}: 30 turns of one key from 2 processes, spaced "
           f"{min(gaps) / US * 1000:.1f}-{max(gaps) / US * 1000:.1f} ms (interval 50 ms); a turn costs "
           f"{statistics.median(costs) * 1000:.2f} ms median, {costs[int(len(costs) * 0.9)] * 1000:.2f} ms p90")
+
+
+def test_a_host_whose_clock_is_off_does_not_move_the_keys_turns_for_the_others(mariadb_dbs):
+    from tests.contract.test_dead_host_jobs import _clock_off_by
+
+    store = CloudRateStore(mariadb_dbs.provisioning)
+    policy = Policy(rate=10.0, max_wait_s=5.0, recover_after_s=600.0)
+    # Given a host whose clock is an hour ahead, which took a turn on a key and was throttled
+    with _clock_off_by(3600):
+        ahead = store.take_turn("local", "42", policy)
+        slow = store.throttled("local", "42", policy, ahead.asked_us)
+    assert ahead.granted and ahead.wait_s == 0.0
+    # Then it waits the key's interval, not an hour less or more
+    assert 0 < slow.resume_in_s <= 1.0
+    # When a host whose clock is right asks for a turn on the same key
+    turn = store.take_turn("local", "42", policy)
+    # Then it is granted within the halved rate's interval, not deferred for the hour
+    assert turn.granted and turn.wait_s <= 1.0
+    # and a host an hour behind is served as promptly
+    with _clock_off_by(-3600):
+        behind = store.take_turn("local", "42", policy)
+    assert behind.granted and behind.wait_s <= 1.0
