@@ -114,6 +114,7 @@ class AdminService(Service):
         self._stop = False
         self._cold = False
         self.url: str | None = None
+        self.app = None          # the app being served (its ``state.ctx``: the daemon's context)
 
     def request_stop(self, cold: bool = False) -> None:
         self._stop = True
@@ -138,7 +139,7 @@ class AdminService(Service):
         # this host hear the local bell); None on the embedded transport, a fleet of one.
         wake_out = ring_through_broker(self.settings, ctx.dbs.ringers, f"admin@{self.name}", ctx.dbs.heartbeats)
         try:
-            app = create_app(ctx, token, address=(self.admin.host, port))
+            app = self.app = create_app(ctx, token, address=(self.admin.host, port))
             config = uvicorn.Config(app, log_config=None, access_log=False, lifespan="off", server_header=False,
                                     http=header_timeout_protocol(self.admin.header_timeout),
                                     timeout_graceful_shutdown=int(GRACEFUL_S))

@@ -395,6 +395,17 @@ class JobStore:
             self._on_cancel()        # a subscriber of this host may hold it (another host's looks in time)
         return answer
 
+    def finished_among(self, job_ids: Iterable[int]) -> set[int]:
+        """The jobs of ``job_ids`` that have ended (a terminal status): one read per 500 ids, by
+        primary key (the admin API's waits, ``admin/outcome_watch.py``)."""
+        ids = sorted({int(i) for i in job_ids})
+        found: set[int] = set()
+        with self.engine.connect() as conn:
+            for chunk in (ids[i:i + 500] for i in range(0, len(ids), 500)):
+                found.update(conn.execute(sa.select(T.c.job_id).where(
+                    T.c.job_id.in_(chunk), T.c.status.in_(schema.TERMINAL))).scalars())
+        return found
+
     def cancels_among(self, job_ids: Iterable[int]) -> dict[int, tuple[str, int]]:
         """The jobs of ``job_ids`` whose cancel was requested: ``{id: (status, attempts)}``."""
         return cancels.requested_among(self.engine, job_ids)

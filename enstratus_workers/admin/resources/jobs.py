@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from typing import Any, Literal, Optional, Union
 
-from fastapi import APIRouter, Body, Depends, Path, Query, Request, Response
+from fastapi import APIRouter, Body, Depends, HTTPException, Path, Query, Request, Response
 from fastapi.concurrency import run_in_threadpool
 from fastapi.exceptions import RequestValidationError
 from pydantic import TypeAdapter, ValidationError
@@ -23,13 +23,14 @@ from ...db.instances import Conflict, NotFound
 from ...db.job_search import JobFilter, find_jobs
 from ...jobs import lifecycle
 from ...jobs.submit import cancel
-from ...db.schema import STATUSES
+from ...db.schema import STATUSES, TERMINAL
 from .. import jobstats
 from ..auditing import audited
 from ..context import ctx_of
 from ..errors import COMMON, CONFLICT, NOT_FOUND, invalid
 from ..models import (ACCOUNT_MAX, ACCOUNT_PATTERN, ACTION_PATTERN, MAX_BULK_JOBS, QUEUE_PATTERN, JobIn, JobOut,
                       JobStats, SubmitOut)
+from ..outcome_watch import MAX_WAITS, WAIT_MAX_S, OutcomeWatch, TooManyWaits
 from ..strictbody import SafeJSONResponse, printable
 from ..submitter import Submitter
 
@@ -188,12 +189,43 @@ def reset_job_stats(request: Request):
     return jobstats.stats(ctx.store, ctx.dbs.provisioning)
 
 
-@router.get("/{job_id}", response_model=JobOut, responses=NOT_FOUND, summary="One job")
-def get_job(request: Request, job_id: int = Path(ge=1, le=2**63 - 1)):
-    job = ctx_of(request).dbs.jobs.get(job_id)
+@router.get("/{job_id}", response_model=JobOut, responses=NOT_FOUND, summary="One job",
+            description="With `wait` (seconds, up to 60): answered as soon as the job has ended "
+                        "(succeeded, failed, dead or cancelled), else after `wait` with the job as it "
+                        "is then; woken by the recording of its outcome on any host, not by polling. "
+                        f"503 with Retry-After when {MAX_WAITS} waits are on already.")
+async def get_job(request: Request, job_id: int = Path(ge=1, le=2**63 - 1),
+                  wait: float = Query(default=0, ge=0, le=WAIT_MAX_S,
+                                      description="seconds to wait for the job to end (0: answer at once)")):
+    ctx = ctx_of(request)
+    if not wait:
+        return _out(await run_in_threadpool(_existing, ctx, job_id))
+    try:
+        async with outcome_watch_of(request.app).watching(job_id) as outcome:
+            job = await run_in_threadpool(_existing, ctx, job_id)   # read after the wait is registered
+            if job.status not in TERMINAL:
+                await outcome.wait(wait)
+                job = await run_in_threadpool(_existing, ctx, job_id)
+    except TooManyWaits as exc:
+        raise HTTPException(503, f"too many waits at once ({exc}); try again", headers={"Retry-After": "1"}) from None
+    return _out(job)
+
+
+def _existing(ctx, job_id: int):
+    job = ctx.dbs.jobs.get(job_id)
     if job is None:
         raise NotFound(f"no job {job_id}")
-    return _out(job)
+    return job
+
+
+def outcome_watch_of(app) -> OutcomeWatch:
+    """The app's watch of the outcomes its requests wait for (made on first use)."""
+    state = app.state
+    found = getattr(state, "outcome_watch", None)
+    if found is None:
+        ctx = state.ctx
+        found = state.outcome_watch = OutcomeWatch(ctx.dbs.jobs.finished_among, ctx.layout.run_dir)
+    return found
 
 
 def job_state(ctx, arguments: dict) -> dict | None:
