@@ -10,9 +10,9 @@ host without one, would otherwise wait for another host's safety-net poll. So, o
   a thread sends the rings, up to ``BURST`` messages at once, then one per ``MIN_GAP_S``
   (20 ms) for all the rings meanwhile: a burst of 10,000 commits over a second sends about 50,
   each waking each other host's publisher for at most one outbox read. The burst is for the
-  idle job, which rings three times in a few milliseconds (its submit, its start, its outcome):
-  sent one per 20 ms, its outcome's ring, the one a waiter on another host waits for, left
-  15 ms after the start's.
+  idle job, whose subscriber rings twice within a few milliseconds (its start, its outcome):
+  sent one per 20 ms, the outcome's ring, the one a waiter on another host waits for, left
+  about 15 ms after the start's.
 - ``WakeListener`` (in each publisher) binds an exclusive, auto-deleted queue of its own to that
   exchange and rings its publisher's local bell for every ring from another host (its own host's
   rang the bell directly already). The bell drains every ring waiting before the publisher reads
@@ -23,10 +23,10 @@ host without one, would otherwise wait for another host's safety-net poll. So, o
   listener rings its host's waiters with those jobs and its subscribers with the cancel. Without
   them a ``submit --wait`` on one host, whose job another host's subscriber carried out, woke only
   at its ``WAIT_SAFETY_NET_S`` read (its first read comes that long after its submit: 250 ms,
-  where a wait on the job's own host took 14-20 ms, ``bench/fleet_wait.py``), and a cancel made
-  on one host reached the subscriber of another at its look, once a second. A recorder rings room and
-  outcomes one after the other: the ringer's thread waits ``GATHER_S`` after the first ring, so
-  both go in one message.
+  where a wait on the job's own host took 14-20 ms, ``bench/fleet_wait.py``), and a cancel
+  made on one host reached the subscriber of another at its look, once a second. A recorder
+  rings room and outcomes one after the other: the ringer's thread waits ``GATHER_S`` after
+  the first ring, so both go in one message.
 - A ringer whose database shows no publisher of another host (``ring_through_broker``: their
   heartbeat rows, looked at every ``OTHERS_TTL_S`` on the ringer's thread) sends nothing: on one
   host every ring message would be heard only by this host's publishers, who drop it. That was
