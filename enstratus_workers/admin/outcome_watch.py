@@ -22,9 +22,12 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Callable, Iterable
+
+from enstratus_workers.jobs import wakeup
 
 log = logging.getLogger(__name__)
 
@@ -158,10 +161,6 @@ class _Wait:
 
 def _open_bell(run_dir: Path | None):
     """This daemon's waiter bell, announced; None where there are no bells (the safety net alone)."""
-    import os
-
-    from enstratus_workers.jobs import wakeup
-
     if run_dir is None or not wakeup.available():
         return None
     try:

@@ -30,7 +30,7 @@ import sqlalchemy as sa
 from ..clock import now_us
 from ..cloud import rate_policy as rp
 from .retry import retried
-from .server_clock import db_now_us
+from .server_clock import db_now_us, server_now_us
 from .schema import cloud_rates as R
 
 T = TypeVar("T")
@@ -106,7 +106,7 @@ class CloudRateStore:
                                                        rate=None, slowed_us=0, eased_us=0,
                                                        **dict.fromkeys(_COUNTS, 0)))
                         row = {"next_us": 0, "rate": None, "slowed_us": 0, "eased_us": 0,
-                               "now_us": None if clock is None else conn.execute(sa.select(clock)).scalar()}
+                               "now_us": server_now_us(conn)}
                     now = now_us() if clock is None else int(row["now_us"])
                     answer, after, counted = change(rp.KeyState(**{k: row[k] for k in _STATE}), now)
                     conn.execute(R.update().where(*key).values(
@@ -120,12 +120,8 @@ class CloudRateStore:
         """Every key ever used, with its rate now under ``limits`` (``CloudLimitSettings``):
         recovery is counted up to now (the server's clock), so an idle key reads recovered
         without a write."""
-        clock = db_now_us(self.engine.dialect.name)
-        if clock is None:
-            now = now_us()
-        else:
-            with self.engine.connect() as conn:
-                now = int(conn.execute(sa.select(clock)).scalar())
+        with self.engine.connect() as conn:
+            now = server_now_us(conn)
         out = []
         for row in self.all():
             policy = rp.Policy.of(limits, row.provider, row.account)

@@ -23,7 +23,7 @@ import sqlalchemy as sa
 from .jobs import now_ms
 from .retry import retried
 from .schema import heartbeats as H
-from .server_clock import db_now_ms
+from .server_clock import db_now_ms, now_ms_for
 
 
 @dataclass(frozen=True)
@@ -41,8 +41,13 @@ class Heartbeat:
     observed_ms: int | None = None
 
     @property
+    def seen_ms(self) -> int:
+        """When the row was read, on its own clock (this host's now for a row made by hand)."""
+        return now_ms() if self.observed_ms is None else self.observed_ms
+
+    @property
     def expired(self) -> bool:
-        return (now_ms() if self.observed_ms is None else self.observed_ms) > self.expires_ms
+        return self.seen_ms > self.expires_ms
 
     def as_dict(self) -> dict:
         d = dict(self.__dict__)
@@ -61,13 +66,11 @@ class HeartbeatStore:
     @retried(idempotent=True)   # the row is set, not added to: writing it twice is writing it once
     def beat(self, daemon: str, name: str, *, ttl_s: float, status: str = "ok",
              details: dict | None = None, started_ms: int | None = None) -> None:
-        now = now_ms()
-        clock = db_now_ms(self.engine.dialect.name)
-        beat = now if clock is None else clock
+        beat = now_ms_for(self.engine)
         key = dict(daemon=daemon, name=name, host=self.host)
         values = dict(pid=os.getpid(), beat_ms=beat, expires_ms=beat + int(ttl_s * 1000),
                       status=status, details=json.dumps(details or {}, default=str),
-                      started_ms=started_ms or now)
+                      started_ms=started_ms or now_ms())
         with self.engine.begin() as conn:
             updated = conn.execute(H.update().where(*(H.c[k] == v for k, v in key.items()))
                                    .values(**values)).rowcount

@@ -39,7 +39,7 @@ import sqlalchemy as sa
 from ..clock import now_ms
 from ..jobs.lifecycle import CANCELLED, DEAD, FAILED, SUCCEEDED
 from .analytics import fold_totals
-from .server_clock import db_now_ms
+from .server_clock import now_ms_for
 from .instances import InstanceStore
 from .schema import MINUTE_MS, RETENTION_LEASE
 from .schema import job_pruned as P
@@ -120,8 +120,7 @@ class Pruner:
         """Take or renew the lease; False while another holder's has not expired. Timed on the
         database server's clock where it has one (``db/server_clock.py``): a host whose clock
         ran ahead would take a live holder's lease, and one behind keep its own too long."""
-        clock = db_now_ms(self.provisioning.dialect.name) if now is None else None
-        now = (now_ms() if now is None else now) if clock is None else clock
+        now = now_ms_for(self.provisioning, now)
         with self.provisioning.begin() as conn:
             return bool(conn.execute(L.update().where(
                 L.c.name == RETENTION_LEASE, sa.or_(L.c.expires_ms < now, L.c.holder == self.holder))

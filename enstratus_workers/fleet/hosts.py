@@ -27,7 +27,7 @@ import sqlalchemy as sa
 
 from ..clock import now_ms
 from ..db.desired import missing_table
-from ..db.server_clock import db_now_ms
+from ..db.server_clock import now_ms_for
 from ..db.hosts import HostRegistry, KnownHost
 from ..db.retry import retried
 from ..db.schema import heartbeats as H
@@ -153,7 +153,6 @@ def known_hosts(dbs) -> dict[str, tuple[str, ...]]:
 def forget_expired(engine: sa.Engine, now: int | None = None, forget_after_s: float = FORGET_AFTER_S) -> int:
     """Delete heartbeat rows expired more than ``forget_after_s`` ago (the pinger does this each
     round); returns how many went."""
-    clock = db_now_ms(engine.dialect.name) if now is None else None   # the rows' own clock
-    cutoff = (now or now_ms() if clock is None else clock) - int(forget_after_s * 1000)
+    cutoff = now_ms_for(engine, now) - int(forget_after_s * 1000)   # on the rows' own clock
     with engine.begin() as conn:
         return conn.execute(H.delete().where(H.c.expires_ms < cutoff)).rowcount

@@ -91,9 +91,7 @@ class Stat:
                        depths: DepthsSource | None = None, observed_ms: int | None = None) -> "Stat":
         return cls(name=hb.name, host=hb.host, pid=hb.pid, started_ms=hb.started_ms, beat_ms=hb.beat_ms,
                    expires_ms=hb.expires_ms, heartbeat_status=hb.status, details=dict(hb.details or {}),
-                   queues=tuple(queues), observed_ms=(
-                       observed_ms if observed_ms is not None
-                       else hb.observed_ms if hb.observed_ms is not None else now_ms()),
+                   queues=tuple(queues), observed_ms=hb.seen_ms if observed_ms is None else observed_ms,
                    depths_source=depths)
 
     @classmethod

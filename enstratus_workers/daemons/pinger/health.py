@@ -308,7 +308,7 @@ def check_heartbeats(dbs: Databases, h: Health) -> None:
         h.worsen(CHECK_CRITICAL, f"{hb.daemon} {hb.name} cannot record outcomes: {why}")
     for hb in beats:
         if hb.expired:
-            age = ((hb.observed_ms or now_ms()) - hb.beat_ms) / 1000   # on the clock it was written by
+            age = (hb.seen_ms - hb.beat_ms) / 1000   # on the clock it was written by
             h.worsen(CHECK_WARNING, f"{hb.daemon}@{hb.name} heartbeat expired {age:.0f}s ago")
         elif hb.status != "ok" and hb.daemon != "pinger":  # the pinger's status is this very report
             h.worsen(CHECK_WARNING, f"{hb.daemon}@{hb.name} reports {hb.status}")
