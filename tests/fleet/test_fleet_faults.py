@@ -128,6 +128,18 @@ class Watch:
         except sa.exc.DBAPIError:
             return None
 
+    def open_rows(self, ids: set[int]) -> list:
+        """The rows of ``ids`` that have not succeeded: id, status, attempts, owner, worker."""
+        rows = self._rows("SELECT job_id, status, attempts, owner, worker FROM enstratus_job WHERE job_id IN "
+                          f"({','.join(map(str, ids))}) AND status <> 'succeeded'") if ids else []
+        return [tuple(r) for r in rows or ()]
+
+    def beats(self) -> list:
+        """Every heartbeat row: daemon, host, beat and expiry, and the server's clock now."""
+        rows = self._rows("SELECT daemon, host, beat_ms, expires_ms, "
+                          "UNIX_TIMESTAMP() * 1000 + MICROSECOND(NOW(6)) DIV 1000 FROM enstratus_heartbeat")
+        return [tuple(r) for r in rows or ()]
+
     def unfinished(self) -> set[int]:
         rows = self._rows("SELECT job_id FROM enstratus_job WHERE status NOT IN "
                           "('succeeded', 'failed', 'dead', 'cancelled')")
@@ -246,7 +258,10 @@ def test_the_fleet_loses_nothing_through_a_host_kill_a_broker_node_a_database_no
         windows[-1] = (windows[-1][0], now_ms())
 
     def recovered(moments: dict, inflight: set[int], t0: float, what: str) -> None:
-        wait(lambda: watch.done(inflight), 90, f"the jobs in flight at {what}")
+        if not sh.wait_until(lambda: watch.done(inflight), 90, 0.25):
+            # name the jobs still open, as their rows and the heartbeats stand: what to look at
+            raise AssertionError(f"not within 90 s: the jobs in flight at {what}; still open: "
+                                 f"{watch.open_rows(inflight)[:20]}; heartbeats: {watch.beats()}")
         moments[f"all {len(inflight)} jobs in flight then succeeded after"] = since(t0)
 
     try:
