@@ -23,7 +23,20 @@ floor of that design on this machine's MariaDB and RabbitMQ, in Python: the serv
 divided by it is what the service's own code adds; the floor divided by Celery's (or the
 ceiling's) is what the guarantees cost before any of the service's code runs.
 
+**Bulk** (``--bulk N``): the same steps, each batched as this service batches them and as no
+design with these guarantees could avoid: the submitter stores the N jobs in transactions of 500
+rows (one multi-row INSERT each) and rings; the relay (pika's own I/O loop) takes up to 500
+pending rows per locked read, publishes them with pipelined confirms, and marks them queued in
+one UPDATE and commit once all are confirmed; the consumer takes what has arrived (prefetch 500),
+checks the rows in one SELECT, hands the runnable ones to the worker process in one message,
+records their outcomes (one UPDATE) and events (one multi-row INSERT) in one transaction, then
+acks them all with one ``multiple`` ack. The clock runs from the first submit to the N-th
+outcome committed, as ``throughput.py`` times the service (which runs it beside the ceiling).
+It has no fair share, no relay window, no per-job result and no totals: it is the least the
+bulk path can cost with these guarantees, in Python, on this machine's servers.
+
 usage: .venv/bin/python bench/floor.py [-n 200] [--direct] [--gap S]     (``latency.py`` runs it beside the service)
+       .venv/bin/python bench/floor.py --bulk N                          (``throughput.py`` runs it beside the service)
 Needs MariaDB on 127.0.0.1:3306 (root) and RabbitMQ on 127.0.0.1:5672 (guest/guest); it makes
 the database ``ewbench_<tag>`` and the queue ``ewbench.floor.<tag>`` and removes both.
 """
@@ -31,6 +44,7 @@ the database ``ewbench_<tag>`` and the queue ``ewbench.floor.<tag>`` and removes
 from __future__ import annotations
 
 import argparse
+import contextlib
 import multiprocessing as mp
 import select
 import socket
@@ -57,7 +71,7 @@ def _db(database: str, autocommit: bool):
     return conn
 
 
-def _relay(database: str, queue: str, bell: bytes, ready, stop) -> None:
+def _relay(database: str, queue: str, bell: bytes, stop, ready) -> None:
     """Step 2: on each ring, one locked read of the pending rows, a confirmed publish of each,
     the queued mark, one commit."""
     import pika
@@ -137,7 +151,7 @@ def _worker(conn) -> None:
         conn.send((job_id, time.time()))
 
 
-def _consume(database: str, queue: str, ready, starts) -> None:
+def _consume(database: str, queue: str, starts, ready) -> None:
     """Step 3 and 4: the row check, the hand to the worker process, the outcome, the ack."""
     import json
 
@@ -176,38 +190,72 @@ def _consume(database: str, queue: str, ready, starts) -> None:
         db.close()
 
 
+def _create(admin, database: str, queue: str) -> None:
+    """The floor's database (the jobs and, for the bulk floor, their events) and its queue."""
+    import pika
+
+    admin.cursor().execute(f"CREATE DATABASE `{database}`")
+    admin.cursor().execute(
+        f"CREATE TABLE `{database}`.job (id BIGINT AUTO_INCREMENT PRIMARY KEY, action VARCHAR(200) NOT NULL, "
+        "arguments MEDIUMTEXT NOT NULL, status VARCHAR(16) NOT NULL, created_ms BIGINT NOT NULL, "
+        "KEY ix_status (status, id)) ENGINE=InnoDB")
+    admin.cursor().execute(
+        f"CREATE TABLE `{database}`.event (id BIGINT AUTO_INCREMENT PRIMARY KEY, job_id BIGINT NOT NULL, "
+        "status VARCHAR(16) NOT NULL, at_ms BIGINT NOT NULL, KEY ix_job (job_id)) ENGINE=InnoDB")
+    broker = pika.BlockingConnection(pika.URLParameters(AMQP_URL))
+    broker.channel().queue_declare(queue, durable=True)
+    broker.close()
+
+
+@contextlib.contextmanager
+def _scratch():
+    """``(database, queue, bell)`` of the floor's own, made here and removed after, whatever happened."""
+    import pymysql
+
+    tag = new_tag()
+    database, queue = f"ewbench_{tag}", f"ewbench.floor.{tag}"
+    admin = pymysql.connect(**MYSQL, autocommit=True)
+    try:
+        _create(admin, database, queue)
+        yield database, queue, f"\0ewbench-floor-{tag}".encode()
+    finally:
+        admin.close()
+        _drop_database(database)
+        delete_amqp([], [queue])
+
+
+@contextlib.contextmanager
+def _processes(what: str):
+    """``start(target, *args)``: starts ``target(*args, ready)`` in a process of its own and
+    returns once it has set ``ready``; every process started is stopped on the way out."""
+    procs = []
+
+    def start(target, *args) -> None:
+        ready = _SPAWN.Event()
+        proc = _SPAWN.Process(target=target, args=(*args, ready))
+        procs.append(proc)
+        proc.start()
+        if not ready.wait(60):
+            raise BenchFailed(f"{what}'s {target.__name__.strip('_')} process did not start")
+
+    try:
+        yield start
+    finally:
+        for proc in procs:
+            stop_process(proc, 10)
+
+
 def latency(n: int, direct: bool = False, gap: float = 0.0) -> list[float]:
     """Submit -> action start in ms for N jobs one at a time (warm-ups dropped), ``gap`` seconds
     apart; with ``direct`` the submitter publishes (module docstring)."""
-    tag = new_tag()
-    database, queue = f"ewbench_{tag}", f"ewbench.floor.{tag}"
-    bell = f"\0ewbench-floor-{tag}".encode()
     import pika
-    import pymysql
 
-    admin = pymysql.connect(**MYSQL, autocommit=True)
-    procs = []
-    try:
-        admin.cursor().execute(f"CREATE DATABASE `{database}`")
-        admin.cursor().execute(
-            f"CREATE TABLE `{database}`.job (id BIGINT AUTO_INCREMENT PRIMARY KEY, action VARCHAR(200) NOT NULL, "
-            "arguments MEDIUMTEXT NOT NULL, status VARCHAR(16) NOT NULL, created_ms BIGINT NOT NULL, "
-            "KEY ix_status (status, id)) ENGINE=InnoDB")
-        broker = pika.BlockingConnection(pika.URLParameters(AMQP_URL))
-        broker.channel().queue_declare(queue, durable=True)
-        broker.close()
+    with _scratch() as (database, queue, bell), _processes("the floor") as start:
         stop = _SPAWN.Event()
-        relay_ready, consumer_ready = _SPAWN.Event(), _SPAWN.Event()
         mine, theirs = _SPAWN.Pipe()
-        procs = [_SPAWN.Process(target=_consume, args=(database, queue, consumer_ready, theirs))]
-        if direct:
-            relay_ready.set()
-        else:
-            procs.append(_SPAWN.Process(target=_relay, args=(database, queue, bell, relay_ready, stop)))
-        for p in procs:
-            p.start()
-        if not (relay_ready.wait(60) and consumer_ready.wait(60)):
-            raise BenchFailed("the floor's relay or consumer process did not start")
+        start(_consume, database, queue, theirs)
+        if not direct:
+            start(_relay, database, queue, bell, stop)
         client = _db(database, autocommit=False)
         cur = client.cursor()
         ring = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
@@ -244,12 +292,170 @@ def latency(n: int, direct: bool = False, gap: float = 0.0) -> list[float]:
         broker.channel().basic_publish("", queue, b"stop")
         broker.close()
         return samples
+
+
+# -- bulk ---------------------------------------------------------------------------------------
+BULK_BATCH = 500       # the submitter's rows per transaction, the relay's per locked read, the prefetch
+
+
+class _BulkRelay:
+    """Step 2 in bulk, on pika's I/O loop: each ring (a datagram on ``bell``) starts locked reads
+    of up to ``BULK_BATCH`` pending rows; a read's rows are published with pipelined confirms,
+    marked queued in one UPDATE and committed once all are confirmed, then the next read
+    follows, until one finds nothing. ``b"stop"`` on the bell ends it."""
+
+    def __init__(self, database: str, queue: str, bell: bytes, ready):
+        import pika
+        from pika.adapters.select_connection import PollEvents
+
+        self.queue, self.ready, self.read_event = queue, ready, PollEvents.READ
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        self.sock.bind(bell)
+        self.sock.setblocking(False)
+        self.db = _db(database, autocommit=False)
+        self.cur = self.db.cursor()
+        self.persistent = _persistent()
+        self.published = self.confirmed = 0
+        self.batch: list[int] | None = None      # the ids in flight, published, not all confirmed
+        self.batch_end = 0                       # the delivery tag of the batch's last message
+        self.conn = pika.SelectConnection(pika.URLParameters(AMQP_URL), on_open_callback=self._opened,
+                                          on_close_callback=lambda *_a: self.conn.ioloop.stop())
+
+    def run(self) -> None:
+        self.conn.ioloop.start()
+        self.db.close()
+
+    def _opened(self, conn) -> None:
+        conn.channel(on_open_callback=self._channel_open)
+
+    def _channel_open(self, ch) -> None:
+        self.ch = ch
+        ch.confirm_delivery(self._confirmed)
+        self.conn.ioloop.add_handler(self.sock.fileno(), self._rung, self.read_event)
+        self.ready.set()
+
+    def _rung(self, _fd, _events) -> None:
+        stop = False
+        while True:
+            try:
+                stop |= self.sock.recv(64) == b"stop"
+            except BlockingIOError:
+                break
+        if stop:
+            self.conn.close()
+        elif self.batch is None:
+            self._next()
+
+    def _next(self) -> None:
+        self.cur.execute(f"SELECT id, action, arguments FROM job WHERE status = '{PENDING}' "
+                         f"ORDER BY id LIMIT {BULK_BATCH} FOR UPDATE SKIP LOCKED")
+        rows = self.cur.fetchall()
+        if not rows:
+            self.db.commit()
+            self.batch = None
+            return
+        self.batch = [r[0] for r in rows]
+        for job_id, action, arguments in rows:
+            self.ch.basic_publish("", self.queue, f'{{"id":{job_id},"action":"{action}","arguments":{arguments}}}'
+                                  .encode(), self.persistent)
+        self.published += len(rows)
+        self.batch_end = self.published
+
+    def _confirmed(self, frame) -> None:
+        m = frame.method
+        if type(m).__name__ != "Ack":
+            raise BenchFailed(f"the bulk floor's relay got a {type(m).__name__} from the broker")
+        self.confirmed = m.delivery_tag if m.multiple else self.confirmed + 1
+        if self.batch is not None and self.confirmed >= self.batch_end:
+            self.cur.execute(f"UPDATE job SET status = '{QUEUED}' WHERE id IN ({', '.join(map(str, self.batch))})")
+            self.db.commit()
+            self._next()
+
+
+def _bulk_relay(database: str, queue: str, bell: bytes, ready) -> None:
+    _BulkRelay(database, queue, bell, ready).run()
+
+
+def _bulk_worker(conn) -> None:
+    """The worker process in bulk: a list of ids in, each one's start time out."""
+    while True:
+        ids = conn.recv()
+        if ids is None:
+            return
+        conn.send([(job_id, time.time()) for job_id in ids])
+
+
+def _bulk_consume(database: str, queue: str, n: int, done, ready) -> None:
+    """Steps 3 and 4 in bulk: what has arrived, checked in one read, run in one hand to the
+    worker process, recorded in one transaction (outcomes and events), acked at once."""
+    import json
+
+    import pika
+
+    mine, theirs = _SPAWN.Pipe()
+    worker = _SPAWN.Process(target=_bulk_worker, args=(theirs,))
+    worker.start()
+    db = _db(database, autocommit=False)
+    cur = db.cursor()
+    conn = pika.BlockingConnection(pika.URLParameters(AMQP_URL))
+    ch = conn.channel()
+    ch.basic_qos(prefetch_count=BULK_BATCH)
+    arrived: list[tuple[int, bytes]] = []
+    ch.basic_consume(queue, lambda _ch, method, _props, body: arrived.append((method.delivery_tag, body)))
+    ready.set()
+    recorded = 0
+    try:
+        while recorded < n:
+            conn.process_data_events(time_limit=None)   # blocks until something arrives
+            conn.process_data_events(time_limit=0)      # and takes what came with it
+            if not arrived:
+                continue
+            batch, arrived[:] = list(arrived), []
+            ids = [json.loads(body)["id"] for _tag, body in batch]
+            cur.execute(f"SELECT id FROM job WHERE id IN ({', '.join(map(str, ids))}) "
+                        f"AND status IN ('{PENDING}', '{QUEUED}')")
+            runnable = [row[0] for row in cur.fetchall()]   # strangers and finished jobs never run
+            if runnable:
+                mine.send(runnable)
+                starts = mine.recv()
+                cur.execute(f"UPDATE job SET status = '{SUCCEEDED}' WHERE id IN ({', '.join(map(str, runnable))})")
+                cur.executemany("INSERT INTO event (job_id, status, at_ms) VALUES (%s, %s, %s)",
+                                [(job_id, SUCCEEDED, int(start * 1000)) for job_id, start in starts])
+            db.commit()
+            ch.basic_ack(batch[-1][0], multiple=True)       # after the outcomes are committed
+            recorded += len(runnable)
+        done.put(time.perf_counter())
     finally:
-        for p in procs:
-            stop_process(p, 10)
-        admin.close()
-        _drop_database(database)
-        delete_amqp([], [queue])
+        mine.send(None)
+        worker.join(10)
+        conn.close()
+        db.close()
+
+
+def throughput(n: int) -> float:
+    """The bulk floor's rate for N jobs (module docstring): first submit to N-th outcome committed."""
+    with _scratch() as (database, queue, bell), _processes("the bulk floor") as start:
+        done = _SPAWN.Queue()
+        start(_bulk_consume, database, queue, n, done)
+        start(_bulk_relay, database, queue, bell)
+        client = _db(database, autocommit=False)
+        cur = client.cursor()
+        ring = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        t0 = time.perf_counter()
+        for i in range(0, n, BULK_BATCH):
+            now_ms = int(time.time() * 1000)
+            cur.executemany("INSERT INTO job (action, arguments, status, created_ms) VALUES (%s, %s, %s, %s)",
+                            [("noop", "{}", PENDING, now_ms)] * min(BULK_BATCH, n - i))
+            client.commit()
+            ring.sendto(b"!", bell)
+        try:
+            end = done.get(timeout=600)
+        except Exception as exc:
+            raise BenchFailed(f"the bulk floor did not record {n} outcomes in 600 s") from exc
+        ring.sendto(b"stop", bell)
+        ring.close()
+        client.close()
+        return n / (end - t0)
 
 
 def main(argv=None) -> int:
@@ -257,7 +463,13 @@ def main(argv=None) -> int:
     ap.add_argument("-n", type=int, default=200, help="jobs (after 20 warm-ups)")
     ap.add_argument("--direct", action="store_true", help="the submitter publishes: no relay hop")
     ap.add_argument("--gap", type=float, default=0.0, help="seconds between jobs")
+    ap.add_argument("--bulk", type=int, metavar="N", help="the bulk floor for N jobs instead (module docstring)")
     args = ap.parse_args(argv)
+    if args.bulk is not None:
+        if not 1 <= args.bulk <= 1_000_000:
+            ap.error("--bulk 1..1000000")
+        figure("bulk floor: first submit->last outcome", f"rate={throughput(args.bulk):.0f}/s n={args.bulk}")
+        return 0
     if not 1 <= args.n <= 100_000:
         ap.error("-n 1..100000")
     what = "direct floor" if args.direct else "outbox floor"

@@ -3,7 +3,8 @@
 Bulk (the default): N ``noop`` jobs are submitted in batches of 500 through the bulk submit API
 (as an API server would) to a service started with the init script in a scratch install root;
 the clock runs from the first submit to the last recorded outcome. ``ceiling.py`` then measures
-raw pika on the same broker (N messages), and with ``--peers`` Celery and Dramatiq are measured
+raw pika on the same broker (N messages) and ``floor.py --bulk`` the same N jobs through this service's
+guarantees in straight-line code (the least they cost), and with ``--peers`` Celery and Dramatiq are measured
 too (``../shared/bench``: ``drive.py`` into an idle worker, as ``anchors.sh`` runs it).
 
 ``--single``: the one-at-a-time path, each job its own call and its own transaction:
@@ -41,6 +42,7 @@ import psutil
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import ceiling
+import floor
 import peers
 from harness import (
     BenchFailed,
@@ -76,9 +78,11 @@ def bulk(args) -> None:
     elapsed = run_bulk(args.n, embedded=False)
     ours = args.n / elapsed
     ceil = ceiling.throughput(args.n)["rate"]
+    least = floor.throughput(args.n)
     print(f"enstratus-workers (amqp+mariadb) n={args.n} end_to_end_s={elapsed:.2f} rate={ours:.0f}/s")
     print(f"ceiling (raw pika, same run)        rate={ceil:.0f}/s")
-    print(f"ratio to ceiling: {ours / ceil:.1%}")
+    print(f"bulk floor (floor.py --bulk)        rate={least:.0f}/s = {least / ceil:.1%} of ceiling")
+    print(f"ratio to ceiling: {ours / ceil:.1%}  ours/floor={ours / least:.2f}x")
     for window in args.window:
         w = args.n / run_bulk(args.n, embedded=False, window=window)
         print(f"enstratus-workers publisher.window={window} rate={w:.0f}/s ({w / ceil:.1%} of ceiling, "
