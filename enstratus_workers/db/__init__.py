@@ -97,6 +97,10 @@ def open_databases(worker: WorkerSettings, layout: Layout, *, ensure: bool = Tru
     ringer = wakeup.ringer_for(layout.run_dir)
     waiters = wakeup.ringer_for(layout.run_dir, wakeup.WAITER)
     owners = wakeup.ringer_for(layout.run_dir, wakeup.SUBSCRIBER)
+    if owners and ringer:
+        # a cancel reaches other hosts' subscribers through this host's publisher, until a
+        # broker ringer of this process's own is attached (mq/amqp_wake.ring_through_broker)
+        owners.otherwise(ringer.ring_cancel)
     jobs = JobStore(prov, ringer.ring if ringer else None, waiters.ring_done if waiters else None,
                     owners.ring if owners else None, functools.partial(ringer.ring, room=True) if ringer else None)
     return Databases(prov, anal, jobs, EventStore(anal), HeartbeatStore(prov, worker.host_name),

@@ -17,6 +17,13 @@ now). A publisher whose last pass left nothing pending has no use for room, and 
 ring cost an empty relay pass that the next job's submit could land behind. A room ring through
 the broker reaches other hosts as a plain ring (their publishers cannot know this host's outbox).
 
+A third kind goes to the publishers only: "cancel" (``CANCEL``, ``Ringer.ring_cancel``), sent by a
+process that cancelled a job and holds no broker connection of its own (the CLI, a script
+calling ``jobs.submit.cancel``). This host's subscribers were rung directly; the publisher,
+whose ear on the broker is open anyway, passes the cancel on to the other hosts' subscribers
+(``mq/amqp_wake.py``), so the job's owner, wherever it runs, looks at once rather than at its
+once-a-second look. Like a room ring it costs the publisher no relay pass.
+
 A waiter's ring names the jobs whose outcomes were recorded (``DONE``, ``Ringer.ring_done``), so a
 waiter reads its job's row only when its job is among them: every outcome the host records rings
 every waiter, and without the names each of them read its row on each ring, a statement and its
@@ -50,6 +57,7 @@ from pathlib import Path
 RING = b"!"   # a job was made pending
 ROOM = b"r"   # a job left its queue's window: work held back by a full window may go now
 DONE = b"d"   # these jobs' outcomes were recorded (``Ringer.ring_done``; the rest: ids, by commas)
+CANCEL = b"c"  # to a publisher: a job was cancelled here; pass it on to other hosts' subscribers
 #: The largest ring sent, in bytes: more recorded jobs than fit are rung plainly
 RING_MAX = 8192
 RESCAN_S = 1.0   # a ringer looks again at least this often, even if the directory seems unchanged
@@ -102,7 +110,8 @@ class Bell:
             raise
         self._sock.setblocking(False)
         self.rings = 0       # wake-ups drained (each may stand for many rings)
-        self.only_room = False   # the last wake-up drained room rings only (module docstring)
+        self.only_room = False   # the last wake-up drained room (or cancel) rings only (module docstring)
+        self.cancelled = False   # the last wake-up drained a cancel ring (``CANCEL``)
         #: the jobs the last wake-up's rings said were recorded (``DONE``); None if one of them
         #: named none (a plain ring, or one cut short): anything may have been recorded
         self.recorded: set[int] | None = set()
@@ -119,10 +128,12 @@ class Bell:
         return True
 
     def _drain(self) -> bool:
-        """Take every ring waiting; whether they were all room rings. ``recorded`` says which
-        jobs the outcome rings among them named."""
+        """Take every ring waiting; whether they were all room (or cancel) rings. ``recorded``
+        says which jobs the outcome rings among them named, ``cancelled`` whether one was a
+        cancel ring."""
         only_room = True
         self.recorded = set()
+        self.cancelled = False
         while True:
             try:
                 data, _ancillary, flags, _address = self._sock.recvmsg(RING_MAX + 64)
@@ -130,6 +141,9 @@ class Bell:
                 return only_room
             except OSError:
                 return only_room
+            if data == CANCEL:
+                self.cancelled = True
+                continue
             only_room = only_room and data == ROOM
             if data[:1] == DONE and not flags & socket.MSG_TRUNC:   # cut short: not one of ours
                 ids = recorded_ids(data[1:])
@@ -191,11 +205,18 @@ class Ringer:
         self._mtime = -1
         self._also: list = []
         self._also_done: list = []
+        self._otherwise = None
 
     def also(self, ring) -> None:
         """Call ``ring()`` too on every ``ring()``: the broker's ring of other hosts' publishers
         (``mq/amqp_wake.py``); it must not block."""
         self._also.append(ring)
+
+    def otherwise(self, ring) -> None:
+        """Call ``ring()`` on every ``ring()`` while no ``also`` ring is attached: in a process
+        with no broker ringer of its own, this host's publishers' ``ring_cancel`` (a subscribers'
+        ringer's ring is a cancel: the publisher passes it on to the other hosts)."""
+        self._otherwise = ring
 
     def also_done(self, ring_done) -> None:
         """Call ``ring_done(job_ids)`` too on every ``ring_done()``: the broker's ring of other
@@ -208,6 +229,13 @@ class Ringer:
         self._ring_all(ROOM if room else RING)
         for ring in self._also:
             ring()
+        if not self._also and self._otherwise is not None:
+            self._otherwise()
+
+    def ring_cancel(self) -> None:
+        """Ask every bell of the role (the publishers) to pass a cancel on to the other hosts'
+        subscribers (module docstring); no broker ring of this process's own."""
+        self._ring_all(CANCEL)
 
     def ring_done(self, job_ids) -> None:
         """Ring every bell of the role (the waiters) with the jobs whose outcomes were just

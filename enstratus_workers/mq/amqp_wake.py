@@ -24,7 +24,10 @@ host without one, would otherwise wait for another host's safety-net poll. So, o
   them a ``submit --wait`` on one host, whose job another host's subscriber carried out, woke only
   at its ``WAIT_SAFETY_NET_S`` read (its first read comes that long after its submit: 250 ms,
   where a wait on the job's own host took 14-20 ms, ``bench/fleet_wait.py``), and a cancel
-  made on one host reached the subscriber of another at its look, once a second. A recorder
+  made on one host reached the subscriber of another at its look, once a second. A process
+  that cancels with no broker connection of its own (the CLI, a script) rings this host's
+  publishers instead (``wakeup.CANCEL``), and the listener sends the cancel on its own
+  connection (``WakeListener.ring_cancel``). A recorder
   rings room and outcomes one after the other: the ringer's thread waits ``GATHER_S`` after
   the first ring, so both go in one message.
 - A ringer whose database shows no publisher of another host (``ring_through_broker``: their
@@ -273,12 +276,38 @@ class WakeListener(_Link):
         self.on_done = on_done
         self.on_cancel = on_cancel
         self.heard = 0
+        self.cancels_passed_on = 0
+        self._conn: pika.BlockingConnection | None = None   # while connected: for ring_cancel
+        self._channel = None
+
+    def ring_cancel(self) -> None:
+        """Ring the other hosts' subscribers: a job was cancelled on this host by a process with
+        no broker connection of its own (``wakeup.CANCEL``, passed on by this host's publisher).
+        Sent on the listener's own connection and thread, which this call only wakes (pika's
+        ``add_callback_threadsafe``): it never blocks. Lost while there is no connection, like
+        any ring: each subscriber's once-a-second look covers it."""
+        conn = self._conn
+        if conn is None:
+            return
+        try:
+            conn.add_callback_threadsafe(self._send_cancel)
+        except (*PIKA_ERRORS, RuntimeError):   # closed meanwhile
+            pass
+
+    def _send_cancel(self) -> None:
+        channel = self._channel
+        if channel is None or not channel.is_open:
+            return
+        props = pika.BasicProperties(delivery_mode=1, expiration="10000", headers={CANCEL_HEADER: 1})
+        channel.basic_publish(wake_exchange(self.mq), "", self.host.encode(), props)
+        self.cancels_passed_on += 1
 
     def _serve(self, conn: pika.BlockingConnection) -> None:
         channel = conn.channel()
         queue = channel.queue_declare("", exclusive=True, auto_delete=True).method.queue
         channel.queue_bind(queue, wake_exchange(self.mq))
         mine = self.host.encode()
+        self._channel = channel
 
         def heard(_ch, _method, props, body) -> None:
             if body != mine:
@@ -288,9 +317,13 @@ class WakeListener(_Link):
                     self._pass_on(props.headers)
 
         channel.basic_consume(queue, heard, auto_ack=True)
+        self._conn = conn
         self.connected.set()   # bound: from now on no ring of another host is missed
-        while not self._stop.is_set():
-            conn.process_data_events(time_limit=0.25)
+        try:
+            while not self._stop.is_set():
+                conn.process_data_events(time_limit=0.25)
+        finally:
+            self._conn = self._channel = None
 
     def _pass_on(self, headers: dict) -> None:
         """Ring this host's waiters and subscribers as the message's headers say. A ring is a

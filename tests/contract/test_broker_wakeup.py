@@ -414,3 +414,41 @@ def test_a_wait_on_host_b_is_woken_by_the_outcome_recorded_on_host_a(
         runner.join(30)
         waiting.close()
         dbs.close()
+
+
+def test_a_cancel_made_with_no_broker_connection_reaches_other_hosts_through_this_hosts_publisher(
+        rabbitmq_url, amqp_names, tmp_path, links):
+    # Given host B's publisher (its ear on the broker open), another host's listener, and a
+    # store on host B opened as the CLI opens it: no broker connection of its own
+    layout, settings, publisher, runner = _publisher_of_host_b(tmp_path, amqp_names, {"publisher.poll_interval": 60})
+    cancelled = threading.Event()
+    _started(links, WakeListener(settings.mq, "host-c", "ewtest publisher", lambda: None, on_cancel=cancelled.set))
+    (layout.run_dir / "publisher@b.pid").write_text(f"{threading.get_native_id()}\n")   # how ringers find it
+    dbs = open_databases(settings.worker, layout)
+    try:
+        job, _ = dbs.jobs.submit(NewJob("noop", "{}", settings.worker.default_queue, 1))
+        assert servicehome.wait_until(lambda: dbs.jobs.get(job.job_id).status == "queued", 15)
+        relayed = publisher.published
+        # When the job is cancelled on host B
+        assert dbs.jobs.cancel(job.job_id).verdict == "cancelled"
+        # Then the other host's subscribers are rung through the broker, by host B's publisher,
+        # long before their once-a-second look, and the publisher relayed nothing for it
+        assert _heard_within(cancelled, 5)
+        assert publisher._ear.cancels_passed_on == 1 and publisher.published == relayed
+        # and a store with a broker ringer of its own (the admin's) rings the other hosts
+        # itself: the publisher is not asked too
+        from enstratus_workers.mq.amqp_wake import ring_through_broker
+
+        second, _ = dbs.jobs.submit(NewJob("noop", "{}", settings.worker.default_queue, 1))
+        own = ring_through_broker(settings, dbs.ringers, "ewtest admin")
+        links.append(own)
+        assert own.connected.wait(15)
+        cancelled.clear()
+        dbs.jobs.cancel(second.job_id)
+        assert _heard_within(cancelled, 5)
+        time.sleep(0.3)
+        assert publisher._ear.cancels_passed_on == 1
+    finally:
+        publisher.request_stop()
+        runner.join(30)
+        dbs.close()

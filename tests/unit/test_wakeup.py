@@ -428,3 +428,58 @@ def test_a_cancel_rings_this_hosts_subscribers_so_the_owner_looks_at_once(tmp_pa
         dbs.close()
         bell.close()
 
+
+
+def test_a_cancel_made_without_a_broker_ringer_asks_this_hosts_publishers_to_pass_it_on(tmp_path):
+    from enstratus_workers.config.settings import WorkerSettings
+    from enstratus_workers.jobs.wakeup import SUBSCRIBER
+
+    # Given a publisher's and a subscriber's bell, and a store as the CLI opens it (no broker)
+    layout = Layout(tmp_path)
+    layout.ensure_dirs()
+    publisher = _publisher_at(layout.run_dir)
+    (layout.run_dir / "subscriber@s1.pid").write_text("1\n")
+    owner = Bell(layout.run_dir, "s1", SUBSCRIBER)
+    dbs = open_databases(WorkerSettings(), layout)
+    try:
+        job, _ = dbs.jobs.submit(NewJob("noop", "{}", "default", 3))
+        assert publisher.wait(2.0) and not publisher.cancelled   # the submit's work ring
+        # When the job is cancelled
+        dbs.jobs.cancel(job.job_id)
+        # Then the subscriber is rung, and the publisher gets a cancel ring, which asks for no
+        # relay pass (only_room) and names no recorded job
+        assert owner.wait(2.0)
+        assert publisher.wait(2.0) and publisher.cancelled and publisher.only_room
+        assert publisher.recorded == set()
+        # and a ring after it is as it was
+        dbs.ringers[0].ring()
+        assert publisher.wait(2.0) and not publisher.cancelled and not publisher.only_room
+    finally:
+        dbs.close()
+        owner.close()
+        publisher.close()
+
+
+def test_a_cancel_ring_among_work_rings_still_asks_for_a_pass(bell, ringer):
+    ringer.ring_cancel()
+    ringer.ring(room=True)
+    assert bell.wait(0) and bell.cancelled and bell.only_room
+    ringer.ring_cancel()
+    ringer.ring()
+    assert bell.wait(0) and bell.cancelled and not bell.only_room
+
+
+def test_a_subscribers_ringer_with_a_broker_ring_does_not_also_ask_the_publisher(run_dir):
+    from enstratus_workers.jobs.wakeup import SUBSCRIBER
+
+    owners = Ringer(run_dir, SUBSCRIBER)
+    via_publisher, via_broker = [], []
+    try:
+        owners.otherwise(lambda: via_publisher.append(1))
+        owners.ring()
+        assert via_publisher == [1]          # no broker ringer in this process: the publisher's
+        owners.also(lambda: via_broker.append(1))
+        owners.ring()
+        assert via_broker == [1] and via_publisher == [1]   # one is attached: it alone
+    finally:
+        owners.close()

@@ -140,9 +140,13 @@ class Publisher(Service):
         """Wait for a ring or the safety net's interval. Room rings (a job started or finished,
         ``jobs/wakeup.py``) are let go while the last pass left nothing pending: no job waits
         for that room, and at idle each such ring would cost an empty pass that the next job's
-        submit could land behind. The safety net's interval runs on from the first wait."""
+        submit could land behind. The safety net's interval runs on from the first wait. A
+        cancel ring (``wakeup.CANCEL``) is passed on to the other hosts' subscribers through the
+        broker and costs no pass either."""
         deadline = time.monotonic() + interval
         while self._bell.wait(deadline - time.monotonic()):
+            if self._bell.cancelled and self._ear is not None:
+                self._ear.ring_cancel()   # a cancel made here by a process with no broker ringer
             if not (self._bell.only_room and self.fair.outbox_emptied) or self._stop.is_set():
                 return
             self.room_rings_let_go += 1
