@@ -23,17 +23,17 @@ floor of that design on this machine's MariaDB and RabbitMQ, in Python: the serv
 divided by it is what the service's own code adds; the floor divided by Celery's (or the
 ceiling's) is what the guarantees cost before any of the service's code runs.
 
-**Bulk** (``--bulk N``): the same steps, each batched as this service batches them and as no
-design with these guarantees could avoid: the submitter stores the N jobs in transactions of 500
-rows (one multi-row INSERT each) and rings; the relay (pika's own I/O loop) takes up to 500
-pending rows per locked read, publishes them with pipelined confirms, and marks them queued in
-one UPDATE and commit once all are confirmed; the consumer takes what has arrived (prefetch 500),
-checks the rows in one SELECT, hands the runnable ones to the worker process in one message,
-records their outcomes (one UPDATE) and events (one multi-row INSERT) in one transaction, then
-acks them all with one ``multiple`` ack. The clock runs from the first submit to the N-th
-outcome committed, as ``throughput.py`` times the service (which runs it beside the ceiling).
-It has no fair share, no relay window, no per-job result and no totals: it is the least the
-bulk path can cost with these guarantees, in Python, on this machine's servers.
+**Bulk** (``--bulk N``): the same steps, each batched as far as the guarantees allow: the
+submitter stores the N jobs in transactions of 500 rows (one multi-row INSERT each) and rings;
+the relay (pika's own I/O loop) takes up to 500 pending rows per locked read, publishes them
+with pipelined confirms, and marks them queued in one UPDATE and commit once all are confirmed;
+the consumer takes what has arrived (prefetch 500), checks the rows in one SELECT, hands the
+runnable ones to the worker process in one message, records their outcomes (one UPDATE) and
+events (one multi-row INSERT) in one transaction, then acks them all with one ``multiple`` ack.
+The clock runs from the first submit to the N-th outcome committed, as ``throughput.py`` times
+the service (which runs it beside the ceiling). It has no fair share, no relay window, no
+per-job result and no totals: it is what the bulk path costs with these guarantees and nothing
+else, in Python, on this machine's servers.
 
 usage: .venv/bin/python bench/floor.py [-n 200] [--direct] [--gap S]     (``latency.py`` runs it beside the service)
        .venv/bin/python bench/floor.py --bulk N                          (``throughput.py`` runs it beside the service)
