@@ -130,6 +130,9 @@ class HostOut(BaseModel):
     daemons: list[DaemonOut]
     workers: list[HostWorkerOut]
     worker_processes: int = Field(description="its worker processes on-line")
+    clock_offset_ms: Optional[int] = Field(default=None, description=(
+        "how far its clock is ahead of the database server's (negative: behind) at its latest "
+        "live heartbeat; the job times it stamps are off by as much. null: no live heartbeat says"))
 
 
 class QueueIn(_Strict):

@@ -10,6 +10,11 @@ hour ahead read every other host's heartbeat as expired, and put their running j
 again (``daemons/publisher/recovery.py``); a host an hour behind looked dead to the others. A
 daemon's ``started_ms`` stays its own host's (it is shown, never compared). On SQLite there is
 one host, whose clock is the database's.
+
+A host's own clock still stamps what it shows (a job's created, start and end times), so each
+beat also carries the writing host's clock (``HOST_CLOCK_KEY`` in its details): a reader sees
+how far that host's clock is off the server's (``Heartbeat.clock_offset_ms``, ``clock_offsets``),
+and ``pinger check`` warns of a host off by ``CLOCK_OFFSET_WARN_MS`` or more (a lost NTP sync).
 """
 
 from __future__ import annotations
@@ -24,6 +29,12 @@ from .jobs import now_ms
 from .retry import retried
 from .schema import heartbeats as H
 from .server_clock import db_now_ms, now_ms_for
+
+
+#: the key of a beat's details holding its host's own clock (ms) as it wrote the beat
+HOST_CLOCK_KEY = "host_clock_ms"
+#: a host's clock this far from the database server's, or more, is a problem to report
+CLOCK_OFFSET_WARN_MS = 2000
 
 
 @dataclass(frozen=True)
@@ -49,6 +60,16 @@ class Heartbeat:
     def expired(self) -> bool:
         return self.seen_ms > self.expires_ms
 
+    @property
+    def clock_offset_ms(self) -> int | None:
+        """How far its host's clock was ahead of the one ``beat_ms`` is on (the database
+        server's; negative: behind) when it wrote this beat; None for a row that does not say
+        (written by hand, or by an older release). Within the write's round trip."""
+        host = self.details.get(HOST_CLOCK_KEY) if isinstance(self.details, dict) else None
+        if type(host) is not int:
+            return None
+        return host - self.beat_ms
+
     def as_dict(self) -> dict:
         d = dict(self.__dict__)
         d["expired"] = self.expired
@@ -67,10 +88,12 @@ class HeartbeatStore:
     def beat(self, daemon: str, name: str, *, ttl_s: float, status: str = "ok",
              details: dict | None = None, started_ms: int | None = None) -> None:
         beat = now_ms_for(self.engine)
+        # this host's clock, beside the server's that the statement reads (on SQLite, the same)
+        own = beat if isinstance(beat, int) else now_ms()
         key = dict(daemon=daemon, name=name, host=self.host)
         values = dict(pid=os.getpid(), beat_ms=beat, expires_ms=beat + int(ttl_s * 1000),
-                      status=status, details=json.dumps(details or {}, default=str),
-                      started_ms=started_ms or now_ms())
+                      status=status, details=json.dumps({**(details or {}), HOST_CLOCK_KEY: own}, default=str),
+                      started_ms=started_ms or own)
         with self.engine.begin() as conn:
             updated = conn.execute(H.update().where(*(H.c[k] == v for k, v in key.items()))
                                    .values(**values)).rowcount
@@ -105,3 +128,15 @@ def live_owners(heartbeats) -> set[str]:
     may keep a running attempt (db/jobs.py's ownership rule); any other owner's may be taken."""
     return {hb.details.get("owner") for hb in heartbeats
             if hb.daemon == "subscriber" and not hb.expired and isinstance(hb.details, dict)} - {None}
+
+
+def clock_offsets(beats) -> dict[str, int]:
+    """Each host's clock offset (``Heartbeat.clock_offset_ms``) as its latest live beat that
+    carries one says; hosts with none are left out."""
+    latest: dict[str, Heartbeat] = {}
+    for hb in beats:
+        if hb.expired or hb.clock_offset_ms is None:
+            continue
+        if hb.host not in latest or hb.beat_ms > latest[hb.host].beat_ms:
+            latest[hb.host] = hb
+    return {host: hb.clock_offset_ms for host, hb in sorted(latest.items())}

@@ -28,6 +28,7 @@ import sqlalchemy as sa
 from ..clock import now_ms
 from ..db.desired import missing_table
 from ..db.server_clock import now_ms_for
+from ..db.heartbeats import CLOCK_OFFSET_WARN_MS, clock_offsets
 from ..db.hosts import HostRegistry, KnownHost
 from ..db.retry import retried
 from ..db.schema import heartbeats as H
@@ -48,6 +49,9 @@ class HostView:
     daemons: tuple[dict, ...] = ()
     workers: tuple[dict, ...] = ()
     first_seen_ms: int | None = None
+    #: how far its clock is ahead of the database server's (negative: behind), as its latest
+    #: live beat says (``db/heartbeats.py``); None while it has none
+    clock_offset_ms: int | None = None
 
     @property
     def worker_processes(self) -> int:
@@ -58,7 +62,15 @@ class HostView:
         return {"name": self.name, "state": self.state, "last_heartbeat_ms": self.last_heartbeat_ms,
                 "tags": list(self.tags), "first_seen_ms": self.first_seen_ms,
                 "daemons": [dict(d) for d in self.daemons], "workers": [dict(w) for w in self.workers],
-                "worker_processes": self.worker_processes}
+                "worker_processes": self.worker_processes, "clock_offset_ms": self.clock_offset_ms}
+
+
+def clock_note(offset_ms) -> str | None:
+    """``clock 3600.0 s ahead of the database's`` for a host off by ``CLOCK_OFFSET_WARN_MS`` or
+    more (the times it stamps on jobs are off by as much); None otherwise."""
+    if type(offset_ms) is not int or abs(offset_ms) < CLOCK_OFFSET_WARN_MS:
+        return None
+    return f"clock {abs(offset_ms) / 1000:.1f} s {'ahead of' if offset_ms > 0 else 'behind'} the database's"
 
 
 @dataclass
@@ -100,6 +112,7 @@ def fleet_view(dbs, now: int | None = None, *, forget_after_s: float = FORGET_AF
         hosts.setdefault(hb.host, _Host()).beats.append(hb)
     for known in _registry(dbs):
         hosts.setdefault(known.name, _Host()).known = known
+    offsets = clock_offsets(b for h in hosts.values() for b in h.beats)
     out = []
     for name, h in sorted(hosts.items()):
         beats = sorted(h.beats, key=lambda b: (DAEMON_ORDER.index(b.daemon) if b.daemon in DAEMON_ORDER
@@ -111,7 +124,7 @@ def fleet_view(dbs, now: int | None = None, *, forget_after_s: float = FORGET_AF
             continue
         out.append(HostView(name, state, last, h.known.tags if h.known else (),
                             tuple(_daemon(b) for b in beats), tuple(w for b in beats for w in _workers(b)),
-                            h.known.first_seen_ms if h.known else None))
+                            h.known.first_seen_ms if h.known else None, offsets.get(name)))
     return out
 
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from .hosts import DEAD, HostView
+from .hosts import DEAD, HostView, clock_note
 
 
 def _ago(ms: int | None, now_ms: int) -> str:
@@ -21,8 +21,9 @@ def host_line(h: HostView, now_ms: int) -> str:
     daemons = ", ".join(f"{d['daemon']}@{d['name']}" + (" dead" if d["state"] == DEAD else "")
                         for d in h.daemons) or "no daemon beating"
     tags = f" [{', '.join(h.tags)}]" if h.tags else ""
+    clock = clock_note(h.clock_offset_ms)
     return (f"{h.name}{tags}  {h.state.upper()}  last heartbeat {_ago(h.last_heartbeat_ms, now_ms)}  "
-            f"{daemons}  workers {h.worker_processes}")
+            f"{daemons}  workers {h.worker_processes}" + (f"  {clock}" if clock else ""))
 
 
 def host_lines(hosts: list[HostView], now_ms: int) -> list[str]:
