@@ -279,27 +279,47 @@ class WakeListener(_Link):
         self.cancels_passed_on = 0
         self._conn: pika.BlockingConnection | None = None   # while connected: for ring_cancel
         self._channel = None
+        self._cancel_lock = threading.Lock()
+        self._cancel_due = False                  # a cancel ring waits to be sent
+        self._cancel_sent_at = float("-inf")
 
     def ring_cancel(self) -> None:
         """Ring the other hosts' subscribers: a job was cancelled on this host by a process with
         no broker connection of its own (``wakeup.CANCEL``, passed on by this host's publisher).
         Sent on the listener's own connection and thread, which this call only wakes (pika's
-        ``add_callback_threadsafe``): it never blocks. Lost while there is no connection, like
-        any ring: each subscriber's once-a-second look covers it."""
+        ``add_callback_threadsafe``): it never blocks. At most one message per ``MIN_GAP_S``,
+        as the ringers send theirs: a cancel ring is a datagram anyone on the host can send,
+        and each message costs every other host's subscribers a look. Lost while there is no
+        connection, like any ring: each subscriber's once-a-second look covers it."""
         conn = self._conn
         if conn is None:
             return
+        with self._cancel_lock:
+            if self._cancel_due:
+                return            # one is on its way: it stands for this one too
+            self._cancel_due = True
         try:
             conn.add_callback_threadsafe(self._send_cancel)
         except (*PIKA_ERRORS, RuntimeError):   # closed meanwhile
-            pass
+            with self._cancel_lock:
+                self._cancel_due = False
 
     def _send_cancel(self) -> None:
-        channel = self._channel
-        if channel is None or not channel.is_open:
+        """On the listener's thread: the cancel ring, once ``MIN_GAP_S`` has passed since the last."""
+        conn, channel = self._conn, self._channel
+        if conn is None or channel is None or not channel.is_open:
+            with self._cancel_lock:
+                self._cancel_due = False
             return
+        wait = self._cancel_sent_at + MIN_GAP_S - time.monotonic()
+        if wait > 0:
+            conn.call_later(wait, self._send_cancel)
+            return
+        with self._cancel_lock:
+            self._cancel_due = False
         props = pika.BasicProperties(delivery_mode=1, expiration="10000", headers={CANCEL_HEADER: 1})
         channel.basic_publish(wake_exchange(self.mq), "", self.host.encode(), props)
+        self._cancel_sent_at = time.monotonic()
         self.cancels_passed_on += 1
 
     def _serve(self, conn: pika.BlockingConnection) -> None:
@@ -324,6 +344,8 @@ class WakeListener(_Link):
                 conn.process_data_events(time_limit=0.25)
         finally:
             self._conn = self._channel = None
+            with self._cancel_lock:
+                self._cancel_due = False   # a call_later of a closed connection never runs
 
     def _pass_on(self, headers: dict) -> None:
         """Ring this host's waiters and subscribers as the message's headers say. A ring is a

@@ -452,3 +452,27 @@ def test_a_cancel_made_with_no_broker_connection_reaches_other_hosts_through_thi
         publisher.request_stop()
         runner.join(30)
         dbs.close()
+
+
+def test_a_flood_of_cancel_rings_is_passed_on_as_a_few_messages(rabbitmq_url, amqp_names, links):
+    # Given host B's publisher's listener and another host's
+    mq = _mq(rabbitmq_url, amqp_names)
+    cancelled = threading.Event()
+    heard = []
+    _started(links, WakeListener(mq, "host-c", "ewtest publisher", lambda: None,
+                                 on_cancel=lambda: (heard.append(1), cancelled.set())))
+    ear = _started(links, WakeListener(mq, "host-b", "ewtest publisher", lambda: None))
+    # When 10,000 cancel rings reach host B's publisher in a burst (a datagram anyone on the
+    # host can send) and each is passed on
+    started = time.monotonic()
+    for _ in range(10_000):
+        ear.ring_cancel()
+    # Then the other host hears the cancel, from at most one message per 20 ms
+    assert _heard_within(cancelled)
+    time.sleep(0.3)
+    allowed = (time.monotonic() - started) / 0.02 + 2
+    assert 1 <= ear.cancels_passed_on <= allowed and len(heard) == ear.cancels_passed_on
+    # and one more cancel later is passed on too
+    cancelled.clear()
+    ear.ring_cancel()
+    assert _heard_within(cancelled, 5)
