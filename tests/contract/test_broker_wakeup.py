@@ -476,3 +476,27 @@ def test_a_flood_of_cancel_rings_is_passed_on_as_a_few_messages(rabbitmq_url, am
     cancelled.clear()
     ear.ring_cancel()
     assert _heard_within(cancelled, 5)
+
+
+def test_a_cancel_reaches_other_hosts_while_the_publisher_works_through_a_backlog(
+        rabbitmq_url, amqp_names, tmp_path, links):
+    # Given host B's publisher relaying a backlog one job per pass (it never waits on its bell)
+    layout, settings, publisher, runner = _publisher_of_host_b(
+        tmp_path, amqp_names, {"publisher.poll_interval": 60, "publisher.batch": 1, "publisher.window": 100_000})
+    cancelled = threading.Event()
+    _started(links, WakeListener(settings.mq, "host-c", "ewtest publisher", lambda: None, on_cancel=cancelled.set))
+    (layout.run_dir / "publisher@b.pid").write_text(f"{threading.get_native_id()}\n")
+    dbs = open_databases(settings.worker, layout)
+    try:
+        jobs = dbs.jobs.submit_jobs([NewJob("noop", "{}", settings.worker.default_queue, 1)] * 3000)
+        assert servicehome.wait_until(lambda: publisher.published >= 20, 30), publisher.published
+        # When the last job is cancelled on host B, by a store with no broker connection
+        assert dbs.jobs.cancel(jobs[-1].job_id).verdict == "cancelled"
+        # Then the other host hears it while the backlog is still being relayed
+        assert _heard_within(cancelled, 10), (publisher.published, publisher._ear.cancels_passed_on)
+        assert dbs.jobs.counts()["pending"] > 0, "heard only once the backlog was relayed (or it was too short to tell)"
+        assert publisher._ear.cancels_passed_on >= 1
+    finally:
+        publisher.request_stop()
+        runner.join(30)
+        dbs.close()

@@ -116,6 +116,10 @@ class Publisher(Service):
                         pathtrace.stamp("publisher.woken", (0,))
                     else:
                         self._stop.wait(p.poll_interval)
+                elif self._ear is not None and self._bell.wait(0) and self._bell.cancelled:
+                    # busy with a backlog, the next pass follows at once and needs no ring; a
+                    # cancel made here need not wait for the backlog to end to reach other hosts
+                    self._ear.ring_cancel()
         finally:
             # Shutdown order: the loop above finished its batch (marked or left pending);
             # nothing is in flight now, so close the connection, then the databases.
