@@ -50,9 +50,12 @@ def test_a_bad_throttle_knob_in_the_credential_is_an_action_error(make_context, 
 
 
 def test_a_launch_throttled_half_way_is_deferred_and_comes_back_to_its_server(make_context, km, home, cloud):
-    # Given a local cloud that takes 2 calls a second (bucket of 2) and a key configured at 4
+    # Given a local cloud that takes 1 call a second (bucket of 2) and a key configured at 4: the
+    # launch's third call comes 0.5 s after its first, a token later than the cloud's refill.
+    # (At 2 calls a second the third came a millisecond too soon: a loaded machine's slower
+    # calls let the bucket refill, and the launch went through unthrottled.)
     km.credentials[("42", "cloud")] = dataclasses.replace(km.credentials[("42", "cloud")], metadata={
-        "provider": "local", "key": "acct-42", "rate_limit": 2, "rate_burst": 2})
+        "provider": "local", "key": "acct-42", "rate_limit": 1, "rate_burst": 2})
     dbs = open_databases(WorkerSettings(provisioning_url=Secret("sqlite:///p.db"),
                                         analytics_url=Secret("sqlite:///a.db")), Layout(home))
     try:
