@@ -238,6 +238,13 @@ def _processes(what: str):
         if not ready.wait(60):
             raise BenchFailed(f"{what}'s {target.__name__.strip('_')} process did not start")
 
+    def terminate_all() -> None:
+        """SIGTERM to each process still running (a server that runs until told), before the joins."""
+        for proc in procs:
+            if proc.pid is not None and proc.is_alive():
+                proc.terminate()
+
+    start.terminate_all = terminate_all
     try:
         yield start
     finally:
@@ -456,6 +463,103 @@ def throughput(n: int) -> float:
         ring.close()
         client.close()
         return n / (end - t0)
+
+
+
+# -- one POST /jobs per job ------------------------------------------------------------------------
+def _api_server(database: str, bell: bytes, port_out, ready) -> None:
+    """The API floor's HTTP side: uvicorn with httptools (the admin daemon's server and parser)
+    around a bare ASGI callable, no framework. Each ``POST /jobs`` is parsed on the event loop
+    and handed to one writer thread, which stores every job that came while it wrote in one
+    transaction (group commit, as the admin daemon's submitter does), rings the relay, and
+    answers each request 201 with its job's id. No authentication, no validation beyond JSON.
+    (Each request its own transaction on the loop ran at 1.1x the service's rate here: a floor
+    without group commit is no floor.)"""
+    import asyncio
+    import json
+    import threading
+
+    import uvicorn
+
+    db = _db(database, autocommit=False)
+    cur = db.cursor()
+    ring = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    waiting: list = []                 # (job, future, loop) not yet stored
+    arrived = threading.Condition()
+
+    def writer() -> None:
+        while True:
+            with arrived:
+                while not waiting:
+                    arrived.wait()
+                batch, waiting[:] = list(waiting), []
+            now_ms = int(time.time() * 1000)
+            cur.executemany("INSERT INTO job (action, arguments, status, created_ms) VALUES (%s, %s, %s, %s)",
+                            [(job["action"], json.dumps(job.get("arguments", {})), PENDING, now_ms)
+                             for job, _f, _l in batch])
+            first = cur.lastrowid       # a multi-row INSERT's ids are consecutive from its first
+            db.commit()
+            ring.sendto(b"!", bell)
+            for i, (_job, future, loop) in enumerate(batch):
+                loop.call_soon_threadsafe(future.set_result, first + i)
+
+    threading.Thread(target=writer, daemon=True).start()
+
+    async def app(scope, receive, send) -> None:
+        body, more = b"", True
+        while more:
+            message = await receive()
+            body += message.get("body", b"")
+            more = message.get("more_body", False)
+        loop = asyncio.get_running_loop()
+        future = loop.create_future()
+        with arrived:
+            waiting.append((json.loads(body), future, loop))
+            arrived.notify()
+        out = b'{"job_id":%d}' % await future
+        await send({"type": "http.response.start", "status": 201,
+                    "headers": [(b"content-type", b"application/json"), (b"content-length", b"%d" % len(out))]})
+        await send({"type": "http.response.body", "body": out})
+
+    listening = socket.socket()
+    # a response is two writes (its start, its body): with Nagle on, the body waits for the
+    # client's delayed ACK, 40 ms (the admin daemon turns it off too); accepted sockets inherit it
+    listening.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    listening.bind(("127.0.0.1", 0))
+    listening.listen(128)
+    port_out.put(listening.getsockname()[1])
+    ready.set()   # connections wait in the backlog until the server takes them
+    config = uvicorn.Config(app, http="httptools", loop="asyncio", lifespan="off", log_level="warning",
+                            access_log=False)
+    uvicorn.Server(config).run(sockets=[listening])
+
+
+@contextlib.contextmanager
+def api_floor(n: int):
+    """The API floor for N jobs (``throughput.py --single`` drives it): yields ``(port,
+    finished)``, where ``finished()`` blocks until N outcomes are committed and returns that
+    moment (``perf_counter``). Behind the HTTP side, the bulk floor's relay and consumer: woken
+    by each ring, they batch whatever has come meanwhile, as this service's relay and recorder
+    do under load."""
+    with _scratch() as (database, queue, bell), _processes("the API floor") as start:
+        done, port = _SPAWN.Queue(), _SPAWN.Queue()
+        start(_bulk_consume, database, queue, n, done)
+        start(_bulk_relay, database, queue, bell)
+        start(_api_server, database, bell, port)
+
+        def finished() -> float:
+            try:
+                return done.get(timeout=600)
+            except Exception as exc:
+                raise BenchFailed(f"the API floor did not record {n} outcomes in 600 s") from exc
+
+        try:
+            yield port.get(timeout=60), finished
+        finally:
+            ring = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+            ring.sendto(b"stop", bell)
+            ring.close()
+            start.terminate_all()
 
 
 def main(argv=None) -> int:

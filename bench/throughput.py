@@ -14,7 +14,10 @@ too (``../shared/bench``: ``drive.py`` into an idle worker, as ``anchors.sh`` ru
   clients, each on its own keep-alive connection (with the admin daemon's CPU per request);
 - as many again as ``POST /jobs`` lists of 100 from one client (what a client with many jobs does);
 
-each end to end (first submit to last recorded outcome); then the latency of one admin API
+each end to end (first submit to last recorded outcome), and before them the API floor
+(``floor.api_floor``: one ``POST /jobs`` per job from 8 clients to a bare ASGI app on uvicorn
+that stores each job in its own transaction, behind it the bulk floor's relay and consumer);
+then the latency of one admin API
 request (``GET /jobs/{id}``) on a reused keep-alive connection: the first (with the connect)
 and p50/p99 over 200. Beside the ceiling (``--admin-jobs`` messages) and, with ``--peers``,
 Celery's one-by-one ``.delay()`` rate (``drive.py``) for as many tasks, both measured right
@@ -202,6 +205,32 @@ def admin_one_by_one(service, n: int, clients: int = ADMIN_CLIENTS) -> tuple[flo
             c.close()
 
 
+def api_floor_one_by_one(n: int, clients: int = ADMIN_CLIENTS) -> tuple[float, list[float]]:
+    """The API floor (``floor.api_floor``: the guarantees behind a bare ASGI app on uvicorn)
+    driven as ``admin_one_by_one`` drives the admin API: seconds end to end, each request's ms."""
+    body = json.dumps({"action": "noop", "arguments": {}}).encode()
+    headers = {"Content-Type": "application/json", "Accept": "application/json"}
+    with floor.api_floor(n + clients) as (port, finished):
+        connections = [_NoDelayConnection("127.0.0.1", port, timeout=30) for _ in range(clients)]
+
+        def post(k: int) -> None:
+            connections[k].request("POST", "/jobs", body=body, headers=headers)
+            resp = connections[k].getresponse()
+            payload = resp.read()
+            if resp.status != 201:
+                raise BenchFailed(f"the API floor answered {resp.status}: {payload[:300]!r}")
+
+        try:
+            for k in range(clients):   # connect outside the clock (one job each, counted by the floor)
+                post(k)
+            t0 = time.perf_counter()
+            calls = _calls_in_threads(clients, n, post)
+            return finished() - t0, calls
+        finally:
+            for c in connections:
+                c.close()
+
+
 def admin_lists(service, n: int, per: int = ADMIN_LIST) -> float:
     """N jobs through ``POST /jobs`` as lists of ``per`` from one keep-alive client (what a
     client with many jobs should do): seconds end to end."""
@@ -249,6 +278,11 @@ def single(args) -> None:
                     celery = ref["celery"] = anchors.rate("celery", args.admin_jobs)
                     figure(f"{tag}peer celery: one .delay() per task", f"rate={celery:.0f}/s n={args.admin_jobs}",
                            celery, {"ceiling": ceil}, who="celery")
+                floor_s, floor_calls = api_floor_one_by_one(args.admin_jobs)
+                floor_rate = args.admin_jobs / floor_s
+                figure(f"{tag}API floor: one POST /jobs per job, {ADMIN_CLIENTS} clients (floor.py)",
+                       f"rate={floor_rate:.0f}/s n={args.admin_jobs}", floor_rate, ref, who="floor")
+                figure(f"  each POST /jobs to the API floor, {ADMIN_CLIENTS} clients", latency_text(floor_calls))
                 py_s, py_calls = python_one_by_one(service, args.python_jobs)
                 admin_s, admin_calls, admin_cpu_ms = admin_one_by_one(service, args.admin_jobs)
                 py_rate, admin_rate = args.python_jobs / py_s, args.admin_jobs / admin_s
@@ -256,7 +290,8 @@ def single(args) -> None:
                        f"rate={py_rate:.0f}/s n={args.python_jobs} end_to_end_s={py_s:.2f}", py_rate, ref)
                 figure(f"  each submit() call, {PYTHON_THREADS} threads", latency_text(py_calls))
                 figure(f"{tag}one POST /jobs per job, {ADMIN_CLIENTS} keep-alive clients",
-                       f"rate={admin_rate:.0f}/s n={args.admin_jobs} end_to_end_s={admin_s:.2f}", admin_rate, ref)
+                       f"rate={admin_rate:.0f}/s n={args.admin_jobs} end_to_end_s={admin_s:.2f}", admin_rate,
+                       {**ref, "API floor": floor_rate})
                 figure(f"  each POST /jobs, {ADMIN_CLIENTS} clients", latency_text(admin_calls))
                 figure("  the admin daemon's CPU per POST /jobs", f"{admin_cpu_ms:.2f}ms")
                 lists_rate = args.admin_jobs / admin_lists(service, args.admin_jobs)
