@@ -35,6 +35,11 @@ the service (which runs it beside the ceiling). It has no fair share, no relay w
 per-job result and no totals: it is what the bulk path costs with these guarantees and nothing
 else, in Python, on this machine's servers.
 
+**API** (``api_floor``, driven by ``throughput.py --single``): one ``POST /jobs`` per job to
+uvicorn with httptools around a bare ASGI callable, whose one writer thread group-commits the
+jobs that came while it wrote and rings; behind it the bulk floor's relay and consumer. The
+clock runs from the first request to the N-th outcome committed.
+
 usage: .venv/bin/python bench/floor.py [-n 200] [--direct] [--gap S]     (``latency.py`` runs it beside the service)
        .venv/bin/python bench/floor.py --bulk N                          (``throughput.py`` runs it beside the service)
 Needs MariaDB on 127.0.0.1:3306 (root) and RabbitMQ on 127.0.0.1:5672 (guest/guest); it makes
