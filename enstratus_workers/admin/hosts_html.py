@@ -7,7 +7,7 @@ from __future__ import annotations
 from datetime import datetime, timezone
 from html import escape
 
-from ..fleet.hosts import clock_note
+from ..db.heartbeats import clock_note
 from .strictbody import printable
 
 

@@ -130,6 +130,15 @@ def live_owners(heartbeats) -> set[str]:
             if hb.daemon == "subscriber" and not hb.expired and isinstance(hb.details, dict)} - {None}
 
 
+def clock_note(offset_ms) -> str | None:
+    """``clock 3600.0 s ahead of the database's`` for a host off by ``CLOCK_OFFSET_WARN_MS`` or
+    more (the times it stamps on jobs are off by as much); None otherwise. The hosts' views and
+    ``pinger check`` say it in these words."""
+    if type(offset_ms) is not int or abs(offset_ms) < CLOCK_OFFSET_WARN_MS:
+        return None
+    return f"clock {abs(offset_ms) / 1000:.1f} s {'ahead of' if offset_ms > 0 else 'behind'} the database's"
+
+
 def clock_offsets(beats) -> dict[str, int]:
     """Each host's clock offset (``Heartbeat.clock_offset_ms``) as its latest live beat that
     carries one says; hosts with none are left out."""

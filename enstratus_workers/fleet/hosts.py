@@ -28,7 +28,7 @@ import sqlalchemy as sa
 from ..clock import now_ms
 from ..db.desired import missing_table
 from ..db.server_clock import now_ms_for
-from ..db.heartbeats import CLOCK_OFFSET_WARN_MS, clock_offsets
+from ..db.heartbeats import clock_offsets
 from ..db.hosts import HostRegistry, KnownHost
 from ..db.retry import retried
 from ..db.schema import heartbeats as H
@@ -63,14 +63,6 @@ class HostView:
                 "tags": list(self.tags), "first_seen_ms": self.first_seen_ms,
                 "daemons": [dict(d) for d in self.daemons], "workers": [dict(w) for w in self.workers],
                 "worker_processes": self.worker_processes, "clock_offset_ms": self.clock_offset_ms}
-
-
-def clock_note(offset_ms) -> str | None:
-    """``clock 3600.0 s ahead of the database's`` for a host off by ``CLOCK_OFFSET_WARN_MS`` or
-    more (the times it stamps on jobs are off by as much); None otherwise."""
-    if type(offset_ms) is not int or abs(offset_ms) < CLOCK_OFFSET_WARN_MS:
-        return None
-    return f"clock {abs(offset_ms) / 1000:.1f} s {'ahead of' if offset_ms > 0 else 'behind'} the database's"
 
 
 @dataclass

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from .hosts import DEAD, HostView, clock_note
+from ..db.heartbeats import clock_note
+from .hosts import DEAD, HostView
 
 
 def _ago(ms: int | None, now_ms: int) -> str:

@@ -14,7 +14,7 @@ import sqlalchemy as sa
 
 from enstratus_workers.clock import now_ms
 from enstratus_workers.db import Databases, open_databases, schema
-from enstratus_workers.db.heartbeats import CLOCK_OFFSET_WARN_MS, clock_offsets
+from enstratus_workers.db.heartbeats import clock_note, clock_offsets
 from enstratus_workers.errors import (
     CHECK_CRITICAL,
     CHECK_OK,
@@ -315,10 +315,8 @@ def check_heartbeats(dbs: Databases, h: Health) -> None:
             h.worsen(CHECK_WARNING, f"{hb.daemon}@{hb.name} reports {hb.status}")
     # a host's clock off the database server's: what it judges is on the server's clock, what
     # it stamps on jobs (their created, start and end times) on its own (db/heartbeats.py)
-    off = {host: ms for host, ms in clock_offsets(beats).items() if abs(ms) >= CLOCK_OFFSET_WARN_MS}
+    off = {host: (ms, note) for host, ms in clock_offsets(beats).items() if (note := clock_note(ms))}
     if off:
-        h.checks["clock_offsets_s"] = {host: round(ms / 1000, 3) for host, ms in off.items()}
-    for host, ms in off.items():
-        h.worsen(CHECK_WARNING, f"host {host}'s clock is {abs(ms) / 1000:.1f}s "
-                                f"{'ahead of' if ms > 0 else 'behind'} the database server's: "
-                                "the job times it stamps are off by as much")
+        h.checks["clock_offsets_s"] = {host: round(ms / 1000, 3) for host, (ms, _note) in off.items()}
+    for host, (_ms, note) in off.items():
+        h.worsen(CHECK_WARNING, f"host {host}: {note}; the job times it stamps are off by as much")

@@ -116,10 +116,10 @@ class Publisher(Service):
                         pathtrace.stamp("publisher.woken", (0,))
                     else:
                         self._stop.wait(p.poll_interval)
-                elif self._ear is not None and self._bell.wait(0) and self._bell.cancelled:
+                elif self._ear is not None and self._bell.wait(0):
                     # busy with a backlog, the next pass follows at once and needs no ring; a
                     # cancel made here need not wait for the backlog to end to reach other hosts
-                    self._ear.ring_cancel()
+                    self._pass_cancel_on()
         finally:
             # Shutdown order: the loop above finished its batch (marked or left pending);
             # nothing is in flight now, so close the connection, then the databases.
@@ -149,11 +149,16 @@ class Publisher(Service):
         broker and costs no pass either."""
         deadline = time.monotonic() + interval
         while self._bell.wait(deadline - time.monotonic()):
-            if self._bell.cancelled and self._ear is not None:
-                self._ear.ring_cancel()   # a cancel made here by a process with no broker ringer
+            self._pass_cancel_on()
             if not (self._bell.only_room and self.fair.outbox_emptied) or self._stop.is_set():
                 return
             self.room_rings_let_go += 1
+
+    def _pass_cancel_on(self) -> None:
+        """After a wake-up: a cancel ring among its rings (a cancel made on this host by a
+        process with no broker ringer: the CLI, a script) goes on to the other hosts."""
+        if self._bell.cancelled and self._ear is not None:
+            self._ear.ring_cancel()
 
     def _listen_to_other_hosts(self):
         """On RabbitMQ, the other hosts' rings (``mq/amqp_wake.py``) ring this bell too, and
